@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what is missing first.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bootstrap demo test lint notebook clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	$(VENV)/bin/ispcp-recover demo --workdir build/demo --report-dir reports
+
+test: bootstrap
+	$(VENV)/bin/ruff check .
+	$(PY) -m ispcp_lib.notebook_build --check
+	$(PY) -m pytest -q
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+
+notebook: bootstrap
+	$(PY) -m ispcp_lib.notebook_build
+
+clean:
+	rm -rf build reports/*.html reports/*.ipynb reports/*.json

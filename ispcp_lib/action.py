@@ -1,0 +1,145 @@
+"""@action: timing, journal record, resume/skip, watchdogs and error capture for every step.
+
+No action writes the journal itself; this module is the only writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ispcp_lib.context import Context
+from ispcp_lib.errors import CommandFailed, IspcpError
+from ispcp_lib.result import Result
+
+# Checks run before every changing step (the mail guard registers its watchdog here).
+WATCHDOGS: list[Callable[[Context, Result], None]] = []
+
+
+class StepFailed(Exception):
+    """Raised after a failed step is recorded; carries the Result for the report and tests."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        super().__init__(f"step {result.step} failed: " + "; ".join(result.errors))
+
+
+def read_journal(ctx: Context) -> list[dict[str, Any]]:
+    if not ctx.journal_path.exists():
+        return []
+    out = []
+    for line in ctx.journal_path.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+def last_applied(ctx: Context, step: str) -> dict[str, Any] | None:
+    """The journal record that shows step finished with apply=True, if the last one did."""
+    for rec in reversed(read_journal(ctx)):
+        if rec.get("name") != step or rec.get("status") == "skipped":
+            continue
+        if rec.get("apply") and rec.get("status") in ("done", "noop"):
+            return rec
+        return None
+    return None
+
+
+def _append_journal(ctx: Context, result: Result) -> None:
+    ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record = {"ts": dt.datetime.now().isoformat(timespec="seconds"), "run_id": ctx.run_id, **result.as_dict()}
+    # as_dict() redacted the values; ensure_ascii=False keeps any missed secret verbatim for the
+    # second pass (JSON escaping would hide it from a plain string match).
+    line = ctx.secrets.redact(json.dumps(ctx.secrets.redact_obj(record), default=str, ensure_ascii=False))
+    with open(ctx.journal_path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+    ctx.journal_path.chmod(0o600)
+
+
+def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Callable:
+    """Wrap fn(ctx, result, **kw). mutating=False marks read-only steps (never skipped by resume).
+
+    repeatable=True marks steps that are not idempotent by nature (running ispcp-update): resume
+    never skips them, and they check a guard fact themselves.
+    """
+
+    def deco(fn: Callable[..., None]) -> Callable[..., Result]:
+        @functools.wraps(fn)
+        def wrapper(ctx: Context, **kw: Any) -> Result:
+            result = Result(step=name, apply=ctx.apply_for(name), secrets=ctx.secrets)
+            if ctx.steps is not None and name not in ctx.steps:
+                result.status = "skipped"
+                result.noop_reason = "not selected by the steps parameter"
+                ctx.results[name] = result
+                return result
+            done = last_applied(ctx, name) if (mutating and not repeatable and ctx.resume) else None
+            if done is not None and name not in ctx.force_steps:
+                result.status = "skipped"
+                result.noop_reason = (
+                    f"the journal shows this step applied in run {done['run_id']} at {done['ts']}; "
+                    f"add '{name}' to force_steps to run it again"
+                )
+                ctx.results[name] = result
+                _append_journal(ctx, result)
+                return result
+            previous = ctx.current
+            ctx.current = result
+            ctx.runner.apply = result.apply
+            ctx.runner.sink = result.commands
+            started = time.monotonic()
+            failure: BaseException | None = None
+            try:
+                if mutating:
+                    for check in WATCHDOGS:
+                        check(ctx, result)
+                fn(ctx, result, **kw)
+            except (IspcpError, CommandFailed) as exc:
+                failure = exc
+                result.errors.append(ctx.secrets.redact(str(exc)))
+            except Exception as exc:  # an unexpected bug still leaves a record
+                failure = exc
+                result.errors.append(ctx.secrets.redact(f"{type(exc).__name__}: {exc}"))
+            finally:
+                result.duration_s = time.monotonic() - started
+                ctx.current = previous
+                ctx.runner.sink = None
+            result.status = _status(result, mutating, failure)
+            ctx.results[name] = result
+            _append_journal(ctx, result)
+            if failure is not None:
+                _show(result)
+                raise StepFailed(result) from None
+            return result
+
+        wrapper.step_name = name  # type: ignore[attr-defined]
+        wrapper.mutating = mutating  # type: ignore[attr-defined]
+        return wrapper
+
+    return deco
+
+
+def _status(result: Result, mutating: bool, failure: BaseException | None) -> str:
+    if failure is not None:
+        return "failed"
+    if not mutating:
+        return "done"
+    if result.changed:
+        return "done" if result.apply else "planned"
+    if not result.noop_reason:
+        result.noop_reason = "nothing differs from the wanted state"
+    return "noop"
+
+
+def _show(result: Result) -> None:
+    """In a notebook, show the failed result before the exception marks the cell."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display(result)

@@ -1,0 +1,1 @@
+"""Read-only probes. A fact returns plain data, and None for "absent" (not the same as empty)."""

@@ -1,0 +1,86 @@
+"""ispcp.conf: `KEY = value` lines, comments and blank lines, edited without disturbing layout."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ispcp_lib.errors import InputError
+
+_LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>\s*=\s?)(?P<value>.*?)\s*$")
+
+# What the update script would otherwise ask for, and the recovery relies on.
+REQUIRED_KEYS = (
+    "Version", "BuildDate", "SERVER_HOSTNAME", "BASE_SERVER_IP", "DEFAULT_ADMIN_ADDRESS",
+    "DATABASE_HOST", "DATABASE_NAME", "DATABASE_USER", "DATABASE_PASSWORD",
+)
+
+
+@dataclass
+class IspcpConf:
+    lines: list[str]
+    values: dict[str, str] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)
+    path: str = ""
+
+    @classmethod
+    def parse(cls, text: str, path: str = "ispcp.conf") -> IspcpConf:
+        conf = cls(lines=text.splitlines(), path=path)
+        for no, line in enumerate(conf.lines):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            m = _LINE.match(stripped)
+            if m is None:
+                raise InputError(
+                    "ispcp.conf",
+                    f"line {no + 1} is not 'KEY = value' or a comment: {stripped[:60]!r}",
+                    "repair or comment out that line in the backup's copy (keep the original aside)",
+                    path=path,
+                )
+            conf.values[m["key"]] = m["value"]
+            conf.index[m["key"]] = no
+        return conf
+
+    @classmethod
+    def load(cls, path: Path, display: str | None = None) -> IspcpConf:
+        try:
+            text = Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            text = Path(path).read_bytes().decode("latin-1")
+        return cls.parse(text, display or str(path))
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.values.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def set(self, key: str, value: str) -> None:
+        """Change one value in place; a new key goes to the end. Comments and order stay."""
+        if key in self.index:
+            no = self.index[key]
+            m = _LINE.match(self.lines[no].strip())
+            sep = m["sep"] if m and m["sep"].endswith(" ") else " = "
+            self.lines[no] = f"{key}{sep}{value}" if value != "" else f"{key}{sep.rstrip()}"
+        else:
+            self.lines.append(f"{key} = {value}")
+            self.index[key] = len(self.lines) - 1
+        self.values[key] = value
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+    def missing(self, keys: tuple[str, ...] = REQUIRED_KEYS) -> list[str]:
+        """Keys that are absent or empty."""
+        return [k for k in keys if not self.values.get(k)]
+
+    def version_tuple(self) -> tuple[int, ...] | None:
+        return parse_version(self.values.get("Version", ""))
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """'1.0.5 OMEGA' -> (1, 0, 5); None when no number is there."""
+    m = re.search(r"(\d+(?:\.\d+)+)", text or "")
+    return tuple(int(p) for p in m.group(1).split(".")) if m else None

@@ -1,0 +1,61 @@
+"""Where admin access to MySQL comes from: debian.cnf before the restore, the old files after it."""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass
+from pathlib import Path
+
+from ispcp_lib.context import Context
+
+
+@dataclass(frozen=True, repr=False)
+class Login:
+    user: str
+    password: str
+    source: str  # where it was found, for messages
+
+    def __repr__(self) -> str:
+        return f"Login(user={self.user!r}, source={self.source!r}, password=<hidden>)"
+
+
+def read_debian_cnf(path: Path) -> Login | None:
+    """The [client] login of a debian.cnf, None when the file is absent or has none."""
+    if not path.is_file():
+        return None
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(path.read_text(errors="replace"))
+    except configparser.Error:
+        return None
+    if not parser.has_section("client") or not parser.get("client", "user", fallback=None):
+        return None
+    return Login(parser.get("client", "user"), parser.get("client", "password", fallback=""), str(path))
+
+
+def target_admin(ctx: Context) -> Login | None:
+    """The target's maintainer login (registered as a secret)."""
+    login = read_debian_cnf(ctx.t("/etc/mysql/debian.cnf"))
+    if login is not None:
+        ctx.secrets.add(login.password, "debian-sys-maint")
+    return login
+
+
+def backup_admin(ctx: Context) -> Login | None:
+    """The old server's maintainer login, from the backup's debian.cnf."""
+    if ctx.backup_root is None:
+        return None
+    login = read_debian_cnf(ctx.b("/etc/mysql/debian.cnf"))
+    if login is not None:
+        ctx.secrets.add(login.password, "old debian-sys-maint")
+    return login
+
+
+def working_admin(ctx: Context) -> Login | None:
+    """The first admin login that the running server accepts: target's, then the backup's."""
+    if ctx.mysql is None or not ctx.mysql.status():
+        return None
+    for login in (target_admin(ctx), backup_admin(ctx)):
+        if login is not None and ctx.mysql.can_login(login.user, login.password) is None:
+            return login
+    return None

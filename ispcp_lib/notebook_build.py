@@ -1,0 +1,154 @@
+"""Builds runbooks/ispcp_recovery.ipynb from the step modules, so that the notebook holds no logic
+and its text lives next to the code it explains. `python -m ispcp_lib.notebook_build --check`
+fails when the committed notebook is out of date."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from ispcp_lib.steps import STEP_ORDER, load
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "ispcp_recovery.ipynb"
+
+# name -> (default, description): the run-wide parameters of DESIGN.md's contract.
+CORE_PARAMETERS: dict[str, tuple[Any, str]] = {
+    "backup_root": (None, "the old server's files at their original absolute paths"),
+    "target_root": ("/", "the new system's root (/ on a real server)"),
+    "apply": (False, "False = dry run: plan and show, change nothing"),
+    "steps": (None, "None = every step in guide order, or a list of step names"),
+    "state_dir": (None, "journal and safety copies; None = /var/lib/ispcp-recovery under target_root"),
+    "secrets_file": (None, "YAML name: value file (mode 0600) for secrets found on neither system"),
+    "mysql": ({"service": "systemd", "datadir": "/var/lib/mysql", "socket": "/run/mysqld/mysqld.sock",
+               "port": 3306}, "how to reach and control MySQL: service systemd|sysv|sandbox, datadir, socket, "
+                              "port, optional pid_file"),
+    "run_id": (None, "None = a timestamp; names safety copies and journal records"),
+    "resume": (True, "skip changing steps that the journal shows applied already"),
+    "force_steps": ([], "steps to run again even though the journal shows them applied"),
+    "apply_steps": ({}, "per-step override of apply, e.g. {'user_data': False}"),
+    "summary_path": (None, "where the summary JSON goes (the CLI sets it)"),
+}
+
+INTRO = """# ispCP disaster recovery runbook
+
+This runbook brings an ispCP Omega server back from partial backups. It follows the recovery guide
+"Katastrophen-Recovery mit ispCP" (BenBE, 2010) section by section; each section says which part of
+the guide it follows, explains why the step exists and what can go wrong, then makes **one call into
+`ispcp_lib`** and shows its result.
+
+* **Dry run is the default.** With `apply = False` every step only plans and shows what it would do:
+  commands, diffs and tables. Nothing on the target changes.
+* **Nothing is lost.** Whatever a step replaces is first copied under the state directory; each result
+  lists where.
+* **Re-running is safe.** A step that finds nothing to do says why. A step the journal shows applied
+  is skipped unless named in `force_steps`.
+* **Secrets stay out.** Passwords, keys and hashes are found on the two systems, never passed as
+  parameters, and every output is redacted.
+
+Run it headless with `ispcp-recover run -f params.yaml`; the HTML report of the run is the record of
+what was done."""
+
+SETUP = """from ispcp_lib import steps
+from ispcp_lib.runbook import open_run, summary
+
+ctx = open_run(
+{args}
+)"""
+
+
+def _literal(value: Any) -> str:
+    return repr(value)
+
+
+def parameter_cell_source(step_params: dict[str, tuple[Any, str]]) -> str:
+    lines = ["# Parameters (papermill overrides these). Never put a password here: use secrets_file."]
+    for name, (default, doc) in {**CORE_PARAMETERS, **step_params}.items():
+        lines.append(f"{name} = {_literal(default)}  # {doc}")
+    return "\n".join(lines)
+
+
+def collect_step_parameters() -> dict[str, tuple[Any, str]]:
+    out: dict[str, tuple[Any, str]] = {}
+    for name in STEP_ORDER:
+        module = load(name)
+        for pname, spec in getattr(module, "PARAMETERS", {}).items():
+            if pname in out or pname in CORE_PARAMETERS:
+                raise ValueError(f"parameter {pname} declared twice (step {name})")
+            out[pname] = spec
+    return out
+
+
+def build() -> nbformat.NotebookNode:
+    step_params = collect_step_parameters()
+    core_args = [n for n in CORE_PARAMETERS if n != "summary_path"]
+    args = [f"    {n}={n}," for n in core_args]
+    args.append("    options=dict(" + ", ".join(f"{n}={n}" for n in step_params) + "),")
+    nb = new_notebook()
+    nb.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3 (ispcp-recovery)", "language": "python"},
+        "language_info": {"name": "python"},
+    }
+    cells = [
+        _md("intro", INTRO, []),
+        _code("parameters", parameter_cell_source(step_params), ["parameters"]),
+        _code("setup", SETUP.format(args="\n".join(args)), ["setup"]),
+    ]
+    for number, name in enumerate(STEP_ORDER, start=1):
+        module = load(name)
+        if module is None:
+            cells.append(_md(f"{name}-md", f"## {number}. `{name}`\n\n*This step is not built yet.* The "
+                             "runbook does not call anything here and does not pretend it ran.", [name]))
+            continue
+        text = f"## {number}. {module.TITLE} (`{name}`)\n\n*Guide: {module.GUIDE}*\n\n{module.EXPLANATION.strip()}"
+        cells.append(_md(f"{name}-md", text, [name]))
+        for i, source in enumerate(getattr(module, "CELLS", None) or [f"steps.{name}.run(ctx)"]):
+            cells.append(_code(f"{name}-{i}", source, [name]))
+    cells.append(_md("summary-md", "## Summary\n\nEvery step of this run, its outcome, the number of changes "
+                     "(planned in a dry run) and its duration.", ["summary"]))
+    cells.append(_code("summary", "summary(ctx, summary_path)", ["summary"]))
+    nb.cells = cells
+    return nb
+
+
+def _md(cell_id: str, text: str, tags: list[str]) -> nbformat.NotebookNode:
+    cell = new_markdown_cell(text)
+    cell.id = cell_id
+    cell.metadata = {"tags": tags}
+    return cell
+
+
+def _code(cell_id: str, source: str, tags: list[str]) -> nbformat.NotebookNode:
+    cell = new_code_cell(source)
+    cell.id = cell_id
+    cell.metadata = {"tags": tags}
+    return cell
+
+
+def render() -> str:
+    return nbformat.writes(build()) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if the committed notebook is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not NOTEBOOK.exists() or NOTEBOOK.read_text() != text:
+            print(f"{NOTEBOOK} is out of date: run python -m ispcp_lib.notebook_build", file=sys.stderr)
+            return 1
+        print(f"{NOTEBOOK} is in sync with ispcp_lib/steps")
+        return 0
+    NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
+    NOTEBOOK.write_text(text)
+    print(f"wrote {NOTEBOOK}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""One module per guide step, in the guide's order (DESIGN.md, "The guide, step by step").
+
+Each built step module exposes `run(ctx, **options) -> Result` (an @action), and for the
+runbook: TITLE, GUIDE (the guide's section it follows), EXPLANATION (markdown in our own
+words), PARAMETERS (name -> (default, description)) and optionally CELLS (extra code cells).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+STEP_ORDER: tuple[str, ...] = (
+    "inventory",
+    "preflight",
+    "mail_guard",
+    "ispcp_install_check",
+    "mysql_restore",
+    "mysql_maintainer",
+    "accounts",
+    "user_data",
+    "ftp",
+    "keys",
+    "engine_speedup",
+    "ispcp_conf",
+    "ispcp_update",
+    "register_accounts",
+    "cleanup",
+)
+
+
+def load(name: str) -> ModuleType | None:
+    """The step's module, or None while that step is not built yet."""
+    if name not in STEP_ORDER:
+        raise KeyError(f"unknown step {name!r}; steps are: {', '.join(STEP_ORDER)}")
+    try:
+        return importlib.import_module(f"ispcp_lib.steps.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"ispcp_lib.steps.{name}":
+            return None
+        raise
+
+
+def built_steps() -> list[str]:
+    return [n for n in STEP_ORDER if load(n) is not None]

@@ -1,0 +1,146 @@
+"""preflight: is the target the fresh system the guide expects?"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ispcp_lib.action import action, last_applied
+from ispcp_lib.context import Context
+from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.facts import backup_layout as bl
+from ispcp_lib.facts import mysql_creds, system
+from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.result import Result
+
+TITLE = "Preflight checks of the new system"
+GUIDE = "the section on starting from a freshly installed system"
+EXPLANATION = """
+The guide starts from a freshly installed system of the same distribution the old server ran. Another
+distribution or release is possible but brings surprises (paths, service names, library versions). The
+target must **not** run a real ispCP with customers yet: the recovery overwrites ispCP's files and
+databases without mercy, so it is no tool for merging two installations. A fresh "dummy" install (no
+domains) is expected and fine.
+
+The step also compares the MySQL server versions, because binary database files only travel to a
+server that can read them, and it warns when Perl's `Crypt::CBC` is 3.x: ispCP 1.0.x passes an option
+that 3.x rejects, so the old engine cannot decrypt passwords on a current Perl.
+"""
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "allow_existing_ispcp": (False, "let preflight pass although the target already hosts ispCP domains"),
+}
+
+
+def _row(check: str, state: str, detail: str) -> dict[str, str]:
+    return {"check": check, "result": state, "detail": detail}
+
+
+@action("preflight", mutating=False)
+def run(ctx: Context, result: Result) -> None:
+    bl.check_backup_root(ctx)
+    rows = [_distribution(ctx, result)]
+    rows.append(_existing_ispcp(ctx, result))
+    rows.append(_mysql_versions(ctx, result))
+    rows.append(_crypt_cbc(result))
+    rows += _tools(result)
+    result.table("Preflight", pd.DataFrame(rows))
+    failed = [r for r in rows if r["result"] == "FAIL"]
+    result.summary = ("target is fit for the recovery" if not failed
+                      else f"{len(failed)} check(s) failed: " + "; ".join(r["check"] for r in failed))
+    if failed:
+        first = failed[0]
+        raise PreconditionFailed(first["check"], first["detail"], _FIXES.get(first["check"], ""))
+
+
+_FIXES = {
+    "existing ispCP": "recover onto a freshly installed system, or set allow_existing_ispcp = True if these "
+                      "domains are disposable",
+    "MySQL versions": "install a MySQL/MariaDB server that is at least as new as the old one",
+}
+
+
+def _distribution(ctx: Context, result: Result) -> dict[str, str]:
+    old, new = system.os_release(ctx.backup_root), system.os_release(ctx.target_root)
+    if old is None:
+        result.warn("the backup has no os-release: cannot compare distributions")
+        return _row("distribution", "unknown", "no etc/os-release in the backup")
+    if new is None:
+        return _row("distribution", "unknown", "no etc/os-release on the target")
+    o = f"{old.get('ID', '?')} {old.get('VERSION_ID', '?')}"
+    n = f"{new.get('ID', '?')} {new.get('VERSION_ID', '?')}"
+    same = old.get("ID") == new.get("ID") and old.get("VERSION_ID", "").split(".")[0] == \
+        new.get("VERSION_ID", "").split(".")[0]
+    if not same:
+        result.warn(f"distribution differs: old {o}, new {n}. Possible, but expect different paths and "
+                    "service names")
+    return _row("distribution", "ok" if same else "WARN", f"old {o}, new {n}")
+
+
+def _existing_ispcp(ctx: Context, result: Result) -> dict[str, str]:
+    conf_path = ctx.t("/etc/ispcp/ispcp.conf")
+    if not conf_path.is_file():
+        return _row("existing ispCP", "ok", "no ispCP installed yet (install the dummy before ispcp_install_check)")
+    conf = IspcpConf.load(conf_path)
+    domains = _target_domains(ctx, conf)
+    www = ctx.t(conf.get("APACHE_WWW_DIR") or "/var/www/virtual")
+    web = sorted(p.name for p in www.iterdir()) if www.is_dir() else []
+    if not domains and not web:
+        return _row("existing ispCP", "ok", f"fresh dummy install {conf.get('Version', '?')}: no domains")
+    if last_applied(ctx, "mysql_restore") or last_applied(ctx, "user_data"):
+        return _row("existing ispCP", "ok", "domains present because this recovery restored them (journal)")
+    what = f"{len(domains) if domains is not None else '?'} domains in its database, {len(web)} web directories"
+    if ctx.param("allow_existing_ispcp"):
+        result.warn(f"the target already hosts ispCP ({what}); allowed by allow_existing_ispcp")
+        return _row("existing ispCP", "WARN", what + " (allowed by parameter)")
+    return _row("existing ispCP", "FAIL", f"the target already runs ispCP with customers: {what}")
+
+
+def _target_domains(ctx: Context, conf: IspcpConf) -> list[str] | None:
+    login = mysql_creds.working_admin(ctx)
+    if login is None:
+        return None
+    try:
+        with ctx.mysql.connect(login.user, login.password, conf.get("DATABASE_NAME") or "ispcp") as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT domain_name FROM domain")
+                return [r[0] for r in cur.fetchall()]
+    except Exception:  # no ispcp database yet is a fresh target too
+        return []
+
+
+def _mysql_versions(ctx: Context, result: Result) -> dict[str, str]:
+    conf = bl.load_old_conf(ctx)
+    datadir = (conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql"
+    old = system.server_version_from_datadir(ctx.b(datadir))
+    new = ctx.mysql.version() if ctx.mysql else None
+    verdict, text = system.compare_server_versions(old, new)
+    result.data["mysql_versions"] = {"old": old, "new": new, "verdict": verdict}
+    if verdict == "unknown":
+        result.warn(f"MySQL versions: {text}")
+        return _row("MySQL versions", "unknown", text + ("" if new else " (is the target's server running?)"))
+    return _row("MySQL versions", "FAIL" if verdict == "downgrade" else "ok", text)
+
+
+def _crypt_cbc(result: Result) -> dict[str, str]:
+    version = system.perl_module_version("Crypt::CBC")
+    if version is None:
+        return _row("Perl Crypt::CBC", "WARN", "not installed: ispCP's engine needs it (libcrypt-cbc-perl)")
+    if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:
+        result.warn(f"Perl Crypt::CBC {version}: ispCP 1.0.x passes 'regenerate_key', which 3.x rejects, so "
+                    "the old engine cannot decrypt its passwords on this Perl. This runbook decrypts and "
+                    "verifies the keys itself; the ispCP engine may need a patched Crypt::CBC call")
+        return _row("Perl Crypt::CBC", "WARN", f"{version} (3.x rejects ispCP 1.0.x's options)")
+    return _row("Perl Crypt::CBC", "ok", version)
+
+
+def _tools(result: Result) -> list[dict[str, str]]:
+    import shutil
+
+    rows = []
+    for tool, package in (("rsync", "rsync"), ("mariadb", "mariadb-client"), ("useradd", "passwd"),
+                          ("perl", "perl")):
+        found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        rows.append(_row(f"tool {tool}", "ok" if found else "FAIL",
+                         found or f"missing: apt-get install {package}"))
+        if not found:
+            _FIXES[f"tool {tool}"] = f"apt-get install {package}"
+    return rows
