@@ -12,9 +12,11 @@ from typing import Any
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from ispcp_lib.steps import STEP_ORDER, load
+from ispcp_lib.steps import STEP_ORDER, built_steps, load
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "ispcp_recovery.ipynb"
+README = Path(__file__).resolve().parents[1] / "README.md"
+_README_START, _README_END = "<!-- step-parameters:start -->", "<!-- step-parameters:end -->"
 
 # name -> (default, description): the run-wide parameters of DESIGN.md's contract.
 CORE_PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -55,6 +57,7 @@ what was done."""
 
 SETUP = """from ispcp_lib import steps
 from ispcp_lib.runbook import open_run, summary
+from ispcp_lib.steps import {modules}
 
 ctx = open_run(
 {args}
@@ -72,15 +75,25 @@ def parameter_cell_source(step_params: dict[str, tuple[Any, str]]) -> str:
     return "\n".join(lines)
 
 
-def collect_step_parameters() -> dict[str, tuple[Any, str]]:
-    out: dict[str, tuple[Any, str]] = {}
+def collect_step_parameters(with_step: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for name in STEP_ORDER:
         module = load(name)
         for pname, spec in getattr(module, "PARAMETERS", {}).items():
             if pname in out or pname in CORE_PARAMETERS:
                 raise ValueError(f"parameter {pname} declared twice (step {name})")
-            out[pname] = spec
+            out[pname] = (*spec, name) if with_step else spec
     return out
+
+
+def readme_text(current: str) -> str:
+    """README.md with its step-parameter table regenerated from the step modules."""
+    rows = ["| parameter | default | step | meaning |", "|---|---|---|---|"]
+    for pname, (default, doc, step) in collect_step_parameters(with_step=True).items():
+        rows.append(f"| `{pname}` | `{default!r}` | {step} | {doc} |")
+    head, rest = current.split(_README_START, 1)
+    _, tail = rest.split(_README_END, 1)
+    return head + _README_START + "\n" + "\n".join(rows) + "\n" + _README_END + tail
 
 
 def build() -> nbformat.NotebookNode:
@@ -96,7 +109,7 @@ def build() -> nbformat.NotebookNode:
     cells = [
         _md("intro", INTRO, []),
         _code("parameters", parameter_cell_source(step_params), ["parameters"]),
-        _code("setup", SETUP.format(args="\n".join(args)), ["setup"]),
+        _code("setup", SETUP.format(args="\n".join(args), modules=", ".join(built_steps())), ["setup"]),
     ]
     for number, name in enumerate(STEP_ORDER, start=1):
         module = load(name)
@@ -106,7 +119,7 @@ def build() -> nbformat.NotebookNode:
             continue
         text = f"## {number}. {module.TITLE} (`{name}`)\n\n*Guide: {module.GUIDE}*\n\n{module.EXPLANATION.strip()}"
         cells.append(_md(f"{name}-md", text, [name]))
-        for i, source in enumerate(getattr(module, "CELLS", None) or [f"steps.{name}.run(ctx)"]):
+        for i, source in enumerate(getattr(module, "CELLS", None) or [f"{name}.run(ctx)"]):
             cells.append(_code(f"{name}-{i}", source, [name]))
     cells.append(_md("summary-md", "## Summary\n\nEvery step of this run, its outcome, the number of changes "
                      "(planned in a dry run) and its duration.", ["summary"]))
@@ -138,15 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the committed notebook is stale")
     args = parser.parse_args(argv)
     text = render()
+    readme = readme_text(README.read_text())
     if args.check:
-        if not NOTEBOOK.exists() or NOTEBOOK.read_text() != text:
-            print(f"{NOTEBOOK} is out of date: run python -m ispcp_lib.notebook_build", file=sys.stderr)
-            return 1
-        print(f"{NOTEBOOK} is in sync with ispcp_lib/steps")
-        return 0
+        stale = [p for p, want in ((NOTEBOOK, text), (README, readme)) if not p.exists() or p.read_text() != want]
+        for p in stale:
+            print(f"{p} is out of date: run python -m ispcp_lib.notebook_build", file=sys.stderr)
+        if not stale:
+            print(f"{NOTEBOOK.name} and the README's parameter table are in sync with ispcp_lib/steps")
+        return 1 if stale else 0
     NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
     NOTEBOOK.write_text(text)
-    print(f"wrote {NOTEBOOK}")
+    README.write_text(readme)
+    print(f"wrote {NOTEBOOK} and the README's parameter table")
     return 0
 
 
