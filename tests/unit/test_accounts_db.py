@@ -632,3 +632,10 @@ def test_lockf_probe_sanity(tmp_path):
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+def test_prefix_selects_only_prefix_plus_digits():
+    old = files(OLD, passwd=OLD["passwd"] + "vuurmuur:x:3100:3100::/x:/bin/false\n")
+    plan = merge(old=old)
+    assert not [r for r in plan.rows if r["name"] == "vuurmuur"]
+    assert row(plan, "user:vu2001")["outcome"] == "added"
