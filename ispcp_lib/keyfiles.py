@@ -319,6 +319,15 @@ def is_placeholder(layout: str, text: str) -> bool:
     return any(v in PLACEHOLDERS for v in values.values())
 
 
+def candidate_values(layout: str, text: str) -> list[str]:
+    """The key/IV strings a file assigns, valid or not (to register them as secrets). Never raises."""
+    try:
+        values, _ = _raw_values(layout, text, "")
+    except InputError:
+        return []
+    return [v for v in values.values() if v and v not in PLACEHOLDERS]
+
+
 def _quote_single(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 

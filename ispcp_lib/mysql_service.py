@@ -55,7 +55,9 @@ def handshake_version(sock: Path | None, port: int | None = None, host: str = "1
         return None
     if len(packet) < 6 or packet[4] != 10:  # protocol version 10
         return None
-    return packet[5:].split(b"\0", 1)[0].decode("ascii", "replace")
+    version = packet[5:].split(b"\0", 1)[0].decode("ascii", "replace")
+    # MariaDB greets with "5.5.5-10.11.6-MariaDB..." for the sake of old replication clients.
+    return version.removeprefix("5.5.5-") if "mariadb" in version.lower() else version
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,0 +1,218 @@
+"""ispCP's own database login: ispcp.conf's DATABASE_USER plus DATABASE_PASSWORD, decrypted with the key files.
+
+Read-only. Every key, IV, ciphertext and decrypted password is registered as a secret when it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ispcp_lib import keyfiles
+from ispcp_lib import keys as crypto
+from ispcp_lib.context import Context
+from ispcp_lib.errors import InputError
+from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.keyfiles import KeySet
+from ispcp_lib.secrets import REGISTRY, SecretRegistry
+
+CONF_PATH = "/etc/ispcp/ispcp.conf"
+# Which key file to trust first: the engine's (ispcp-update reads it), then the GUI's, then 1.0.8+'s.
+PREFERENCE = ("perl_engine", "php", "keys_conf", "perl_messenger")
+SIDES = ("target", "backup")
+
+
+class WrongKeys(InputError):
+    """The keys decrypt DATABASE_PASSWORD to non-printable bytes: they belong to another installation."""
+
+
+@dataclass(repr=False)
+class KeyFile:
+    """One key file layout on one side: where it is and what state it is in."""
+
+    layout: str
+    logical: str  # the path as the server knows it
+    path: Path | None  # where it is read (None: the backup path escapes the backup root)
+    state: str  # found | missing | placeholder | invalid
+    detail: str = ""  # why it is placeholder/invalid (never holds the key)
+    keys: KeySet | None = None
+    raw: bytes | None = None  # the file's bytes, to restore them verbatim
+
+    def __repr__(self) -> str:
+        return f"KeyFile({self.layout!r}, {self.logical!r}, state={self.state!r})"
+
+
+def _side_path(ctx: Context, root: str, logical: str) -> Path:
+    if root == "target":
+        return ctx.t(logical)
+    if root == "backup":
+        return ctx.b(logical)
+    raise ValueError(f"root must be one of {SIDES}, not {root!r}")
+
+
+def load_conf(ctx: Context, root: str = "target", logical: str = CONF_PATH) -> IspcpConf | None:
+    """That side's ispcp.conf, None when absent; its DATABASE_PASSWORD ciphertext is registered as a secret."""
+    path = _side_path(ctx, root, logical)
+    if not path.is_file():
+        return None
+    conf = IspcpConf.load(path, display=str(path))
+    ctx.secrets.add(conf.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
+    return conf
+
+
+def key_paths(conf: IspcpConf | None) -> dict[str, str]:
+    """layout -> path of the key file, from ispcp.conf's ROOT_DIR/GUI_ROOT_DIR/CONF_DIR (defaults without it)."""
+    if conf is None:
+        return keyfiles.layout_paths()
+    return keyfiles.layout_paths(
+        conf.get("ROOT_DIR") or "/var/www/ispcp", conf.get("GUI_ROOT_DIR") or None, conf.get("CONF_DIR") or "/etc/ispcp"
+    )
+
+
+def read_keyfile(layout: str, path: Path, logical: str, secrets: SecretRegistry = REGISTRY) -> KeyFile:
+    """Read and classify one key file; the key and IV are registered before anything else happens."""
+    if not path.is_file():
+        return KeyFile(layout, logical, path, "missing")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", "surrogateescape")
+    for value in keyfiles.candidate_values(layout, text):  # a damaged key is still (most of) a real key
+        secrets.add(value, "DB_PASS_KEY/IV (unverified)")
+    if keyfiles.is_placeholder(layout, text):
+        return KeyFile(layout, logical, path, "placeholder",
+                       "holds the placeholders {KEY}/{IV} of a never-initialised template", raw=raw)
+    try:
+        ks = keyfiles.parse_keyfile(layout, text, str(path))
+    except InputError as exc:
+        return KeyFile(layout, logical, path, "invalid", f"{exc.item}: {exc.problem}", raw=raw)
+    secrets.add(ks.key, "DB_PASS_KEY")
+    secrets.add(ks.iv, "DB_PASS_IV")
+    return KeyFile(layout, logical, path, "found", "key and IV readable", ks, raw)
+
+
+def keyfile_states(ctx: Context, root: str = "target", conf: IspcpConf | None = None) -> dict[str, KeyFile]:
+    """Every key layout of that side (paths from its ispcp.conf), found or not."""
+    if conf is None:
+        try:
+            conf = load_conf(ctx, root)
+        except InputError:
+            conf = None  # a broken ispcp.conf: fall back to the default paths
+    out: dict[str, KeyFile] = {}
+    for layout, logical in key_paths(conf).items():
+        try:
+            path = _side_path(ctx, root, logical)
+        except InputError as exc:  # a backup symlink escaping the backup root
+            out[layout] = KeyFile(layout, logical, None, "invalid", exc.problem)
+            continue
+        out[layout] = read_keyfile(layout, path, logical, ctx.secrets)
+    return out
+
+
+def keysets(ctx: Context, root: str = "target") -> dict[str, KeySet]:
+    """The parsed key layouts present on that side; placeholders and invalid files are left out."""
+    return {layout: kf.keys for layout, kf in keyfile_states(ctx, root).items() if kf.keys is not None}
+
+
+def ordered(layouts: dict[str, KeySet] | dict[str, KeyFile]) -> list[str]:
+    """Layout names in the order they are trusted."""
+    return [name for name in PREFERENCE if name in layouts] + sorted(set(layouts) - set(PREFERENCE))
+
+
+def decrypt_conf_password(conf: IspcpConf, keys: KeySet, secrets: SecretRegistry = REGISTRY) -> str:
+    """DATABASE_PASSWORD of conf in plain text (registered as a secret).
+
+    InputError when it is missing, or when the keys decrypt it to non-printable bytes (wrong keys).
+    """
+    cipher = conf.get("DATABASE_PASSWORD")
+    if not cipher:
+        raise InputError(
+            "DATABASE_PASSWORD",
+            "is missing or empty in ispcp.conf, so there is no database password to decrypt",
+            "take the DATABASE_PASSWORD line from another copy of the old ispcp.conf (an ispCP config tar, "
+            "ispcp.old.conf); with no copy left, remove the key files from the backup copy and use the "
+            "lost-keys reset (keys_lost_reset = True)",
+            path=conf.path,
+        )
+    secrets.add(cipher, "DATABASE_PASSWORD (encrypted)")
+    try:  # a malformed value (base64, length) is the config's fault, whatever the keys
+        crypto.decrypt_db_password(cipher, keys.key, keys.iv, strict=False)
+    except InputError as exc:
+        raise InputError(exc.item, exc.problem, exc.fix, path=conf.path) from None
+    try:
+        password = crypto.decrypt_db_password(cipher, keys.key, keys.iv, strict=True)
+    except InputError as exc:
+        raise WrongKeys(exc.item, exc.problem, exc.fix, path=conf.path) from None
+    secrets.add(password, "DATABASE_PASSWORD")
+    return password
+
+
+def try_decrypt(conf: IspcpConf, found: dict[str, KeySet], secrets: SecretRegistry = REGISTRY) -> dict[str, str | None]:
+    """layout -> decrypted password, or None where that layout's keys give garbage."""
+    out: dict[str, str | None] = {}
+    for layout in ordered(found):
+        try:
+            out[layout] = decrypt_conf_password(conf, found[layout], secrets)
+        except WrongKeys:
+            out[layout] = None
+    return out
+
+
+def ispcp_login(ctx: Context, which: str = "target") -> Login | None:
+    """DATABASE_USER and the decrypted DATABASE_PASSWORD of that side; None if it cannot be decrypted."""
+    try:
+        conf = load_conf(ctx, which)
+    except InputError:
+        return None
+    if conf is None or not conf.get("DATABASE_USER") or not conf.get("DATABASE_PASSWORD"):
+        return None
+    found = keysets(ctx, which)
+    for layout, password in try_decrypt(conf, found, ctx.secrets).items():
+        if password is not None:
+            return Login(conf.get("DATABASE_USER") or "", password, f"{which} ispcp.conf with the {layout} key file")
+    return None
+
+
+def check_conf_login(ctx: Context, conf: IspcpConf, files: dict[str, KeyFile]) -> tuple[bool, str]:
+    """Do these key files all decrypt conf's DATABASE_PASSWORD, and does it open DATABASE_NAME?
+
+    The message names the failing part (conf, keys or login), never a secret.
+    """
+    user = conf.get("DATABASE_USER")
+    database = conf.get("DATABASE_NAME") or "ispcp"
+    if not user:
+        return False, f"conf: {conf.path} has no DATABASE_USER"
+    if not conf.get("DATABASE_PASSWORD"):
+        return False, f"conf: {conf.path} has no DATABASE_PASSWORD"
+    present = {layout: kf for layout, kf in files.items() if kf.state != "missing"}
+    broken = [f"{layout} ({kf.state}: {kf.detail})" for layout, kf in present.items() if kf.keys is None]
+    found = {layout: kf.keys for layout, kf in present.items() if kf.keys is not None}
+    if not found:
+        return False, "keys: no readable key file" + (f"; {'; '.join(broken)}" if broken else " at all")
+    results = try_decrypt(conf, found, ctx.secrets)
+    good = [layout for layout, pw in results.items() if pw is not None]
+    bad = [layout for layout, pw in results.items() if pw is None]
+    if not good:
+        return False, (f"keys: no key file ({', '.join(bad)}) decrypts DATABASE_PASSWORD of {conf.path}: "
+                       "they belong to another installation")
+    if bad or broken:
+        why = [f"{layout} does not decrypt it" for layout in bad] + broken
+        return False, f"keys: {', '.join(good)} decrypt DATABASE_PASSWORD, but {'; '.join(why)}"
+    if ctx.mysql is None or not ctx.mysql.status():
+        return False, "login: the MySQL server is not running, so the login cannot be tried"
+    reason = ctx.mysql.can_login(user, results[good[0]], database)
+    if reason is not None:
+        return False, ctx.secrets.redact(
+            f"login: the keys decrypt DATABASE_PASSWORD, but MySQL refuses {user} on database {database}: {reason}")
+    return True, (f"verified: the key files ({', '.join(good)}) decrypt DATABASE_PASSWORD and {user} "
+                  f"logs into database {database}")
+
+
+def check_ispcp_login(ctx: Context) -> tuple[bool, str]:
+    """Does the TARGET's ispcp.conf with the TARGET's keys log into the running MySQL and open DATABASE_NAME?"""
+    try:
+        conf = load_conf(ctx, "target")
+    except InputError as exc:
+        return False, f"conf: {exc.message}"
+    if conf is None:
+        return False, f"conf: the target has no {CONF_PATH}"
+    return check_conf_login(ctx, conf, keyfile_states(ctx, "target", conf))
