@@ -130,6 +130,8 @@ class MysqlService(ABC):
         self.start(extra_args)
 
     def connect(self, user: str, password: str | None, database: str | None = None, **kw: Any) -> Any:
+        # A Unix socket needs no TLS; pymysql's default "preferred" TLS builds a CA context per connection (~20 ms).
+        kw.setdefault("ssl_disabled", True)
         return pymysql.connect(
             unix_socket=str(self.socket), user=user, password=password or "", database=database,
             connect_timeout=10, autocommit=True, charset="utf8mb4", **kw,
@@ -171,6 +173,9 @@ class SandboxMysql(MysqlService):
 
     log_file: Path | None = None
     user: str = "mysql"
+    # A private --tmpdir: in a shared /tmp, temporary-table names of servers in different PID
+    # namespaces collide and one server deletes the other's files.
+    tmpdir: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def error_log(self) -> Path:
@@ -180,10 +185,18 @@ class SandboxMysql(MysqlService):
         networking = [f"--port={self.port}", "--bind-address=127.0.0.1"] if self.port else ["--skip-networking"]
         if "--skip-networking" in extra_args:
             networking = []
+        tmp = []
+        if self.tmpdir is not None and not any(a.startswith("--tmpdir") for a in extra_args):
+            import pwd
+
+            self.tmpdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            account = pwd.getpwnam(self.user)
+            os.chown(self.tmpdir, account.pw_uid, account.pw_gid)
+            tmp = [f"--tmpdir={self.tmpdir}"]
         argv = [
             server_binary(), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
             *networking, f"--pid-file={self.effective_pid_file()}", f"--log-error={self.error_log()}",
-            f"--user={self.user}", *extra_args,
+            f"--user={self.user}", *tmp, *extra_args,
         ]
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
@@ -238,18 +251,15 @@ class SystemMysql(MysqlService):
 def from_params(mysql: dict[str, Any], target_root: Path, runner: Runner) -> MysqlService:
     """Build the service from the runbook's `mysql` parameter mapping."""
     kind = mysql.get("service", "systemd")
-    root = Path(target_root)
-
-    def under(p: str) -> Path:
-        return Path(p) if kind != "sandbox" and str(root) == "/" else Path(p)
-
-    datadir = under(mysql.get("datadir", "/var/lib/mysql"))
-    sock = under(mysql.get("socket", "/run/mysqld/mysqld.sock"))
+    # Paths in the mapping are as the host sees them (a sandbox's datadir lies under its target root).
+    datadir = Path(mysql.get("datadir", "/var/lib/mysql"))
+    sock = Path(mysql.get("socket", "/run/mysqld/mysqld.sock"))
     pid = Path(mysql["pid_file"]) if mysql.get("pid_file") else None
     port = int(mysql["port"]) if mysql.get("port") else None
     if kind == "sandbox":
         log = Path(mysql["log_file"]) if mysql.get("log_file") else None
-        return SandboxMysql(datadir, sock, port, pid, runner, log_file=log)
+        tmpdir = Path(mysql["tmpdir"]) if mysql.get("tmpdir") else None
+        return SandboxMysql(datadir, sock, port, pid, runner, log_file=log, tmpdir=tmpdir)
     if kind in ("systemd", "sysv"):
         return SystemMysql(datadir, sock, port, pid, runner, manager=kind, unit=mysql.get("unit", "mariadb"))
     raise ValueError(f"mysql.service must be systemd, sysv or sandbox, not {kind!r}")

@@ -136,7 +136,8 @@ class World:
     def runbook_params(self) -> dict[str, Any]:
         """The papermill parameters that point the runbook at this world (no secrets in them)."""
         return {"backup_root": str(self.backup_root), "target_root": str(self.target_root),
-                "state_dir": str(self.state_dir), "mysql": dict(self.mysql_params)}
+                "state_dir": str(self.state_dir),
+                "mysql": {**self.mysql_params, "tmpdir": str(self.mysql_tmpdir)}}
 
     def clone(self, dest: Path) -> World:
         """An independent copy (cp -a keeps owners, modes and links) with its own MariaDB port."""
