@@ -3,9 +3,11 @@ and stop every process it started, whatever happens."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +25,23 @@ def _optional(name: str) -> ModuleType | None:
         if exc.name == name:
             return None
         raise
+
+
+@contextlib.contextmanager
+def world_services(world: Any) -> Iterator[dict[str, Any]]:
+    """Start the sandbox Postfix and DNS for a world; yields the runbook parameters that point at them."""
+    started: list[ModuleType] = []
+    params: dict[str, Any] = {}
+    try:
+        for name in SERVICE_MODULES:
+            module = _optional(name)
+            if module is not None:
+                params.update(module.start_for_world(world))
+                started.append(module)
+        yield params
+    finally:
+        for module in reversed(started):
+            module.stop_for_world(world)
 
 
 def _leftover_pids(workdir: Path) -> list[int]:
@@ -52,20 +71,13 @@ def run_demo(workdir: Path, scale: str, report_dir: Path, no_input: bool = False
     print(f"demo: building the {scale} sandbox world in {workdir}", flush=True)
     world = build_world(workdir, scale)
     print(f"demo: world built in {time.monotonic() - started_at:.1f} s", flush=True)
-    services: list[ModuleType] = []
-    params: dict[str, Any] = {**world.runbook_params(), "apply": True}
     rc = 1
     try:
         world.start()
-        for name in SERVICE_MODULES:
-            module = _optional(name)
-            if module is not None:
-                params.update(module.start_for_world(world))
-                services.append(module)
-        rc, _ = run_runbook(params, report_dir)
+        with world_services(world) as service_params:
+            params = {**world.runbook_params(), **service_params, "apply": True}
+            rc, _ = run_runbook(params, report_dir)
     finally:
-        for module in reversed(services):
-            module.stop_for_world(world)
         world.stop()
         left = _leftover_pids(workdir)
         if left:

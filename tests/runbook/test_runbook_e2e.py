@@ -20,9 +20,9 @@ def _assert_no_secret(text: str, secrets: list[str], where: str) -> None:
     assert not leaked, f"{len(leaked)} sandbox secret(s) appear in {where}"
 
 
-def test_apply_run_writes_report_without_secrets(world, tmp_path: Path) -> None:
+def test_apply_run_writes_report_without_secrets(world, served_params, tmp_path: Path) -> None:
     reports = tmp_path / "reports"
-    rc, html_path = run_runbook({**world.runbook_params(), "apply": True}, reports, log_output=False)
+    rc, html_path = run_runbook({**served_params, "apply": True}, reports, log_output=False)
     summary_path = html_path.with_suffix(".json")
     summary = json.loads(summary_path.read_text())
     failed = [s for s in summary["steps"] if s["status"] == "failed"]
@@ -43,8 +43,8 @@ def test_apply_run_writes_report_without_secrets(world, tmp_path: Path) -> None:
     _assert_no_secret((world.state_dir / "journal.jsonl").read_text(encoding="utf-8"), secrets, "the journal")
 
 
-def test_failing_step_gives_nonzero_exit_and_marked_report(world, tmp_path: Path) -> None:
-    params = {**world.runbook_params(), "backup_root": str(tmp_path / "no-such-backup")}
+def test_failing_step_gives_nonzero_exit_and_marked_report(served_params, tmp_path: Path) -> None:
+    params = {**served_params, "backup_root": str(tmp_path / "no-such-backup")}
     rc, html_path = run_runbook(params, tmp_path / "reports", log_output=False)
     assert rc != 0
     summary = json.loads(html_path.with_suffix(".json").read_text())
