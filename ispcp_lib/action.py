@@ -69,7 +69,15 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
 
     def deco(fn: Callable[..., None]) -> Callable[..., Result]:
         @functools.wraps(fn)
-        def wrapper(ctx: Context, **kw: Any) -> Result:
+        def wrapper(ctx: Context, **kw: Any) -> Any:
+            # In a live JupyterLab session (ispcp_lib.interactive) the session decides how the step
+            # runs: a changing step as a dry run first, applied only when the operator presses a button.
+            session = getattr(ctx, "interactive_session", None)
+            if session is not None:
+                return session.run_step(run_step, ctx, name, mutating, kw)
+            return run_step(ctx, **kw)
+
+        def run_step(ctx: Context, **kw: Any) -> Result:
             result = Result(step=name, apply=ctx.apply_for(name), secrets=ctx.secrets)
             if ctx.steps is not None and name not in ctx.steps:
                 result.status = "skipped"
@@ -107,6 +115,8 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
                 result.duration_s = time.monotonic() - started
                 ctx.current = previous
                 ctx.runner.sink = None
+                # Outside a step nothing may change: a stray mutating command is only planned.
+                ctx.runner.apply = previous.apply if previous is not None else False
             result.status = _status(result, mutating, failure)
             ctx.results[name] = result
             _append_journal(ctx, result)
@@ -117,6 +127,7 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
 
         wrapper.step_name = name  # type: ignore[attr-defined]
         wrapper.mutating = mutating  # type: ignore[attr-defined]
+        wrapper.run_step = run_step  # type: ignore[attr-defined]  # the step without the interactive gate
         return wrapper
 
     return deco

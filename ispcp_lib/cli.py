@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ispcp_lib import decrypt_password
 from ispcp_lib.context import DEFAULT_STATE_DIR
 from ispcp_lib.notebook_build import NOTEBOOK
 from ispcp_lib.runbook import write_private
@@ -25,10 +29,15 @@ def _parse_value(text: str) -> Any:
 
 def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False,
                 log_output: bool = True) -> tuple[int, Path]:
-    """Execute the notebook with papermill, then write .ipynb, .html and .json (all mode 0600)."""
+    """Execute the notebook with papermill, then write .ipynb, .json and .html (all mode 0600).
+
+    Headless by construction: ISPCP_HEADLESS=1 is in the kernel's environment and interactive=False
+    is passed, so no widget or apply button appears and the `apply` parameter alone decides.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from ispcp_lib.interactive import HEADLESS_ENV
     from ispcp_lib.report import html_report, summary_from_journal
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -37,26 +46,43 @@ def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False
     params = dict(params)
     params.setdefault("run_id", stamp)
     params["summary_path"] = str(json_path)
+    params["interactive"] = False
     report_dir.mkdir(parents=True, exist_ok=True)
     write_private(executed, "")
     failed = False
-    try:
-        papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=params, log_output=log_output,
-                                   progress_bar=False, kernel_name="python3", cwd=str(report_dir))
-    except PapermillExecutionError as exc:
-        failed = True
-        print(f"step failed: {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}", file=sys.stderr)
+    with _environ(HEADLESS_ENV, "1"):  # the kernel papermill starts inherits this environment
+        try:
+            papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=params, log_output=log_output,
+                                       progress_bar=False, kernel_name="python3", cwd=str(report_dir))
+        except PapermillExecutionError as exc:
+            failed = True
+            print(f"step failed: {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}",
+                  file=sys.stderr)
     executed.chmod(0o600)
-    html_report(executed, html_path, no_input=no_input)
     target = Path(params.get("target_root") or "/")
     state_dir = Path(params["state_dir"]) if params.get("state_dir") else target / DEFAULT_STATE_DIR.lstrip("/")
     summary = summary_from_journal(state_dir, params["run_id"], bool(params.get("apply")), params.get("steps"))
     if failed:
         summary["status"] = "failed"
     write_private(json_path, json.dumps(summary, indent=2))
+    html_report(executed, html_path, no_input=no_input, summary=summary, params=params)
     print(f"summary: {json_path}")
     print(html_path)
     return (1 if summary["status"] == "failed" else 0), html_path
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set one environment variable for the duration, then restore what was there."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -87,6 +113,26 @@ def cmd_build_notebook(args: argparse.Namespace) -> int:
     return notebook_build.main(["--check"] if args.check else [])
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The HTML report of a notebook run by hand in JupyterLab (or re-rendering a headless run's)."""
+    from ispcp_lib.report import html_report
+
+    executed = Path(args.notebook)
+    summary_path = Path(args.summary) if args.summary else executed.with_suffix(".json")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    html_path = Path(args.output) if args.output else executed.with_suffix(".html")
+    print(html_report(executed, html_path, no_input=args.no_input, summary=summary))
+    return 0
+
+
+def cmd_screenshots(args: argparse.Namespace) -> int:
+    from ispcp_lib.report import docs_screenshots
+
+    for path in docs_screenshots(Path(args.report), Path(args.out), diff_step=args.diff_step):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ispcp-recover", description="ispCP disaster-recovery runbook")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,17 +142,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one parameter (VALUE is YAML)")
     run.add_argument("--steps", help="comma-separated step names (default: all)")
     run.add_argument("--report-dir", default=str(REPO / "reports"))
-    run.add_argument("--no-input", action="store_true", help="hide code cells in the HTML report")
+    run.add_argument("--no-input", action="store_true",
+                     help="hide code cells in the HTML report (default: shown, the calls are part of the record)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="build the sandbox world and run the whole runbook against it")
     demo.add_argument("--workdir", default=str(REPO / "build" / "demo"))
     demo.add_argument("--scale", choices=("small", "mid", "large"), default="small")
     demo.add_argument("--report-dir", default=str(REPO / "reports"))
-    demo.add_argument("--no-input", action="store_true")
+    demo.add_argument("--no-input", action="store_true", help="hide code cells in the HTML report")
     demo.set_defaults(func=cmd_demo)
+    rep = sub.add_parser("report", help="write the HTML report of an executed notebook, e.g. one stepped "
+                                        "through in JupyterLab (save it with its widget state)")
+    rep.add_argument("notebook")
+    rep.add_argument("--summary", help="the summary JSON (default: next to the notebook, if there)")
+    rep.add_argument("-o", "--output", help="the HTML file (default: the notebook's name with .html)")
+    rep.add_argument("--no-input", action="store_true", help="hide code cells")
+    rep.set_defaults(func=cmd_report)
+    shots = sub.add_parser("screenshots", help="PNGs of a report for the README (top, a step with a diff, the "
+                                               "update transcript), taken by headless Chromium")
+    shots.add_argument("report", help="the executed notebook of a run: reports/<stamp>-ispcp-recovery.ipynb")
+    shots.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
+    shots.add_argument("--diff-step", help="the step to show with its diff (default: the one whose diff shows first)")
+    shots.set_defaults(func=cmd_screenshots)
     nb = sub.add_parser("build-notebook", help="regenerate runbooks/ispcp_recovery.ipynb from the steps")
     nb.add_argument("--check", action="store_true")
     nb.set_defaults(func=cmd_build_notebook)
+    dp = sub.add_parser("decrypt-password", help="check that ispcp.conf's DATABASE_PASSWORD decrypts with the key "
+                                                 "files (prints the password only with --show)")
+    decrypt_password.add_arguments(dp)
+    dp.set_defaults(func=decrypt_password.cmd_decrypt_password)
     return parser
 
 

@@ -1,6 +1,8 @@
 """Builds runbooks/ispcp_recovery.ipynb from the step modules, so that the notebook holds no logic
-and its text lives next to the code it explains. `python -m ispcp_lib.notebook_build --check`
-fails when the committed notebook is out of date."""
+and its text lives next to the code it explains. It also writes runbooks/ispcp_recovery.md, the same
+notebook as jupytext markdown, so that a change to the runbook can be reviewed as a plain text diff.
+`python -m ispcp_lib.notebook_build --check` fails when either file (or the README's parameter
+table) is out of date."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from ispcp_lib.steps import STEP_ORDER, built_steps, load
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "ispcp_recovery.ipynb"
+NOTEBOOK_TEXT = NOTEBOOK.with_suffix(".md")  # jupytext markdown of the same cells, for review
 README = Path(__file__).resolve().parents[1] / "README.md"
 _README_START, _README_END = "<!-- step-parameters:start -->", "<!-- step-parameters:end -->"
 
@@ -34,7 +37,11 @@ CORE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "force_steps": ([], "steps to run again even though the journal shows them applied"),
     "apply_steps": ({}, "per-step override of apply, e.g. {'user_data': False}"),
     "summary_path": (None, "where the summary JSON goes (the CLI sets it)"),
+    "interactive": (None, "None = status panel and Apply buttons only in a live JupyterLab (not when "
+                          "ISPCP_HEADLESS is set); plain papermill runs pass -p interactive False"),
 }
+# Parameters the setup cell uses itself instead of passing them to open_run.
+_NOT_FOR_OPEN_RUN = ("summary_path", "interactive")
 
 INTRO = """# ispCP disaster recovery runbook
 
@@ -52,16 +59,29 @@ the guide it follows, explains why the step exists and what can go wrong, then m
 * **Secrets stay out.** Passwords, keys and hashes are found on the two systems, never passed as
   parameters, and every output is redacted.
 
-Run it headless with `ispcp-recover run -f params.yaml`; the HTML report of the run is the record of
-what was done."""
+**Two ways to run it.**
 
-SETUP = """from ispcp_lib import steps
+* **Step by step in JupyterLab.** Run the cells one by one. A status panel under the setup cell shows
+  where the recovery stands. Every step that would change the target first runs as a dry run and shows
+  its plan (commands, diffs, tables) with an **Apply this step** button; nothing changes until you press
+  it, and pressing it applies that step only. "Run All" therefore only plans. For the record, set
+  `summary_path`, save the notebook with its widget state (Settings → Save Widget State
+  Automatically) and run `ispcp-recover report <notebook>.ipynb`.
+* **Headless:** `ispcp-recover run -f params.yaml`. No widgets; the `apply` parameter (and the
+  per-step `apply_steps` override) decides, and long work prints plain progress lines. The HTML report
+  of the run is the record of what was done. Running the notebook with plain `papermill` instead?
+  Pass `-p interactive False`."""
+
+SETUP = """from ispcp_lib.interactive import start_interactive
 from ispcp_lib.runbook import open_run, summary
 from ispcp_lib.steps import {modules}
 
 ctx = open_run(
 {args}
-)"""
+)
+# In JupyterLab: the status panel, and an "Apply this step" button under every changing step.
+# Headless (ispcp-recover run, papermill -p interactive False): nothing interactive; `apply` decides.
+session = start_interactive(ctx, interactive)"""
 
 
 def _literal(value: Any) -> str:
@@ -71,7 +91,8 @@ def _literal(value: Any) -> str:
 def parameter_cell_source(step_params: dict[str, tuple[Any, str]]) -> str:
     lines = ["# Parameters (papermill overrides these). Never put a password here: use secrets_file."]
     for name, (default, doc) in {**CORE_PARAMETERS, **step_params}.items():
-        lines.append(f"{name} = {_literal(default)}  # {doc}")
+        # papermill skips any parameter line with a second "=", even in its comment.
+        lines.append(f"{name} = {_literal(default)}  # {doc.replace(' = ', ': ').replace('=', ':')}")
     return "\n".join(lines)
 
 
@@ -98,7 +119,7 @@ def readme_text(current: str) -> str:
 
 def build() -> nbformat.NotebookNode:
     step_params = collect_step_parameters()
-    core_args = [n for n in CORE_PARAMETERS if n != "summary_path"]
+    core_args = [n for n in CORE_PARAMETERS if n not in _NOT_FOR_OPEN_RUN]
     args = [f"    {n}={n}," for n in core_args]
     args.append("    options=dict(" + ", ".join(f"{n}={n}" for n in step_params) + "),")
     nb = new_notebook()
@@ -146,23 +167,45 @@ def render() -> str:
     return nbformat.writes(build()) + "\n"
 
 
+def render_text(nb: nbformat.NotebookNode | None = None) -> str:
+    """The notebook as jupytext markdown: cells, tags and kernel, without volatile jupytext versions."""
+    import copy
+
+    import jupytext
+
+    nb = copy.deepcopy(nb if nb is not None else build())
+    for cell in nb.cells:
+        if not cell.metadata.get("tags"):
+            cell.metadata.pop("tags", None)
+    nb.metadata["jupytext"] = {
+        "cell_metadata_filter": "tags,-all",
+        "notebook_metadata_filter": "kernelspec,language_info,-jupytext.text_representation.jupytext_version",
+    }
+    return jupytext.writes(nb, fmt="md")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the committed notebook is stale")
     args = parser.parse_args(argv)
-    text = render()
-    readme = readme_text(README.read_text())
+    nb = build()
+    wanted = {
+        NOTEBOOK: nbformat.writes(nb) + "\n",
+        NOTEBOOK_TEXT: render_text(nb),
+        README: readme_text(README.read_text()),
+    }
     if args.check:
-        stale = [p for p, want in ((NOTEBOOK, text), (README, readme)) if not p.exists() or p.read_text() != want]
+        stale = [p for p, want in wanted.items() if not p.exists() or p.read_text() != want]
         for p in stale:
             print(f"{p} is out of date: run python -m ispcp_lib.notebook_build", file=sys.stderr)
         if not stale:
-            print(f"{NOTEBOOK.name} and the README's parameter table are in sync with ispcp_lib/steps")
+            print(f"{NOTEBOOK.name}, {NOTEBOOK_TEXT.name} and the README's parameter table are in sync "
+                  "with ispcp_lib/steps")
         return 1 if stale else 0
     NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
-    NOTEBOOK.write_text(text)
-    README.write_text(readme)
-    print(f"wrote {NOTEBOOK} and the README's parameter table")
+    for path, text in wanted.items():
+        path.write_text(text)
+    print(f"wrote {NOTEBOOK}, {NOTEBOOK_TEXT} and the README's parameter table")
     return 0
 
 

@@ -105,7 +105,9 @@ def summary_dict(ctx: Context) -> dict[str, Any]:
             rows.append({"name": name, "status": r.status, "changed": r.changed,
                          "duration_s": round(r.duration_s, 3), "warnings": list(r.warnings)})
     status = "failed" if any(r["status"] == "failed" for r in rows) else "ok"
-    return ctx.secrets.redact_obj({"status": status, "apply": ctx.default_apply, "run_id": ctx.run_id, "steps": rows})
+    # Stepping through in JupyterLab, an Apply button applies one step while the parameter stays False.
+    applied = ctx.default_apply or any(r.apply and r.status == "done" for r in ctx.results.values())
+    return ctx.secrets.redact_obj({"status": status, "apply": applied, "run_id": ctx.run_id, "steps": rows})
 
 
 def write_private(path: Path, text: str) -> None:

@@ -1,0 +1,413 @@
+"""Stepping through the runbook by hand in JupyterLab: a status panel, an apply gate, progress bars.
+
+Only with a live frontend. `detect(None)` is True inside an IPython ZMQ kernel unless the
+environment variable ISPCP_HEADLESS is set (`ispcp-recover run` sets it before papermill starts
+the kernel, and also passes `interactive=False`; plain papermill users pass `-p interactive False`).
+Headless runs get no widgets at all: the `apply` and `apply_steps` parameters decide, progress is
+printed as plain log lines, and the summary table at the end is the static status panel.
+
+In interactive mode every changing step (a mutating @action) first runs as a dry run and shows its
+plan with an "Apply this step" button; nothing changes until the operator presses it. Pressing runs
+the same step once more with apply for that step only. The gate hooks in through
+`ctx.interactive_session`, which `ispcp_lib.action` consults for every step.
+
+ipywidgets is imported lazily: headless runs and the steps' progress calls never need it.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ispcp_lib.context import Context
+from ispcp_lib.errors import InputError
+from ispcp_lib.result import Result
+from ispcp_lib.steps import STEP_ORDER, built_steps
+
+if TYPE_CHECKING:
+    import ipywidgets
+
+HEADLESS_ENV = "ISPCP_HEADLESS"
+
+# Result.status -> what the panel shows.
+STATE_LABELS = {
+    "done": "done",
+    "noop": "no-op",
+    "planned": "planned",
+    "skipped": "skipped",
+    "failed": "failed",
+    "running": "running",
+}
+_STATE_COLOURS = {
+    "done": "#1a7f37",
+    "no-op": "#57606a",
+    "planned": "#0969da",
+    "skipped": "#57606a",
+    "failed": "#cf222e",
+    "running": "#9a6700",
+    "not run": "#8c959f",
+    "not built": "#8c959f",
+}
+_MISSING = object()
+
+
+def detect(flag: bool | None = None) -> bool:
+    """Whether to use widgets: an explicit flag wins; None means "a live Jupyter frontend"."""
+    if flag is not None:
+        if flag:
+            _require_widgets()
+        return bool(flag)
+    if os.environ.get(HEADLESS_ENV, "") not in ("", "0"):
+        return False
+    try:
+        from ipykernel.zmqshell import ZMQInteractiveShell
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    if not isinstance(get_ipython(), ZMQInteractiveShell):
+        return False
+    if not _launched_by_jupyter_server():
+        # A kernel run by papermill or nbclient has nobody to press a button: a gate there would
+        # silently turn an apply run into a dry run.
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+JUPYTER_SERVERS = ("jupyter-lab", "jupyter-notebook", "jupyter-server", "jupyter_server", "jupyterlab",
+                   "notebook.app", "nbclassic", "voila")
+
+
+def _launched_by_jupyter_server(pid: int | None = None) -> bool:
+    """Whether this kernel's parent process is a Jupyter server (a frontend can be attached)."""
+    ppid = os.getppid() if pid is None else pid
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as fh:
+            cmdline = fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return False
+    return any(name in cmdline for name in JUPYTER_SERVERS)
+
+
+def _require_widgets() -> None:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        raise InputError("interactive", "is True but ipywidgets is not installed",
+                         "pip install 'ispcp-recovery[interactive]', or set interactive = False") from None
+
+
+def start_interactive(ctx: Context, interactive: bool | None = None,
+                      display: Callable[[Any], None] | None = None) -> InteractiveSession | None:
+    """The setup cell's call: in JupyterLab, show the status panel and gate changing steps.
+
+    Returns None (and shows nothing) when headless.
+    """
+    if not detect(interactive):
+        return None
+    session = InteractiveSession(ctx, display=display)
+    ctx.interactive_session = session  # type: ignore[attr-defined]  # read by ispcp_lib.action
+    session.display(session.panel.widget)
+    return session
+
+
+def stop_interactive(ctx: Context) -> None:
+    """Detach the gate: steps run directly again (the apply parameter decides)."""
+    if getattr(ctx, "interactive_session", None) is not None:
+        del ctx.interactive_session  # type: ignore[attr-defined]
+
+
+def _ipython_display(obj: Any) -> None:
+    from IPython.display import display
+
+    display(obj)
+
+
+class StatusPanel:
+    """Where the recovery stands: one row per step with its state, changes and duration."""
+
+    def __init__(self, ctx: Context, session: InteractiveSession | None = None) -> None:
+        import ipywidgets as w
+
+        self.ctx = ctx
+        self.session = session
+        self.running: str | None = None
+        self.built = set(built_steps())
+        self.widget: ipywidgets.HTML = w.HTML()
+        self.refresh()
+
+    def rows(self) -> list[dict[str, Any]]:
+        # actions outside the guide's steps (helpers, tests) get rows too, once they run
+        extra = [n for n in [*self.ctx.results, self.running] if n and n not in STEP_ORDER]
+        extra = list(dict.fromkeys(extra))
+        rows = []
+        for name in [*STEP_ORDER, *extra]:
+            r = self.ctx.results.get(name)
+            note = ""
+            if name == self.running:
+                state = "running"
+            elif r is not None:
+                state = STATE_LABELS.get(r.status, r.status)
+                note = _note(r, self.session, name)
+            elif name in STEP_ORDER and name not in self.built:
+                state = "not built"
+            else:
+                state = "not run"
+            rows.append({"step": name, "state": state, "changes": r.changed if r is not None else 0,
+                         "duration_s": round(r.duration_s, 2) if r is not None else None, "note": note})
+        return rows
+
+    def state(self, name: str) -> str:
+        return next(r["state"] for r in self.rows() if r["step"] == name)
+
+    def refresh(self) -> None:
+        self.widget.value = self.render()
+
+    def render(self) -> str:
+        mode = "APPLY" if self.ctx.default_apply else "dry run"
+        head = (f"<div style='font-weight:bold;margin-bottom:4px'>Recovery status · run {_e(self.ctx.run_id)}"
+                f" · apply parameter: {mode} · changing steps wait for their <i>Apply this step</i> button</div>")
+        body = []
+        for row in self.rows():
+            colour = _STATE_COLOURS.get(row["state"], "#57606a")
+            duration = "" if row["duration_s"] is None else f"{row['duration_s']:.2f} s"
+            changes = row["changes"] if row["state"] not in ("not run", "not built") else ""
+            body.append(
+                f"<tr><td><code>{_e(row['step'])}</code></td>"
+                f"<td style='color:{colour};font-weight:bold'>{_e(row['state'])}</td>"
+                f"<td style='text-align:right'>{changes}</td><td style='text-align:right'>{duration}</td>"
+                f"<td>{_e(row['note'])}</td></tr>"
+            )
+        return (f"<div class='ir-status-panel'>{head}<table><thead><tr><th>step</th><th>state</th>"
+                f"<th>changes</th><th>duration</th><th>note</th></tr></thead><tbody>{''.join(body)}</tbody>"
+                "</table></div>")
+
+
+def _note(r: Result, session: InteractiveSession | None, name: str) -> str:
+    if r.status == "failed" and r.errors:
+        return _short(r.errors[0])
+    if r.status == "planned":
+        gate = session.gates.get(name) if session is not None else None
+        if gate is not None and gate.applied is None:
+            return "waiting for its Apply this step button"
+        return "dry run"
+    if r.status in ("noop", "skipped") and r.noop_reason:
+        return _short(r.noop_reason)
+    if r.warnings:
+        return f"{len(r.warnings)} warning(s)"
+    return ""
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+class InteractiveSession:
+    """Attached to a Context as ctx.interactive_session; ispcp_lib.action hands every step to run_step."""
+
+    def __init__(self, ctx: Context, display: Callable[[Any], None] | None = None) -> None:
+        _require_widgets()
+        self.ctx = ctx
+        self.display = display or _ipython_display
+        self.gates: dict[str, StepGate] = {}
+        self.panel = StatusPanel(ctx, self)
+        self.output: ipywidgets.Output | None = None  # where an applying step's output goes
+        self._depth = 0
+
+    def run_step(self, run: Callable[..., Result], ctx: Context, name: str, mutating: bool,
+                 kw: dict[str, Any]) -> Result | StepGate:
+        """Read-only steps run as they are; a changing step runs dry and returns its gate."""
+        if self._depth:  # an action called from inside another step belongs to that step's run
+            return run(ctx, **kw)
+        self._depth += 1
+        self.panel.running = name
+        self.panel.refresh()
+        try:
+            if not mutating:
+                return run(ctx, **kw)
+            with _apply_override(ctx, name, False):
+                dry = run(ctx, **kw)
+        finally:
+            self._depth -= 1
+            self.panel.running = None
+            self.panel.refresh()
+        if dry.status != "planned":  # nothing to apply: no-op, skipped by resume or by steps
+            return dry
+        gate = StepGate(self, run, name, kw, dry)
+        self.gates[name] = gate
+        self.panel.refresh()
+        return gate
+
+    def apply_step(self, run: Callable[..., Result], name: str, kw: dict[str, Any],
+                   output: ipywidgets.Output) -> Result:
+        """The button's action: the same step once more, with apply for this step only."""
+        from ispcp_lib.action import StepFailed
+
+        ctx = self.ctx
+        saved_default, saved_progress, saved_output = ctx.default_apply, ctx.progress, self.output
+        ctx.default_apply = True
+        ctx.progress = lambda line: output.append_stdout(line + "\n")
+        self.output = output
+        self._depth += 1
+        self.panel.running = name
+        self.panel.refresh()
+        try:
+            with _apply_override(ctx, name, True):
+                result = run(ctx, **kw)
+        except StepFailed as exc:
+            result = exc.result
+        finally:
+            ctx.default_apply, ctx.progress, self.output = saved_default, saved_progress, saved_output
+            self._depth -= 1
+            self.panel.running = None
+        self.panel.refresh()
+        return result
+
+
+class _apply_override:
+    """Temporarily set apply_steps[name] (the per-step override Context.apply_for reads)."""
+
+    def __init__(self, ctx: Context, name: str, value: bool) -> None:
+        self.ctx, self.name, self.value = ctx, name, value
+        self.saved: Any = _MISSING
+
+    def __enter__(self) -> None:
+        self.saved = self.ctx.apply_steps.get(self.name, _MISSING)
+        self.ctx.apply_steps[self.name] = self.value
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is _MISSING:
+            self.ctx.apply_steps.pop(self.name, None)
+        else:
+            self.ctx.apply_steps[self.name] = self.saved
+
+
+class StepGate:
+    """A changing step's dry-run plan plus the button that applies it. Behaves like its latest Result."""
+
+    def __init__(self, session: InteractiveSession, run: Callable[..., Result], name: str,
+                 kw: dict[str, Any], dry: Result) -> None:
+        import ipywidgets as w
+
+        self.session, self.run, self.name, self.kw = session, run, name, kw
+        self.dry = dry
+        self.applied: Result | None = None
+        excluded = session.ctx.apply_steps.get(name) is False
+        self.button = w.Button(description="Apply this step", button_style="warning", icon="play",
+                               disabled=excluded, layout=w.Layout(width="auto"),
+                               tooltip=f"run {name} again with apply=True; the plan above is what it changes")
+        if excluded:
+            text = f"apply_steps excludes {name}: this step stays a dry run."
+        else:
+            text = (f"Dry run: {dry.changed} planned change(s) above. Nothing has changed yet; "
+                    "press the button to apply this step only.")
+        self.note = w.HTML(value=f"<span>{_e(text)}</span>")
+        self.output = w.Output()
+        self.button.on_click(lambda _button: self.press())
+        self.widget = w.VBox([w.HBox([self.button, self.note]), self.output])
+
+    @property
+    def result(self) -> Result:
+        """The applied Result once the button was pressed, else the dry run's."""
+        return self.applied if self.applied is not None else self.dry
+
+    def press(self) -> Result:
+        """What the button does (tests call it directly): apply this step once, show the new result."""
+        if self.button.disabled:
+            return self.result
+        self.button.disabled = True
+        self.button.description = "Applying…"
+        result = self.session.apply_step(self.run, self.name, self.kw, self.output)
+        self.applied = result
+        self.output.append_display_data(result)
+        if result.status == "failed":
+            self.button.disabled = False
+            self.button.description = "Retry: apply this step"
+            self.note.value = "<span style='color:#cf222e'>Applying failed; see the result below.</span>"
+        else:
+            self.button.description = "Applied"
+            self.button.button_style = "success"
+            self.note.value = f"<span>{_e(f'{result.status}: {result.changed} change(s) applied.')}</span>"
+        self.session.panel.refresh()
+        return result
+
+    def __getattr__(self, attr: str) -> Any:  # r.data, r.status, ... as on a Result
+        if attr.startswith("_") or attr in ("dry", "applied", "session"):
+            raise AttributeError(attr)
+        return getattr(self.result, attr)
+
+    def _ipython_display_(self) -> None:
+        self.session.display(self.dry)
+        self.session.display(self.widget)
+
+    def __repr__(self) -> str:
+        return repr(self.result)
+
+
+def progress_bar(ctx: Context, total: int | None, label: str, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> Callable[[int, str], None]:
+    """A progress reporter for long work: call it as tick(done, text) as the work goes.
+
+    In JupyterLab a bar (IntProgress + label) in the running cell or under the Apply button;
+    headless a plain ctx.log line at most every `every_s` seconds, plus one when done.
+    """
+    session = getattr(ctx, "interactive_session", None)
+    if session is None:
+        return _log_progress(ctx, total, label, every_s, clock)
+    import ipywidgets as w
+
+    bar = w.IntProgress(value=0, min=0, max=max(total or 0, 1), layout=w.Layout(width="40%"))
+    text = w.Label(value=f"{label}: starting")
+    box = w.HBox([bar, text])
+    if session.output is not None:
+        session.output.append_display_data(box)
+    else:
+        session.display(box)
+    state = {"finished": False}
+
+    def tick(done: int, detail: str = "") -> None:
+        bar.value = min(done, bar.max)
+        text.value = _progress_line(label, done, total, detail)
+        if total and done >= total and not state["finished"]:
+            state["finished"] = True
+            bar.bar_style = "success"
+            ctx.log(_progress_line(label, done, total, detail))
+
+    tick.bar = bar  # type: ignore[attr-defined]  # for tests and callers that want to restyle it
+    tick.label = text  # type: ignore[attr-defined]
+    return tick
+
+
+def _log_progress(ctx: Context, total: int | None, label: str, every_s: float,
+                  clock: Callable[[], float]) -> Callable[[int, str], None]:
+    last = {"at": None, "finished": False}
+
+    def tick(done: int, detail: str = "") -> None:
+        now = clock()
+        finished = bool(total) and done >= total
+        if finished and last["finished"]:
+            return
+        if finished or last["at"] is None or now - last["at"] >= every_s:
+            last["at"] = now
+            last["finished"] = finished
+            ctx.log(_progress_line(label, done, total, detail))
+
+    return tick
+
+
+def _progress_line(label: str, done: int, total: int | None, detail: str) -> str:
+    if total:
+        line = f"{label}: {done}/{total} ({100 * min(done, total) // total}%)"
+    else:
+        line = f"{label}: {done}"
+    return f"{line} {detail}".rstrip()
