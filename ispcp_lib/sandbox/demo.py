@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -48,14 +49,27 @@ def _leftover_pids(workdir: Path) -> list[int]:
     """Processes whose command line mentions the demo's workdir (we started them; none may survive)."""
     marker = str(workdir.resolve()).encode()
     found = []
+    ours = _ancestors(os.getpid())  # this demo and the shell that started it name the workdir too
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+        if proc.name.isdigit() and int(proc.name) not in ours:
             try:
                 if marker in (proc / "cmdline").read_bytes() and pid_alive(int(proc.name)):
                     found.append(int(proc.name))
             except OSError:
                 continue
     return found
+
+
+def _ancestors(pid: int) -> set[int]:
+    chain = set()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return chain
 
 
 def run_demo(workdir: Path, scale: str, report_dir: Path, no_input: bool = False) -> int:

@@ -1,0 +1,629 @@
+"""TEST SCAFFOLDING: a stand-in for ispCP Omega's engine/setup/ispcp-update. NOT ispCP.
+
+The sandbox cannot run the real Perl update (no Apache, Courier, BIND or PHP there, and Debian 12's
+Crypt::CBC rejects ispCP 1.0.x's options). This program behaves like it where the recovery can tell
+the difference: it clears the screen and prints colours, asks the real prompts in the real order,
+reads ispcp.old.conf, merges it into ispcp.conf as the real update does, decrypts DATABASE_PASSWORD
+with the key files, logs into MySQL, checks the vftp login (and asks for the vftp password when that
+fails), rebuilds every domain, subdomain, alias and mailbox through the engine managers, pausing one
+second per item in every manager whose `sleep(1);` line is still active, and fails with real-looking
+messages where the real one fails.
+
+It only works inside a sandbox: ISPCP_SANDBOX_ROOT names the target root (every ispCP path lives
+below it) and ISPCP_SANDBOX_SOCKET the MariaDB socket. ISPCP_SANDBOX_SLEEP_SCALE scales the
+managers' one-second pause (tests use 0.01). A real ispcp-update ignores all three.
+
+Output the health checks can verify: one Apache vhost per domain, subdomain and alias in
+APACHE_SITES_DIR/ispcp.conf, domain web trees and FastCGI starters owned by their vu<uid> users
+(looked up in the target's /etc/passwd, as `chown` would), Maildirs for every mailbox, and each
+item's status back to 'ok' in the database (or the error text, as ispCP's engine records it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SCRIPT_REL = "var/www/ispcp/engine/setup/ispcp-update"
+ENV_ROOT = "ISPCP_SANDBOX_ROOT"
+ENV_SOCKET = "ISPCP_SANDBOX_SOCKET"
+ENV_SCALE = "ISPCP_SANDBOX_SLEEP_SCALE"
+DEFAULT_OLD_CONF = "/etc/ispcp/ispcp.old.conf"
+
+HEADER = """\
+# =====================================================================================
+#  TEST SCAFFOLDING - NOT ispCP.
+#  A stand-in for ispCP Omega's engine/setup/ispcp-update, written into the sandbox's
+#  target by ispcp_lib.sandbox.update_standin for the recovery's tests and demo.
+#  It refuses to run unless ISPCP_SANDBOX_ROOT names a sandbox target root.
+# =====================================================================================
+"""
+
+# Values the update asks for when ispcp.old.conf leaves them empty (the real ask_* prompts).
+ASK = {
+    "SERVER_HOSTNAME": "Please enter a fully qualified hostname. [{default}]: ",
+    "BASE_SERVER_IP": "Please enter system network address. [{default}]: ",
+    "DEFAULT_ADMIN_ADDRESS": "Please enter administrator e-mail address: ",
+    "DATABASE_HOST": "Please enter SQL server host. [localhost]: ",
+    "DATABASE_NAME": "Please enter system SQL database. [ispcp]: ",
+    "DATABASE_USER": "Please enter system SQL user. [root]: ",
+}
+ASK_DEFAULTS = {"DATABASE_HOST": "localhost", "DATABASE_NAME": "ispcp", "DATABASE_USER": "root"}
+NOT_MERGED = ("BuildDate", "Version", "CodeName")
+
+# The managers in ispcp-rqst-mngr's order: (manager, table, status column, what it rebuilds).
+MANAGERS = (
+    ("ispcp-dmn-mngr", "domain", "domain_status"),
+    ("ispcp-sub-mngr", "subdomain", "subdomain_status"),
+    ("ispcp-alssub-mngr", "subdomain_alias", "subdomain_alias_status"),
+    ("ispcp-als-mngr", "domain_aliasses", "alias_status"),
+    ("ispcp-mbox-mngr", "mail_users", "status"),
+    ("ispcp-htusers-mngr", "htaccess_users", "status"),
+    ("ispcp-htgroups-mngr", "htaccess_groups", "status"),
+)
+
+BOLD, UNDERLINE, RED, GREEN, YELLOW, BLUE, RESET = (
+    "\x1b[1m", "\x1b[4m", "\x1b[1;31m", "\x1b[1;32m", "\x1b[1;33m", "\x1b[1;34m", "\x1b[0m")
+
+
+def install(target_root: Path, world: Any = None) -> Path:
+    """Write the stand-in into the target's engine/setup (called by the sandbox world builder)."""
+    path = Path(target_root) / SCRIPT_REL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"#!{sys.executable}\n{HEADER}\n"
+        "import sys\n\n"
+        "from ispcp_lib.sandbox.update_standin import main\n\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    os.chown(path, 0, 0)
+    path.chmod(0o700)
+    return path
+
+
+class Failed(Exception):
+    """Ends the update with exit status `code` after printing `message` (as exit_msg does)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Update:
+    def __init__(self, root: Path, socket: str | None, scale: float) -> None:
+        from ispcp_lib.facts.ispcp_conf import IspcpConf
+
+        self.root = root
+        self.socket = socket
+        self.scale = scale
+        self.conf_path = root / "etc/ispcp/ispcp.conf"
+        if not self.conf_path.is_file():
+            raise Failed(f"{RED}[ERROR]{RESET} Unable to open /etc/ispcp/ispcp.conf: No such file or directory")
+        self.conf = IspcpConf.load(self.conf_path)
+        self.debug = (self.conf.get("DEBUG") or "0").strip() == "1"
+        self.db: Any = None
+        self._midline = False
+
+    # -- terminal ------------------------------------------------------------------------------
+    def out(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if text:
+            self._midline = not text.endswith("\n")
+
+    def ask(self, question: str, secret: bool = False) -> str:
+        self.out(question)
+        fd = sys.stdin.fileno()
+        old = None
+        if secret and os.isatty(fd):
+            old = termios.tcgetattr(fd)
+            new = termios.tcgetattr(fd)
+            new[3] &= ~termios.ECHO
+            termios.tcsetattr(fd, termios.TCSADRAIN, new)
+        try:
+            line = sys.stdin.readline()
+        finally:
+            if old is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, old)
+                self.out("\n")
+        if line == "":
+            raise Failed(f"\n{RED}[ERROR]{RESET} Unexpected end of input", 1)
+        return line.rstrip("\n")
+
+    def clear(self) -> None:
+        self.out("\x1b[H\x1b[2J")
+
+    def title(self, text: str) -> None:
+        self.out(f"\n\t{BOLD}{text}{RESET}\n\n")
+
+    def subtitle(self, text: str) -> None:
+        self.out(f"\t{text:<60}")
+
+    def status(self, ok: bool) -> None:
+        self.out(f"{GREEN}[ Done ]{RESET}\n" if ok else f"{RED}[ Failed ]{RESET}\n")
+
+    def dbg(self, text: str) -> None:
+        if self.debug:
+            safe = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            self.out(("\n" if self._midline else "") + f"\t{BLUE}[DEBUG]{RESET} {safe}\n")
+
+    def path(self, logical: str) -> Path:
+        return self.root / logical.lstrip("/")
+
+    # -- dialog --------------------------------------------------------------------------------
+    def dialog(self) -> None:
+        self.clear()
+        self.out(f"\n\t{BOLD}{UNDERLINE}Welcome to ispCP '{self.conf.get('Version')}' Update Dialog.{RESET}\n\n"
+                 "\tThis program will update your current ispCP OMEGA installation on this\n"
+                 "\tserver.\n\tPlease make sure you did a backup of all your server data.\n\n"
+                 f"\t{BLUE}[NOTICE]{RESET} During the migration process some or all services might require to\n"
+                 "\tbe shut down.\n\n")
+        self._yes_no("\tDo you want to continue [Y/n]: ")
+        self.clear()
+        self.out(f"\n\t{BLUE}[NOTICE]{RESET} Make sure you have read and performed all steps from\n"
+                 "\tdocs/distro/INSTALL document (where distro is your linux distribution).\n\n")
+        while True:
+            answer = self.ask("\tDo you want to continue [Y/n/?]: ").strip().lower()
+            if answer == "?":
+                self.out("\n\tOptions:\n\t\ty : Continue the update\n\t\tn : Abort and exit\n\n")
+                continue
+            if answer in ("", "y", "yes"):
+                return
+            if answer in ("n", "no"):
+                raise Failed(f"\n\t{BLUE}[NOTICE]{RESET} The update process was aborted by user...", 0)
+
+    def _yes_no(self, question: str) -> None:
+        while True:
+            answer = self.ask(question).strip().lower()
+            if answer in ("", "y", "yes"):
+                return
+            if answer in ("n", "no"):
+                raise Failed(f"\n\t{BLUE}[NOTICE]{RESET} The update process was aborted by user...", 0)
+
+    # -- configuration -------------------------------------------------------------------------
+    def load_old_conf(self) -> Any:
+        from ispcp_lib.facts.ispcp_conf import IspcpConf
+
+        self.subtitle("Loading old ispCP configuration file:")
+        self.out("\n")
+        for _attempt in range(5):  # the real one asks forever
+            answer = self.ask(f"\n\n\tPlease enter path to your ispcp.old.conf [{DEFAULT_OLD_CONF}]: ").strip()
+            logical = answer or DEFAULT_OLD_CONF
+            real = Path(logical)
+            if not (real.is_absolute() and str(real).startswith(str(self.root) + "/")):
+                real = self.path(logical)
+            if real.is_file():
+                self.old_conf_path = real
+                self.out("\t" + " " * 60)
+                self.status(True)
+                return IspcpConf.load(real)
+            self.out(f"\n\t{RED}[ERROR]{RESET} Unable to open {logical}: No such file or directory\n")
+        raise Failed(f"\t{RED}[ERROR]{RESET} ispcp.old.conf not found: cannot update without the old configuration")
+
+    def merge(self, old: Any) -> None:
+        """The real update_ispcp_cfg: old values win for every key the new file has, except the version keys."""
+        self.subtitle("Update ispCP configuration file:")
+        for key, value in old.values.items():
+            if key in NOT_MERGED or key not in self.conf.values:
+                continue
+            if self.conf.get(key) != value:
+                self.conf.set(key, value)
+        self._store_conf()
+        self.status(True)
+
+    def _store_conf(self) -> None:
+        from ispcp_lib.fileops import atomic_write
+
+        atomic_write(self.conf_path, self.conf.text())
+
+    def check_conf(self) -> None:
+        self.subtitle("Check ispCP configuration file:")
+        empty = [k for k in ("SERVER_HOSTNAME", "BASE_SERVER_IP", "DEFAULT_ADMIN_ADDRESS", "DATABASE_HOST",
+                             "DATABASE_NAME", "DATABASE_USER") if not self.conf.get(k)]
+        if not empty:
+            self.status(True)
+            return
+        self.out("\n")
+        if len(empty) >= 3:
+            self.out(f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file several settings are set\n"
+                     "\tto an empty value!\n")
+            answer = self.ask("\n\tAre you sure you have installed ispCP ? [Y/n]: ").strip().lower()
+            if answer == "n":
+                raise Failed(f"\n\t{BLUE}[NOTICE]{RESET} The update program ends now!\n\tPlease, run "
+                             f"'{self.conf.get('ROOT_DIR')}/engine/setup/ispcp-setup' instead!")
+        self.out(f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file are some new or unset "
+                 "parameters!\n\tThe update script will switch to upgrade mode now...\n")
+        self._yes_no("\n\tDo you want to continue [Y/n]: ")
+        for key in empty:
+            default = self.conf.get(key) or ASK_DEFAULTS.get(key, "")
+            value = self.ask("\n\t" + ASK[key].format(default=default)).strip() or ASK_DEFAULTS.get(key, "")
+            self.conf.set(key, value)
+        self._store_conf()
+        self.out(f"\n\t{BLUE}[NOTICE]{RESET} The upgrade process ended successfully!\n"
+                 "\tThe update process will continue normally now...\n\n")
+        self.ask("\tPlease, type 'Enter' to continue...")
+
+    # -- database ------------------------------------------------------------------------------
+    def keys(self) -> Any:
+        from ispcp_lib import keyfiles
+        from ispcp_lib.errors import InputError
+
+        paths = keyfiles.layout_paths(self.conf.get("ROOT_DIR") or "/var/www/ispcp",
+                                      self.conf.get("GUI_ROOT_DIR") or None, self.conf.get("CONF_DIR") or "/etc/ispcp")
+        for layout in ("keys_conf", "perl_engine"):
+            real = self.path(paths[layout])
+            if real.is_file():
+                try:
+                    return keyfiles.parse_keyfile(layout, real.read_text(errors="surrogateescape"), paths[layout])
+                except InputError:
+                    raise Failed(f"\t{RED}[ERROR]{RESET} KEY or IV has invalid length") from None
+        raise Failed(f"\t{RED}[ERROR]{RESET} Can't locate {paths['perl_engine']}: the ispCP key file is missing")
+
+    def connect(self) -> None:
+        import pymysql
+
+        from ispcp_lib import keys as crypto
+        from ispcp_lib.errors import InputError
+
+        ks = self.keys()
+        user = self.conf.get("DATABASE_USER") or "root"
+        host = self.conf.get("DATABASE_HOST") or "localhost"
+        name = self.conf.get("DATABASE_NAME") or "ispcp"
+        try:
+            password = crypto.decrypt_db_password(self.conf.get("DATABASE_PASSWORD") or "", ks.key, ks.iv, strict=False)
+        except InputError as exc:
+            if "invalid length" in exc.problem:
+                raise Failed(f"\t{RED}[ERROR]{RESET} KEY or IV has invalid length") from None
+            password = ""
+        self.dbg(f"doSQL(): DBI:mysql:{name}:{host} user {user} password '{password}'")
+        dsn = f"DBI connect('{name}:{host}','{user}',...) failed"
+        try:
+            self.db = pymysql.connect(unix_socket=self.socket or "/var/run/mysqld/mysqld.sock", user=user,
+                                      password=password.encode("utf-8", "surrogateescape"), database=name,
+                                      autocommit=True, connect_timeout=10)
+        except pymysql.OperationalError as exc:
+            code = exc.args[0] if exc.args else 0
+            if code in (1045, 1044, 1698):
+                why = f"Access denied for user '{user}'@'{host}' (using password: {'YES' if password else 'NO'})"
+            elif code == 1049:
+                why = f"Unknown database '{name}'"
+            else:
+                why = "Can't connect to local MySQL server through socket '/var/run/mysqld/mysqld.sock' (2)"
+            self.status(False)
+            raise Failed(f"\t{RED}[ERROR]{RESET} {dsn}: {why} at ../ispcp_common_code.pl line 1082") from None
+
+    def sql(self, query: str, args: Any = None) -> list[tuple]:
+        with self.db.cursor() as cur:
+            cur.execute(query, args)
+            return list(cur.fetchall())
+
+    # -- services ------------------------------------------------------------------------------
+    def ftp(self) -> None:
+        from ispcp_lib.facts import proftpd
+
+        self.subtitle("ispCP ProFTPd configuration file:")
+        conf_dir = self.conf.get("CONF_DIR") or "/etc/ispcp"
+        working = f"{conf_dir}/proftpd/working/proftpd.conf"
+        path = self.path(working)
+        info = proftpd.parse(path.read_text(errors="replace")) if path.is_file() else None
+        if info is not None and self._vftp_ok(info.user or "vftp", info.password or ""):
+            self.status(True)
+            return
+        self.out(f"\n\t{YELLOW}[WARNING]{RESET} Unable to log into the database as "
+                 f"{(info.user if info else None) or 'vftp'} with the password from {working}\n")
+        for _attempt in range(3):
+            first = self.ask("\n\tPlease enter ispCP ftp SQL user password. [auto generate]: ", secret=True)
+            if first == "":
+                self._new_vftp_password(info, path)
+                return
+            second = self.ask("\tPlease repeat ispCP ftp SQL user password: ", secret=True)
+            if first != second:
+                self.out(f"\n\t{RED}ERROR:{RESET} Passwords do not match!\n")
+                continue
+            if self._vftp_ok((info.user if info else None) or "vftp", first):
+                self.out("\t" + " " * 60)
+                self.status(True)
+                return
+            raise Failed(f"\t{RED}[ERROR]{RESET} DBI connect('{self.conf.get('DATABASE_NAME')}:localhost','vftp',...) "
+                         "failed: Access denied for user 'vftp'@'localhost' (using password: YES)")
+        raise Failed(f"\t{RED}[ERROR]{RESET} The ispCP ftp SQL user password could not be set")
+
+    def _vftp_ok(self, user: str, password: str) -> bool:
+        import pymysql
+
+        try:
+            conn = pymysql.connect(unix_socket=self.socket or "", user=user, password=password,
+                                   database=self.conf.get("DATABASE_NAME") or "ispcp", connect_timeout=10)
+        except pymysql.MySQLError:
+            return False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM ftp_users")
+            return True
+        except pymysql.MySQLError:
+            return False
+        finally:
+            conn.close()
+
+    def _new_vftp_password(self, info: Any, working: Path) -> None:
+        """[auto generate]: a new password in MySQL and in both ProFTPd configs, as the real setup does."""
+        import secrets as rnd
+        import string
+
+        from ispcp_lib.facts import proftpd
+
+        password = "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(18))
+        user = (info.user if info else None) or "vftp"
+        for (host,) in self.sql("SELECT host FROM mysql.user WHERE user = %s", (user,)):
+            self.sql("SET PASSWORD FOR %s@%s = PASSWORD(%s)", (user, host, password))
+        from ispcp_lib.fileops import atomic_write
+
+        ftpd = self.path(self.conf.get("FTPD_CONF_FILE") or "/etc/proftpd.conf")
+        for path in (working, ftpd):
+            if path.is_file() and proftpd.parse(path.read_text(errors="replace")) is not None:
+                atomic_write(path, proftpd.with_password(path.read_text(errors="replace"), password))
+        self.out(f"\tispCP ftp SQL user password set to: {password}\n")
+
+    def services(self) -> None:
+        self.title("Rebuilding all services configuration files")
+        for name in ("ispCP crontab file:", "ispCP BIND9 main configuration file:",
+                     "ispCP PHP (fastcgi) configuration files:", "ispCP Apache main vhost file:",
+                     "ispCP Postfix configuration files:"):
+            self.subtitle(name)
+            self.status(True)
+        self.ftp()
+        for name in ("ispCP Courier-Authentication:", "ispCP Rkhunter configuration:"):
+            self.subtitle(name)
+            self.status(True)
+
+    # -- customers -----------------------------------------------------------------------------
+    def manager_sleeps(self, manager: str) -> bool:
+        from ispcp_lib.steps.engine_speedup import find_sleep_lines
+
+        path = self.path(f"{self.conf.get('ROOT_DIR') or '/var/www/ispcp'}/engine/{manager}")
+        if not path.is_file():
+            return False
+        return any(s.active for s in find_sleep_lines(manager, path.read_text(errors="replace")))
+
+    def rebuild_customers(self) -> None:
+        self.title("Rebuilding all customers configuration files")
+        self.subtitle("Please wait, this may take some time:")
+        for _manager, table, column in MANAGERS:
+            self.sql(f"UPDATE `{table}` SET `{column}` = 'change' WHERE `{column}` = 'ok'")
+        self.passwd = _read_ids(self.path("/etc/passwd"))
+        self.groups = _read_ids(self.path("/etc/group"))
+        self.vhosts: list[str] = []
+        handlers: dict[str, Callable[[], int]] = {
+            "ispcp-dmn-mngr": self.domains, "ispcp-sub-mngr": self.subdomains,
+            "ispcp-alssub-mngr": lambda: self.simple("subdomain_alias", "subdomain_alias_status"),
+            "ispcp-als-mngr": self.aliases, "ispcp-mbox-mngr": self.mailboxes,
+            "ispcp-htusers-mngr": lambda: self.simple("htaccess_users", "status"),
+            "ispcp-htgroups-mngr": lambda: self.simple("htaccess_groups", "status"),
+        }
+        started = time.monotonic()
+        for manager, _table, _column in MANAGERS:
+            self.delay = self.scale if self.manager_sleeps(manager) else 0.0
+            count = handlers[manager]()
+            self.dbg(f"{manager}: {count} item(s), {self.delay:.3f} s pause per item")
+        sites = self.conf.get("APACHE_SITES_DIR") or "/etc/apache2/sites-available"
+        vhost_file = self.path(f"{sites}/ispcp.conf")
+        vhost_file.parent.mkdir(parents=True, exist_ok=True)
+        from ispcp_lib.fileops import atomic_write
+
+        atomic_write(vhost_file, _vhost_header() + "".join(self.vhosts), 0o644, 0, 0)
+        self.dbg(f"customers rebuilt in {time.monotonic() - started:.2f} s")
+        self.status(True)
+
+    def pause(self) -> None:
+        if self.delay > 0:
+            time.sleep(self.delay)
+
+    def _ids(self, uid: int, gid: int) -> tuple[str, str, str | None]:
+        prefix = self.conf.get("APACHE_SUEXEC_USER_PREF") or "vu"
+        user, group = f"{prefix}{uid}", f"{prefix}{gid}"
+        if self.passwd.get(user) != uid or self.groups.get(group) != gid:
+            return user, group, f"chown: invalid user: '{user}:{group}'"
+        return user, group, None
+
+    def domains(self) -> int:
+        www = self.conf.get("APACHE_WWW_DIR") or "/var/www/virtual"
+        starters = self.conf.get("PHP_STARTER_DIR") or "/var/www/fcgi"
+        rows = self.sql("SELECT d.domain_id, d.domain_name, d.domain_uid, d.domain_gid, COALESCE(i.ip_number, %s) "
+                        "FROM domain d LEFT JOIN server_ips i ON i.ip_id = d.domain_ip_id "
+                        "WHERE d.domain_status = 'change' ORDER BY d.domain_id",
+                        (self.conf.get("BASE_SERVER_IP"),))
+        self.domain_ids = {}
+        for dom_id, name, uid, gid, ip in rows:
+            user, group, error = self._ids(int(uid), int(gid))
+            self.domain_ids[dom_id] = (name, ip, user, group)
+            home = self.path(f"{www}/{name}")
+            if error is None:
+                error = _chown_tree(home, int(uid), int(gid)) or _chown_tree(self.path(f"{starters}/{name}"),
+                                                                             int(uid), int(gid), missing_ok=True)
+            if error is not None:
+                self.out(f"\n\t{RED}[ERROR]{RESET} ispcp-dmn-mngr: {name}: {error}\n")
+            self.vhosts.append(_vhost(name, ip, f"{www}/{name}/htdocs", user, group, "dmn"))
+            self.sql("UPDATE domain SET domain_status = %s WHERE domain_id = %s", (error or "ok", dom_id))
+            self.dbg(f"ispcp-dmn-mngr: {name} -> {'ok' if error is None else 'error'}")
+            self.pause()
+        return len(rows)
+
+    def subdomains(self) -> int:
+        www = self.conf.get("APACHE_WWW_DIR") or "/var/www/virtual"
+        rows = self.sql("SELECT subdomain_id, domain_id, subdomain_name, subdomain_mount FROM subdomain "
+                        "WHERE subdomain_status = 'change' ORDER BY subdomain_id")
+        for sub_id, dom_id, label, mount in rows:
+            dom = getattr(self, "domain_ids", {}).get(dom_id)
+            status = "ok"
+            if dom is None:
+                status = f"parent domain {dom_id} not found"
+            else:
+                name, ip, user, group = dom
+                docroot = f"{www}/{name}{mount or '/' + label}/htdocs"
+                self.vhosts.append(_vhost(f"{label}.{name}", ip, docroot, user, group, "sub"))
+                path = self.path(docroot)
+                if not path.exists():
+                    path.mkdir(parents=True)
+                    uid_gid = (self.passwd.get(user), self.groups.get(group))
+                    if None not in uid_gid:
+                        os.chown(path, *uid_gid)
+            self.sql("UPDATE subdomain SET subdomain_status = %s WHERE subdomain_id = %s", (status, sub_id))
+            self.dbg(f"ispcp-sub-mngr: {label} -> {status}")
+            self.pause()
+        return len(rows)
+
+    def aliases(self) -> int:
+        www = self.conf.get("APACHE_WWW_DIR") or "/var/www/virtual"
+        rows = self.sql("SELECT alias_id, domain_id, alias_name, alias_mount FROM domain_aliasses "
+                        "WHERE alias_status = 'change' ORDER BY alias_id")
+        for als_id, dom_id, alias, mount in rows:
+            dom = getattr(self, "domain_ids", {}).get(dom_id)
+            status = "ok" if dom is not None else f"parent domain {dom_id} not found"
+            if dom is not None:
+                name, ip, user, group = dom
+                self.vhosts.append(_vhost(alias, ip, f"{www}/{name}{mount}/htdocs", user, group, "als"))
+            self.sql("UPDATE domain_aliasses SET alias_status = %s WHERE alias_id = %s", (status, als_id))
+            self.dbg(f"ispcp-als-mngr: {alias} -> {status}")
+            self.pause()
+        return len(rows)
+
+    def mailboxes(self) -> int:
+        mail_dir = self.conf.get("MTA_VIRTUAL_MAIL_DIR") or "/var/mail/virtual"
+        uid = int(self.conf.get("MTA_MAILBOX_UID") or 1004)
+        gid = int(self.conf.get("MTA_MAILBOX_GID") or 8)
+        rows = self.sql("SELECT mail_id, mail_acc, mail_addr, mail_type FROM mail_users "
+                        "WHERE status = 'change' ORDER BY mail_id")
+        maps = []
+        self.path(mail_dir).mkdir(parents=True, exist_ok=True)
+        for mail_id, acc, addr, mail_type in rows:
+            domain = str(addr).split("@", 1)[1] if "@" in str(addr) else ""
+            if "mail" in str(mail_type) and domain:
+                box = self.path(f"{mail_dir}/{domain}/{acc}")
+                for p in (box.parent, box, box / "cur", box / "new", box / "tmp"):
+                    if not p.exists():
+                        p.mkdir(mode=0o700)
+                        os.chown(p, uid, gid)
+                maps.append(f"{addr}\t{domain}/{acc}/\n")
+            self.sql("UPDATE mail_users SET status = 'ok' WHERE mail_id = %s", (mail_id,))
+            self.dbg(f"ispcp-mbox-mngr: {addr}")
+            self.pause()
+        hash_file = self.path(self.conf.get("MTA_VIRTUAL_MAILBOX_HASH") or "/etc/postfix/ispcp/mailboxes")
+        hash_file.parent.mkdir(parents=True, exist_ok=True)
+        hash_file.write_text("".join(maps))
+        return len(rows)
+
+    def simple(self, table: str, column: str) -> int:
+        rows = self.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `{column}` = 'change'")
+        count = int(rows[0][0]) if rows else 0
+        for _ in range(count):
+            self.pause()
+        self.sql(f"UPDATE `{table}` SET `{column}` = 'ok' WHERE `{column}` = 'change'")
+        return count
+
+    # -- the whole run -------------------------------------------------------------------------
+    def run(self) -> None:
+        self.dialog()
+        self.clear()
+        self.title("Starting ispCP update")
+        self.subtitle("Stopping services: ")
+        self.status(True)
+        self.title("ispCP main configuration file")
+        old = self.load_old_conf()
+        self.merge(old)
+        self.check_conf()
+        self.debug = (self.conf.get("DEBUG") or "0").strip() == "1" or self.debug
+        self.title("ispCP database")
+        self.subtitle("Update ispCP database schema:")
+        self.connect()
+        self.status(True)
+        self.services()
+        self.title("Rebuilding all GUI configuration files")
+        self.subtitle("ispCP GUI configuration files:")
+        self.status(True)
+        self.rebuild_customers()
+        self.title("Additional tasks")
+        self.title("Permissions setup")
+        self.subtitle("Setting permissions:")
+        self.status(True)
+        self.title("Finishing update")
+        self.subtitle("Starting services: ")
+        self.status(True)
+        self.out(f"\n\t{BOLD}{UNDERLINE}Congratulations, you updated ispCP OMEGA '{self.conf.get('Version')}' "
+                 f"successfully!{RESET}\n\n\tType http://{self.conf.get('BASE_SERVER_VHOST') or 'admin'} into "
+                 "your browser to log in\n\tto your panel.\n\n")
+
+
+def _read_ids(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split(":")
+            if len(parts) >= 3 and parts[2].isdigit():
+                out[parts[0]] = int(parts[2])
+    return out
+
+
+def _chown_tree(top: Path, uid: int, gid: int, missing_ok: bool = False) -> str | None:
+    if not top.exists():
+        return None if missing_ok else f"{top.name}: No such file or directory"
+    os.lchown(top, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+    return None
+
+
+def _vhost_header() -> str:
+    return ("# ispCP OMEGA customers' virtual hosts.\n"
+            "# Written by the sandbox's ispcp-update stand-in (TEST SCAFFOLDING, not ispCP).\n\n")
+
+
+def _vhost(name: str, ip: str, docroot: str, user: str, group: str, kind: str) -> str:
+    return (f"# httpd [{name}] {kind} entry BEGIN.\n"
+            f"<VirtualHost {ip}:80>\n"
+            f"    ServerName {name}\n"
+            f"    ServerAlias www.{name}\n"
+            f"    DocumentRoot {docroot}\n"
+            f"    SuexecUserGroup {user} {group}\n"
+            "</VirtualHost>\n"
+            f"# httpd [{name}] {kind} entry END.\n\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = os.environ.get(ENV_ROOT)
+    if not root or not Path(root, "etc/ispcp").is_dir():
+        sys.stderr.write("This is the sandbox's ispcp-update stand-in (TEST SCAFFOLDING, not ispCP).\n"
+                         f"It only runs with {ENV_ROOT} set to a sandbox target root.\n")
+        return 2
+    script_dir = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else None
+    if script_dir is not None and script_dir.name == "setup" and Path.cwd().resolve() != script_dir:
+        sys.stderr.write(f"{RED}[ERROR]{RESET} ispcp-update must be started from its own directory:\n"
+                         "\tcd /var/www/ispcp/engine/setup && ./ispcp-update\n")
+        return 2
+    try:
+        scale = float(os.environ.get(ENV_SCALE, "1.0"))
+    except ValueError:
+        scale = 1.0
+    update = None
+    try:
+        update = Update(Path(root), os.environ.get(ENV_SOCKET), scale)
+        update.run()
+    except Failed as exc:
+        sys.stdout.write(f"\n{exc}\n")
+        sys.stdout.flush()
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if update is not None and update.db is not None:
+            update.db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,229 @@
+"""ispcp_update against the sandbox stand-in: success, each known failure, a hang, an unexpected prompt."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from ispcp_lib import keyfiles
+from ispcp_lib.action import StepFailed
+from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.keyfiles import LAYOUTS, KeySet
+from ispcp_lib.sandbox.world import stable_fingerprint
+from ispcp_lib.steps import ispcp_update
+from tests.integration.recovered_world import (  # noqa: F401 (fixtures)
+    FAST,
+    open_ctx,
+    recovered_fixture,
+    recovered_template_fixture,
+    sync_proftpd,
+)
+
+OLD_CONF = "etc/ispcp/ispcp.old.conf"
+
+
+@pytest.fixture(autouse=True)
+def fast_managers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ISPCP_SANDBOX_SLEEP_SCALE", str(FAST))
+
+
+@pytest.fixture
+def ready(recovered):
+    """Everything in place for the update, as the earlier steps leave it."""
+    sync_proftpd(recovered)
+    return recovered
+
+
+def transcripts(world) -> list[Path]:
+    d = world.state_dir / "ispcp-update"
+    return sorted(d.glob("attempt-*.log")) if d.is_dir() else []
+
+
+def failing(world, **options) -> StepFailed:
+    with pytest.raises(StepFailed) as info:
+        ispcp_update.run(open_ctx(world, apply=True, **options))
+    return info.value
+
+
+def test_success_dry_run_apply_and_apply_again(ready) -> None:
+    world = ready
+    before = stable_fingerprint(world)
+    dry = ispcp_update.run(open_ctx(world))
+    assert dry.status == "planned", dry.errors
+    assert set(dry.tables[0].frame["result"]) <= {"ok", "n/a"}
+    assert stable_fingerprint(world) == before and transcripts(world) == []
+
+    done = ispcp_update.run(open_ctx(world, apply=True))
+    assert done.status == "done", done.errors
+    assert done.data["attempt"]["exit_status"] == 0
+    kept = {Path(b).name for b in done.backups}
+    assert {"ispcp.conf", "ispcp.old.conf", "proftpd.conf"} <= kept  # what the script rewrites is kept first
+    [log] = transcripts(world)
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    text = log.read_text()
+    assert "Congratulations, you updated ispCP OMEGA" in text and "\x1b" not in text
+    for secret in world.secrets:  # DEBUG = 1 makes the stand-in print the database password
+        assert secret not in text, "a sandbox secret reached the transcript"
+        assert secret not in done._repr_html_()
+    assert "password '«redacted»'" in text
+    health = {r["check"]: r["result"] for r in done.tables[-1].frame.to_dict("records")}
+    assert health["every domain has its web dir and system user"] == "ok"
+    assert health["Apache vhosts written for every domain"] == "ok"
+    assert health["ispCP logs into its database"] == "ok"
+    vhosts = (world.target_root / "etc/apache2/sites-available/ispcp.conf").read_text()
+    for d in world.domains:
+        assert f"ServerName {d['name']}" in vhosts
+        assert (world.target_root / "var/www/virtual" / d["name"]).stat().st_uid == d["uid"]
+    # the update merged the old configuration into ispcp.conf (old hostname), kept the new version keys
+    conf = IspcpConf.load(world.target_root / "etc/ispcp/ispcp.conf")
+    assert conf.get("SERVER_HOSTNAME") == world.manifest["old"]["hostname"]
+    assert conf.get("Version") == world.manifest["new"]["ispcp_version"]
+
+    again = ispcp_update.run(open_ctx(world, apply=True))
+    assert again.status == "noop" and "attempt 1 succeeded" in again.noop_reason
+    assert len(transcripts(world)) == 1
+
+    ctx = open_ctx(world, apply=True)
+    ctx.force_steps = {"ispcp_update"}
+    forced = ispcp_update.run(ctx)
+    assert forced.status == "done" and forced.data["attempt"]["number"] == 2
+    assert len(transcripts(world)) == 2  # each attempt keeps its own transcript
+
+
+def test_the_sleep_lines_cost_a_pause_per_item(ready, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = ready
+    monkeypatch.setenv("ISPCP_SANDBOX_SLEEP_SCALE", "0.2")
+    items = sum(world.manifest["counts"][k] for k in ("domains", "subdomains", "aliases", "mailboxes", "forwards"))
+    started = time.monotonic()
+    ispcp_update.run(open_ctx(world, apply=True))
+    assert time.monotonic() - started >= 0.2 * items  # 21 items on the small world: at least 4.2 s
+
+
+def test_wrong_keys(ready) -> None:
+    world = ready
+    new = world.credentials["new"]
+    for layout in ("php", "perl_engine", "perl_messenger"):  # the dummy install's keys are back
+        (world.target_root / LAYOUTS[layout].lstrip("/")).write_text(
+            keyfiles.render_keyfile(layout, KeySet(new["key"], new["iv"])))
+    before = stable_fingerprint(world)
+    dry = ispcp_update.run(open_ctx(world))  # a dry run only warns: earlier steps may not have run yet
+    assert dry.status == "planned" and any("keys decrypt DATABASE_PASSWORD" in w for w in dry.warnings)
+    err = failing(world)
+    message = err.result.errors[0]
+    assert "keys decrypt DATABASE_PASSWORD" in message and "keys step" in message
+    assert stable_fingerprint(world) == before and transcripts(world) == []
+
+    err = failing(world, ispcp_update_skip_prechecks=["database_login"])
+    assert err.result.data["failure"]["pattern"] == "wrong database password"
+    assert "run the keys step" in err.result.errors[0]
+    assert "Access denied for user 'root'" in transcripts(world)[0].read_text()
+
+
+def test_mysql_stopped(ready) -> None:
+    world = ready
+    world.stop()
+    err = failing(world)
+    assert "MySQL is up" in err.result.errors[0] and "start MySQL" in err.result.errors[0]
+    with pytest.raises(StepFailed) as info:  # every pre-check skipped: nothing proved, nothing registered
+        ispcp_update.run(open_ctx(world, apply=True, private_secrets=True, ispcp_update_skip_prechecks="all"))
+    err = info.value
+    assert err.result.data["failure"]["pattern"] == "database connection refused"
+    assert "start MySQL" in err.result.data["failure"]["next_action"]
+    text = transcripts(world)[-1].read_text()
+    assert "password '«redacted»'" in text  # DEBUG = 1 prints the DSN; the step registered it anyway
+    assert not [s for s in world.secrets if s in text]
+
+
+def test_vftp_password_changed(ready) -> None:
+    world = ready
+    conn = world.target_mysql().connect("debian-sys-maint", world.credentials["old"]["debian_sys_maint"])
+    with conn.cursor() as cur:
+        cur.execute("SET PASSWORD FOR 'vftp'@'localhost' = PASSWORD('S0meoneElse')")
+    conn.close()
+    err = failing(world)
+    assert "vftp login works" in err.result.errors[0] and "ftp step" in err.result.errors[0]
+    err = failing(world, ispcp_update_skip_prechecks=["vftp"])
+    assert err.result.data["failure"]["pattern"] == "vftp password requested"
+    text = transcripts(world)[0].read_text()
+    assert "Please enter ispCP ftp SQL user password" in text and "set to:" not in text  # never auto-generated
+
+
+def test_no_old_conf(ready) -> None:
+    world = ready
+    (world.target_root / OLD_CONF).unlink()
+    err = failing(world)
+    assert "ispcp.old.conf" in err.result.errors[0] and "ispcp_conf step" in err.result.errors[0]
+    err = failing(world, ispcp_update_skip_prechecks=["old_conf", "database_login"])
+    assert err.result.data["failure"]["pattern"] == "missing ispcp.old.conf"
+    assert "was not accepted (asked again)" in err.result.errors[0]
+    assert "Unable to open" in transcripts(world)[0].read_text()
+
+
+def test_an_unexpected_prompt_is_quoted(ready) -> None:
+    world = ready
+    old = IspcpConf.load(world.target_root / OLD_CONF)
+    old.set("SERVER_HOSTNAME", "")
+    (world.target_root / OLD_CONF).write_text(old.text())
+    err = failing(world)  # the pre-check sees the gap
+    assert "lacks SERVER_HOSTNAME" in err.result.errors[0]
+    started = time.monotonic()
+    err = failing(world, ispcp_update_skip_prechecks=["old_conf"], ispcp_update_prompt_silence=1)
+    assert time.monotonic() - started < 60
+    assert "Please enter a fully qualified hostname." in err.result.errors[0]
+    assert "ispcp_update_answers" in err.result.errors[0]
+    # the operator answers it through the parameter: the next attempt gets through
+    done = ispcp_update.run(open_ctx(world, apply=True, ispcp_update_skip_prechecks=["old_conf"],
+                                     ispcp_update_answers={r"fully qualified hostname": "new.sandbox.test"}))
+    assert done.status == "done"
+
+
+def test_a_hanging_script_is_killed_and_the_report_says_where(ready, tmp_path: Path) -> None:
+    world = ready
+    engine = tmp_path / "engine/setup"
+    engine.mkdir(parents=True)
+    fake = engine / "ispcp-update"
+    fake.write_text("#!/bin/bash\n"
+                    "echo 'Rebuilding all customers configuration files'\n"
+                    "sleep 600 &\necho $! > grandchild\n"
+                    "printf '\\tPlease wait, this may take some time:'\nwait\n")
+    fake.chmod(0o700)
+    err = failing(world, ispcp_update_script=str(fake), ispcp_update_timeout=2, ispcp_update_prompt_silence=30)
+    message = err.result.errors[0]
+    assert "timed out after" in message and "process group was killed" in message
+    assert "Please wait, this may take some time" in message  # where it hung
+    pid = int((engine / "grandchild").read_text())
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_script_missing_or_not_executable(ready) -> None:
+    world = ready
+    script = world.target_root / "var/www/ispcp/engine/setup/ispcp-update"
+    script.chmod(0o600)
+    assert "not executable" in failing(world).result.errors[0]
+    script.unlink()
+    assert "does not exist" in failing(world).result.errors[0]
+
+
+def test_mail_guard_is_required_by_default(ready) -> None:
+    world = ready
+    err = failing(world, ispcp_update_require_mail_guard=True)
+    assert "mail guard" in err.result.errors[0] and "mail_guard step" in err.result.errors[0]
+
+
+def test_the_standin_is_labelled_and_refuses_outside_the_sandbox(ready) -> None:
+    import subprocess
+
+    world = ready
+    script = world.target_root / "var/www/ispcp/engine/setup/ispcp-update"
+    assert "TEST SCAFFOLDING - NOT ispCP" in script.read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISPCP_SANDBOX")}
+    outside = subprocess.run([str(script)], cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
+    assert outside.returncode == 2 and "TEST SCAFFOLDING" in outside.stderr
+    env["ISPCP_SANDBOX_ROOT"] = str(world.target_root)
+    elsewhere = subprocess.run([str(script)], cwd=world.target_root, env=env, capture_output=True, text=True,
+                               timeout=60)
+    assert elsewhere.returncode == 2 and "cd /var/www/ispcp/engine/setup" in elsewhere.stderr
