@@ -1,0 +1,199 @@
+"""register_accounts against the sandbox's restored ispCP database: useradd/groupadd --prefix for real."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ispcp_lib.action import StepFailed
+from ispcp_lib.fileops import fingerprint_diff
+from ispcp_lib.result import Result
+from ispcp_lib.runbook import open_run
+from ispcp_lib.sandbox.world import World, stable_fingerprint
+from ispcp_lib.steps import accounts, register_accounts
+from tests.integration.restore_ispcp_only import restore_ispcp_only
+
+MY_CNF = "root/.my.cnf"
+
+
+def ctx_for(world: World, apply: bool = False, **options):
+    ctx = open_run(**world.runbook_params(), apply=apply, resume=False, options=options)
+    ctx.progress = lambda line: None
+    return ctx
+
+
+def passwd(world: World) -> dict[str, list[str]]:
+    return {line.split(":")[0]: line.split(":") for line in (world.target_root / "etc/passwd").read_text().splitlines()}
+
+
+def group(world: World) -> dict[str, list[str]]:
+    return {line.split(":")[0]: line.split(":") for line in (world.target_root / "etc/group").read_text().splitlines()}
+
+
+def sql(world: World, statement: str) -> None:
+    creds = world.credentials["new"]
+    with world.target_mysql().connect("root", creds["root_password"], "ispcp") as conn, conn.cursor() as cur:
+        cur.execute(statement)
+
+
+@pytest.fixture
+def restored(world: World) -> Iterator[World]:
+    """The target with the old ispcp database, the old accounts merged, and the backup's FCGI starters
+    placed as a fresh ispCP would leave them before the rebuild: owned by root."""
+    restore_ispcp_only(world)
+    accounts.run(ctx_for(world, apply=True))
+    fcgi = world.target_root / "var/www/fcgi"
+    shutil.copytree(world.backup_root / "var/www/fcgi", fcgi, symlinks=True)
+    for dirpath, dirs, files in os.walk(fcgi):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(dirpath, name), 0, 0)
+    web = world.target_root / "var/www/virtual"
+    shutil.copytree(world.backup_root / "var/www/virtual", web, symlinks=True, dirs_exist_ok=True)
+    yield world
+
+
+def test_deleted_user_comes_back_with_the_right_ids(restored: World) -> None:
+    world = restored
+    subprocess.run(["userdel", "--prefix", str(world.target_root), "vu2002"], check=True)
+    assert "vu2002" not in passwd(world)
+    before = stable_fingerprint(world)
+
+    dry = register_accounts.run(ctx_for(world))
+    assert dry.status == "planned"
+    assert fingerprint_diff(before, stable_fingerprint(world)) == []
+    assert [c.argv[-1] for c in dry.commands if c.planned and "useradd" in c.argv[0]] == ["vu2002"]
+
+    done = register_accounts.run(ctx_for(world, apply=True))
+    assert done.status == "done"
+    entry = passwd(world)["vu2002"]
+    assert entry[2:4] == ["2002", "2002"] and entry[5] == "/var/www/virtual/example-002.test"
+    assert entry[6] == "/bin/false"
+    assert group(world)["vu2002"][2] == "2002"
+    useradd = next(c for c in done.commands if "useradd" in c.argv[0])
+    assert useradd.argv[1:3] == ["--prefix", str(world.target_root)] and useradd.rc == 0
+    # Web spaces and FastCGI starter directories belong to their domain's user and group, file by file.
+    for d in world.domains:
+        for base in ("var/www/virtual", "var/www/fcgi"):
+            root = world.target_root / base / d["name"]
+            for dirpath, dirs, files in os.walk(root):
+                for name in [".", *dirs, *files]:
+                    st = os.lstat(os.path.join(dirpath, name))
+                    assert (st.st_uid, st.st_gid) == (d["uid"], d["gid"]), os.path.join(dirpath, name)
+    cnf = world.target_root / MY_CNF
+    assert cnf.stat().st_mode & 0o777 == 0o600
+    assert "[client]" in cnf.read_text()
+    assert any("--defaults-file" in " ".join(c.argv) and c.rc == 0 for c in done.commands)  # the file works
+    shown = done._repr_html_() + (world.state_dir / "journal.jsonl").read_text()
+    assert world.credentials["new"]["root_password"] not in shown
+
+    again = register_accounts.run(ctx_for(world, apply=True))
+    assert again.status == "noop" and "exists" in again.noop_reason
+    always = register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="always"))
+    assert always.status == "noop" and "already belong" in always.noop_reason
+
+
+def test_cleanup_removes_our_my_cnf_or_restores_roots_own(restored: World) -> None:
+    world = restored
+    own = world.target_root / MY_CNF
+    own.parent.mkdir(exist_ok=True)
+    own.write_text("[client]\nuser = root\npassword = roots-own-secret\n")
+    own.chmod(0o640)
+    register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="always"))
+    assert "roots-own-secret" not in own.read_text() and own.stat().st_mode & 0o777 == 0o600
+
+    ctx = ctx_for(world, apply=True)
+    result = Result("cleanup", apply=True, secrets=ctx.secrets)
+    ctx.current = result
+    register_accounts.remove_root_mycnf(ctx, result)
+    assert result.changed == 1 and own.read_text().endswith("password = roots-own-secret\n")
+    assert own.stat().st_mode & 0o777 == 0o640
+
+
+
+def test_cleanup_removes_our_my_cnf_when_root_had_none(restored: World) -> None:
+    world = restored
+    cnf = world.target_root / MY_CNF
+    assert not cnf.exists()
+    register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="always"))
+    assert cnf.exists()
+    for apply in (False, True):
+        ctx = ctx_for(world, apply=apply)
+        result = Result("cleanup", apply=apply, secrets=ctx.secrets)
+        ctx.current = result
+        register_accounts.remove_root_mycnf(ctx, result)
+        assert result.changed == 1 and cnf.exists() is not apply
+    assert not any(world.state_dir.rglob("*my.cnf*"))  # no copy of the password left behind
+
+
+def test_duplicate_uid_across_domains_is_refused(restored: World) -> None:
+    world = restored
+    sql(world, "UPDATE domain SET domain_uid = 2001 WHERE domain_name = 'example-002.test'")
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="always"))
+    message = info.value.result.errors[0]
+    assert "UID 2001 is shared by the domains example-001.test, example-002.test" in message
+    assert fingerprint_diff(before, stable_fingerprint(world)) == []
+
+
+def test_id_already_used_by_another_account_is_refused(restored: World) -> None:
+    world = restored
+    subprocess.run(["userdel", "--prefix", str(world.target_root), "vu2003"], check=True)
+    subprocess.run(["useradd", "--prefix", str(world.target_root), "-u", "2003", "-M", "-N", "-g", "100",
+                    "someone"], check=True)
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        register_accounts.run(ctx_for(world, apply=True))
+    assert "ID 2003 for user vu2003 already belongs to the target's user someone" in info.value.result.errors[0]
+    assert fingerprint_diff(before, stable_fingerprint(world)) == []
+
+
+def test_hostile_domain_name_is_refused(restored: World) -> None:
+    world = restored
+    sql(world, "UPDATE domain SET domain_name = '../../../etc' WHERE domain_id = 1")
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="always"))
+    assert "'../../../etc'" in info.value.result.errors[0] and "no plain domain name" in info.value.result.errors[0]
+    assert fingerprint_diff(before, stable_fingerprint(world)) == []
+
+
+def test_ispcp_rebuild_marks_domains_and_runs_the_request_manager(restored: World) -> None:
+    world = restored
+    before = stable_fingerprint(world)
+    dry = register_accounts.run(ctx_for(world, register_accounts_mode="ispcp_rebuild"))
+    assert dry.status == "planned" and any(c.planned and c.argv[0].endswith("ispcp-rqst-mngr") for c in dry.commands)
+    assert fingerprint_diff(before, stable_fingerprint(world)) == []
+
+    done = register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="ispcp_rebuild"))
+    assert done.status == "done"
+    run = next(c for c in done.commands if c.argv[0].endswith("ispcp-rqst-mngr"))
+    assert run.rc == 0 and not run.planned
+    creds = world.credentials["new"]
+    with world.target_mysql().connect("root", creds["root_password"], "ispcp") as conn, conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT domain_status FROM domain")
+        assert cur.fetchall() == (("change",),)
+    again = register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="ispcp_rebuild"))
+    assert again.status == "noop" and "still wait in status 'change'" in again.noop_reason
+
+
+def test_never_and_bad_mode(restored: World) -> None:
+    world = restored
+    assert register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="never")).status == "noop"
+    with pytest.raises(StepFailed) as info:
+        register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="sometimes"))
+    assert "register_accounts_mode" in info.value.result.errors[0]
+
+
+def test_server_down_is_a_clear_precondition(stopped_world: World) -> None:
+    before = stable_fingerprint(stopped_world)
+    with pytest.raises(StepFailed) as info:
+        register_accounts.run(ctx_for(stopped_world, apply=True, register_accounts_mode="always"))
+    assert "not running" in info.value.result.errors[0]
+    assert fingerprint_diff(before, stable_fingerprint(stopped_world)) == []
+    assert not Path(stopped_world.target_root / MY_CNF).exists()

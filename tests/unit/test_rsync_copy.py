@@ -1,0 +1,188 @@
+"""Pure pieces of the user-data and account steps: rsync's argv and output, tree listings, owner fixes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ispcp_lib import ownership, rsync_copy, tree_scan
+from ispcp_lib.accounts_db import AccountFiles
+from ispcp_lib.errors import CommandFailed
+from ispcp_lib.result import CommandRecord
+from ispcp_lib.runner import Runner
+from ispcp_lib.steps import accounts, register_accounts
+
+CAPS = rsync_copy.Capabilities(acls=True, xattrs=True)
+
+
+def test_argv_is_resumable_numeric_and_never_deletes() -> None:
+    argv = rsync_copy.build_argv(Path("/b/var/mail/virtual"), Path("/t/var/mail/virtual/"), dry_run=False, caps=CAPS,
+                                 owner=(1004, 8), bwlimit_kbps=500)
+    assert argv[:2] == ["rsync", "-aHAX"] and "--numeric-ids" in argv
+    assert "--partial-dir=.rsync-partial" in argv and "--chown=1004:8" in argv and "--bwlimit=500" in argv
+    assert argv[-3:] == ["--", "/b/var/mail/virtual/", "/t/var/mail/virtual/"]
+    assert not any("delete" in a or a in ("-L", "--copy-links", "--inplace", "--partial") for a in argv)
+    dry = rsync_copy.build_argv(Path("/b"), Path("/t"), dry_run=True, caps=CAPS)
+    assert "--dry-run" in dry and "--itemize-changes" in dry
+
+
+def test_argv_without_acl_and_xattr_support() -> None:
+    argv = rsync_copy.build_argv(Path("/b"), Path("/t"), dry_run=False,
+                                 caps=rsync_copy.Capabilities(acls=False, xattrs=False))
+    assert argv[1] == "-aH"
+
+
+ITEMIZED = [
+    b"cd+++++++++ ./",
+    b"cd+++++++++ example-001.test/",
+    b">f+++++++++ example-001.test/htdocs/index.html",
+    b"cL+++++++++ example-001.test/htdocs/start.html -> index.html",
+    b">f.st...... example-002.test/htdocs/index.html",
+    b".f....og... example-002.test/info/cur/1.msg",
+    b"hf+++++++++ example-003.test/htdocs/copy.html => example-003.test/htdocs/index.html",
+    b">f+++++++++ example-003.test/bad\\#012name",
+]
+
+
+def test_itemized_lines_are_counted_by_kind_and_domain() -> None:
+    items = rsync_copy.Items()
+    assert all(items.add(line) for line in ITEMIZED)
+    assert (items.new_dirs, items.new_files, items.new_links, items.updated_files, items.attributes,
+            items.hard_links) == (2, 2, 1, 1, 1, 1)
+    assert items.by_domain == {"(top)": 1, "example-001.test": 3, "example-002.test": 2, "example-003.test": 2}
+    assert items.total == 8 and "2 new files" in items.describe()
+    for other in (b"   1,234  45%  1.00MB/s  0:00:01 (xfr#3, ir-chk=10/20)", b"Number of files: 3", b""):
+        assert not items.add(other)
+    assert rsync_copy.Items().describe() == "nothing"
+
+
+def test_run_parses_progress_stats_and_records(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"x" * 5000)
+    os.symlink("f", src / "d" / "l")
+    seen: list[rsync_copy.Progress] = []
+    sink: list[CommandRecord] = []
+    run = rsync_copy.run(rsync_copy.build_argv(src, dest, dry_run=False, caps=rsync_copy.probe_capabilities(dest)),
+                         label="t", sink=sink, on_progress=seen.append)
+    assert run.rc == 0 and run.items.new_files == 1 and run.items.new_links == 1
+    assert run.stats["Total transferred file size"] == 5000 and run.bytes_transferred == 5000
+    assert seen and seen[-1].bytes_done == 5000 and seen[-1].label == "t"
+    assert sink[0].rc == 0 and "1 new files" in sink[0].stdout
+    assert os.readlink(dest / "d" / "l") == "f"
+    again = rsync_copy.run(rsync_copy.build_argv(src, dest, dry_run=False, caps=CAPS), label="t")
+    assert again.items.total == 0
+
+
+def test_failed_rsync_raises_with_its_stderr(tmp_path: Path) -> None:
+    with pytest.raises(CommandFailed) as info:
+        rsync_copy.run(rsync_copy.build_argv(tmp_path / "absent", tmp_path / "dest", dry_run=False, caps=CAPS),
+                       label="t")
+    assert info.value.rc == 23 and "absent" in str(info.value)
+
+
+def test_tree_scan_keeps_exact_bytes_and_flags_odd_names(tmp_path: Path) -> None:
+    root = tmp_path / "virtual"
+    (root / "dom.test" / "htdocs").mkdir(parents=True)
+    (root / "dom.test" / "htdocs" / "new\nline").write_text("a")
+    (root / "dom.test" / "htdocs" / "lat\xe4".encode("latin-1").decode("utf-8", "surrogateescape")).write_text("bb")
+    os.symlink("/etc/passwd", root / "dom.test" / "abs")
+    os.symlink("../../../x", root / "dom.test" / "htdocs" / "up")
+    os.symlink("index.html", root / "dom.test" / "htdocs" / "ok")
+    entries = tree_scan.scan(root)
+    rels = {e.rel for e in entries}
+    assert b"dom.test/htdocs/new\nline" in rels and b"dom.test/htdocs/lat\xe4" in rels and b"" in rels
+    assert [tree_scan.show(e.rel) for e in tree_scan.with_newlines(entries)] == ["dom.test/htdocs/new\\nline"]
+    escapes = {tree_scan.show(e.rel): dest for e, dest in tree_scan.escaping_links(entries, "/var/www/virtual")}
+    assert escapes == {"dom.test/abs": "/etc/passwd", "dom.test/htdocs/up": "/var/www/x"}
+    totals = tree_scan.per_top(entries)
+    assert (totals["dom.test"].files, totals["dom.test"].bytes, totals["dom.test"].links) == (2, 3, 3)
+    assert tree_scan.show(b"lat\xe4") == "lat\\xe4"
+
+
+def test_small_tree_is_fixed_in_process_and_symlink_targets_stay(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    outside = tmp_path / "outside"
+    outside.write_text("keep my owner")
+    (root / "a").mkdir(parents=True)
+    for i in range(3):
+        (root / "a" / f"f{i}").write_text("x")
+    os.symlink(str(outside), root / "a" / "link")
+    os.chown(root / "a" / "f0", 1004, 8)
+    plan = ownership.fix_tree(Runner(apply=False), root, 1004, 8, apply=False)
+    assert plan.count == 5 and not plan.applied  # root, a, f1, f2, link
+    assert os.stat(root / "a" / "f1").st_uid == 0
+    runner = Runner(apply=True)
+    runner.sink = []
+    done = ownership.fix_tree(runner, root, 1004, 8, apply=True)
+    assert done.count == 5 and done.applied and runner.sink == []  # no process needed
+    assert {(os.lstat(p).st_uid, os.lstat(p).st_gid) for p in [root, *root.rglob("*")]} == {(1004, 8)}
+    assert os.stat(outside).st_uid == 0  # the symlink itself was re-owned, never its target
+    assert ownership.fix_tree(runner, root, 1004, 8, apply=True).count == 0
+
+
+def _many(root: Path, n: int, owner: tuple[int, int]) -> None:
+    (root / "sub").mkdir(parents=True)
+    os.chown(root, *owner)
+    os.chown(root / "sub", *owner)
+    for i in range(n):
+        f = root / "sub" / f"f{i}"
+        f.write_text("x")
+        os.chown(f, *owner)
+
+
+def test_big_tree_with_a_few_wrong_entries_gets_the_selective_fix(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    _many(root, 400, (2001, 2001))
+    (root / "sub" / "deep").mkdir()
+    (root / "sub" / "deep" / "new\nline").write_text("x")
+    os.symlink("/etc/passwd", root / "sub" / "deep" / "link")
+    runner = Runner(apply=False)
+    runner.sink = []
+    plan = ownership.fix_tree(runner, root, 2001, 2001, apply=False)
+    assert plan.count == 3 and "sub/deep/new\\nline" in plan.sample and runner.sink[0].planned
+    assert runner.sink[0].argv[0] == "find" and "|" in runner.sink[0].argv
+    runner = Runner(apply=True)
+    runner.sink = []
+    done = ownership.fix_tree(runner, root, 2001, 2001, apply=True)
+    assert done.count == 3 and not done.whole_tree and "3 entries" in runner.sink[0].stdout
+    assert {(os.lstat(p).st_uid, os.lstat(p).st_gid) for p in [root, *root.rglob("*")]} == {(2001, 2001)}
+    assert os.stat("/etc/passwd").st_uid == 0
+
+
+def test_big_tree_that_is_all_wrong_gets_one_chown_r(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    _many(root, 400, (0, 0))
+    assert ownership.mostly_wrong(root, 2001, 2001)
+    runner = Runner(apply=True)
+    runner.sink = []
+    done = ownership.fix_tree(runner, root, 2001, 2001, apply=True)
+    assert done.whole_tree and runner.sink[0].argv[:2] == ["chown", "-R"] and "whole tree" in done.describe()
+    assert {(os.lstat(p).st_uid, os.lstat(p).st_gid) for p in [root, *root.rglob("*")]} == {(2001, 2001)}
+    assert not ownership.mostly_wrong(root, 2001, 2001)
+
+
+PASSWD = "root:x:0:0::/root:/bin/bash\nvu2001:x:2001:2001::/x:/bin/false\nother:x:2002:100::/x:/bin/sh\n"
+GROUP = "root:x:0:\nvu2001:x:2001:\nweb:x:2003:\n"
+
+
+def test_register_conflicts_across_domains_and_against_the_target() -> None:
+    files = AccountFiles.from_bytes(PASSWD.encode(), b"", GROUP.encode(), b"")
+    domains = [register_accounts.Domain(1, "a.test", 2001, 2001, "ok"),
+               register_accounts.Domain(2, "b.test", 2002, 2002, "ok"),
+               register_accounts.Domain(3, "c.test", 2003, 2003, "ok"),
+               register_accounts.Domain(4, "d.test", 2004, 2001, "ok")]
+    problems = register_accounts.find_conflicts(domains, files, "vu")
+    assert "GID 2001 is shared by the domains a.test, d.test" in problems
+    assert "b.test: ID 2002 for user vu2002 already belongs to the target's user other" in problems
+    assert "c.test: ID 2003 for group vu2003 already belongs to the target's group web" in problems
+    assert not [p for p in problems if p.startswith("a.test")]  # vu2001 exists with the right IDs
+
+
+def test_shadow_diffs_mask_every_hash_and_mycnf_quotes() -> None:
+    text = b"root:$6$salt$hash:19000:0:99999:7:::\nvu2001:!$1$ab$cd:1::::::\nbin:*:1::::::\nx:!:1::::::\n"
+    masked = accounts.masked(text)
+    assert "$6$" not in masked and "$1$" not in masked and "bin:*:" in masked and "x:!:" in masked
+    assert register_accounts._quote('p"a\\ss') == '"p\\"a\\\\ss"'
