@@ -148,9 +148,31 @@ def _customer_accounts(conn: Any, sc: Scenario) -> None:
                 cur.execute(f"GRANT ALL PRIVILEGES ON `{c.name}`.* TO %s@%s", (c.user, host))
 
 
+# What the backup holds of the customer databases as SQL: one mariadb-dump per database, one dump of
+# every database (`--all-databases`, as many admins' cron jobs write it), both, or none.
+CUSTOMER_DUMPS = ("per_database", "all_databases", "both", "none")
+ALL_DATABASES_DUMP = "all-databases.sql"
+
+
+def dump_all_databases(sock: Path, dest: Path, runner: Runner) -> None:
+    """A mariadb-dump --all-databases (root without password: done before passwords are set)."""
+    out = runner.run(["mariadb-dump", "--no-defaults", f"--socket={sock}", "--user=root", "--all-databases",
+                      "--single-transaction", "--routines", "--events"], timeout=600)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(out.stdout)
+    dest.chmod(0o600)
+
+
 def build_old_database(workdir: Path, backup: Path, sc: Scenario, hashes: dict[str, str], runner: Runner,
-                       keep_old: bool, old_owner: tuple[int, int]) -> dict[str, Any]:
-    """Run the old server once, fill it, stop it, and copy its database directories to the backup."""
+                       keep_old: bool, old_owner: tuple[int, int], *, full_datadir: bool = False,
+                       customer_dumps: str = "per_database") -> dict[str, Any]:
+    """Run the old server once, fill it, stop it, and copy its database directories to the backup.
+
+    full_datadir copies the whole stopped datadir instead (ibdata1, the redo log, Aria's logs and every
+    database): the backup a file-level copy of the old disk gives. customer_dumps: see CUSTOMER_DUMPS.
+    """
+    if customer_dumps not in CUSTOMER_DUMPS:
+        raise ValueError(f"customer_dumps must be one of {', '.join(CUSTOMER_DUMPS)}, not {customer_dumps!r}")
     base = private_mysql.make_mysql_dir(workdir / "old-mysql")
     datadir = base / "data"
     tmpdir = base / "tmp"
@@ -169,9 +191,12 @@ def build_old_database(workdir: Path, backup: Path, sc: Scenario, hashes: dict[s
             _populate_ispcp(conn, sc, hashes)
             _populate_customer_dbs(conn, sc)
             # Dumps first, while root still has no password (no credentials on any argv).
-            for c in sc.customer_dbs:
-                private_mysql.dump_database(srv.socket, c.name, backup / "var/backups/mysql" / f"{c.name}.sql",
-                                            runner)
+            if customer_dumps in ("per_database", "both"):
+                for c in sc.customer_dbs:
+                    private_mysql.dump_database(srv.socket, c.name, backup / "var/backups/mysql" / f"{c.name}.sql",
+                                                runner)
+            if customer_dumps in ("all_databases", "both"):
+                dump_all_databases(srv.socket, backup / "var/backups/mysql" / ALL_DATABASES_DUMP, runner)
             _customer_accounts(conn, sc)
             private_mysql.create_service_accounts(conn, sc.old.root_password, sc.old.debian_sys_maint, sc.old.vftp)
         finally:
@@ -182,7 +207,9 @@ def build_old_database(workdir: Path, backup: Path, sc: Scenario, hashes: dict[s
 
     dest = backup / "var/lib/mysql"
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("ispcp", "mysql", *(c.name for c in sc.customer_dbs)):
+    if full_datadir:
+        runner.run(["cp", "-a", f"{datadir}/.", str(dest)])
+    for name in () if full_datadir else ("ispcp", "mysql", *(c.name for c in sc.customer_dbs)):
         runner.run(["cp", "-a", str(datadir / name), str(dest / name)])
     info = datadir / "mysql_upgrade_info"
     if info.exists():

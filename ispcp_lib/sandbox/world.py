@@ -43,6 +43,8 @@ DEFAULT_VARIANT: dict[str, Any] = {
     "no_dummy": False,  # True: no ispCP at all on the target (preflight/install-check scenarios)
     "new_ip": NEW_IP,  # the target's BASE_SERVER_IP
     "backup_mysql_owner": "old",  # "old": backup datadirs owned by the old server's mysql ids; "host"
+    "backup_full_datadir": False,  # True: the backup holds the old datadir whole (ibdata1, redo log, every db)
+    "customer_dumps": "per_database",  # per_database | all_databases | both | none (var/backups/mysql)
 }
 
 # Server-internal files at the top of a MariaDB datadir that change with no client action: redo and
@@ -263,7 +265,9 @@ def build_world(workdir: Path, scale: str = "small", seed: int = 1, *, variant: 
     t = time.monotonic()
     old_mysql_ids = dict((n, u) for n, u, *_ in OLD_SERVICE_USERS)["mysql"], dict(OLD_SERVICE_GROUPS)["mysql"]
     owner = old_mysql_ids if var["backup_mysql_owner"] == "old" else private_mysql.mysql_ids()
-    old_db = old_server.build_old_database(workdir, backup, sc, hashes, runner, keep_old, owner)
+    old_db = old_server.build_old_database(workdir, backup, sc, hashes, runner, keep_old, owner,
+                                           full_datadir=bool(var["backup_full_datadir"]),
+                                           customer_dumps=var["customer_dumps"])
     timings["old_database"] = time.monotonic() - t
     t = time.monotonic()
     messages = old_server.write_old_files(backup, sc, hashes, 1 if scale == "large" else None)

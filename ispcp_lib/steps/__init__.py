@@ -17,6 +17,7 @@ STEP_ORDER: tuple[str, ...] = (
     "ispcp_install_check",
     "mysql_restore",
     "mysql_maintainer",
+    "customer_databases",
     "accounts",
     "user_data",
     "ftp",

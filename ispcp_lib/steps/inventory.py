@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ispcp_lib import keyfiles
+from ispcp_lib import customer_dbs, keyfiles
 from ispcp_lib.action import action
 from ispcp_lib.context import Context
 from ispcp_lib.errors import InputError, PreconditionFailed
@@ -27,6 +27,11 @@ reset, and every password ispCP encrypted is lost with the keys.
 This step only reads the backup. It lists each item as found, missing or invalid, with the path and
 why it matters, and ends with a verdict on which recovery path applies. It also recognises the output
 of ispCP's own `ispcp-backup-ispcp` (a SQL dump and a tar of `/etc/ispcp`) and says what that lacks.
+
+The guide stops at ispCP's own two databases, but the customers' databases (shops, blogs, forums,
+listed in ispCP's `sql_database` table) matter just as much. A second table lists each of them, what
+the backup holds for it (a directory, a dump), its storage engines, and whether and how it can be
+restored: InnoDB tables cannot travel as a lone directory.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {}
 
@@ -145,6 +150,8 @@ def run(ctx: Context, result: Result) -> None:
                     "one decrypts DATABASE_PASSWORD")
     if path == "blocked":
         raise PreconditionFailed("backup", verdict, "find the missing items listed in the table above")
+    # The customers' own databases: the guide leaves them out, but every dynamic site needs them.
+    customer_dbs.show(ctx, result)
 
 
 def _ispcp_own_backup(ctx: Context, logical_dir: str, result: Result) -> list[bl.Item]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pymysql
 
+from ispcp_lib import encrypted_columns as ec
 from ispcp_lib import fileops, keyfiles
 from ispcp_lib import keys as crypto_keys
 from ispcp_lib.action import action
@@ -36,19 +37,32 @@ any layout the new install needs from whichever file survived; every layout hold
 then proves the result instead of hoping: the keys must decrypt the old `DATABASE_PASSWORD` to readable text,
 and that password must log into the restored MySQL as `DATABASE_USER`. If the first part fails the keys are
 wrong; if only the second fails, the `mysql` database does not match this `ispcp.conf`. The report says
-"verified" and never shows a key or a password. The same keys also protect every mailbox and customer SQL
-password, so those are test-decrypted too.
+"verified" and never shows a key or a password.
+
+The same keys also encrypt every mailbox password (`mail_users.mail_pass`, except `_no_` of forward-only
+accounts) and every customer SQL password (`sql_user.sqlu_pass`), so the proof runs on **every** such row
+before anything is written: each must decrypt to printable text. The counts are shown. If none decrypts,
+the keys belong to another installation than the database, and the step stops with nothing written. If
+only some fail, those rows are damaged (or were set with other keys): they are listed by id and account,
+never by value. With `keys_reset_account_passwords = True` exactly those accounts get new random passwords.
 
 When **every** key file is lost, the guide falls back to ispCP's HOWTO for setting its MySQL password. With
 `keys_lost_reset = True` this step does that: new keys in the installer's character set, a new random
 password for `DATABASE_USER` in MySQL, the password written encrypted into `ispcp.conf` and `ispcp.old.conf`,
-all key layouts written, and the login verified. Everything ispCP encrypted with the lost keys (mailbox and
-customer SQL passwords) stays unreadable and must be reset in the panel afterwards.
+all key layouts written, and the login verified. Everything ispCP encrypted with the lost keys is
+unrecoverable: every mailbox and customer SQL password. The step says so and lists every account affected.
+With `keys_reset_account_passwords = True` each of them gets a new random password, encrypted with the new
+keys in ispCP's database (mailboxes are marked for the engine to rebuild) and, for SQL users, set in MySQL
+for every host of the account. The new passwords go into `account-passwords.txt` in the state directory
+(mode 0600) for the admin to hand out; they never appear in the report.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "keys_lost_reset": (False, "only when every key file is missing from the backup: generate new keys and set a "
                                "new random password for ispCP's DATABASE_USER (mailbox and customer SQL "
                                "passwords stay unreadable)"),
+    "keys_reset_account_passwords": (False, "give every mailbox and customer SQL user whose password does not "
+                                            "decrypt (all of them when the keys are lost) a new random password, "
+                                            "listed in <state_dir>/account-passwords.txt (mode 0600)"),
     "keys_source": (None, "the backup key file to trust when the key files disagree: php, perl_engine, "
                           "perl_messenger or keys_conf (default: refuse and say which one decrypts)"),
 }
@@ -89,20 +103,29 @@ def run(ctx: Context, result: Result) -> None:
         raise InputError("DATABASE_USER", "is missing in the backup's ispcp.conf",
                          "add the DATABASE_USER line of the old server (ispCP's default is root)", path=old_conf.path)
     login_ok = check_login(ctx, result, user, password, database)  # before anything changes
+    db_login = Login(user, password, "the backup's ispcp.conf (DATABASE_USER, decrypted)")
+    reset = bool(ctx.param("keys_reset_account_passwords"))
+    encrypted = ec.load_rows(ctx, [db_login] if login_ok else [], database, _backup_datadir(ctx, old_conf))
+    proof = ec.prove(encrypted, keyset) if encrypted is not None else None
+    report_proof(ctx, result, proof, reset)  # wrong keys stop here, before anything is written
 
     rows = write_key_files(ctx, result, keyset, layouts, target_files, backup_files,
                            f"the backup's {source} key file")
     result.table("Key files on the target", pd.DataFrame(rows))
     if ctx.apply:
         _read_back(ctx, target_conf, layouts, keyset)
+    reset_checks = []
+    if reset and proof is not None and proof.failed:
+        reset_checks = ec.reset_accounts(ctx, result, keyset, [r for r, _ in proof.failed], db_login, database,
+                                         mysql_creds.working_admin(ctx))
     checks = [{"check": "key files", "result": "verified" if ctx.apply else "planned",
                "detail": f"{source} key file from the backup, written as {', '.join(layouts)}"},
               {"check": "decrypt DATABASE_PASSWORD", "result": "verified",
                "detail": "the old ispcp.conf's DATABASE_PASSWORD decrypts to printable text"},
               {"check": f"MySQL login as {user}", "result": "verified" if login_ok else "not verified",
                "detail": f"opens database {database}" if login_ok else "see the warning above"}]
-    if login_ok:
-        checks += encrypted_column_proof(ctx, result, user, password, database, keyset, warn=False)
+    checks += column_checks(ctx, proof, [db_login], database, keyset, fresh=ctx.apply and bool(reset_checks))
+    checks += reset_checks
     result.table("Verification", pd.DataFrame(checks))
     result.data.update({"path": "backup_keys", "source": source, "layouts": layouts, "verified": login_ok})
     verdict = "verified" if login_ok else "keys decrypt, login not verified"
@@ -214,38 +237,56 @@ def check_login(ctx: Context, result: Result, user: str, password: str, database
     return False
 
 
-def encrypted_column_proof(ctx: Context, result: Result, user: str, password: str, database: str,
-                           keyset: KeySet, warn: bool = True) -> list[dict[str, str]]:
-    """The same keys encrypt mailbox and customer SQL passwords: count how many decrypt to text."""
-    rows = []
-    queries = (("mailbox passwords", "SELECT mail_pass FROM mail_users WHERE mail_pass NOT IN ('_no_', '')"),
-               ("customer SQL passwords", "SELECT sqlu_pass FROM sql_user WHERE sqlu_pass <> ''"))
+def _backup_datadir(ctx: Context, conf: IspcpConf) -> Path | None:
     try:
-        conn = ctx.mysql.connect(user, password, database)
-    except pymysql.MySQLError as exc:
-        return [{"check": "encrypted columns", "result": "skipped", "detail": ctx.secrets.redact(str(exc))}]
-    with conn:
-        for label, sql in queries:
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(sql)
-                    values = [r[0] for r in cur.fetchall() if r[0]]
-            except pymysql.MySQLError:
-                rows.append({"check": label, "result": "skipped", "detail": "table not readable"})
-                continue
-            ok = 0
-            for value in values:  # never registered or shown: only counted
-                try:
-                    crypto_keys.decrypt_db_password(value, keyset.key, keyset.iv, strict=True)
-                    ok += 1
-                except InputError:
-                    pass
-            state = "verified" if ok == len(values) else "WARN"
-            rows.append({"check": label, "result": state, "detail": f"{ok} of {len(values)} decrypt to text"})
-            if ok != len(values) and warn:
-                result.warn(f"{len(values) - ok} of {len(values)} {label} do not decrypt with these keys: they were "
-                            "set with other keys (or damaged) and must be reset in the panel")
-    return rows
+        return ctx.b(conf.get("DATABASE_DIR") or "/var/lib/mysql")
+    except InputError:
+        return None
+
+
+def report_proof(ctx: Context, result: Result, proof: ec.Proof | None, reset: bool) -> None:
+    """Say how the encrypted columns decrypt; rows that fail are listed. Wrong keys stop an apply here."""
+    if proof is None:
+        result.warn("the encrypted mailbox and customer SQL passwords could not be read (neither from the restored "
+                    "database nor from the backup's copy): the keys are proven on DATABASE_PASSWORD only")
+        return
+    if proof.failed:
+        result.table("Encrypted passwords that do not decrypt with these keys (by id and account)",
+                     proof.failed_frame())
+    counts = "; ".join(f"{column}: {ok} of {total} decrypt" for column in (ec.MAILBOX, ec.SQL_USER)
+                       for ok, total in [proof.count(column)])
+    if proof.wrong_keys:
+        problem = (f"the keys decrypt DATABASE_PASSWORD, but none of the {len(proof.rows.rows)} encrypted passwords "
+                   f"in {proof.rows.source} ({counts}): the database's passwords were encrypted with other keys "
+                   "(the key files and ispcp.conf come from another installation than the database)")
+        fix = ("find the key files that belong to this database (`ispcp-recover decrypt-password` tries any pair); if "
+               "those are lost for good, set keys_reset_account_passwords = True to give every listed account a new "
+               "password")
+        if reset:
+            result.warn(f"{problem}. keys_reset_account_passwords is set: every listed account gets a new password")
+        elif ctx.apply:
+            raise PreconditionFailed("encrypted passwords in the database", problem, fix)
+        else:
+            result.warn(f"{problem}. Applying stops here, before anything is written. Fix: {fix}")
+    elif proof.failed:
+        then = ("they get new random passwords (keys_reset_account_passwords)" if reset else
+                "set keys_reset_account_passwords = True to give them new random passwords, or reset them in the panel")
+        result.warn(f"{len(proof.failed)} of {len(proof.rows.rows)} encrypted passwords do not decrypt with these keys "
+                    f"({counts}): damaged rows, or set with other keys; listed in the table by id and account. "
+                    f"Their owners cannot log in: {then}")
+    else:
+        result.note(f"Every encrypted password decrypts with these keys ({counts}; read from {proof.rows.source}).")
+
+
+def column_checks(ctx: Context, proof: ec.Proof | None, logins: list[Login], database: str, keyset: KeySet,
+                  fresh: bool) -> list[dict[str, str]]:
+    """Verification rows for the encrypted columns; fresh=True proves them again (after new passwords were set)."""
+    if fresh:
+        again = ec.load_rows(ctx, logins, database, None)
+        proof = ec.prove(again, keyset) if again is not None else proof
+    if proof is None:
+        return [{"check": "encrypted columns", "result": "skipped", "detail": "not readable"}]
+    return proof.checks()
 
 
 def _group_gid(ctx: Context, name: str) -> int:
@@ -300,9 +341,7 @@ def run_reset(ctx: Context, result: Result, old_conf: IspcpConf, target_conf: Is
                          "add the DATABASE_USER line of the old server (ispCP's default is root)", path=old_conf.path)
     conf_path = ctx.t(il.CONF_PATH)
     old_path = ctx.t(f"{target_conf.get('CONF_DIR') or '/etc/ispcp'}/ispcp.old.conf")
-    result.warn("every key file is missing from the backup: ispCP's database password is reset with new keys. "
-                "Every mailbox and customer SQL password was encrypted with the lost keys and stays unreadable: "
-                "reset them in the panel after the update")
+    result.warn("every key file is missing from the backup: ispCP's database password is reset with new keys")
 
     earlier = _earlier_reset(ctx, old_path, target_files)
     if earlier is not None:
@@ -319,6 +358,8 @@ def run_reset(ctx: Context, result: Result, old_conf: IspcpConf, target_conf: Is
 
     admin = mysql_creds.working_admin(ctx)
     hosts = _hosts_to_reset(ctx, result, admin, user, password)
+    reset = bool(ctx.param("keys_reset_account_passwords"))
+    lost = _lost_accounts(ctx, result, admin, database, old_conf, keyset, reset)
 
     # Files first: the new password must be recoverable from disk before MySQL accepts only it.
     rows = write_key_files(ctx, result, keyset, layouts, target_files, {}, "the new keys")
@@ -349,18 +390,49 @@ def run_reset(ctx: Context, result: Result, old_conf: IspcpConf, target_conf: Is
         _alter_user(ctx, admin, user, hosts, password)
     checks = [{"check": "key files", "result": "verified" if ctx.apply else "planned",
                "detail": f"new keys written as {', '.join(layouts)}"}]
+    db_login = Login(user, password, "the reset DATABASE_USER login")
     if ctx.apply:
         ok, message = il.check_ispcp_login(ctx)
         if not ok:
             raise PreconditionFailed("lost-keys reset", message, "read the message: it names the part that failed; "
                                      "the run's safety copies hold the previous files")
         checks.append({"check": "ispcp.conf + keys log in", "result": "verified", "detail": message})
-        checks += encrypted_column_proof(ctx, result, user, password, database, keyset, warn=False)
+    reset_checks = ec.reset_accounts(ctx, result, keyset, lost, db_login, database, admin) if reset else []
+    if ctx.apply:
+        checks += column_checks(ctx, None, [db_login], database, keyset, fresh=True)
+    checks += reset_checks
     result.table("Verification", pd.DataFrame(checks))
     result.data.update({"path": "lost_keys_reset", "layouts": layouts, "verified": ctx.apply})
     result.summary = "lost keys: new keys and a new database password" + (", verified" if ctx.apply else " planned")
     if not result.changes:
         result.noop_reason = "the reset of an earlier run is in place: its keys decrypt the new password, which logs in"
+
+
+def _lost_accounts(ctx: Context, result: Result, admin: Login | None, database: str, old_conf: IspcpConf,
+                   keyset: KeySet, reset: bool) -> list[ec.EncryptedRow]:
+    """Every account whose password went with the lost keys: said plainly, listed; the ones to reset."""
+    found = ec.load_rows(ctx, [admin] if admin is not None else [], database, _backup_datadir(ctx, old_conf))
+    if found is None:
+        result.warn("the accounts whose passwords are lost could not be listed: ispCP's database is readable neither "
+                    "on the target nor in the backup")
+        return []
+    lost = [r for r in found.rows if ec.why_not(r.cipher, keyset) is not None]
+    if not lost:
+        if found.rows:
+            result.note(f"Every one of the {len(found.rows)} mailbox and SQL passwords decrypts with the keys now in "
+                        "place: they were given new passwords by an earlier run of this step.")
+        return []
+    mail = sum(1 for r in lost if r.column == ec.MAILBOX)
+    sql = len(lost) - mail
+    result.table("Accounts whose password is lost with the keys (unrecoverable)", ec.accounts_frame(lost))
+    then = (f"they get new random passwords now, listed for the admin in {ctx.display_path(ec.credentials_path(ctx))} "
+            "(mode 0600)" if reset else
+            "set keys_reset_account_passwords = True to give each a new random password (listed for the admin in "
+            f"{ctx.display_path(ec.credentials_path(ctx))}, mode 0600), or reset them in the panel after the update")
+    result.warn(f"With the keys lost, every mailbox and customer SQL password is unrecoverable: {mail} mailbox(es) and "
+                f"{sql} SQL user(s), listed in the table above (read from {found.source}). Their owners cannot log "
+                f"in with the old passwords: {then}")
+    return lost
 
 
 def _old_conf_base(old_path: Path, backup_conf: IspcpConf) -> IspcpConf:

@@ -29,6 +29,10 @@ def test_inventory_and_preflight_dry_run_change_nothing(world) -> None:
     assert states["database mysql (binary copy)"] == "found"
     assert states["key file (php)"] == "found" and states["key file (perl_engine)"] == "found"
     assert states["ispcp.conf"] == "found"
+    customers = next(t.frame for t in inv.tables if t.title == "Customer databases")
+    assert len(customers) == len(world.manifest["customer_dbs"]) >= 2
+    expected = {d["name"] for d in world.manifest["customer_dbs"]}
+    assert {r["database"] for r in inv.data["customer_databases"]} == expected
     pre = preflight.run(ctx)
     assert pre.status == "done", pre.errors
     table = pre.tables[0].frame

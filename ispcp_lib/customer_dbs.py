@@ -1,0 +1,799 @@
+"""Customer databases: which ones ispCP knows, what the backup holds of each, and how each can come back.
+
+ispCP lists every customer database in `sql_database` (joined to `domain`) and its logins in `sql_user`
+(`sqlu_pass` encrypted with the same Blowfish keys as DATABASE_PASSWORD). The guide restores only the
+`ispcp` and `mysql` databases; this module finds the rest:
+
+* the names, read from the restored target database when it holds ispCP's data, else from the backup's
+  binary copy through a throwaway private MariaDB (facts/backup_db_reader.py);
+* what the backup holds of each: its folder in the old datadir (engines from the file kinds, size, offline
+  check), a per-database dump, or its part of an `--all-databases` dump; and whether the old datadir is
+  complete (ibdata1, redo log, every database), which allows replacing the target's datadir whole;
+* per database the restore strategy that fits, or why none does and what would be needed.
+
+Everything here only reads: the backup is never opened for writing, and definitions of InnoDB tables are
+read from COPIES of their .frm files by a throwaway server.
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import gzip
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from ispcp_lib import keyfiles, sql_dumps
+from ispcp_lib import keys as crypto
+from ispcp_lib.context import Context
+from ispcp_lib.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.facts import backup_db_reader, mysql_creds
+from ispcp_lib.facts import backup_layout as bl
+from ispcp_lib.facts import ispcp_login as il
+from ispcp_lib.facts import mysql_state as ms
+from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.result import Result
+from ispcp_lib.runner import Runner
+
+# Databases of the server itself, never customer data.
+SYSTEM_DATABASES = frozenset({"mysql", "performance_schema", "information_schema", "sys", "lost+found"})
+# Where operators' cron jobs leave mysqldumps (ispCP's own BACKUP_FILE_DIR is added from ispcp.conf).
+DUMP_DIRS = ("/var/backups/mysql", "/var/backups", "/root", "/var/backups/mysqldump")
+
+DIRECTORY_COPY = "directory copy"
+TABLESPACE_IMPORT = "tablespace import"
+SQL_DUMP = "SQL dump"
+ALL_DATABASES_DUMP = "SQL dump (part of an --all-databases dump)"
+WHOLE_DATADIR = "whole datadir"
+CANNOT = "cannot restore"
+BINARY_STRATEGIES = (DIRECTORY_COPY, TABLESPACE_IMPORT)
+PREFERENCES = ("binary", "dump")
+
+_NEEDS_FOR_INNODB = ("a SQL dump of the database, or the old server's complete datadir (ibdata1 and ib_logfile* "
+                     "of the same moment, together with every database folder)")
+
+
+# --- what ispCP lists --------------------------------------------------------------------------------
+
+@dataclass
+class ListedDb:
+    sqld_id: int
+    name: str
+    domain: str | None  # None: the domain row is gone
+
+
+@dataclass(repr=False)
+class SqlUser:
+    id: int
+    name: str
+    database: str | None  # None: its sql_database row is gone
+    cipher: str  # sqlu_pass as stored (encrypted); never shown
+
+    def __repr__(self) -> str:
+        return f"SqlUser({self.id}, {self.name!r}, database={self.database!r})"
+
+
+@dataclass
+class Listing:
+    source: str  # where the names come from, for the operator
+    databases: dict[str, ListedDb] = field(default_factory=dict)
+    users: list[SqlUser] = field(default_factory=list)
+    readable: bool = True  # False: sql_database could not be read at all
+
+    def users_of(self, name: str) -> list[SqlUser]:
+        return [u for u in self.users if u.database == name]
+
+
+def read_listing(conn: Any) -> tuple[dict[str, ListedDb], list[SqlUser]]:
+    """sql_database joined to domain, and sql_user, from a connection with ispCP's database selected."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT d.sqld_id, d.sqld_name, dm.domain_name FROM sql_database d "
+                    "LEFT JOIN domain dm ON dm.domain_id = d.domain_id ORDER BY d.sqld_name")
+        dbs = {str(name): ListedDb(int(i), str(name), dom) for i, name, dom in cur.fetchall()}
+        by_id = {d.sqld_id: d.name for d in dbs.values()}
+        cur.execute("SELECT sqlu_id, sqld_id, sqlu_name, sqlu_pass FROM sql_user ORDER BY sqlu_id")
+        users = [SqlUser(int(i), str(name), by_id.get(int(d)) if d is not None else None, str(pw or ""))
+                 for i, d, name, pw in cur.fetchall()]
+    return dbs, users
+
+
+def admin_logins(ctx: Context) -> list[Login]:
+    """Logins that may administer the running server: both debian.cnf files, then ispCP's own (decrypted)."""
+    out: list[Login] = []
+    for login in (mysql_creds.target_admin(ctx), mysql_creds.backup_admin(ctx)):
+        if login is not None:
+            out.append(login)
+    for side in ("target", "backup"):
+        try:
+            login = il.ispcp_login(ctx, side)
+        except InputError:
+            login = None
+        if login is not None:
+            out.append(login)
+    saved = mysql_creds.read_debian_cnf(ctx.state_dir / "mysql-root.cnf")  # mysql_maintainer's root reset
+    if saved is not None:
+        ctx.secrets.add(saved.password, "MySQL root (reset)")
+        out.append(saved)
+    return out
+
+
+def admin_login(ctx: Context) -> Login | None:
+    """The first admin login the running server accepts, None when it is down or refuses them all."""
+    if ctx.mysql is None or not ctx.mysql.status():
+        return None
+    for login in admin_logins(ctx):
+        if ctx.mysql.can_login(login.user, login.password) is None:
+            return login
+    return None
+
+
+def _register(ctx: Context, users: Iterable[SqlUser]) -> None:
+    for u in users:
+        ctx.secrets.add(u.cipher, "sqlu_pass (encrypted)")
+
+
+def target_listing(ctx: Context, db_name: str) -> Listing | None:
+    """The listing of the target's ispCP database when it holds restored data (not the dummy's empty tables)."""
+    login = admin_login(ctx)
+    if login is None:
+        return None
+    try:
+        with ctx.mysql.connect(login.user, login.password, db_name) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT (SELECT COUNT(*) FROM domain) + (SELECT COUNT(*) FROM sql_database)")
+                if not int(cur.fetchone()[0]):
+                    return None  # the dummy install's empty tables: nothing restored yet
+            dbs, users = read_listing(conn)
+    except pymysql.MySQLError:  # no such database or table yet
+        return None
+    _register(ctx, users)
+    return Listing("the restored ispCP database on the target", dbs, users)
+
+
+def backup_listing(ctx: Context, backup_datadir: Path, db_name: str) -> Listing:
+    """The listing read from the backup's binary copy of ispCP's database (a throwaway server on a copy)."""
+    folder = backup_datadir / db_name
+    if not folder.is_dir():
+        return Listing(f"nowhere: the backup has no binary copy of {db_name} and the target's is not restored yet",
+                       readable=False)
+    try:
+        dbs, users = backup_db_reader.read_backup_database(backup_datadir, db_name, read_listing)
+    except (PreconditionFailed, CommandFailed) as exc:
+        first = str(exc).strip().splitlines()[0]
+        return Listing(f"nowhere: the backup's {db_name} could not be read ({first})", readable=False)
+    except pymysql.MySQLError as exc:  # a damaged table: the listing is unknown, the folders still count
+        return Listing(f"nowhere: reading the backup's {db_name} failed ({type(exc).__name__}: {exc})",
+                       readable=False)
+    _register(ctx, users)
+    return Listing(f"the backup's binary copy of {db_name} (read by a throwaway server)", dbs, users)
+
+
+def listing(ctx: Context, backup_datadir: Path, db_name: str) -> Listing:
+    return target_listing(ctx, db_name) or backup_listing(ctx, backup_datadir, db_name)
+
+
+# --- what the backup holds ---------------------------------------------------------------------------
+
+@dataclass
+class DumpRef:
+    path: Path
+    kind: str  # per-database | all-databases
+    databases: list[str]
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def label(self) -> str:
+        return f"{self.path.name} ({'part of an --all-databases dump' if self.kind == 'all-databases' else 'dump'})"
+
+
+_MARKER = re.compile(r"^-- Current Database: `((?:[^`]|``)+)`", re.MULTILINE)
+_CREATE_DB = re.compile(r"^CREATE DATABASE (?:/\*!\d+ IF NOT EXISTS\s*\*/ |IF NOT EXISTS )?`((?:[^`]|``)+)`",
+                        re.MULTILINE | re.IGNORECASE)
+_USE = re.compile(r"^USE `((?:[^`]|``)+)`;", re.MULTILINE | re.IGNORECASE)
+_TAIL = re.compile(r"^/\*!40103 SET TIME_ZONE=@OLD_TIME_ZONE \*/;", re.MULTILINE)
+
+
+def _unquote(name: str) -> str:
+    return name.replace("``", "`")
+
+
+def dump_database_names(text: str) -> list[str]:
+    """Databases a dump's text switches to, in order: its '-- Current Database' markers, else CREATE DATABASE/USE."""
+    for pattern in (_MARKER, _CREATE_DB, _USE):
+        names = [_unquote(m.group(1)) for m in pattern.finditer(text)]
+        if names:
+            return list(dict.fromkeys(names))
+    return []
+
+
+def split_all_databases(text: str) -> dict[str, str]:
+    """An --all-databases (or multi-database) dump cut into one loadable dump per database.
+
+    Each part is the dump's preamble (the SET statements before the first database), that database's
+    section (from its marker to the next one) and the closing SET statements with mysqldump's trailer.
+    """
+    pattern = next((p for p in (_MARKER, _CREATE_DB, _USE) if p.search(text)), None)
+    if pattern is None:
+        return {}
+    starts = [(m.start(), _unquote(m.group(1))) for m in pattern.finditer(text)]
+    # With CREATE DATABASE/USE as markers, a database's USE follows its CREATE: keep only the first of a run.
+    merged: list[tuple[int, str]] = []
+    for pos, name in starts:
+        if not merged or merged[-1][1] != name:
+            merged.append((pos, name))
+    tail_at = len(text)
+    tails = [m.start() for m in _TAIL.finditer(text) if m.start() > merged[-1][0]]
+    if tails:
+        tail_at = tails[-1]
+    preamble, tail = text[:merged[0][0]], text[tail_at:]
+    out: dict[str, str] = {}
+    for i, (pos, name) in enumerate(merged):
+        end = merged[i + 1][0] if i + 1 < len(merged) else tail_at
+        out[name] = out.get(name, "") + text[pos:end]
+    return {name: preamble + body + tail for name, body in out.items()}
+
+
+def _open_text(path: Path):  # type: ignore[no-untyped-def]
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    if path.name.endswith(".bz2"):
+        return bz2.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _scan_dump_names(path: Path) -> list[str]:
+    """Database names in a whole dump, read line by line (a multi-GB dump is never held in memory here)."""
+    names: list[str] = []
+    try:
+        with _open_text(path) as fh:
+            for line in fh:
+                if line.startswith(("-- Current Database:", "CREATE DATABASE", "USE ", "create database", "use ")):
+                    names += dump_database_names(line)
+    except (OSError, EOFError, ValueError):
+        return []
+    return list(dict.fromkeys(names))
+
+
+def classify_dump(path: Path) -> DumpRef | None:
+    """What a dump file holds: one database, or several (an --all-databases dump); None when unreadable."""
+    try:
+        head = sql_dumps.read_dump(path, 65536).decode("utf-8", "replace")
+    except InputError:
+        return None
+    header_empty = re.search(r"^--\s*Host:.*Database:\s*$", head, re.MULTILINE) is not None
+    names = dump_database_names(head)
+    if header_empty or len(names) > 1:
+        names = _scan_dump_names(path) or names
+        return DumpRef(path, "all-databases", names)
+    name = sql_dumps.dump_database(head)
+    if name is None:
+        stem = path.name
+        for suffix in (".gz", ".bz2", ".sql"):
+            stem = stem.removesuffix(suffix)
+        name = stem  # a dump without USE/CREATE DATABASE: its file name is the best guess
+    return DumpRef(path, "per-database", [name])
+
+
+def find_dumps(folders: Iterable[Path]) -> list[DumpRef]:
+    """Every dump in these folders (newest first in each), classified; folders that don't exist are skipped."""
+    seen: set[Path] = set()
+    out: list[DumpRef] = []
+    for folder in folders:
+        for path in sql_dumps.dumps_in(folder):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            ref = classify_dump(path)
+            if ref is not None:
+                out.append(ref)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _split_file(path: str, _mtime_ns: int, _size: int) -> dict[str, str]:
+    """One big dump split once, however many of its databases are restored (keyed by the file's state)."""
+    return split_all_databases(sql_dumps.read_dump(Path(path)).decode("utf-8", "surrogateescape"))
+
+
+def read_dump_for(ref: DumpRef, database: str) -> bytes:
+    """The SQL that restores `database` from this dump: the file itself, or its part of an all-databases dump."""
+    if ref.kind != "all-databases":
+        return sql_dumps.read_dump(ref.path)
+    st = ref.path.stat()
+    parts = _split_file(str(ref.path), st.st_mtime_ns, st.st_size)
+    if database not in parts:
+        raise InputError(f"dump {ref.path.name}", f"holds no section for database {database}",
+                         "use another dump of the database", path=str(ref.path))
+    return parts[database].encode("utf-8", "surrogateescape")
+
+
+_CREATE_TABLE = re.compile(r"^CREATE TABLE (?:IF NOT EXISTS )?`((?:[^`]|``)+)` \(.*?^\)[^;\n]*;",
+                           re.MULTILINE | re.DOTALL)
+
+
+def dump_create_tables(sql: str) -> dict[str, str]:
+    """table -> its CREATE TABLE statement (without the trailing ';') as mysqldump wrote it."""
+    return {_unquote(m.group(1)): m.group(0).rstrip(";") for m in _CREATE_TABLE.finditer(sql)}
+
+
+def folder_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+_FILENAME_CODE = re.compile(r"@([0-9a-fA-F]{4})")
+
+
+def table_name(file_stem: str) -> str:
+    """The table name behind a file name (MariaDB writes characters outside [A-Za-z0-9_$] as @XXXX)."""
+    return _FILENAME_CODE.sub(lambda m: chr(int(m.group(1), 16)), file_stem)
+
+
+# --- per database: can the binary copy be used? ----------------------------------------------------
+
+@dataclass
+class BinaryVerdict:
+    strategy: str | None  # DIRECTORY_COPY | TABLESPACE_IMPORT | None (the folder alone cannot work)
+    reason: str = ""  # why not, when strategy is None
+    needs: str = ""  # what would make it restorable
+    innodb: list[str] = field(default_factory=list)  # tables to import (file stems)
+    copied: list[str] = field(default_factory=list)  # tables (and views) copied as files
+    definitions: dict[str, str] = field(default_factory=dict)  # InnoDB table -> "frm" | "dump"
+
+
+def binary_verdict(files: ms.DatabaseFiles | None, dump_tables: set[str] | None = None,
+                   verdicts: list[ms.ChkVerdict] | None = None) -> BinaryVerdict:
+    """Whether a database folder can be restored by files alone, and how. Pure: files were scanned before.
+
+    dump_tables: tables whose CREATE TABLE a dump of the same database holds (a definition for an .ibd
+    whose .frm is lost). verdicts: offline myisamchk/aria_chk results for the MyISAM/Aria tables.
+    """
+    if files is None:
+        return BinaryVerdict(None, "the backup's datadir has no folder for it",
+                             "the database folder from the old datadir, or a SQL dump")
+    if not files.tables:
+        return BinaryVerdict(None, "its folder in the backup holds no tables",
+                             "the database folder from the old datadir, or a SQL dump")
+    dump_tables = dump_tables or set()
+    shared: list[str] = []
+    no_definition: list[str] = []
+    other: list[str] = []
+    innodb: list[str] = []
+    definitions: dict[str, str] = {}
+    for name, t in sorted(files.tables.items()):
+        has_ibd = ".ibd" in t.suffixes
+        if ".frm" not in t.suffixes:
+            if has_ibd and table_name(name) in dump_tables:
+                innodb.append(name)
+                definitions[name] = "dump"
+            elif has_ibd:
+                no_definition.append(name)
+            else:
+                other += [f"{name}: {p}" for p in t.problems]
+            continue
+        if t.engine == "InnoDB":
+            if t.frm_engine is None:  # a damaged .frm is no definition: a dump's CREATE TABLE may stand in
+                if has_ibd and table_name(name) in dump_tables:
+                    innodb.append(name)
+                    definitions[name] = "dump"
+                else:
+                    no_definition.append(name)
+            elif ".isl" in t.suffixes and not has_ibd:
+                other.append(f"{name}: its tablespace lives outside the datadir (.isl link) and is not in the backup")
+            elif not has_ibd:
+                shared.append(name)
+            elif t.frm_engine not in (None, "InnoDB"):
+                other.append(f"{name}: .ibd next to a {t.frm_engine} .frm")
+            else:
+                innodb.append(name)
+                definitions[name] = "frm"
+            continue
+        if t.frm_engine == "partitioned":
+            other.append(f"{name}: a partitioned table (its partitions cannot be imported one by one)")
+            continue
+        other += [f"{name}: {p}" for p in t.problems]
+    other += [f"{n}: {d}" for n, t in sorted(files.tables.items()) for d in t.damage]
+    other += [f"{v.table}: {v.detail or 'corrupt'} (offline check)" for v in verdicts or [] if v.verdict == "corrupt"]
+    if shared:
+        names = ", ".join(shared[:8]) + (" ..." if len(shared) > 8 else "")
+        return BinaryVerdict(
+            None, f"holds InnoDB tables ({names}) whose data lives in the old server's shared tablespace (ibdata1): "
+            "the folder has only their .frm definitions, no .ibd file", _NEEDS_FOR_INNODB, innodb=innodb)
+    if no_definition:
+        names = ", ".join(no_definition[:8]) + (" ..." if len(no_definition) > 8 else "")
+        return BinaryVerdict(
+            None, f"the definition of InnoDB table(s) {names} is unavailable: the folder has their .ibd but no .frm, "
+            "and no dump holds their CREATE TABLE",
+            "each table's .frm from the old datadir, or its CREATE TABLE statement (a schema-only dump, "
+            "mariadb-dump --no-data), or a SQL dump of the database", innodb=innodb)
+    if other:
+        return BinaryVerdict(None, "damaged or incomplete: " + "; ".join(other[:5]),
+                             "the missing files from another backup generation, or a SQL dump")
+    copied = sorted(n for n in files.tables if n not in innodb)
+    if innodb:
+        return BinaryVerdict(TABLESPACE_IMPORT, innodb=innodb, copied=copied, definitions=definitions)
+    return BinaryVerdict(DIRECTORY_COPY, copied=copied)
+
+
+def choose(binary: BinaryVerdict, dumps: list[DumpRef], prefer: str = "binary",
+           whole_datadir: bool = False) -> tuple[str, str]:
+    """(strategy, how) for one database. Pure, so the plan can be tested without any server."""
+    if whole_datadir:
+        return WHOLE_DATADIR, "comes back with the old datadir as a whole"
+    dump = dumps[0] if dumps else None
+    dump_strategy = (ALL_DATABASES_DUMP if dump is not None and dump.kind == "all-databases" else SQL_DUMP)
+    fallback = f"; if that fails, the dump {dump.path.name}" if dump is not None else ""
+    if prefer == "dump" and dump is not None:
+        extra = f"; if that fails, the {binary.strategy} of its folder" if binary.strategy else ""
+        return dump_strategy, f"load {dump.path.name} with the mariadb client{extra}"
+    if binary.strategy == DIRECTORY_COPY:
+        return DIRECTORY_COPY, f"copy the folder ({len(binary.copied)} MyISAM/Aria tables and views){fallback}"
+    if binary.strategy == TABLESPACE_IMPORT:
+        frm = sum(1 for v in binary.definitions.values() if v == "frm")
+        how = (f"recreate {len(binary.innodb)} InnoDB table(s) from their definitions ({frm} from .frm, "
+               f"{len(binary.innodb) - frm} from a dump), DISCARD TABLESPACE, copy each .ibd, IMPORT TABLESPACE")
+        if binary.copied:
+            how += f"; copy {len(binary.copied)} other table(s) as files"
+        return TABLESPACE_IMPORT, how + fallback
+    if dump is not None:
+        why = f" (its folder cannot be used: {binary.reason})" if binary.reason and "no folder" not in binary.reason \
+            else ""
+        return dump_strategy, f"load {dump.path.name} with the mariadb client{why}"
+    return CANNOT, f"{binary.reason}. Needs: {binary.needs}"
+
+
+# --- InnoDB definitions from .frm files ---------------------------------------------------------------
+
+_ENGINE_CODES = {"MEMORY": 6, "MyISAM": 9}
+_INNODB_NAME = b"\x06\x00InnoDB"
+
+
+def patch_frm_engine(frm: bytes, engine: str) -> bytes:
+    """A copy of an InnoDB table's .frm that names another engine (MEMORY or MyISAM), same length.
+
+    A server cannot open an InnoDB .frm whose table is not in its own data dictionary ("doesn't exist in
+    engine"). With the engine byte (offset 3) and the engine name in the extra segment changed, the
+    definition opens as a MEMORY table (no data files at all) or, where MEMORY refuses the columns, as a
+    MyISAM table after REPAIR TABLE ... USE_FRM; SHOW CREATE TABLE then gives the columns and indexes.
+    """
+    if len(frm) < 64 or frm[:2] != b"\xfe\x01":
+        raise InputError(".frm", "is not a binary table definition", "take the file from another backup")
+    out = bytearray(frm)
+    out[3] = _ENGINE_CODES[engine]
+    at = out.find(_INNODB_NAME)
+    if at >= 0:
+        out[at + 2:at + 8] = engine.encode("ascii")
+    return bytes(out)
+
+
+def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
+    """SHOW CREATE TABLE text of a scratch table, renamed to `name` and given `engine`."""
+    body = re.sub(r"^CREATE TABLE `(?:[^`]|``)+`", "CREATE TABLE " + ms.quote_ident(name), create, count=1)
+    at = body.rfind(") ENGINE=")
+    if at < 0:
+        return body + f" ENGINE={engine}"
+    m = re.match(r"\) ENGINE=\w+", body[at:])
+    assert m is not None
+    return body[:at] + f") ENGINE={engine}" + body[at + m.end():]
+
+
+def read_frm_definitions(frms: dict[str, Path], runner: Runner | None = None) -> dict[str, str]:
+    """key -> `CREATE TABLE ... ENGINE=InnoDB` body (named `__t__`) read from copies of InnoDB .frm files.
+
+    One throwaway server (backup_db_reader) reads all of them. A definition it cannot read is left out;
+    the caller names the table and what would be needed.
+    """
+    if not frms:
+        return {}
+    parent = Path(tempfile.mkdtemp(prefix="ispcp-frm-"))
+    try:
+        scratch = parent / "frmread"
+        scratch.mkdir()
+        keys = list(frms)
+        for i, key in enumerate(keys):
+            data = frms[key].read_bytes()
+            try:
+                (scratch / f"m{i}.frm").write_bytes(patch_frm_engine(data, "MEMORY"))
+                (scratch / f"y{i}.frm").write_bytes(patch_frm_engine(data, "MyISAM"))
+                (scratch / f"y{i}.MYD").write_bytes(b"")
+            except InputError:
+                continue
+        out: dict[str, str] = {}
+        with backup_db_reader.backup_database(parent, "frmread", runner=runner) as conn, conn.cursor() as cur:
+            for i, key in enumerate(keys):
+                create = _show_create(cur, f"m{i}") or _show_create(cur, f"y{i}", repair=True)
+                if create is not None:
+                    out[key] = with_name_and_engine(create, "__t__")
+        return out
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _show_create(cur: Any, table: str, repair: bool = False) -> str | None:
+    try:
+        if repair:
+            cur.execute(f"REPAIR TABLE `{table}` USE_FRM")
+            cur.fetchall()
+        cur.execute(f"SHOW CREATE TABLE `{table}`")
+        row = cur.fetchone()
+        return str(row[1]) if row else None
+    except pymysql.MySQLError:  # this variant cannot open it
+        return None
+
+
+# --- the whole picture --------------------------------------------------------------------------------
+
+@dataclass
+class CustomerDb:
+    name: str
+    listed: ListedDb | None
+    users: list[str]
+    folder: Path | None
+    files: ms.DatabaseFiles | None
+    size: int | None
+    dumps: list[DumpRef]
+    binary: BinaryVerdict
+    strategy: str = CANNOT
+    how: str = ""
+    verdicts: list[ms.ChkVerdict] = field(default_factory=list)
+
+    def engines(self) -> str:
+        if self.files is None or not self.files.tables:
+            return "—"
+        return ", ".join(f"{n} {e}" for e, n in self.files.engines().items())
+
+    def row(self) -> dict[str, Any]:
+        dump_text = "; ".join(d.label() for d in self.dumps) or "—"
+        return {
+            "database": self.name,
+            "domain": (self.listed.domain or "(domain row missing)") if self.listed else "not in sql_database",
+            "SQL users": ", ".join(self.users) or "—",
+            "folder in backup": "yes" if self.folder is not None else "no",
+            "engines (from files)": self.engines(),
+            "size": human_size(self.size),
+            "dumps": dump_text,
+            "restore": self.strategy,
+            "how / why": self.how,
+        }
+
+
+@dataclass
+class Discovery:
+    listing: Listing
+    databases: list[CustomerDb]
+    backup_datadir: Path | None
+    shared: list[str]  # ibdata1 and redo logs at the top of the backup's datadir
+    datadir_complete: bool
+    datadir_reason: str
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def by_name(self) -> dict[str, CustomerDb]:
+        return {d.name: d for d in self.databases}
+
+    def frame(self) -> Any:
+        import pandas as pd
+
+        columns = ["database", "domain", "SQL users", "folder in backup", "engines (from files)", "size", "dumps",
+                   "restore", "how / why"]
+        return pd.DataFrame([d.row() for d in self.databases], columns=columns)
+
+
+def _backup_datadir(ctx: Context, conf: IspcpConf | None) -> Path:
+    return ctx.b((conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql")
+
+
+def dump_folders(ctx: Context, conf: IspcpConf | None) -> list[Path]:
+    logical = [*DUMP_DIRS, (conf.get("BACKUP_FILE_DIR") if conf else None) or "/var/www/ispcp/backups"]
+    extra = ctx.param("customer_databases_dump_dirs") or []
+    if isinstance(extra, str):
+        extra = [extra]
+    out = []
+    for p in [*logical, *extra]:
+        try:
+            out.append(ctx.b(str(p)))
+        except InputError:
+            continue  # a symlinked folder that escapes the backup: not read
+    return out
+
+
+def backup_folders(ctx: Context, datadir: Path, ispcp_db: str) -> tuple[dict[str, Path], list[str]]:
+    """Database folders in the backup's datadir other than the server's own and ispCP's; plus refusals."""
+    folders: dict[str, Path] = {}
+    refused: list[str] = []
+    if not datadir.is_dir():
+        return folders, refused
+    for entry in sorted(datadir.iterdir(), key=lambda p: p.name):
+        if entry.name in SYSTEM_DATABASES or entry.name == ispcp_db or entry.name.startswith(("#", ".")):
+            continue
+        if not entry.is_dir():
+            continue
+        logical = "/" + str(entry.relative_to(ctx.backup_root)) if ctx.backup_root else str(entry)
+        try:
+            ctx.b(logical)
+        except InputError as exc:
+            refused.append(f"{entry.name}: {exc.problem}")
+            continue
+        folders[table_name(entry.name)] = entry
+    return folders, refused
+
+
+def datadir_completeness(datadir: Path, shared: list[str], needed: Iterable[str], ispcp_db: str) -> tuple[bool, str]:
+    """Does the backup hold the old datadir whole: ibdata1, its redo log and every database folder?"""
+    if "ibdata1" not in shared:
+        return False, "the backup's datadir has no ibdata1 (only database folders were copied)"
+    if not any(n.startswith("ib_logfile") for n in shared):
+        return False, "the backup's datadir has ibdata1 but no redo log (ib_logfile0)"
+    missing = [n for n in [ispcp_db, "mysql", *needed] if not (datadir / n).is_dir()]
+    if missing:
+        return False, f"the backup's datadir lacks the folder(s) of {', '.join(missing[:6])}"
+    return True, "the backup holds the old datadir whole (ibdata1, redo log and every database folder)"
+
+
+def discover(ctx: Context, conf: IspcpConf | None = None, *, prefer: str | None = None,
+             include_unlisted: bool | None = None, read_listing_from: Listing | None = None) -> Discovery:
+    """Every customer database ispCP lists or the backup holds, with what the backup has of it and a strategy.
+
+    Reads only. The strategy here assumes nothing on the target yet; the customer_databases step refines it.
+    """
+    if conf is None:
+        try:
+            conf = bl.load_old_conf(ctx)
+        except InputError:
+            conf = None
+    prefer = prefer or ctx.param("customer_databases_prefer", "binary") or "binary"
+    if prefer not in PREFERENCES:
+        raise InputError("customer_databases_prefer", f"is {prefer!r}", f"use one of {', '.join(PREFERENCES)}")
+    if include_unlisted is None:
+        include_unlisted = bool(ctx.param("customer_databases_include_unlisted", True))
+    ispcp_db = (conf.get("DATABASE_NAME") if conf else None) or "ispcp"
+    datadir = _backup_datadir(ctx, conf)
+    found = read_listing_from or listing(ctx, datadir, ispcp_db)
+    folders, refused = backup_folders(ctx, datadir, ispcp_db)
+    dumps = find_dumps(dump_folders(ctx, conf))
+    shared = ms.shared_tablespace(datadir)
+    names = list(found.databases)
+    unlisted = sorted(set(folders) - set(names))
+    dumped_only = sorted({n for d in dumps for n in d.databases} - set(names) - set(folders)
+                         - SYSTEM_DATABASES - {ispcp_db})
+    if include_unlisted:
+        names += unlisted + [n for n in dumped_only if n not in unlisted]
+    complete, reason = datadir_completeness(datadir, shared, found.databases, ispcp_db)
+    names = sorted(dict.fromkeys(names))
+    scanned = {n: ms.scan_database_dir(folders[n]) for n in names if n in folders}
+    checked = _offline_verdicts({n: (folders[n], f) for n, f in scanned.items() if f is not None})
+    dbs: list[CustomerDb] = []
+    for name in names:
+        folder = folders.get(name)
+        files = scanned.get(name)
+        own_dumps = [d for d in dumps if name in d.databases]
+        own_dumps.sort(key=lambda d: d.kind != "per-database")  # a database's own dump before its share of a big one
+        verdicts = checked.get(name, [])
+        dump_tables: set[str] = set()
+        if files is not None and any(".frm" not in t.suffixes and ".ibd" in t.suffixes for t in files.tables.values()):
+            dump_tables = _dump_table_names(own_dumps, name)
+        binary = binary_verdict(files, dump_tables, verdicts)
+        strategy, how = choose(binary, own_dumps, prefer, whole_datadir=False)
+        dbs.append(CustomerDb(name, found.databases.get(name), [u.name for u in found.users_of(name)], folder, files,
+                              folder_size(folder) if folder is not None else None, own_dumps, binary, strategy, how,
+                              verdicts))
+    out = Discovery(found, dbs, datadir, shared, complete, reason)
+    if not found.readable:
+        out.warnings.append(f"ispCP's list of customer databases (sql_database) could not be read: {found.source}. "
+                            "The table shows the folders and dumps the backup holds.")
+    else:
+        out.notes.append(f"Customer databases listed in sql_database: {len(found.databases)} (read from "
+                         f"{found.source}); SQL users: {len(found.users)}.")
+    if unlisted or dumped_only:
+        extra = unlisted + dumped_only
+        verb = "are restored too" if include_unlisted else "are left out (customer_databases_include_unlisted)"
+        out.notes.append(f"The backup holds {len(extra)} database(s) that sql_database does not list "
+                         f"({', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}): created outside the panel; "
+                         f"they {verb}.")
+    for r in refused:
+        out.warnings.append(f"database folder refused: {r}")
+    if complete:
+        out.notes.append("The backup holds the old datadir whole (ibdata1, redo log, every database): replacing the "
+                         "target's datadir with it brings every database back at once, InnoDB included, when the "
+                         "server versions are compatible (the customer_databases step decides).")
+    return out
+
+
+def _offline_verdicts(folders: dict[str, tuple[Path, ms.DatabaseFiles]]) -> dict[str, list[ms.ChkVerdict]]:
+    """myisamchk/aria_chk --read-only on every MyISAM/Aria folder at once (nothing is written)."""
+    todo = {n: v for n, v in folders.items() if any(t.engine in ("MyISAM", "Aria") for t in v[1].tables.values())}
+    if not todo:
+        return {}
+    try:
+        found = ms.offline_check_all(list(todo.values()))
+    except (OSError, ValueError):
+        return {}
+    return dict(zip(todo, found, strict=True)) if found is not None else {}
+
+
+def _dump_table_names(dumps: list[DumpRef], database: str) -> set[str]:
+    for ref in dumps:
+        try:
+            return set(dump_create_tables(read_dump_for(ref, database).decode("utf-8", "replace")))
+        except InputError:
+            continue
+    return set()
+
+
+def show(ctx: Context, result: Result) -> Discovery | None:
+    """For the inventory and mysql_restore sections: add the customer-database table to `result`. Reads only.
+
+    Never fails the calling step: what cannot be read becomes a warning (None is returned then).
+    """
+    try:
+        found = discover(ctx)
+    except (InputError, PreconditionFailed, CommandFailed, OSError) as exc:
+        result.warn(f"the customer databases could not be listed: {ctx.secrets.redact(str(exc))}")
+        return None
+    result.table("Customer databases", found.frame())
+    for n in found.notes:
+        result.note(n)
+    for w in found.warnings:
+        result.warn(w)
+    cannot = [d.name for d in found.databases if d.strategy == CANNOT]
+    if cannot:
+        result.warn(f"{len(cannot)} customer database(s) cannot be restored from what the backup holds: "
+                    f"{', '.join(cannot)} (see the table: why, and what would be needed)")
+    result.data["customer_databases"] = [{"database": d.name, "strategy": d.strategy} for d in found.databases]
+    return found
+
+
+# --- keys for the customers' SQL passwords -------------------------------------------------------------
+
+def account_keysets(ctx: Context) -> list[tuple[str, keyfiles.KeySet]]:
+    """Key sets to decrypt sqlu_pass with: the target's (restored by the keys step), then the backup's."""
+    out: list[tuple[str, keyfiles.KeySet]] = []
+    for side in ("target", "backup"):
+        try:
+            found = il.keysets(ctx, side)
+        except InputError:
+            continue
+        for layout in il.ordered(found):
+            ks = found[layout]
+            if all(ks != other for _, other in out):
+                out.append((f"the {side}'s {layout} key file", ks))
+    return out
+
+
+def decrypt_with(cipher: str, keysets: list[tuple[str, keyfiles.KeySet]]) -> tuple[str, str] | None:
+    """(plaintext, which keys) of an ispCP-encrypted value with the first key set that gives printable text."""
+    for label, ks in keysets:
+        try:
+            return crypto.decrypt_db_password(cipher, ks.key, ks.iv, strict=True), label
+        except InputError:
+            continue
+    return None

@@ -1,0 +1,302 @@
+"""The passwords ispCP keeps encrypted in its database: prove the keys on them, list them, give them new values.
+
+The Blowfish key and IV that encrypt DATABASE_PASSWORD also encrypt every mailbox password
+(`mail_users.mail_pass`, except the marker `_no_` of forward-only accounts) and every customer SQL
+password (`sql_user.sqlu_pass`). So the right keys are proven on every such row: each must decrypt to
+printable text. With the keys lost, every one of them is unrecoverable; `reset_accounts` then gives
+each account a new random password, encrypted with the new keys in ispCP's database and, for SQL users,
+set in MySQL, and writes them to a credentials file for the admin (mode 0600, state directory).
+
+Rows are named by id and account, never by value. Every cipher text and password is registered as a
+secret the moment it is read or made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pymysql
+
+from ispcp_lib import keys as crypto
+from ispcp_lib.context import Context
+from ispcp_lib.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.facts import backup_db_reader
+from ispcp_lib.facts import mysql_state as ms
+from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.keyfiles import KeySet
+from ispcp_lib.result import Result
+
+MAILBOX = "mailbox passwords"
+SQL_USER = "customer SQL passwords"
+NO_PASSWORD = "_no_"  # mail_pass of a forward-only account
+CREDENTIALS_FILE = "account-passwords.txt"
+NEW_PASSWORD_LENGTH = 16  # MySQL 5.0 and ispCP's GUI accept it; letters and digits only
+
+
+@dataclass(repr=False)
+class EncryptedRow:
+    column: str  # MAILBOX | SQL_USER
+    id: int
+    account: str  # mail address or SQL user name
+    database: str | None  # the SQL user's database
+    cipher: str  # as stored; never shown
+    status: str | None = None  # mail_users.status
+
+    def __repr__(self) -> str:
+        return f"EncryptedRow({self.column!r}, {self.id}, {self.account!r})"
+
+    @property
+    def kind(self) -> str:
+        return "mailbox" if self.column == MAILBOX else "SQL user"
+
+
+@dataclass
+class EncryptedRows:
+    source: str  # where they were read, for the operator
+    rows: list[EncryptedRow] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # columns whose table could not be read
+
+    def of(self, column: str) -> list[EncryptedRow]:
+        return [r for r in self.rows if r.column == column]
+
+
+def read_rows(conn: Any, secrets: Any) -> EncryptedRows:
+    """Every encrypted mailbox and SQL password from a connection with ispCP's database selected."""
+    out = EncryptedRows("")
+    queries = (
+        (MAILBOX, "SELECT mail_id, mail_addr, mail_pass, NULL, status FROM mail_users "
+                  f"WHERE mail_pass IS NULL OR mail_pass <> '{NO_PASSWORD}' ORDER BY mail_id"),
+        (SQL_USER, "SELECT u.sqlu_id, u.sqlu_name, u.sqlu_pass, d.sqld_name, NULL FROM sql_user u "
+                   "LEFT JOIN sql_database d ON d.sqld_id = u.sqld_id ORDER BY u.sqlu_id"),
+    )
+    for column, sql in queries:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                fetched = cur.fetchall()
+        except pymysql.MySQLError:
+            out.missing.append(column)
+            continue
+        for row_id, account, cipher, database, status in fetched:
+            cipher = "" if cipher is None else str(cipher)
+            secrets.add(cipher, f"{column} (encrypted)")
+            out.rows.append(EncryptedRow(column, int(row_id), str(account or ""), database, cipher, status))
+    return out
+
+
+def _holds_data(conn: Any) -> bool:
+    """False for the dummy install's empty tables (nothing restored yet)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT (SELECT COUNT(*) FROM domain) + (SELECT COUNT(*) FROM mail_users) + "
+                    "(SELECT COUNT(*) FROM sql_user)")
+        return bool(int(cur.fetchone()[0]))
+
+
+def load_rows(ctx: Context, logins: list[Login], database: str, backup_datadir: Path | None) -> EncryptedRows | None:
+    """The rows from the restored target database (first login that works), else from the backup's binary copy.
+
+    None when neither can be read (the reason is then not worth a table: the caller says it).
+    """
+    if ctx.mysql is not None and ctx.mysql.status():
+        for login in logins:
+            try:
+                with ctx.mysql.connect(login.user, login.password, database) as conn:
+                    if not _holds_data(conn):
+                        break
+                    found = read_rows(conn, ctx.secrets)
+            except pymysql.MySQLError:
+                continue
+            found.source = f"the restored {database} database on the target"
+            return found
+    if backup_datadir is None or not (backup_datadir / database).is_dir():
+        return None
+    try:
+        found = backup_db_reader.read_backup_database(backup_datadir, database, lambda c: read_rows(c, ctx.secrets),
+                                                      runner=ctx.runner)
+    except (PreconditionFailed, CommandFailed, pymysql.MySQLError):
+        return None
+    found.source = f"the backup's copy of {database} (read by a throwaway server; the target is not restored yet)"
+    return found
+
+
+def why_not(cipher: str, keyset: KeySet) -> str | None:
+    """None when the value decrypts to printable text with these keys, else why not (never the value)."""
+    if not cipher.strip():
+        return "empty"
+    try:
+        crypto.decrypt_db_password(cipher, keyset.key, keyset.iv, strict=True)
+    except InputError as exc:
+        return exc.problem
+    return None
+
+
+@dataclass
+class Proof:
+    rows: EncryptedRows
+    failed: list[tuple[EncryptedRow, str]]  # rows that do not decrypt, and why
+
+    def count(self, column: str) -> tuple[int, int]:
+        total = len(self.rows.of(column))
+        bad = sum(1 for r, _ in self.failed if r.column == column)
+        return total - bad, total
+
+    @property
+    def wrong_keys(self) -> bool:
+        """No row decrypts although there are rows: the keys do not belong to this database."""
+        return bool(self.rows.rows) and len(self.failed) == len(self.rows.rows)
+
+    def checks(self) -> list[dict[str, str]]:
+        out = []
+        for column in (MAILBOX, SQL_USER):
+            if column in self.rows.missing:
+                out.append({"check": column, "result": "skipped", "detail": "table not readable"})
+                continue
+            ok, total = self.count(column)
+            out.append({"check": column, "result": "verified" if ok == total else "WARN",
+                        "detail": f"{ok} of {total} decrypt to text"})
+        return out
+
+    def failed_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"column": r.column, "id": r.id, "account": r.account, "database": r.database or "",
+                              "why": why} for r, why in self.failed],
+                            columns=["column", "id", "account", "database", "why"])
+
+
+def prove(rows: EncryptedRows, keyset: KeySet) -> Proof:
+    return Proof(rows, [(r, why) for r in rows.rows if (why := why_not(r.cipher, keyset)) is not None])
+
+
+def accounts_frame(rows: list[EncryptedRow]) -> pd.DataFrame:
+    return pd.DataFrame([{"account": r.account, "kind": r.kind, "id": r.id, "database": r.database or ""}
+                         for r in rows], columns=["account", "kind", "id", "database"])
+
+
+# --- new passwords -------------------------------------------------------------------------------
+
+def credentials_path(ctx: Context) -> Path:
+    return ctx.state_dir / CREDENTIALS_FILE
+
+
+def _read_credentials(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """(kind, account) -> (database, password) of an earlier credentials file."""
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) == 4:
+            out[(parts[0], parts[1])] = (parts[2], parts[3])
+    return out
+
+
+def credentials_text(entries: dict[tuple[str, str], tuple[str, str]], run_id: str) -> str:
+    lines = [
+        "# New passwords set by ispcp-recovery (keys step) for accounts whose old password could not be",
+        f"# decrypted (run {run_id}). Hand each to its owner, then delete this file. Keep it mode 0600.",
+        "# kind\taccount\tdatabase\tpassword",
+    ]
+    for (kind, account), (database, password) in sorted(entries.items()):
+        lines.append(f"{kind}\t{account}\t{database}\t{password}")
+    return "\n".join(lines) + "\n"
+
+
+def _mysql_hosts(cur: Any, user: str) -> list[str]:
+    cur.execute("SELECT Host FROM mysql.user WHERE User = %s ORDER BY Host", (user,))
+    return [r[0] for r in cur.fetchall()]
+
+
+def reset_accounts(ctx: Context, result: Result, keyset: KeySet, targets: list[EncryptedRow], db_login: Login,
+                   database: str, admin: Login | None) -> list[dict[str, str]]:
+    """New random passwords for `targets`: credentials file first, then ispCP's rows, then MySQL. Returns checks.
+
+    Mailbox rows whose status is 'ok' are set to 'change', so the engine rebuilds the mail account with the
+    new password. An SQL user without any MySQL account gets one at localhost and % with all privileges on
+    its database, as ispCP creates them.
+    """
+    if not targets:
+        return []
+    path = credentials_path(ctx)
+    entries = _read_credentials(path)
+    for value in (v[1] for v in entries.values()):
+        ctx.secrets.add(value, "new account password")
+    fresh: list[tuple[EncryptedRow, str, str]] = []
+    for row in targets:
+        password = crypto.random_password(NEW_PASSWORD_LENGTH)
+        ctx.secrets.add(password, f"new password of {row.account}")
+        cipher = crypto.encrypt_db_password(password, keyset.key, keyset.iv, item=row.column)
+        ctx.secrets.add(cipher, f"{row.column} (encrypted)")
+        entries[("mailbox" if row.column == MAILBOX else "sql", row.account)] = (row.database or "", password)
+        fresh.append((row, password, cipher))
+    mail = [f for f in fresh if f[0].column == MAILBOX]
+    sql = [f for f in fresh if f[0].column == SQL_USER]
+    if ctx.apply:
+        ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The file first: once ispCP's rows or MySQL hold a new password, it must already be on disk.
+    ctx.write_file(path, credentials_text(entries, ctx.run_id), 0o600, 0, 0, show_diff=False,
+                   what=f"write {len(fresh)} new account password(s) to {ctx.display_path(path)} (mode 0600; for the "
+                        "admin to hand out, never shown here)")
+    if mail:
+        result.change(f"set a new random password for {len(mail)} mailbox(es) in {database}.mail_users "
+                      "(encrypted with the keys now in place; status 'change' so the engine rebuilds them)")
+    if sql:
+        result.change(f"set a new random password for {len(sql)} customer SQL user(s) in {database}.sql_user "
+                      "(encrypted) and in MySQL for every host of each account")
+    if not ctx.apply:
+        return [{"check": "new account passwords", "result": "planned",
+                 "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {ctx.display_path(path)}"}]
+    with ctx.mysql.connect(db_login.user, db_login.password, database) as conn, conn.cursor() as cur:
+        for row, _, cipher in mail:
+            cur.execute("UPDATE mail_users SET mail_pass = %s, status = IF(status = 'ok', 'change', status) "
+                        "WHERE mail_id = %s", (cipher, row.id))
+        for row, _, cipher in sql:
+            cur.execute("UPDATE sql_user SET sqlu_pass = %s WHERE sqlu_id = %s", (cipher, row.id))
+    who = admin or db_login
+    created: list[str] = []
+    try:
+        with ctx.mysql.connect(who.user, who.password) as conn, conn.cursor() as cur:
+            for row, password, _ in sql:
+                hosts = _mysql_hosts(cur, row.account)
+                if not hosts:
+                    hosts = ["localhost", "%"]
+                    for host in hosts:
+                        cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
+                        if row.database:
+                            cur.execute(f"GRANT ALL PRIVILEGES ON {ms.quote_ident(row.database)}.* TO %s@%s",
+                                        (row.account, host))
+                    created.append(row.account)
+                    continue
+                for host in hosts:
+                    cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
+    except pymysql.MySQLError as exc:
+        raise PreconditionFailed("customer SQL passwords", ctx.secrets.redact(f"setting them in MySQL failed: {exc}"),
+                                 f"the new passwords are in {path} and in ispCP's database; fix the cause and set "
+                                 "them in MySQL (ALTER USER) from that file") from None
+    if created:
+        result.note(f"SQL user(s) without any MySQL account were created at localhost and % with all privileges on "
+                    f"their database: {', '.join(created)}")
+    checks = [{"check": "new account passwords", "result": "done",
+               "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); written to {ctx.display_path(path)} "
+                         "(mode 0600)"}]
+    if sql:
+        refused, no_db = [], []
+        for row, password, _ in sql:
+            reason = ctx.mysql.can_login(row.account, password)
+            if reason is not None:
+                refused.append(f"{row.account}: {reason}")
+            elif row.database and (reason := ctx.mysql.can_login(row.account, password, row.database)) is not None:
+                no_db.append(f"{row.account}: {reason}")  # e.g. its database is not restored (customer_databases)
+        detail = f"{len(sql) - len(refused)} of {len(sql)} log in with the new password"
+        if refused:
+            detail += f"; refused: {'; '.join(refused[:4])}"
+        if no_db:
+            detail += f"; cannot open their database: {'; '.join(no_db[:4])}"
+        checks.append({"check": "SQL logins with the new passwords", "result": "verified" if not refused else "FAILED",
+                       "detail": detail})
+        if refused:
+            result.warn(f"{len(refused)} SQL user(s) cannot log in with their new password: {'; '.join(refused[:4])}")
+    return checks

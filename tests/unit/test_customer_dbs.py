@@ -1,0 +1,256 @@
+"""Unit tests: customer-database discovery logic (dump splitting, strategies, .frm patching) and the key proof."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+from ispcp_lib import customer_dbs as cdb
+from ispcp_lib import encrypted_columns as ec
+from ispcp_lib.errors import InputError
+from ispcp_lib.facts import mysql_state as ms
+from ispcp_lib.keyfiles import KeySet
+from ispcp_lib.keys import encrypt_db_password, generate_iv, generate_key
+
+PREAMBLE = """-- MariaDB dump 10.19  Distrib 10.11.6-MariaDB
+--
+-- Host: localhost    Database:
+-- ------------------------------------------------------
+/*!40101 SET NAMES utf8mb4 */;
+/*!40103 SET @OLD_TIME_ZONE=@@TIME_ZONE */;
+
+"""
+TAIL = """/*!40103 SET TIME_ZONE=@OLD_TIME_ZONE */;
+/*!40101 SET SQL_MODE=@OLD_SQL_MODE */;
+
+-- Dump completed on 2024-01-01 12:00:00
+"""
+
+
+def section(name: str, table: str, rows: int) -> str:
+    values = ",".join(f"({i})" for i in range(rows))
+    return (f"--\n-- Current Database: `{name}`\n--\n\n"
+            f"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `{name}` /*!40100 DEFAULT CHARACTER SET utf8mb3 */;\n\n"
+            f"USE `{name}`;\n\nCREATE TABLE `{table}` (\n  `id` int(11) NOT NULL\n) ENGINE=InnoDB;\n"
+            f"INSERT INTO `{table}` VALUES {values};\n\n")
+
+
+ALL = PREAMBLE + section("shop", "products", 3) + section("blog", "posts", 2) + section("mysql", "user", 1) + \
+    "--\n-- Current Database: `shop`\n--\n\nUSE `shop`;\n\n" + TAIL
+
+
+# --- dumps ----------------------------------------------------------------------------------------
+
+def test_split_all_databases_gives_each_database_preamble_its_sections_and_tail() -> None:
+    parts = cdb.split_all_databases(ALL)
+    assert set(parts) == {"shop", "blog", "mysql"}
+    shop = parts["shop"]
+    assert shop.startswith(PREAMBLE) and shop.endswith(TAIL)
+    assert "CREATE TABLE `products`" in shop and "`posts`" not in shop and "`user`" not in shop
+    assert shop.count("USE `shop`;") == 2  # the second pass (views) belongs to it too
+    assert cdb.dump_database_names(shop) == ["shop"]
+    blog = parts["blog"]
+    assert "INSERT INTO `posts` VALUES (0),(1);" in blog and "products" not in blog
+    assert "Dump completed" in blog
+
+
+def test_split_without_comments_uses_create_database_and_use() -> None:
+    bare = "SET NAMES utf8;\nCREATE DATABASE `a`;\nUSE `a`;\nCREATE TABLE `t` (\n x int\n);\n" \
+           "CREATE DATABASE `b`;\nUSE `b`;\nCREATE TABLE `u` (\n y int\n);\n"
+    parts = cdb.split_all_databases(bare)
+    assert set(parts) == {"a", "b"}
+    assert parts["a"].startswith("SET NAMES utf8;\n") and "`u`" not in parts["a"] and "`t`" in parts["a"]
+    assert cdb.split_all_databases("SELECT 1;") == {}
+
+
+def test_dump_create_tables_and_quoted_names() -> None:
+    sql = ("CREATE TABLE `we``ird` (\n  `id` int NOT NULL,\n  PRIMARY KEY (`id`)\n"
+           ") ENGINE=InnoDB DEFAULT CHARSET=utf8;\nCREATE TABLE `posts` (\n  `x` text\n) ENGINE=MyISAM;\n")
+    found = cdb.dump_create_tables(sql)
+    assert set(found) == {"we`ird", "posts"}
+    assert found["posts"].endswith("ENGINE=MyISAM") and not found["posts"].endswith(";")
+
+
+def test_classify_dump_files(tmp_path: Path) -> None:
+    (tmp_path / "all.sql").write_text(ALL)
+    one = PREAMBLE.replace("Database:", "Database: shop") + section("shop", "products", 1) + TAIL
+    with gzip.open(tmp_path / "shop.sql.gz", "wt") as fh:
+        fh.write(one)
+    (tmp_path / "legacy_db.sql").write_text("CREATE TABLE `t` (\n  x int\n);\n")  # no USE: its name is the guess
+    (tmp_path / "notes.txt").write_text("not a dump")
+    found = {ref.path.name: ref for ref in cdb.find_dumps([tmp_path, tmp_path / "absent"])}
+    assert set(found) == {"all.sql", "shop.sql.gz", "legacy_db.sql"}
+    assert found["all.sql"].kind == "all-databases" and found["all.sql"].databases == ["shop", "blog", "mysql"]
+    assert found["shop.sql.gz"].kind == "per-database" and found["shop.sql.gz"].databases == ["shop"]
+    assert found["legacy_db.sql"].databases == ["legacy_db"]
+    assert cdb.read_dump_for(found["all.sql"], "blog").decode().count("CREATE TABLE") == 1
+    with pytest.raises(InputError, match="no section for database nope"):
+        cdb.read_dump_for(found["all.sql"], "nope")
+
+
+# --- binary folders ---------------------------------------------------------------------------------
+
+def files(**tables: tuple[set[str], str | None]) -> ms.DatabaseFiles:
+    out = {}
+    for name, (suffixes, frm_engine) in tables.items():
+        t = ms.TableFiles(name, set(suffixes), frm_engine)
+        out[name] = t
+    return ms.DatabaseFiles(Path("/x"), out)
+
+
+def test_binary_verdict_myisam_folder_is_a_directory_copy() -> None:
+    v = cdb.binary_verdict(files(products=({".frm", ".MYD", ".MYI"}, "MyISAM"), log=({".frm", ".MAD", ".MAI"}, "Aria")))
+    assert v.strategy == cdb.DIRECTORY_COPY and v.copied == ["log", "products"] and not v.innodb
+
+
+def test_binary_verdict_innodb_file_per_table_is_imported() -> None:
+    v = cdb.binary_verdict(files(posts=({".frm", ".ibd"}, "InnoDB"), cache=({".frm", ".MYD", ".MYI"}, "MyISAM")))
+    assert v.strategy == cdb.TABLESPACE_IMPORT
+    assert v.innodb == ["posts"] and v.copied == ["cache"] and v.definitions == {"posts": "frm"}
+
+
+def test_binary_verdict_refuses_innodb_in_the_shared_tablespace() -> None:
+    v = cdb.binary_verdict(files(posts=({".frm"}, "InnoDB"), orders=({".frm", ".MYD", ".MYI"}, "MyISAM")))
+    assert v.strategy is None
+    assert "shared tablespace (ibdata1)" in v.reason and "posts" in v.reason and "no .ibd" in v.reason
+    assert "SQL dump" in v.needs and "ibdata1 and ib_logfile*" in v.needs
+
+
+def test_binary_verdict_ibd_without_definition() -> None:
+    v = cdb.binary_verdict(files(posts=({".ibd"}, None)))
+    assert v.strategy is None and "definition of InnoDB table(s) posts is unavailable" in v.reason
+    assert "mariadb-dump --no-data" in v.needs
+    ok = cdb.binary_verdict(files(posts=({".ibd"}, None)), dump_tables={"posts"})
+    assert ok.strategy == cdb.TABLESPACE_IMPORT and ok.definitions == {"posts": "dump"}
+    damaged = cdb.binary_verdict(files(posts=({".frm", ".ibd"}, None)))  # unreadable .frm: no definition
+    assert damaged.strategy is None and "unavailable" in damaged.reason
+
+
+def test_binary_verdict_damage_and_corrupt_tables() -> None:
+    incomplete = ms.DatabaseFiles(Path("/x"), {"t": ms.TableFiles("t", {".frm", ".MYD"}, "MyISAM",
+                                                                  problems=["MyISAM table lacks .MYI"])})
+    assert "lacks .MYI" in cdb.binary_verdict(incomplete).reason
+    corrupt = cdb.binary_verdict(files(t=({".frm", ".MYD", ".MYI"}, "MyISAM")),
+                                 verdicts=[ms.ChkVerdict("t", "MyISAM", "corrupt", "wrong checksum")])
+    assert corrupt.strategy is None and "wrong checksum" in corrupt.reason
+    assert "no folder" in cdb.binary_verdict(None).reason
+    assert "holds no tables" in cdb.binary_verdict(files()).reason
+
+
+def test_choose_strategy_and_fallbacks() -> None:
+    copy = cdb.BinaryVerdict(cdb.DIRECTORY_COPY, copied=["a", "b"])
+    refused = cdb.BinaryVerdict(None, "holds InnoDB tables (x) ...", "a SQL dump of the database")
+    dump = cdb.DumpRef(Path("/b/shop.sql"), "per-database", ["shop"])
+    big = cdb.DumpRef(Path("/b/all.sql"), "all-databases", ["shop", "blog"])
+    assert cdb.choose(copy, []) == (cdb.DIRECTORY_COPY, "copy the folder (2 MyISAM/Aria tables and views)")
+    strategy, how = cdb.choose(copy, [dump])
+    assert strategy == cdb.DIRECTORY_COPY and how.endswith("if that fails, the dump shop.sql")
+    strategy, how = cdb.choose(copy, [dump], prefer="dump")
+    assert strategy == cdb.SQL_DUMP and "if that fails, the directory copy" in how
+    assert cdb.choose(refused, [big])[0] == cdb.ALL_DATABASES_DUMP
+    strategy, how = cdb.choose(refused, [])
+    assert strategy == cdb.CANNOT and "holds InnoDB tables" in how and "Needs: a SQL dump" in how
+    assert cdb.choose(refused, [], whole_datadir=True)[0] == cdb.WHOLE_DATADIR
+
+
+def test_datadir_completeness(tmp_path: Path) -> None:
+    for name in ("ispcp", "mysql", "shop"):
+        (tmp_path / name).mkdir()
+    assert cdb.datadir_completeness(tmp_path, [], ["shop"], "ispcp") == (
+        False, "the backup's datadir has no ibdata1 (only database folders were copied)")
+    assert "no redo log" in cdb.datadir_completeness(tmp_path, ["ibdata1"], ["shop"], "ispcp")[1]
+    ok, _ = cdb.datadir_completeness(tmp_path, ["ibdata1", "ib_logfile0"], ["shop"], "ispcp")
+    assert ok
+    ok, why = cdb.datadir_completeness(tmp_path, ["ibdata1", "ib_logfile0"], ["shop", "blog"], "ispcp")
+    assert not ok and "blog" in why
+
+
+# --- .frm definitions ----------------------------------------------------------------------------------
+
+def innodb_frm() -> bytes:
+    head = b"\xfe\x01\x0a\x0c" + b"\x00" * 1200
+    return head + b"\x00\x00\x06\x00InnoDB\x00\x00\x00\x00" + b"\x00" * 300
+
+
+def test_patch_frm_engine_keeps_length_and_names_the_new_engine() -> None:
+    original = innodb_frm()
+    for engine, code in (("MEMORY", 6), ("MyISAM", 9)):
+        patched = cdb.patch_frm_engine(original, engine)
+        assert len(patched) == len(original) and patched[3] == code
+        assert b"InnoDB" not in patched and f"\x06\x00{engine}".encode() in patched
+        assert patched[:3] == original[:3]
+    with pytest.raises(InputError, match="not a binary table definition"):
+        cdb.patch_frm_engine(b"TYPE=VIEW\nquery=select 1\n" + b" " * 80, "MEMORY")
+
+
+def test_with_name_and_engine() -> None:
+    create = "CREATE TABLE `m3` (\n  `id` int(11) NOT NULL,\n  `note` varchar(20) DEFAULT 'ENGINE=x'\n" \
+             ") ENGINE=MEMORY DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci"
+    out = cdb.with_name_and_engine(create, "we`ird")
+    assert out.startswith("CREATE TABLE `we``ird` (")
+    assert out.endswith(") ENGINE=InnoDB DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci")
+    assert "DEFAULT 'ENGINE=x'" in out
+
+
+def test_table_names_from_file_names_and_sizes() -> None:
+    assert cdb.table_name("wp@002dposts") == "wp-posts" and cdb.table_name("plain_1") == "plain_1"
+    assert cdb.human_size(None) == "—" and cdb.human_size(512) == "512 B" and cdb.human_size(2048) == "2.0 KiB"
+    assert cdb.human_size(3 * 1024 ** 3) == "3.0 GiB"
+
+
+def test_folder_size(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "b").write_bytes(b"x" * 5)
+    os.symlink("a", tmp_path / "link")  # counted as the link itself, never followed
+    assert cdb.folder_size(tmp_path) == 15 + len("a")
+
+
+# --- the key proof on encrypted columns -----------------------------------------------------------------
+
+KEYS = KeySet(generate_key(), generate_iv())
+OTHER = KeySet(generate_key(), generate_iv())
+
+
+def row(column: str, i: int, cipher: str) -> ec.EncryptedRow:
+    return ec.EncryptedRow(column, i, f"acc{i}", "db" if column == ec.SQL_USER else None, cipher)
+
+
+def test_why_not_names_the_problem_never_the_value() -> None:
+    good = encrypt_db_password("s3cret-Pass", KEYS.key, KEYS.iv)
+    assert ec.why_not(good, KEYS) is None
+    assert ec.why_not(good, OTHER) == "decrypts to non-printable bytes: wrong key or IV"
+    assert ec.why_not("", KEYS) == "empty"
+    assert ec.why_not("not base64!", KEYS) == "is not valid base64"
+    assert "not a multiple of 8" in ec.why_not("QUJD", KEYS)
+
+
+def test_prove_counts_and_wrong_keys() -> None:
+    rows = ec.EncryptedRows("test", [row(ec.MAILBOX, 1, encrypt_db_password("a1", KEYS.key, KEYS.iv)),
+                                     row(ec.MAILBOX, 2, encrypt_db_password("b2", KEYS.key, KEYS.iv)),
+                                     row(ec.SQL_USER, 3, encrypt_db_password("c3", OTHER.key, OTHER.iv))])
+    proof = ec.prove(rows, KEYS)
+    assert proof.count(ec.MAILBOX) == (2, 2) and proof.count(ec.SQL_USER) == (0, 1)
+    assert not proof.wrong_keys
+    assert [(r.id, r.account) for r, _ in proof.failed] == [(3, "acc3")]
+    checks = {c["check"]: c for c in proof.checks()}
+    assert checks[ec.MAILBOX] == {"check": ec.MAILBOX, "result": "verified", "detail": "2 of 2 decrypt to text"}
+    assert checks[ec.SQL_USER]["result"] == "WARN"
+    frame = proof.failed_frame()
+    assert list(frame.columns) == ["column", "id", "account", "database", "why"]
+    assert all(r.cipher not in frame.to_string() for r in rows.rows)
+    assert ec.prove(rows, OTHER).wrong_keys is False  # one row decrypts with OTHER
+    assert ec.prove(ec.EncryptedRows("x", rows.rows[:2]), OTHER).wrong_keys
+    assert not ec.prove(ec.EncryptedRows("x", []), KEYS).wrong_keys  # nothing to prove on is not "wrong keys"
+
+
+def test_credentials_file_round_trip(tmp_path: Path) -> None:
+    entries = {("sql", "ex001shop"): ("example001_shop", "Pw1"), ("mailbox", "info@a.test"): ("", "Pw2")}
+    text = ec.credentials_text(entries, "run-1")
+    assert text.startswith("# New passwords") and "mailbox\tinfo@a.test\t\tPw2\n" in text
+    path = tmp_path / ec.CREDENTIALS_FILE
+    path.write_text(text)
+    assert ec._read_credentials(path) == entries
+    assert ec._read_credentials(tmp_path / "absent") == {}
