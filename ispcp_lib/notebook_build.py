@@ -121,7 +121,7 @@ def build() -> nbformat.NotebookNode:
     step_params = collect_step_parameters()
     core_args = [n for n in CORE_PARAMETERS if n not in _NOT_FOR_OPEN_RUN]
     args = [f"    {n}={n}," for n in core_args]
-    args.append("    options=dict(" + ", ".join(f"{n}={n}" for n in step_params) + "),")
+    args.append("    options=dict(\n" + "".join(f"        {n}={n},\n" for n in step_params) + "    ),")
     nb = new_notebook()
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ispcp-recovery)", "language": "python"},
