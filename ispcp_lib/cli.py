@@ -41,6 +41,7 @@ def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False
     from ispcp_lib.report import html_report, summary_from_journal
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    report_dir = Path(report_dir).resolve()
     base = report_dir / f"{stamp}-ispcp-recovery"
     executed, html_path, json_path = (base.with_suffix(s) for s in (".ipynb", ".html", ".json"))
     params = dict(params)
@@ -53,7 +54,7 @@ def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False
     with _environ(HEADLESS_ENV, "1"):  # the kernel papermill starts inherits this environment
         try:
             papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=params, log_output=log_output,
-                                       progress_bar=False, kernel_name="python3", cwd=str(report_dir))
+                                       progress_bar=False, kernel_name="python3", cwd=os.getcwd())
         except PapermillExecutionError as exc:
             failed = True
             print(f"step failed: {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}",
