@@ -99,7 +99,10 @@ class Context:
         if not os.path.lexists(path):
             return None
         logical = "/" + str(Path(path).relative_to(self.target_root)) if self._under_target(path) else str(path)
-        dest = fileops.safety_copy(Path(path), self.backup_dir, logical)
+        # One folder per step: each step's copy holds the state that step replaced, even when an
+        # earlier step of the same run changed the file already.
+        step = self.current.step if self.current is not None else "outside-steps"
+        dest = fileops.safety_copy(Path(path), self.backup_dir / step, logical)
         if self.current is not None and str(dest) not in self.current.backups:
             self.current.backups.append(str(dest))
         return dest

@@ -21,14 +21,16 @@ class CommandRecord:
     duration_s: float = 0.0
     planned: bool = False  # dry run: shown, not executed
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, redact: Any = None) -> dict[str, Any]:
+        # Redact before cutting the tail: a secret across the cut would survive in part.
+        clean = redact or (lambda text: text)
         return {
-            "argv": self.argv,
+            "argv": [clean(a) for a in self.argv],
             "rc": self.rc,
             "planned": self.planned,
             "duration_s": round(self.duration_s, 3),
-            "stdout_tail": self.stdout[-2000:],
-            "stderr_tail": self.stderr[-2000:],
+            "stdout_tail": clean(self.stdout)[-2000:],
+            "stderr_tail": clean(self.stderr)[-2000:],
         }
 
 
@@ -97,7 +99,7 @@ class Result:
                 "errors": self.errors,
                 "noop_reason": self.noop_reason,
                 "backups": self.backups,
-                "commands": [c.as_dict() for c in self.commands],
+                "commands": [c.as_dict(self.secrets.redact) for c in self.commands],
             }
         )
 

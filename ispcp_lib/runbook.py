@@ -71,10 +71,20 @@ def load_secrets_file(ctx: Context, path: Path) -> None:
                          path=str(path))
     if path.stat().st_mode & 0o077:
         raise InputError("secrets_file", "is readable by group or others", f"chmod 600 {path}", path=str(path))
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise InputError("secrets_file", "is not a YAML mapping of name: value", "write one name: value per line",
-                         path=str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        # PyYAML quotes the offending line, which holds a secret: report only where it is.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError("secrets_file", f"is not valid YAML{where}", "write one name: value per line, "
+                         "quoting values with special characters", path=str(path)) from None
+    bad = [str(k) for k, v in data.items() if not isinstance(v, (str, int, float))] \
+        if isinstance(data, dict) else None
+    if bad is None or bad:
+        raise InputError("secrets_file", "is not a flat YAML mapping of name: value"
+                         + (f" ({', '.join(bad)} is not a plain value)" if bad else ""),
+                         "write one name: value per line", path=str(path))
     for key, value in data.items():
         ctx.secrets.add(str(value), label=str(key))
     ctx.params.setdefault("secrets", {}).update({str(k): str(v) for k, v in data.items()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,27 +48,30 @@ class Runner:
             full_env = {**os.environ, **env}
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                argv,
-                input=input.encode() if isinstance(input, str) else input,
-                capture_output=True,
-                timeout=timeout,
-                env=full_env,
-                cwd=cwd,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            rec = CommandRecord(argv, None, _text(exc.stdout), _text(exc.stderr) + f"\n[timeout after {timeout} s]",
-                                time.monotonic() - started)
-            self._record(rec, record)
-            raise CommandFailed(argv, None, rec.stderr) from None
+            # Own process group: on a timeout the whole group goes, grandchildren included.
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd,
+                                    start_new_session=True)
         except FileNotFoundError:
             rec = CommandRecord(argv, 127, "", f"{argv[0]}: not found", time.monotonic() - started)
             self._record(rec, record)
             if check:
                 raise CommandFailed(argv, 127, rec.stderr) from None
             return rec
-        rec = CommandRecord(argv, proc.returncode, _text(proc.stdout), _text(proc.stderr),
+        try:
+            out, err = proc.communicate(input.encode() if isinstance(input, str) else input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            rec = CommandRecord(argv, None, _text(out), _text(err) + f"\n[timeout after {timeout} s]",
+                                time.monotonic() - started)
+            self._record(rec, record)
+            raise CommandFailed(argv, None, rec.stderr) from None
+        except BaseException:
+            _kill_group(proc)
+            proc.wait()
+            raise
+        rec = CommandRecord(argv, proc.returncode, _text(out), _text(err),
                             time.monotonic() - started)
         self._record(rec, record)
         if check and proc.returncode not in ok_codes:
@@ -77,6 +81,13 @@ class Runner:
     def _record(self, rec: CommandRecord, record: bool) -> None:
         if record and self.sink is not None:
             self.sink.append(rec)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _text(data: bytes | str | None) -> str:

@@ -33,9 +33,11 @@ class IspcpConf:
                 continue
             m = _LINE.match(stripped)
             if m is None:
+                # Never quote a line that may carry a password or key (it is not registered yet).
+                shown = "" if re.search(r"PASS|KEY|IV|SECRET", stripped, re.I) else f": {stripped[:60]!r}"
                 raise InputError(
                     "ispcp.conf",
-                    f"line {no + 1} is not 'KEY = value' or a comment: {stripped[:60]!r}",
+                    f"line {no + 1} is not 'KEY = value' or a comment{shown}",
                     "repair or comment out that line in the backup's copy (keep the original aside)",
                     path=path,
                 )

@@ -51,11 +51,20 @@ def backup_admin(ctx: Context) -> Login | None:
     return login
 
 
+def secrets_file_admin(ctx: Context) -> Login | None:
+    """The admin login named in the secrets_file (mysql_admin_user, default root; mysql_admin_password)."""
+    given = ctx.params.get("secrets", {})
+    if not given.get("mysql_admin_password"):
+        return None
+    return Login(given.get("mysql_admin_user", "root"), given["mysql_admin_password"], "secrets_file")
+
+
 def working_admin(ctx: Context) -> Login | None:
-    """The first admin login that the running server accepts: target's, then the backup's."""
+    """The first admin login that the running server accepts: the target's debian.cnf, the backup's,
+    then one from the secrets_file (for when neither file survived)."""
     if ctx.mysql is None or not ctx.mysql.status():
         return None
-    for login in (target_admin(ctx), backup_admin(ctx)):
+    for login in (target_admin(ctx), backup_admin(ctx), secrets_file_admin(ctx)):
         if login is not None and ctx.mysql.can_login(login.user, login.password) is None:
             return login
     return None

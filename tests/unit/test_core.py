@@ -192,3 +192,93 @@ def test_html_redacts_secrets_with_html_special_characters(tmp_path: Path) -> No
 
     assert secret not in page and html_mod.escape(secret, quote=True) not in page
     assert MASK in page or html_mod.escape(MASK) in page
+
+
+def test_runner_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    from ispcp_lib.errors import CommandFailed
+    from ispcp_lib.mysql_service import pid_alive
+
+    pidfile = tmp_path / "grandchild.pid"
+    script = f"sleep 300 & echo $! > {pidfile}; wait"
+    with pytest.raises(CommandFailed) as info:
+        Runner(apply=True).run(["sh", "-c", script], timeout=1)
+    assert "timeout after 1 s" in str(info.value)
+    grandchild = int(pidfile.read_text())
+    import time
+
+    for _ in range(50):
+        if not pid_alive(grandchild):
+            break
+        time.sleep(0.1)
+    assert not pid_alive(grandchild), "the grandchild survived the timeout"
+
+
+def test_journal_redacts_secret_across_the_tail_cut(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    secret = "Zq9-secret-across-cut-77"
+    ctx.secrets.add(secret)
+    text = "x" * 1990 + secret + "y" * 5  # the last 2000 characters start inside the secret
+
+    @action("tail", mutating=False)
+    def tail(ctx: Context, result: Result) -> None:
+        ctx.runner.run(["printf", "%s", text])
+
+    tail(ctx)
+    journal = ctx.journal_path.read_text(encoding="utf-8")
+    assert secret[5:] not in journal and secret[-10:] not in journal
+
+
+def test_safety_copies_are_kept_per_step(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, apply=True)
+    conf = ctx.t("/etc/x.conf")
+    conf.parent.mkdir(parents=True)
+    conf.write_text("v1\n")
+
+    def writer(name: str, text: str):
+        @action(name)
+        def step(ctx: Context, result: Result) -> None:
+            ctx.write_file(ctx.t("/etc/x.conf"), text)
+        return step
+
+    first = writer("first", "v2\n")(ctx)
+    second = writer("second", "v3\n")(ctx)
+    assert Path(first.backups[0]).read_text() == "v1\n"
+    assert Path(second.backups[0]).read_text() == "v2\n"  # what the second step replaced
+
+
+def test_secrets_file_errors_never_quote_the_secret(tmp_path: Path) -> None:
+    from ispcp_lib.runbook import load_secrets_file
+
+    ctx = make_ctx(tmp_path)
+    bad = tmp_path / "secrets.yaml"
+    bad.write_text('vftp: "unterminated s3cr3t-VFTP\n')
+    bad.chmod(0o600)
+    with pytest.raises(InputError) as info:
+        load_secrets_file(ctx, bad)
+    assert "s3cr3t" not in str(info.value) and "not valid YAML" in str(info.value)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("db:\n  password: inner-s3cr3t\n")
+    nested.chmod(0o600)
+    with pytest.raises(InputError) as info:
+        load_secrets_file(ctx, nested)
+    assert "inner-s3cr3t" not in str(info.value) and "db is not a plain value" in str(info.value)
+    loose = tmp_path / "loose.yaml"
+    loose.write_text("mysql_admin_password: fine-s3cr3t\n")
+    loose.chmod(0o644)
+    with pytest.raises(InputError) as info:
+        load_secrets_file(ctx, loose)
+    assert "chmod 600" in str(info.value)
+    loose.chmod(0o600)
+    load_secrets_file(ctx, loose)
+    assert "fine-s3cr3t" in ctx.secrets
+
+
+def test_ispcp_conf_error_quotes_harmless_lines_only() -> None:
+    from ispcp_lib.facts.ispcp_conf import IspcpConf
+
+    with pytest.raises(InputError) as info:
+        IspcpConf.parse("A = 1\nDATABASE_PASSWORD: c2VjcmV0Cg==\n")
+    assert "line 2" in str(info.value) and "c2VjcmV0" not in str(info.value)
+    with pytest.raises(InputError) as info:
+        IspcpConf.parse("A = 1\ngarbage here\n")
+    assert "'garbage here'" in str(info.value)
