@@ -65,22 +65,15 @@ def run_step_mode(world: World, speedup: bool) -> float:
 def run_runbook_mode(world: World, speedup: bool, report_dir: Path) -> float:
     """The whole runbook under papermill (as `ispcp-recover demo` runs it); the update's time from the summary."""
     from ispcp_lib.cli import run_runbook
-    from ispcp_lib.sandbox.demo import SERVICE_MODULES, _optional
+    from ispcp_lib.sandbox.demo import world_services
 
     steps = [s for s in STEP_ORDER if speedup or s != "engine_speedup"]
     params: dict[str, Any] = {**world.runbook_params(), "apply": True, "steps": steps}
-    services = []
     world.start()
     try:
-        for name in SERVICE_MODULES:
-            module = _optional(name)
-            if module is not None:
-                params.update(module.start_for_world(world))
-                services.append(module)
-        rc, html = run_runbook(params, report_dir, log_output=False)
+        with world_services(world) as services:
+            rc, html = run_runbook({**params, **services}, report_dir, log_output=False)
     finally:
-        for module in reversed(services):
-            module.stop_for_world(world)
         world.stop()
     summary = json.loads(html.with_suffix(".json").read_text())
     row = next((s for s in summary["steps"] if s["name"] == "ispcp_update"), None)

@@ -6,19 +6,18 @@ and the next step when it failed.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from ispcp_lib.context import Context
 from ispcp_lib.errors import InputError
-from ispcp_lib.facts import mysql_creds, proftpd
+from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.steps import mail_guard
 
 CONF_PATH = "/etc/ispcp/ispcp.conf"
 MAX_LISTED = 5  # problems named per row; the rest are counted
@@ -37,16 +36,6 @@ class Check:
 
     def row(self) -> dict[str, str]:
         return {"check": self.check, "result": self.result, "detail": self.detail, "next step": self.next_step}
-
-
-def optional_module(name: str) -> ModuleType | None:
-    """Another engineer's module, or None while it does not exist yet."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
 
 
 def target_conf(ctx: Context) -> IspcpConf | None:
@@ -80,10 +69,7 @@ def _listed(items: list[str]) -> str:
 # -- the checks ------------------------------------------------------------------------------------
 
 def check_ispcp_login(ctx: Context) -> Check:
-    login = optional_module("ispcp_lib.facts.ispcp_login")
-    if login is None:
-        return Check("ispCP logs into its database", "n/a", "the key/login probe is not available in this build")
-    ok, text = login.check_ispcp_login(ctx)
+    ok, text = ispcp_login.check_ispcp_login(ctx)
     return Check("ispCP logs into its database", "ok" if ok else "FAIL", text,
                  "" if ok else "run the keys and ispcp_conf steps (old key files, old DATABASE_PASSWORD)")
 
@@ -127,11 +113,7 @@ def _domain_rows(ctx: Context, conf: IspcpConf | None) -> tuple[list[dict[str, A
     """The domain table via ispCP's own login (else the admin login); None and why when unreadable."""
     if ctx.mysql is None or not ctx.mysql.status():
         return None, "MySQL is not running"
-    logins = []
-    mod = optional_module("ispcp_lib.facts.ispcp_login")
-    if mod is not None:
-        logins.append(mod.ispcp_login(ctx))
-    logins.append(mysql_creds.working_admin(ctx))
+    logins = [ispcp_login.ispcp_login(ctx), mysql_creds.working_admin(ctx)]
     database = (conf.get("DATABASE_NAME") if conf else None) or "ispcp"
     for login in logins:
         if login is None:
@@ -202,13 +184,10 @@ def check_vhosts(ctx: Context, conf: IspcpConf | None) -> Check:
 
 def check_mail_guard(ctx: Context, expect_held: bool = True) -> Check:
     name = "mail guard"
-    mod = optional_module("ispcp_lib.steps.mail_guard")
-    if mod is None:
-        return Check(name, "n/a", "the mail_guard step is not available in this build")
     if not expect_held:
-        state = mod.guard_state(ctx)
+        state = mail_guard.guard_state(ctx)
         return Check(name, "info", "no guard in place" if not state else _guard_text(state))
-    ok, text = mod.check_guard(ctx)
+    ok, text = mail_guard.check_guard(ctx)
     return Check(name, "ok" if ok else "FAIL", text, "" if ok else "run mail_guard before anything starts Postfix")
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ispcp_lib.context import Context
 from ispcp_lib.errors import InputError
 from ispcp_lib.result import Result
-from ispcp_lib.steps import STEP_ORDER, built_steps
+from ispcp_lib.steps import STEP_ORDER
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -49,7 +49,6 @@ _STATE_COLOURS = {
     "failed": "#cf222e",
     "running": "#9a6700",
     "not run": "#8c959f",
-    "not built": "#8c959f",
 }
 _MISSING = object()
 
@@ -138,7 +137,6 @@ class StatusPanel:
         self.ctx = ctx
         self.session = session
         self.running: str | None = None
-        self.built = set(built_steps())
         self.widget: ipywidgets.HTML = w.HTML()
         self.refresh()
 
@@ -155,8 +153,6 @@ class StatusPanel:
             elif r is not None:
                 state = STATE_LABELS.get(r.status, r.status)
                 note = _note(r, self.session, name)
-            elif name in STEP_ORDER and name not in self.built:
-                state = "not built"
             else:
                 state = "not run"
             rows.append({"step": name, "state": state, "changes": r.changed if r is not None else 0,
@@ -177,7 +173,7 @@ class StatusPanel:
         for row in self.rows():
             colour = _STATE_COLOURS.get(row["state"], "#57606a")
             duration = "" if row["duration_s"] is None else f"{row['duration_s']:.2f} s"
-            changes = row["changes"] if row["state"] not in ("not run", "not built") else ""
+            changes = row["changes"] if row["state"] != "not run" else ""
             body.append(
                 f"<tr><td><code>{_e(row['step'])}</code></td>"
                 f"<td style='color:{colour};font-weight:bold'>{_e(row['state'])}</td>"

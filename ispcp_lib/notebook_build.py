@@ -14,7 +14,7 @@ from typing import Any
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from ispcp_lib.steps import STEP_ORDER, built_steps, load
+from ispcp_lib.steps import STEP_ORDER, load
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "ispcp_recovery.ipynb"
 NOTEBOOK_TEXT = NOTEBOOK.with_suffix(".md")  # jupytext markdown of the same cells, for review
@@ -130,14 +130,10 @@ def build() -> nbformat.NotebookNode:
     cells = [
         _md("intro", INTRO, []),
         _code("parameters", parameter_cell_source(step_params), ["parameters"]),
-        _code("setup", SETUP.format(args="\n".join(args), modules=", ".join(built_steps())), ["setup"]),
+        _code("setup", SETUP.format(args="\n".join(args), modules=", ".join(STEP_ORDER)), ["setup"]),
     ]
     for number, name in enumerate(STEP_ORDER, start=1):
         module = load(name)
-        if module is None:
-            cells.append(_md(f"{name}-md", f"## {number}. `{name}`\n\n*This step is not built yet.* The "
-                             "runbook does not call anything here and does not pretend it ran.", [name]))
-            continue
         text = f"## {number}. {module.TITLE} (`{name}`)\n\n*Guide: {module.GUIDE}*\n\n{module.EXPLANATION.strip()}"
         cells.append(_md(f"{name}-md", text, [name]))
         for i, source in enumerate(getattr(module, "CELLS", None) or [f"{name}.run(ctx)"]):

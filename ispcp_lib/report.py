@@ -25,7 +25,7 @@ from ispcp_lib import __version__
 from ispcp_lib.result import collapsible
 from ispcp_lib.runbook import write_private
 from ispcp_lib.secrets import REGISTRY
-from ispcp_lib.steps import STEP_ORDER, built_steps
+from ispcp_lib.steps import STEP_ORDER
 
 # Script and link tags that would fetch from the network; the report must read offline.
 _EXTERNAL = re.compile(r"<(script|link)\b[^>]*\b(?:src|href)=\"https?://[^\"]*\"[^>]*>(?:\s*</script>)?", re.I)
@@ -341,12 +341,11 @@ def summary_from_journal(state_dir: Path, run_id: str, apply: bool, steps: list[
                 if rec.get("run_id") == run_id:
                     records[rec["name"]] = rec
     rows = []
-    built = set(built_steps())
     for name in STEP_ORDER:
         rec = records.get(name)
         if rec is None:
             reason = ("not selected by the steps parameter" if steps and name not in steps
-                      else "not built yet" if name not in built else "not reached: an earlier cell stopped the run")
+                      else "not reached: an earlier cell stopped the run")
             rows.append({"name": name, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": [],
                          "reason": reason})
             continue

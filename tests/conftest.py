@@ -22,6 +22,7 @@ import pytest
 
 from ispcp_lib.mysql_service import pid_alive
 from ispcp_lib.sandbox.world import World, build_world, mariadbd_pids_under
+from tests.helpers import restore_databases, running_clone
 
 _SANDBOX_ROOTS: list[Path] = []
 _KEPT: list[Path] = []  # worlds of failed tests, kept for a post-mortem
@@ -71,12 +72,16 @@ def world_template(sandbox_root: Path) -> World:
 @pytest.fixture
 def world(world_template: World, sandbox_dir: Path) -> Iterator[World]:
     """A private copy of the small world with its target MariaDB running."""
-    w = world_template.clone(sandbox_dir / "w")
-    try:
-        w.start()
+    with running_clone(world_template, sandbox_dir / "w") as w:
         yield w
-    finally:
-        w.stop()
+
+
+@pytest.fixture
+def restored(world: World) -> World:
+    """The world after the guide's binary copy of the old `ispcp` and `mysql` databases (test scaffolding,
+    not the mysql_restore step): the old databases are live on the target."""
+    restore_databases(world)
+    return world
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and stop every process it started, whatever happens."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import time
@@ -14,18 +13,10 @@ from types import ModuleType
 from typing import Any
 
 from ispcp_lib.mysql_service import pid_alive
+from ispcp_lib.sandbox import dns, postfix
 
 # Sandbox services beside MariaDB; each module offers start_for_world(world) -> params, stop_for_world(world).
-SERVICE_MODULES = ("ispcp_lib.sandbox.postfix", "ispcp_lib.sandbox.dns")
-
-
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
+SERVICE_MODULES: tuple[ModuleType, ...] = (postfix, dns)
 
 
 @contextlib.contextmanager
@@ -34,11 +25,9 @@ def world_services(world: Any) -> Iterator[dict[str, Any]]:
     started: list[ModuleType] = []
     params: dict[str, Any] = {}
     try:
-        for name in SERVICE_MODULES:
-            module = _optional(name)
-            if module is not None:
-                params.update(module.start_for_world(world))
-                started.append(module)
+        for module in SERVICE_MODULES:
+            params.update(module.start_for_world(world))
+            started.append(module)
         yield params
     finally:
         for module in reversed(started):

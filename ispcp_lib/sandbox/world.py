@@ -16,7 +16,6 @@ Layout under workdir:
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from ispcp_lib.errors import PreconditionFailed
 from ispcp_lib.fileops import fingerprint
 from ispcp_lib.mysql_service import SandboxMysql
 from ispcp_lib.runner import Runner
-from ispcp_lib.sandbox import new_server, old_server, private_mysql
+from ispcp_lib.sandbox import new_server, old_server, private_mysql, update_standin
 from ispcp_lib.sandbox.accounts import OLD_SERVICE_GROUPS, OLD_SERVICE_USERS
 from ispcp_lib.sandbox.private_mysql import free_port
 from ispcp_lib.sandbox.scenario import NEW_IP, Scenario, make_scenario
@@ -219,20 +218,6 @@ def _secrets(sc: Scenario, hashes: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(values))  # unique, in order
 
 
-def _install_update_standin(world: World) -> None:
-    """Another module writes the ispcp-update stand-in; call it when it exists."""
-    name = "ispcp_lib.sandbox.update_standin"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return
-        raise
-    install = getattr(module, "install", None)
-    if callable(install):
-        install(world.target_root, world)
-
-
 def build_world(workdir: Path, scale: str = "small", seed: int = 1, *, variant: dict[str, Any] | None = None,
                 keep_old: bool = False, runner: Runner | None = None) -> World:
     """Build the whole world under workdir (absent or empty). Nothing is left running afterwards.
@@ -311,7 +296,7 @@ def build_world(workdir: Path, scale: str = "small", seed: int = 1, *, variant: 
     world = World(workdir=workdir, backup_root=backup, target_root=target, state_dir=state, manifest=manifest,
                   mysql_params=dict(params), secrets=list(manifest["secrets"]))
     if dummy:
-        _install_update_standin(world)
+        update_standin.install(world.target_root, world)
     timings["total"] = time.monotonic() - started
     world.save()
     leftover = mariadbd_pids_under(workdir)

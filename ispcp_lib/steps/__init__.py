@@ -30,17 +30,8 @@ STEP_ORDER: tuple[str, ...] = (
 )
 
 
-def load(name: str) -> ModuleType | None:
-    """The step's module, or None while that step is not built yet."""
+def load(name: str) -> ModuleType:
+    """The step's module, by its name in STEP_ORDER."""
     if name not in STEP_ORDER:
         raise KeyError(f"unknown step {name!r}; steps are: {', '.join(STEP_ORDER)}")
-    try:
-        return importlib.import_module(f"ispcp_lib.steps.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"ispcp_lib.steps.{name}":
-            return None
-        raise
-
-
-def built_steps() -> list[str]:
-    return [n for n in STEP_ORDER if load(n) is not None]
+    return importlib.import_module(f"ispcp_lib.steps.{name}")

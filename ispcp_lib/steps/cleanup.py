@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -12,7 +13,8 @@ from ispcp_lib.action import action, read_journal
 from ispcp_lib.context import Context
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.result import Result
-from ispcp_lib.steps import STEP_ORDER
+from ispcp_lib.steps import STEP_ORDER, mail_guard, register_accounts
+from ispcp_lib.steps.engine_speedup import restore_sleep_lines
 
 TITLE = "Clean up and check the result"
 GUIDE = "the closing remark that some clean-up work remains after a successful update"
@@ -75,13 +77,10 @@ def remove_temp_credentials(ctx: Context, result: Result) -> list[str]:
     return removed
 
 
-def _optional_call(ctx: Context, result: Result, module: str, func: str, what: str) -> str:
-    mod = health.optional_module(module)
-    if mod is None or not hasattr(mod, func):
-        result.note(f"{what}: not available in this build ({module}.{func}), nothing done")
-        return "not available"
+def _outcome(ctx: Context, result: Result, undo: Callable[[Context, Result], None]) -> str:
+    """Run one step's undo function (it plans or applies like the rest); its row in the clean-up table."""
     before = result.changed
-    getattr(mod, func)(ctx, result)
+    undo(ctx, result)
     return "done" if result.changed > before else "nothing to do"
 
 
@@ -127,18 +126,14 @@ def _where(backups: list[str]) -> str:
 def run(ctx: Context, result: Result) -> None:
     actions = [{"task": "DEBUG back to 0", "outcome": reset_debug(ctx, result)}]
     if ctx.param("cleanup_restore_sleep", False):
-        from ispcp_lib.steps.engine_speedup import restore_sleep_lines
-
         restored = restore_sleep_lines(ctx, result)
         actions.append({"task": "restore the sleep(1) lines",
                         "outcome": f"{len(restored)} manager(s)" if restored else "nothing to restore"})
     else:
         actions.append({"task": "restore the sleep(1) lines", "outcome": "kept out (cleanup_restore_sleep = False)"})
-    actions.append({"task": "lift the mail guard",
-                    "outcome": _optional_call(ctx, result, "ispcp_lib.steps.mail_guard", "lift", "mail guard")})
+    actions.append({"task": "lift the mail guard", "outcome": _outcome(ctx, result, mail_guard.lift)})
     actions.append({"task": "remove root's ~/.my.cnf",
-                    "outcome": _optional_call(ctx, result, "ispcp_lib.steps.register_accounts", "remove_root_mycnf",
-                                              "root's ~/.my.cnf")})
+                    "outcome": _outcome(ctx, result, register_accounts.remove_root_mycnf)})
     temp = remove_temp_credentials(ctx, result)
     actions.append({"task": "remove temporary credential files", "outcome": f"{len(temp)} file(s)" if temp else "none"})
     result.table("Clean-up", pd.DataFrame(actions))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -164,19 +162,6 @@ def live_databases(conn: Any) -> dict[str, int]:
         return {str(name): int(n) for name, n in cur.fetchall()}
 
 
-def work_layout(ctx: Context, datadir: Path) -> mysql_restore.Layout:
-    """The run's folder beside the datadir (same filesystem: moves are renames), else in the state dir."""
-    parent = datadir.parent
-    same_fs = parent.exists() and datadir.exists() and os.stat(parent).st_dev == os.stat(datadir).st_dev
-    base = parent / f"{datadir.name}.customer-{ctx.run_id}" if same_fs else \
-        ctx.state_dir / f"customer-databases-{ctx.run_id}"
-    work, n = base, 1
-    while os.path.lexists(work):
-        n += 1
-        work = base.with_name(f"{base.name}-{n}")
-    return mysql_restore.Layout(datadir, work)
-
-
 # --- the step -------------------------------------------------------------------------------------
 
 @action("customer_databases")
@@ -245,7 +230,7 @@ def run(ctx: Context, result: Result) -> None:
     if owner is None:
         raise PreconditionFailed("mysql user", "is missing from the target's etc/passwd or etc/group",
                                  "install mariadb-server on the target first", path=str(ctx.t("/etc/passwd")))
-    layout = work_layout(ctx, datadir)
+    layout = mysql_restore.work_layout(ctx, datadir, "customer")
     mysql_restore.check_writable([datadir, layout.work.parent])
     if whole:
         login = _swap_datadir(ctx, result, found, layout, owner, login, ispcp_db)
@@ -499,7 +484,7 @@ def _place_folder(ctx: Context, result: Result, p: Plan, staged: Path, layout: m
     result.change(f"rename the staged {p.name} into {ctx.display_path(layout.datadir)}")
     if ctx.apply:
         p.created = True
-        _move(ctx, staged, live)
+        mysql_restore.move_tree(ctx, staged, live)
 
 
 def _directory_copy(ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout,
@@ -549,11 +534,11 @@ def _tablespace_import(ctx: Context, result: Result, p: Plan, layout: mysql_rest
             cur.execute(f"ALTER TABLE {table} DISCARD TABLESPACE")
             for suffix in _TABLESPACE_PARTS:
                 if (side / f"{stem}{suffix}").exists():
-                    _move(ctx, side / f"{stem}{suffix}", live / f"{stem}{suffix}")
+                    mysql_restore.move_tree(ctx, side / f"{stem}{suffix}", live / f"{stem}{suffix}")
             cur.execute(f"ALTER TABLE {table} IMPORT TABLESPACE")
         late = sorted(f for f in side.iterdir() if f.suffix in _LATE_SUFFIXES)
         for f in late:
-            _move(ctx, f, live / f.name)
+            mysql_restore.move_tree(ctx, f, live / f.name)
         if late:
             cur.execute(f"FLUSH TABLES {', '.join(f'{db}.{ms.quote_ident(cdb.table_name(s))}' for s in stems)}"
                         if stems else "FLUSH TABLES")
@@ -720,10 +705,10 @@ def _swap_datadir(ctx: Context, result: Result, found: cdb.Discovery, layout: my
     try:
         kept.mkdir(parents=True, mode=0o700)
         for entry in sorted(os.listdir(datadir)):
-            _move(ctx, datadir / entry, kept / entry)
+            mysql_restore.move_tree(ctx, datadir / entry, kept / entry)
             moved_out.append(entry)
         for entry in sorted(os.listdir(staged)):
-            _move(ctx, staged / entry, datadir / entry)
+            mysql_restore.move_tree(ctx, staged / entry, datadir / entry)
             moved_in.append(entry)
         staged.rmdir()
         ctx.mysql.start()
@@ -771,24 +756,10 @@ def _unswap(ctx: Context, layout: mysql_restore.Layout, moved_out: list[str]) ->
         pass
     layout.failed.mkdir(parents=True, exist_ok=True, mode=0o700)
     for entry in sorted(os.listdir(layout.datadir)):  # the backup's files and whatever a failed start wrote
-        _move(ctx, layout.datadir / entry, layout.failed / entry)
+        mysql_restore.move_tree(ctx, layout.datadir / entry, layout.failed / entry)
     for entry in moved_out:
-        _move(ctx, layout.kept / "datadir" / entry, layout.datadir / entry)
+        mysql_restore.move_tree(ctx, layout.kept / "datadir" / entry, layout.datadir / entry)
     ctx.mysql.start()
-
-
-def _move(ctx: Context, src: Path, dst: Path) -> None:
-    """Rename src (file or folder) to dst; across filesystems, cp -a and remove the original afterwards."""
-    try:
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        ctx.runner.run(["cp", "-a", "--", str(src), str(dst)], timeout=14400)
-        if src.is_dir() and not src.is_symlink():
-            shutil.rmtree(src)
-        else:
-            src.unlink()
 
 
 def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> Login | None:

@@ -14,13 +14,12 @@ from ispcp_lib import fileops
 from ispcp_lib.action import action
 from ispcp_lib.context import Context
 from ispcp_lib.errors import InputError, PreconditionFailed
-from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.result import Diff, Result
-from ispcp_lib.steps.keys import check_login
+from ispcp_lib.steps.keys import check_login, required_confs
 
 TITLE = "Prepare ispcp.conf and ispcp.old.conf for the update"
 GUIDE = ("the paragraph on switching DEBUG on, entering the old password entries and placing the old config as "
@@ -88,21 +87,12 @@ class Update:
 
 @action("ispcp_conf")
 def run(ctx: Context, result: Result) -> None:
-    old = bl.load_old_conf(ctx)
-    if old is None:
-        raise InputError("ispcp.conf (backup)", "is missing: ispcp.old.conf is a copy of it",
-                         "copy the old /etc/ispcp/ispcp.conf into the backup", path=str(ctx.b(il.CONF_PATH)))
-    ctx.secrets.add(old.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
+    old, target = required_confs(ctx, "ispcp.old.conf is a copy of it")
     missing = old.missing(REQUIRED_KEYS)
     if missing:
         raise InputError("ispcp.conf (backup)", f"lacks {', '.join(missing)}: ispcp-update would stop and ask for "
                          "them, and the recovery needs them", "add the missing 'KEY = value' lines with the old "
                          "server's values to the backup's copy (keep the original aside)", path=old.path)
-    target = il.load_conf(ctx, "target")
-    if target is None:
-        raise PreconditionFailed("ispcp.conf (target)", "is missing: the dummy ispCP install is not in place",
-                                 "install the dummy ispCP first (see ispcp_install_check)",
-                                 path=str(ctx.t(il.CONF_PATH)))
     conf_path = ctx.t(il.CONF_PATH)
     old_path = ctx.t(f"{target.get('CONF_DIR') or '/etc/ispcp'}/ispcp.old.conf")
     previous = IspcpConf.load(old_path) if old_path.is_file() else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import pandas as pd
@@ -13,6 +12,7 @@ from ispcp_lib.errors import InputError, PreconditionFailed
 from ispcp_lib.facts import ispcp_install as ii
 from ispcp_lib.facts import services as sv
 from ispcp_lib.result import Result
+from ispcp_lib.steps import mail_guard
 
 TITLE = "Check the fresh ispCP install"
 GUIDE = "the section on installing MySQL and a \"dummy\" ispCP before the databases come back"
@@ -223,24 +223,12 @@ def _service_warnings(checks: list[sv.ServiceCheck], result: Result) -> None:
 
 
 def _mail_guard(ctx: Context, result: Result) -> None:
-    """When the mail guard step is built and has set its guard, confirm it survived the install."""
-    try:
-        guard = importlib.import_module("ispcp_lib.steps.mail_guard")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ispcp_lib.steps.mail_guard":
-            raise
-        result.note("The mail guard step is not available in this build: make sure Postfix cannot receive "
-                    "mail until it is configured.")
-        return
-    state_fn, check_fn = getattr(guard, "guard_state", None), getattr(guard, "check_guard", None)
-    if state_fn is None or check_fn is None:
-        result.note("The mail guard step has no check to call; watch Postfix by hand.")
-        return
-    if state_fn(ctx) is None:
+    """Confirm that the mail guard, when set, survived the install."""
+    if mail_guard.guard_state(ctx) is None:
         result.warn("the mail guard is not set: installers start Postfix, which then rejects mail for the "
                     "hosted domains for good. Run the mail_guard step before going on")
         return
-    ok, message = check_fn(ctx)
+    ok, message = mail_guard.check_guard(ctx)
     result.data["mail_guard"] = {"ok": bool(ok), "message": message}
     if ok:
         result.note(f"Mail guard still holds after the install: {message}")

@@ -17,9 +17,11 @@ from ispcp_lib import health
 from ispcp_lib.action import action
 from ispcp_lib.context import Context
 from ispcp_lib.errors import InputError, PreconditionFailed
-from ispcp_lib.facts import proftpd
+from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
+from ispcp_lib.keyfiles import layout_paths
 from ispcp_lib.result import CommandRecord, Result
+from ispcp_lib.steps import mail_guard
 from ispcp_lib.update_driver import FailurePattern, Outcome, Prompt, run_interactive
 
 TITLE = "Run ispCP's update script"
@@ -152,8 +154,6 @@ def script_path(ctx: Context, logical: str) -> Path:
 
 def inputs_digest(ctx: Context, conf: IspcpConf) -> str:
     """What the update consumes, hashed: configs (DEBUG aside), key files, the ProFTPd copies."""
-    from ispcp_lib.keyfiles import layout_paths
-
     h = hashlib.sha256()
     for logical in (CONF_PATH, old_conf_logical(conf)):
         path = ctx.t(logical)
@@ -220,17 +220,14 @@ def precheck_old_conf(ctx: Context, conf: IspcpConf) -> Precheck:
 def precheck_database_login(ctx: Context, conf: IspcpConf) -> Precheck:
     name = "keys decrypt DATABASE_PASSWORD and it logs in"
     fix = "run the keys step (old key files) and ispcp_conf (old DATABASE_USER/DATABASE_PASSWORD)"
-    login = health.optional_module("ispcp_lib.facts.ispcp_login")
-    if login is None:
-        return Precheck("database_login", name, None, "the key/login probe is not available in this build")
     logical = old_conf_logical(conf)
     try:
-        old = login.load_conf(ctx, "target", logical)
+        old = ispcp_login.load_conf(ctx, "target", logical)
     except InputError as exc:
         return Precheck("database_login", name, False, exc.message, fix)
     if old is None:
         return Precheck("database_login", name, False, f"no {logical} to take DATABASE_PASSWORD from", fix)
-    ok, text = login.check_conf_login(ctx, old, login.keyfile_states(ctx, "target", conf))
+    ok, text = ispcp_login.check_conf_login(ctx, old, ispcp_login.keyfile_states(ctx, "target", conf))
     return Precheck("database_login", name, ok, f"{logical}: {text}", fix)
 
 
@@ -251,19 +248,14 @@ def precheck_debug(conf: IspcpConf) -> Precheck:
 
 def precheck_mail_guard(ctx: Context) -> Precheck:
     name = "mail guard holds"
-    mod = health.optional_module("ispcp_lib.steps.mail_guard")
     required = bool(ctx.param("ispcp_update_require_mail_guard", True))
     optional = " (not required: ispcp_update_require_mail_guard = False)"
     fix = "run the mail_guard step: the update restarts the services, Postfix included"
-    if mod is None:
-        return Precheck("mail_guard", name, False if required else None,
-                        "the mail_guard step is not available in this build" + ("" if required else optional),
-                        fix + ", or set ispcp_update_require_mail_guard = False if Postfix cannot receive mail here")
-    if mod.guard_state(ctx) is None:
+    if mail_guard.guard_state(ctx) is None:
         if not required:
             return Precheck("mail_guard", name, None, "no mail guard is set" + optional)
         return Precheck("mail_guard", name, False, "no mail guard is set, and the update will start Postfix", fix)
-    ok, text = mod.check_guard(ctx)
+    ok, text = mail_guard.check_guard(ctx)
     if not ok and not required:
         return Precheck("mail_guard", name, None, text + optional)
     return Precheck("mail_guard", name, ok, text, fix)
@@ -409,23 +401,18 @@ def run(ctx: Context, result: Result) -> None:
 def register_known_secrets(ctx: Context, conf: IspcpConf) -> None:
     """Every password the script may print (DEBUG = 1 shows a lot), registered even when pre-checks were
     skipped: the database password from both configs, the vftp passwords, the maintainer logins."""
-    from ispcp_lib.facts import mysql_creds
-
     proftpd.target_copies(ctx, conf)  # registers as it reads
     mysql_creds.target_admin(ctx)
     try:
         mysql_creds.backup_admin(ctx)
     except InputError:
         pass  # a backup debian.cnf that escapes the backup root is inventory's business
-    login = health.optional_module("ispcp_lib.facts.ispcp_login")
-    if login is None:
-        return
-    found = login.keysets(ctx, "target")
+    found = ispcp_login.keysets(ctx, "target")
     for logical in (CONF_PATH, old_conf_logical(conf)):
         try:
-            c = login.load_conf(ctx, "target", logical)
+            c = ispcp_login.load_conf(ctx, "target", logical)
             if c is not None and c.get("DATABASE_PASSWORD"):
-                login.try_decrypt(c, found, ctx.secrets)
+                ispcp_login.try_decrypt(c, found, ctx.secrets)
         except InputError:
             continue
 

@@ -13,7 +13,6 @@ from ispcp_lib import keys as crypto_keys
 from ispcp_lib.action import action
 from ispcp_lib.context import Context
 from ispcp_lib.errors import InputError, PreconditionFailed
-from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import IspcpConf
@@ -68,18 +67,26 @@ PARAMETERS: dict[str, tuple[object, str]] = {
 }
 
 
-@action("keys")
-def run(ctx: Context, result: Result) -> None:
-    old_conf = bl.load_old_conf(ctx)
+def required_confs(ctx: Context, why_backup: str) -> tuple[IspcpConf, IspcpConf]:
+    """The backup's and the target's ispcp.conf (DATABASE_PASSWORD registered as a secret), or a clear error.
+
+    why_backup says what the step needs the backup's copy for; ispcp_conf shares this.
+    """
+    old_conf = il.load_conf(ctx, "backup")
     if old_conf is None:
-        raise InputError("ispcp.conf (backup)", "is missing: it holds the encrypted DATABASE_PASSWORD",
+        raise InputError("ispcp.conf (backup)", f"is missing: {why_backup}",
                          "copy the old /etc/ispcp/ispcp.conf into the backup", path=str(ctx.b(il.CONF_PATH)))
-    ctx.secrets.add(old_conf.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
     target_conf = il.load_conf(ctx, "target")
     if target_conf is None:
         raise PreconditionFailed("ispcp.conf (target)", "is missing: the dummy ispCP install is not in place",
                                  "install the dummy ispCP first (see ispcp_install_check)",
                                  path=str(ctx.t(il.CONF_PATH)))
+    return old_conf, target_conf
+
+
+@action("keys")
+def run(ctx: Context, result: Result) -> None:
+    old_conf, target_conf = required_confs(ctx, "it holds the encrypted DATABASE_PASSWORD")
     backup_files = il.keyfile_states(ctx, "backup", old_conf)
     target_files = il.keyfile_states(ctx, "target", target_conf)
     layouts = target_layouts(target_conf, target_files)

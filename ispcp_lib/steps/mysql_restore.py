@@ -313,15 +313,16 @@ def check_writable(paths: list[Path]) -> None:
                                      "remount it read-write (mount -o remount,rw <mount point>)", path=str(probe))
 
 
-def work_layout(ctx: Context, datadir: Path) -> Layout:
-    """The run's folder beside the datadir (same filesystem, so moves are renames); the state dir otherwise.
+def work_layout(ctx: Context, datadir: Path, purpose: str = "restore") -> Layout:
+    """The run's folder `<datadir>.<purpose>-<run id>` beside the datadir (same filesystem, so moves are
+    renames); `mysql.<purpose>-<run id>` in the state dir otherwise. customer_databases uses it too.
 
     A folder left by an earlier attempt of the same run is never reused: it may hold kept originals.
     """
     parent = datadir.parent
     same_fs = parent.exists() and datadir.exists() and os.stat(parent).st_dev == os.stat(datadir).st_dev
-    base = parent / f"{datadir.name}.restore-{ctx.run_id}" if same_fs else \
-        ctx.state_dir / f"mysql.restore-{ctx.run_id}"
+    base = parent / f"{datadir.name}.{purpose}-{ctx.run_id}" if same_fs else \
+        ctx.state_dir / f"mysql.{purpose}-{ctx.run_id}"
     work, n = base, 1
     while os.path.lexists(work):
         n += 1
@@ -372,15 +373,19 @@ def write_marker(ctx: Context, sources: list[Source], layout: Layout, kept: dict
 # --- moving folders -------------------------------------------------------------------------------
 
 def move_tree(ctx: Context, src: Path, dst: Path) -> None:
-    """Rename src to dst; across filesystems, copy with cp -a and remove the original afterwards."""
+    """Rename src (a folder or a file) to dst; across filesystems, copy with cp -a and remove the original
+    afterwards. customer_databases moves with it too (a whole datadir: hence the long timeout)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(src, dst)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        ctx.runner.run(["cp", "-a", "--", str(src), str(dst)], timeout=7200)
-        shutil.rmtree(src)
+        ctx.runner.run(["cp", "-a", "--", str(src), str(dst)], timeout=14400)
+        if src.is_dir() and not src.is_symlink():
+            shutil.rmtree(src)
+        else:
+            src.unlink()
 
 
 def blank_page_tables(src: Source) -> list[str]:

@@ -17,6 +17,7 @@ from ispcp_lib.context import Context
 from ispcp_lib.errors import InputError, PreconditionFailed
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.ispcp_login import ispcp_login
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.result import Result
 
@@ -82,12 +83,7 @@ def database_login(ctx: Context) -> Login:
     if ctx.mysql is None or not ctx.mysql.status():
         raise PreconditionFailed("MySQL server", "is not running", "start it (the mysql_restore step leaves it "
                                  "running); then run this step again")
-    try:
-        from ispcp_lib.facts.ispcp_login import ispcp_login
-    except ImportError:
-        login = None
-    else:
-        login = ispcp_login(ctx)
+    login = ispcp_login(ctx)
     if login is not None:
         ctx.secrets.add(login.password, "ispCP database password")
         if ctx.mysql.can_login(login.user, login.password) is None:

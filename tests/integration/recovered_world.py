@@ -31,6 +31,7 @@ from ispcp_lib.runbook import open_run
 from ispcp_lib.sandbox.private_mysql import mysql_ids
 from ispcp_lib.sandbox.world import World
 from ispcp_lib.secrets import SecretRegistry
+from tests.helpers import running_clone
 
 # The mysql schema's InnoDB tables: their .ibd files only fit the ibdata1 they were created with.
 KEEP_TARGET_INNODB = ("innodb_index_stats", "innodb_table_stats", "gtid_slave_pos", "transaction_registry")
@@ -161,9 +162,5 @@ def recovered_template_fixture(world_template: World, tmp_path_factory: pytest.T
 @pytest.fixture(name="recovered")
 def recovered_fixture(recovered_template: World, tmp_path: Path) -> Iterator[World]:
     """A private copy of the recovered world with its MariaDB running."""
-    w = recovered_template.clone(tmp_path / "w")
-    try:
-        w.start()
+    with running_clone(recovered_template, tmp_path / "w") as w:
         yield w
-    finally:
-        w.stop()

@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_helper import restore_databases
 
 from ispcp_lib import customer_dbs as cdb
 from ispcp_lib.context import Context
 from ispcp_lib.facts.mysql_creds import read_debian_cnf
 from ispcp_lib.fileops import fingerprint, fingerprint_diff
 from ispcp_lib.result import Result
-from ispcp_lib.runbook import open_run
 from ispcp_lib.sandbox.world import World, build_world, stable_fingerprint
 from ispcp_lib.steps import customer_databases, mysql_maintainer, mysql_restore
+from tests.helpers import assert_no_secret, ctx_for, fetch, restore_databases, running_clone
 
 SHOP, BLOG = "example001_shop", "example002_blog"
 ROWS = {(SHOP, "products"): 20, (SHOP, "orders"): 50, (BLOG, "posts"): 10, (BLOG, "comments"): 30}
@@ -31,25 +30,12 @@ BACKUP_DATADIR = "var/lib/mysql"
 DUMPS = "var/backups/mysql"
 
 
-def ctx_for(world: World, apply: bool = False, **options: Any) -> Context:
-    ctx = open_run(**world.runbook_params(), apply=False, resume=False, options=options)
-    ctx.default_apply = apply
-    ctx.progress = lambda line: None
-    return ctx
-
-
 def old_root(world: World) -> tuple[str, str]:
     return "root", world.credentials["old"]["root_password"]
 
 
 def query(world: World, sql: str, database: str | None = None) -> list[tuple]:
-    conn = world.target_mysql().connect(*old_root(world), database)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+    return fetch(world, *old_root(world), sql, database)
 
 
 def counts(world: World, database: str) -> dict[str, int]:
@@ -71,23 +57,8 @@ def logins_of(result: Result) -> dict[str, dict[str, Any]]:
     return {r["SQL user"]: r for r in frame.to_dict("records")}
 
 
-def assert_no_secret(world: World, ctx: Context, *results: Result) -> None:
-    shown = [r._repr_html_() + repr(r) for r in results]
-    shown.append(ctx.journal_path.read_text() if ctx.journal_path.exists() else "")
-    for text in shown:
-        for secret in [*world.secrets, *ctx.secrets.values()]:
-            assert secret not in text
-
-
 def work_dirs(world: World) -> list[Path]:
     return sorted(Path(world.mysql_params["datadir"]).parent.glob("mysql.customer-*"))
-
-
-@pytest.fixture
-def restored(world: World) -> World:
-    """The old `ispcp` and `mysql` databases are live on the target (the guide's binary copy)."""
-    restore_databases(world)
-    return world
 
 
 # --- the normal path: directory copy and tablespace import -------------------------------------------
@@ -269,12 +240,8 @@ def full_template(sandbox_root: Path) -> World:
 
 @pytest.fixture
 def full(full_template: World, sandbox_dir: Path) -> Iterator[World]:
-    w = full_template.clone(sandbox_dir / "w")
-    try:
-        w.start()
+    with running_clone(full_template, sandbox_dir / "w") as w:
         yield w
-    finally:
-        w.stop()
 
 
 def guide_restore(world: World, **options: Any) -> Context:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import sys
+import subprocess
 import tempfile
-import types
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,11 @@ from ispcp_lib.action import StepFailed
 from ispcp_lib.errors import IspcpError
 from ispcp_lib.facts import ispcp_install as ii
 from ispcp_lib.runbook import open_run
+from ispcp_lib.sandbox.demo import world_services
 from ispcp_lib.sandbox.private_mysql import schema_sql
 from ispcp_lib.sandbox.world import build_world, mariadbd_pids_under, stable_fingerprint
 from ispcp_lib.steps import ispcp_install_check as step
+from ispcp_lib.steps import mail_guard
 
 KEY_FILES = ("var/www/ispcp/gui/include/ispcp-db-keys.php", "var/www/ispcp/engine/ispcp-db-keys.pl",
              "var/www/ispcp/engine/messenger/ispcp-db-keys.pl")
@@ -229,22 +230,27 @@ def test_backup_revision_from_an_ispcp_dump(world) -> None:
     assert any("could not be read" in w and "InnoDB" in w for w in r.warnings)
 
 
-def test_mail_guard_state_is_shown(world, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The mail_guard step is another module; stand in for its two functions to see both outcomes.
-    guard = types.ModuleType("ispcp_lib.steps.mail_guard")
-    guard.guard_state = lambda ctx: {"mode": "stopped"}
-    guard.check_guard = lambda ctx: (False, "postfix is running (pid 4242)")
-    monkeypatch.setitem(sys.modules, "ispcp_lib.steps.mail_guard", guard)
-    r = step.run(ctx_for(world))
-    assert r.status == "done"
-    assert any("no longer holds" in w and "pid 4242" in w for w in r.warnings)
-    assert r.data["mail_guard"] == {"ok": False, "message": "postfix is running (pid 4242)"}
-    guard.check_guard = lambda ctx: (True, "postfix stopped and masked")
-    r = step.run(ctx_for(world))
-    assert any("still holds" in n for n in r.notes) and not any("no longer holds" in w for w in r.warnings)
-    guard.guard_state = lambda ctx: None
-    r = step.run(ctx_for(world))
-    assert any("mail guard is not set" in w for w in r.warnings)
+def test_mail_guard_state_is_shown(world) -> None:
+    # The real guard on the sandbox's private Postfix: not set, set and holding, then broken the way an
+    # installer breaks it (soft_bounce switched off again in main.cf).
+    with world_services(world) as services:
+        r = step.run(ctx_for(world))
+        assert any("mail guard is not set" in w for w in r.warnings) and "mail_guard" not in r.data
+
+        guard_ctx = open_run(**world.runbook_params(), apply=True, resume=False, options=services)
+        assert mail_guard.run(guard_ctx).status == "done"
+        r = step.run(ctx_for(world))
+        assert r.data["mail_guard"]["ok"] is True
+        assert any("still holds" in n and "soft_bounce = yes" in n for n in r.notes)
+        assert not any("no longer holds" in w for w in r.warnings)
+
+        subprocess.run(["postconf", "-c", services["postfix_config_dir"], "-e", "soft_bounce=no"], check=True)
+        before = stable_fingerprint(world)
+        r = step.run(ctx_for(world))
+        assert r.status == "done"
+        assert r.data["mail_guard"]["ok"] is False and "soft_bounce is 'no'" in r.data["mail_guard"]["message"]
+        assert any("no longer holds" in w and "soft_bounce is 'no'" in w for w in r.warnings)
+        assert stable_fingerprint(world) == before
 
 
 # --- the facts on their own ----------------------------------------------------------------------

@@ -8,34 +8,24 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
-from restore_helper import restore_databases
 
 from ispcp_lib import encrypted_columns as ec
 from ispcp_lib import keyfiles
 from ispcp_lib.action import StepFailed
-from ispcp_lib.context import Context
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.keyfiles import KeySet
 from ispcp_lib.keys import decrypt_db_password, encrypt_db_password, generate_iv, generate_key
 from ispcp_lib.result import Result
-from ispcp_lib.runbook import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import customer_databases, keys
+from tests.helpers import assert_no_secret, ctx_for, fetch
 
 LAYOUTS_105 = ("php", "perl_engine", "perl_messenger")
 OTHER = KeySet(generate_key(), generate_iv())
 MAILBOXES, SQL_USERS = 9, 2
-
-
-def ctx_for(world: World, apply: bool = False, **options: Any) -> Context:
-    ctx = open_run(**world.runbook_params(), apply=False, resume=False, options=options)
-    ctx.default_apply = apply
-    ctx.progress = lambda line: None
-    return ctx
 
 
 def old_keys(world: World) -> KeySet:
@@ -46,19 +36,9 @@ def backup_key(world: World, layout: str) -> Path:
     return world.backup_root / keyfiles.LAYOUTS[layout].lstrip("/")
 
 
-def admin(world: World):  # noqa: ANN201 - a pymysql connection
-    # The old maintainer login: the lost-keys reset changes root's password, not this one.
-    return world.target_mysql().connect("debian-sys-maint", world.credentials["old"]["debian_sys_maint"], "ispcp")
-
-
 def sql(world: World, statement: str, args: tuple | None = None) -> list[tuple]:
-    conn = admin(world)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+    # The old maintainer login: the lost-keys reset changes root's password, not this one.
+    return fetch(world, "debian-sys-maint", world.credentials["old"]["debian_sys_maint"], statement, "ispcp", args)
 
 
 def checks(result: Result) -> dict[str, dict[str, str]]:
@@ -68,20 +48,6 @@ def checks(result: Result) -> dict[str, dict[str, str]]:
 
 def table(result: Result, prefix: str):  # noqa: ANN201 - a DataFrame
     return next(t.frame for t in result.tables if t.title.startswith(prefix))
-
-
-def assert_no_secret(world: World, ctx: Context, *results: Result) -> None:
-    shown = [r._repr_html_() + repr(r) for r in results]
-    shown.append(ctx.journal_path.read_text() if ctx.journal_path.exists() else "")
-    for text in shown:
-        for secret in [*world.secrets, *ctx.secrets.values()]:
-            assert secret not in text
-
-
-@pytest.fixture
-def restored(world: World) -> World:
-    restore_databases(world)
-    return world
 
 
 # --- right keys, wrong keys, damaged rows ---------------------------------------------------------

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from restore_helper import restore_databases
 
 from ispcp_lib import keyfiles
-from ispcp_lib.action import StepFailed
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.keyfiles import KeySet
@@ -17,16 +15,10 @@ from ispcp_lib.keys import generate_iv, generate_key
 from ispcp_lib.runbook import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import ispcp_conf, keys
+from tests.helpers import assert_no_secret, refused
 
 LAYOUTS_105 = ("php", "perl_engine", "perl_messenger")
 OTHER = KeySet(generate_key(), generate_iv())
-
-
-@pytest.fixture
-def restored(world: World) -> World:
-    """The world after the guide's database restore: the old `ispcp` and `mysql` databases are live."""
-    restore_databases(world)
-    return world
 
 
 def ctx_for(world: World, apply: bool = False, **options):
@@ -55,23 +47,9 @@ def target_keysets(world: World) -> dict[str, KeySet]:
     return il.keysets(ctx_for(world), "target")
 
 
-def assert_no_secret(world: World, ctx, *results) -> None:
-    shown = [r._repr_html_() + repr(r) for r in results]
-    shown.append(ctx.journal_path.read_text() if ctx.journal_path.exists() else "")
-    for text in shown:
-        for secret in world.secrets:
-            assert secret not in text
-        for secret in ctx.secrets.values():
-            assert secret not in text
-
-
 def fails(world: World, apply: bool = True, **options) -> str:
     """Run keys expecting a failure that leaves the target untouched; return the error text."""
-    before = stable_fingerprint(world)
-    with pytest.raises(StepFailed) as info:
-        keys.run(ctx_for(world, apply=apply, **options))
-    assert stable_fingerprint(world) == before
-    return info.value.result.errors[0]
+    return refused(world, lambda: keys.run(ctx_for(world, apply=apply, **options)))
 
 
 # --- the normal path ------------------------------------------------------------------------------

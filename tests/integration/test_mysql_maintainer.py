@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,22 +12,15 @@ from ispcp_lib.action import StepFailed
 from ispcp_lib.context import Context
 from ispcp_lib.facts.mysql_creds import read_debian_cnf
 from ispcp_lib.fileops import fingerprint_diff
-from ispcp_lib.runbook import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_maintainer, mysql_restore
+from tests.helpers import ctx_for
 
 DEBIAN_CNF = "etc/mysql/debian.cnf"
 
 
-def ctx_for(world: World, apply: bool = False, **options: Any) -> Context:
-    ctx = open_run(**world.runbook_params(), apply=False, resume=False, options=options)
-    ctx.default_apply = apply
-    ctx.progress = lambda line: None
-    return ctx
-
-
 @pytest.fixture
-def restored(world: World) -> World:
+def mysql_restored(world: World) -> World:
     """The world after a real mysql_restore: the old server's grants are live."""
     assert mysql_restore.run(ctx_for(world, apply=True)).status == "done"
     return world
@@ -45,34 +37,34 @@ def assert_no_secret(ctx: Context, result, values: list[str]) -> None:
     assert values and not [v for v in values if v in shown]
 
 
-def test_dry_run_changes_nothing(restored: World) -> None:
-    before = stable_fingerprint(restored)
-    result = mysql_maintainer.run(ctx_for(restored))
+def test_dry_run_changes_nothing(mysql_restored: World) -> None:
+    before = stable_fingerprint(mysql_restored)
+    result = mysql_maintainer.run(ctx_for(mysql_restored))
     assert result.status == "planned"
     assert result.changes == ["put the backup's debian.cnf back (mode 0600, root)"]
-    assert fingerprint_diff(before, stable_fingerprint(restored)) == []
+    assert fingerprint_diff(before, stable_fingerprint(mysql_restored)) == []
 
 
-def test_the_backups_debian_cnf_comes_back_and_a_second_apply_is_a_noop(restored: World) -> None:
-    ctx = ctx_for(restored, apply=True)
+def test_the_backups_debian_cnf_comes_back_and_a_second_apply_is_a_noop(mysql_restored: World) -> None:
+    ctx = ctx_for(mysql_restored, apply=True)
     result = mysql_maintainer.run(ctx)
     assert result.status == "done", result.errors
-    target = restored.target_root / DEBIAN_CNF
-    assert target.read_bytes() == (restored.backup_root / DEBIAN_CNF).read_bytes()
+    target = mysql_restored.target_root / DEBIAN_CNF
+    assert target.read_bytes() == (mysql_restored.backup_root / DEBIAN_CNF).read_bytes()
     assert_private(target)
     assert len(result.backups) == 1 and Path(result.backups[0]).read_bytes() != target.read_bytes()
     login = read_debian_cnf(target)
-    assert restored.target_mysql().can_login(login.user, login.password) is None
+    assert mysql_restored.target_mysql().can_login(login.user, login.password) is None
     again = mysql_maintainer.run(ctx)
     assert again.status == "noop" and "is the backup's and logs in" in again.noop_reason
 
 
-def test_reset_when_the_backup_has_no_debian_cnf(restored: World) -> None:
-    (restored.backup_root / DEBIAN_CNF).unlink()
-    target = restored.target_root / DEBIAN_CNF
+def test_reset_when_the_backup_has_no_debian_cnf(mysql_restored: World) -> None:
+    (mysql_restored.backup_root / DEBIAN_CNF).unlink()
+    target = mysql_restored.target_root / DEBIAN_CNF
     stale = read_debian_cnf(target)  # the new server's file: its password fits the replaced grants no more
-    assert restored.target_mysql().can_login(stale.user, stale.password) is not None
-    ctx = ctx_for(restored, apply=True)
+    assert mysql_restored.target_mysql().can_login(stale.user, stale.password) is not None
+    ctx = ctx_for(mysql_restored, apply=True)
     known = set(ctx.secrets.values())
     result = mysql_maintainer.run(ctx)
     assert result.status == "done", result.errors
@@ -84,32 +76,33 @@ def test_reset_when_the_backup_has_no_debian_cnf(restored: World) -> None:
     assert_private(target)
     login = read_debian_cnf(target)
     assert login.user == "debian-sys-maint" and login.password != stale.password
-    assert restored.target_mysql().can_login(login.user, login.password) is None
+    assert mysql_restored.target_mysql().can_login(login.user, login.password) is None
     assert login.password in ctx.secrets and login.password not in known
     assert_no_secret(ctx, result, [login.password])
     logins = next(t.frame for t in result.tables if t.title == "MySQL logins")
     assert "proven with the client as debian-sys-maint@localhost" in " ".join(logins["result"])
     # Back to normal: networking on, grant tables enforced.
-    socket.create_connection(("127.0.0.1", int(restored.mysql_params["port"])), timeout=5).close()
-    assert restored.target_mysql().can_login("root", "") is not None
+    socket.create_connection(("127.0.0.1", int(mysql_restored.mysql_params["port"])), timeout=5).close()
+    assert mysql_restored.target_mysql().can_login("root", "") is not None
 
     again = mysql_maintainer.run(ctx)
     assert again.status == "noop" and "the target's debian.cnf logs in" in again.noop_reason
 
 
-def test_lost_root_password_is_reset_with_the_same_mechanism(restored: World) -> None:
-    old_root = restored.credentials["old"]["root_password"]
-    ctx = ctx_for(restored, apply=True, mysql_reset_root=True)
+def test_lost_root_password_is_reset_with_the_same_mechanism(mysql_restored: World) -> None:
+    old_root = mysql_restored.credentials["old"]["root_password"]
+    ctx = ctx_for(mysql_restored, apply=True, mysql_reset_root=True)
     result = mysql_maintainer.run(ctx)
     assert result.status == "done", result.errors
     saved = ctx.state_dir / mysql_maintainer.ROOT_CNF
     assert_private(saved)
     root = read_debian_cnf(saved)
     assert root.user == "root" and root.password != old_root
-    srv = restored.target_mysql()
+    srv = mysql_restored.target_mysql()
     assert srv.can_login("root", root.password) is None and srv.can_login("root", old_root) is not None
     assert any("DATABASE_USER" in w for w in result.warnings)
-    assert (restored.target_root / DEBIAN_CNF).read_bytes() == (restored.backup_root / DEBIAN_CNF).read_bytes()
+    backup_cnf = (mysql_restored.backup_root / DEBIAN_CNF).read_bytes()
+    assert (mysql_restored.target_root / DEBIAN_CNF).read_bytes() == backup_cnf
     assert_no_secret(ctx, result, [root.password])
     again = mysql_maintainer.run(ctx)
     assert again.status == "noop" and "the saved root login works" in again.noop_reason
@@ -130,22 +123,22 @@ def test_server_not_running(stopped_world: World) -> None:
     assert fingerprint_diff(before, stable_fingerprint(stopped_world)) == []
 
 
-def test_reset_creates_the_maintainer_when_the_old_grants_lack_it(restored: World) -> None:
+def test_reset_creates_the_maintainer_when_the_old_grants_lack_it(mysql_restored: World) -> None:
     """An old server without Debian's maintainer account: the grant-less session creates it."""
-    old_root = restored.credentials["old"]["root_password"]
-    conn = restored.target_mysql().connect("root", old_root)
+    old_root = mysql_restored.credentials["old"]["root_password"]
+    conn = mysql_restored.target_mysql().connect("root", old_root)
     try:
         with conn.cursor() as cur:
             cur.execute("DROP USER 'debian-sys-maint'@'localhost'")
     finally:
         conn.close()
-    (restored.backup_root / DEBIAN_CNF).unlink()
-    result = mysql_maintainer.run(ctx_for(restored, apply=True))
+    (mysql_restored.backup_root / DEBIAN_CNF).unlink()
+    result = mysql_maintainer.run(ctx_for(mysql_restored, apply=True))
     assert result.status == "done", result.errors
     logins = next(t.frame for t in result.tables if t.title == "MySQL logins")
     assert "localhost (created)" in " ".join(logins["result"])
-    login = read_debian_cnf(restored.target_root / DEBIAN_CNF)
-    conn = restored.target_mysql().connect(login.user, login.password)
+    login = read_debian_cnf(mysql_restored.target_root / DEBIAN_CNF)
+    conn = mysql_restored.target_mysql().connect(login.user, login.password)
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW GRANTS")

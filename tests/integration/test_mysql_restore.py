@@ -12,28 +12,19 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ispcp_lib import sql_dumps
 from ispcp_lib.action import StepFailed
-from ispcp_lib.context import Context
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login, read_debian_cnf
 from ispcp_lib.fileops import fingerprint, fingerprint_diff
-from ispcp_lib.runbook import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_restore
+from tests.helpers import ctx_for, fetch
 
 BACKUP_DB = "var/lib/mysql"
-
-
-def ctx_for(world: World, apply: bool = False, **options: Any) -> Context:
-    ctx = open_run(**world.runbook_params(), apply=False, resume=False, options=options)
-    ctx.default_apply = apply
-    ctx.progress = lambda line: None
-    return ctx
 
 
 def datadir(world: World) -> Path:
@@ -45,13 +36,7 @@ def old_root(world: World) -> Login:
 
 
 def query(world: World, login: Login, sql: str) -> list[tuple]:
-    conn = world.target_mysql().connect(login.user, login.password)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+    return fetch(world, login.user, login.password, sql)
 
 
 def work_dirs(world: World) -> list[Path]:

@@ -16,7 +16,7 @@ from ispcp_lib.result import Result
 from ispcp_lib.runbook import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import accounts, register_accounts
-from tests.integration.restore_ispcp_only import restore_ispcp_only
+from tests.helpers import restore_ispcp_only
 
 MY_CNF = "root/.my.cnf"
 

@@ -9,8 +9,6 @@ import pwd
 import socket
 import stat
 import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pymysql
@@ -21,9 +19,9 @@ from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.keyfiles import LAYOUTS, parse_keyfile
 from ispcp_lib.keys import decrypt_db_password
 from ispcp_lib.sandbox import ispcp_files
-from ispcp_lib.sandbox import world as world_module
 from ispcp_lib.sandbox.scenario import SCALES, make_scenario
 from ispcp_lib.sandbox.world import World, build_world, mariadbd_pids_under, stable_fingerprint
+from tests.helpers import fetch
 
 # InnoDB tables inside mysql/ (MariaDB 10.11). Their pages carry the OLD server's log sequence numbers.
 INNODB_SYSTEM_TABLES = ("innodb_table_stats", "innodb_index_stats", "gtid_slave_pos", "transaction_registry")
@@ -48,16 +46,6 @@ def _restore_dirs(world: World, names: list[str], keep_target_innodb: bool) -> N
                     subprocess.run(["cp", "-a", str(datadir / "mysql.orig" / f"{table}{ext}"),
                                     str(datadir / "mysql" / f"{table}{ext}")], check=True)
         subprocess.run(["chown", "-R", "mysql:mysql", str(datadir / name)], check=True)
-
-
-def _query(world: World, user: str, password: str, sql: str, database: str | None = None) -> list[tuple]:
-    conn = world.target_mysql().connect(user, password, database)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 # --- the backup ---------------------------------------------------------------------------------
@@ -165,8 +153,8 @@ def test_target_instance_starts_and_new_credentials_work(world: World) -> None:
     assert f"password = {new['debian_sys_maint']}\n" in cnf
     assert mysql.can_login("debian-sys-maint", new["debian_sys_maint"]) is None
     assert f"vftp {new['vftp']}\n" in (world.target_root / "etc/ispcp/proftpd/working/proftpd.conf").read_text()
-    assert _query(world, "vftp", new["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(0,)]
-    assert _query(world, "root", new["root_password"],
+    assert fetch(world, "vftp", new["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(0,)]
+    assert fetch(world, "root", new["root_password"],
                   "SELECT value FROM ispcp.config WHERE name = 'DATABASE_REVISION'") == [("29",)]
     conf = IspcpConf.load(world.target_root / "etc/ispcp/ispcp.conf")
     keys = parse_keyfile("perl_engine", _at(world.target_root, LAYOUTS["perl_engine"]).read_text())
@@ -183,13 +171,13 @@ def test_backup_database_restores_on_target_with_old_credentials(stopped_world: 
     w.start()
     old = w.credentials["old"]
     n = len(w.domains)
-    assert _query(w, "root", old["root_password"], "SELECT COUNT(*) FROM ispcp.domain") == [(n,)]
-    assert _query(w, "vftp", old["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(3,)]
+    assert fetch(w, "root", old["root_password"], "SELECT COUNT(*) FROM ispcp.domain") == [(n,)]
+    assert fetch(w, "vftp", old["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(3,)]
     assert w.target_mysql().can_login("debian-sys-maint", old["debian_sys_maint"]) is None
-    assert _query(w, "ex001shop", _customer_password(w, "ex001shop"), "SELECT COUNT(*) FROM products",
+    assert fetch(w, "ex001shop", _customer_password(w, "ex001shop"), "SELECT COUNT(*) FROM products",
                   "example001_shop") == [(20,)]
     for table in INNODB_SYSTEM_TABLES:
-        _query(w, "root", old["root_password"], f"SELECT COUNT(*) FROM mysql.{table}")
+        fetch(w, "root", old["root_password"], f"SELECT COUNT(*) FROM mysql.{table}")
     new_log = log.read_text()[before:]
     assert "[ERROR]" not in new_log, new_log[-3000:]
 
@@ -208,12 +196,12 @@ def test_whole_mysql_dir_copy_breaks_innodb_stats_and_lone_innodb_db(stopped_wor
     before = log.stat().st_size
     w.start()
     root = w.credentials["old"]["root_password"]
-    assert _query(w, "root", root, "SELECT COUNT(*) FROM ispcp.domain") == [(len(w.domains),)]
+    assert fetch(w, "root", root, "SELECT COUNT(*) FROM ispcp.domain") == [(len(w.domains),)]
     with pytest.raises(pymysql.MySQLError) as stats:
-        _query(w, "root", root, "SELECT COUNT(*) FROM mysql.innodb_table_stats")
+        fetch(w, "root", root, "SELECT COUNT(*) FROM mysql.innodb_table_stats")
     assert stats.value.args[0] == 1877  # ER_TABLE_CORRUPT
     with pytest.raises(pymysql.MySQLError) as lone:
-        _query(w, "root", root, "SELECT COUNT(*) FROM example002_blog.posts")
+        fetch(w, "root", root, "SELECT COUNT(*) FROM example002_blog.posts")
     assert lone.value.args[0] == 1932  # ER_NO_SUCH_TABLE_IN_ENGINE
     assert "is in the future" in log.read_text()[before:]
 
@@ -267,12 +255,12 @@ def test_stable_fingerprint_ignores_server_internals_but_not_tables(stopped_worl
     w.start()
     running = stable_fingerprint(w)
     new = w.credentials["new"]
-    _query(w, "root", new["root_password"], "SELECT COUNT(*) FROM ispcp.domain")
+    fetch(w, "root", new["root_password"], "SELECT COUNT(*) FROM ispcp.domain")
     assert stable_fingerprint(w) == running == stopped
     w.stop()
     assert stable_fingerprint(w) == stopped
     w.start()
-    _query(w, "root", new["root_password"], "INSERT INTO ispcp.config VALUES ('SANDBOX_PROBE', '1')")
+    fetch(w, "root", new["root_password"], "INSERT INTO ispcp.config VALUES ('SANDBOX_PROBE', '1')")
     w.stop()
     assert stable_fingerprint(w) != stopped
 
@@ -318,16 +306,6 @@ def test_variants(sandbox_dir: Path, variant: dict) -> None:
     assert _at(w.target_root, LAYOUTS["keys_conf"]).exists() and not _at(w.target_root, LAYOUTS["php"]).exists()
     mngr = (w.target_root / "var/www/ispcp/engine/ispcp-sub-mngr").read_text()
     assert "\tsleep(1);" not in mngr.splitlines()
-
-
-def test_update_standin_hook_is_called_when_present(world_template: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """build_world calls ispcp_lib.sandbox.update_standin.install(target_root, world) if it exists."""
-    calls: list[tuple[Path, World]] = []
-    fake = types.ModuleType("ispcp_lib.sandbox.update_standin")
-    fake.install = lambda root, w: calls.append((root, w))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ispcp_lib.sandbox.update_standin", fake)
-    world_module._install_update_standin(world_template)
-    assert calls == [(world_template.target_root, world_template)]
 
 
 def test_start_moves_to_a_free_port_when_its_port_is_taken(stopped_world: World) -> None:

@@ -14,15 +14,14 @@ import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ispcp_lib import __version__
 from ispcp_lib.cli import run_runbook
-from ispcp_lib.sandbox.demo import SERVICE_MODULES, _optional
+from ispcp_lib.sandbox.demo import world_services
 from ispcp_lib.sandbox.world import World
-from ispcp_lib.steps import STEP_ORDER, built_steps, load
+from ispcp_lib.steps import STEP_ORDER, load
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_TIMEOUT = 120
@@ -99,19 +98,9 @@ class _Dom(HTMLParser):
 @pytest.fixture
 def dry_report(world: World, tmp_path: Path) -> Iterator[tuple[World, Path]]:
     """A dry-run report of the world, with the sandbox services the demo starts (Postfix, DNS)."""
-    params: dict[str, Any] = world.runbook_params()
-    started = []
-    try:
-        for name in SERVICE_MODULES:
-            module = _optional(name)
-            if module is not None:
-                params.update(module.start_for_world(world))
-                started.append(module)
-        _, html_path = run_runbook(params, tmp_path / "reports", log_output=False)
+    with world_services(world) as services:
+        _, html_path = run_runbook({**world.runbook_params(), **services}, tmp_path / "reports", log_output=False)
         yield world, html_path
-    finally:
-        for module in reversed(started):
-            module.stop_for_world(world)
 
 
 def test_report_renders_offline_in_chromium(dry_report: tuple[World, Path], tmp_path: Path) -> None:
@@ -143,7 +132,7 @@ def test_report_renders_offline_in_chromium(dry_report: tuple[World, Path], tmp_
     assert "started" in text and "finished" in text and "unknown" not in _row(dom_html, "started")
 
     # one section per step, with its heading
-    for name in built_steps():
+    for name in STEP_ORDER:
         title = load(name).TITLE
         assert any(title in h and f"({name})" in h for h in dom.headings), f"no heading for {name}: {title}"
 

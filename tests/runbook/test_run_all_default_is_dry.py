@@ -21,7 +21,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from ispcp_lib.interactive import HEADLESS_ENV
 from ispcp_lib.notebook_build import NOTEBOOK
-from ispcp_lib.sandbox.demo import SERVICE_MODULES, _optional
+from ispcp_lib.sandbox.demo import world_services
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -30,18 +30,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 @pytest.fixture
 def served_world(world: World) -> Iterator[tuple[World, dict[str, Any]]]:
     """The world with the sandbox services the demo starts too (Postfix, DNS), and its parameters."""
-    params = world.runbook_params()
-    started = []
-    try:
-        for name in SERVICE_MODULES:
-            module = _optional(name)
-            if module is not None:
-                params.update(module.start_for_world(world))
-                started.append(module)
-        yield world, params
-    finally:
-        for module in reversed(started):
-            module.stop_for_world(world)
+    with world_services(world) as services:
+        yield world, {**world.runbook_params(), **services}
 
 
 def _run_all(params: dict[str, Any], out: Path) -> str | None:

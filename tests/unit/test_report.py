@@ -63,7 +63,7 @@ def _executed(tmp_path: Path, params: dict) -> Path:
 
 def _summary(status: str = "ok", apply: bool = False) -> dict:
     steps = [{"name": n, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": [],
-              "reason": "not built yet"} for n in STEP_ORDER]
+              "reason": "not reached: an earlier cell stopped the run"} for n in STEP_ORDER]
     steps[0] = {"name": "inventory", "status": "done", "changed": 0, "duration_s": 0.5, "warnings": ["w1"]}
     return {"status": status, "apply": apply, "run_id": "r1", "steps": steps}
 
@@ -94,7 +94,7 @@ def test_report_has_summary_first_then_header_then_sections(tmp_path: Path) -> N
     assert f"ispcp-recovery {__version__}" in html
     assert "old: 1.0.5 OMEGA · new: 1.0.7 OMEGA" in html
     assert "old: old.example · new: new.example" in html
-    assert "2026-01-02" in html and "not built yet" in html and "w1" in html
+    assert "2026-01-02" in html and "not reached: an earlier cell stopped the run" in html and "w1" in html
     assert "Inventory of the backup" in html and "what survived" in html
 
 
@@ -187,7 +187,7 @@ def test_summary_from_journal_says_why_a_step_has_no_record(tmp_path: Path) -> N
     assert summary["status"] == "failed"
     assert rows["preflight"]["reason"] == "preflight: the target is not fresh"
     assert rows["mail_guard"]["status"] == "skipped"  # another run's record does not count
-    assert rows["mail_guard"]["reason"].startswith(("not reached", "not built"))
+    assert rows["mail_guard"]["reason"] == "not reached: an earlier cell stopped the run"
     selected = summary_from_journal(tmp_path, "r1", False, ["inventory"])
     assert {r["name"]: r for r in selected["steps"]}["cleanup"]["reason"] == "not selected by the steps parameter"
 
