@@ -59,6 +59,10 @@ def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False
             failed = True
             print(f"step failed: {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}",
                   file=sys.stderr)
+        except Exception as exc:  # a dead kernel, a broken notebook: the report is still written
+            failed = True
+            print(f"the run stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+            _ensure_notebook(executed, f"The run stopped before the runbook finished: {type(exc).__name__}: {exc}")
     executed.chmod(0o600)
     target = Path(params.get("target_root") or "/")
     state_dir = Path(params["state_dir"]) if params.get("state_dir") else target / DEFAULT_STATE_DIR.lstrip("/")
@@ -70,6 +74,18 @@ def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False
     print(f"summary: {json_path}")
     print(html_path)
     return (1 if summary["status"] == "failed" else 0), html_path
+
+
+def _ensure_notebook(path: Path, message: str) -> None:
+    """Keep what papermill wrote; if it wrote nothing readable, a one-cell notebook that says why."""
+    import nbformat
+
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(f"**{message}**")]
+        write_private(path, nbformat.writes(nb))
 
 
 @contextlib.contextmanager

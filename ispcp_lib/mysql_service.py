@@ -60,6 +60,16 @@ def handshake_version(sock: Path | None, port: int | None = None, host: str = "1
     return version.removeprefix("5.5.5-") if "mariadb" in version.lower() else version
 
 
+def is_mysql_server(pid: int) -> bool:
+    """Whether pid runs a MySQL/MariaDB server: a stale pid file may name a reused pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            exe = fh.read().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    return os.path.basename(exe).decode(errors="replace") in ("mariadbd", "mysqld", "mysqld-debug")
+
+
 def pid_alive(pid: int) -> bool:
     """True while pid runs (a zombie counts as gone)."""
     try:
@@ -104,18 +114,22 @@ class MysqlService(ABC):
             if self._died():
                 break
             time.sleep(0.2)
+        self._abandon_start()
         raise PreconditionFailed(
             "MySQL server",
             f"did not come up on {self.socket}. Error log tail:\n{self.error_log_tail()}",
             "read the error log above; the previous data directories are kept under the state dir",
         )
 
+    def _abandon_start(self) -> None:  # noqa: B027 - a hook; only the sandbox owns its server process
+        """A start that timed out: nothing may keep running half-started (see SandboxMysql)."""
+
     def stop(self) -> None:
         if not self.status() and not self._pid():
             return
         pid = self._pid()
         self._request_stop()
-        if pid and pid_alive(pid):
+        if pid and pid_alive(pid) and is_mysql_server(pid):
             os.kill(pid, signal.SIGTERM)  # mysqld treats SIGTERM as a normal shutdown
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
@@ -207,10 +221,25 @@ class SandboxMysql(MysqlService):
     def _request_stop(self) -> None:
         pass  # SIGTERM to the pid in the pid file is the graceful shutdown here
 
+    def _abandon_start(self) -> None:
+        # Our child never answered: a graceful SIGTERM, then reap it, so no server is left behind.
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
     def stop(self) -> None:
         super().stop()
         if self._proc is not None:
-            self._proc.wait(timeout=10)  # reap our own child
+            try:
+                self._proc.wait(timeout=STOP_TIMEOUT)  # reap our own child
+            except subprocess.TimeoutExpired:
+                raise PreconditionFailed("MySQL server", f"pid {self._proc.pid} did not exit",
+                                         "look at the error log") from None
             self._proc = None
 
 

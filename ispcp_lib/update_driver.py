@@ -364,6 +364,10 @@ def run_interactive(
                     stop_reason = "a prompt no answer was configured for"
                     break
                 last_output = time.monotonic()  # busy, not asking: keep waiting
+    except BaseException:
+        # An error or an interrupt in the driver: the script's whole group goes too, never left behind.
+        stop_reason = stop_reason or "the driver was interrupted"
+        raise
     finally:
         outcome.duration_s = time.monotonic() - started
         if stop_reason is not None:

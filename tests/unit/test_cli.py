@@ -1,0 +1,35 @@
+"""ispcp-recover's own logic that needs no sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+from ispcp_lib.cli import _ensure_notebook, _parse_value
+from ispcp_lib.report import html_report
+
+
+def test_report_is_written_even_when_papermill_left_nothing(tmp_path: Path) -> None:
+    executed = tmp_path / "run.ipynb"
+    executed.write_text("")  # what run_runbook pre-creates before papermill starts
+    _ensure_notebook(executed, "The run stopped before the runbook finished: DeadKernelError: gone")
+    nb = nbformat.read(executed, as_version=4)
+    assert "DeadKernelError" in nb.cells[0].source
+    assert executed.stat().st_mode & 0o777 == 0o600
+    html = html_report(executed, tmp_path / "run.html")
+    assert "DeadKernelError" in Path(html).read_text()
+
+
+def test_existing_notebook_is_kept(tmp_path: Path) -> None:
+    executed = tmp_path / "run.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("partial run")]
+    executed.write_text(nbformat.writes(nb))
+    _ensure_notebook(executed, "should not replace")
+    assert nbformat.read(executed, as_version=4).cells[0].source == "partial run"
+
+
+def test_param_values_are_yaml() -> None:
+    assert _parse_value("true") is True and _parse_value("3") == 3
+    assert _parse_value("[a, b]") == ["a", "b"] and _parse_value("{user_data: false}") == {"user_data": False}
