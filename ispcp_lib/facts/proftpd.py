@@ -109,6 +109,21 @@ def parse(text: str) -> SqlConnect | None:
     )
 
 
+def raw_password(text: str) -> str | None:
+    """The password argument exactly as the file holds it (quotes and backslash escapes included)."""
+    no = find_line(text)
+    if no is None:
+        return None
+    toks = _tokens(_DIRECTIVE.match(text.splitlines()[no])["rest"] or "")
+    return toks[2][2] if len(toks) > 2 else None
+
+
+def password_forms(password: str) -> list[str]:
+    """Every form of the password a proftpd.conf or its diff can show: as is, escaped, and quoted."""
+    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+    return list(dict.fromkeys([password, escaped, _quote_if_needed(password)]))
+
+
 def with_password(text: str, password: str) -> str:
     """The same text with only the password argument of SQLConnectInfo replaced (layout kept).
 
@@ -160,7 +175,9 @@ def read_copy(role: str, logical: str, path: Path, ctx: Context | None = None) -
     text = path.read_bytes().decode("utf-8", "replace")
     info = parse(text)
     if ctx is not None and info is not None and info.password:
-        ctx.secrets.add(info.password, f"vftp password ({role})")
+        # The file may hold the password quoted and escaped: mask that form too, or a diff shows it.
+        for form in [*password_forms(info.password), raw_password(text)]:
+            ctx.secrets.add(form, f"vftp password ({role})")
     return ConfCopy(role, logical, path, text, info)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ispcp_lib.errors import InputError
 from ispcp_lib.mysql_service import pid_alive
 from ispcp_lib.sandbox import dns, postfix
 
@@ -61,15 +62,35 @@ def _ancestors(pid: int) -> set[int]:
     return chain
 
 
-def run_demo(workdir: Path, scale: str, report_dir: Path, no_input: bool = False) -> int:
-    from ispcp_lib.cli import run_runbook
-    from ispcp_lib.sandbox.world import World, build_world
+def clear_workdir(workdir: Path) -> Path:
+    """Make room for a new world. Only an empty directory or a previous demo's world (it holds world.json)
+    is removed: --workdir may name anything, and deleting an unrelated tree would be a disaster."""
+    from ispcp_lib.sandbox.world import MANIFEST, World
 
     workdir = workdir.resolve()
-    if (workdir / "world.json").exists():
+    if not workdir.exists():
+        return workdir
+    if not workdir.is_dir():
+        raise InputError("demo --workdir", "is not a directory", "name a new or empty directory", path=str(workdir))
+    if (workdir / MANIFEST).is_file():
         World.load(workdir).stop()  # a previous demo that was interrupted
-    if workdir.exists():
-        shutil.rmtree(workdir)
+    elif any(workdir.iterdir()):
+        raise InputError("demo --workdir", f"is not empty and holds no {MANIFEST} of an earlier demo, so it is "
+                         "not ours to delete", "name a new or empty directory, or an earlier demo's workdir",
+                         path=str(workdir))
+    shutil.rmtree(workdir)
+    return workdir
+
+
+def run_demo(workdir: Path, scale: str, report_dir: Path, no_input: bool = False) -> int:
+    from ispcp_lib.cli import run_runbook
+    from ispcp_lib.sandbox.world import build_world
+
+    try:
+        workdir = clear_workdir(workdir)
+    except InputError as exc:
+        print(f"demo: {exc}", flush=True)
+        return 2
     started_at = time.monotonic()
     print(f"demo: building the {scale} sandbox world in {workdir}", flush=True)
     world = build_world(workdir, scale)

@@ -6,6 +6,8 @@ small stand-ins with the one property the recovery cares about (the `\\tsleep(1)
 
 from __future__ import annotations
 
+import sys
+
 from ispcp_lib.facts.ispcp_conf import IspcpConf, parse_version
 from ispcp_lib.keys import encrypt_db_password
 from ispcp_lib.sandbox.private_mysql import data_file
@@ -126,13 +128,16 @@ def engine_manager(name: str, version: str) -> str:
 
 
 def request_manager() -> str:
-    calls = "\n".join(f"system(\"$FindBin::Bin/{m}\");" for m in ENGINE_MANAGERS)
+    """A stand-in that works the pending requests like the real one: every row in status 'change' is rebuilt
+    and set back to 'ok' (ispcp_lib.sandbox.update_standin.request_manager_main; sandbox only)."""
     return (
-        "#!/usr/bin/perl\n\n"
+        f"#!{sys.executable}\n"
         "# ispCP (OMEGA) a Virtual Hosting Control Panel - ispcp-rqst-mngr\n"
-        f"{STANDIN_BANNER}\n"
-        "use strict;\nuse warnings;\nuse FindBin;\n\n"
-        f"{calls}\n\nexit 0;\n"
+        "# SANDBOX STAND-IN written by ispcp_lib.sandbox for tests: NOT the real ispCP engine.\n"
+        "# It runs only with ISPCP_SANDBOX_ROOT set to a sandbox target root.\n\n"
+        "import sys\n\n"
+        "from ispcp_lib.sandbox.update_standin import request_manager_main\n\n"
+        "sys.exit(request_manager_main())\n"
     )
 
 

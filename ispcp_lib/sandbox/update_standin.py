@@ -395,6 +395,12 @@ class Update:
         self.subtitle("Please wait, this may take some time:")
         for _manager, table, column in MANAGERS:
             self.sql(f"UPDATE `{table}` SET `{column}` = 'change' WHERE `{column}` = 'ok'")
+        self.process_requests()
+        self.status(True)
+
+    def process_requests(self) -> None:
+        """What ispcp-rqst-mngr does: each manager rebuilds its rows in status 'change' and sets them 'ok'.
+        (The stand-in's vhost file then lists only the rebuilt domains: the update rebuilds all of them.)"""
         self.passwd = _read_ids(self.path("/etc/passwd"))
         self.groups = _read_ids(self.path("/etc/group"))
         self.vhosts: list[str] = []
@@ -417,7 +423,6 @@ class Update:
 
         atomic_write(vhost_file, _vhost_header() + "".join(self.vhosts), 0o644, 0, 0)
         self.dbg(f"customers rebuilt in {time.monotonic() - started:.2f} s")
-        self.status(True)
 
     def pause(self) -> None:
         if self.delay > 0:
@@ -592,6 +597,32 @@ def _vhost(name: str, ip: str, docroot: str, user: str, group: str, kind: str) -
             f"    SuexecUserGroup {user} {group}\n"
             "</VirtualHost>\n"
             f"# httpd [{name}] {kind} entry END.\n\n")
+
+
+def request_manager_main() -> int:
+    """The sandbox's ispcp-rqst-mngr: process the pending requests (rows in status 'change')."""
+    root = os.environ.get(ENV_ROOT)
+    if not root or not Path(root, "etc/ispcp").is_dir():
+        sys.stderr.write("This is the sandbox's ispcp-rqst-mngr stand-in (TEST SCAFFOLDING, not ispCP).\n"
+                         f"It only runs with {ENV_ROOT} set to a sandbox target root.\n")
+        return 2
+    try:
+        scale = float(os.environ.get(ENV_SCALE, "1.0"))
+    except ValueError:
+        scale = 1.0
+    update = None
+    try:
+        update = Update(Path(root), os.environ.get(ENV_SOCKET), scale)
+        update.connect()
+        update.process_requests()
+    except Failed as exc:
+        sys.stdout.write(f"\n{exc}\n")
+        sys.stdout.flush()
+        return exc.code
+    finally:
+        if update is not None and update.db is not None:
+            update.db.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,13 @@ import pandas as pd
 from ispcp_lib import health
 from ispcp_lib.action import action, read_journal
 from ispcp_lib.context import Context
+from ispcp_lib.encrypted_columns import CREDENTIALS_FILE
+from ispcp_lib.errors import InputError
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.result import Result
-from ispcp_lib.steps import STEP_ORDER, mail_guard, register_accounts
+from ispcp_lib.steps import STEP_ORDER, ispcp_update, mail_guard, register_accounts
 from ispcp_lib.steps.engine_speedup import restore_sleep_lines
+from ispcp_lib.steps.mysql_maintainer import ROOT_CNF
 
 TITLE = "Clean up and check the result"
 GUIDE = "the closing remark that some clean-up work remains after a successful update"
@@ -25,10 +28,17 @@ meant for the recovery itself:
 * `DEBUG = 1` in `ispcp.conf` made the update verbose; ispCP goes back to `DEBUG = 0`.
 * The engine managers' `sleep(1);` lines were commented out to make the update fast. Leaving them out
   is harmless (the ispCP bug tracker agreed), so they stay out unless `cleanup_restore_sleep` is set.
-* The mail guard kept Postfix from bouncing mail while it was unconfigured. Now that the update has
-  configured it, the guard is lifted and Postfix may receive mail again.
-* Root's `~/.my.cnf`, written for registering accounts, holds a database password: it goes, as does
-  any other temporary credential file the recovery left in its state directory.
+* The mail guard kept Postfix from bouncing mail while it was unconfigured. It is lifted only when the
+  last attempt of `ispcp_update` succeeded (its record in the state directory): before that, Postfix
+  knows none of the hosted domains, and without the guard it would bounce their mail for good. If the
+  update has not succeeded, the guard stays and the step says so loudly; `cleanup_lift_guard` decides
+  otherwise (`always` lifts it anyway, `never` keeps it in any case).
+* Root's `~/.my.cnf`, written for registering accounts, holds a database password: it goes.
+* Two credential files may remain in the state directory, both mode 0600 and readable by root only:
+  `mysql-root.cnf` (MySQL's new root password, when `mysql_reset_root` gave it one) and
+  `account-passwords.txt` (the new passwords `keys_reset_account_passwords` gave mailboxes and SQL users).
+  They are not removed: the admin hands the passwords out to the customers and then deletes the files.
+  The step lists the ones that are there.
 
 Then the health checks run once more, and a final table lists every step of this run: its status,
 how many changes it made, how long it took, and where the safety copies of everything it replaced are
@@ -36,10 +46,15 @@ kept.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "cleanup_restore_sleep": (False, "put the engine managers' sleep(1) lines back (they only slow the engine down)"),
+    "cleanup_lift_guard": ("after_update", "after_update | always | never: lift the mail guard only when "
+                                           "ispcp_update's last attempt succeeded, in any case, or not at all"),
 }
+LIFT_GUARD = ("after_update", "always", "never")
 
 CONF_PATH = "/etc/ispcp/ispcp.conf"
-TEMP_CREDENTIALS = "tmp-credentials"  # under the state dir: files any step may leave for cleanup to remove
+# Credential files other steps leave in the state dir for the admin; cleanup names them, never removes them.
+REMAINING_CREDENTIALS = {ROOT_CNF: "MySQL's new root password (mysql_reset_root)",
+                         CREDENTIALS_FILE: "new passwords of mailboxes and SQL users (keys_reset_account_passwords)"}
 
 
 def reset_debug(ctx: Context, result: Result) -> str:
@@ -64,17 +79,51 @@ def reset_debug(ctx: Context, result: Result) -> str:
     return f"set to 0 in {', '.join(done)}" if done else "already 0"
 
 
-def remove_temp_credentials(ctx: Context, result: Result) -> list[str]:
-    top = ctx.state_dir / TEMP_CREDENTIALS
-    if not top.is_dir():
-        return []
-    removed = []
-    for path in sorted(p for p in top.rglob("*") if p.is_file() or p.is_symlink()):
-        result.change(f"remove the temporary credential file {path}")
-        removed.append(str(path))
-        if ctx.apply:
-            path.unlink()  # no safety copy: keeping a copy of a credential would defeat the purpose
-    return removed
+def remaining_credentials(ctx: Context, result: Result) -> list[str]:
+    """Name the credential files that stay in the state dir for the admin to hand out and delete."""
+    found = []
+    for name, what in REMAINING_CREDENTIALS.items():
+        path = ctx.state_dir / name
+        if path.is_file():
+            mode = path.stat().st_mode & 0o777
+            found.append(name)
+            result.warn(f"{path} (mode {mode:04o}) holds {what}: hand the passwords out, then delete the file"
+                        + ("" if mode == 0o600 else f"; chmod 600 {path} first"))
+    return found
+
+
+def update_verdict(ctx: Context) -> tuple[bool, str]:
+    """Whether ispcp_update's last attempt succeeded, from its records in the state dir, and why."""
+    done = ispcp_update.last_success(ctx)
+    last = ispcp_update.next_attempt(ctx) - 1
+    if done is None:
+        return False, (f"none of ispcp_update's {last} attempt(s) succeeded" if last else "ispcp_update never ran")
+    if last > int(done.get("attempt") or 0):
+        return False, f"ispcp_update's last attempt ({last}) failed after attempt {done.get('attempt')} had succeeded"
+    return True, f"ispcp_update attempt {done.get('attempt')} succeeded ({done.get('ts')})"
+
+
+def lift_guard(ctx: Context, result: Result) -> str:
+    """Lift the mail guard when it is safe (or forced); otherwise keep it and warn. The clean-up table's outcome."""
+    mode = ctx.param("cleanup_lift_guard", "after_update") or "after_update"
+    if mode not in LIFT_GUARD:
+        raise InputError("cleanup_lift_guard", f"is {mode!r}", f"use one of {', '.join(LIFT_GUARD)}")
+    if mail_guard.guard_state(ctx) is None:
+        return _outcome(ctx, result, mail_guard.lift)
+    succeeded, why = update_verdict(ctx)
+    if mode == "never":
+        result.note(f"The mail guard stays (cleanup_lift_guard = never); {why}. Lift it with cleanup_lift_guard = "
+                    "always once Postfix is configured.")
+        return "kept (cleanup_lift_guard = never)"
+    if mode == "after_update" and not succeeded:
+        result.warn(f"MAIL GUARD KEPT: {why}, so Postfix is not configured for the hosted domains; without the "
+                    "guard it would bounce their mail for good. Run ispcp_update until it succeeds, then cleanup "
+                    "again (or set cleanup_lift_guard = always if Postfix was configured another way).")
+        return f"kept: {why}"
+    if not succeeded:
+        result.warn(f"The mail guard is lifted although {why} (cleanup_lift_guard = always): check that Postfix "
+                    "knows the hosted domains, or their mail bounces for good.")
+    return _outcome(ctx, result, mail_guard.lift)
 
 
 def _outcome(ctx: Context, result: Result, undo: Callable[[Context, Result], None]) -> str:
@@ -97,7 +146,8 @@ def step_summary(ctx: Context, current: Result) -> pd.DataFrame:
     rows = []
     for name in STEP_ORDER:
         if name == current.step:
-            rec = {"status": "done" if current.changed else "noop", "changed": current.changed,
+            status = ("done" if ctx.apply else "planned") if current.changed else "noop"
+            rec = {"status": status, "changed": current.changed,
                    "duration_s": current.duration_s, "backups": current.backups, "run_id": ctx.run_id}
         else:
             rec = latest.get(name)
@@ -131,11 +181,12 @@ def run(ctx: Context, result: Result) -> None:
                         "outcome": f"{len(restored)} manager(s)" if restored else "nothing to restore"})
     else:
         actions.append({"task": "restore the sleep(1) lines", "outcome": "kept out (cleanup_restore_sleep = False)"})
-    actions.append({"task": "lift the mail guard", "outcome": _outcome(ctx, result, mail_guard.lift)})
+    actions.append({"task": "lift the mail guard", "outcome": lift_guard(ctx, result)})
     actions.append({"task": "remove root's ~/.my.cnf",
                     "outcome": _outcome(ctx, result, register_accounts.remove_root_mycnf)})
-    temp = remove_temp_credentials(ctx, result)
-    actions.append({"task": "remove temporary credential files", "outcome": f"{len(temp)} file(s)" if temp else "none"})
+    left = remaining_credentials(ctx, result)
+    actions.append({"task": "credential files left for the admin (state dir)",
+                    "outcome": ", ".join(left) + " (see the warnings)" if left else "none"})
     result.table("Clean-up", pd.DataFrame(actions))
 
     checks = health.run_checks(ctx, expect_guard=False)
@@ -149,4 +200,5 @@ def run(ctx: Context, result: Result) -> None:
     if result.changed:
         result.summary = f"{result.changed} clean-up change(s); {healthy}"
     else:
-        result.noop_reason = f"nothing left to clean up (DEBUG is 0, no guard or temporary credentials); {healthy}"
+        guard = "the mail guard is kept (see above)" if mail_guard.guard_state(ctx) else "no mail guard"
+        result.noop_reason = f"nothing left to clean up (DEBUG is 0, {guard}, no ~/.my.cnf of ours); {healthy}"

@@ -260,8 +260,14 @@ def run(ctx: Context, result: Result) -> None:
     failed = [p for p in todo if not p.outcome.startswith("restored")]
     result.summary = f"{len(restored)} of {len(todo)} customer database(s) restored" + (
         f"; failed: {', '.join(p.name for p in failed)}" if failed else "")
-    for p in failed:
-        result.warn(f"customer database {p.name} was not restored: {p.outcome}")
+    if failed:
+        # Every database was tried and the table above shows each outcome; a database the backup allowed to
+        # restore and that failed is an error, not a warning (one that cannot be restored stays a warning row).
+        shown = "; ".join(f"{p.name}: {p.outcome}" for p in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        raise PreconditionFailed(
+            "customer databases", f"{len(failed)} of {len(todo)} failed to restore and were rolled back ({shown})",
+            "see each database's result in the table above; repair its backup (or provide an SQL dump of it), "
+            "then run this step again: the databases restored now are recorded and left alone")
 
 
 def _plan(ctx: Context, d: cdb.CustomerDb, live: dict[str, int], marker: dict[str, Any], skip: set[str]) -> Plan:

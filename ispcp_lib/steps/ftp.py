@@ -90,13 +90,33 @@ def run(ctx: Context, result: Result) -> None:
                  pd.DataFrame([_copy_row(c, password, ctx) for c in [*targets, *backups]]))
     result.note(f"The vftp password is taken from the {source}.")
 
-    final_info = _sync_copies(ctx, result, targets, backups, password)
+    writes, final_info = _plan_copies(result, targets, backups, password)
+    if ctx.apply:
+        _check_fixable(ctx, final_info)  # everything the step needs is checked before the first write
+    for tgt, text, what, mode in writes:
+        ctx.write_file(tgt.path, text, mode=mode, what=what)
     _prove_login(ctx, result, final_info)
 
 
-def _sync_copies(ctx: Context, result: Result, targets: list[proftpd.ConfCopy],
-                 backups: list[proftpd.ConfCopy], password: str) -> proftpd.SqlConnect | None:
-    """Restore the backup's files where present, then put the password into every target copy."""
+def _check_fixable(ctx: Context, info: proftpd.SqlConnect | None) -> None:
+    """Refuse before any file changes when the login could not be proven or fixed afterwards."""
+    if info is None or not info.user:
+        raise PreconditionFailed("SQLConnectInfo", "no usable line (database@host user password) on the target",
+                                 "restore /etc/proftpd.conf from the backup or write the line by hand")
+    ok, _text = proftpd.check_vftp(ctx, info)
+    if not ok and mysql_creds.working_admin(ctx) is None:
+        raise PreconditionFailed("MySQL admin login", "neither the target's nor the backup's debian.cnf logs in, "
+                                 f"and {info.user} needs a password or grant change in MySQL that only an admin can "
+                                 "make; nothing was changed", "run the mysql_maintainer step first, then this step")
+
+
+Write = tuple[proftpd.ConfCopy, str, str, int | None]  # (copy, new text, what, mode)
+
+
+def _plan_copies(result: Result, targets: list[proftpd.ConfCopy], backups: list[proftpd.ConfCopy],
+                 password: str) -> tuple[list[Write], proftpd.SqlConnect | None]:
+    """What to write: the backup's files where present, the password in every target copy. Writes nothing."""
+    writes: list[Write] = []
     final: proftpd.SqlConnect | None = None
     by_kind = {"FTPD_CONF_FILE": (targets[0], backups[0] if backups else None),
                "working copy": (targets[1], backups[1] if len(backups) > 1 else None)}
@@ -122,14 +142,14 @@ def _sync_copies(ctx: Context, result: Result, targets: list[proftpd.ConfCopy],
             what = (what + " and set the vftp password") if what else f"set the vftp password in {tgt.logical}"
             info = proftpd.parse(text)
         if what:
-            ctx.write_file(tgt.path, text, mode=mode, what=what)
+            writes.append((tgt, text, what, mode))
         if kind == "FTPD_CONF_FILE" or final is None:
             final = info
     infos = {(i.database, i.effective_host, i.user) for i in (proftpd.parse(c.text or "") for c in targets) if i}
     if final is not None and len(infos | {(final.database, final.effective_host, final.user)}) > 1:
         result.warn("the ProFTPd copies name different databases or users in SQLConnectInfo; ProFTPd uses "
                     f"{targets[0].logical}: {final.describe()}")
-    return final
+    return writes, final
 
 
 def _vftp_hosts(ctx: Context, user: str) -> list[str] | None:

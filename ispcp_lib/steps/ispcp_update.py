@@ -48,8 +48,10 @@ show what works; if Apache would not start, the next step is `register_accounts`
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "ispcp_update_timeout": (3600, "seconds the update may run before it is stopped (its process group killed)"),
-    "ispcp_update_answers": ({}, "extra answers: mapping of prompt regex -> answer; {old_conf} and "
-                                 "{vftp_password} are filled in; they take precedence over the built-in ones"),
+    "ispcp_update_answers": ({}, "extra answers: mapping of prompt regex -> answer; {old_conf}, "
+                                 "{vftp_password} and {secret:NAME} (a value of the secrets_file) are filled "
+                                 "in; they take precedence over the built-in ones. Never write a password "
+                                 "here (parameters are copied into the report): use {secret:NAME}"),
     "ispcp_update_prompt_silence": (10, "seconds of silence at an unanswered prompt before it counts as unexpected"),
     "ispcp_update_script": (None, "path of the update script on the target "
                                   "(default ROOT_DIR/engine/setup/ispcp-update)"),
@@ -292,7 +294,14 @@ def build_prompts(ctx: Context, old_conf: str, vftp_password: str | None) -> lis
             return None  # the vftp login did not check out: asking for it is the failure, not a question
         for key, value in tokens.items():
             answer = answer.replace("{" + key + "}", value or "")
-        return answer
+        return re.sub(r"\{secret:([A-Za-z0-9_.-]+)\}", _from_secrets_file, answer)
+
+    def _from_secrets_file(m: re.Match[str]) -> str:
+        given = ctx.params.get("secrets", {})
+        if m.group(1) not in given:
+            raise InputError("ispcp_update_answers", f"names {{secret:{m.group(1)}}}, which the secrets_file lacks",
+                             f"add '{m.group(1)}: ...' to the secrets_file (mode 0600)")
+        return given[m.group(1)]  # registered as a secret when the file was loaded
 
     extra = ctx.param("ispcp_update_answers") or {}
     if not isinstance(extra, dict):
@@ -305,8 +314,10 @@ def build_prompts(ctx: Context, old_conf: str, vftp_password: str | None) -> lis
         except re.error as exc:
             raise InputError("ispcp_update_answers", f"the regex {regex!r} is invalid: {exc}",
                              "escape special characters such as ? [ ] ( ) with a backslash") from None
-        prompts.append(Prompt(f"answer for /{regex}/", str(regex), fill(str(answer)),
-                              "{vftp_password}" in str(answer), 2))
+        # Plain answers are parameters (already in the report); an answer drawn from the secrets_file
+        # is masked in the transcript. Registering short plain answers ("y") would mask every "y".
+        filled = fill(str(answer))
+        prompts.append(Prompt(f"answer for /{regex}/", str(regex), filled, "{secret:" in str(answer), 2))
     for label, regex, answer, secret, max_answers in DEFAULT_PROMPTS:
         prompts.append(Prompt(label, regex, fill(answer), secret, max_answers))
     return prompts

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import os
 import time
@@ -61,7 +62,10 @@ The guard is recorded in the state directory. **Every later changing step checks
 with a red error when Postfix runs or listens although the guard says `stop`, or when `soft_bounce`
 was switched off (installers like to start services and rewrite `main.cf`). The `cleanup` step lifts
 the guard and restores exactly what was there before. The result shows what an SMTP server answers
-to `RCPT TO` for an address at a hosted domain, before and after the guard.
+to `RCPT TO` for an address at a hosted domain, before and after the guard. The probe comes from
+127.0.0.1: a stock Postfix trusts 127.0.0.0/8 (`mynetworks`) and relays for it, so its answer is then
+250 and tells nothing about outside senders; the result says so when the probe's source is in
+`mynetworks`.
 
 **The DNS table** lists every name ispCP hosts (domains, aliases, subdomains), taken from the
 backup's database before the restore (read by a throwaway MariaDB on a copy) or from the restored
@@ -286,6 +290,8 @@ def run(ctx: Context, result: Result) -> None:
     if probe_address and ctx.apply and result.changed:
         after = pf.smtp_rcpt_answer(probe_address, s["postfix_smtp_port"])
     _probe_table(result, before, after, s["postfix_smtp_port"])
+    if before is not None and installed:
+        _probe_source_note(ctx, result, cfg)
 
     if ctx.apply and s["mode"] != "none":
         ok, message = check_guard(ctx)
@@ -511,6 +517,34 @@ def _lift_stop(ctx: Context, result: Result, state: dict[str, Any], cfg: Path, p
 
 
 # --- showing ----------------------------------------------------------------------------------------
+
+PROBE_SOURCE = "127.0.0.1"
+
+
+def in_mynetworks(value: str, address: str = PROBE_SOURCE) -> str | None:
+    """The mynetworks entry (CIDR or address) that contains address, None if none does. Table and file
+    entries (hash:..., /etc/postfix/...) cannot be judged here and are skipped."""
+    ip = ipaddress.ip_address(address)
+    for entry in value.replace(",", " ").split():
+        try:
+            if ip in ipaddress.ip_network(entry.replace("[", "").replace("]", ""), strict=False):
+                return entry
+        except ValueError:
+            continue
+    return None
+
+
+def _probe_source_note(ctx: Context, result: Result, cfg: Path) -> None:
+    """Say so when the probe comes from an address Postfix trusts: then it does not show what outsiders get."""
+    value = pf.effective_value(ctx.runner, cfg, "mynetworks", record=False)
+    entry = in_mynetworks(value) if value else None
+    if result.data.get("smtp_probe") is not None:
+        result.data["smtp_probe"]["source_in_mynetworks"] = entry
+    if entry is not None:
+        result.note(f"The SMTP probe is sent from {PROBE_SOURCE}, which Postfix trusts (mynetworks entry {entry}): "
+                    "it may relay for the probe and answer 250 although an outside sender gets 554 or 454. So the "
+                    "probe shows what Postfix answers a local client, not what the senders of the hosted domains "
+                    "get; check `postconf mynetworks` and send a test from outside to be sure.")
 
 def _probe_table(result: Result, before: pf.ProbeAnswer | None, after: pf.ProbeAnswer | None, port: int) -> None:
     if before is None:

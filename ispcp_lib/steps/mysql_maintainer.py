@@ -91,8 +91,10 @@ def _socket_line(path: Path) -> str | None:
 def grantless_session(ctx: Context) -> Iterator[Any]:
     """The server restarted without grant tables or networking; yields a root connection, restarts normally after."""
     ctx.log("restarting MySQL with --skip-grant-tables --skip-networking (local socket only)")
-    ctx.mysql.restart(list(GRANTLESS_ARGS))
     try:
+        # Inside the try: a grant-less start that fails or times out must still end in a normal server,
+        # never in no server or one half-started without grant tables.
+        ctx.mysql.restart(list(GRANTLESS_ARGS))
         conn = ctx.mysql.connect("root", None)
         try:
             with conn.cursor() as cur:
@@ -102,17 +104,25 @@ def grantless_session(ctx: Context) -> Iterator[Any]:
             conn.close()
     finally:
         ctx.log("restarting MySQL normally")
-        ctx.mysql.restart()
+        ctx.mysql.stop()
+        ctx.mysql.start()
 
 
-def set_password(conn: Any, user: str, password: str, create_admin: bool) -> list[str]:
+def local_hosts(conn: Any, user: str) -> list[str]:
+    """The hosts of `user`'s local accounts (localhost, 127.0.0.1, ::1)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (user,))
+        return [r[0] for r in cur.fetchall() if r[0] in ("localhost", "127.0.0.1", "::1")]
+
+
+def set_password(conn: Any, user: str, password: str, create_admin: bool, hosts: list[str] | None = None) -> list[str]:
     """New password for every local account of `user`; creates it (all privileges) when absent and asked to.
 
     Returns the hosts changed. The statement carries the password as a bound parameter, never in a log.
+    hosts: the local hosts, when the caller looked them up already.
     """
+    hosts = local_hosts(conn, user) if hosts is None else hosts
     with conn.cursor() as cur:
-        cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (user,))
-        hosts = [r[0] for r in cur.fetchall() if r[0] in ("localhost", "127.0.0.1", "::1")]
         if not hosts:
             if not create_admin:
                 return []
@@ -208,19 +218,17 @@ def _reset(ctx: Context, result: Result, users: list[str], socket: str, target_p
     changed_hosts: dict[str, list[str]] = {}
     if ctx.apply:
         with grantless_session(ctx) as conn:
+            hosts = {user: local_hosts(conn, user) for user in passwords}
+            if "root" in users and not hosts["root"]:  # before any ALTER: nothing has changed yet
+                raise PreconditionFailed("MySQL root", "has no local account (localhost, 127.0.0.1, ::1) to reset",
+                                         "create one with CREATE USER in a --skip-grant-tables session")
+            # Files first, then MySQL (as the keys step does): a password set in MySQL is never lost.
+            _write_logins(ctx, passwords, socket, target_path, root_path)
             for user, password in passwords.items():
-                changed_hosts[user] = set_password(conn, user, password, create_admin=user == MAINT_USER)
-        if "root" in users and not changed_hosts.get("root"):
-            raise PreconditionFailed("MySQL root", "has no local account (localhost, 127.0.0.1, ::1) to reset",
-                                     "create one with CREATE USER in a --skip-grant-tables session")
-    if MAINT_USER in passwords:
-        ctx.write_file(target_path, debian_cnf_text(passwords[MAINT_USER], socket), 0o600, 0, 0,
-                       what=f"write {DEBIAN_CNF} in the guide's layout with the new password")
-    if "root" in passwords:
-        if ctx.apply:
-            ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ctx.write_file(root_path, root_cnf_text(passwords["root"], socket), 0o600, 0, 0,
-                       what=f"save the new root login to {ctx.display_path(root_path)} (mode 0600)")
+                changed_hosts[user] = set_password(conn, user, password, create_admin=user == MAINT_USER,
+                                                   hosts=hosts[user])
+    else:
+        _write_logins(ctx, passwords, socket, target_path, root_path)
     if not ctx.apply:
         result.summary = f"planned: new password for {', '.join(users)} (no working login found)"
         return
@@ -240,3 +248,15 @@ def _reset(ctx: Context, result: Result, users: list[str], socket: str, target_p
         proofs.append(user)
     result.summary = f"new password set and proven for {', '.join(proofs)}"
 
+
+
+def _write_logins(ctx: Context, passwords: dict[str, str], socket: str, target_path: Path, root_path: Path) -> None:
+    """debian.cnf and mysql-root.cnf with the new passwords (planned in a dry run)."""
+    if MAINT_USER in passwords:
+        ctx.write_file(target_path, debian_cnf_text(passwords[MAINT_USER], socket), 0o600, 0, 0,
+                       what=f"write {DEBIAN_CNF} in the guide's layout with the new password")
+    if "root" in passwords:
+        if ctx.apply:
+            ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ctx.write_file(root_path, root_cnf_text(passwords["root"], socket), 0o600, 0, 0,
+                       what=f"save the new root login to {ctx.display_path(root_path)} (mode 0600)")

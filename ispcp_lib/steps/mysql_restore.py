@@ -135,7 +135,26 @@ class Layout:
 # --- choosing and checking the input ---------------------------------------------------------------
 
 def _backup_datadir(ctx: Context, conf: Any) -> Path:
-    return ctx.b((conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql")
+    return ctx.b(_logical_datadir(conf))
+
+
+def _logical_datadir(conf: Any) -> str:
+    return (conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql"
+
+
+def _database_folder(ctx: Context, conf: Any, name: str) -> Path:
+    """The backup's folder of one database, resolved through ctx.b() (which refuses escapes)."""
+    return ctx.b(f"{_logical_datadir(conf).rstrip('/')}/{name}")
+
+
+def _binary_source(name: str, path: Path) -> Source:
+    """A database folder to copy. A symlink is refused outright, wherever it points: the copy must put the
+    backup's real files into the live datadir, never a link or what a link happens to point at."""
+    if path.is_symlink():
+        raise InputError(f"database {name} (binary copy)", f"is a symlink (to {os.readlink(path)}), not a folder",
+                         "replace the symlink in the backup with a real copy of the database folder (cp -a), or "
+                         "remove it and restore from an SQL dump (mysql_restore_source = dump)", path=str(path))
+    return Source(name, "binary", path)
 
 
 def _dump_dirs(ctx: Context, conf: Any) -> list[Path]:
@@ -148,12 +167,11 @@ def choose_sources(ctx: Context, result: Result, conf: Any, db_name: str) -> lis
     mode = ctx.param("mysql_restore_source", "auto") or "auto"
     if mode not in SOURCES:
         raise InputError("mysql_restore_source", f"is {mode!r}", f"use one of {', '.join(SOURCES)}")
-    datadir = _backup_datadir(ctx, conf)
     backup_dir = ctx.b((conf.get("BACKUP_FILE_DIR") if conf else None) or "/var/www/ispcp/backups")
 
-    ispcp_dir = datadir / db_name
+    ispcp_dir = _database_folder(ctx, conf, db_name)
     if mode != "dump" and ispcp_dir.is_dir():
-        ispcp = Source(db_name, "binary", ispcp_dir)
+        ispcp = _binary_source(db_name, ispcp_dir)
     elif mode == "binary":
         raise InputError(f"database {db_name} (binary copy)", "is not in the backup",
                          "copy the old server's database folder into the backup, or use mysql_restore_source = "
@@ -173,7 +191,7 @@ def choose_sources(ctx: Context, result: Result, conf: Any, db_name: str) -> lis
         ispcp = Source(db_name, "dump", dumps[0])
 
     explicit = ctx.param("mysql_restore_mysql_dump")
-    mysql_dir = datadir / "mysql"
+    mysql_dir = _database_folder(ctx, conf, "mysql")
     if explicit:
         dump_path = ctx.b(str(explicit))
         if not dump_path.is_file():
@@ -181,13 +199,13 @@ def choose_sources(ctx: Context, result: Result, conf: Any, db_name: str) -> lis
                              "give the dump's path as it was on the old server", path=str(dump_path))
         mysql = Source("mysql", "dump", dump_path)
     elif mode != "dump" and mysql_dir.is_dir():
-        mysql = Source("mysql", "binary", mysql_dir)
+        mysql = _binary_source("mysql", mysql_dir)
     else:
         found = sql_dumps.find_mysql_dump(_dump_dirs(ctx, conf))
         if found is not None:
             mysql = Source("mysql", "dump", found)
         elif mysql_dir.is_dir():
-            mysql = Source("mysql", "binary", mysql_dir)
+            mysql = _binary_source("mysql", mysql_dir)
         else:
             mysql = Source("mysql", "keep")
             result.warn("the backup has no `mysql` database (neither folder nor dump): the target keeps its own "
@@ -504,7 +522,9 @@ def run(ctx: Context, result: Result) -> None:
         raise PreconditionFailed("mysql user", "is missing from the target's etc/passwd or etc/group",
                                  "install mariadb-server on the target first", path=str(ctx.t("/etc/passwd")))
     loader = None
-    if any(s.kind == "dump" for s in sources):
+    # With a binary `mysql` folder the old grants are live once the server is up again: the loader is then
+    # chosen after the start (_load_dumps). Otherwise the target's grants are live and its admin loads.
+    if any(s.kind == "dump" for s in sources) and not old_grants_after_swap(sources):
         loader = mysql_creds.working_admin(ctx) if ctx.mysql.status() else mysql_creds.target_admin(ctx)
         if loader is None:
             raise PreconditionFailed("target's debian.cnf", "gives no working admin login to load the dumps with",
@@ -599,9 +619,7 @@ def _restore(ctx: Context, result: Result, sources: list[Source], layout: Layout
             _plan_rest(ctx, result, sources, verdict, old_counts, was_running)
             return
         ctx.mysql.start()
-        for src in replaced:
-            if src.kind == "dump":
-                _load_dump(ctx, result, src, loader)
+        _load_dumps(ctx, result, sources, loader)
     except (*_FAILURE_KINDS, OSError, pymysql.MySQLError) as exc:
         if not ctx.apply:
             raise
@@ -627,10 +645,10 @@ def _stage(ctx: Context, result: Result, binary: list[Source], layout: Layout, o
         result.change(f"copy {src.path} to {ctx.display_path(staged[src.database])} (cp -a)")
     if ctx.apply:
         layout.staging.mkdir(exist_ok=True, mode=0o700)
-    # One cp for all folders: each lands as staging/<its name>, which is the database name.
-    ctx.runner.run(["cp", "-a", "--reflink=auto", "--", *(str(s.path) for s in binary), str(layout.staging)],
-                   mutates=True, timeout=7200)
     for src in binary:
+        # The folder's contents (src/.) into staging/<database>: the staged folder is always a real directory.
+        ctx.runner.run(["cp", "-a", "--reflink=auto", "--", f"{src.path}/.", str(staged[src.database])],
+                       mutates=True, timeout=7200)
         if src.skipped:
             result.change(f"leave the backup's system InnoDB tables behind: {', '.join(src.skipped)}")
             if ctx.apply:
@@ -687,6 +705,9 @@ def _plan_rest(ctx: Context, result: Result, sources: list[Source], verdict: str
     for src in sources:
         if src.kind == "dump":
             result.change(f"load {src.path} into database {src.database} with the mariadb client")
+    if any(s.kind == "dump" for s in sources) and old_grants_after_swap(sources):
+        result.note("The dump is loaded after the start, when the backup's grants are live: with a login the backup "
+                    "implies (its debian.cnf, ispCP's DATABASE_USER), else in a short grant-less session.")
     if verdict in ("upgrade", "unknown"):
         result.change("run mariadb-upgrade --force (the old files come from an older or unknown server)")
     result.change("CHECK TABLE every table of both databases, compare row counts, try the implied logins")
@@ -695,6 +716,33 @@ def _plan_rest(ctx: Context, result: Result, sources: list[Source], verdict: str
     if not was_running:
         result.note("MySQL is not running now; the restore starts it")
     result.summary = "planned: " + " and ".join(f"{s.database} from {s.kind}" for s in sources if s.kind != "keep")
+
+
+def old_grants_after_swap(sources: list[Source]) -> bool:
+    """Whether the backup's binary `mysql` folder replaces the target's grants in the swap."""
+    return any(s.database == "mysql" and s.kind == "binary" for s in sources)
+
+
+def _load_dumps(ctx: Context, result: Result, sources: list[Source], loader: Login | None) -> None:
+    """Load the dumps after the start, with a login the live grants accept."""
+    dumps = [s for s in sources if s.kind == "dump"]
+    if not dumps:
+        return
+    if loader is None:  # the old grants are live: a login the backup implies, else a grant-less session
+        loader = next((lg for lg in implied_logins(ctx, sources) if ctx.mysql.can_login(lg.user, lg.password) is None),
+                      None)
+        if loader is not None:
+            result.note(f"The dump is loaded with the login from {loader.source} (the old grants are live now).")
+    if loader is not None:
+        for src in dumps:
+            _load_dump(ctx, result, src, loader)
+        return
+    result.warn("no login that the backup implies works against the restored grants: the dump is loaded in a short "
+                "--skip-grant-tables --skip-networking session")
+    result.change("restart MySQL without grant tables (local socket only) to load the dump, then normally")
+    with grantless_session(ctx):
+        for src in dumps:
+            _load_dump(ctx, result, src, Login("root", "", "a --skip-grant-tables session"))
 
 
 def _load_dump(ctx: Context, result: Result, src: Source, loader: Login | None) -> None:

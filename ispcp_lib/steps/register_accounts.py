@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import configparser
+import datetime as dt
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.facts.ispcp_login import ispcp_login
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.result import Result
+from ispcp_lib.steps.ispcp_update import script_env
 
 TITLE = "Register the domains' system accounts"
 GUIDE = "the closing section on Apache not starting after the update, and its groups.sh script"
@@ -40,7 +43,9 @@ in the `cleanup` step, which removes ours).
 `register_accounts_mode` chooses when it runs: `auto` (only when an account is missing), `always`,
 `never`, or `ispcp_rebuild`: ispCP's own way, which marks every domain for a rebuild
 (`domain_status = 'change'`) and runs the engine's request manager, which re-creates users and
-permissions itself.
+permissions itself. The marked domains are recorded in the state directory, so a second run does not
+mark them again. Before the first `groupadd`/`useradd`, `passwd`, `group`, `shadow` and `gshadow` are
+kept as safety copies.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "register_accounts_mode": ("auto", "auto (only when a domain's user or group is missing), always, never, or "
@@ -205,8 +210,15 @@ def run(ctx: Context, result: Result) -> None:
                               "FastCGI directories already belong to them")
 
 
+ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
+
+
 def _add_accounts(ctx: Context, result: Result, missing: list[Domain], prefix: str, www: str,
                   users: set[str], groups: set[str]) -> None:
+    if ctx.apply and any(d.group(prefix) not in groups or d.user(prefix) not in users for d in missing):
+        # groupadd/useradd rewrite these files: safety copies first, once for the whole step.
+        for name in ACCOUNT_FILES:
+            ctx.keep(ctx.t(f"/etc/{name}"))
     added_groups: set[str] = set()
     for d in missing:
         group = d.group(prefix)
@@ -258,9 +270,42 @@ def _fix_owners(ctx: Context, result: Result, domains: list[Domain], prefix: str
 
 # -- ispCP's own rebuild -------------------------------------------------------------------------------
 
+REBUILT_FILE = "rebuilt.json"  # under the state dir's register_accounts/: the domain ids marked for a rebuild
+
+
+def _rebuilt_path(ctx: Context) -> Path:
+    return ctx.state_dir / "register_accounts" / REBUILT_FILE
+
+
+def rebuilt_ids(ctx: Context, database: str) -> set[int]:
+    """Domains an earlier apply marked for ispCP's rebuild (per database)."""
+    try:
+        data = json.loads(_rebuilt_path(ctx).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {int(i) for i in data.get(database, {}).get("ids", [])}
+
+
+def _record_rebuilt(ctx: Context, database: str, ids: list[int]) -> None:
+    path = _rebuilt_path(ctx)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    done = sorted(rebuilt_ids(ctx, database) | set(ids))
+    data[database] = {"ids": done, "run_id": ctx.run_id, "ts": dt.datetime.now().isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fileops.atomic_write(path, json.dumps(data, indent=1) + "\n", 0o600)
+
+
 def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains: list[Domain],
              conf: IspcpConf) -> None:
-    ready = [d for d in domains if d.status == "ok"]
+    done = rebuilt_ids(ctx, database)
+    already = [d for d in domains if d.status == "ok" and d.id in done]
+    ready = [d for d in domains if d.status == "ok" and d.id not in done]
+    if already:
+        result.note(f"{len(already)} domain(s) were marked for ispCP's rebuild by an earlier run and are 'ok' "
+                    f"again (recorded in {_rebuilt_path(ctx)}): not marked again")
     waiting = [d for d in domains if d.status == "change"]
     others = [d for d in domains if d.status not in ("ok", "change")]
     if others:
@@ -269,7 +314,8 @@ def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains:
     engine = ctx.t(f"{(conf.get('ROOT_DIR') or '/var/www/ispcp').rstrip('/')}/engine")
     manager = engine / "ispcp-rqst-mngr"
     if not ready:
-        result.noop_reason = ("no domain in status 'ok' to mark for a rebuild"
+        result.noop_reason = (("every domain was rebuilt by ispCP after an earlier run marked it" if already and
+                               not waiting else "no domain in status 'ok' to mark for a rebuild")
                               + (f"; {len(waiting)} still wait in status 'change' from an earlier run: the request "
                                  f"manager has not processed them (run {ctx.display_path(manager)} and read its log)"
                                  if waiting else ""))
@@ -281,8 +327,9 @@ def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains:
             marks = ",".join(["%s"] * len(ids))
             cur.execute(f"UPDATE domain SET domain_status = 'change' WHERE domain_status = 'ok' "
                         f"AND domain_id IN ({marks})", ids)
+        _record_rebuilt(ctx, database, ids)
     if manager.is_file():
-        ctx.runner.run([str(manager)], mutates=True, cwd=str(engine), timeout=3600)
+        ctx.runner.run([str(manager)], mutates=True, cwd=str(engine), timeout=3600, env=script_env(ctx))
         result.change(f"run {ctx.display_path(manager)} (ispCP rebuilds the marked domains)")
     else:
         result.warn(f"{ctx.display_path(manager)} does not exist: after the status change, run ispCP's request "
@@ -312,19 +359,27 @@ def _previous_copy(ctx: Context) -> Path:
 def write_root_mycnf(ctx: Context, result: Result, login: Login) -> None:
     path = ctx.t(MY_CNF)
     text = mycnf_text(ctx, login)
+    what = f"write {ctx.display_path(path)} (mode 0600) with the {login.user} login; cleanup removes it"
     if path.is_file() and not path.is_symlink():
         current = path.read_text(errors="replace")
         _register_mycnf_password(ctx, current)
-        if current.startswith(MARKER) and current != text:
-            pass  # ours from an earlier run with other credentials: replace it, the root's copy is kept already
-        elif not current.startswith(MARKER) and ctx.apply:
+        if current.startswith(MARKER):
+            # Ours from an earlier run: replaced in place, never through write_file, whose safety copy would
+            # leave a password in the backups folder (root's own file was kept already, when ours first came).
+            st = path.stat()
+            if current == text and (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 0, 0):
+                return
+            result.change(what)
+            if ctx.apply:
+                fileops.atomic_write(path, text, 0o600, 0, 0)
+                _prove_mycnf(ctx, path)
+            return
+        if ctx.apply:
             keep = _previous_copy(ctx)
             if not keep.exists():
                 keep.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fileops.safety_copy(path, keep.parent, keep.name)
-    if ctx.write_file(path, text, mode=0o600, uid=0, gid=0, show_diff=False,
-                      what=f"write {ctx.display_path(path)} (mode 0600) with the {login.user} login; cleanup "
-                           "removes it"):
+    if ctx.write_file(path, text, mode=0o600, uid=0, gid=0, show_diff=False, what=what):
         if ctx.apply:
             _prove_mycnf(ctx, path)
 

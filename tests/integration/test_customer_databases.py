@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ispcp_lib import customer_dbs as cdb
+from ispcp_lib.action import StepFailed
 from ispcp_lib.context import Context
 from ispcp_lib.facts.mysql_creds import read_debian_cnf
 from ispcp_lib.fileops import fingerprint, fingerprint_diff
@@ -189,6 +190,23 @@ def test_failed_import_is_rolled_back_and_the_dump_loaded(restored: World) -> No
     assert list(Path(world.mysql_params["datadir"]).joinpath(BLOG).glob("*.ibd"))  # the dump's own tables
 
 
+def test_a_failed_restore_without_a_fallback_fails_the_step(restored: World) -> None:
+    """All databases are tried; one whose restore failed (nothing to fall back to) makes the step fail."""
+    world = restored
+    ibd = world.backup_root / BACKUP_DATADIR / BLOG / "posts.ibd"
+    ibd.write_bytes(b"\x00" * ibd.stat().st_size)  # a tablespace no server can import
+    (world.backup_root / DUMPS / f"{BLOG}.sql").unlink()
+    with pytest.raises(StepFailed) as info:
+        customer_databases.run(ctx_for(world, apply=True))
+    result = info.value.result
+    assert "1 of 2 failed to restore" in result.errors[0] and BLOG in result.errors[0]
+    assert "repair its backup" in result.errors[0]
+    rows = plan_of(result)  # the per-database table is still in the report
+    assert rows[SHOP]["result"] == "restored" and rows[BLOG]["result"].startswith("failed and rolled back")
+    assert SHOP in databases(world) and BLOG not in databases(world)
+    assert counts(world, SHOP) == {"orders": 50, "products": 20}
+
+
 def test_a_database_that_exists_on_the_target_is_left_alone(restored: World) -> None:
     world = restored
     query(world, f"CREATE DATABASE `{SHOP}`")
@@ -216,8 +234,6 @@ def test_unlisted_databases_and_skip(restored: World) -> None:
 
 def test_bad_parameters_and_a_stopped_server(restored: World) -> None:
     world = restored
-    from ispcp_lib.action import StepFailed
-
     with pytest.raises(StepFailed, match="customer_databases_whole_datadir"):
         customer_databases.run(ctx_for(world, customer_databases_whole_datadir="sometimes"))
     with pytest.raises(StepFailed, match="customer_databases_prefer.*binary, dump"):

@@ -120,3 +120,22 @@ def test_mysql_stopped_fails_before_any_change(recovered) -> None:
         ftp.run(open_ctx(world, apply=True))
     assert "MySQL server" in info.value.result.errors[0] and "mysql_restore" in info.value.result.errors[0]
     assert stable_fingerprint(world) == before
+
+
+def test_no_admin_login_fails_before_any_file_changes(recovered) -> None:
+    """The backup's copies carry a password MySQL does not know, and no admin login could set it: nothing
+    may be written, or the config would name a password the database refuses."""
+    world = recovered
+    for rel in (FTPD, WORKING):
+        p = world.backup_root / rel
+        p.write_text(proftpd.with_password(p.read_text(), "Neither-old-nor-new-1"))
+    for root in (world.target_root, world.backup_root):
+        cnf = root / "etc/mysql/debian.cnf"
+        cnf.write_text(cnf.read_text().replace("password", "#password"))
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        ftp.run(open_ctx(world, apply=True))
+    message = info.value.result.errors[0]
+    assert "MySQL admin login" in message and "nothing was changed" in message and "mysql_maintainer" in message
+    assert stable_fingerprint(world) == before
+    assert info.value.result.backups == []

@@ -170,15 +170,34 @@ def test_an_unexpected_prompt_is_quoted(ready) -> None:
     (world.target_root / OLD_CONF).write_text(old.text())
     err = failing(world)  # the pre-check sees the gap
     assert "lacks SERVER_HOSTNAME" in err.result.errors[0]
-    started = time.monotonic()
     err = failing(world, ispcp_update_skip_prechecks=["old_conf"], ispcp_update_prompt_silence=1)
-    assert time.monotonic() - started < 60
+    # Stopped at the prompt itself, not by the overall timeout.
+    assert "no answer is configured for" in err.result.data["failure"]["explanation"]
+    assert "timed out" not in err.result.errors[0]
     assert "Please enter a fully qualified hostname." in err.result.errors[0]
     assert "ispcp_update_answers" in err.result.errors[0]
-    # the operator answers it through the parameter: the next attempt gets through
-    done = ispcp_update.run(open_ctx(world, apply=True, ispcp_update_skip_prechecks=["old_conf"],
-                                     ispcp_update_answers={r"fully qualified hostname": "new.sandbox.test"}))
+    # the operator answers it through the parameter, the value drawn from the secrets_file
+    # ({secret:NAME}); the next attempt gets through and the value stays masked.
+    from ispcp_lib.runbook import load_secrets_file
+
+    ctx = open_ctx(world, apply=True, ispcp_update_skip_prechecks=["old_conf"],
+                   ispcp_update_answers={r"fully qualified hostname": "{secret:typed_hostname}"})
+    secrets_file = world.workdir / "answers.yaml"
+    secrets_file.write_text("typed_hostname: Typed-by-the-admin.test\n")
+    secrets_file.chmod(0o600)
+    load_secrets_file(ctx, secrets_file)
+    done = ispcp_update.run(ctx)
     assert done.status == "done"
+    transcript = transcripts(world)[-1].read_text()
+    assert "answered 'answer for /fully qualified hostname/' with «secret»" in transcript
+    assert "Typed-by-the-admin.test" not in transcript
+    assert "Typed-by-the-admin.test" not in done._repr_html_() + ctx.journal_path.read_text()
+
+
+def test_an_answer_naming_a_missing_secret_is_refused(ready) -> None:
+    err = failing(ready, ispcp_update_skip_prechecks=["old_conf"],
+                  ispcp_update_answers={r"fully qualified hostname": "{secret:nowhere}"})
+    assert "{secret:nowhere}" in err.result.errors[0] and "secrets_file" in err.result.errors[0]
 
 
 def test_a_hanging_script_is_killed_and_the_report_says_where(ready, tmp_path: Path) -> None:

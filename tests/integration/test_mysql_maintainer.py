@@ -146,3 +146,43 @@ def test_reset_creates_the_maintainer_when_the_old_grants_lack_it(mysql_restored
     finally:
         conn.close()
     assert "GRANT ALL PRIVILEGES ON *.* TO `debian-sys-maint`@`localhost`" in grants and "WITH GRANT OPTION" in grants
+
+
+def test_a_failed_grantless_start_ends_in_a_normal_server(mysql_restored: World,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grant-less restart fails (an option the server refuses): the server must come back normally."""
+    (mysql_restored.backup_root / DEBIAN_CNF).unlink()
+    target_cnf = (mysql_restored.target_root / DEBIAN_CNF).read_bytes()
+    monkeypatch.setattr(mysql_maintainer, "GRANTLESS_ARGS", (*mysql_maintainer.GRANTLESS_ARGS, "--no-such-option"))
+    with pytest.raises(StepFailed) as info:
+        mysql_maintainer.run(ctx_for(mysql_restored, apply=True))
+    assert "did not come up" in info.value.result.errors[0]
+    srv = mysql_restored.target_mysql()
+    assert srv.status()
+    assert srv.can_login("root", "") is not None  # grant tables in force, not a --skip-grant-tables server
+    assert srv.can_login("root", mysql_restored.credentials["old"]["root_password"]) is None
+    assert (mysql_restored.target_root / DEBIAN_CNF).read_bytes() == target_cnf
+
+
+def test_root_without_a_local_account_is_refused_before_any_password_changes(mysql_restored: World) -> None:
+    old = mysql_restored.credentials["old"]
+    srv = mysql_restored.target_mysql()
+    conn = srv.connect("root", old["root_password"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT Host FROM mysql.user WHERE User = 'root'")
+            for (host,) in cur.fetchall():
+                if host in ("localhost", "127.0.0.1", "::1"):
+                    cur.execute("DROP USER 'root'@%s", (host,))
+    finally:
+        conn.close()
+    (mysql_restored.backup_root / DEBIAN_CNF).unlink()  # the maintainer is reset too, in the same session
+    target_cnf = (mysql_restored.target_root / DEBIAN_CNF).read_bytes()
+    ctx = ctx_for(mysql_restored, apply=True, mysql_reset_root=True)
+    with pytest.raises(StepFailed) as info:
+        mysql_maintainer.run(ctx)
+    assert "MySQL root" in info.value.result.errors[0] and "no local account" in info.value.result.errors[0]
+    # Nothing changed: the maintainer still has its old password, no file holds a password MySQL lacks.
+    assert srv.status() and srv.can_login("debian-sys-maint", old["debian_sys_maint"]) is None
+    assert (mysql_restored.target_root / DEBIAN_CNF).read_bytes() == target_cnf
+    assert not (ctx.state_dir / mysql_maintainer.ROOT_CNF).exists()

@@ -67,6 +67,9 @@ def test_dry_run_plans_everything_and_changes_nothing(world: World) -> None:
 def test_apply_restores_the_old_databases_and_a_second_apply_is_a_noop(world: World) -> None:
     data = datadir(world)
     own_ispcp = fingerprint(data / "ispcp")
+    target = read_debian_cnf(world.target_root / "etc/mysql/debian.cnf")
+    own_stats = query(world, target, "SELECT database_name, table_name FROM mysql.innodb_table_stats ORDER BY 1, 2")
+    assert own_stats  # a fresh MariaDB keeps statistics of its own InnoDB tables
     ctx = ctx_for(world, apply=True)
     result = mysql_restore.run(ctx)
     assert result.status == "done", result.errors
@@ -93,7 +96,8 @@ def test_apply_restores_the_old_databases_and_a_second_apply_is_a_noop(world: Wo
     for p in (world.backup_root / BACKUP_DB / "ispcp").glob("*.MYD"):
         assert (data / "ispcp" / p.name).read_bytes() == p.read_bytes()
     # The backup's InnoDB system tables stayed behind; the target's own are in place and work.
-    assert query(world, old_root(world), "SELECT COUNT(*) FROM mysql.innodb_table_stats")[0][0] >= 0
+    assert query(world, old_root(world), "SELECT database_name, table_name FROM mysql.innodb_table_stats "
+                 "ORDER BY 1, 2") == own_stats
 
     # The target's own folders are kept, unchanged, and listed.
     [work] = work_dirs(world)
@@ -317,3 +321,54 @@ def test_binary_source_without_the_folder_names_the_way_out(world: World) -> Non
     error = info.value.result.errors[0]
     assert "database ispcp (binary copy)" in error and "mysql_restore_source = dump" in error
     assert fingerprint_diff(before, stable_fingerprint(world)) == []
+
+
+@pytest.mark.parametrize("points", ["inside the backup", "outside the backup"])
+def test_a_symlinked_database_folder_is_refused(world: World, sandbox_dir: Path, points: str) -> None:
+    """A symlinked `ispcp` folder would put the link's target (maybe anything) into the live datadir."""
+    folder = world.backup_root / BACKUP_DB / "ispcp"
+    real = folder.with_name("ispcp.real") if points == "inside the backup" else sandbox_dir / "elsewhere-ispcp"
+    shutil.move(folder, real)
+    folder.symlink_to(real)
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        mysql_restore.run(ctx_for(world, apply=True))
+    error = info.value.result.errors[0]
+    assert str(folder) in error, error
+    if points == "inside the backup":
+        assert "database ispcp (binary copy)" in error and "is a symlink" in error and "cp -a" in error
+    else:
+        assert "outside the backup root" in error and "replace the symlink" in error
+    assert fingerprint_diff(before, stable_fingerprint(world)) == []
+    assert world.target_mysql().status() and work_dirs(world) == []
+
+
+def test_ispcp_dump_with_a_binary_mysql_folder(world: World, world_template: World, sandbox_dir: Path) -> None:
+    """The dump is loaded after the swap, when the old grants are live: with a login the backup implies."""
+    assert mysql_restore.run(ctx_for(world, apply=True)).status == "done"
+    ispcp_sql = _dump(world, old_root(world), "ispcp")
+    world.stop()
+
+    other = world_template.clone(sandbox_dir / "w2")
+    try:
+        other.start()
+        shutil.rmtree(other.backup_root / BACKUP_DB / "ispcp")
+        dumps = other.backup_root / "var/www/ispcp/backups"
+        dumps.mkdir(parents=True)
+        (dumps / "ispcp-2010.05.16-03.00.sql").write_bytes(ispcp_sql)
+        dry = mysql_restore.run(ctx_for(other))
+        assert dry.status == "planned" and any("backup's grants are live" in n for n in dry.notes)
+        ctx = ctx_for(other, apply=True)
+        result = mysql_restore.run(ctx)
+        assert result.status == "done", result.errors
+        plan = next(t.frame for t in result.tables if t.title == "What is restored")
+        assert list(plan["source"]) == ["dump", "binary"]
+        assert any("loaded with the login from the backup's debian.cnf" in n for n in result.notes)
+        assert not any("rolled back" in w for w in result.warnings)
+        names = [r[0] for r in query(other, old_root(other), "SELECT domain_name FROM ispcp.domain ORDER BY 1")]
+        assert names == sorted(d["name"] for d in other.domains)
+        frame = counts_frame(result)
+        assert set(frame["CHECK TABLE"]) == {"OK"} and "NO" not in set(frame["match"])
+        assert not [s for s in other.secrets if s in ctx.journal_path.read_text()]
+    finally:
+        other.stop()

@@ -68,8 +68,13 @@ def test_deleted_user_comes_back_with_the_right_ids(restored: World) -> None:
     assert fingerprint_diff(before, stable_fingerprint(world)) == []
     assert [c.argv[-1] for c in dry.commands if c.planned and "useradd" in c.argv[0]] == ["vu2002"]
 
+    own_files = {n: (world.target_root / "etc" / n).read_bytes() for n in register_accounts.ACCOUNT_FILES}
     done = register_accounts.run(ctx_for(world, apply=True))
     assert done.status == "done"
+    # useradd/groupadd rewrote the account files: each was kept first, as it was before the step.
+    kept = {Path(b).name: Path(b) for b in done.backups if Path(b).parent.name == "etc"}
+    assert sorted(kept) == sorted(register_accounts.ACCOUNT_FILES)
+    assert {n: p.read_bytes() for n, p in kept.items()} == own_files
     entry = passwd(world)["vu2002"]
     assert entry[2:4] == ["2002", "2002"] and entry[5] == "/var/www/virtual/example-002.test"
     assert entry[6] == "/bin/false"
@@ -113,6 +118,24 @@ def test_cleanup_removes_our_my_cnf_or_restores_roots_own(restored: World) -> No
     assert result.changed == 1 and own.read_text().endswith("password = roots-own-secret\n")
     assert own.stat().st_mode & 0o777 == 0o640
 
+
+
+def test_our_earlier_my_cnf_is_replaced_without_a_copy(restored: World) -> None:
+    """Our own file from an earlier run (other credentials): no safety copy may keep its password on disk."""
+    world = restored
+    cnf = world.target_root / MY_CNF
+    cnf.parent.mkdir(exist_ok=True)
+    cnf.write_text(register_accounts.MARKER + "\n[client]\nuser = \"root\"\npassword = \"earlier-ours-secret\"\n")
+    cnf.chmod(0o600)
+    ctx = ctx_for(world, apply=True, register_accounts_mode="always")
+    done = register_accounts.run(ctx)
+    assert done.status == "done", done.errors
+    assert cnf.read_text().startswith(register_accounts.MARKER) and "earlier-ours-secret" not in cnf.read_text()
+    assert cnf.stat().st_mode & 0o777 == 0o600
+    assert any(".my.cnf" in c for c in done.changes)
+    assert not [b for b in done.backups if "my.cnf" in b]
+    left = [p for p in world.state_dir.rglob("*") if p.is_file() and b"earlier-ours-secret" in p.read_bytes()]
+    assert left == []
 
 
 def test_cleanup_removes_our_my_cnf_when_root_had_none(restored: World) -> None:
@@ -163,8 +186,10 @@ def test_hostile_domain_name_is_refused(restored: World) -> None:
     assert fingerprint_diff(before, stable_fingerprint(world)) == []
 
 
-def test_ispcp_rebuild_marks_domains_and_runs_the_request_manager(restored: World) -> None:
+def test_ispcp_rebuild_marks_domains_and_runs_the_request_manager(restored: World,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     world = restored
+    monkeypatch.setenv("ISPCP_SANDBOX_SLEEP_SCALE", "0.01")  # the stand-in managers' sleep(1) becomes 10 ms
     before = stable_fingerprint(world)
     dry = register_accounts.run(ctx_for(world, register_accounts_mode="ispcp_rebuild"))
     assert dry.status == "planned" and any(c.planned and c.argv[0].endswith("ispcp-rqst-mngr") for c in dry.commands)
@@ -174,12 +199,29 @@ def test_ispcp_rebuild_marks_domains_and_runs_the_request_manager(restored: Worl
     assert done.status == "done"
     run = next(c for c in done.commands if c.argv[0].endswith("ispcp-rqst-mngr"))
     assert run.rc == 0 and not run.planned
+    # The (stand-in) request manager rebuilt every marked domain and set it back to 'ok', as ispCP's does.
+    assert domain_statuses(world) == {"ok"}
+    recorded = register_accounts.rebuilt_ids(ctx_for(world), "ispcp")
+    assert len(recorded) == len(world.domains)
+    # A second apply does not mark them all again: it knows they were rebuilt.
+    again = register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="ispcp_rebuild"))
+    assert again.status == "noop" and "every domain was rebuilt" in again.noop_reason, again.noop_reason
+    assert not any(c.argv[0].endswith("ispcp-rqst-mngr") for c in again.commands)
+    assert domain_statuses(world) == {"ok"}
+
+
+def test_ispcp_rebuild_says_when_the_request_manager_left_domains_waiting(restored: World) -> None:
+    world = restored
+    sql(world, "UPDATE domain SET domain_status = 'change'")
+    again = register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="ispcp_rebuild"))
+    assert again.status == "noop" and "still wait in status 'change'" in again.noop_reason
+
+
+def domain_statuses(world: World) -> set[str]:
     creds = world.credentials["new"]
     with world.target_mysql().connect("root", creds["root_password"], "ispcp") as conn, conn.cursor() as cur:
         cur.execute("SELECT DISTINCT domain_status FROM domain")
-        assert cur.fetchall() == (("change",),)
-    again = register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="ispcp_rebuild"))
-    assert again.status == "noop" and "still wait in status 'change'" in again.noop_reason
+        return {r[0] for r in cur.fetchall()}
 
 
 def test_never_and_bad_mode(restored: World) -> None:

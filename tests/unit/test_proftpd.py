@@ -90,3 +90,20 @@ def test_conf_paths_follow_ispcp_conf() -> None:
 def test_check_vftp_without_a_login() -> None:
     ok, text = proftpd.check_vftp(None, None)  # type: ignore[arg-type]
     assert not ok and "no SQLConnectInfo" in text
+
+
+@pytest.mark.parametrize("password", ['quo"te-Secret', "back\\slash-Secret", 'both\\"-Secret'])
+def test_an_escaped_password_is_masked_in_the_form_the_file_holds(tmp_path, password: str) -> None:
+    """A diff shows the file's text: the quoted, escaped form must be masked as well as the plain one."""
+    from types import SimpleNamespace
+
+    from ispcp_lib.secrets import SecretRegistry
+
+    path = tmp_path / "proftpd.conf"
+    path.write_text(proftpd.with_password(REAL, password))
+    ctx = SimpleNamespace(secrets=SecretRegistry())
+    copy = proftpd.read_copy("target FTPD_CONF_FILE", "/etc/proftpd.conf", path, ctx)
+    assert copy.info.password == password
+    shown = ctx.secrets.redact(path.read_text())
+    assert "SQLConnectInfo" in shown and "Secret" not in shown
+    assert ctx.secrets.redact(f"the password is {password}") == "the password is «redacted»"
