@@ -1,14 +1,20 @@
-"""The user_data step against `rsync -a` and `cp -a`, and the ownership fix against `chown -R`, same run.
+"""The user_data step against `rsync -a` and `cp -a`, and the ownership fixes against `chown -R`, same run.
 
-Run: .venv/bin/python benchmarks/user_data.py [--scales mid large 100k] [--repeat 3] [--workdir DIR]
+Run: .venv/bin/python benchmarks/user_data.py [--scales mid large 100k] [--repeat 5] [--workdir DIR]
 
 For each scale it generates the old server's web and mail trees the way the sandbox does (`100k` is
-one web tree of 100,000 small files), then, interleaved and repeated, copies them into a fresh empty
-target with the whole user_data step (scan, disk check, rsync -aHAX with progress and itemize, mail
-owners, verification), with `rsync -a` and with `cp -a`. Then it re-owns two identical copies of the
-trees with ownership.fix_tree and with `chown -R` (every entry wrong; and again, nothing wrong).
-Best-of-N wall times and their ratios are printed; the goals are copy <= 1.1x the faster baseline
-and ownership <= 1.2x chown -R. Also prints benchmarks/accounts_merge.py's measurement.
+one web tree of 100,000 small files), then, interleaved and repeated (the order rotates every
+round), copies them into a fresh empty target with the whole user_data step (listing, checks, plan,
+cp -a into staging and renames, two jobs at a time, mail owners, verification, report tables),
+with `rsync -a` and with `cp -a`; then runs the step and rsync -a a second time over the finished
+copy (no-op, for information). Then it re-owns two identical copies of the trees with
+ownership.fix_tree and with `chown -R` (every entry wrong; and again, nothing wrong), and compares
+the ways to give a mail tree its mailbox owner (what the step does: re-own exactly the entries the
+backup listing names, in staging; chown -R after the copy; rsync --chown while copying).
+
+Every measurement prints best / median / worst of the runs; the ratios use the best (the least
+disturbed run) and, in brackets, the medians. Goals: copy <= 1.1x the faster baseline, ownership
+fix <= 1.2x chown -R. Also prints benchmarks/accounts_merge.py's measurement.
 
 The scratch space defaults to tmpfs (/dev/shm): on a machine whose disk is shared with other busy
 processes, disk contention swings each run by a factor of ten and drowns the tools' own costs. Pass
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from ispcp_lib import ownership  # noqa: E402
+from ispcp_lib import ownership, tree_scan  # noqa: E402
 from ispcp_lib.runbook import open_run  # noqa: E402
 from ispcp_lib.runner import Runner  # noqa: E402
 from ispcp_lib.sandbox import user_data as sandbox_data  # noqa: E402
@@ -39,6 +46,7 @@ from ispcp_lib.steps import user_data  # noqa: E402
 COPY_GOAL = 1.1
 OWNER_GOAL = 1.2
 TREES = ("var/www/virtual", "var/mail/virtual")
+Times = dict[str, list[float]]
 
 
 def build_backup(root: Path, scale: str) -> None:
@@ -75,7 +83,8 @@ def step_copy(backup: Path, target: Path, state: Path) -> None:
     ctx = open_run(backup_root=str(backup), target_root=str(target), state_dir=str(state), apply=True,
                    resume=False, options={"user_data_progress_interval": 3600})
     ctx.progress = lambda line: None
-    user_data.run(ctx)
+    result = user_data.run(ctx)
+    assert result.status in ("done", "noop"), result.errors
 
 
 def rsync_copy(backup: Path, target: Path) -> None:
@@ -99,30 +108,37 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def bench_copy(work: Path, backup: Path, repeat: int) -> dict[str, float]:
-    best: dict[str, float] = {}
+def add(times: Times, name: str, seconds: float) -> None:
+    times.setdefault(name, []).append(seconds)
+
+
+def bench_copy(work: Path, backup: Path, repeat: int) -> Times:
+    times: Times = {}
     runs = {
         "user_data step": lambda t: step_copy(backup, t, fresh(work / "state")),
         "rsync -a": lambda t: rsync_copy(backup, t),
         "cp -a": lambda t: cp_copy(backup, t),
     }
+    again = {"user_data step": "user_data step, again", "rsync -a": "rsync -a, again"}
     for i in range(repeat):
         order = list(runs.items())
         order = order[i % len(order):] + order[: i % len(order)]  # rotate: no method always runs first
         for name, run in order:
             target = fresh(work / "target")
-            best[name] = min(best.get(name, float("inf")), timed(lambda run=run, target=target: run(target)))
+            add(times, name, timed(lambda run=run, target=target: run(target)))
+            if name in again:  # the finished copy once more: nothing to do (the step: a no-op with its reason)
+                add(times, again[name], timed(lambda run=run, target=target: run(target)))
     shutil.rmtree(work / "target")
-    return best
+    return times
 
 
-def bench_owner(work: Path, backup: Path, repeat: int) -> dict[str, float]:
+def bench_owner(work: Path, backup: Path, repeat: int) -> Times:
     """fix_tree vs chown -R on two identical copies: every entry wrong, then nothing wrong."""
     a, b = fresh(work / "own-a"), fresh(work / "own-b")
     cp_copy(backup, a)
     cp_copy(backup, b)
     runner = Runner(apply=True)
-    best: dict[str, float] = {}
+    times: Times = {}
 
     def fix(root: Path, ids: int) -> None:
         for tree in TREES:
@@ -143,28 +159,74 @@ def bench_owner(work: Path, backup: Path, repeat: int) -> dict[str, float]:
         if i % 2:  # alternate which tree is touched first
             pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
         for name, run in pairs:
-            best[name] = min(best.get(name, float("inf")), timed(run))
+            add(times, name, timed(run))
     shutil.rmtree(a)
     shutil.rmtree(b)
-    return best
+    return times
 
 
-def report(scale: str, entries: int, size: int, copy: dict[str, float], own: dict[str, float]) -> list[str]:
-    base = min(copy["rsync -a"], copy["cp -a"])
-    lines = [f"== {scale}: {entries} entries, {size / 2**20:.1f} MiB of file data (best of the runs)"]
-    for name, t in copy.items():
-        lines.append(f"   {name:24s} {t:8.3f} s")
-    ratio = copy["user_data step"] / base
-    lines.append(f"   copy ratio: step / faster baseline = {ratio:.2f} (goal <= {COPY_GOAL}; "
-                 f"{'met' if ratio <= COPY_GOAL else 'NOT met'}); step / rsync -a = "
-                 f"{copy['user_data step'] / copy['rsync -a']:.2f}, step / cp -a = "
-                 f"{copy['user_data step'] / copy['cp -a']:.2f}")
-    for name, t in own.items():
-        lines.append(f"   {name:24s} {t:8.3f} s")
-    for case in ("all wrong", "all right"):
-        r = own[f"fix_tree, {case}"] / own[f"chown -R, {case}"]
-        lines.append(f"   ownership ratio ({case}): fix_tree / chown -R = {r:.2f} (goal <= {OWNER_GOAL}; "
-                     f"{'met' if r <= OWNER_GOAL else 'NOT met'})")
+def bench_mail_owner(work: Path, backup: Path, repeat: int) -> Times:
+    """Ways to make a copied mail tree belong to the mailbox owner when the backup has every entry wrong.
+
+    `listed lchown` is what the step does after cp -a: re-own exactly the entries its listing of the
+    backup names (no walk); `chown -R` walks the copy; `rsync --chown` sets the owner while copying
+    (timed against plain rsync -a of the same tree, the difference is its cost).
+    """
+    src = backup / TREES[1]
+    if not src.is_dir():
+        return {}
+    entries = [e for group in tree_scan.scan_many([(src, tree_scan.top_names(src))])[0].values() for e in group]
+    copy = fresh(work / "mail-owner") / "virtual"
+    subprocess.run(["cp", "-a", str(src), str(copy)], check=True)
+    dest = work / "mail-rsync"
+    times: Times = {}
+    for i in range(repeat):
+        ids = 41000 + 2 * i
+        add(times, "listed lchown (the step)", timed(lambda ids=ids: ownership.lchown_known(
+            copy, [e.rel for e in entries], ids, ids)))
+        add(times, "chown -R after the copy", timed(lambda ids=ids: subprocess.run(
+            ["chown", "-R", f"{ids + 1}:{ids + 1}", str(copy)], check=True)))
+        for name, extra in (("rsync -a", []), ("rsync -a --chown", [f"--chown={ids}:{ids}"])):
+            fresh(dest)
+            add(times, name, timed(lambda extra=extra: subprocess.run(
+                ["rsync", "-a", *extra, f"{src}/", f"{dest}/"], check=True)))
+    shutil.rmtree(copy.parent)
+    shutil.rmtree(dest)
+    return times
+
+
+def line(name: str, runs: list[float]) -> str:
+    return (f"   {name:28s} best {min(runs):7.3f} s   median {statistics.median(runs):7.3f} s   "
+            f"worst {max(runs):7.3f} s   (n={len(runs)})")
+
+
+def ratio(a: list[float], b: list[float]) -> str:
+    return f"{min(a) / min(b):.2f} [medians {statistics.median(a) / statistics.median(b):.2f}]"
+
+
+def report(scale: str, entries: int, size: int, copy: Times, own: Times, mail: Times) -> list[str]:
+    lines = [f"== {scale}: {entries} entries, {size / 2**20:.1f} MiB of file data"]
+    lines += [line(name, runs) for name, runs in copy.items()]
+    step, rs, cp = copy["user_data step"], copy["rsync -a"], copy["cp -a"]
+    faster = cp if min(cp) <= min(rs) else rs
+    best = min(step) / min(faster)
+    lines.append(f"   copy ratio: step / faster baseline ({'cp -a' if faster is cp else 'rsync -a'}) = "
+                 f"{ratio(step, faster)} (goal <= {COPY_GOAL}; {'met' if best <= COPY_GOAL else 'NOT met'}); "
+                 f"step / rsync -a = {ratio(step, rs)}, step / cp -a = {ratio(step, cp)}")
+    lines.append(f"   second apply: step (no-op) / rsync -a over the finished copy = "
+                 f"{ratio(copy['user_data step, again'], copy['rsync -a, again'])}")
+    lines += [line(name, runs) for name, runs in own.items()]
+    for case in ("all wrong", "all right") if own else ():
+        fix, chown = own[f"fix_tree, {case}"], own[f"chown -R, {case}"]
+        met = min(fix) / min(chown) <= OWNER_GOAL
+        lines.append(f"   ownership ratio ({case}): fix_tree / chown -R = {ratio(fix, chown)} "
+                     f"(goal <= {OWNER_GOAL}; {'met' if met else 'NOT met'})")
+    if mail:
+        lines.append("   mail owner, backup all wrong:")
+        lines += [line(name, runs) for name, runs in mail.items()]
+        listed, chown_r = mail["listed lchown (the step)"], mail["chown -R after the copy"]
+        lines.append(f"   listed lchown / chown -R = {ratio(listed, chown_r)}; "
+                     f"rsync --chown / rsync -a = {ratio(mail['rsync -a --chown'], mail['rsync -a'])}")
     return lines
 
 
@@ -183,14 +245,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", default=["mid", "large", "100k"], choices=["small", "mid", "large",
                                                                                             "100k"])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temp dir, removed)")
+    parser.add_argument("--no-owner", action="store_true", help="skip the ownership measurements")
     args = parser.parse_args()
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and shutil.disk_usage(shm).free > 4 << 30 else None
     work_root = args.workdir or Path(tempfile.mkdtemp(prefix="ispcp-bench-userdata-", dir=base))
-    print(f"scratch space: {work_root} ({'tmpfs' if str(work_root).startswith('/dev/shm') else 'disk'})")
-    out: list[str] = []
+    print(f"scratch space: {work_root} ({'tmpfs' if str(work_root).startswith('/dev/shm') else 'disk'}); "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     try:
         for scale in args.scales:
             work = fresh(work_root / scale)
@@ -198,13 +261,11 @@ def main() -> None:
             build_backup(backup, scale)
             entries, size = count_entries(backup)
             copy = bench_copy(work, backup, args.repeat)
-            own = bench_owner(work, backup, args.repeat)
-            lines = report(scale, entries, size, copy, own)
-            print("\n".join(lines), flush=True)
-            out += lines
+            own = {} if args.no_owner else bench_owner(work, backup, args.repeat)
+            mail = {} if args.no_owner else bench_mail_owner(work, backup, args.repeat)
+            print("\n".join(report(scale, entries, size, copy, own, mail)), flush=True)
             shutil.rmtree(work)
-        line = accounts_merge()
-        print(line)
+        print(accounts_merge())
     finally:
         if args.workdir is None:
             shutil.rmtree(work_root, ignore_errors=True)

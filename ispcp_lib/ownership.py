@@ -15,6 +15,9 @@ looks at a sample of the tree (a few hundred entries, breadth first):
   NUL-separated, through this process (which counts them) into `xargs -0 -P2 chown -h`, so walking
   and re-owning overlap. On a tree that is already right this only reads.
 
+When the entries to fix are already known (the user-data step lists the whole backup before it
+copies), lchown_known re-owns exactly those, with no walk at all.
+
 `chown -R` (which implies -P) and `find -P` + `chown -h` act on symlinks themselves, never on what
 they point to. Two commands joined by a pipe are run as two argv lists, never through a shell.
 benchmarks/user_data.py compares fix_tree with `chown -R` in the same run.
@@ -26,6 +29,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +116,16 @@ def fix_tree(runner: Runner, root: Path, uid: int, gid: int, *, apply: bool) -> 
     if rc:
         raise CommandFailed(argv, rc, stderr)
     return fix
+
+
+def lchown_known(base: Path, rels: Iterable[bytes], uid: int, gid: int) -> int:
+    """Re-own the entries base/<rel> (rel b"" is base itself) without following symlinks; returns how many."""
+    root = os.fsencode(base)
+    count = 0
+    for rel in rels:
+        os.chown(os.path.join(root, rel) if rel else root, uid, gid, follow_symlinks=False)
+        count += 1
+    return count
 
 
 def bulk_argv(root: Path, uid: int, gid: int) -> list[str]:

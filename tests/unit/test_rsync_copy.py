@@ -1,8 +1,9 @@
-"""Pure pieces of the user-data and account steps: rsync's argv and output, tree listings, owner fixes."""
+"""Pieces of the user-data and account steps: copy argv and output, jobs, renames, tree listings, owner fixes."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from ispcp_lib.accounts_db import AccountFiles
 from ispcp_lib.errors import CommandFailed
 from ispcp_lib.result import CommandRecord
 from ispcp_lib.runner import Runner
-from ispcp_lib.steps import accounts, register_accounts
+from ispcp_lib.steps import accounts, register_accounts, user_data
+from ispcp_lib.tree_scan import Entry
 
 CAPS = rsync_copy.Capabilities(acls=True, xattrs=True)
 
@@ -21,9 +23,11 @@ def test_argv_is_resumable_numeric_and_never_deletes() -> None:
     argv = rsync_copy.build_argv(Path("/b/var/mail/virtual"), Path("/t/var/mail/virtual/"), dry_run=False, caps=CAPS,
                                  owner=(1004, 8), bwlimit_kbps=500)
     assert argv[:2] == ["rsync", "-aHAX"] and "--numeric-ids" in argv
-    assert "--partial-dir=.rsync-partial" in argv and "--chown=1004:8" in argv and "--bwlimit=500" in argv
+    assert "--chown=1004:8" in argv and "--bwlimit=500" in argv
     assert argv[-3:] == ["--", "/b/var/mail/virtual/", "/t/var/mail/virtual/"]
-    assert not any("delete" in a or a in ("-L", "--copy-links", "--inplace", "--partial") for a in argv)
+    # Never deleting, never following links, never a half file under its real name.
+    assert not any("delete" in a or a.startswith("--partial") or a in ("-L", "--copy-links", "--inplace",
+                                                                        "--append", "--append-verify") for a in argv)
     dry = rsync_copy.build_argv(Path("/b"), Path("/t"), dry_run=True, caps=CAPS)
     assert "--dry-run" in dry and "--itemize-changes" in dry
 
@@ -100,6 +104,158 @@ def test_tree_scan_keeps_exact_bytes_and_flags_odd_names(tmp_path: Path) -> None
     totals = tree_scan.per_top(entries)
     assert (totals["dom.test"].files, totals["dom.test"].bytes, totals["dom.test"].links) == (2, 3, 3)
     assert tree_scan.show(b"lat\xe4") == "lat\\xe4"
+
+
+def test_cp_argv_copies_whole_directories_into_staging() -> None:
+    argv = rsync_copy.cp_argv(["/b/-odd", "/b/dom.test"], "/t/.ispcp-recovery-staging")
+    assert argv == ["cp", "-a", "-t", "/t/.ispcp-recovery-staging", "--", "/b/-odd", "/b/dom.test"]
+    long = rsync_copy.cp_argv([f"/b/d{i}" for i in range(50)], "/t/s")
+    short = rsync_copy.shortened(long)
+    assert short[-2:] == ["…(45 more)", "/b/d49"] and len(short) < 12  # messages stay readable
+    rsync = rsync_copy.rsync_argv(["/b/a", "/b/b"], "/t/", dry_run=False, caps=CAPS)
+    assert rsync[-4:] == ["--", "/b/a", "/b/b", "/t/"]
+
+
+def test_rename_into_place_never_replaces_anything(tmp_path: Path) -> None:
+    (tmp_path / "staged" / "dom").mkdir(parents=True)
+    (tmp_path / "dest" / "dom").mkdir(parents=True)  # even an empty directory is kept
+    with pytest.raises(FileExistsError):
+        rsync_copy.rename_noreplace(os.fsencode(tmp_path / "staged" / "dom"), os.fsencode(tmp_path / "dest" / "dom"))
+    assert (tmp_path / "staged" / "dom").is_dir()
+    rsync_copy.rename_noreplace(os.fsencode(tmp_path / "staged" / "dom"), os.fsencode(tmp_path / "dest" / "new"))
+    assert (tmp_path / "dest" / "new").is_dir() and not (tmp_path / "staged" / "dom").exists()
+
+
+def test_scan_many_lists_per_top_name_with_exact_relative_paths(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for name in ("-delete", "(x", "dom.test"):
+        (a / name / "sub").mkdir(parents=True)
+        (a / name / "sub" / "f").write_bytes(b"12345")
+    (a / "loose.txt").write_text("x")
+    (b / "only").mkdir(parents=True)
+    web, other = tree_scan.scan_many([(a, tree_scan.top_names(a)), (b, [b"only"])], workers=2)
+    assert sorted(web) == [b"(x", b"-delete", b"dom.test", b"loose.txt"]
+    assert [e.rel for e in web[b"-delete"]] == [b"-delete", b"-delete/sub", b"-delete/sub/f"]
+    assert web[b"-delete"][2].size == 5 and web[b"loose.txt"][0].kind == "f"
+    assert list(other) == [b"only"] and (a / "-delete").exists()  # a start point, never an action
+    assert tree_scan.scan_many([(a, [])]) == [{}]
+
+
+def test_a_listing_larger_than_one_read_is_parsed_whole(tmp_path: Path) -> None:
+    """find's output arrives in 1 MiB reads while it runs: records cut at a read boundary must survive."""
+    root = tmp_path / "tree"
+    names = {f"{i:05d}-" + "x" * 200 for i in range(6000)}  # ~1.5 MiB of records
+    (root / "dom").mkdir(parents=True)
+    for name in names:
+        (root / "dom" / name).touch()
+    entries = tree_scan.scan(root)
+    assert {e.rel.split(b"/")[-1].decode() for e in entries if e.kind == "f"} == names
+    assert len(entries) == len(names) + 2 and all(e.rel.startswith(b"dom") for e in entries[1:])
+
+
+def test_domains_sharing_hard_links_are_merged_transitively() -> None:
+    def f(ino: int, nlink: int = 2) -> Entry:
+        return Entry("f", 1, 0, 0, nlink, 1, ino, b"x", b"")
+
+    groups = {b"a": [f(1)], b"b": [f(1), f(2)], b"c": [f(2)], b"d": [f(3)], b"e": [f(4, 1)], b"": [f(3)]}
+    linked = sorted(sorted(g) for g in tree_scan.linked_groups(groups))
+    assert linked == [[b"", b"d"], [b"a", b"b", b"c"]]
+
+
+def test_xattr_probe_and_top_directory_attributes(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "d").mkdir(parents=True)
+    dest.mkdir()
+    (src / "d" / "f").write_text("x")
+    entries = tree_scan.scan(src)
+    assert not tree_scan.holds_xattrs(src, entries)
+    os.setxattr(src / "d" / "f", "user.note", b"kept")
+    assert tree_scan.holds_xattrs(src, entries)
+    os.setxattr(src, "user.top", b"1")
+    os.chmod(src, 0o751)
+    os.utime(src, ns=(10**18, 10**18))
+    diff = rsync_copy.dir_attr_differences(src, dest, (1004, 8), CAPS)
+    assert "owner 0:0 -> 1004:8" in diff and any(d.startswith("mode") for d in diff) and "modification time" in diff
+    assert "extended attributes/ACLs" in diff
+    assert "extended attributes/ACLs" not in rsync_copy.dir_attr_differences(
+        src, dest, (1004, 8), rsync_copy.Capabilities(acls=True, xattrs=False))  # a target that cannot store them
+    rsync_copy.copy_dir_attrs(src, dest, (1004, 8), CAPS)
+    st = os.lstat(dest)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_mtime_ns) == (1004, 8, 0o751, 10**18)
+    assert os.getxattr(dest, "user.top") == b"1"
+    assert rsync_copy.dir_attr_differences(src, dest, (1004, 8), CAPS) == []
+
+
+def test_run_jobs_starts_nothing_new_after_a_failure() -> None:
+    started: list[int] = []
+
+    def work(job: int) -> int:
+        started.append(job)
+        if job == 1:
+            raise CommandFailed(["cp"], 1, "disk on fire")
+        return job * 10
+
+    ticks: list[int] = []
+    outcome = rsync_copy.run_jobs(list(range(6)), work, tracker=rsync_copy.Tracker(), workers=1,
+                                  tick=lambda: ticks.append(1))
+    assert started == [0, 1] and outcome.results == [0] and isinstance(outcome.failure, CommandFailed)
+    assert ticks
+    ok = rsync_copy.run_jobs([1, 2, 3], lambda j: j, tracker=rsync_copy.Tracker(), workers=2)
+    assert sorted(ok.results) == [1, 2, 3] and ok.failure is None
+
+
+def test_an_interrupt_stops_every_running_copy_by_its_process_group() -> None:
+    """The notebook's stop button raises KeyboardInterrupt in the calling thread, never in a worker."""
+    tracker = rsync_copy.Tracker()
+    pids: list[int] = []
+
+    def work(job: int) -> None:
+        rsync_copy.run_cp(["sleep", "30"], tracker=tracker, tree="web", names=[str(job)])
+
+    def tick() -> None:
+        pids[:] = [r.pid for r in tracker.snapshot()]
+        if len(pids) == 2:
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        rsync_copy.run_jobs([1, 2, 3], work, tracker=tracker, workers=2, tick=tick, every_s=0.05)
+    assert time.monotonic() - started < 10 and len(pids) == 2
+    assert all(rsync_copy.group_members(pid) == [] for pid in pids) and tracker.snapshot() == []
+
+
+def test_failed_cp_says_how_to_resume(tmp_path: Path) -> None:
+    tracker = rsync_copy.Tracker()
+    sink: list[CommandRecord] = []
+    with pytest.raises(CommandFailed) as info:
+        rsync_copy.run_cp(rsync_copy.cp_argv([str(tmp_path / "absent")], str(tmp_path)), tracker=tracker,
+                          tree="web", names=["absent"], sink=sink)
+    assert "run this step again" in info.value.stderr and sink[0].rc == 1
+    assert tracker.snapshot() == []
+
+
+def test_jobs_are_balanced_and_heaviest_first(tmp_path: Path) -> None:
+    def domain(name: bytes, n: int) -> list[Entry]:
+        return [Entry("d", 0, 0, 0, 2, 1, 1, name, b"")] + [Entry("f", 10, 0, 0, 1, 1, 2 + i, name + b"/f%d" % i, b"")
+                                                             for i in range(n)]
+
+    tree = user_data.Tree("web", "/var/www/virtual", tmp_path, tmp_path / "t", None)
+    tree.groups = {b"big": domain(b"big", 5000), **{b"d%02d" % i: domain(b"d%02d" % i, 400) for i in range(20)}}
+    units = [user_data.Unit(tree, [k], [k], "cp", "new") for k in tree.groups]
+    jobs = user_data._pack(units, workers=2)
+    loads = [sum(u.weight for u in job) for job in jobs]
+    assert len(jobs) == 14 and loads == sorted(loads, reverse=True)  # 13 021 entries: jobs of about 1000
+    assert [u.names for u in jobs[0]] == [[b"big"]]  # a big domain is one job: cp copies it in one go
+    assert max(loads[1:]) - min(loads[1:]) <= 401
+
+
+def test_itemized_counts_merge() -> None:
+    a, b = rsync_copy.Items(), rsync_copy.Items()
+    a.add(ITEMIZED[2])
+    b.add(ITEMIZED[2])
+    b.add(ITEMIZED[4])
+    a.merge(b)
+    assert (a.new_files, a.updated_files, a.by_domain) == (2, 1, {"example-001.test": 2, "example-002.test": 1})
 
 
 def test_small_tree_is_fixed_in_process_and_symlink_targets_stay(tmp_path: Path) -> None:
