@@ -173,6 +173,8 @@ def html_report(executed: Path, html_path: Path, no_input: bool = False,
     exporter.exclude_output_prompt = no_input
     body, _ = exporter.from_notebook_node(nb, resources={"ispcp_head": head})
     body = _EXTERNAL.sub("", body)
+    # Redaction happens in the kernel, where the secrets are registered. This pass only helps when the
+    # report is built in that same process (tests, an in-kernel call); `ispcp-recover run` has none here.
     write_private(html_path, REGISTRY.redact(body))
     return html_path
 
