@@ -12,14 +12,16 @@ demo: bootstrap
 
 test: bootstrap
 	$(VENV)/bin/ruff check .
-	$(PY) -m ispcp_lib.notebook_build --check
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m ispcp_lib.runbook.notebook_build --check
 	$(PY) -m pytest -q
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 notebook: bootstrap
-	$(PY) -m ispcp_lib.notebook_build
+	$(PY) -m ispcp_lib.runbook.notebook_build
 
 clean:
 	rm -rf build reports/*.html reports/*.ipynb reports/*.json

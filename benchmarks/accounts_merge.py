@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from ispcp_lib.accounts_db import AccountFiles, plan_merge, select_entries  # noqa: E402
+from ispcp_lib.system.accounts_files import AccountFiles, plan_merge, select_entries  # noqa: E402
 
 GOAL_S = 2.0
 HASH = "$6$" + "s" * 16 + "$" + "h" * 86

@@ -36,8 +36,10 @@ def scenario_names(scale: str) -> list[d.HostedName]:
     by_id = sc.domain_by_id()
     names = [d.HostedName(x.name, "domain", x.name) for x in sc.domains]
     names += [d.HostedName(a.name, "alias", by_id[a.domain_id].name) for a in sc.aliases]
-    names += [d.HostedName(f"{s.label}.{by_id[s.domain_id].name}", "subdomain", by_id[s.domain_id].name)
-              for s in sc.subdomains]
+    names += [
+        d.HostedName(f"{s.label}.{by_id[s.domain_id].name}", "subdomain", by_id[s.domain_id].name)
+        for s in sc.subdomains
+    ]
     return names
 
 
@@ -79,8 +81,15 @@ def main() -> int:
         pid = server.start(plan.options)
         start_s = time.monotonic() - t
         try:
-            table = d.resolve_all(names, nameserver=f"127.0.0.1:{server.port}", timeout=3, total_timeout=120,
-                                  concurrency=args.concurrency, old_ip=OLD_IP, new_ip=NEW_IP)
+            table = d.resolve_all(
+                names,
+                nameserver=f"127.0.0.1:{server.port}",
+                timeout=3,
+                total_timeout=120,
+                concurrency=args.concurrency,
+                old_ip=OLD_IP,
+                new_ip=NEW_IP,
+            )
             sample = names[:: max(1, len(names) // args.sample)][: args.sample]
             seq_s, seq_q = sequential(sample, server.port)
         finally:
@@ -89,15 +98,23 @@ def main() -> int:
     wrong = [r["name"] for r in table.rows if (r["verdict"], r["mail_to"]) != plan.expected[r["name"]]]
     per_name_seq = seq_s / len(sample)
     seq_all = per_name_seq * len(names)
-    print(f"scale {args.scale}: {len(names)} hosted names, {len(plan.options)} dnsmasq records "
-          f"(dnsmasq up in {start_s:.2f} s)")
-    print(f"table       {table.elapsed_s:8.2f} s  {table.queries} queries, {table.queries / table.elapsed_s:7.0f} q/s,"
-          f" concurrency {args.concurrency}")
+    print(
+        f"scale {args.scale}: {len(names)} hosted names, {len(plan.options)} dnsmasq records "
+        f"(dnsmasq up in {start_s:.2f} s)"
+    )
+    print(
+        f"table       {table.elapsed_s:8.2f} s  {table.queries} queries, {table.queries / table.elapsed_s:7.0f} q/s,"
+        f" concurrency {args.concurrency}"
+    )
     print(f"sequential  {seq_all:8.2f} s  (extrapolated from {len(sample)} names: {seq_q} queries in {seq_s:.2f} s)")
-    print(f"ratio table/sequential {table.elapsed_s / seq_all:.2f}; table/goal {table.elapsed_s / GOAL_S:.2f} "
-          f"(goal < {GOAL_S:.0f} s: {'met' if table.elapsed_s < GOAL_S else 'MISSED'})")
-    print(f"verdicts: {table.counts}; mail to the old IP: {len(table.mail_to_old)}; "
-          f"wrong verdicts: {len(wrong)}{' ' + str(wrong[:5]) if wrong else ''}")
+    print(
+        f"ratio table/sequential {table.elapsed_s / seq_all:.2f}; table/goal {table.elapsed_s / GOAL_S:.2f} "
+        f"(goal < {GOAL_S:.0f} s: {'met' if table.elapsed_s < GOAL_S else 'MISSED'})"
+    )
+    print(
+        f"verdicts: {table.counts}; mail to the old IP: {len(table.mail_to_old)}; "
+        f"wrong verdicts: {len(wrong)}{' ' + str(wrong[:5]) if wrong else ''}"
+    )
     return 0 if table.elapsed_s < GOAL_S and not wrong else 1
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
 from ispcp_lib.facts import mysql_state  # noqa: E402
-from ispcp_lib.runbook import open_run  # noqa: E402
+from ispcp_lib.runbook.session import open_run  # noqa: E402
 from ispcp_lib.sandbox.world import World, build_world  # noqa: E402
 from ispcp_lib.steps import mysql_restore  # noqa: E402
 
@@ -136,8 +136,10 @@ def main() -> int:
     root.chmod(0o711)  # mariadbd runs as mysql and must traverse to its datadir
     worst = 0.0
     try:
-        print(f"{'scale':6} {'files':>6} {'MB':>5} {'by hand':>8} {'cp+rst':>7} {'step':>7} {'ratio':>6} "
-              f"{'vs cp+rst':>9} {'copytree+chown':>15}")
+        print(
+            f"{'scale':6} {'files':>6} {'MB':>5} {'by hand':>8} {'cp+rst':>7} {'step':>7} {'ratio':>6} "
+            f"{'vs cp+rst':>9} {'copytree+chown':>15}"
+        )
         for scale in args.scales:
             started = time.perf_counter()
             template = build_world(root / f"{scale}-template", scale, seed=1)
@@ -148,9 +150,12 @@ def main() -> int:
             best = measure(template, root / scale, args.repeat)
             ratio = best["step"] / best["baseline"]
             worst = max(worst, ratio)
-            print(f"{scale:6} {files:6d} {total / 1e6:5.1f} {best['baseline']:7.2f}s {best['copy_restart']:6.2f}s "
-                  f"{best['step']:6.2f}s {ratio:6.2f} {best['step'] / best['copy_restart']:9.2f} "
-                  f"{best['python']:14.3f}s   (world built in {built:.0f} s)", flush=True)
+            print(
+                f"{scale:6} {files:6d} {total / 1e6:5.1f} {best['baseline']:7.2f}s {best['copy_restart']:6.2f}s "
+                f"{best['step']:6.2f}s {ratio:6.2f} {best['step'] / best['copy_restart']:9.2f} "
+                f"{best['python']:14.3f}s   (world built in {built:.0f} s)",
+                flush=True,
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -64,7 +64,7 @@ def run_step_mode(world: World, speedup: bool) -> float:
 
 def run_runbook_mode(world: World, speedup: bool, report_dir: Path) -> float:
     """The whole runbook under papermill (as `ispcp-recover demo` runs it); the update's time from the summary."""
-    from ispcp_lib.cli import run_runbook
+    from ispcp_lib.runbook.cli import run_runbook
     from ispcp_lib.sandbox.demo import world_services
 
     steps = [s for s in STEP_ORDER if speedup or s != "engine_speedup"]
@@ -79,16 +79,22 @@ def run_runbook_mode(world: World, speedup: bool, report_dir: Path) -> float:
     row = next((s for s in summary["steps"] if s["name"] == "ispcp_update"), None)
     if rc != 0 or row is None or row["status"] != "done":
         failed = [s["name"] for s in summary["steps"] if s["status"] == "failed"]
-        raise SystemExit(f"the runbook did not get through the update (failed: {failed or 'none'}; report {html}). "
-                         "Try --mode step to time the update step alone.")
+        raise SystemExit(
+            f"the runbook did not get through the update (failed: {failed or 'none'}; report {html}). "
+            "Try --mode step to time the update step alone."
+        )
     return float(row["duration_s"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("runbook", "step"), default="runbook")
-    parser.add_argument("--scale-factor", type=float, default=0.01,
-                        help="ISPCP_SANDBOX_SLEEP_SCALE: the stand-in's pause per item, in seconds (real: 1.0)")
+    parser.add_argument(
+        "--scale-factor",
+        type=float,
+        default=0.01,
+        help="ISPCP_SANDBOX_SLEEP_SCALE: the stand-in's pause per item, in seconds (real: 1.0)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the worlds and reports")
     args = parser.parse_args(argv)
@@ -119,17 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     items = _items(base)
     real_slow = fast + items * 1.0  # the same work plus the real one-second pause per item
     print()
-    print(f"mid world: {items} items rebuilt by the engine managers "
-          f"({base.manifest['counts']['domains']} domains, {base.manifest['counts']['subdomains']} subdomains, "
-          f"{base.manifest['counts']['aliases']} aliases, "
-          f"{base.manifest['counts']['mailboxes'] + base.manifest['counts']['forwards']} mail accounts)")
-    print(f"mode: {args.mode}; pause per item scaled by {args.scale_factor} "
-          f"({args.scale_factor * 1000:.0f} ms instead of the real 1 s)")
+    print(
+        f"mid world: {items} items rebuilt by the engine managers "
+        f"({base.manifest['counts']['domains']} domains, {base.manifest['counts']['subdomains']} subdomains, "
+        f"{base.manifest['counts']['aliases']} aliases, "
+        f"{base.manifest['counts']['mailboxes'] + base.manifest['counts']['forwards']} mail accounts)"
+    )
+    print(
+        f"mode: {args.mode}; pause per item scaled by {args.scale_factor} "
+        f"({args.scale_factor * 1000:.0f} ms instead of the real 1 s)"
+    )
     print(f"update without engine_speedup: {slow:8.2f} s")
     print(f"update with engine_speedup:    {fast:8.2f} s")
     print(f"ratio (without / with):        {slow / fast:8.1f}x")
-    print(f"at the real 1 s pause the update without the speed-up would take about {real_slow / 60:.1f} min "
-          f"({items} items x 1 s + {fast:.1f} s of work), with it {fast:.1f} s: {real_slow / fast:.0f}x")
+    print(
+        f"at the real 1 s pause the update without the speed-up would take about {real_slow / 60:.1f} min "
+        f"({items} items x 1 s + {fast:.1f} s of work), with it {fast:.1f} s: {real_slow / fast:.0f}x"
+    )
     return 0
 
 

@@ -36,12 +36,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from ispcp_lib import ownership, tree_scan  # noqa: E402
-from ispcp_lib.runbook import open_run  # noqa: E402
-from ispcp_lib.runner import Runner  # noqa: E402
+from ispcp_lib import tree_scan  # noqa: E402
+from ispcp_lib.core.runner import Runner  # noqa: E402
+from ispcp_lib.runbook.session import open_run  # noqa: E402
 from ispcp_lib.sandbox import user_data as sandbox_data  # noqa: E402
 from ispcp_lib.sandbox.scenario import make_scenario  # noqa: E402
 from ispcp_lib.steps import user_data  # noqa: E402
+from ispcp_lib.system import ownership
 
 COPY_GOAL = 1.1
 OWNER_GOAL = 1.2
@@ -80,8 +81,14 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def step_copy(backup: Path, target: Path, state: Path) -> None:
-    ctx = open_run(backup_root=str(backup), target_root=str(target), state_dir=str(state), apply=True,
-                   resume=False, options={"user_data_progress_interval": 3600})
+    ctx = open_run(
+        backup_root=str(backup),
+        target_root=str(target),
+        state_dir=str(state),
+        apply=True,
+        resume=False,
+        options={"user_data_progress_interval": 3600},
+    )
     ctx.progress = lambda line: None
     result = user_data.run(ctx)
     assert result.status in ("done", "noop"), result.errors
@@ -122,7 +129,7 @@ def bench_copy(work: Path, backup: Path, repeat: int) -> Times:
     again = {"user_data step": "user_data step, again", "rsync -a": "rsync -a, again"}
     for i in range(repeat):
         order = list(runs.items())
-        order = order[i % len(order):] + order[: i % len(order)]  # rotate: no method always runs first
+        order = order[i % len(order) :] + order[: i % len(order)]  # rotate: no method always runs first
         for name, run in order:
             target = fresh(work / "target")
             add(times, name, timed(lambda run=run, target=target: run(target)))
@@ -152,10 +159,12 @@ def bench_owner(work: Path, backup: Path, repeat: int) -> Times:
 
     for i in range(repeat):
         ids = 40000 + i  # new owner every round: every entry is wrong again
-        pairs = [("fix_tree, all wrong", lambda ids=ids: fix(a, ids)),
-                 ("chown -R, all wrong", lambda ids=ids: chown(b, ids)),
-                 ("fix_tree, all right", lambda ids=ids: fix(a, ids)),
-                 ("chown -R, all right", lambda ids=ids: chown(b, ids))]
+        pairs = [
+            ("fix_tree, all wrong", lambda ids=ids: fix(a, ids)),
+            ("chown -R, all wrong", lambda ids=ids: chown(b, ids)),
+            ("fix_tree, all right", lambda ids=ids: fix(a, ids)),
+            ("chown -R, all right", lambda ids=ids: chown(b, ids)),
+        ]
         if i % 2:  # alternate which tree is touched first
             pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
         for name, run in pairs:
@@ -182,22 +191,33 @@ def bench_mail_owner(work: Path, backup: Path, repeat: int) -> Times:
     times: Times = {}
     for i in range(repeat):
         ids = 41000 + 2 * i
-        add(times, "listed lchown (the step)", timed(lambda ids=ids: ownership.lchown_known(
-            copy, [e.rel for e in entries], ids, ids)))
-        add(times, "chown -R after the copy", timed(lambda ids=ids: subprocess.run(
-            ["chown", "-R", f"{ids + 1}:{ids + 1}", str(copy)], check=True)))
+        add(
+            times,
+            "listed lchown (the step)",
+            timed(lambda ids=ids: ownership.lchown_known(copy, [e.rel for e in entries], ids, ids)),
+        )
+        add(
+            times,
+            "chown -R after the copy",
+            timed(lambda ids=ids: subprocess.run(["chown", "-R", f"{ids + 1}:{ids + 1}", str(copy)], check=True)),
+        )
         for name, extra in (("rsync -a", []), ("rsync -a --chown", [f"--chown={ids}:{ids}"])):
             fresh(dest)
-            add(times, name, timed(lambda extra=extra: subprocess.run(
-                ["rsync", "-a", *extra, f"{src}/", f"{dest}/"], check=True)))
+            add(
+                times,
+                name,
+                timed(lambda extra=extra: subprocess.run(["rsync", "-a", *extra, f"{src}/", f"{dest}/"], check=True)),
+            )
     shutil.rmtree(copy.parent)
     shutil.rmtree(dest)
     return times
 
 
 def line(name: str, runs: list[float]) -> str:
-    return (f"   {name:28s} best {min(runs):7.3f} s   median {statistics.median(runs):7.3f} s   "
-            f"worst {max(runs):7.3f} s   (n={len(runs)})")
+    return (
+        f"   {name:28s} best {min(runs):7.3f} s   median {statistics.median(runs):7.3f} s   "
+        f"worst {max(runs):7.3f} s   (n={len(runs)})"
+    )
 
 
 def ratio(a: list[float], b: list[float]) -> str:
@@ -210,23 +230,31 @@ def report(scale: str, entries: int, size: int, copy: Times, own: Times, mail: T
     step, rs, cp = copy["user_data step"], copy["rsync -a"], copy["cp -a"]
     faster = cp if min(cp) <= min(rs) else rs
     best = min(step) / min(faster)
-    lines.append(f"   copy ratio: step / faster baseline ({'cp -a' if faster is cp else 'rsync -a'}) = "
-                 f"{ratio(step, faster)} (goal <= {COPY_GOAL}; {'met' if best <= COPY_GOAL else 'NOT met'}); "
-                 f"step / rsync -a = {ratio(step, rs)}, step / cp -a = {ratio(step, cp)}")
-    lines.append(f"   second apply: step (no-op) / rsync -a over the finished copy = "
-                 f"{ratio(copy['user_data step, again'], copy['rsync -a, again'])}")
+    lines.append(
+        f"   copy ratio: step / faster baseline ({'cp -a' if faster is cp else 'rsync -a'}) = "
+        f"{ratio(step, faster)} (goal <= {COPY_GOAL}; {'met' if best <= COPY_GOAL else 'NOT met'}); "
+        f"step / rsync -a = {ratio(step, rs)}, step / cp -a = {ratio(step, cp)}"
+    )
+    lines.append(
+        f"   second apply: step (no-op) / rsync -a over the finished copy = "
+        f"{ratio(copy['user_data step, again'], copy['rsync -a, again'])}"
+    )
     lines += [line(name, runs) for name, runs in own.items()]
     for case in ("all wrong", "all right") if own else ():
         fix, chown = own[f"fix_tree, {case}"], own[f"chown -R, {case}"]
         met = min(fix) / min(chown) <= OWNER_GOAL
-        lines.append(f"   ownership ratio ({case}): fix_tree / chown -R = {ratio(fix, chown)} "
-                     f"(goal <= {OWNER_GOAL}; {'met' if met else 'NOT met'})")
+        lines.append(
+            f"   ownership ratio ({case}): fix_tree / chown -R = {ratio(fix, chown)} "
+            f"(goal <= {OWNER_GOAL}; {'met' if met else 'NOT met'})"
+        )
     if mail:
         lines.append("   mail owner, backup all wrong:")
         lines += [line(name, runs) for name, runs in mail.items()]
         listed, chown_r = mail["listed lchown (the step)"], mail["chown -R after the copy"]
-        lines.append(f"   listed lchown / chown -R = {ratio(listed, chown_r)}; "
-                     f"rsync --chown / rsync -a = {ratio(mail['rsync -a --chown'], mail['rsync -a'])}")
+        lines.append(
+            f"   listed lchown / chown -R = {ratio(listed, chown_r)}; "
+            f"rsync --chown / rsync -a = {ratio(mail['rsync -a --chown'], mail['rsync -a'])}"
+        )
     return lines
 
 
@@ -243,8 +271,9 @@ def accounts_merge() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", nargs="+", default=["mid", "large", "100k"], choices=["small", "mid", "large",
-                                                                                            "100k"])
+    parser.add_argument(
+        "--scales", nargs="+", default=["mid", "large", "100k"], choices=["small", "mid", "large", "100k"]
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temp dir, removed)")
     parser.add_argument("--no-owner", action="store_true", help="skip the ownership measurements")
@@ -252,8 +281,10 @@ def main() -> None:
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and shutil.disk_usage(shm).free > 4 << 30 else None
     work_root = args.workdir or Path(tempfile.mkdtemp(prefix="ispcp-bench-userdata-", dir=base))
-    print(f"scratch space: {work_root} ({'tmpfs' if str(work_root).startswith('/dev/shm') else 'disk'}); "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"scratch space: {work_root} ({'tmpfs' if str(work_root).startswith('/dev/shm') else 'disk'}); "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    )
     try:
         for scale in args.scales:
             work = fresh(work_root / scale)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.mysql_service import pid_alive
+from ispcp_lib.mysql.service import pid_alive
 from ispcp_lib.sandbox.world import World, build_world, mariadbd_pids_under
 from tests.helpers import restore_databases, running_clone
 
@@ -123,9 +123,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leftover, still = _stop_leftovers(roots)
     if not leftover:
         return
-    message = (f"LEAKED MariaDB servers under {', '.join(map(str, roots))}: pids {leftover} were still running "
-               "at session end (a fixture or test did not stop its world); sent SIGTERM"
-               + (f", STILL RUNNING: {still}" if still else ", all stopped now"))
+    message = (
+        f"LEAKED MariaDB servers under {', '.join(map(str, roots))}: pids {leftover} were still running "
+        "at session end (a fixture or test did not stop its world); sent SIGTERM"
+        + (f", STILL RUNNING: {still}" if still else ", all stopped now")
+    )
     if reporter is not None:
         reporter.write_sep("=", "leaked MariaDB servers", red=True, bold=True)
         reporter.write_line(message, red=True, bold=True)

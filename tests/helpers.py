@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from ispcp_lib.action import StepFailed
-from ispcp_lib.context import Context
-from ispcp_lib.result import Result
-from ispcp_lib.runbook import open_run
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.result import Result
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.private_mysql import mysql_ids
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 
@@ -47,8 +47,9 @@ def ctx_for(world: World, apply: bool = False, **options: Any) -> Context:
     return ctx
 
 
-def fetch(world: World, user: str, password: str, sql: str, database: str | None = None,
-          args: tuple | None = None) -> list[tuple]:
+def fetch(
+    world: World, user: str, password: str, sql: str, database: str | None = None, args: tuple | None = None
+) -> list[tuple]:
     """Every row of one statement, run as user on the world's target server."""
     conn = world.target_mysql().connect(user, password, database)
     try:

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ispcp_lib.errors import PreconditionFailed
-from ispcp_lib.mysql_service import SandboxMysql
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.mysql.service import SandboxMysql
 
 T = TypeVar("T")
 SERVER_USER = "mysql"
@@ -38,8 +38,11 @@ def _server_ids() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(SERVER_USER)
     except KeyError:
-        raise PreconditionFailed("MySQL server user", f"there is no '{SERVER_USER}' account on this machine",
-                                 "install mariadb-server, which creates it") from None
+        raise PreconditionFailed(
+            "MySQL server user",
+            f"there is no '{SERVER_USER}' account on this machine",
+            "install mariadb-server, which creates it",
+        ) from None
     return entry.pw_uid, entry.pw_gid
 
 
@@ -57,18 +60,24 @@ def backup_database(
     """A connection to `database` as found in the backup's binary copy under `datadir`."""
     source = Path(datadir) / database
     if not source.is_dir():
-        raise PreconditionFailed(f"database {database} in the backup", "the directory does not exist",
-                                 "restore the binary copy of the database directory into the backup",
-                                 path=str(source))
+        raise PreconditionFailed(
+            f"database {database} in the backup",
+            "the directory does not exist",
+            "restore the binary copy of the database directory into the backup",
+            path=str(source),
+        )
     if any(source.glob("*.ibd")):
         raise PreconditionFailed(
             f"database {database} in the backup",
             "has InnoDB tables (.ibd); their data lives partly in the old server's ibdata1 and cannot be read "
-            "from a copied directory", "use a SQL dump of the database, or read it after mysql_restore",
-            path=str(source))
+            "from a copied directory",
+            "use a SQL dump of the database, or read it after mysql_restore",
+            path=str(source),
+        )
     if not shutil.which("mariadb-install-db"):
-        raise PreconditionFailed("mariadb-install-db", "not found: cannot start a throwaway reader",
-                                 "apt-get install mariadb-server")
+        raise PreconditionFailed(
+            "mariadb-install-db", "not found: cannot start a throwaway reader", "apt-get install mariadb-server"
+        )
     runner = runner or Runner()
     uid, gid = _server_ids()
     # Short path under /tmp: the socket path must stay below 108 bytes.
@@ -82,13 +91,24 @@ def backup_database(
             d.mkdir()
             os.chown(d, uid, gid)
         # A private tmpdir: bootstrap temp tables in a shared /tmp can collide with other servers' files.
-        runner.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", f"--user={SERVER_USER}",
-                    "--skip-test-db", "--auth-root-authentication-method=normal", f"--tmpdir={tmp}"],
-                   timeout=300, record=False)
+        runner.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--user={SERVER_USER}",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+                f"--tmpdir={tmp}",
+            ],
+            timeout=300,
+            record=False,
+        )
         shutil.copytree(source, data / database, symlinks=False)
         _chown_tree(data / database, uid, gid)
-        server = SandboxMysql(data, work / "s.sock", None, work / "mysqld.pid", runner,
-                              log_file=work / "mariadbd.err", user=SERVER_USER)
+        server = SandboxMysql(
+            data, work / "s.sock", None, work / "mysqld.pid", runner, log_file=work / "mariadbd.err", user=SERVER_USER
+        )
         server.start(["--skip-grant-tables", "--skip-networking", f"--tmpdir={tmp}"])
         conn = server.connect("root", None, database)
         try:
@@ -103,8 +123,7 @@ def backup_database(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def read_backup_database(datadir: Path, database: str, fn: Callable[[Any], T], *,
-                         runner: Runner | None = None) -> T:
+def read_backup_database(datadir: Path, database: str, fn: Callable[[Any], T], *, runner: Runner | None = None) -> T:
     """fn(connection) on the backup's copy of `database`; the throwaway server is gone afterwards."""
     with backup_database(datadir, database, runner=runner) as conn:
         return fn(conn)

@@ -7,8 +7,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 
 MYISAM_PARTS = (".frm", ".MYD", ".MYI")
@@ -25,8 +25,13 @@ class Item:
     required: bool = False
 
     def row(self) -> dict[str, str]:
-        return {"item": self.name, "state": self.state, "path": self.path, "detail": self.detail,
-                "why it matters": self.why}
+        return {
+            "item": self.name,
+            "state": self.state,
+            "path": self.path,
+            "detail": self.detail,
+            "why it matters": self.why,
+        }
 
 
 def database_dir_state(path: Path) -> tuple[str, str]:
@@ -104,9 +109,14 @@ def check_backup_root(ctx: Context) -> Path:
     if root is None:
         raise InputError("backup_root", "is not set", "set backup_root to the directory holding the old files")
     if not root.exists():
-        raise InputError("backup_root", "does not exist",
-                         "mount or unpack the backup and point backup_root at it", path=str(root))
+        raise InputError(
+            "backup_root", "does not exist", "mount or unpack the backup and point backup_root at it", path=str(root)
+        )
     if not root.is_dir():
-        raise InputError("backup_root", "is a file, not a directory",
-                         "unpack the archive (tar -xpf) and point backup_root at the directory", path=str(root))
+        raise InputError(
+            "backup_root",
+            "is a file, not a directory",
+            "unpack the archive (tar -xpf) and point backup_root at the directory",
+            path=str(root),
+        )
     return root

@@ -56,13 +56,22 @@ class Lookup:
 
 _QUERIES = (
     ("domain", "SELECT domain_name, domain_name FROM domain ORDER BY domain_id"),
-    ("alias", "SELECT a.alias_name, COALESCE(d.domain_name, '') FROM domain_aliasses a "
-              "LEFT JOIN domain d ON d.domain_id = a.domain_id ORDER BY a.alias_id"),
-    ("subdomain", "SELECT CONCAT(s.subdomain_name, '.', d.domain_name), d.domain_name FROM subdomain s "
-                  "JOIN domain d ON d.domain_id = s.domain_id ORDER BY s.subdomain_id"),
-    ("alias subdomain", "SELECT CONCAT(sa.subdomain_alias_name, '.', a.alias_name), a.alias_name "
-                        "FROM subdomain_alias sa JOIN domain_aliasses a ON a.alias_id = sa.alias_id "
-                        "ORDER BY sa.subdomain_alias_id"),
+    (
+        "alias",
+        "SELECT a.alias_name, COALESCE(d.domain_name, '') FROM domain_aliasses a "
+        "LEFT JOIN domain d ON d.domain_id = a.domain_id ORDER BY a.alias_id",
+    ),
+    (
+        "subdomain",
+        "SELECT CONCAT(s.subdomain_name, '.', d.domain_name), d.domain_name FROM subdomain s "
+        "JOIN domain d ON d.domain_id = s.domain_id ORDER BY s.subdomain_id",
+    ),
+    (
+        "alias subdomain",
+        "SELECT CONCAT(sa.subdomain_alias_name, '.', a.alias_name), a.alias_name "
+        "FROM subdomain_alias sa JOIN domain_aliasses a ON a.alias_id = sa.alias_id "
+        "ORDER BY sa.subdomain_alias_id",
+    ),
 )
 
 
@@ -99,6 +108,7 @@ def normalise(name: Any) -> str:
 
 # --- classifying (pure) -----------------------------------------------------------------------------
 
+
 def ip_class(ips: Iterable[str], old_ip: str | None, new_ip: str | None) -> str:
     """OLD if any address is the old server's, else NEW, else ELSEWHERE; NOWHERE for no address."""
     ips = set(ips)
@@ -127,8 +137,11 @@ def classify(
     if mx.status == "nodata" or not mx.values:
         if a.status == "ok":
             target = ip_class(a.values, old_ip, new_ip)
-            return {"verdict": NO_MX, "mail_to": target,
-                    "detail": "no MX record: senders deliver to the name's A record"}
+            return {
+                "verdict": NO_MX,
+                "mail_to": target,
+                "detail": "no MX record: senders deliver to the name's A record",
+            }
         if a.status in ("timeout", "error"):
             return {"verdict": NO_MX, "mail_to": UNKNOWN, "detail": f"no MX record; A query: {a.detail}"}
         return {"verdict": NO_ADDRESS, "mail_to": NOWHERE, "detail": "neither MX nor A record"}
@@ -162,11 +175,11 @@ def classify(
             return {"verdict": verdict, "mail_to": verdict, "detail": "; ".join(detail)}
     if TIMEOUT in classes:
         return {"verdict": TIMEOUT, "mail_to": UNKNOWN, "detail": "; ".join(unresolved)}
-    return {"verdict": NO_ADDRESS, "mail_to": NOWHERE,
-            "detail": "MX hosts without address: " + "; ".join(unresolved)}
+    return {"verdict": NO_ADDRESS, "mail_to": NOWHERE, "detail": "MX hosts without address: " + "; ".join(unresolved)}
 
 
 # --- resolving --------------------------------------------------------------------------------------
+
 
 def parse_nameserver(text: str | None) -> tuple[str, int] | None:
     """'127.0.0.1:5353', '127.0.0.1', '[::1]:53' or '::1' -> (address, port); None = system resolver.
@@ -219,9 +232,11 @@ class DnsTable:
 
     def summary(self) -> str:
         parts = [f"{self.counts.get(v, 0)} {v}" for v in VERDICTS if self.counts.get(v)]
-        text = (f"{len(self.mail_to_old)} of {len(self.rows)} hosted names still send mail to the old server "
-                f"({self.old_ip or 'old IP unknown'}); verdicts: {', '.join(parts) or 'none'}; "
-                f"{self.queries} queries to {self.nameserver} in {self.elapsed_s:.1f} s")
+        text = (
+            f"{len(self.mail_to_old)} of {len(self.rows)} hosted names still send mail to the old server "
+            f"({self.old_ip or 'old IP unknown'}); verdicts: {', '.join(parts) or 'none'}; "
+            f"{self.queries} queries to {self.nameserver} in {self.elapsed_s:.1f} s"
+        )
         if self.cut_by_total:
             text += f"; {self.cut_by_total} names unfinished when the total time bound was reached"
         return text
@@ -230,17 +245,29 @@ class DnsTable:
         import pandas as pd
 
         columns = ["name", "kind", "mail goes to", "verdict", "MX", "MX addresses", "A", "detail"]
-        data = [{"name": r["name"], "kind": r["kind"], "mail goes to": r["mail_to"], "verdict": r["verdict"],
-                 "MX": r["mx"], "MX addresses": r["mx_addresses"], "A": r["a"], "detail": r["detail"]}
-                for r in (self.rows if rows is None else rows)]
+        data = [
+            {
+                "name": r["name"],
+                "kind": r["kind"],
+                "mail goes to": r["mail_to"],
+                "verdict": r["verdict"],
+                "MX": r["mx"],
+                "MX addresses": r["mx_addresses"],
+                "A": r["a"],
+                "detail": r["detail"],
+            }
+            for r in (self.rows if rows is None else rows)
+        ]
         return pd.DataFrame(data, columns=columns)
 
     def counts_frame(self) -> Any:
         import pandas as pd
 
         mail = Counter(r["mail_to"] for r in self.rows)
-        return pd.DataFrame([{"verdict": v, "names": self.counts.get(v, 0)} for v in VERDICTS] +
-                            [{"verdict": f"mail goes to: {k}", "names": n} for k, n in sorted(mail.items())])
+        return pd.DataFrame(
+            [{"verdict": v, "names": self.counts.get(v, 0)} for v in VERDICTS]
+            + [{"verdict": f"mail goes to: {k}", "names": n} for k, n in sorted(mail.items())]
+        )
 
 
 def resolve_all(
@@ -267,16 +294,27 @@ def resolve_all(
     resolver.timeout = float(timeout)
     resolver.lifetime = float(timeout)
     resolver.cache = None  # each table shows what DNS says now
-    label = f"{server[0]}:{server[1]}" if server else "the system resolver (" + ", ".join(
-        str(n) for n in resolver.nameservers) + ")"
+    label = (
+        f"{server[0]}:{server[1]}"
+        if server
+        else "the system resolver (" + ", ".join(str(n) for n in resolver.nameservers) + ")"
+    )
     started = time.monotonic()
     box: dict[str, Any] = {}
 
     def worker() -> None:
         try:
             box["value"] = asyncio.run(
-                _resolve(resolver, list(names), float(timeout), float(total_timeout), max(1, int(concurrency)),
-                         old_ip, new_ip))
+                _resolve(
+                    resolver,
+                    list(names),
+                    float(timeout),
+                    float(total_timeout),
+                    max(1, int(concurrency)),
+                    old_ip,
+                    new_ip,
+                )
+            )
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 
@@ -290,8 +328,13 @@ def resolve_all(
 
 
 async def _resolve(
-    resolver: dns.asyncresolver.Resolver, names: list[HostedName], timeout: float, total: float,
-    concurrency: int, old_ip: str | None, new_ip: str | None,
+    resolver: dns.asyncresolver.Resolver,
+    names: list[HostedName],
+    timeout: float,
+    total: float,
+    concurrency: int,
+    old_ip: str | None,
+    new_ip: str | None,
 ) -> tuple[list[dict[str, str]], int, int]:
     sem = asyncio.Semaphore(concurrency)
     host_lookups: dict[str, asyncio.Task[Lookup]] = {}
@@ -302,8 +345,7 @@ async def _resolve(
         async with sem:
             queries += 1
             try:
-                answer = await resolver.resolve(name, rdtype, lifetime=timeout, raise_on_no_answer=False,
-                                                search=False)
+                answer = await resolver.resolve(name, rdtype, lifetime=timeout, raise_on_no_answer=False, search=False)
             except dns.resolver.NXDOMAIN:
                 return Lookup("nxdomain")
             except dns.exception.Timeout:
@@ -344,24 +386,38 @@ async def _resolve(
     rows = []
     for hn, task in zip(names, tasks):
         if task.cancelled() or task.exception() is not None:
-            why = (f"not finished within dns_total_timeout ({total:g} s)" if task.cancelled()
-                   else f"{type(task.exception()).__name__}: {task.exception()}")
-            rows.append(_row(hn, Lookup("timeout"), Lookup("timeout"), {},
-                             {"verdict": TIMEOUT if task.cancelled() else ERROR, "mail_to": UNKNOWN,
-                              "detail": why}))
+            why = (
+                f"not finished within dns_total_timeout ({total:g} s)"
+                if task.cancelled()
+                else f"{type(task.exception()).__name__}: {task.exception()}"
+            )
+            rows.append(
+                _row(
+                    hn,
+                    Lookup("timeout"),
+                    Lookup("timeout"),
+                    {},
+                    {"verdict": TIMEOUT if task.cancelled() else ERROR, "mail_to": UNKNOWN, "detail": why},
+                )
+            )
         else:
             rows.append(task.result())
     return rows, queries, cut
 
 
-def _row(hn: HostedName, mx: Lookup, a: Lookup, mx_hosts: dict[str, Lookup], verdict: dict[str, str]
-         ) -> dict[str, str]:
+def _row(hn: HostedName, mx: Lookup, a: Lookup, mx_hosts: dict[str, Lookup], verdict: dict[str, str]) -> dict[str, str]:
     mx_text = ", ".join(f"{p} {h}" for p, h in sorted(mx.values)) if mx.status == "ok" else mx.status
     addresses = []
     for host, look in sorted(mx_hosts.items()):
         addresses.append(f"{host}: {' '.join(look.values)}" if look.status == "ok" else f"{host}: {look.status}")
-    return {"name": hn.name, "kind": hn.kind, **verdict, "mx": mx_text, "mx_addresses": "; ".join(addresses),
-            "a": " ".join(a.values) if a.status == "ok" else a.status}
+    return {
+        "name": hn.name,
+        "kind": hn.kind,
+        **verdict,
+        "mx": mx_text,
+        "mx_addresses": "; ".join(addresses),
+        "a": " ".join(a.values) if a.status == "ok" else a.status,
+    }
 
 
 def _short(exc: BaseException) -> str:

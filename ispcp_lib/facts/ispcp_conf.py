@@ -6,14 +6,21 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
 
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>\s*=\s?)(?P<value>.*?)\s*$")
 
 # What the update script would otherwise ask for, and the recovery relies on.
 REQUIRED_KEYS = (
-    "Version", "BuildDate", "SERVER_HOSTNAME", "BASE_SERVER_IP", "DEFAULT_ADMIN_ADDRESS",
-    "DATABASE_HOST", "DATABASE_NAME", "DATABASE_USER", "DATABASE_PASSWORD",
+    "Version",
+    "BuildDate",
+    "SERVER_HOSTNAME",
+    "BASE_SERVER_IP",
+    "DEFAULT_ADMIN_ADDRESS",
+    "DATABASE_HOST",
+    "DATABASE_NAME",
+    "DATABASE_USER",
+    "DATABASE_PASSWORD",
 )
 
 

@@ -15,17 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ispcp_lib import keyfiles
-from ispcp_lib.errors import CommandFailed, InputError, IspcpError
+from ispcp_lib.core.errors import CommandFailed, InputError, IspcpError
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts.ispcp_conf import IspcpConf, parse_version
+from ispcp_lib.ispcp import keyfiles
 
 if TYPE_CHECKING:
-    from ispcp_lib.context import Context
+    from ispcp_lib.core.context import Context
 
 ENGINE_MANAGERS = (
-    "ispcp-als-mngr", "ispcp-alssub-mngr", "ispcp-dmn-mngr", "ispcp-htgroups-mngr",
-    "ispcp-htusers-mngr", "ispcp-mbox-mngr", "ispcp-sub-mngr", "ispcp-rqst-mngr",
+    "ispcp-als-mngr",
+    "ispcp-alssub-mngr",
+    "ispcp-dmn-mngr",
+    "ispcp-htgroups-mngr",
+    "ispcp-htusers-mngr",
+    "ispcp-mbox-mngr",
+    "ispcp-sub-mngr",
+    "ispcp-rqst-mngr",
 )
 UPDATE_SCRIPT = "engine/setup/ispcp-update"
 CONF_PATH = "/etc/ispcp/ispcp.conf"
@@ -35,6 +41,7 @@ _DUMP_REVISION = re.compile(r"\(\s*'DATABASE_REVISION'\s*,\s*'(\d+)'\s*\)")
 
 
 # --- the target's install -----------------------------------------------------------------------
+
 
 @dataclass
 class KeyState:
@@ -185,6 +192,7 @@ def target_database(ctx: Context, name: str) -> TargetDatabase:
 
 # --- the backup's release -----------------------------------------------------------------------
 
+
 @dataclass
 class BackupRelease:
     version: str | None
@@ -223,8 +231,9 @@ def backup_release(ctx: Context) -> BackupRelease:
                 break
     if revision is None and not source:
         source = "not found: no readable config table (binary copy or ispCP SQL dump) in the backup"
-    return BackupRelease(conf.get("Version") if conf else None, conf.get("BuildDate") if conf else None,
-                         revision, source, notes)
+    return BackupRelease(
+        conf.get("Version") if conf else None, conf.get("BuildDate") if conf else None, revision, source, notes
+    )
 
 
 def revision_from_dump(path: Path) -> int | None:
@@ -272,21 +281,29 @@ def revision_from_datadir(db_dir: Path) -> int | None:
 
 # --- verdict --------------------------------------------------------------------------------------
 
-def compare_releases(old_version: str | None, new_version: str | None, old_revision: int | None = None,
-                     new_revision: int | None = None) -> tuple[str, str]:
+
+def compare_releases(
+    old_version: str | None, new_version: str | None, old_revision: int | None = None, new_revision: int | None = None
+) -> tuple[str, str]:
     """same | upgrade | downgrade | unknown, with the reason. ispcp-update can only move forward."""
     ov, nv = parse_version(old_version or ""), parse_version(new_version or "")
     if ov is None or nv is None:
         return "unknown", f"cannot compare versions: backup {old_version or '?'}, target {new_version or '?'}"
     if nv < ov:
-        return "downgrade", (f"the target runs ispCP {new_version}, older than the backup's {old_version}: "
-                             "ispcp-update cannot take a database back to an older release")
+        return "downgrade", (
+            f"the target runs ispCP {new_version}, older than the backup's {old_version}: "
+            "ispcp-update cannot take a database back to an older release"
+        )
     if old_revision is not None and new_revision is not None and new_revision < old_revision:
-        return "downgrade", (f"the target's schema revision {new_revision} is older than the backup's "
-                             f"{old_revision}: the installed ispCP cannot read that database")
+        return "downgrade", (
+            f"the target's schema revision {new_revision} is older than the backup's "
+            f"{old_revision}: the installed ispCP cannot read that database"
+        )
     if nv > ov:
-        return "upgrade", (f"{old_version} → {new_version}: ispcp-update brings the restored database and "
-                           "configuration up to the new release")
+        return "upgrade", (
+            f"{old_version} → {new_version}: ispcp-update brings the restored database and "
+            "configuration up to the new release"
+        )
     return "same", f"both run ispCP {new_version}"
 
 

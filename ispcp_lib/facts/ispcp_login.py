@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ispcp_lib import keyfiles
-from ispcp_lib import keys as crypto
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.keyfiles import KeySet
-from ispcp_lib.secrets import REGISTRY, SecretRegistry
+from ispcp_lib.ispcp import crypto as crypto
+from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp.keyfiles import KeySet
 
 CONF_PATH = "/etc/ispcp/ispcp.conf"
 # Which key file to trust first: the engine's (ispcp-update reads it), then the GUI's, then 1.0.8+'s.
@@ -79,8 +79,14 @@ def read_keyfile(layout: str, path: Path, logical: str, secrets: SecretRegistry 
     for value in keyfiles.candidate_values(layout, text):  # a damaged key is still (most of) a real key
         secrets.add(value, "DB_PASS_KEY/IV (unverified)")
     if keyfiles.is_placeholder(layout, text):
-        return KeyFile(layout, logical, path, "placeholder",
-                       "holds the placeholders {KEY}/{IV} of a never-initialised template", raw=raw)
+        return KeyFile(
+            layout,
+            logical,
+            path,
+            "placeholder",
+            "holds the placeholders {KEY}/{IV} of a never-initialised template",
+            raw=raw,
+        )
     try:
         ks = keyfiles.parse_keyfile(layout, text, str(path))
     except InputError as exc:
@@ -192,8 +198,10 @@ def check_conf_login(ctx: Context, conf: IspcpConf, files: dict[str, KeyFile]) -
     good = [layout for layout, pw in results.items() if pw is not None]
     bad = [layout for layout, pw in results.items() if pw is None]
     if not good:
-        return False, (f"keys: no key file ({', '.join(bad)}) decrypts DATABASE_PASSWORD of {conf.path}: "
-                       "they belong to another installation")
+        return False, (
+            f"keys: no key file ({', '.join(bad)}) decrypts DATABASE_PASSWORD of {conf.path}: "
+            "they belong to another installation"
+        )
     if bad or broken:
         why = [f"{layout} does not decrypt it" for layout in bad] + broken
         return False, f"keys: {', '.join(good)} decrypt DATABASE_PASSWORD, but {'; '.join(why)}"
@@ -202,9 +210,12 @@ def check_conf_login(ctx: Context, conf: IspcpConf, files: dict[str, KeyFile]) -
     reason = ctx.mysql.can_login(user, results[good[0]], database)
     if reason is not None:
         return False, ctx.secrets.redact(
-            f"login: the keys decrypt DATABASE_PASSWORD, but MySQL refuses {user} on database {database}: {reason}")
-    return True, (f"verified: the key files ({', '.join(good)}) decrypt DATABASE_PASSWORD and {user} "
-                  f"logs into database {database}")
+            f"login: the keys decrypt DATABASE_PASSWORD, but MySQL refuses {user} on database {database}: {reason}"
+        )
+    return True, (
+        f"verified: the key files ({', '.join(good)}) decrypt DATABASE_PASSWORD and {user} "
+        f"logs into database {database}"
+    )
 
 
 def check_ispcp_login(ctx: Context) -> tuple[bool, str]:

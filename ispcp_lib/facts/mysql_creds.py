@@ -6,7 +6,7 @@ import configparser
 from dataclasses import dataclass
 from pathlib import Path
 
-from ispcp_lib.context import Context
+from ispcp_lib.core.context import Context
 
 
 @dataclass(frozen=True, repr=False)

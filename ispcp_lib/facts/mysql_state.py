@@ -41,8 +41,15 @@ FILE_KINDS: dict[str, str] = {
 
 # Engines by data-file suffix; the first suffix present decides.
 _ENGINE_BY_SUFFIX = (
-    (".ibd", "InnoDB"), (".isl", "InnoDB"), (".MYD", "MyISAM"), (".MYI", "MyISAM"), (".MAD", "Aria"),
-    (".MAI", "Aria"), (".CSV", "CSV"), (".ARZ", "ARCHIVE"), (".MRG", "MRG_MyISAM"),
+    (".ibd", "InnoDB"),
+    (".isl", "InnoDB"),
+    (".MYD", "MyISAM"),
+    (".MYI", "MyISAM"),
+    (".MAD", "Aria"),
+    (".MAI", "Aria"),
+    (".CSV", "CSV"),
+    (".ARZ", "ARCHIVE"),
+    (".MRG", "MRG_MyISAM"),
 )
 # The parts each engine needs beside the .frm.
 REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
@@ -53,19 +60,44 @@ REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
 }
 # legacy_db_type, byte 3 of a binary .frm (MariaDB's handler.h; the numbers are fixed forever).
 FRM_ENGINES: dict[int, str] = {
-    6: "MEMORY", 7: "ISAM", 8: "MRG_ISAM", 9: "MyISAM", 10: "MRG_MyISAM", 11: "BerkeleyDB", 12: "InnoDB",
-    14: "NDBCLUSTER", 15: "EXAMPLE", 16: "ARCHIVE", 17: "CSV", 18: "FEDERATED", 19: "BLACKHOLE",
-    20: "partitioned", 28: "PERFORMANCE_SCHEMA", 41: "S3", 42: "Aria", 43: "TokuDB", 44: "SEQUENCE",
+    6: "MEMORY",
+    7: "ISAM",
+    8: "MRG_ISAM",
+    9: "MyISAM",
+    10: "MRG_MyISAM",
+    11: "BerkeleyDB",
+    12: "InnoDB",
+    14: "NDBCLUSTER",
+    15: "EXAMPLE",
+    16: "ARCHIVE",
+    17: "CSV",
+    18: "FEDERATED",
+    19: "BLACKHOLE",
+    20: "partitioned",
+    28: "PERFORMANCE_SCHEMA",
+    41: "S3",
+    42: "Aria",
+    43: "TokuDB",
+    44: "SEQUENCE",
 }
 # InnoDB tables a server keeps in its `mysql` database for itself (statistics, replication state,
 # system versioning). Their .ibd files only make sense with the server's own system tablespace, so a
 # restore keeps the target's copies and leaves the backup's behind; nothing of the old server's
 # configuration lives in them. MariaDB 10.x and MySQL 5.6/5.7.
-SYSTEM_INNODB_TABLES: frozenset[str] = frozenset({
-    "innodb_table_stats", "innodb_index_stats", "gtid_slave_pos", "transaction_registry",
-    "slave_master_info", "slave_relay_log_info", "slave_worker_info", "gtid_executed", "engine_cost",
-    "server_cost",
-})
+SYSTEM_INNODB_TABLES: frozenset[str] = frozenset(
+    {
+        "innodb_table_stats",
+        "innodb_index_stats",
+        "gtid_slave_pos",
+        "transaction_registry",
+        "slave_master_info",
+        "slave_relay_log_info",
+        "slave_worker_info",
+        "gtid_executed",
+        "engine_cost",
+        "server_cost",
+    }
+)
 # Files at the top of a datadir that make up InnoDB's shared tablespace and its logs.
 SHARED_TABLESPACE = ("ibdata1",)
 
@@ -198,12 +230,13 @@ def _check_parts(path: Path, table: TableFiles) -> None:
 def _u64(data: bytes, offset: int) -> int | None:
     if len(data) < offset + 8:
         return None
-    return int.from_bytes(data[offset:offset + 8], "big")
+    return int.from_bytes(data[offset : offset + 8], "big")
 
 
 def _index_header(path: Path, name: str, engine: str) -> tuple[bytes, tuple[int, int, int]] | None:
     suffix, magic, offsets = (
-        (".MYI", MYISAM_MAGIC, (_MYISAM_RECORDS, _MYISAM_KEYFILE_LEN, _MYISAM_DATAFILE_LEN)) if engine == "MyISAM"
+        (".MYI", MYISAM_MAGIC, (_MYISAM_RECORDS, _MYISAM_KEYFILE_LEN, _MYISAM_DATAFILE_LEN))
+        if engine == "MyISAM"
         else (".MAI", ARIA_MAGIC, (_ARIA_RECORDS, _ARIA_KEYFILE_LEN, _ARIA_DATAFILE_LEN))
     )
     try:
@@ -254,6 +287,7 @@ def shared_tablespace(datadir: Path) -> list[str]:
 
 # --- offline CHECK verdicts -----------------------------------------------------------------------
 
+
 @dataclass
 class ChkVerdict:
     table: str
@@ -301,8 +335,9 @@ class OfflineCheck:
                     if not names or exe is None:
                         continue
                     argv = [exe, "--check", "--read-only", "--silent", *(str(path / f"{n}{suffix}") for n in names)]
-                    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                            cwd=self.scratch)
+                    proc = subprocess.Popen(
+                        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.scratch
+                    )
                     self.jobs.append((i, engine, names, path, suffix, proc))
         except BaseException:
             self.cancel()
@@ -353,8 +388,9 @@ _CHK_MESSAGE = re.compile(r"^(?:myisamchk|aria_chk): (?P<text>(?:error|warning).
 _QUOTED = re.compile(r"'([^']+\.(?:MYI|MAI))'")
 
 
-def parse_chk_output(text: str, names: Iterable[str], engine: str, path: Path, suffix: str,
-                     rc: int = 0) -> list[ChkVerdict]:
+def parse_chk_output(
+    text: str, names: Iterable[str], engine: str, path: Path, suffix: str, rc: int = 0
+) -> list[ChkVerdict]:
     """Per-table verdicts from --silent myisamchk/aria_chk output (only problems are printed).
 
     A failing exit code that no table can be blamed for becomes a verdict for "(all tables)": better a
@@ -413,6 +449,7 @@ def _table_of(file: str, by_file: dict[str, str]) -> str | None:
 
 # --- a running server -----------------------------------------------------------------------------
 
+
 @dataclass
 class LiveTable:
     name: str
@@ -423,8 +460,11 @@ class LiveTable:
 def live_tables(conn: Any, database: str) -> list[LiveTable]:
     """Tables and views of a database on a running server (empty list: no such database)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT TABLE_NAME, ENGINE, TABLE_TYPE FROM information_schema.TABLES "
-                    "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME", (database,))
+        cur.execute(
+            "SELECT TABLE_NAME, ENGINE, TABLE_TYPE FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME",
+            (database,),
+        )
         return [LiveTable(r[0], r[1], r[2]) for r in cur.fetchall()]
 
 
@@ -480,6 +520,7 @@ def count_rows(conn: Any, database: str, tables: Iterable[str]) -> dict[str, int
 
 # --- owners ---------------------------------------------------------------------------------------
 
+
 def account_id(path: Path, name: str) -> int | None:
     """The id (3rd field) of `name` in a passwd- or group-format file, None if absent."""
     if not path.is_file():
@@ -501,6 +542,7 @@ def mysql_owner(target_root: Path, user: str = "mysql", group: str = "mysql") ->
 
 
 # --- fingerprints ---------------------------------------------------------------------------------
+
 
 def dir_signature(path: Path) -> list[list[Any]]:
     """[name, size, mtime_ns] of every file below path: cheap, and enough to tell a copy's source changed."""

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.runner import Runner
 
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 

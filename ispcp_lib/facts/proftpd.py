@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ispcp_lib.context import Context
+from ispcp_lib.core.context import Context
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 
 DEFAULT_FTPD_CONF = "/etc/proftpd.conf"
@@ -35,8 +35,10 @@ class SqlConnect:
     line_no: int  # 0-based index into the file's lines
 
     def __repr__(self) -> str:
-        return (f"SqlConnect(database={self.database!r}, host={self.host!r}, user={self.user!r}, "
-                f"password={'<hidden>' if self.password else None}, line={self.line_no + 1})")
+        return (
+            f"SqlConnect(database={self.database!r}, host={self.host!r}, user={self.user!r}, "
+            f"password={'<hidden>' if self.password else None}, line={self.line_no + 1})"
+        )
 
     @property
     def effective_host(self) -> str:
@@ -134,7 +136,7 @@ def with_password(text: str, password: str) -> str:
         raise ValueError("no SQLConnectInfo line to rewrite")
     lines = text.splitlines(keepends=True)
     raw_line = lines[no]
-    ending = raw_line[len(raw_line.rstrip("\r\n")):]
+    ending = raw_line[len(raw_line.rstrip("\r\n")) :]
     line = raw_line.rstrip("\r\n")
     m = _DIRECTIVE.match(line)
     rest = m["rest"] or ""
@@ -145,10 +147,10 @@ def with_password(text: str, password: str) -> str:
     quoted = _quote_if_needed(password)
     if len(toks) >= 3:
         start, end, _raw = toks[2]
-        line = line[: offset + start] + quoted + line[offset + end:]
+        line = line[: offset + start] + quoted + line[offset + end :]
     else:
         _s, end, _raw = toks[1]
-        line = line[: offset + end] + " " + quoted + line[offset + end:]
+        line = line[: offset + end] + " " + quoted + line[offset + end :]
     lines[no] = line + ending
     return "".join(lines)
 
@@ -190,16 +192,20 @@ def conf_paths(conf: IspcpConf | None) -> tuple[str, str]:
 
 def target_copies(ctx: Context, conf: IspcpConf | None) -> list[ConfCopy]:
     ftpd, working = conf_paths(conf)
-    return [read_copy("target FTPD_CONF_FILE", ftpd, ctx.t(ftpd), ctx),
-            read_copy("target working copy", working, ctx.t(working), ctx)]
+    return [
+        read_copy("target FTPD_CONF_FILE", ftpd, ctx.t(ftpd), ctx),
+        read_copy("target working copy", working, ctx.t(working), ctx),
+    ]
 
 
 def backup_copies(ctx: Context, conf: IspcpConf | None) -> list[ConfCopy]:
     if ctx.backup_root is None:
         return []
     ftpd, working = conf_paths(conf)
-    return [read_copy("backup FTPD_CONF_FILE", ftpd, ctx.b(ftpd), ctx),
-            read_copy("backup working copy", working, ctx.b(working), ctx)]
+    return [
+        read_copy("backup FTPD_CONF_FILE", ftpd, ctx.b(ftpd), ctx),
+        read_copy("backup working copy", working, ctx.b(working), ctx),
+    ]
 
 
 def target_login(ctx: Context, conf: IspcpConf | None, which: str = "ftpd") -> SqlConnect | None:
@@ -231,8 +237,10 @@ def check_vftp(ctx: Context, info: SqlConnect | None) -> tuple[bool, str]:
             cur.execute("SELECT COUNT(*) FROM ftp_users")
             (count,) = cur.fetchone()
     except pymysql.MySQLError as exc:
-        return False, f"{info.user} logs in but cannot read {info.database}.ftp_users: " \
-                      f"{exc.args[-1] if exc.args else exc}"
+        return (
+            False,
+            f"{info.user} logs in but cannot read {info.database}.ftp_users: {exc.args[-1] if exc.args else exc}",
+        )
     finally:
         conn.close()
     return True, f"{info.user} logs into {info.database} and reads ftp_users ({count} rows)"

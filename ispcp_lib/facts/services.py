@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 
 if TYPE_CHECKING:
-    from ispcp_lib.context import Context
+    from ispcp_lib.core.context import Context
 
 INIT_DIR = "/etc/init.d"
 UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
@@ -36,50 +36,102 @@ class Program:
     role: str = ""  # programs sharing a role replace each other (courier / dovecot)
 
 
-def _p(name: str, package: str, binaries: tuple[str, ...] = (), init: tuple[str, ...] = (),
-       units: tuple[str, ...] = (), role: str = "") -> Program:
+def _p(
+    name: str,
+    package: str,
+    binaries: tuple[str, ...] = (),
+    init: tuple[str, ...] = (),
+    units: tuple[str, ...] = (),
+    role: str = "",
+) -> Program:
     return Program(name, package, binaries, init, units, role)
 
 
-APACHE = _p("Apache 2", "apache2", ("/usr/sbin/apache2", "/usr/sbin/apache2ctl"), ("apache2",),
-            ("apache2.service",), "web")
+APACHE = _p(
+    "Apache 2", "apache2", ("/usr/sbin/apache2", "/usr/sbin/apache2ctl"), ("apache2",), ("apache2.service",), "web"
+)
 POSTFIX = _p("Postfix", "postfix", ("/usr/sbin/postfix",), ("postfix",), ("postfix.service",), "mta")
 # Since Debian 9 the -ssl variants are part of courier-imap / courier-pop (they replace the old packages).
-COURIER_IMAP = _p("Courier IMAP", "courier-imap", ("/usr/sbin/imapd", "/usr/bin/imapd"),
-                  ("courier-imap",), ("courier-imap.service",), "imap")
-COURIER_IMAP_SSL = _p("Courier IMAP (SSL)", "courier-imap", ("/usr/sbin/imapd-ssl",),
-                      ("courier-imap-ssl",), ("courier-imap-ssl.service",), "imap")
-COURIER_POP = _p("Courier POP3", "courier-pop", ("/usr/sbin/pop3d", "/usr/bin/pop3d"), ("courier-pop",),
-                 ("courier-pop.service",), "pop")
-COURIER_POP_SSL = _p("Courier POP3 (SSL)", "courier-pop", ("/usr/sbin/pop3d-ssl",), ("courier-pop-ssl",),
-                     ("courier-pop-ssl.service",), "pop")
-COURIER_AUTHD = _p("Courier authdaemon", "courier-authdaemon", ("/usr/sbin/authdaemond",),
-                   ("courier-authdaemon",), ("courier-authdaemon.service",), "authd")
-DOVECOT = _p("Dovecot", "dovecot-imapd dovecot-pop3d", ("/usr/sbin/dovecot",), ("dovecot",),
-             ("dovecot.service",), "imap")
-PROFTPD = _p("ProFTPD", "proftpd-core proftpd-mod-mysql", ("/usr/sbin/proftpd",), ("proftpd",),
-             ("proftpd.service",), "ftp")
+COURIER_IMAP = _p(
+    "Courier IMAP",
+    "courier-imap",
+    ("/usr/sbin/imapd", "/usr/bin/imapd"),
+    ("courier-imap",),
+    ("courier-imap.service",),
+    "imap",
+)
+COURIER_IMAP_SSL = _p(
+    "Courier IMAP (SSL)",
+    "courier-imap",
+    ("/usr/sbin/imapd-ssl",),
+    ("courier-imap-ssl",),
+    ("courier-imap-ssl.service",),
+    "imap",
+)
+COURIER_POP = _p(
+    "Courier POP3",
+    "courier-pop",
+    ("/usr/sbin/pop3d", "/usr/bin/pop3d"),
+    ("courier-pop",),
+    ("courier-pop.service",),
+    "pop",
+)
+COURIER_POP_SSL = _p(
+    "Courier POP3 (SSL)",
+    "courier-pop",
+    ("/usr/sbin/pop3d-ssl",),
+    ("courier-pop-ssl",),
+    ("courier-pop-ssl.service",),
+    "pop",
+)
+COURIER_AUTHD = _p(
+    "Courier authdaemon",
+    "courier-authdaemon",
+    ("/usr/sbin/authdaemond",),
+    ("courier-authdaemon",),
+    ("courier-authdaemon.service",),
+    "authd",
+)
+DOVECOT = _p(
+    "Dovecot", "dovecot-imapd dovecot-pop3d", ("/usr/sbin/dovecot",), ("dovecot",), ("dovecot.service",), "imap"
+)
+PROFTPD = _p(
+    "ProFTPD", "proftpd-core proftpd-mod-mysql", ("/usr/sbin/proftpd",), ("proftpd",), ("proftpd.service",), "ftp"
+)
 BIND = _p("BIND 9", "bind9", ("/usr/sbin/named",), ("bind9", "named"), ("named.service", "bind9.service"), "dns")
 CRON = _p("cron", "cron", ("/usr/sbin/cron", "/usr/bin/crontab"), ("cron",), ("cron.service",), "cron")
 AMAVIS = _p("amavisd-new", "amavisd-new", ("/usr/sbin/amavisd-new",), ("amavis",), ("amavis.service",), "amavis")
 ISPCP_DAEMON = _p("ispCP daemon", INSTALLER, (), ("ispcp_daemon",), (), "ispcp_daemon")
 ISPCP_NETWORK = _p("ispCP traffic counter", INSTALLER, (), ("ispcp_network",), (), "ispcp_network")
-MARIADB = _p("MariaDB/MySQL server", "mariadb-server", ("/usr/sbin/mariadbd", "/usr/sbin/mysqld"),
-             ("mariadb", "mysql"), ("mariadb.service", "mysql.service"), "sql")
+MARIADB = _p(
+    "MariaDB/MySQL server",
+    "mariadb-server",
+    ("/usr/sbin/mariadbd", "/usr/sbin/mysqld"),
+    ("mariadb", "mysql"),
+    ("mariadb.service", "mysql.service"),
+    "sql",
+)
 
 # The small static map: basename of a CMD_* path -> the program that provides it.
 BY_COMMAND: dict[str, Program] = {
-    "apache2ctl": APACHE, "apache2": APACHE,
+    "apache2ctl": APACHE,
+    "apache2": APACHE,
     "postfix": POSTFIX,
-    "courier-imap": COURIER_IMAP, "courier-imap-ssl": COURIER_IMAP_SSL,
-    "courier-pop": COURIER_POP, "courier-pop-ssl": COURIER_POP_SSL,
+    "courier-imap": COURIER_IMAP,
+    "courier-imap-ssl": COURIER_IMAP_SSL,
+    "courier-pop": COURIER_POP,
+    "courier-pop-ssl": COURIER_POP_SSL,
     "courier-authdaemon": COURIER_AUTHD,
     "dovecot": DOVECOT,
     "proftpd": PROFTPD,
-    "bind9": BIND, "named": BIND,
-    "crontab": CRON, "cron": CRON,
-    "amavis": AMAVIS, "amavisd-new": AMAVIS,
-    "ispcp_daemon": ISPCP_DAEMON, "ispcp_network": ISPCP_NETWORK,
+    "bind9": BIND,
+    "named": BIND,
+    "crontab": CRON,
+    "cron": CRON,
+    "amavis": AMAVIS,
+    "amavisd-new": AMAVIS,
+    "ispcp_daemon": ISPCP_DAEMON,
+    "ispcp_network": ISPCP_NETWORK,
 }
 
 # The CMD_* entries for services ispcp-update stops, reconfigures and starts again, in its order.
@@ -100,12 +152,19 @@ SERVICE_KEYS: tuple[tuple[str, str], ...] = (
 )
 # Where ispCP's shipped 1.0.x config points them, for a config that lacks an entry.
 DEFAULT_COMMANDS = {
-    "CMD_HTTPD": "/usr/sbin/apache2ctl", "CMD_MTA": "/etc/init.d/postfix",
-    "CMD_AUTHD": "/etc/init.d/courier-authdaemon", "CMD_IMAP": "/etc/init.d/courier-imap",
-    "CMD_IMAP_SSL": "/etc/init.d/courier-imap-ssl", "CMD_POP": "/etc/init.d/courier-pop",
-    "CMD_POP_SSL": "/etc/init.d/courier-pop-ssl", "CMD_FTPD": "/etc/init.d/proftpd",
-    "CMD_NAMED": "/etc/init.d/bind9", "CMD_CRONTAB": "/usr/bin/crontab", "CMD_AMAVIS": "no",
-    "CMD_ISPCPD": "/etc/init.d/ispcp_daemon", "CMD_ISPCPN": "/etc/init.d/ispcp_network",
+    "CMD_HTTPD": "/usr/sbin/apache2ctl",
+    "CMD_MTA": "/etc/init.d/postfix",
+    "CMD_AUTHD": "/etc/init.d/courier-authdaemon",
+    "CMD_IMAP": "/etc/init.d/courier-imap",
+    "CMD_IMAP_SSL": "/etc/init.d/courier-imap-ssl",
+    "CMD_POP": "/etc/init.d/courier-pop",
+    "CMD_POP_SSL": "/etc/init.d/courier-pop-ssl",
+    "CMD_FTPD": "/etc/init.d/proftpd",
+    "CMD_NAMED": "/etc/init.d/bind9",
+    "CMD_CRONTAB": "/usr/bin/crontab",
+    "CMD_AMAVIS": "no",
+    "CMD_ISPCPD": "/etc/init.d/ispcp_daemon",
+    "CMD_ISPCPN": "/etc/init.d/ispcp_network",
 }
 ALTERNATIVES = (COURIER_IMAP, COURIER_POP, DOVECOT)
 
@@ -152,8 +211,11 @@ class Presence:
 
 
 def presence(program: Program, roots: Roots) -> Presence:
-    candidates = [*program.binaries, *(f"{INIT_DIR}/{s}" for s in program.init_scripts),
-                  *(f"{d}/{u}" for u in program.units for d in UNIT_DIRS)]
+    candidates = [
+        *program.binaries,
+        *(f"{INIT_DIR}/{s}" for s in program.init_scripts),
+        *(f"{d}/{u}" for u in program.units for d in UNIT_DIRS),
+    ]
     found = [hit for c in candidates if (hit := roots.find(c)) is not None]
     found.sort(key=lambda h: h[1] != "target")  # the target's own copies first
     return Presence(found)
@@ -176,8 +238,13 @@ class ServiceCheck:
         return self.state in ("missing", "mismatch", "unknown")
 
     def row(self) -> dict[str, str]:
-        where = self.presence.where or ("target root" if self.command_at and self.command_at[1] == "target"
-                                        else "host only (not under the target root)" if self.command_at else "")
+        where = self.presence.where or (
+            "target root"
+            if self.command_at and self.command_at[1] == "target"
+            else "host only (not under the target root)"
+            if self.command_at
+            else ""
+        )
         return {
             "service": self.role,
             "ispcp.conf": f"{self.key} = {self.command}" if self.command else f"{self.key} (not set)",
@@ -197,27 +264,53 @@ def program_for(command: str) -> Program | None:
 def check_service(key: str, role: str, command: str, roots: Roots) -> ServiceCheck:
     command = command.strip()
     if command.lower() in ("", "no"):
-        return ServiceCheck(key, role, command, "disabled", None, None, Presence(),
-                            "switched off in ispcp.conf" if command else "not in ispcp.conf")
+        return ServiceCheck(
+            key,
+            role,
+            command,
+            "disabled",
+            None,
+            None,
+            Presence(),
+            "switched off in ispcp.conf" if command else "not in ispcp.conf",
+        )
     program = program_for(command)
     at = roots.find(command) if command.startswith("/") else None
     pres = presence(program, roots) if program is not None else Presence([at] if at else [])
     if program is None:
         if at is not None:
-            return ServiceCheck(key, role, command, "ok", None, at, pres, "the command exists (program not "
-                                "in this check's map)")
-        return ServiceCheck(key, role, command, "unknown", None, None, pres,
-                            "the command does not exist and no package is known for it",
-                            f"apt-file search {command}")
+            return ServiceCheck(
+                key, role, command, "ok", None, at, pres, "the command exists (program not in this check's map)"
+            )
+        return ServiceCheck(
+            key,
+            role,
+            command,
+            "unknown",
+            None,
+            None,
+            pres,
+            "the command does not exist and no package is known for it",
+            f"apt-file search {command}",
+        )
     if at is not None:
         return ServiceCheck(key, role, command, "ok", program, at, pres, f"{program.name} is installed")
     if pres.installed:
         return ServiceCheck(
-            key, role, command, "mismatch", program, None, pres,
+            key,
+            role,
+            command,
+            "mismatch",
+            program,
+            None,
+            pres,
             f"{program.name} is installed, but {command} does not exist: ispcp-update calls that path, "
-            f"so point {key} at what exists or reinstall {program.package}", program.package)
-    return ServiceCheck(key, role, command, "missing", program, None, pres,
-                        f"{program.name} is not installed", program.package)
+            f"so point {key} at what exists or reinstall {program.package}",
+            program.package,
+        )
+    return ServiceCheck(
+        key, role, command, "missing", program, None, pres, f"{program.name} is not installed", program.package
+    )
 
 
 def check_services(conf: IspcpConf | None, target_root: Path, roots: Roots | None = None) -> list[ServiceCheck]:
@@ -243,8 +336,10 @@ def _note_alternatives(checks: list[ServiceCheck], roots: Roots) -> None:
             pres = presence(other, roots)
             if pres.installed:
                 check.state = "mismatch"
-                check.detail += (f"; {other.name} is installed instead ({pres.describe()}): point {check.key} "
-                                 f"at it, or install {check.program.package}")
+                check.detail += (
+                    f"; {other.name} is installed instead ({pres.describe()}): point {check.key} "
+                    f"at it, or install {check.program.package}"
+                )
                 break
 
 
@@ -315,7 +410,7 @@ def mysql_server(ctx: Context) -> MysqlServer:
     running = bool(svc is not None and svc.status())
     version = svc.version() if running and svc is not None else None
     if version and version.startswith("5.5.5-") and "mariadb" in version.lower():
-        version = version[len("5.5.5-"):]  # MariaDB's greeting prefix for old clients, not its version
+        version = version[len("5.5.5-") :]  # MariaDB's greeting prefix for old clients, not its version
     installed = mysql_presence(ctx.target_root)
     if running and svc is not None:
         login = mysql_creds.working_admin(ctx)
@@ -324,9 +419,16 @@ def mysql_server(ctx: Context) -> MysqlServer:
                 cur.execute("SELECT @@datadir, @@socket, @@version, @@pid_file")
                 datadir, sock, full_version, pid = cur.fetchone()
             source = f"the server's own variables (login {login.user} from {ctx.display_path(Path(login.source))})"
-            return MysqlServer(True, full_version or version, ctx.display_path(Path(datadir)).rstrip("/") or "/",
-                               ctx.display_path(Path(sock)) if sock else None, source,
-                               ctx.display_path(Path(pid)) if pid else None, installed, version_source="@@version")
+            return MysqlServer(
+                True,
+                full_version or version,
+                ctx.display_path(Path(datadir)).rstrip("/") or "/",
+                ctx.display_path(Path(sock)) if sock else None,
+                source,
+                ctx.display_path(Path(pid)) if pid else None,
+                installed,
+                version_source="@@version",
+            )
     options = server_options_from_config(ctx.target_root)
     notes = []
     if running:
@@ -335,6 +437,14 @@ def mysql_server(ctx: Context) -> MysqlServer:
     sock = options.get("socket", (DEBIAN_DEFAULTS["socket"], "Debian's default"))
     sources = sorted({datadir[1], sock[1]})
     pid = options.get("pid-file")
-    return MysqlServer(running, version, datadir[0], sock[0], "config: " + ", ".join(sources),
-                       pid[0] if pid else None, installed, version_source="protocol greeting" if version else "",
-                       notes=notes)
+    return MysqlServer(
+        running,
+        version,
+        datadir[0],
+        sock[0],
+        "config: " + ", ".join(sources),
+        pid[0] if pid else None,
+        installed,
+        version_source="protocol greeting" if version else "",
+        notes=notes,
+    )

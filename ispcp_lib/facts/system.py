@@ -50,16 +50,20 @@ def compare_server_versions(old: str | None, new: str | None) -> tuple[str, str]
         return "unknown", f"cannot read versions {old!r} / {new!r}"
     o_f, n_f = _flavour(old), _flavour(new)
     if o_f == "mariadb" and n_f == "mysql":
-        return "downgrade", (f"the backup was written by {old}; MySQL {new} cannot read MariaDB's system "
-                             "tables. Install MariaDB of at least the old version instead")
+        return "downgrade", (
+            f"the backup was written by {old}; MySQL {new} cannot read MariaDB's system "
+            "tables. Install MariaDB of at least the old version instead"
+        )
     if o_f == "mysql" and n_f == "mariadb" and nv[0] >= 10:
         return "upgrade", f"{old} → {new}: MariaDB reads MySQL 5 files; run mariadb-upgrade after the start"
     if ov[:2] == nv[:2]:
         return "same", f"{old} → {new}: same major version"
     if ov[:2] < nv[:2]:
         return "upgrade", f"{old} → {new}: readable; run mariadb-upgrade/mysql_upgrade after the start"
-    return "downgrade", (f"the backup was written by {old}, newer than {new}: the new server cannot be "
-                         "trusted to read its files. Install a server of at least the old version")
+    return "downgrade", (
+        f"the backup was written by {old}, newer than {new}: the new server cannot be "
+        "trusted to read its files. Install a server of at least the old version"
+    )
 
 
 def perl_module_version(module: str = "Crypt::CBC") -> str | None:
@@ -69,7 +73,12 @@ def perl_module_version(module: str = "Crypt::CBC") -> str | None:
     perl = shutil.which("perl")
     if perl is None:
         return None
-    proc = subprocess.run([perl, f"-M{module}", "-e", f"print ${module}::VERSION"],
-                          capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        [perl, f"-M{module}", "-e", f"print ${module}::VERSION"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     text = proc.stdout.strip()
     return text if proc.returncode == 0 and re.match(r"^\d", text) else None

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.core.errors import PreconditionFailed
 
 LASTCHG = 14700  # days since 1970: mid-2010, when the old server was set up
 
@@ -38,12 +38,44 @@ BASE_USERS: tuple[tuple[str, int, int, str, str, str], ...] = (
 )
 
 BASE_GROUPS: tuple[tuple[str, int], ...] = (
-    ("root", 0), ("daemon", 1), ("bin", 2), ("sys", 3), ("adm", 4), ("tty", 5), ("disk", 6), ("lp", 7),
-    ("mail", 8), ("news", 9), ("uucp", 10), ("man", 12), ("proxy", 13), ("kmem", 15), ("dialout", 20),
-    ("fax", 21), ("voice", 22), ("cdrom", 24), ("floppy", 25), ("tape", 26), ("sudo", 27), ("audio", 29),
-    ("dip", 30), ("www-data", 33), ("backup", 34), ("operator", 37), ("list", 38), ("irc", 39), ("src", 40),
-    ("shadow", 42), ("utmp", 43), ("video", 44), ("sasl", 45), ("plugdev", 46), ("staff", 50),
-    ("games", 60), ("users", 100), ("nogroup", 65534),
+    ("root", 0),
+    ("daemon", 1),
+    ("bin", 2),
+    ("sys", 3),
+    ("adm", 4),
+    ("tty", 5),
+    ("disk", 6),
+    ("lp", 7),
+    ("mail", 8),
+    ("news", 9),
+    ("uucp", 10),
+    ("man", 12),
+    ("proxy", 13),
+    ("kmem", 15),
+    ("dialout", 20),
+    ("fax", 21),
+    ("voice", 22),
+    ("cdrom", 24),
+    ("floppy", 25),
+    ("tape", 26),
+    ("sudo", 27),
+    ("audio", 29),
+    ("dip", 30),
+    ("www-data", 33),
+    ("backup", 34),
+    ("operator", 37),
+    ("list", 38),
+    ("irc", 39),
+    ("src", 40),
+    ("shadow", 42),
+    ("utmp", 43),
+    ("video", 44),
+    ("sasl", 45),
+    ("plugdev", 46),
+    ("staff", 50),
+    ("games", 60),
+    ("users", 100),
+    ("nogroup", 65534),
 )
 
 # The old server's service accounts, numbered as a 2010 Debian install would have left them.
@@ -56,7 +88,11 @@ OLD_SERVICE_USERS: tuple[tuple[str, int, int, str, str, str], ...] = (
     ("postfix", 105, 107, "", "/var/spool/postfix", "/bin/false"),
 )
 OLD_SERVICE_GROUPS: tuple[tuple[str, int], ...] = (
-    ("bind", 103), ("ssl-cert", 104), ("mysql", 106), ("postfix", 107), ("postdrop", 108),
+    ("bind", 103),
+    ("ssl-cert", 104),
+    ("mysql", 106),
+    ("postfix", 107),
+    ("postdrop", 108),
 )
 
 
@@ -115,6 +151,9 @@ def host_ids(name: str, passwd: Path = Path("/etc/passwd"), group: Path = Path("
     """uid of user `name` and gid of group `name` on this host (the sandbox's services run as them)."""
     uid, gid = _lookup(passwd, name, 2), _lookup(group, name, 2)
     if uid is None or gid is None:
-        raise PreconditionFailed(f"host account {name}", "is missing from /etc/passwd or /etc/group",
-                                 "install mariadb-server and postfix (they create these accounts)")
+        raise PreconditionFailed(
+            f"host account {name}",
+            "is missing from /etc/passwd or /etc/group",
+            "install mariadb-server and postfix (they create these accounts)",
+        )
     return uid, gid

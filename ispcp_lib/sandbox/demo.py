@@ -12,8 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ispcp_lib.errors import InputError
-from ispcp_lib.mysql_service import pid_alive
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.mysql.service import pid_alive
 from ispcp_lib.sandbox import dns, postfix
 
 # Sandbox services beside MariaDB; each module offers start_for_world(world) -> params, stop_for_world(world).
@@ -75,15 +75,18 @@ def clear_workdir(workdir: Path) -> Path:
     if (workdir / MANIFEST).is_file():
         World.load(workdir).stop()  # a previous demo that was interrupted
     elif any(workdir.iterdir()):
-        raise InputError("demo --workdir", f"is not empty and holds no {MANIFEST} of an earlier demo, so it is "
-                         "not ours to delete", "name a new or empty directory, or an earlier demo's workdir",
-                         path=str(workdir))
+        raise InputError(
+            "demo --workdir",
+            f"is not empty and holds no {MANIFEST} of an earlier demo, so it is not ours to delete",
+            "name a new or empty directory, or an earlier demo's workdir",
+            path=str(workdir),
+        )
     shutil.rmtree(workdir)
     return workdir
 
 
 def run_demo(workdir: Path, scale: str, report_dir: Path, no_input: bool = False) -> int:
-    from ispcp_lib.cli import run_runbook
+    from ispcp_lib.runbook.cli import run_runbook
     from ispcp_lib.sandbox.world import build_world
 
     try:

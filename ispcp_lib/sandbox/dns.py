@@ -22,9 +22,9 @@ from typing import Any
 import dns.exception
 import dns.resolver
 
-from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.facts.dns_table import ELSEWHERE, NEW, NO_MX, NXDOMAIN, OLD, HostedName
-from ispcp_lib.mysql_service import pid_alive
+from ispcp_lib.mysql.service import pid_alive
 from ispcp_lib.sandbox.private_mysql import free_port
 from ispcp_lib.sandbox.scenario import NEW_HOSTNAME, OLD_HOSTNAME, make_scenario
 
@@ -44,11 +44,15 @@ class ZonePlan:
     expected: dict[str, tuple[str, str]]  # name -> (verdict, where mail goes)
 
 
-def plan_records(names: Sequence[HostedName], old_ip: str, new_ip: str, old_host: str = OLD_HOSTNAME,
-                 new_host: str = NEW_HOSTNAME) -> ZonePlan:
+def plan_records(
+    names: Sequence[HostedName], old_ip: str, new_ip: str, old_host: str = OLD_HOSTNAME, new_host: str = NEW_HOSTNAME
+) -> ZonePlan:
     """dnsmasq records for the names and the verdict each name must get from the DNS table."""
-    options = [f"host-record={old_host},{old_ip}", f"host-record={new_host},{new_ip}",
-               f"host-record={ELSEWHERE_MX},{ELSEWHERE_IP}"]
+    options = [
+        f"host-record={old_host},{old_ip}",
+        f"host-record={new_host},{new_ip}",
+        f"host-record={ELSEWHERE_MX},{ELSEWHERE_IP}",
+    ]
     expected: dict[str, tuple[str, str]] = {}
     all_names = {hn.name for hn in names}
     # A name with records below it exists in DNS (an "empty non-terminal"), so it cannot be NXDOMAIN.
@@ -85,8 +89,9 @@ def world_names(world: Any) -> list[HostedName]:
     by_id = sc.domain_by_id()
     names = [HostedName(d.name, "domain", d.name) for d in sc.domains]
     names += [HostedName(a.name, "alias", by_id[a.domain_id].name) for a in sc.aliases]
-    names += [HostedName(f"{s.label}.{by_id[s.domain_id].name}", "subdomain", by_id[s.domain_id].name)
-              for s in sc.subdomains]
+    names += [
+        HostedName(f"{s.label}.{by_id[s.domain_id].name}", "subdomain", by_id[s.domain_id].name) for s in sc.subdomains
+    ]
     return names
 
 
@@ -106,16 +111,26 @@ class Dnsmasq:
         return self.dir / "dnsmasq.log"
 
     def argv(self) -> list[str]:
-        return ["dnsmasq", "--no-daemon", f"--port={self.port}", "--listen-address=127.0.0.1",
-                "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/", f"--conf-file={self.conf}"]
+        return [
+            "dnsmasq",
+            "--no-daemon",
+            f"--port={self.port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--local=/test/",
+            f"--conf-file={self.conf}",
+        ]
 
     def start(self, options: Sequence[str], probe_name: str = NEW_HOSTNAME) -> int:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text("# sandbox records (test scaffolding)\n" + "\n".join(options) + "\n")
         self.conf.chmod(0o644)
         with open(self.log, "ab") as log:
-            proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
         _children[proc.pid] = proc
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -126,8 +141,12 @@ class Dnsmasq:
             time.sleep(0.1)
         stop_pid(proc.pid, self.conf)
         tail = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
-        raise PreconditionFailed("sandbox dnsmasq", f"does not answer on 127.0.0.1:{self.port}:\n{tail}",
-                                 "read the log; is the port taken?", path=str(self.log))
+        raise PreconditionFailed(
+            "sandbox dnsmasq",
+            f"does not answer on 127.0.0.1:{self.port}:\n{tail}",
+            "read the log; is the port taken?",
+            path=str(self.log),
+        )
 
     def answers(self, name: str) -> bool:
         resolver = dns.resolver.Resolver(configure=False)
@@ -165,15 +184,18 @@ def start_for_world(world: Any) -> dict[str, Any]:
     plan = plan_records(world_names(world), old_ip, new_ip, m["old"]["hostname"], m["new"]["hostname"])
     server = Dnsmasq(Path(world.workdir) / "dns", free_port())
     pid = server.start(plan.options, m["new"]["hostname"])
-    (Path(world.workdir) / STATE_FILE).write_text(json.dumps(
-        {"workdir": str(world.workdir), "pid": pid, "port": server.port, "conf": str(server.conf)}, indent=1) + "\n")
+    (Path(world.workdir) / STATE_FILE).write_text(
+        json.dumps({"workdir": str(world.workdir), "pid": pid, "port": server.port, "conf": str(server.conf)}, indent=1)
+        + "\n"
+    )
     return {"dns_nameserver": f"127.0.0.1:{server.port}"}
 
 
 def expected_for_world(world: Any) -> dict[str, tuple[str, str]]:
     m = world.manifest
-    return plan_records(world_names(world), m["old"]["ip"], m["new"]["ip"], m["old"]["hostname"],
-                        m["new"]["hostname"]).expected
+    return plan_records(
+        world_names(world), m["old"]["ip"], m["new"]["ip"], m["old"]["hostname"], m["new"]["hostname"]
+    ).expected
 
 
 def stop_for_world(world: Any) -> None:

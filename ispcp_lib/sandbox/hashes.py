@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ispcp_lib.errors import InputError
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.runner import Runner
 
 _PERL = 'while (<STDIN>) { chomp; my ($p, $s) = split /\\t/, $_, 2; print crypt($p, $s), "\\n"; }'
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 import sys
 
 from ispcp_lib.facts.ispcp_conf import IspcpConf, parse_version
-from ispcp_lib.keys import encrypt_db_password
+from ispcp_lib.ispcp.crypto import encrypt_db_password
 from ispcp_lib.sandbox.private_mysql import data_file
 
 ENGINE_MANAGERS = (
-    "ispcp-als-mngr", "ispcp-alssub-mngr", "ispcp-dmn-mngr", "ispcp-htgroups-mngr",
-    "ispcp-htusers-mngr", "ispcp-mbox-mngr", "ispcp-sub-mngr",
+    "ispcp-als-mngr",
+    "ispcp-alssub-mngr",
+    "ispcp-dmn-mngr",
+    "ispcp-htgroups-mngr",
+    "ispcp-htusers-mngr",
+    "ispcp-mbox-mngr",
+    "ispcp-sub-mngr",
 )
 SLEEP_LINE = "\tsleep(1);"
 # A decoy for the engine_speedup step: it must change only the exact statement line.
@@ -46,9 +51,13 @@ def ispcp_conf(version: str, hostname: str, ip: str, root_password: str, key: st
 def proftpd_conf(hostname: str, vftp_password: str) -> str:
     text = data_file("proftpd.conf")
     for placeholder, value in (
-        ("{HOST_NAME}", hostname), ("{DATABASE_NAME}", "ispcp"), ("{DATABASE_HOST}", "localhost"),
-        ("{DATABASE_USER}", "vftp"), ("{DATABASE_PASS}", vftp_password),
-        ("{FTPD_MIN_UID}", "2000"), ("{FTPD_MIN_GID}", "2000"),
+        ("{HOST_NAME}", hostname),
+        ("{DATABASE_NAME}", "ispcp"),
+        ("{DATABASE_HOST}", "localhost"),
+        ("{DATABASE_USER}", "vftp"),
+        ("{DATABASE_PASS}", vftp_password),
+        ("{FTPD_MIN_UID}", "2000"),
+        ("{FTPD_MIN_GID}", "2000"),
     ):
         text = text.replace(placeholder, value)
     return text
@@ -111,7 +120,7 @@ def engine_manager(name: str, version: str) -> str:
         "use warnings;",
         "",
         "use FindBin;",
-        "use lib \"$FindBin::Bin/\";",
+        'use lib "$FindBin::Bin/";',
         "require 'ispcp_common_code.pl';",
         "",
         f"my @rows = get_{item}_requests();",
@@ -145,9 +154,9 @@ def php_fcgi_starter(domain: str, uid: int) -> str:
     return (
         "#!/bin/sh\n"
         f"# PHP5 FastCGI starter for {domain} (vu{uid})\n"
-        f"PHPRC=\"/var/www/fcgi/{domain}/php5/\"\n"
+        f'PHPRC="/var/www/fcgi/{domain}/php5/"\n'
         "export PHPRC\n"
-        f"TMPDIR=\"/var/www/virtual/{domain}/phptmp\"\n"
+        f'TMPDIR="/var/www/virtual/{domain}/phptmp"\n'
         "export TMPDIR\n"
         "PHP_FCGI_MAX_REQUESTS=1000\n"
         "export PHP_FCGI_MAX_REQUESTS\n"
@@ -159,8 +168,8 @@ def php_ini(domain: str) -> str:
     return (
         "[PHP]\n"
         "memory_limit = 64M\n"
-        f"open_basedir = \"/var/www/virtual/{domain}/:/usr/share/php/\"\n"
-        f"upload_tmp_dir = \"/var/www/virtual/{domain}/phptmp/\"\n"
-        f"session.save_path = \"/var/www/virtual/{domain}/phptmp/\"\n"
+        f'open_basedir = "/var/www/virtual/{domain}/:/usr/share/php/"\n'
+        f'upload_tmp_dir = "/var/www/virtual/{domain}/phptmp/"\n'
+        f'session.save_path = "/var/www/virtual/{domain}/phptmp/"\n'
         "safe_mode = Off\n"
     )

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ispcp_lib.keyfiles import LAYOUTS, KeySet, render_keyfile
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.ispcp.keyfiles import LAYOUTS, KeySet, render_keyfile
 from ispcp_lib.sandbox import accounts, ispcp_files, private_mysql
 from ispcp_lib.sandbox.files import put_file
 from ispcp_lib.sandbox.scenario import Scenario
@@ -49,8 +49,12 @@ def write_system_files(target: Path, sc: Scenario) -> None:
 def write_dummy_ispcp(target: Path, sc: Scenario, version: str) -> None:
     """The fresh ispCP install's files: config, key files, ProFTPd config and engine managers."""
     new = sc.new
-    put_file(target, "/etc/ispcp/ispcp.conf",
-         ispcp_files.ispcp_conf(version, sc.new_hostname, sc.new_ip, new.root_password, new.key, new.iv), 0o640)
+    put_file(
+        target,
+        "/etc/ispcp/ispcp.conf",
+        ispcp_files.ispcp_conf(version, sc.new_hostname, sc.new_ip, new.root_password, new.key, new.iv),
+        0o640,
+    )
     keys = KeySet(new.key, new.iv)
     for layout in ispcp_files.key_layouts(version):
         mode, gid = (0o640, 33) if layout == "php" else (0o600, 0)
@@ -76,8 +80,7 @@ def target_mysql_params(workdir: Path, target: Path, port: int) -> dict[str, Any
     }
 
 
-def build_target_database(params: dict[str, Any], sc: Scenario, runner: Runner, dummy: bool,
-                          tmpdir: Path) -> str:
+def build_target_database(params: dict[str, Any], sc: Scenario, runner: Runner, dummy: bool, tmpdir: Path) -> str:
     """Install the datadir, load ispCP's schema (seed rows only) and set the new credentials.
 
     Returns the server version. The instance is stopped again before returning.
@@ -86,16 +89,18 @@ def build_target_database(params: dict[str, Any], sc: Scenario, runner: Runner, 
     datadir.parent.mkdir(parents=True, exist_ok=True)
     private_mysql.install_datadir(datadir, runner, tmpdir)
     # Socket only while building (no port to collide); the port is for the runbook's later starts.
-    srv = private_mysql.instance(datadir, Path(params["socket"]), Path(params["pid_file"]),
-                                 Path(params["log_file"]), None, runner)
+    srv = private_mysql.instance(
+        datadir, Path(params["socket"]), Path(params["pid_file"]), Path(params["log_file"]), None, runner
+    )
     private_mysql.start(srv, tmpdir)
     try:
         if dummy:
             private_mysql.load_sql(srv.socket, private_mysql.schema_sql("ispcp"), runner)
         conn = srv.connect("root", None)
         try:
-            private_mysql.create_service_accounts(conn, sc.new.root_password, sc.new.debian_sys_maint,
-                                    sc.new.vftp if dummy else None)
+            private_mysql.create_service_accounts(
+                conn, sc.new.root_password, sc.new.debian_sys_maint, sc.new.vftp if dummy else None
+            )
         finally:
             conn.close()
         return private_mysql.server_version(datadir, srv)

@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.runner import Runner
 from ispcp_lib.facts import postfix as pf
-from ispcp_lib.runner import Runner
 from ispcp_lib.sandbox.accounts import host_ids
 from ispcp_lib.sandbox.private_mysql import free_port
 
@@ -61,8 +61,9 @@ maillog_file = {spool}/maillog
 class PrivatePostfix:
     """One private instance: config_dir (main.cf, master.cf) and spool (queue, data, maillog)."""
 
-    def __init__(self, config_dir: Path, spool: Path, port: int, hostname: str = "new.sandbox.test",
-                 runner: Runner | None = None) -> None:
+    def __init__(
+        self, config_dir: Path, spool: Path, port: int, hostname: str = "new.sandbox.test", runner: Runner | None = None
+    ) -> None:
         self.config_dir = Path(config_dir)
         self.spool = Path(spool)
         self.port = int(port)
@@ -88,8 +89,11 @@ class PrivatePostfix:
         self.queue_directory.mkdir(parents=True, exist_ok=True)
         self.data_directory.mkdir(parents=True, exist_ok=True)
         os.chown(self.data_directory, postfix_uid, postfix_gid)  # postfix writes master.lock there
-        (self.config_dir / "main.cf").write_text(MAIN_CF.format(
-            hostname=self.hostname, queue=self.queue_directory, data=self.data_directory, spool=self.spool))
+        (self.config_dir / "main.cf").write_text(
+            MAIN_CF.format(
+                hostname=self.hostname, queue=self.queue_directory, data=self.data_directory, spool=self.spool
+            )
+        )
         lines = []
         for line in (HOST_CONFIG_DIR / "master.cf").read_text().splitlines():
             lines.append("#" + line if _SMTPD_LINE.match(line) else line)
@@ -106,8 +110,9 @@ class PrivatePostfix:
 
     def start(self) -> None:
         if not pf.installed(HOST_CONFIG_DIR) or pf.binary("postfix") is None:
-            raise PreconditionFailed("sandbox Postfix", "Postfix is not installed on this machine",
-                                     "apt-get install postfix")
+            raise PreconditionFailed(
+                "sandbox Postfix", "Postfix is not installed on this machine", "apt-get install postfix"
+            )
         register_alternate_dir(self.config_dir, self.runner)
         if self.master_pid() is None:
             self.runner.run([pf.binary("postfix") or "postfix", "-c", str(self.config_dir), "start"], timeout=60)
@@ -116,15 +121,20 @@ class PrivatePostfix:
             if pf.port_answers(self.port):
                 return
             time.sleep(0.1)
-        raise PreconditionFailed("sandbox Postfix", f"smtpd does not answer on 127.0.0.1:{self.port}",
-                                 f"read {self.maillog}", path=str(self.config_dir))
+        raise PreconditionFailed(
+            "sandbox Postfix",
+            f"smtpd does not answer on 127.0.0.1:{self.port}",
+            f"read {self.maillog}",
+            path=str(self.config_dir),
+        )
 
     def stop(self) -> None:
         """Stop the master (if it runs) and unregister the config dir from the host's main.cf."""
         try:
             if self.master_pid() is not None:
-                self.runner.run([pf.binary("postfix") or "postfix", "-c", str(self.config_dir), "stop"],
-                                check=False, timeout=60)
+                self.runner.run(
+                    [pf.binary("postfix") or "postfix", "-c", str(self.config_dir), "stop"], check=False, timeout=60
+                )
             pid = self._wait_master_gone(10)
             if pid is not None:
                 # `postfix stop` refuses while main.cf is broken (a test may break it on purpose); SIGTERM
@@ -132,8 +142,12 @@ class PrivatePostfix:
                 os.kill(pid, signal.SIGTERM)
                 pid = self._wait_master_gone(10)
             if pid is not None:
-                raise PreconditionFailed("sandbox Postfix", f"master pid {pid} did not stop",
-                                         f"postfix -c {self.config_dir} stop", path=str(self.config_dir))
+                raise PreconditionFailed(
+                    "sandbox Postfix",
+                    f"master pid {pid} did not stop",
+                    f"postfix -c {self.config_dir} stop",
+                    path=str(self.config_dir),
+                )
         finally:
             unregister_alternate_dir(self.config_dir, self.runner)
 
@@ -147,6 +161,7 @@ class PrivatePostfix:
 
 
 # --- the host's alternate_config_directories ---------------------------------------------------------
+
 
 @contextmanager
 def _host_lock() -> Iterator[None]:
@@ -193,12 +208,17 @@ def unregister_alternate_dir(config_dir: Path, runner: Runner) -> None:
 
 # --- the world's instance ----------------------------------------------------------------------------
 
+
 def for_world(world: Any) -> PrivatePostfix:
     """The world's instance, with the port recorded in the workdir (a new free port the first time)."""
     state = _read_state(world)
     port = state.get("port") if state.get("workdir") == str(world.workdir) else None
-    return PrivatePostfix(Path(world.target_root) / "etc/postfix", Path(world.workdir) / "postfix",
-                          int(port or free_port()), world.manifest.get("new", {}).get("hostname", "new.sandbox.test"))
+    return PrivatePostfix(
+        Path(world.target_root) / "etc/postfix",
+        Path(world.workdir) / "postfix",
+        int(port or free_port()),
+        world.manifest.get("new", {}).get("hostname", "new.sandbox.test"),
+    )
 
 
 def start_for_world(world: Any) -> dict[str, Any]:
@@ -206,8 +226,15 @@ def start_for_world(world: Any) -> dict[str, Any]:
     inst = for_world(world)
     if not inst.configured_here():
         inst.write_config()
-    _write_state(world, {"workdir": str(world.workdir), "config_dir": str(inst.config_dir), "port": inst.port,
-                         "queue_directory": str(inst.queue_directory)})
+    _write_state(
+        world,
+        {
+            "workdir": str(world.workdir),
+            "config_dir": str(inst.config_dir),
+            "port": inst.port,
+            "queue_directory": str(inst.queue_directory),
+        },
+    )
     inst.start()
     _write_state(world, {**_read_state(world), "master_pid": inst.master_pid()})
     return {"postfix_config_dir": str(inst.config_dir), "postfix_smtp_port": inst.port}

@@ -1,6 +1,6 @@
 """Setting up private MariaDB instances for the sandbox: datadir, schema load, dumps, ports.
 
-Starting and stopping is SandboxMysql's job (ispcp_lib.mysql_service); this module prepares what
+Starting and stopping is SandboxMysql's job (ispcp_lib.mysql.service); this module prepares what
 it runs on. The server runs as the host's `mysql` user, so every directory it needs must be
 reachable and owned accordingly.
 """
@@ -16,9 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ispcp_lib.errors import CommandFailed, PreconditionFailed
-from ispcp_lib.mysql_service import SandboxMysql
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.errors import CommandFailed, PreconditionFailed
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.mysql.service import SandboxMysql
 from ispcp_lib.sandbox.accounts import host_ids
 
 T = TypeVar("T")
@@ -86,8 +86,12 @@ def with_reachable(action: Callable[[], T], paths: Sequence[Path], before_retry:
 
 def check_socket_path(sock: Path) -> None:
     if len(str(sock).encode()) > SOCKET_PATH_MAX:
-        raise PreconditionFailed("sandbox MariaDB socket", f"path is longer than {SOCKET_PATH_MAX} bytes",
-                                 "use a shorter workdir", path=str(sock))
+        raise PreconditionFailed(
+            "sandbox MariaDB socket",
+            f"path is longer than {SOCKET_PATH_MAX} bytes",
+            "use a shorter workdir",
+            path=str(sock),
+        )
 
 
 def make_mysql_dir(path: Path, mode: int = 0o755) -> Path:
@@ -116,8 +120,15 @@ def install_datadir(datadir: Path, runner: Runner, tmpdir: Path) -> None:
     """
     if not shutil.which("mariadb-install-db"):
         raise PreconditionFailed("mariadb-install-db", "not found", "apt-get install mariadb-server")
-    argv = ["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--user=mysql",
-            "--auth-root-authentication-method=normal", "--skip-test-db", f"--tmpdir={tmpdir}"]
+    argv = [
+        "mariadb-install-db",
+        "--no-defaults",
+        f"--datadir={datadir}",
+        "--user=mysql",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+        f"--tmpdir={tmpdir}",
+    ]
 
     def fresh() -> None:
         shutil.rmtree(datadir, ignore_errors=True)
@@ -128,8 +139,9 @@ def install_datadir(datadir: Path, runner: Runner, tmpdir: Path) -> None:
     with_reachable(lambda: runner.run(argv, timeout=300), [datadir, tmpdir], before_retry=fresh)
 
 
-def instance(datadir: Path, sock: Path, pid_file: Path, log_file: Path, port: int | None,
-             runner: Runner | None = None) -> SandboxMysql:
+def instance(
+    datadir: Path, sock: Path, pid_file: Path, log_file: Path, port: int | None, runner: Runner | None = None
+) -> SandboxMysql:
     check_socket_path(sock)
     make_mysql_dir(sock.parent)
     prepare_log(log_file)
@@ -149,8 +161,14 @@ def start(srv: SandboxMysql, tmpdir: Path) -> None:
 
 def client(sock: Path, user: str = "root", database: str | None = None) -> list[str]:
     """argv for the mariadb client on the socket; no password (only used before one is set)."""
-    return ["mariadb", "--no-defaults", f"--socket={sock}", f"--user={user}", "--batch",
-            *([database] if database else [])]
+    return [
+        "mariadb",
+        "--no-defaults",
+        f"--socket={sock}",
+        f"--user={user}",
+        "--batch",
+        *([database] if database else []),
+    ]
 
 
 def load_sql(sock: Path, sql: str, runner: Runner, database: str | None = None) -> None:
@@ -160,8 +178,19 @@ def load_sql(sock: Path, sql: str, runner: Runner, database: str | None = None) 
 
 def dump_database(sock: Path, database: str, dest: Path, runner: Runner) -> None:
     """A mariadb-dump of one database (root without password: done before passwords are set)."""
-    out = runner.run(["mariadb-dump", "--no-defaults", f"--socket={sock}", "--user=root",
-                      "--single-transaction", "--routines", "--databases", database], timeout=600)
+    out = runner.run(
+        [
+            "mariadb-dump",
+            "--no-defaults",
+            f"--socket={sock}",
+            "--user=root",
+            "--single-transaction",
+            "--routines",
+            "--databases",
+            database,
+        ],
+        timeout=600,
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(out.stdout)
     dest.chmod(0o600)
@@ -190,6 +219,7 @@ def create_service_accounts(conn: Any, root_password: str, dsm_password: str, vf
                 cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ispcp.`{table}` TO 'vftp'@'localhost'")
         cur.execute("SELECT host FROM mysql.user WHERE user = 'root'")
         for (host,) in cur.fetchall():
-            cur.execute("ALTER USER 'root'@%s IDENTIFIED VIA mysql_native_password USING PASSWORD(%s)",
-                        (host, root_password))
+            cur.execute(
+                "ALTER USER 'root'@%s IDENTIFIED VIA mysql_native_password USING PASSWORD(%s)", (host, root_password)
+            )
         cur.execute("FLUSH PRIVILEGES")

@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ispcp_lib.keys import IV_LENGTH, KEY_CHARSET, KEY_LENGTH, PASSWORD_CHARSET
+from ispcp_lib.ispcp.crypto import IV_LENGTH, KEY_CHARSET, KEY_LENGTH, PASSWORD_CHARSET
 
 OLD_HOSTNAME = "old.sandbox.test"
 NEW_HOSTNAME = "new.sandbox.test"
@@ -28,8 +28,28 @@ SCALES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 _SUB_LABELS = ("www2", "shop", "blog", "dev", "test", "forum", "cdn", "wiki", "mail2", "docs")
-_LOCAL_PARTS = ("info", "office", "anna", "ben", "carla", "dieter", "eva", "frank", "gabi", "hans",
-                "ines", "jonas", "kai", "lena", "max", "nina", "otto", "paula", "sales", "support")
+_LOCAL_PARTS = (
+    "info",
+    "office",
+    "anna",
+    "ben",
+    "carla",
+    "dieter",
+    "eva",
+    "frank",
+    "gabi",
+    "hans",
+    "ines",
+    "jonas",
+    "kai",
+    "lena",
+    "max",
+    "nina",
+    "otto",
+    "paula",
+    "sales",
+    "support",
+)
 
 
 @dataclass
@@ -132,10 +152,13 @@ class Scenario:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "domains": len(self.domains), "subdomains": len(self.subdomains), "aliases": len(self.aliases),
+            "domains": len(self.domains),
+            "subdomains": len(self.subdomains),
+            "aliases": len(self.aliases),
             "mailboxes": sum(1 for m in self.mailboxes if m.password is not None),
             "forwards": sum(1 for m in self.mailboxes if m.password is None),
-            "ftp_users": len(self.ftp_users), "customer_dbs": len(self.customer_dbs),
+            "ftp_users": len(self.ftp_users),
+            "customer_dbs": len(self.customer_dbs),
         }
 
     def domain_records(self) -> list[dict[str, Any]]:
@@ -149,8 +172,11 @@ def _secret(rng: random.Random, length: int, alphabet: str = PASSWORD_CHARSET) -
 def _server_secrets(rng: random.Random) -> ServerSecrets:
     # Keys from the installer's alphabet, so quoting/escaping in the key files gets exercised.
     return ServerSecrets(
-        root_password=_secret(rng, 16), debian_sys_maint=_secret(rng, 16), vftp=_secret(rng, 16),
-        key=_secret(rng, KEY_LENGTH, KEY_CHARSET), iv=_secret(rng, IV_LENGTH, KEY_CHARSET),
+        root_password=_secret(rng, 16),
+        debian_sys_maint=_secret(rng, 16),
+        vftp=_secret(rng, 16),
+        key=_secret(rng, KEY_LENGTH, KEY_CHARSET),
+        iv=_secret(rng, IV_LENGTH, KEY_CHARSET),
     )
 
 
@@ -163,8 +189,13 @@ def make_scenario(scale: str = "small", seed: int = 1, new_ip: str = NEW_IP) -> 
 
     # admin_id 1 = admin, 2 = reseller, 3.. = one 'user' admin per domain (ispCP's own layout).
     domains = [
-        Domain(id=i, name=f"example-{i:03d}.test", uid=FIRST_DOMAIN_UID + i - 1,
-               gid=FIRST_DOMAIN_UID + i - 1, admin_id=i + 2)
+        Domain(
+            id=i,
+            name=f"example-{i:03d}.test",
+            uid=FIRST_DOMAIN_UID + i - 1,
+            gid=FIRST_DOMAIN_UID + i - 1,
+            admin_id=i + 2,
+        )
         for i in range(1, n_dom + 1)
     ]
     subdomains = []
@@ -173,8 +204,7 @@ def make_scenario(scale: str = "small", seed: int = 1, new_ip: str = NEW_IP) -> 
         n = i // n_dom
         label = _SUB_LABELS[n % len(_SUB_LABELS)] + (str(n // len(_SUB_LABELS)) if n >= len(_SUB_LABELS) else "")
         subdomains.append(Subdomain(id=i + 1, domain_id=dom.id, label=label))
-    aliases = [Alias(id=i + 1, domain_id=domains[i % n_dom].id, name=f"alias-{i + 1:03d}.test")
-               for i in range(n_als)]
+    aliases = [Alias(id=i + 1, domain_id=domains[i % n_dom].id, name=f"alias-{i + 1:03d}.test") for i in range(n_als)]
 
     mailboxes = []
     for i in range(n_mail):
@@ -182,17 +212,25 @@ def make_scenario(scale: str = "small", seed: int = 1, new_ip: str = NEW_IP) -> 
         n = i // n_dom
         local = _LOCAL_PARTS[n % len(_LOCAL_PARTS)] + (str(n // len(_LOCAL_PARTS)) if n >= len(_LOCAL_PARTS) else "")
         forward_only = i % 10 == 9  # about one in ten
-        mailboxes.append(Mailbox(
-            id=i + 1, domain_id=dom.id, domain=dom.name, local_part=local,
-            password=None if forward_only else _secret(rng, 12),
-            forward=f"{local}@elsewhere.test" if forward_only else None,
-        ))
+        mailboxes.append(
+            Mailbox(
+                id=i + 1,
+                domain_id=dom.id,
+                domain=dom.name,
+                local_part=local,
+                password=None if forward_only else _secret(rng, 12),
+                forward=f"{local}@elsewhere.test" if forward_only else None,
+            )
+        )
     ftp_users = []
     for i in range(n_ftp):
         dom = domains[i % n_dom]
         n = i // n_dom
-        ftp_users.append(FtpUser(userid=f"ftp{n + 1}@{dom.name}", password=_secret(rng, 12),
-                                 uid=dom.uid, gid=dom.gid, domain=dom.name))
+        ftp_users.append(
+            FtpUser(
+                userid=f"ftp{n + 1}@{dom.name}", password=_secret(rng, 12), uid=dom.uid, gid=dom.gid, domain=dom.name
+            )
+        )
 
     customer_dbs = []
     for idx, (suffix, engine) in enumerate((("shop", "MyISAM"), ("blog", "InnoDB"))):
@@ -200,10 +238,17 @@ def make_scenario(scale: str = "small", seed: int = 1, new_ip: str = NEW_IP) -> 
             break
         dom = domains[idx]
         prefix = dom.name.split(".")[0].replace("-", "")  # example001
-        customer_dbs.append(CustomerDb(
-            id=idx + 1, domain_id=dom.id, name=f"{prefix}_{suffix}", engine=engine, user_id=idx + 1,
-            user=f"ex{dom.id:03d}{suffix}", password=_secret(rng, 14),  # <= 16 chars: MySQL 5.0's limit
-        ))
+        customer_dbs.append(
+            CustomerDb(
+                id=idx + 1,
+                domain_id=dom.id,
+                name=f"{prefix}_{suffix}",
+                engine=engine,
+                user_id=idx + 1,
+                user=f"ex{dom.id:03d}{suffix}",
+                password=_secret(rng, 14),  # <= 16 chars: MySQL 5.0's limit
+            )
+        )
 
     admin_names = ["admin", "reseller1", *(d.name for d in domains)]
     admin_passwords = {name: _secret(rng, 12) for name in admin_names}
@@ -214,7 +259,19 @@ def make_scenario(scale: str = "small", seed: int = 1, new_ip: str = NEW_IP) -> 
     salts.update({f"ftp:{u.userid}": _secret(rng, 16, salt_chars) for u in ftp_users})
 
     return Scenario(
-        scale=scale, seed=seed, old_ip=OLD_IP, new_ip=new_ip, domains=domains, subdomains=subdomains,
-        aliases=aliases, mailboxes=mailboxes, ftp_users=ftp_users, customer_dbs=customer_dbs,
-        old=old, new=new, admin_passwords=admin_passwords, shadow_passwords=shadow_passwords, salts=salts,
+        scale=scale,
+        seed=seed,
+        old_ip=OLD_IP,
+        new_ip=new_ip,
+        domains=domains,
+        subdomains=subdomains,
+        aliases=aliases,
+        mailboxes=mailboxes,
+        ftp_users=ftp_users,
+        customer_dbs=customer_dbs,
+        old=old,
+        new=new,
+        admin_passwords=admin_passwords,
+        shadow_passwords=shadow_passwords,
+        salts=salts,
     )

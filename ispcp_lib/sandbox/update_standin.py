@@ -68,7 +68,14 @@ MANAGERS = (
 )
 
 BOLD, UNDERLINE, RED, GREEN, YELLOW, BLUE, RESET = (
-    "\x1b[1m", "\x1b[4m", "\x1b[1;31m", "\x1b[1;32m", "\x1b[1;33m", "\x1b[1;34m", "\x1b[0m")
+    "\x1b[1m",
+    "\x1b[4m",
+    "\x1b[1;31m",
+    "\x1b[1;32m",
+    "\x1b[1;33m",
+    "\x1b[1;34m",
+    "\x1b[0m",
+)
 
 
 def install(target_root: Path, world: Any = None) -> Path:
@@ -158,15 +165,19 @@ class Update:
     # -- dialog --------------------------------------------------------------------------------
     def dialog(self) -> None:
         self.clear()
-        self.out(f"\n\t{BOLD}{UNDERLINE}Welcome to ispCP '{self.conf.get('Version')}' Update Dialog.{RESET}\n\n"
-                 "\tThis program will update your current ispCP OMEGA installation on this\n"
-                 "\tserver.\n\tPlease make sure you did a backup of all your server data.\n\n"
-                 f"\t{BLUE}[NOTICE]{RESET} During the migration process some or all services might require to\n"
-                 "\tbe shut down.\n\n")
+        self.out(
+            f"\n\t{BOLD}{UNDERLINE}Welcome to ispCP '{self.conf.get('Version')}' Update Dialog.{RESET}\n\n"
+            "\tThis program will update your current ispCP OMEGA installation on this\n"
+            "\tserver.\n\tPlease make sure you did a backup of all your server data.\n\n"
+            f"\t{BLUE}[NOTICE]{RESET} During the migration process some or all services might require to\n"
+            "\tbe shut down.\n\n"
+        )
         self._yes_no("\tDo you want to continue [Y/n]: ")
         self.clear()
-        self.out(f"\n\t{BLUE}[NOTICE]{RESET} Make sure you have read and performed all steps from\n"
-                 "\tdocs/distro/INSTALL document (where distro is your linux distribution).\n\n")
+        self.out(
+            f"\n\t{BLUE}[NOTICE]{RESET} Make sure you have read and performed all steps from\n"
+            "\tdocs/distro/INSTALL document (where distro is your linux distribution).\n\n"
+        )
         while True:
             answer = self.ask("\tDo you want to continue [Y/n/?]: ").strip().lower()
             if answer == "?":
@@ -217,44 +228,65 @@ class Update:
         self.status(True)
 
     def _store_conf(self) -> None:
-        from ispcp_lib.fileops import atomic_write
+        from ispcp_lib.core.fileops import atomic_write
 
         atomic_write(self.conf_path, self.conf.text())
 
     def check_conf(self) -> None:
         self.subtitle("Check ispCP configuration file:")
-        empty = [k for k in ("SERVER_HOSTNAME", "BASE_SERVER_IP", "DEFAULT_ADMIN_ADDRESS", "DATABASE_HOST",
-                             "DATABASE_NAME", "DATABASE_USER") if not self.conf.get(k)]
+        empty = [
+            k
+            for k in (
+                "SERVER_HOSTNAME",
+                "BASE_SERVER_IP",
+                "DEFAULT_ADMIN_ADDRESS",
+                "DATABASE_HOST",
+                "DATABASE_NAME",
+                "DATABASE_USER",
+            )
+            if not self.conf.get(k)
+        ]
         if not empty:
             self.status(True)
             return
         self.out("\n")
         if len(empty) >= 3:
-            self.out(f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file several settings are set\n"
-                     "\tto an empty value!\n")
+            self.out(
+                f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file several settings are set\n"
+                "\tto an empty value!\n"
+            )
             answer = self.ask("\n\tAre you sure you have installed ispCP ? [Y/n]: ").strip().lower()
             if answer == "n":
-                raise Failed(f"\n\t{BLUE}[NOTICE]{RESET} The update program ends now!\n\tPlease, run "
-                             f"'{self.conf.get('ROOT_DIR')}/engine/setup/ispcp-setup' instead!")
-        self.out(f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file are some new or unset "
-                 "parameters!\n\tThe update script will switch to upgrade mode now...\n")
+                raise Failed(
+                    f"\n\t{BLUE}[NOTICE]{RESET} The update program ends now!\n\tPlease, run "
+                    f"'{self.conf.get('ROOT_DIR')}/engine/setup/ispcp-setup' instead!"
+                )
+        self.out(
+            f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file are some new or unset "
+            "parameters!\n\tThe update script will switch to upgrade mode now...\n"
+        )
         self._yes_no("\n\tDo you want to continue [Y/n]: ")
         for key in empty:
             default = self.conf.get(key) or ASK_DEFAULTS.get(key, "")
             value = self.ask("\n\t" + ASK[key].format(default=default)).strip() or ASK_DEFAULTS.get(key, "")
             self.conf.set(key, value)
         self._store_conf()
-        self.out(f"\n\t{BLUE}[NOTICE]{RESET} The upgrade process ended successfully!\n"
-                 "\tThe update process will continue normally now...\n\n")
+        self.out(
+            f"\n\t{BLUE}[NOTICE]{RESET} The upgrade process ended successfully!\n"
+            "\tThe update process will continue normally now...\n\n"
+        )
         self.ask("\tPlease, type 'Enter' to continue...")
 
     # -- database ------------------------------------------------------------------------------
     def keys(self) -> Any:
-        from ispcp_lib import keyfiles
-        from ispcp_lib.errors import InputError
+        from ispcp_lib.core.errors import InputError
+        from ispcp_lib.ispcp import keyfiles
 
-        paths = keyfiles.layout_paths(self.conf.get("ROOT_DIR") or "/var/www/ispcp",
-                                      self.conf.get("GUI_ROOT_DIR") or None, self.conf.get("CONF_DIR") or "/etc/ispcp")
+        paths = keyfiles.layout_paths(
+            self.conf.get("ROOT_DIR") or "/var/www/ispcp",
+            self.conf.get("GUI_ROOT_DIR") or None,
+            self.conf.get("CONF_DIR") or "/etc/ispcp",
+        )
         for layout in ("keys_conf", "perl_engine"):
             real = self.path(paths[layout])
             if real.is_file():
@@ -267,8 +299,8 @@ class Update:
     def connect(self) -> None:
         import pymysql
 
-        from ispcp_lib import keys as crypto
-        from ispcp_lib.errors import InputError
+        from ispcp_lib.core.errors import InputError
+        from ispcp_lib.ispcp import crypto as crypto
 
         ks = self.keys()
         user = self.conf.get("DATABASE_USER") or "root"
@@ -283,9 +315,14 @@ class Update:
         self.dbg(f"doSQL(): DBI:mysql:{name}:{host} user {user} password '{password}'")
         dsn = f"DBI connect('{name}:{host}','{user}',...) failed"
         try:
-            self.db = pymysql.connect(unix_socket=self.socket or "/var/run/mysqld/mysqld.sock", user=user,
-                                      password=password.encode("utf-8", "surrogateescape"), database=name,
-                                      autocommit=True, connect_timeout=10)
+            self.db = pymysql.connect(
+                unix_socket=self.socket or "/var/run/mysqld/mysqld.sock",
+                user=user,
+                password=password.encode("utf-8", "surrogateescape"),
+                database=name,
+                autocommit=True,
+                connect_timeout=10,
+            )
         except pymysql.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
             if code in (1045, 1044, 1698):
@@ -314,8 +351,10 @@ class Update:
         if info is not None and self._vftp_ok(info.user or "vftp", info.password or ""):
             self.status(True)
             return
-        self.out(f"\n\t{YELLOW}[WARNING]{RESET} Unable to log into the database as "
-                 f"{(info.user if info else None) or 'vftp'} with the password from {working}\n")
+        self.out(
+            f"\n\t{YELLOW}[WARNING]{RESET} Unable to log into the database as "
+            f"{(info.user if info else None) or 'vftp'} with the password from {working}\n"
+        )
         for _attempt in range(3):
             first = self.ask("\n\tPlease enter ispCP ftp SQL user password. [auto generate]: ", secret=True)
             if first == "":
@@ -329,16 +368,23 @@ class Update:
                 self.out("\t" + " " * 60)
                 self.status(True)
                 return
-            raise Failed(f"\t{RED}[ERROR]{RESET} DBI connect('{self.conf.get('DATABASE_NAME')}:localhost','vftp',...) "
-                         "failed: Access denied for user 'vftp'@'localhost' (using password: YES)")
+            raise Failed(
+                f"\t{RED}[ERROR]{RESET} DBI connect('{self.conf.get('DATABASE_NAME')}:localhost','vftp',...) "
+                "failed: Access denied for user 'vftp'@'localhost' (using password: YES)"
+            )
         raise Failed(f"\t{RED}[ERROR]{RESET} The ispCP ftp SQL user password could not be set")
 
     def _vftp_ok(self, user: str, password: str) -> bool:
         import pymysql
 
         try:
-            conn = pymysql.connect(unix_socket=self.socket or "", user=user, password=password,
-                                   database=self.conf.get("DATABASE_NAME") or "ispcp", connect_timeout=10)
+            conn = pymysql.connect(
+                unix_socket=self.socket or "",
+                user=user,
+                password=password,
+                database=self.conf.get("DATABASE_NAME") or "ispcp",
+                connect_timeout=10,
+            )
         except pymysql.MySQLError:
             return False
         try:
@@ -361,7 +407,7 @@ class Update:
         user = (info.user if info else None) or "vftp"
         for (host,) in self.sql("SELECT host FROM mysql.user WHERE user = %s", (user,)):
             self.sql("SET PASSWORD FOR %s@%s = PASSWORD(%s)", (user, host, password))
-        from ispcp_lib.fileops import atomic_write
+        from ispcp_lib.core.fileops import atomic_write
 
         ftpd = self.path(self.conf.get("FTPD_CONF_FILE") or "/etc/proftpd.conf")
         for path in (working, ftpd):
@@ -371,9 +417,13 @@ class Update:
 
     def services(self) -> None:
         self.title("Rebuilding all services configuration files")
-        for name in ("ispCP crontab file:", "ispCP BIND9 main configuration file:",
-                     "ispCP PHP (fastcgi) configuration files:", "ispCP Apache main vhost file:",
-                     "ispCP Postfix configuration files:"):
+        for name in (
+            "ispCP crontab file:",
+            "ispCP BIND9 main configuration file:",
+            "ispCP PHP (fastcgi) configuration files:",
+            "ispCP Apache main vhost file:",
+            "ispCP Postfix configuration files:",
+        ):
             self.subtitle(name)
             self.status(True)
         self.ftp()
@@ -405,9 +455,11 @@ class Update:
         self.groups = _read_ids(self.path("/etc/group"))
         self.vhosts: list[str] = []
         handlers: dict[str, Callable[[], int]] = {
-            "ispcp-dmn-mngr": self.domains, "ispcp-sub-mngr": self.subdomains,
+            "ispcp-dmn-mngr": self.domains,
+            "ispcp-sub-mngr": self.subdomains,
             "ispcp-alssub-mngr": lambda: self.simple("subdomain_alias", "subdomain_alias_status"),
-            "ispcp-als-mngr": self.aliases, "ispcp-mbox-mngr": self.mailboxes,
+            "ispcp-als-mngr": self.aliases,
+            "ispcp-mbox-mngr": self.mailboxes,
             "ispcp-htusers-mngr": lambda: self.simple("htaccess_users", "status"),
             "ispcp-htgroups-mngr": lambda: self.simple("htaccess_groups", "status"),
         }
@@ -419,7 +471,7 @@ class Update:
         sites = self.conf.get("APACHE_SITES_DIR") or "/etc/apache2/sites-available"
         vhost_file = self.path(f"{sites}/ispcp.conf")
         vhost_file.parent.mkdir(parents=True, exist_ok=True)
-        from ispcp_lib.fileops import atomic_write
+        from ispcp_lib.core.fileops import atomic_write
 
         atomic_write(vhost_file, _vhost_header() + "".join(self.vhosts), 0o644, 0, 0)
         self.dbg(f"customers rebuilt in {time.monotonic() - started:.2f} s")
@@ -438,18 +490,21 @@ class Update:
     def domains(self) -> int:
         www = self.conf.get("APACHE_WWW_DIR") or "/var/www/virtual"
         starters = self.conf.get("PHP_STARTER_DIR") or "/var/www/fcgi"
-        rows = self.sql("SELECT d.domain_id, d.domain_name, d.domain_uid, d.domain_gid, COALESCE(i.ip_number, %s) "
-                        "FROM domain d LEFT JOIN server_ips i ON i.ip_id = d.domain_ip_id "
-                        "WHERE d.domain_status = 'change' ORDER BY d.domain_id",
-                        (self.conf.get("BASE_SERVER_IP"),))
+        rows = self.sql(
+            "SELECT d.domain_id, d.domain_name, d.domain_uid, d.domain_gid, COALESCE(i.ip_number, %s) "
+            "FROM domain d LEFT JOIN server_ips i ON i.ip_id = d.domain_ip_id "
+            "WHERE d.domain_status = 'change' ORDER BY d.domain_id",
+            (self.conf.get("BASE_SERVER_IP"),),
+        )
         self.domain_ids = {}
         for dom_id, name, uid, gid, ip in rows:
             user, group, error = self._ids(int(uid), int(gid))
             self.domain_ids[dom_id] = (name, ip, user, group)
             home = self.path(f"{www}/{name}")
             if error is None:
-                error = _chown_tree(home, int(uid), int(gid)) or _chown_tree(self.path(f"{starters}/{name}"),
-                                                                             int(uid), int(gid), missing_ok=True)
+                error = _chown_tree(home, int(uid), int(gid)) or _chown_tree(
+                    self.path(f"{starters}/{name}"), int(uid), int(gid), missing_ok=True
+                )
             if error is not None:
                 self.out(f"\n\t{RED}[ERROR]{RESET} ispcp-dmn-mngr: {name}: {error}\n")
             self.vhosts.append(_vhost(name, ip, f"{www}/{name}/htdocs", user, group, "dmn"))
@@ -460,8 +515,10 @@ class Update:
 
     def subdomains(self) -> int:
         www = self.conf.get("APACHE_WWW_DIR") or "/var/www/virtual"
-        rows = self.sql("SELECT subdomain_id, domain_id, subdomain_name, subdomain_mount FROM subdomain "
-                        "WHERE subdomain_status = 'change' ORDER BY subdomain_id")
+        rows = self.sql(
+            "SELECT subdomain_id, domain_id, subdomain_name, subdomain_mount FROM subdomain "
+            "WHERE subdomain_status = 'change' ORDER BY subdomain_id"
+        )
         for sub_id, dom_id, label, mount in rows:
             dom = getattr(self, "domain_ids", {}).get(dom_id)
             status = "ok"
@@ -484,8 +541,10 @@ class Update:
 
     def aliases(self) -> int:
         www = self.conf.get("APACHE_WWW_DIR") or "/var/www/virtual"
-        rows = self.sql("SELECT alias_id, domain_id, alias_name, alias_mount FROM domain_aliasses "
-                        "WHERE alias_status = 'change' ORDER BY alias_id")
+        rows = self.sql(
+            "SELECT alias_id, domain_id, alias_name, alias_mount FROM domain_aliasses "
+            "WHERE alias_status = 'change' ORDER BY alias_id"
+        )
         for als_id, dom_id, alias, mount in rows:
             dom = getattr(self, "domain_ids", {}).get(dom_id)
             status = "ok" if dom is not None else f"parent domain {dom_id} not found"
@@ -501,8 +560,9 @@ class Update:
         mail_dir = self.conf.get("MTA_VIRTUAL_MAIL_DIR") or "/var/mail/virtual"
         uid = int(self.conf.get("MTA_MAILBOX_UID") or 1004)
         gid = int(self.conf.get("MTA_MAILBOX_GID") or 8)
-        rows = self.sql("SELECT mail_id, mail_acc, mail_addr, mail_type FROM mail_users "
-                        "WHERE status = 'change' ORDER BY mail_id")
+        rows = self.sql(
+            "SELECT mail_id, mail_acc, mail_addr, mail_type FROM mail_users WHERE status = 'change' ORDER BY mail_id"
+        )
         maps = []
         self.path(mail_dir).mkdir(parents=True, exist_ok=True)
         for mail_id, acc, addr, mail_type in rows:
@@ -558,9 +618,11 @@ class Update:
         self.title("Finishing update")
         self.subtitle("Starting services: ")
         self.status(True)
-        self.out(f"\n\t{BOLD}{UNDERLINE}Congratulations, you updated ispCP OMEGA '{self.conf.get('Version')}' "
-                 f"successfully!{RESET}\n\n\tType http://{self.conf.get('BASE_SERVER_VHOST') or 'admin'} into "
-                 "your browser to log in\n\tto your panel.\n\n")
+        self.out(
+            f"\n\t{BOLD}{UNDERLINE}Congratulations, you updated ispCP OMEGA '{self.conf.get('Version')}' "
+            f"successfully!{RESET}\n\n\tType http://{self.conf.get('BASE_SERVER_VHOST') or 'admin'} into "
+            "your browser to log in\n\tto your panel.\n\n"
+        )
 
 
 def _read_ids(path: Path) -> dict[str, int]:
@@ -584,27 +646,33 @@ def _chown_tree(top: Path, uid: int, gid: int, missing_ok: bool = False) -> str 
 
 
 def _vhost_header() -> str:
-    return ("# ispCP OMEGA customers' virtual hosts.\n"
-            "# Written by the sandbox's ispcp-update stand-in (TEST SCAFFOLDING, not ispCP).\n\n")
+    return (
+        "# ispCP OMEGA customers' virtual hosts.\n"
+        "# Written by the sandbox's ispcp-update stand-in (TEST SCAFFOLDING, not ispCP).\n\n"
+    )
 
 
 def _vhost(name: str, ip: str, docroot: str, user: str, group: str, kind: str) -> str:
-    return (f"# httpd [{name}] {kind} entry BEGIN.\n"
-            f"<VirtualHost {ip}:80>\n"
-            f"    ServerName {name}\n"
-            f"    ServerAlias www.{name}\n"
-            f"    DocumentRoot {docroot}\n"
-            f"    SuexecUserGroup {user} {group}\n"
-            "</VirtualHost>\n"
-            f"# httpd [{name}] {kind} entry END.\n\n")
+    return (
+        f"# httpd [{name}] {kind} entry BEGIN.\n"
+        f"<VirtualHost {ip}:80>\n"
+        f"    ServerName {name}\n"
+        f"    ServerAlias www.{name}\n"
+        f"    DocumentRoot {docroot}\n"
+        f"    SuexecUserGroup {user} {group}\n"
+        "</VirtualHost>\n"
+        f"# httpd [{name}] {kind} entry END.\n\n"
+    )
 
 
 def request_manager_main() -> int:
     """The sandbox's ispcp-rqst-mngr: process the pending requests (rows in status 'change')."""
     root = os.environ.get(ENV_ROOT)
     if not root or not Path(root, "etc/ispcp").is_dir():
-        sys.stderr.write("This is the sandbox's ispcp-rqst-mngr stand-in (TEST SCAFFOLDING, not ispCP).\n"
-                         f"It only runs with {ENV_ROOT} set to a sandbox target root.\n")
+        sys.stderr.write(
+            "This is the sandbox's ispcp-rqst-mngr stand-in (TEST SCAFFOLDING, not ispCP).\n"
+            f"It only runs with {ENV_ROOT} set to a sandbox target root.\n"
+        )
         return 2
     try:
         scale = float(os.environ.get(ENV_SCALE, "1.0"))
@@ -628,13 +696,17 @@ def request_manager_main() -> int:
 def main(argv: list[str] | None = None) -> int:
     root = os.environ.get(ENV_ROOT)
     if not root or not Path(root, "etc/ispcp").is_dir():
-        sys.stderr.write("This is the sandbox's ispcp-update stand-in (TEST SCAFFOLDING, not ispCP).\n"
-                         f"It only runs with {ENV_ROOT} set to a sandbox target root.\n")
+        sys.stderr.write(
+            "This is the sandbox's ispcp-update stand-in (TEST SCAFFOLDING, not ispCP).\n"
+            f"It only runs with {ENV_ROOT} set to a sandbox target root.\n"
+        )
         return 2
     script_dir = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else None
     if script_dir is not None and script_dir.name == "setup" and Path.cwd().resolve() != script_dir:
-        sys.stderr.write(f"{RED}[ERROR]{RESET} ispcp-update must be started from its own directory:\n"
-                         "\tcd /var/www/ispcp/engine/setup && ./ispcp-update\n")
+        sys.stderr.write(
+            f"{RED}[ERROR]{RESET} ispcp-update must be started from its own directory:\n"
+            "\tcd /var/www/ispcp/engine/setup && ./ispcp-update\n"
+        )
         return 2
     try:
         scale = float(os.environ.get(ENV_SCALE, "1.0"))

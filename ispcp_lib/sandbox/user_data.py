@@ -33,11 +33,9 @@ def web_trees(root: Path, sc: Scenario) -> None:
         os.symlink("index.html", htdocs / "start.html")
         os.lchown(htdocs / "start.html", u, g)
         cgi = _mkdir(home / "cgi-bin", u, g)
-        _write(cgi / "hello.pl", "#!/usr/bin/perl\nprint \"Content-type: text/plain\\n\\nhello\\n\";\n",
-               u, g, 0o755)
+        _write(cgi / "hello.pl", '#!/usr/bin/perl\nprint "Content-type: text/plain\\n\\nhello\\n";\n', u, g, 0o755)
         _mkdir(home / "logs", u, g, 0o750)
-        _write(home / "logs" / "access.log", f"192.0.2.99 - - [01/Jul/2010] \"GET / HTTP/1.1\" 200 {d.id}\n",
-               u, g, 0o640)
+        _write(home / "logs" / "access.log", f'192.0.2.99 - - [01/Jul/2010] "GET / HTTP/1.1" 200 {d.id}\n', u, g, 0o640)
         _mkdir(home / "phptmp", u, g, 0o770)
         _mkdir(home / "errors", u, g)
         _write(home / "errors" / "404.html", "<h1>Not found</h1>\n", u, g)
@@ -73,8 +71,10 @@ def maildirs(root: Path, sc: Scenario, messages_per_box: int | None = None) -> i
         n = messages_per_box or 1 + m.id % 3
         for i in range(n):
             stamp = 1278000000 + m.id * 10 + i
-            body = (f"From: sender{i}@elsewhere.test\nTo: {m.address}\nSubject: message {i + 1}\n"
-                    f"Date: Thu, 01 Jul 2010 12:00:{i:02d} +0200\n\nHello {m.local_part}, message {i + 1}.\n")
+            body = (
+                f"From: sender{i}@elsewhere.test\nTo: {m.address}\nSubject: message {i + 1}\n"
+                f"Date: Thu, 01 Jul 2010 12:00:{i:02d} +0200\n\nHello {m.local_part}, message {i + 1}.\n"
+            )
             name = f"{stamp}.M{m.id}P{i}.{sc.old_hostname},S={len(body)}"
             target = box / "cur" / f"{name}:2,S" if i % 2 == 0 else box / "new" / name
             _write(target, body, u, g, 0o600)

@@ -24,17 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ispcp_lib.errors import PreconditionFailed
-from ispcp_lib.fileops import fingerprint
-from ispcp_lib.mysql_service import SandboxMysql
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.fileops import fingerprint
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.mysql.service import SandboxMysql
 from ispcp_lib.sandbox import new_server, old_server, private_mysql, update_standin
 from ispcp_lib.sandbox.accounts import OLD_SERVICE_GROUPS, OLD_SERVICE_USERS
 from ispcp_lib.sandbox.private_mysql import free_port
 from ispcp_lib.sandbox.scenario import NEW_IP, Scenario, make_scenario
 
-__all__ = ["VOLATILE_DATADIR_FILES", "World", "build_world", "free_port", "mariadbd_pids_under",
-           "stable_fingerprint"]
+__all__ = ["VOLATILE_DATADIR_FILES", "World", "build_world", "free_port", "mariadbd_pids_under", "stable_fingerprint"]
 
 MANIFEST = "world.json"
 DEFAULT_VARIANT: dict[str, Any] = {
@@ -53,9 +52,22 @@ DEFAULT_VARIANT: dict[str, Any] = {
 # for them, so stable_fingerprint() leaves them out; database directories (ispcp/, mysql/, customer
 # dbs) stay in, so a dry run that changed a table or a grant is still caught.
 VOLATILE_DATADIR_FILES: tuple[str, ...] = (
-    "ib_logfile*", "ibdata*", "ibtmp*", "undo[0-9]*", "aria_log*", "ib_buffer_pool", "*.pid", "*.sock",
-    "mysql.sock", "mysqld.sock", "ddl_recovery.log", "tc.log", "multi-master.info", "*.err",
-    "#sql*", "mysql_upgrade_info.tmp",
+    "ib_logfile*",
+    "ibdata*",
+    "ibtmp*",
+    "undo[0-9]*",
+    "aria_log*",
+    "ib_buffer_pool",
+    "*.pid",
+    "*.sock",
+    "mysql.sock",
+    "mysqld.sock",
+    "ddl_recovery.log",
+    "tc.log",
+    "multi-master.info",
+    "*.err",
+    "#sql*",
+    "mysql_upgrade_info.tmp",
 )
 
 
@@ -95,9 +107,15 @@ class World:
         if manifest["paths"]["workdir"] != str(workdir):  # moved or copied by hand: follow it
             manifest = _rebase(manifest, manifest["paths"]["workdir"], str(workdir))
         paths = manifest["paths"]
-        return cls(workdir=Path(paths["workdir"]), backup_root=Path(paths["backup_root"]),
-                   target_root=Path(paths["target_root"]), state_dir=Path(paths["state_dir"]),
-                   manifest=manifest, mysql_params=dict(manifest["mysql"]), secrets=list(manifest["secrets"]))
+        return cls(
+            workdir=Path(paths["workdir"]),
+            backup_root=Path(paths["backup_root"]),
+            target_root=Path(paths["target_root"]),
+            state_dir=Path(paths["state_dir"]),
+            manifest=manifest,
+            mysql_params=dict(manifest["mysql"]),
+            secrets=list(manifest["secrets"]),
+        )
 
     def save(self) -> None:
         path = self.workdir / MANIFEST
@@ -109,8 +127,14 @@ class World:
         if self._mysql is None:
             p = self.mysql_params
             private_mysql.check_socket_path(Path(p["socket"]))
-            self._mysql = SandboxMysql(Path(p["datadir"]), Path(p["socket"]), int(p["port"]),
-                                       Path(p["pid_file"]), Runner(), log_file=Path(p["log_file"]))
+            self._mysql = SandboxMysql(
+                Path(p["datadir"]),
+                Path(p["socket"]),
+                int(p["port"]),
+                Path(p["pid_file"]),
+                Runner(),
+                log_file=Path(p["log_file"]),
+            )
         return self._mysql
 
     def start(self) -> None:
@@ -136,15 +160,22 @@ class World:
 
     def runbook_params(self) -> dict[str, Any]:
         """The papermill parameters that point the runbook at this world (no secrets in them)."""
-        return {"backup_root": str(self.backup_root), "target_root": str(self.target_root),
-                "state_dir": str(self.state_dir),
-                "mysql": {**self.mysql_params, "tmpdir": str(self.mysql_tmpdir)}}
+        return {
+            "backup_root": str(self.backup_root),
+            "target_root": str(self.target_root),
+            "state_dir": str(self.state_dir),
+            "mysql": {**self.mysql_params, "tmpdir": str(self.mysql_tmpdir)},
+        }
 
     def clone(self, dest: Path) -> World:
         """An independent copy (cp -a keeps owners, modes and links) with its own MariaDB port."""
         if self.running():
-            raise PreconditionFailed("sandbox world", "its MariaDB is running; a copy would be torn",
-                                     "call world.stop() before clone()", path=str(self.workdir))
+            raise PreconditionFailed(
+                "sandbox world",
+                "its MariaDB is running; a copy would be torn",
+                "call world.stop() before clone()",
+                path=str(self.workdir),
+            )
         dest = Path(dest)
         if dest.exists():
             if any(dest.iterdir()):
@@ -154,10 +185,15 @@ class World:
         Runner().run(["cp", "-a", "--", str(self.workdir), str(dest)], timeout=1800)
         manifest = _rebase(self.manifest, str(self.workdir), str(dest))
         manifest["mysql"]["port"] = free_port()
-        clone = World(workdir=dest, backup_root=Path(manifest["paths"]["backup_root"]),
-                      target_root=Path(manifest["paths"]["target_root"]),
-                      state_dir=Path(manifest["paths"]["state_dir"]), manifest=manifest,
-                      mysql_params=dict(manifest["mysql"]), secrets=list(manifest["secrets"]))
+        clone = World(
+            workdir=dest,
+            backup_root=Path(manifest["paths"]["backup_root"]),
+            target_root=Path(manifest["paths"]["target_root"]),
+            state_dir=Path(manifest["paths"]["state_dir"]),
+            manifest=manifest,
+            mysql_params=dict(manifest["mysql"]),
+            secrets=list(manifest["secrets"]),
+        )
         private_mysql.check_socket_path(Path(clone.mysql_params["socket"]))
         private_mysql.grant_traverse(dest)
         clone.save()
@@ -171,7 +207,7 @@ def _rebase(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [_rebase(v, old, new) for v in value]
     if isinstance(value, str) and (value == old or value.startswith(old + "/")):
-        return new + value[len(old):]
+        return new + value[len(old) :]
     return value
 
 
@@ -188,7 +224,7 @@ def mariadbd_pids_under(path: Path) -> list[int]:
             continue
         for arg in args:
             if arg.startswith(b"--datadir="):
-                datadir = os.path.realpath(arg[len(b"--datadir="):].decode(errors="replace"))
+                datadir = os.path.realpath(arg[len(b"--datadir=") :].decode(errors="replace"))
                 if datadir == root or datadir.startswith(root + "/"):
                     pids.append(int(entry.name))
     return pids
@@ -202,8 +238,11 @@ def stable_fingerprint(world: World) -> dict[str, tuple]:
         rel = datadir.relative_to(world.target_root)
     except ValueError:
         return fp
-    return {k: v for k, v in fp.items()
-            if not (Path(k).parent == rel and any(fnmatch.fnmatch(Path(k).name, p) for p in VOLATILE_DATADIR_FILES))}
+    return {
+        k: v
+        for k, v in fp.items()
+        if not (Path(k).parent == rel and any(fnmatch.fnmatch(Path(k).name, p) for p in VOLATILE_DATADIR_FILES))
+    }
 
 
 def _secrets(sc: Scenario, hashes: dict[str, str]) -> list[str]:
@@ -218,8 +257,15 @@ def _secrets(sc: Scenario, hashes: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(values))  # unique, in order
 
 
-def build_world(workdir: Path, scale: str = "small", seed: int = 1, *, variant: dict[str, Any] | None = None,
-                keep_old: bool = False, runner: Runner | None = None) -> World:
+def build_world(
+    workdir: Path,
+    scale: str = "small",
+    seed: int = 1,
+    *,
+    variant: dict[str, Any] | None = None,
+    keep_old: bool = False,
+    runner: Runner | None = None,
+) -> World:
     """Build the whole world under workdir (absent or empty). Nothing is left running afterwards.
 
     keep_old keeps the old server's datadir under workdir/old-mysql (stopped) for debugging.
@@ -231,8 +277,7 @@ def build_world(workdir: Path, scale: str = "small", seed: int = 1, *, variant: 
     runner = runner or Runner()
     workdir = Path(workdir).absolute()
     if workdir.exists() and any(workdir.iterdir()):
-        raise PreconditionFailed("sandbox workdir", "is not empty", "pass a new or empty directory",
-                                 path=str(workdir))
+        raise PreconditionFailed("sandbox workdir", "is not empty", "pass a new or empty directory", path=str(workdir))
     timings: dict[str, float] = {}
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -250,9 +295,17 @@ def build_world(workdir: Path, scale: str = "small", seed: int = 1, *, variant: 
     t = time.monotonic()
     old_mysql_ids = dict((n, u) for n, u, *_ in OLD_SERVICE_USERS)["mysql"], dict(OLD_SERVICE_GROUPS)["mysql"]
     owner = old_mysql_ids if var["backup_mysql_owner"] == "old" else private_mysql.mysql_ids()
-    old_db = old_server.build_old_database(workdir, backup, sc, hashes, runner, keep_old, owner,
-                                           full_datadir=bool(var["backup_full_datadir"]),
-                                           customer_dumps=var["customer_dumps"])
+    old_db = old_server.build_old_database(
+        workdir,
+        backup,
+        sc,
+        hashes,
+        runner,
+        keep_old,
+        owner,
+        full_datadir=bool(var["backup_full_datadir"]),
+        customer_dumps=var["customer_dumps"],
+    )
     timings["old_database"] = time.monotonic() - t
     t = time.monotonic()
     messages = old_server.write_old_files(backup, sc, hashes, 1 if scale == "large" else None)
@@ -273,36 +326,68 @@ def build_world(workdir: Path, scale: str = "small", seed: int = 1, *, variant: 
         "scale": scale,
         "seed": seed,
         "variant": var,
-        "paths": {"workdir": str(workdir), "backup_root": str(backup), "target_root": str(target),
-                  "state_dir": str(state), "logs_dir": str(logs)},
-        "old": {"hostname": sc.old_hostname, "ip": sc.old_ip, "ispcp_version": old_server.OLD_VERSION,
-                "mysql_version": old_db["version"], "mysql_owner": list(owner), "mysql": old_db["old_mysql"]},
-        "new": {"hostname": sc.new_hostname, "ip": sc.new_ip,
-                "ispcp_version": var["dummy_version"] if dummy else None, "mysql_version": new_version},
+        "paths": {
+            "workdir": str(workdir),
+            "backup_root": str(backup),
+            "target_root": str(target),
+            "state_dir": str(state),
+            "logs_dir": str(logs),
+        },
+        "old": {
+            "hostname": sc.old_hostname,
+            "ip": sc.old_ip,
+            "ispcp_version": old_server.OLD_VERSION,
+            "mysql_version": old_db["version"],
+            "mysql_owner": list(owner),
+            "mysql": old_db["old_mysql"],
+        },
+        "new": {
+            "hostname": sc.new_hostname,
+            "ip": sc.new_ip,
+            "ispcp_version": var["dummy_version"] if dummy else None,
+            "mysql_version": new_version,
+        },
         "counts": {**sc.summary(), "mail_messages": messages},
         "domains": sc.domain_records(),
-        "customer_dbs": [{"name": c.name, "engine": c.engine, "domain_id": c.domain_id, "user": c.user}
-                         for c in sc.customer_dbs],
+        "customer_dbs": [
+            {"name": c.name, "engine": c.engine, "domain_id": c.domain_id, "user": c.user} for c in sc.customer_dbs
+        ],
         "mysql": params,
         "mysql_tmpdir": str(mysql_tmpdir),
         "credentials": {
-            side: {"root_password": s.root_password, "debian_sys_maint": s.debian_sys_maint,
-                   "vftp": s.vftp, "key": s.key, "iv": s.iv}
+            side: {
+                "root_password": s.root_password,
+                "debian_sys_maint": s.debian_sys_maint,
+                "vftp": s.vftp,
+                "key": s.key,
+                "iv": s.iv,
+            }
             for side, s in (("old", sc.old), ("new", sc.new))
         },
         "secrets": _secrets(sc, hashes),
         "timings": timings,
     }
-    world = World(workdir=workdir, backup_root=backup, target_root=target, state_dir=state, manifest=manifest,
-                  mysql_params=dict(params), secrets=list(manifest["secrets"]))
+    world = World(
+        workdir=workdir,
+        backup_root=backup,
+        target_root=target,
+        state_dir=state,
+        manifest=manifest,
+        mysql_params=dict(params),
+        secrets=list(manifest["secrets"]),
+    )
     if dummy:
         update_standin.install(world.target_root, world)
     timings["total"] = time.monotonic() - started
     world.save()
     leftover = mariadbd_pids_under(workdir)
     if leftover:  # a bug in this module, not in the caller: say so loudly
-        raise PreconditionFailed("sandbox build", f"left MariaDB processes running: {leftover}",
-                                 "report this; stop them with world.stop()", path=str(workdir))
+        raise PreconditionFailed(
+            "sandbox build",
+            f"left MariaDB processes running: {leftover}",
+            "report this; stop them with world.stop()",
+            path=str(workdir),
+        )
     return world
 
 

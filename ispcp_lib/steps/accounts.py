@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ispcp_lib import accounts_db, fileops
-from ispcp_lib.accounts_db import AccountFiles
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError
+from ispcp_lib.core import fileops
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.result import Diff, Result
+from ispcp_lib.core.secrets import MASK
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.result import Diff, Result
-from ispcp_lib.secrets import MASK
+from ispcp_lib.system import accounts_files as accounts_db
+from ispcp_lib.system.accounts_files import AccountFiles
 
 TITLE = "Restore the system accounts"
 GUIDE = "the paragraph on restoring users from /etc/passwd, shadow, group and gshadow"
@@ -37,8 +38,10 @@ what to do with that entry: `skip` it, `take_old` (the old entry wins), or `keep
 Password hashes never appear in the report; the diffs of `shadow` and `gshadow` show them masked.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
-    "accounts_resolutions": ({}, "per-account answers to collisions, e.g. {'user:vu2001': 'skip'}; "
-                                 "each value is skip, take_old or keep_target"),
+    "accounts_resolutions": (
+        {},
+        "per-account answers to collisions, e.g. {'user:vu2001': 'skip'}; each value is skip, take_old or keep_target",
+    ),
     "accounts_lock_timeout": (15, "seconds to wait for /etc/.pwd.lock when another useradd/passwd holds it"),
 }
 
@@ -52,17 +55,32 @@ SECRET_FILES = ("shadow", "gshadow")
 def mailbox_settings(conf: IspcpConf) -> tuple[str, str, int, str, int]:
     """(prefix, mailbox user, uid, mailbox group, gid) from an ispcp.conf; InputError naming the key."""
     values: dict[str, str] = {}
-    for key in ("APACHE_SUEXEC_USER_PREF", "MTA_MAILBOX_UID_NAME", "MTA_MAILBOX_UID", "MTA_MAILBOX_GID_NAME",
-                "MTA_MAILBOX_GID"):
+    for key in (
+        "APACHE_SUEXEC_USER_PREF",
+        "MTA_MAILBOX_UID_NAME",
+        "MTA_MAILBOX_UID",
+        "MTA_MAILBOX_GID_NAME",
+        "MTA_MAILBOX_GID",
+    ):
         value = (conf.get(key) or "").strip()
         if not value:
-            raise InputError(key, "is missing or empty in ispcp.conf", f"add the line '{key} = ...' from the "
-                             "old server's configuration (ispCP's template has vu, vmail 1004, mail 8)", path=conf.path)
+            raise InputError(
+                key,
+                "is missing or empty in ispcp.conf",
+                f"add the line '{key} = ...' from the "
+                "old server's configuration (ispCP's template has vu, vmail 1004, mail 8)",
+                path=conf.path,
+            )
         if key.endswith(("_UID", "_GID")) and not value.isdigit():
             raise InputError(key, f"is {value!r}, not a number", f"set {key} to the numeric ID", path=conf.path)
         values[key] = value
-    return (values["APACHE_SUEXEC_USER_PREF"], values["MTA_MAILBOX_UID_NAME"], int(values["MTA_MAILBOX_UID"]),
-            values["MTA_MAILBOX_GID_NAME"], int(values["MTA_MAILBOX_GID"]))
+    return (
+        values["APACHE_SUEXEC_USER_PREF"],
+        values["MTA_MAILBOX_UID_NAME"],
+        int(values["MTA_MAILBOX_UID"]),
+        values["MTA_MAILBOX_GID_NAME"],
+        int(values["MTA_MAILBOX_GID"]),
+    )
 
 
 def _conf(ctx: Context, result: Result) -> IspcpConf:
@@ -71,12 +89,17 @@ def _conf(ctx: Context, result: Result) -> IspcpConf:
         return conf
     target = ctx.t("/etc/ispcp/ispcp.conf")
     if target.is_file():
-        result.warn("the backup has no etc/ispcp/ispcp.conf: the prefix and mailbox IDs come from the target's "
-                    "fresh ispcp.conf, which holds ispCP's defaults; check them against the old server")
+        result.warn(
+            "the backup has no etc/ispcp/ispcp.conf: the prefix and mailbox IDs come from the target's "
+            "fresh ispcp.conf, which holds ispCP's defaults; check them against the old server"
+        )
         return IspcpConf.load(target)
-    raise InputError("ispcp.conf", "neither the backup nor the target has one, so the domain-user prefix and the "
-                     "mailbox IDs are unknown", "put the old ispcp.conf into the backup (etc/ispcp/ispcp.conf)",
-                     path=str(ctx.b("/etc/ispcp/ispcp.conf")))
+    raise InputError(
+        "ispcp.conf",
+        "neither the backup nor the target has one, so the domain-user prefix and the mailbox IDs are unknown",
+        "put the old ispcp.conf into the backup (etc/ispcp/ispcp.conf)",
+        path=str(ctx.b("/etc/ispcp/ispcp.conf")),
+    )
 
 
 def _read_old(ctx: Context, result: Result) -> AccountFiles:
@@ -91,8 +114,12 @@ def _read_old(ctx: Context, result: Result) -> AccountFiles:
             data[name] = b""
             result.warn(f"the backup has no /etc/{name}: accounts come without their passwords and are added locked")
         else:
-            raise InputError(f"/etc/{name}", "is missing from the backup", f"restore the old /etc/{name} into the "
-                             "backup; without it the accounts cannot be merged", path=str(path))
+            raise InputError(
+                f"/etc/{name}",
+                "is missing from the backup",
+                f"restore the old /etc/{name} into the backup; without it the accounts cannot be merged",
+                path=str(path),
+            )
     return AccountFiles.from_bytes(**data, paths=paths)
 
 
@@ -107,8 +134,11 @@ def _read_target(ctx: Context) -> AccountFiles:
 def _resolutions(ctx: Context) -> dict[str, str]:
     value = ctx.param("accounts_resolutions") or {}
     if not isinstance(value, dict):
-        raise InputError("accounts_resolutions", f"is a {type(value).__name__}, not a mapping",
-                         "write it as {'user:vu2001': 'skip', 'group:mail': 'keep_target'}")
+        raise InputError(
+            "accounts_resolutions",
+            f"is a {type(value).__name__}, not a mapping",
+            "write it as {'user:vu2001': 'skip', 'group:mail': 'keep_target'}",
+        )
     return {str(k): str(v) for k, v in value.items()}
 
 
@@ -131,8 +161,9 @@ def _shadow_meta(ctx: Context, target: AccountFiles, path: Path) -> tuple[int | 
     return 0o640, (group.id if group is not None else 0)
 
 
-def _plan(ctx: Context, old: AccountFiles, selection: accounts_db.Selection, resolutions: dict[str, str],
-          result: Result) -> tuple[AccountFiles, accounts_db.MergePlan]:
+def _plan(
+    ctx: Context, old: AccountFiles, selection: accounts_db.Selection, resolutions: dict[str, str], result: Result
+) -> tuple[AccountFiles, accounts_db.MergePlan]:
     target = _read_target(ctx)
     plan = accounts_db.plan_merge(target, selection, resolutions)
     for value in plan.secrets:
@@ -179,11 +210,14 @@ def run(ctx: Context, result: Result) -> None:
     counts: dict[str, int] = {}
     for r in plan.rows:
         counts[str(r["outcome"])] = counts.get(str(r["outcome"]), 0) + 1
-    result.summary = (f"prefix {prefix!r}, mailbox {mbox_user}={mbox_uid} / {mbox_group}={mbox_gid}: "
-                      + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+    result.summary = f"prefix {prefix!r}, mailbox {mbox_user}={mbox_uid} / {mbox_group}={mbox_gid}: " + ", ".join(
+        f"{n} {o}" for o, n in sorted(counts.items())
+    )
     if not result.changes:
-        result.noop_reason = (f"all {len(plan.rows)} selected accounts are already on the target as they were "
-                              "on the old server (or skipped by accounts_resolutions)")
+        result.noop_reason = (
+            f"all {len(plan.rows)} selected accounts are already on the target as they were "
+            "on the old server (or skipped by accounts_resolutions)"
+        )
 
 
 def _write(ctx: Context, result: Result, target: AccountFiles, plan: accounts_db.MergePlan) -> None:
@@ -197,8 +231,14 @@ def _write(ctx: Context, result: Result, target: AccountFiles, plan: accounts_db
         secret = name in SECRET_FILES
         mode, gid = _shadow_meta(ctx, target, path) if secret else (None, None)
         before = path.read_bytes() if path.exists() else b""
-        ctx.write_file(path, rendered[name], mode=mode, gid=gid, show_diff=not secret,
-                       what=f"write {ctx.display_path(path)} ({_added(plan.rows, name)})")
+        ctx.write_file(
+            path,
+            rendered[name],
+            mode=mode,
+            gid=gid,
+            show_diff=not secret,
+            what=f"write {ctx.display_path(path)} ({_added(plan.rows, name)})",
+        )
         if secret:
             shown = ctx.display_path(path)
             result.diffs.append(Diff(shown, fileops.unified_diff(masked(before), masked(rendered[name]), shown)))
@@ -218,8 +258,8 @@ def _refuse(conflicts: list[dict]) -> None:
     more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
     example = ", ".join(f"'{r['kind']}:{r['name']}': 'skip'" for r in conflicts[:2])
     raise InputError(
-        "accounts", f"{len(conflicts)} collision(s) between the old accounts and the target's: {listed}{more}. "
-        "Nothing was written",
+        "accounts",
+        f"{len(conflicts)} collision(s) between the old accounts and the target's: {listed}{more}. Nothing was written",
         "decide per entry with the parameter accounts_resolutions, e.g. {" + example + "} "
         "(skip: leave it out; take_old: the old entry replaces the target's; keep_target: keep the target's)",
     )

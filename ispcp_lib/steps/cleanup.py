@@ -8,13 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from ispcp_lib import health
-from ispcp_lib.action import action, read_journal
-from ispcp_lib.context import Context
-from ispcp_lib.encrypted_columns import CREDENTIALS_FILE
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.action import action, read_journal
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.result import Result
+from ispcp_lib.ispcp import health
+from ispcp_lib.ispcp.encrypted_columns import CREDENTIALS_FILE
 from ispcp_lib.steps import STEP_ORDER, ispcp_update, mail_guard, register_accounts
 from ispcp_lib.steps.engine_speedup import restore_sleep_lines
 from ispcp_lib.steps.mysql_maintainer import ROOT_CNF
@@ -46,15 +46,20 @@ kept.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "cleanup_restore_sleep": (False, "put the engine managers' sleep(1) lines back (they only slow the engine down)"),
-    "cleanup_lift_guard": ("after_update", "after_update | always | never: lift the mail guard only when "
-                                           "ispcp_update's last attempt succeeded, in any case, or not at all"),
+    "cleanup_lift_guard": (
+        "after_update",
+        "after_update | always | never: lift the mail guard only when "
+        "ispcp_update's last attempt succeeded, in any case, or not at all",
+    ),
 }
 LIFT_GUARD = ("after_update", "always", "never")
 
 CONF_PATH = "/etc/ispcp/ispcp.conf"
 # Credential files other steps leave in the state dir for the admin; cleanup names them, never removes them.
-REMAINING_CREDENTIALS = {ROOT_CNF: "MySQL's new root password (mysql_reset_root)",
-                         CREDENTIALS_FILE: "new passwords of mailboxes and SQL users (keys_reset_account_passwords)"}
+REMAINING_CREDENTIALS = {
+    ROOT_CNF: "MySQL's new root password (mysql_reset_root)",
+    CREDENTIALS_FILE: "new passwords of mailboxes and SQL users (keys_reset_account_passwords)",
+}
 
 
 def reset_debug(ctx: Context, result: Result) -> str:
@@ -87,8 +92,10 @@ def remaining_credentials(ctx: Context, result: Result) -> list[str]:
         if path.is_file():
             mode = path.stat().st_mode & 0o777
             found.append(name)
-            result.warn(f"{path} (mode {mode:04o}) holds {what}: hand the passwords out, then delete the file"
-                        + ("" if mode == 0o600 else f"; chmod 600 {path} first"))
+            result.warn(
+                f"{path} (mode {mode:04o}) holds {what}: hand the passwords out, then delete the file"
+                + ("" if mode == 0o600 else f"; chmod 600 {path} first")
+            )
     return found
 
 
@@ -112,17 +119,23 @@ def lift_guard(ctx: Context, result: Result) -> str:
         return _outcome(ctx, result, mail_guard.lift)
     succeeded, why = update_verdict(ctx)
     if mode == "never":
-        result.note(f"The mail guard stays (cleanup_lift_guard = never); {why}. Lift it with cleanup_lift_guard = "
-                    "always once Postfix is configured.")
+        result.note(
+            f"The mail guard stays (cleanup_lift_guard = never); {why}. Lift it with cleanup_lift_guard = "
+            "always once Postfix is configured."
+        )
         return "kept (cleanup_lift_guard = never)"
     if mode == "after_update" and not succeeded:
-        result.warn(f"MAIL GUARD KEPT: {why}, so Postfix is not configured for the hosted domains; without the "
-                    "guard it would bounce their mail for good. Run ispcp_update until it succeeds, then cleanup "
-                    "again (or set cleanup_lift_guard = always if Postfix was configured another way).")
+        result.warn(
+            f"MAIL GUARD KEPT: {why}, so Postfix is not configured for the hosted domains; without the "
+            "guard it would bounce their mail for good. Run ispcp_update until it succeeds, then cleanup "
+            "again (or set cleanup_lift_guard = always if Postfix was configured another way)."
+        )
         return f"kept: {why}"
     if not succeeded:
-        result.warn(f"The mail guard is lifted although {why} (cleanup_lift_guard = always): check that Postfix "
-                    "knows the hosted domains, or their mail bounces for good.")
+        result.warn(
+            f"The mail guard is lifted although {why} (cleanup_lift_guard = always): check that Postfix "
+            "knows the hosted domains, or their mail bounces for good."
+        )
     return _outcome(ctx, result, mail_guard.lift)
 
 
@@ -139,26 +152,39 @@ def step_summary(ctx: Context, current: Result) -> pd.DataFrame:
     latest: dict[str, dict[str, Any]] = {}
     for rec in records:
         name = rec.get("name")
-        if not name or (rec.get("run_id") != ctx.run_id and name in latest
-                        and latest[name].get("run_id") == ctx.run_id):
+        if not name or (
+            rec.get("run_id") != ctx.run_id and name in latest and latest[name].get("run_id") == ctx.run_id
+        ):
             continue
         latest[name] = rec
     rows = []
     for name in STEP_ORDER:
         if name == current.step:
             status = ("done" if ctx.apply else "planned") if current.changed else "noop"
-            rec = {"status": status, "changed": current.changed,
-                   "duration_s": current.duration_s, "backups": current.backups, "run_id": ctx.run_id}
+            rec = {
+                "status": status,
+                "changed": current.changed,
+                "duration_s": current.duration_s,
+                "backups": current.backups,
+                "run_id": ctx.run_id,
+            }
         else:
             rec = latest.get(name)
         if rec is None:
-            rows.append({"step": name, "status": "not run", "changes": 0, "duration (s)": 0.0,
-                         "safety copies": "", "run": ""})
+            rows.append(
+                {"step": name, "status": "not run", "changes": 0, "duration (s)": 0.0, "safety copies": "", "run": ""}
+            )
             continue
-        rows.append({"step": name, "status": rec.get("status"), "changes": rec.get("changed", 0),
-                     "duration (s)": round(float(rec.get("duration_s") or 0), 2),
-                     "safety copies": _where(rec.get("backups") or []),
-                     "run": "" if rec.get("run_id") == ctx.run_id else rec.get("run_id", "")})
+        rows.append(
+            {
+                "step": name,
+                "status": rec.get("status"),
+                "changes": rec.get("changed", 0),
+                "duration (s)": round(float(rec.get("duration_s") or 0), 2),
+                "safety copies": _where(rec.get("backups") or []),
+                "run": "" if rec.get("run_id") == ctx.run_id else rec.get("run_id", ""),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -177,16 +203,25 @@ def run(ctx: Context, result: Result) -> None:
     actions = [{"task": "DEBUG back to 0", "outcome": reset_debug(ctx, result)}]
     if ctx.param("cleanup_restore_sleep", False):
         restored = restore_sleep_lines(ctx, result)
-        actions.append({"task": "restore the sleep(1) lines",
-                        "outcome": f"{len(restored)} manager(s)" if restored else "nothing to restore"})
+        actions.append(
+            {
+                "task": "restore the sleep(1) lines",
+                "outcome": f"{len(restored)} manager(s)" if restored else "nothing to restore",
+            }
+        )
     else:
         actions.append({"task": "restore the sleep(1) lines", "outcome": "kept out (cleanup_restore_sleep = False)"})
     actions.append({"task": "lift the mail guard", "outcome": lift_guard(ctx, result)})
-    actions.append({"task": "remove root's ~/.my.cnf",
-                    "outcome": _outcome(ctx, result, register_accounts.remove_root_mycnf)})
+    actions.append(
+        {"task": "remove root's ~/.my.cnf", "outcome": _outcome(ctx, result, register_accounts.remove_root_mycnf)}
+    )
     left = remaining_credentials(ctx, result)
-    actions.append({"task": "credential files left for the admin (state dir)",
-                    "outcome": ", ".join(left) + " (see the warnings)" if left else "none"})
+    actions.append(
+        {
+            "task": "credential files left for the admin (state dir)",
+            "outcome": ", ".join(left) + " (see the warnings)" if left else "none",
+        }
+    )
     result.table("Clean-up", pd.DataFrame(actions))
 
     checks = health.run_checks(ctx, expect_guard=False)

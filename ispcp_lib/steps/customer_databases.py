@@ -15,23 +15,25 @@ from typing import Any
 import pandas as pd
 import pymysql
 
-from ispcp_lib import customer_dbs as cdb
-from ispcp_lib import sql_dumps
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.result import Result, Table
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import mysql_creds, system
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.result import Result, Table
+from ispcp_lib.mysql import customer_dbs as cdb
+from ispcp_lib.mysql import dumps as sql_dumps
 from ispcp_lib.steps import mysql_restore
 from ispcp_lib.steps.mysql_maintainer import MAINT_USER, grantless_session, set_password
 
 TITLE = "Restore the customers' databases"
-GUIDE = ("the checklist's 'backup of all user data' and the section that replaces the `ispcp` and `mysql` folders "
-         "under /var/lib/mysql; the guide stops at those two databases, this step carries the same restore on to the "
-         "customers' own databases")
+GUIDE = (
+    "the checklist's 'backup of all user data' and the section that replaces the `ispcp` and `mysql` folders "
+    "under /var/lib/mysql; the guide stops at those two databases, this step carries the same restore on to the "
+    "customers' own databases"
+)
 EXPLANATION = """
 Every ispCP server also holds the customers' own MySQL databases (shops, forums, blogs). ispCP lists
 them in `sql_database` and their logins in `sql_user`; the logins themselves came back with the `mysql`
@@ -73,13 +75,21 @@ in and read its database. A login that fails is listed with the server's reason.
 directory records what was restored from which files, so running the step again changes nothing.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
-    "customer_databases_prefer": ("binary", "binary | dump: what a customer database is restored from when the "
-                                            "backup holds both its folder and a dump (the other is the fallback)"),
-    "customer_databases_whole_datadir": ("auto", "auto | always | never: replace the target's datadir with the "
-                                                 "backup's complete one (auto: only when a database has no other way "
-                                                 "back)"),
-    "customer_databases_include_unlisted": (True, "also restore databases the backup holds that sql_database does "
-                                                  "not list (created outside the panel)"),
+    "customer_databases_prefer": (
+        "binary",
+        "binary | dump: what a customer database is restored from when the "
+        "backup holds both its folder and a dump (the other is the fallback)",
+    ),
+    "customer_databases_whole_datadir": (
+        "auto",
+        "auto | always | never: replace the target's datadir with the "
+        "backup's complete one (auto: only when a database has no other way "
+        "back)",
+    ),
+    "customer_databases_include_unlisted": (
+        True,
+        "also restore databases the backup holds that sql_database does not list (created outside the panel)",
+    ),
     "customer_databases_skip": ([], "names of customer databases to leave out"),
     "customer_databases_dump_dirs": ([], "more folders (paths on the old server) to look for mysqldumps in"),
 }
@@ -128,6 +138,7 @@ class Plan:
 
 # --- the marker (idempotence) ---------------------------------------------------------------------
 
+
 def read_marker(ctx: Context) -> dict[str, Any]:
     try:
         data = json.loads((ctx.state_dir / MARKER).read_text())
@@ -145,6 +156,7 @@ def write_marker(ctx: Context, marker: dict[str, Any]) -> None:
 
 # --- the running server ---------------------------------------------------------------------------
 
+
 @contextmanager
 def admin(ctx: Context, login: Login, database: str | None = None) -> Iterator[Any]:
     conn = ctx.mysql.connect(login.user, login.password, database)
@@ -157,29 +169,39 @@ def admin(ctx: Context, login: Login, database: str | None = None) -> Iterator[A
 def live_databases(conn: Any) -> dict[str, int]:
     """Database name -> number of tables and views on the running server."""
     with conn.cursor() as cur:
-        cur.execute("SELECT s.SCHEMA_NAME, COUNT(t.TABLE_NAME) FROM information_schema.SCHEMATA s "
-                    "LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME GROUP BY s.SCHEMA_NAME")
+        cur.execute(
+            "SELECT s.SCHEMA_NAME, COUNT(t.TABLE_NAME) FROM information_schema.SCHEMATA s "
+            "LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME GROUP BY s.SCHEMA_NAME"
+        )
         return {str(name): int(n) for name, n in cur.fetchall()}
 
 
 # --- the step -------------------------------------------------------------------------------------
 
+
 @action("customer_databases")
 def run(ctx: Context, result: Result) -> None:
     bl.check_backup_root(ctx)
     if ctx.mysql is None or not ctx.mysql.status():
-        raise PreconditionFailed("MySQL server", "is not running, so no database can be restored into it",
-                                 "run mysql_restore first (it leaves the server running), or start MySQL")
+        raise PreconditionFailed(
+            "MySQL server",
+            "is not running, so no database can be restored into it",
+            "run mysql_restore first (it leaves the server running), or start MySQL",
+        )
     whole_mode = ctx.param("customer_databases_whole_datadir", "auto") or "auto"
     if whole_mode not in WHOLE_MODES:
-        raise InputError("customer_databases_whole_datadir", f"is {whole_mode!r}",
-                         f"use one of {', '.join(WHOLE_MODES)}")
+        raise InputError(
+            "customer_databases_whole_datadir", f"is {whole_mode!r}", f"use one of {', '.join(WHOLE_MODES)}"
+        )
     skip = ctx.param("customer_databases_skip") or []
     skip = {skip} if isinstance(skip, str) else set(skip)
     login = cdb.admin_login(ctx)
     if login is None:
-        raise PreconditionFailed("MySQL admin login", "neither debian.cnf (target's or backup's) nor ispCP's own "
-                                 "login works on the running server", "run mysql_restore and mysql_maintainer first")
+        raise PreconditionFailed(
+            "MySQL admin login",
+            "neither debian.cnf (target's or backup's) nor ispCP's own login works on the running server",
+            "run mysql_restore and mysql_maintainer first",
+        )
     conf = bl.load_old_conf(ctx)
     ispcp_db = (conf.get("DATABASE_NAME") if conf else None) or "ispcp"
     found = cdb.discover(ctx, conf)
@@ -200,8 +222,11 @@ def run(ctx: Context, result: Result) -> None:
                 p.action, p.strategy, p.how = "restore", cdb.WHOLE_DATADIR, "comes back with the old datadir as a whole"
     elif whole_reason:
         restore = ctx.results.get("mysql_restore")
-        later = " (mysql_restore is only planned in this dry run: applying decides again)" \
-            if restore is not None and restore.status == "planned" else ""
+        later = (
+            " (mysql_restore is only planned in this dry run: applying decides again)"
+            if restore is not None and restore.status == "planned"
+            else ""
+        )
         result.note(f"Whole-datadir restore: {whole_reason}{later}.")
     _read_all_frm(ctx, [p for p in plans if p.action == "restore"])
     for p in plans:
@@ -210,17 +235,20 @@ def run(ctx: Context, result: Result) -> None:
 
     plan_table = Table("Customer databases: what the backup holds and what is done", _plan_frame(plans))
     result.tables.append(plan_table)
-    result.data["customer_databases"] = [{"database": p.name, "action": p.action, "strategy": p.strategy}
-                                         for p in plans]
+    result.data["customer_databases"] = [
+        {"database": p.name, "action": p.action, "strategy": p.strategy} for p in plans
+    ]
     for p in plans:
         if p.action in ("cannot", "refuse"):
             result.warn(f"customer database {p.name}: {p.how}")
     todo = [p for p in plans if p.action == "restore"]
     if not todo:
         done = [p for p in plans if p.action == "done"]
-        result.noop_reason = (f"{len(done)} customer database(s) restored by an earlier run are live"
-                              if done else "no customer database to restore") + \
-            (f"; {len(plans) - len(done)} left as the table says" if len(plans) > len(done) else "")
+        result.noop_reason = (
+            f"{len(done)} customer database(s) restored by an earlier run are live"
+            if done
+            else "no customer database to restore"
+        ) + (f"; {len(plans) - len(done)} left as the table says" if len(plans) > len(done) else "")
         result.summary = result.noop_reason
         if done:
             _verify(ctx, result, login, done, found.listing, check=False, login_dbs={p.name for p in done})
@@ -228,8 +256,12 @@ def run(ctx: Context, result: Result) -> None:
 
     owner = ms.mysql_owner(ctx.target_root)
     if owner is None:
-        raise PreconditionFailed("mysql user", "is missing from the target's etc/passwd or etc/group",
-                                 "install mariadb-server on the target first", path=str(ctx.t("/etc/passwd")))
+        raise PreconditionFailed(
+            "mysql user",
+            "is missing from the target's etc/passwd or etc/group",
+            "install mariadb-server on the target first",
+            path=str(ctx.t("/etc/passwd")),
+        )
     layout = mysql_restore.work_layout(ctx, datadir, "customer")
     mysql_restore.check_writable([datadir, layout.work.parent])
     if whole:
@@ -241,33 +273,50 @@ def run(ctx: Context, result: Result) -> None:
         if p.strategy != cdb.WHOLE_DATADIR:
             _restore_one(ctx, result, p, layout, owner, login)
     if not ctx.apply:
-        result.change(f"verify: CHECK TABLE and row counts of {len(todo)} database(s), then try every SQL user's "
-                      "login (password decrypted with the restored keys)")
+        result.change(
+            f"verify: CHECK TABLE and row counts of {len(todo)} database(s), then try every SQL user's "
+            "login (password decrypted with the restored keys)"
+        )
         result.summary = "planned: " + ", ".join(f"{p.name} ({p.strategy})" for p in todo)
         return
 
     restored = [p for p in todo if p.outcome.startswith("restored")]
     plan_table.frame = _plan_frame(plans)  # now with each database's outcome
-    _verify(ctx, result, login, restored, found.listing, check=True,
-            login_dbs={p.name for p in restored} | {p.name for p in plans if p.action == "done"})
+    _verify(
+        ctx,
+        result,
+        login,
+        restored,
+        found.listing,
+        check=True,
+        login_dbs={p.name for p in restored} | {p.name for p in plans if p.action == "done"},
+    )
     marker.setdefault("databases", {})
     for p in restored:
-        marker["databases"][p.name] = {"strategy": p.strategy, "source": p.source(), "signature": p.signature(),
-                                       "run_id": ctx.run_id, "ts": dt.datetime.now().isoformat(timespec="seconds")}
+        marker["databases"][p.name] = {
+            "strategy": p.strategy,
+            "source": p.source(),
+            "signature": p.signature(),
+            "run_id": ctx.run_id,
+            "ts": dt.datetime.now().isoformat(timespec="seconds"),
+        }
     marker["datadir"] = str(datadir)
     write_marker(ctx, marker)
     _tidy(layout)
     failed = [p for p in todo if not p.outcome.startswith("restored")]
     result.summary = f"{len(restored)} of {len(todo)} customer database(s) restored" + (
-        f"; failed: {', '.join(p.name for p in failed)}" if failed else "")
+        f"; failed: {', '.join(p.name for p in failed)}" if failed else ""
+    )
     if failed:
         # Every database was tried and the table above shows each outcome; a database the backup allowed to
         # restore and that failed is an error, not a warning (one that cannot be restored stays a warning row).
         shown = "; ".join(f"{p.name}: {p.outcome}" for p in failed[:5]) + (" ..." if len(failed) > 5 else "")
         raise PreconditionFailed(
-            "customer databases", f"{len(failed)} of {len(todo)} failed to restore and were rolled back ({shown})",
+            "customer databases",
+            f"{len(failed)} of {len(todo)} failed to restore and were rolled back ({shown})",
             "see each database's result in the table above; repair its backup (or provide an SQL dump of it), "
-            "then run this step again: the databases restored now are recorded and left alone")
+            "then run this step again: the databases restored now are recorded and left alone",
+        )
 
 
 def _plan(ctx: Context, d: cdb.CustomerDb, live: dict[str, int], marker: dict[str, Any], skip: set[str]) -> Plan:
@@ -275,13 +324,21 @@ def _plan(ctx: Context, d: cdb.CustomerDb, live: dict[str, int], marker: dict[st
         return Plan(d, "skip", "—", "left out (customer_databases_skip)")
     rec = marker.get("databases", {}).get(d.name) if marker.get("datadir") == str(ctx.mysql.datadir) else None
     if rec is not None and d.name in live:
-        return Plan(d, "done", rec.get("strategy", "?"),
-                    f"restored in run {rec.get('run_id')} ({rec.get('ts')}) from {rec.get('source')}; "
-                    "live on the target")
+        return Plan(
+            d,
+            "done",
+            rec.get("strategy", "?"),
+            f"restored in run {rec.get('run_id')} ({rec.get('ts')}) from {rec.get('source')}; live on the target",
+        )
     if live.get(d.name):
-        return Plan(d, "refuse", "—", f"already exists on the target with {live[d.name]} table(s), not restored by "
-                    "this step: it is left alone. To restore it from the backup, rename or drop it first, then run "
-                    "this step again")
+        return Plan(
+            d,
+            "refuse",
+            "—",
+            f"already exists on the target with {live[d.name]} table(s), not restored by "
+            "this step: it is left alone. To restore it from the backup, rename or drop it first, then run "
+            "this step again",
+        )
     if d.strategy == cdb.CANNOT:
         return Plan(d, "cannot", cdb.CANNOT, d.how)
     dump = d.dumps[0] if d.dumps else None
@@ -294,14 +351,27 @@ def _plan_frame(plans: list[Plan]) -> pd.DataFrame:
         row = p.db.row()
         row.pop("restore")
         row.pop("how / why")
-        verdict = {"restore": "restore", "done": "already restored", "skip": "skipped", "refuse": "left alone",
-                   "cannot": "cannot restore"}[p.action]
-        rows.append({**row, "strategy": p.strategy, "plan": verdict, "how / why": p.how,
-                     **({"result": p.outcome} if any(q.outcome for q in plans) else {})})
+        verdict = {
+            "restore": "restore",
+            "done": "already restored",
+            "skip": "skipped",
+            "refuse": "left alone",
+            "cannot": "cannot restore",
+        }[p.action]
+        rows.append(
+            {
+                **row,
+                "strategy": p.strategy,
+                "plan": verdict,
+                "how / why": p.how,
+                **({"result": p.outcome} if any(q.outcome for q in plans) else {}),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # --- checks before anything changes -----------------------------------------------------------------
+
 
 def _check_sources(ctx: Context, result: Result, p: Plan) -> None:
     """Read what the strategy needs now (definitions, dump text); a problem turns into a fallback or a refusal."""
@@ -339,9 +409,13 @@ def _dump_strategy(ref: cdb.DumpRef) -> str:
 
 def _read_all_frm(ctx: Context, plans: list[Plan]) -> None:
     """The .frm definitions of every database that may need a tablespace import, by one throwaway server."""
-    frms = {f"{p.name}/{stem}": p.db.folder / f"{stem}.frm" for p in plans if p.db.folder is not None
-            and p.db.binary.strategy == cdb.TABLESPACE_IMPORT
-            for stem, src in p.db.binary.definitions.items() if src == "frm"}
+    frms = {
+        f"{p.name}/{stem}": p.db.folder / f"{stem}.frm"
+        for p in plans
+        if p.db.folder is not None and p.db.binary.strategy == cdb.TABLESPACE_IMPORT
+        for stem, src in p.db.binary.definitions.items()
+        if src == "frm"
+    }
     if not frms:
         return
     try:
@@ -379,8 +453,10 @@ def _read_definitions(ctx: Context, p: Plan) -> str | None:
         else:
             missing.append(name)
     if missing:
-        return (f"the definition of InnoDB table(s) {', '.join(missing)} is unavailable (the .frm cannot be read). "
-                "Needs: its CREATE TABLE statement (a schema-only dump, mariadb-dump --no-data) or a SQL dump")
+        return (
+            f"the definition of InnoDB table(s) {', '.join(missing)} is unavailable (the .frm cannot be read). "
+            "Needs: its CREATE TABLE statement (a schema-only dump, mariadb-dump --no-data) or a SQL dump"
+        )
     return None
 
 
@@ -405,8 +481,10 @@ def _read_dump(p: Plan) -> str | None:
 
 # --- per-database restores ---------------------------------------------------------------------------
 
-def _restore_one(ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout, owner: tuple[int, int],
-                 login: Login) -> None:
+
+def _restore_one(
+    ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout, owner: tuple[int, int], login: Login
+) -> None:
     """Restore one database; a failure is rolled back, the other source tried when there is one, and recorded."""
     try:
         _do(ctx, result, p, p.strategy, layout, owner, login)
@@ -445,8 +523,15 @@ def _fallback(ctx: Context, p: Plan) -> str | None:
     return binary
 
 
-def _do(ctx: Context, result: Result, p: Plan, strategy: str, layout: mysql_restore.Layout,
-        owner: tuple[int, int], login: Login) -> None:
+def _do(
+    ctx: Context,
+    result: Result,
+    p: Plan,
+    strategy: str,
+    layout: mysql_restore.Layout,
+    owner: tuple[int, int],
+    login: Login,
+) -> None:
     if strategy == cdb.DIRECTORY_COPY:
         _directory_copy(ctx, result, p, layout, owner)
     elif strategy == cdb.TABLESPACE_IMPORT:
@@ -454,8 +539,9 @@ def _do(ctx: Context, result: Result, p: Plan, strategy: str, layout: mysql_rest
     elif strategy in (cdb.SQL_DUMP, cdb.ALL_DATABASES_DUMP):
         _load_dump(ctx, result, p, login)
     else:
-        raise PreconditionFailed(f"customer database {p.name}", f"has no restore strategy ({strategy})",
-                                 "see the table")
+        raise PreconditionFailed(
+            f"customer database {p.name}", f"has no restore strategy ({strategy})", "see the table"
+        )
 
 
 def _stage(ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout, owner: tuple[int, int]) -> Path:
@@ -469,8 +555,11 @@ def _stage(ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout, 
     files = p.db.files
     # MariaDB re-stamps Aria tables from another server itself when it opens them, except data files with a
     # never-written page: mysql_restore's rebuild (in the staged copy) handles those.
-    blank = sorted(n for n, t in files.tables.items()
-                   if t.engine == "Aria" and ms.has_blank_page(p.db.folder, n)) if files else []
+    blank = (
+        sorted(n for n, t in files.tables.items() if t.engine == "Aria" and ms.has_blank_page(p.db.folder, n))
+        if files
+        else []
+    )
     mysql_restore.rebuild_aria(ctx, result, staged, blank)
     uid, gid = owner
     result.change(f"chown -R {uid}:{gid} (the target's mysql user and group) {ctx.display_path(staged)}")
@@ -493,8 +582,9 @@ def _place_folder(ctx: Context, result: Result, p: Plan, staged: Path, layout: m
         mysql_restore.move_tree(ctx, staged, live)
 
 
-def _directory_copy(ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout,
-                    owner: tuple[int, int]) -> None:
+def _directory_copy(
+    ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout, owner: tuple[int, int]
+) -> None:
     staged = _stage(ctx, result, p, layout, owner)
     _place_folder(ctx, result, p, staged, layout)
 
@@ -504,15 +594,18 @@ _TABLESPACE_PARTS = (".ibd", ".cfg")
 _LATE_SUFFIXES = (".TRG", ".TRN")
 
 
-def _tablespace_import(ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout,
-                       owner: tuple[int, int], login: Login) -> None:
+def _tablespace_import(
+    ctx: Context, result: Result, p: Plan, layout: mysql_restore.Layout, owner: tuple[int, int], login: Login
+) -> None:
     """Other tables as files, then each InnoDB table: CREATE from its definition, DISCARD, copy .ibd, IMPORT."""
     staged = _stage(ctx, result, p, layout, owner)
     side = layout.staging / f"{staged.name}.tablespaces"
     live = layout.datadir / staged.name
     stems = p.db.binary.innodb
-    result.change(f"set aside the {len(stems)} .ibd file(s) and the trigger files; drop the InnoDB .frm files from "
-                  "the staged folder (the server writes its own when the tables are created)")
+    result.change(
+        f"set aside the {len(stems)} .ibd file(s) and the trigger files; drop the InnoDB .frm files from "
+        "the staged folder (the server writes its own when the tables are created)"
+    )
     if ctx.apply:
         side.mkdir(mode=0o700)
         for stem in stems:
@@ -528,8 +621,10 @@ def _tablespace_import(ctx: Context, result: Result, p: Plan, layout: mysql_rest
     db = ms.quote_ident(p.name)
     for stem in stems:
         table = f"{db}.{ms.quote_ident(cdb.table_name(stem))}"
-        result.change(f"CREATE TABLE {table} (definition from its {p.db.binary.definitions[stem]}), "
-                      "DISCARD TABLESPACE, copy the old .ibd in, IMPORT TABLESPACE")
+        result.change(
+            f"CREATE TABLE {table} (definition from its {p.db.binary.definitions[stem]}), "
+            "DISCARD TABLESPACE, copy the old .ibd in, IMPORT TABLESPACE"
+        )
     if not ctx.apply:
         return
     with admin(ctx, login) as conn, conn.cursor() as cur:
@@ -546,8 +641,11 @@ def _tablespace_import(ctx: Context, result: Result, p: Plan, layout: mysql_rest
         for f in late:
             mysql_restore.move_tree(ctx, f, live / f.name)
         if late:
-            cur.execute(f"FLUSH TABLES {', '.join(f'{db}.{ms.quote_ident(cdb.table_name(s))}' for s in stems)}"
-                        if stems else "FLUSH TABLES")
+            cur.execute(
+                f"FLUSH TABLES {', '.join(f'{db}.{ms.quote_ident(cdb.table_name(s))}' for s in stems)}"
+                if stems
+                else "FLUSH TABLES"
+            )
     side.rmdir()
 
 
@@ -621,8 +719,17 @@ def _tidy(layout: mysql_restore.Layout) -> None:
 
 # --- the whole datadir ---------------------------------------------------------------------------------
 
-def _whole_datadir(ctx: Context, result: Result, found: cdb.Discovery, plans: list[Plan], mode: str, datadir: Path,
-                   ispcp_db: str, live: dict[str, int]) -> tuple[bool, str]:
+
+def _whole_datadir(
+    ctx: Context,
+    result: Result,
+    found: cdb.Discovery,
+    plans: list[Plan],
+    mode: str,
+    datadir: Path,
+    ispcp_db: str,
+    live: dict[str, int],
+) -> tuple[bool, str]:
     """Whether this run replaces the target's datadir with the backup's, and, if not, why."""
     if mode == "never":
         return False, ""
@@ -631,8 +738,11 @@ def _whole_datadir(ctx: Context, result: Result, found: cdb.Discovery, plans: li
     if not candidates:
         return False, ""
     if mode == "auto" and not needed:
-        return False, "" if not found.datadir_complete else \
+        if not found.datadir_complete:
+            return False, ""
+        return False, (
             "not needed, every database has a way back of its own (customer_databases_whole_datadir = always forces it)"
+        )
     if not found.datadir_complete:
         return False, f"not possible: {found.datadir_reason}"
     assert found.backup_datadir is not None
@@ -643,24 +753,32 @@ def _whole_datadir(ctx: Context, result: Result, found: cdb.Discovery, plans: li
         return False, f"not possible: server versions {text}"
     done = mysql_restore.read_marker(ctx)
     if done is None or done.get("datadir") != str(datadir):
-        return False, ("not possible: mysql_restore has not restored ispcp and mysql into this datadir; the swap "
-                       "would replace them unchecked")
+        return False, (
+            "not possible: mysql_restore has not restored ispcp and mysql into this datadir; the swap "
+            "would replace them unchecked"
+        )
     for name in (ispcp_db, "mysql"):
         rec = done.get("sources", {}).get(name)
         src = mysql_restore.Source(name, "binary", found.backup_datadir / name)
         if rec is None or rec.get("kind") != "binary" or rec.get("signature") != src.signature():
             how = f"from {rec.get('kind')} ({rec.get('path')})" if rec else "not at all"
-            return False, (f"not possible: mysql_restore restored {name} {how}, not from the backup's folder; the swap "
-                           "would bring back what it chose not to use")
+            return False, (
+                f"not possible: mysql_restore restored {name} {how}, not from the backup's folder; the swap "
+                "would bring back what it chose not to use"
+            )
     busy = [p.name for p in plans if p.action in ("done", "refuse") and live.get(p.name)]
     if busy:
         return False, f"not possible: {', '.join(busy)} already live on the target would be replaced"
     own = sorted(n for n in live if n not in cdb.SYSTEM_DATABASES and not (found.backup_datadir / n).is_dir())
     if own:
-        return False, (f"not possible: the target has database(s) the backup's datadir lacks ({', '.join(own)}); "
-                       "the swap would take them off the server")
-    result.note(f"Whole-datadir restore: {found.datadir_reason}; server versions {text}; mysql_restore restored "
-                f"{ispcp_db} and mysql from the same folders.")
+        return False, (
+            f"not possible: the target has database(s) the backup's datadir lacks ({', '.join(own)}); "
+            "the swap would take them off the server"
+        )
+    result.note(
+        f"Whole-datadir restore: {found.datadir_reason}; server versions {text}; mysql_restore restored "
+        f"{ispcp_db} and mysql from the same folders."
+    )
     return True, ""
 
 
@@ -675,8 +793,15 @@ def _carried_logins(ctx: Context) -> list[Login]:
     return out
 
 
-def _swap_datadir(ctx: Context, result: Result, found: cdb.Discovery, layout: mysql_restore.Layout,
-                  owner: tuple[int, int], login: Login, ispcp_db: str) -> Login:
+def _swap_datadir(
+    ctx: Context,
+    result: Result,
+    found: cdb.Discovery,
+    layout: mysql_restore.Layout,
+    owner: tuple[int, int],
+    login: Login,
+    ispcp_db: str,
+) -> Login:
     """Replace the target's datadir by the backup's complete one, keeping the old; returns an admin login after."""
     assert found.backup_datadir is not None
     src, datadir = found.backup_datadir, layout.datadir
@@ -694,11 +819,15 @@ def _swap_datadir(ctx: Context, result: Result, found: cdb.Discovery, layout: my
     result.change(f"chown -R {uid}:{gid} (the target's mysql user and group) {ctx.display_path(staged)}")
     ctx.runner.run(["chown", "-R", f"{uid}:{gid}", "--", str(staged)], mutates=True, timeout=7200)
     result.change(f"stop MySQL through its {ctx.mysql.kind} service")
-    result.change(f"move everything in {ctx.display_path(datadir)} aside to {ctx.display_path(kept)} (kept), "
-                  "move the staged datadir's contents in, start MySQL")
+    result.change(
+        f"move everything in {ctx.display_path(datadir)} aside to {ctx.display_path(kept)} (kept), "
+        "move the staged datadir's contents in, start MySQL"
+    )
     if carried and not ctx.apply:
-        result.change(f"set the password of {', '.join(c.user for c in carried)} again if the old grants lack it "
-                      "(the target's debian.cnf and saved root login keep working)")
+        result.change(
+            f"set the password of {', '.join(c.user for c in carried)} again if the old grants lack it "
+            "(the target's debian.cnf and saved root login keep working)"
+        )
     old = system.server_version_from_datadir(src)
     verdict, _ = system.compare_server_versions(old, ctx.mysql.version())
     if verdict == "upgrade":
@@ -721,19 +850,23 @@ def _swap_datadir(ctx: Context, result: Result, found: cdb.Discovery, layout: my
     except (*_FAILURES,) as exc:
         _unswap(ctx, layout, moved_out)
         raise PreconditionFailed(
-            "whole-datadir restore", f"failed ({_first_line(exc)}); the target's own datadir was put back and the "
+            "whole-datadir restore",
+            f"failed ({_first_line(exc)}); the target's own datadir was put back and the "
             f"server started again with it; the backup's copy is in {layout.failed}",
-            "read the server's error log; or set customer_databases_whole_datadir = never") from None
+            "read the server's error log; or set customer_databases_whole_datadir = never",
+        ) from None
     result.backups.append(str(kept))
     after = _reapply_logins(ctx, result, carried)
     working = after or cdb.admin_login(ctx)
     if working is None:
-        raise PreconditionFailed("MySQL admin login", "no login works after the whole-datadir restore",
-                                 "run mysql_maintainer again (it resets debian-sys-maint)")
+        raise PreconditionFailed(
+            "MySQL admin login",
+            "no login works after the whole-datadir restore",
+            "run mysql_maintainer again (it resets debian-sys-maint)",
+        )
     if verdict == "upgrade":
         with sql_dumps.defaults_file(working, ctx.mysql.socket) as cnf:
-            ctx.runner.run(sql_dumps.client_argv(cnf, "--force", program="mariadb-upgrade"), mutates=True,
-                           timeout=3600)
+            ctx.runner.run(sql_dumps.client_argv(cnf, "--force", program="mariadb-upgrade"), mutates=True, timeout=3600)
     _check_system_databases(ctx, result, working, [ispcp_db, "mysql"])
     return working
 
@@ -747,11 +880,15 @@ def _check_system_databases(ctx: Context, result: Result, login: Login, names: l
             ms.count_rows(conn, name, tables)  # opens each table first (Aria re-stamping), as mysql_restore does
             bad += [f"{name}.{t}: {v} {m}" for t, (v, m) in ms.check_tables(conn, name, tables).items() if v != "OK"]
     if bad:
-        result.warn(f"after the whole-datadir restore, {len(bad)} table(s) of {' and '.join(names)} fail CHECK "
-                    f"TABLE: {'; '.join(bad[:4])}")
+        result.warn(
+            f"after the whole-datadir restore, {len(bad)} table(s) of {' and '.join(names)} fail CHECK "
+            f"TABLE: {'; '.join(bad[:4])}"
+        )
     else:
-        result.note(f"After the swap every table of {' and '.join(names)} passes CHECK TABLE (the same files "
-                    "mysql_restore restored).")
+        result.note(
+            f"After the swap every table of {' and '.join(names)} passes CHECK TABLE (the same files "
+            "mysql_restore restored)."
+        )
 
 
 def _unswap(ctx: Context, layout: mysql_restore.Layout, moved_out: list[str]) -> None:
@@ -772,21 +909,29 @@ def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> Login
     """After the swap, the grants are the old server's again: give the carried logins their passwords back."""
     lost = [c for c in carried if ctx.mysql.can_login(c.user, c.password) is not None]
     if lost:
-        result.change(f"set the password of {', '.join(c.user for c in lost)} again (the old grants lack it) in a "
-                      "short --skip-grant-tables --skip-networking session")
+        result.change(
+            f"set the password of {', '.join(c.user for c in lost)} again (the old grants lack it) in a "
+            "short --skip-grant-tables --skip-networking session"
+        )
         with grantless_session(ctx) as conn:
             for c in lost:
                 set_password(conn, c.user, c.password, create_admin=c.user == MAINT_USER)
         still = [c.user for c in lost if ctx.mysql.can_login(c.user, c.password) is not None]
         if still:
-            raise PreconditionFailed("MySQL login", f"{', '.join(still)} still refused after setting the password "
-                                     "again", "run mysql_maintainer again")
-        result.note(f"The old grants lacked the current password of {', '.join(c.user for c in lost)}: set again, "
-                    "so the files that hold it (debian.cnf, mysql-root.cnf) keep working.")
+            raise PreconditionFailed(
+                "MySQL login",
+                f"{', '.join(still)} still refused after setting the password again",
+                "run mysql_maintainer again",
+            )
+        result.note(
+            f"The old grants lacked the current password of {', '.join(c.user for c in lost)}: set again, "
+            "so the files that hold it (debian.cnf, mysql-root.cnf) keep working."
+        )
     return carried[0] if carried else None
 
 
 # --- verification --------------------------------------------------------------------------------------
+
 
 def _old_counts(p: Plan) -> dict[str, tuple[str, int | None]]:
     """table -> (engine, the old server's count) from MyISAM/Aria headers or the dump's INSERTs."""
@@ -798,8 +943,15 @@ def _old_counts(p: Plan) -> dict[str, tuple[str, int | None]]:
     return {cdb.table_name(n): (t.engine, ms.header_row_count(folder, n, t.engine)) for n, t in files.tables.items()}
 
 
-def _verify(ctx: Context, result: Result, login: Login, plans: list[Plan], found_listing: cdb.Listing,
-            check: bool, login_dbs: set[str]) -> None:
+def _verify(
+    ctx: Context,
+    result: Result,
+    login: Login,
+    plans: list[Plan],
+    found_listing: cdb.Listing,
+    check: bool,
+    login_dbs: set[str],
+) -> None:
     """Tables open, rows counted (CHECK TABLE only right after a restore); then every SQL user's login."""
     rows = []
     with admin(ctx, login) as conn:
@@ -814,27 +966,53 @@ def _verify(ctx: Context, result: Result, login: Login, plans: list[Plan], found
                 engine, before = old.get(t.name, ("", None))
                 after = counts.get(t.name)
                 verdict, message = checks.get(t.name, ("", ""))
-                match = "view" if t.kind == "VIEW" else "" if before is None or after is None else (
-                    "yes" if before == after else "NO")
-                rows.append({"database": p.name, "table": t.name, "engine": t.engine or t.kind,
-                             "old rows": "" if before is None else before,
-                             "restored rows": "" if after is None else after,
-                             "CHECK TABLE": verdict if verdict in ("", "OK") else f"{verdict}: {message}",
-                             "match": match})
+                match = (
+                    "view"
+                    if t.kind == "VIEW"
+                    else ""
+                    if before is None or after is None
+                    else ("yes" if before == after else "NO")
+                )
+                rows.append(
+                    {
+                        "database": p.name,
+                        "table": t.name,
+                        "engine": t.engine or t.kind,
+                        "old rows": "" if before is None else before,
+                        "restored rows": "" if after is None else after,
+                        "CHECK TABLE": verdict if verdict in ("", "OK") else f"{verdict}: {message}",
+                        "match": match,
+                    }
+                )
             if not tables:
-                rows.append({"database": p.name, "table": "(none)", "engine": "", "old rows": "",
-                             "restored rows": "", "CHECK TABLE": "no tables on the server", "match": "NO"})
-    frame = pd.DataFrame(rows, columns=["database", "table", "engine", "old rows", "restored rows", "CHECK TABLE",
-                                        "match"])
-    title = "Restored customer databases: CHECK TABLE and rows (old: index headers or dump)" if check else \
-        "Customer databases on the server now (row counts, read only)"
+                rows.append(
+                    {
+                        "database": p.name,
+                        "table": "(none)",
+                        "engine": "",
+                        "old rows": "",
+                        "restored rows": "",
+                        "CHECK TABLE": "no tables on the server",
+                        "match": "NO",
+                    }
+                )
+    frame = pd.DataFrame(
+        rows, columns=["database", "table", "engine", "old rows", "restored rows", "CHECK TABLE", "match"]
+    )
+    title = (
+        "Restored customer databases: CHECK TABLE and rows (old: index headers or dump)"
+        if check
+        else "Customer databases on the server now (row counts, read only)"
+    )
     result.table(title, frame)
     result.data["row_counts"] = frame.to_dict("records")
     bad = frame[(~frame["CHECK TABLE"].isin(["", "OK"])) | (frame["match"] == "NO")]
     for db in sorted(set(bad["database"])):
         first = bad[bad["database"] == db].iloc[0]
-        result.warn(f"customer database {db}: table {first['table']} fails the verification (CHECK TABLE "
-                    f"{first['CHECK TABLE'] or '—'}, old {first['old rows']} rows, restored {first['restored rows']})")
+        result.warn(
+            f"customer database {db}: table {first['table']} fails the verification (CHECK TABLE "
+            f"{first['CHECK TABLE'] or '—'}, old {first['old rows']} rows, restored {first['restored rows']})"
+        )
     listing = cdb.target_listing(ctx, _ispcp_db(ctx)) or found_listing
     _verify_logins(ctx, result, listing, login_dbs)
 
@@ -855,15 +1033,24 @@ def _verify_logins(ctx: Context, result: Result, listing: cdb.Listing, restored:
     for u in listing.users:
         row = {"SQL user": u.name, "id": u.id, "database": u.database or "(sql_database row missing)"}
         if u.database not in restored:
-            rows.append({**row, "login": "not tried", "reads its database": "", "detail": "its database is not on "
-                         "the server (see the table above)"})
+            rows.append(
+                {
+                    **row,
+                    "login": "not tried",
+                    "reads its database": "",
+                    "detail": "its database is not on the server (see the table above)",
+                }
+            )
             continue
         plain = cdb.decrypt_with(u.cipher, keysets) if u.cipher else None
         if plain is None:
-            reason = ("the backup has no key file: with the keys lost this password cannot be decrypted (the keys "
-                      "step's keys_reset_account_passwords gives the account a new one)" if lost_keys else
-                      "its sqlu_pass does not decrypt to text with the restored (or the backup's) keys: wrong keys "
-                      "or a damaged row (the keys step lists every such row)")
+            reason = (
+                "the backup has no key file: with the keys lost this password cannot be decrypted (the keys "
+                "step's keys_reset_account_passwords gives the account a new one)"
+                if lost_keys
+                else "its sqlu_pass does not decrypt to text with the restored (or the backup's) keys: wrong keys "
+                "or a damaged row (the keys step lists every such row)"
+            )
             rows.append({**row, "login": "not tried", "reads its database": "", "detail": reason})
             unproven.append(u.name)
             continue
@@ -875,20 +1062,30 @@ def _verify_logins(ctx: Context, result: Result, listing: cdb.Listing, restored:
             failed.append(f"{u.name}: {ctx.secrets.redact(reason)}")
             continue
         readable, detail = _reads(ctx, u.name, password, u.database)
-        rows.append({**row, "login": "works", "reads its database": "yes" if readable else "NO",
-                     "detail": f"password from {which}; {detail}"})
+        rows.append(
+            {
+                **row,
+                "login": "works",
+                "reads its database": "yes" if readable else "NO",
+                "detail": f"password from {which}; {detail}",
+            }
+        )
         if not readable:
             failed.append(f"{u.name}: {detail}")
-    result.table("SQL users of the customer databases: login with the decrypted password", pd.DataFrame(
-        rows, columns=["SQL user", "id", "database", "login", "reads its database", "detail"]))
+    result.table(
+        "SQL users of the customer databases: login with the decrypted password",
+        pd.DataFrame(rows, columns=["SQL user", "id", "database", "login", "reads its database", "detail"]),
+    )
     result.data["sql_logins"] = rows
     if failed:
-        result.warn(f"{len(failed)} SQL user login(s) fail: " + "; ".join(failed[:6]) +
-                    (" ..." if len(failed) > 6 else ""))
+        result.warn(
+            f"{len(failed)} SQL user login(s) fail: " + "; ".join(failed[:6]) + (" ..." if len(failed) > 6 else "")
+        )
     if unproven:
         why = "the keys are lost" if lost_keys else "their password does not decrypt"
-        result.warn(f"{len(unproven)} SQL user login(s) cannot be tried, {why}: {', '.join(unproven[:10])} (see the "
-                    "table)")
+        result.warn(
+            f"{len(unproven)} SQL user login(s) cannot be tried, {why}: {', '.join(unproven[:10])} (see the table)"
+        )
 
 
 def _reads(ctx: Context, user: str, password: str, database: str | None) -> tuple[bool, str]:
@@ -903,4 +1100,3 @@ def _reads(ctx: Context, user: str, password: str, database: str | None) -> tupl
     except pymysql.MySQLError as exc:
         return False, ctx.secrets.redact(f"reading fails: {exc}")
     return True, f"sees {len(tables)} table(s), reads {tables[0]} ({n} rows)"
-

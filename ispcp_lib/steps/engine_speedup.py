@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.result import Result
 
 TITLE = "Speed up the engine for the update"
 GUIDE = "the paragraph on patching the management scripts before the update"
@@ -34,8 +34,13 @@ lines back (`cleanup_restore_sleep`).
 PARAMETERS: dict[str, tuple[object, str]] = {}
 
 MANAGERS = (
-    "ispcp-als-mngr", "ispcp-alssub-mngr", "ispcp-dmn-mngr", "ispcp-htgroups-mngr",
-    "ispcp-htusers-mngr", "ispcp-mbox-mngr", "ispcp-sub-mngr",
+    "ispcp-als-mngr",
+    "ispcp-alssub-mngr",
+    "ispcp-dmn-mngr",
+    "ispcp-htgroups-mngr",
+    "ispcp-htusers-mngr",
+    "ispcp-mbox-mngr",
+    "ispcp-sub-mngr",
 )
 ACTIVE = re.compile(r"^(?P<indent>[ \t]*)sleep\(1\);[ \t]*$")
 COMMENTED = re.compile(r"^(?P<indent>[ \t]*)#sleep\(1\);[ \t]*$")
@@ -137,12 +142,20 @@ def _state_path(ctx: Context) -> Path:
 def run(ctx: Context, result: Result) -> None:
     engine, logical = engine_dir(ctx)
     if not engine.is_dir():
-        raise PreconditionFailed("ispCP engine", "directory not found",
-                                 "install the dummy ispCP first (see ispcp_install_check)", path=logical)
+        raise PreconditionFailed(
+            "ispCP engine",
+            "directory not found",
+            "install the dummy ispCP first (see ispcp_install_check)",
+            path=logical,
+        )
     found, missing = scan(ctx)
     if not found:
-        raise PreconditionFailed("ispCP engine managers", f"none of {', '.join(MANAGERS)} exists",
-                                 "check ROOT_DIR in ispcp.conf and the dummy install", path=logical)
+        raise PreconditionFailed(
+            "ispCP engine managers",
+            f"none of {', '.join(MANAGERS)} exists",
+            "check ROOT_DIR in ispcp.conf and the dummy install",
+            path=logical,
+        )
     if missing:
         result.warn(f"managers not found in {logical}: {', '.join(missing)}")
     rows = []
@@ -158,8 +171,11 @@ def run(ctx: Context, result: Result) -> None:
         if active:
             text = path.read_text(errors="surrogateescape")
             new = comment_out(text, active)
-            ctx.write_file(path, new.encode("utf-8", "surrogateescape"),
-                           what=f"comment out sleep(1); in {logical}/{name}, line(s) {', '.join(map(str, active))}")
+            ctx.write_file(
+                path,
+                new.encode("utf-8", "surrogateescape"),
+                what=f"comment out sleep(1); in {logical}/{name}, line(s) {', '.join(map(str, active))}",
+            )
             commented[name] = active
     result.table("sleep(1) lines in the engine managers", pd.DataFrame(rows))
     result.data["commented"] = commented
@@ -203,8 +219,10 @@ def restore_sleep_lines(ctx: Context, result: Result) -> list[str]:
         found, _missing = scan(ctx)
         targets = {n: [s.line_no for s in lines if not s.active] for n, lines in found.items()}
         if any(targets.values()):
-            result.warn("no record of engine_speedup's changes in the state dir: restoring every "
-                        "'#sleep(1);' line in the managers")
+            result.warn(
+                "no record of engine_speedup's changes in the state dir: restoring every "
+                "'#sleep(1);' line in the managers"
+            )
     changes = []
     for name, nos in targets.items():
         path = engine / name

@@ -6,13 +6,13 @@ import stat
 
 import pandas as pd
 
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError, PreconditionFailed
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.result import Result
 
 TITLE = "The FTP server's database login"
 GUIDE = "the section on giving the FTP server a valid database login (old proftpd.conf, or the vftp password)"
@@ -64,9 +64,13 @@ def _copy_row(copy: proftpd.ConfCopy, password: str | None, ctx: Context) -> dic
         state = "found"
         agrees = "yes" if copy.info.password == password else ("no password" if not copy.info.password else "no")
     where = ctx.display_path(copy.path) if copy.role.startswith("target") else str(copy.path)
-    return {"copy": copy.role, "path": where, "state": state,
-            "SQLConnectInfo (db@host user)": copy.info.describe() if copy.info else "",
-            "password agrees": agrees}
+    return {
+        "copy": copy.role,
+        "path": where,
+        "state": state,
+        "SQLConnectInfo (db@host user)": copy.info.describe() if copy.info else "",
+        "password agrees": agrees,
+    }
 
 
 @action("ftp")
@@ -78,16 +82,22 @@ def run(ctx: Context, result: Result) -> None:
     found = wanted_password(targets, backups)
     if found is None:
         raise PreconditionFailed(
-            "vftp password", "no proftpd.conf copy (target or backup) has an SQLConnectInfo line with a password",
+            "vftp password",
+            "no proftpd.conf copy (target or backup) has an SQLConnectInfo line with a password",
             f"add 'SQLConnectInfo ispcp@localhost vftp <password>' to {proftpd.conf_paths(conf_t)[0]} on the target "
-            "and run this step again (it then sets that password in MySQL)")
+            "and run this step again (it then sets that password in MySQL)",
+        )
     password, source = found
     if ctx.apply and (ctx.mysql is None or not ctx.mysql.status()):
         # Checked before any file changes: the login proof (and any fix) needs the server.
-        raise PreconditionFailed("MySQL server", "is not running, so the vftp login cannot be proven",
-                                 "run mysql_restore (it starts the server) first, then this step")
-    result.table("ProFTPd configuration copies",
-                 pd.DataFrame([_copy_row(c, password, ctx) for c in [*targets, *backups]]))
+        raise PreconditionFailed(
+            "MySQL server",
+            "is not running, so the vftp login cannot be proven",
+            "run mysql_restore (it starts the server) first, then this step",
+        )
+    result.table(
+        "ProFTPd configuration copies", pd.DataFrame([_copy_row(c, password, ctx) for c in [*targets, *backups]])
+    )
     result.note(f"The vftp password is taken from the {source}.")
 
     writes, final_info = _plan_copies(result, targets, backups, password)
@@ -101,25 +111,35 @@ def run(ctx: Context, result: Result) -> None:
 def _check_fixable(ctx: Context, info: proftpd.SqlConnect | None) -> None:
     """Refuse before any file changes when the login could not be proven or fixed afterwards."""
     if info is None or not info.user:
-        raise PreconditionFailed("SQLConnectInfo", "no usable line (database@host user password) on the target",
-                                 "restore /etc/proftpd.conf from the backup or write the line by hand")
+        raise PreconditionFailed(
+            "SQLConnectInfo",
+            "no usable line (database@host user password) on the target",
+            "restore /etc/proftpd.conf from the backup or write the line by hand",
+        )
     ok, _text = proftpd.check_vftp(ctx, info)
     if not ok and mysql_creds.working_admin(ctx) is None:
-        raise PreconditionFailed("MySQL admin login", "neither the target's nor the backup's debian.cnf logs in, "
-                                 f"and {info.user} needs a password or grant change in MySQL that only an admin can "
-                                 "make; nothing was changed", "run the mysql_maintainer step first, then this step")
+        raise PreconditionFailed(
+            "MySQL admin login",
+            "neither the target's nor the backup's debian.cnf logs in, "
+            f"and {info.user} needs a password or grant change in MySQL that only an admin can "
+            "make; nothing was changed",
+            "run the mysql_maintainer step first, then this step",
+        )
 
 
 Write = tuple[proftpd.ConfCopy, str, str, int | None]  # (copy, new text, what, mode)
 
 
-def _plan_copies(result: Result, targets: list[proftpd.ConfCopy], backups: list[proftpd.ConfCopy],
-                 password: str) -> tuple[list[Write], proftpd.SqlConnect | None]:
+def _plan_copies(
+    result: Result, targets: list[proftpd.ConfCopy], backups: list[proftpd.ConfCopy], password: str
+) -> tuple[list[Write], proftpd.SqlConnect | None]:
     """What to write: the backup's files where present, the password in every target copy. Writes nothing."""
     writes: list[Write] = []
     final: proftpd.SqlConnect | None = None
-    by_kind = {"FTPD_CONF_FILE": (targets[0], backups[0] if backups else None),
-               "working copy": (targets[1], backups[1] if len(backups) > 1 else None)}
+    by_kind = {
+        "FTPD_CONF_FILE": (targets[0], backups[0] if backups else None),
+        "working copy": (targets[1], backups[1] if len(backups) > 1 else None),
+    }
     for kind, (tgt, bak) in by_kind.items():
         text, what, mode = tgt.text, None, None
         if bak is not None and bak.exists and bak.text != tgt.text:
@@ -147,8 +167,10 @@ def _plan_copies(result: Result, targets: list[proftpd.ConfCopy], backups: list[
             final = info
     infos = {(i.database, i.effective_host, i.user) for i in (proftpd.parse(c.text or "") for c in targets) if i}
     if final is not None and len(infos | {(final.database, final.effective_host, final.user)}) > 1:
-        result.warn("the ProFTPd copies name different databases or users in SQLConnectInfo; ProFTPd uses "
-                    f"{targets[0].logical}: {final.describe()}")
+        result.warn(
+            "the ProFTPd copies name different databases or users in SQLConnectInfo; ProFTPd uses "
+            f"{targets[0].logical}: {final.describe()}"
+        )
     return writes, final
 
 
@@ -164,8 +186,11 @@ def _vftp_hosts(ctx: Context, user: str) -> list[str] | None:
 def _admin_sql(ctx: Context, statements: list[tuple[str, tuple]]) -> None:
     admin = mysql_creds.working_admin(ctx)
     if admin is None:
-        raise PreconditionFailed("MySQL admin login", "neither the target's nor the backup's debian.cnf logs in",
-                                 "run the mysql_maintainer step first")
+        raise PreconditionFailed(
+            "MySQL admin login",
+            "neither the target's nor the backup's debian.cnf logs in",
+            "run the mysql_maintainer step first",
+        )
     with ctx.mysql.connect(admin.user, admin.password) as conn, conn.cursor() as cur:
         for sql, args in statements:
             cur.execute(sql, args)
@@ -174,8 +199,11 @@ def _admin_sql(ctx: Context, statements: list[tuple[str, tuple]]) -> None:
 
 def _prove_login(ctx: Context, result: Result, info: proftpd.SqlConnect | None) -> None:
     if info is None or not info.user:
-        raise PreconditionFailed("SQLConnectInfo", "no usable line (database@host user password) on the target",
-                                 "restore /etc/proftpd.conf from the backup or write the line by hand")
+        raise PreconditionFailed(
+            "SQLConnectInfo",
+            "no usable line (database@host user password) on the target",
+            "restore /etc/proftpd.conf from the backup or write the line by hand",
+        )
     planned = result.changed > 0
     if ctx.mysql is None or not ctx.mysql.status():
         message = "MySQL is not running, so the vftp login cannot be proven"
@@ -184,39 +212,57 @@ def _prove_login(ctx: Context, result: Result, info: proftpd.SqlConnect | None) 
         result.warn(message + " (dry run)")
         return
     ok, text = proftpd.check_vftp(ctx, info)
-    rows = [{"check": "vftp login and SELECT on ftp_users", "when": "before", "result": "ok" if ok else "FAIL",
-             "detail": text}]
+    rows = [
+        {
+            "check": "vftp login and SELECT on ftp_users",
+            "when": "before",
+            "result": "ok" if ok else "FAIL",
+            "detail": text,
+        }
+    ]
     if not ok:
         login_fails = ctx.mysql.can_login(info.user, info.password) is not None  # password, not grants
         hosts = _vftp_hosts(ctx, info.user)
         if hosts is None:
             if ctx.apply:
-                raise PreconditionFailed("MySQL admin login", "neither the target's nor the backup's debian.cnf "
-                                         "logs in, so the vftp password cannot be set",
-                                         "run the mysql_maintainer step first")
+                raise PreconditionFailed(
+                    "MySQL admin login",
+                    "neither the target's nor the backup's debian.cnf logs in, so the vftp password cannot be set",
+                    "run the mysql_maintainer step first",
+                )
             result.warn("no working MySQL admin login: cannot plan the vftp password change (dry run)")
         else:
             statements = _fix_statements(result, info, hosts, login_fails)
             if ctx.apply:
                 _admin_sql(ctx, statements)
                 ok, text = proftpd.check_vftp(ctx, info)
-                rows.append({"check": "vftp login and SELECT on ftp_users", "when": "after",
-                             "result": "ok" if ok else "FAIL", "detail": text})
+                rows.append(
+                    {
+                        "check": "vftp login and SELECT on ftp_users",
+                        "when": "after",
+                        "result": "ok" if ok else "FAIL",
+                        "detail": text,
+                    }
+                )
                 if not ok:
                     result.table("vftp login", pd.DataFrame(rows))
-                    raise PreconditionFailed(f"MySQL user {info.user}", f"still cannot work after the fix: {text}",
-                                             "check the user's grants and host entries in mysql.user by hand")
+                    raise PreconditionFailed(
+                        f"MySQL user {info.user}",
+                        f"still cannot work after the fix: {text}",
+                        "check the user's grants and host entries in mysql.user by hand",
+                    )
     result.table("vftp login", pd.DataFrame(rows))
     if ok and not result.changed:
-        result.noop_reason = (f"every proftpd.conf copy agrees on the vftp password and {text}")
+        result.noop_reason = f"every proftpd.conf copy agrees on the vftp password and {text}"
     elif ok:
         result.summary = f"{result.changed} change(s); {text}"
     elif planned or result.changed:
         result.summary = f"{result.changed} change(s) planned; the login is proven when applying"
 
 
-def _fix_statements(result: Result, info: proftpd.SqlConnect, hosts: list[str],
-                    login_fails: bool) -> list[tuple[str, tuple]]:
+def _fix_statements(
+    result: Result, info: proftpd.SqlConnect, hosts: list[str], login_fails: bool
+) -> list[tuple[str, tuple]]:
     """SQL that makes vftp match the config.
 
     No such user: create it with the installer's grants. Wrong password: set it on every host entry.
@@ -235,8 +281,10 @@ def _fix_statements(result: Result, info: proftpd.SqlConnect, hosts: list[str],
         return statements
     db = database.replace("`", "``")  # identifiers cannot be parameters: quote the name from SQLConnectInfo
     for host in hosts:
-        result.change(f"grant {user}@{host} SELECT, INSERT, UPDATE, DELETE on {database}."
-                      f"{{{', '.join(VFTP_TABLES)}}} (the installer's grants)")
+        result.change(
+            f"grant {user}@{host} SELECT, INSERT, UPDATE, DELETE on {database}."
+            f"{{{', '.join(VFTP_TABLES)}}} (the installer's grants)"
+        )
         for table in VFTP_TABLES:
             statements.append((f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.`{table}` TO %s@%s", (user, host)))
     return statements

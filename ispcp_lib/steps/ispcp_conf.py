@@ -10,21 +10,23 @@ from typing import Any
 import pandas as pd
 import pymysql
 
-from ispcp_lib import fileops
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError, PreconditionFailed
+from ispcp_lib.core import fileops
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.result import Diff, Result
 from ispcp_lib.steps.keys import check_login, required_confs
 
 TITLE = "Prepare ispcp.conf and ispcp.old.conf for the update"
-GUIDE = ("the paragraph on switching DEBUG on, entering the old password entries and placing the old config as "
-         "ispcp.old.conf, and the remark that a changed host name or IP must be fixed in the database before the "
-         "update")
+GUIDE = (
+    "the paragraph on switching DEBUG on, entering the old password entries and placing the old config as "
+    "ispcp.old.conf, and the remark that a changed host name or IP must be fixed in the database before the "
+    "update"
+)
 EXPLANATION = """
 `ispcp-update` rebuilds the new installation from the old one's configuration. It reads the old settings from
 `/etc/ispcp/ispcp.old.conf` and logs into the database with `DATABASE_USER`/`DATABASE_PASSWORD` from
@@ -47,13 +49,17 @@ gets the new `BASE_SERVER_IP` and `SERVER_HOSTNAME`. The new values are taken fr
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "new_server_ip": (None, "the new server's IPv4 address (default: BASE_SERVER_IP of the target's ispcp.conf)"),
-    "new_server_hostname": (None, "the new server's host name (default: SERVER_HOSTNAME of the target's "
-                                  "ispcp.conf, else /etc/hostname)"),
+    "new_server_hostname": (
+        None,
+        "the new server's host name (default: SERVER_HOSTNAME of the target's ispcp.conf, else /etc/hostname)",
+    ),
 }
 
 DB_KEYS = ("DATABASE_HOST", "DATABASE_NAME", "DATABASE_USER", "DATABASE_PASSWORD")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 # Columns of server_ips this step may change, with the identity value each holds.
 _SERVER_IPS_COLUMNS = {"ip_number": "ip", "ip_domain": "host", "ip_alias": "host"}
 
@@ -90,9 +96,13 @@ def run(ctx: Context, result: Result) -> None:
     old, target = required_confs(ctx, "ispcp.old.conf is a copy of it")
     missing = old.missing(REQUIRED_KEYS)
     if missing:
-        raise InputError("ispcp.conf (backup)", f"lacks {', '.join(missing)}: ispcp-update would stop and ask for "
-                         "them, and the recovery needs them", "add the missing 'KEY = value' lines with the old "
-                         "server's values to the backup's copy (keep the original aside)", path=old.path)
+        raise InputError(
+            "ispcp.conf (backup)",
+            f"lacks {', '.join(missing)}: ispcp-update would stop and ask for them, and the recovery needs them",
+            "add the missing 'KEY = value' lines with the old "
+            "server's values to the backup's copy (keep the original aside)",
+            path=old.path,
+        )
     conf_path = ctx.t(il.CONF_PATH)
     old_path = ctx.t(f"{target.get('CONF_DIR') or '/etc/ispcp'}/ispcp.old.conf")
     previous = IspcpConf.load(old_path) if old_path.is_file() else None
@@ -119,8 +129,9 @@ def run(ctx: Context, result: Result) -> None:
     else:
         result.note(f"IP {ident.new_ip} and host name {ident.new_host} are the old server's: nothing to move")
     # Prove the login before anything changes (a dry run only warns: the keys step may be only planned).
-    login_ok = password is not None and check_login(ctx, result, creds["DATABASE_USER"], password,
-                                                      creds["DATABASE_NAME"])
+    login_ok = password is not None and check_login(
+        ctx, result, creds["DATABASE_USER"], password, creds["DATABASE_NAME"]
+    )
 
     for up in updates:
         result.change(f"server_ips row {up.ip_id}: {up.column} {up.old} → {up.new}")
@@ -131,11 +142,23 @@ def run(ctx: Context, result: Result) -> None:
     fresh = not old_path.exists()
     meta = (st.st_mode & 0o777, st.st_uid, st.st_gid) if fresh else (None, None, None)
     moved = " with the new IP/host name" if ident.ip_changes or ident.host_changes else ""
-    if ctx.write_file(old_path, wanted_old.text(), *meta, show_diff=not fresh,
-                      what=f"ispcp.old.conf: the old server's ispcp.conf{moved}") and fresh:
+    if (
+        ctx.write_file(
+            old_path,
+            wanted_old.text(),
+            *meta,
+            show_diff=not fresh,
+            what=f"ispcp.old.conf: the old server's ispcp.conf{moved}",
+        )
+        and fresh
+    ):
         # A new file's diff would list all of it: show what the copy changes against the backup's instead.
-        result.diffs.append(Diff(f"{old.path} → {ctx.display_path(old_path)}",
-                                 fileops.unified_diff(old.text(), wanted_old.text(), ctx.display_path(old_path))))
+        result.diffs.append(
+            Diff(
+                f"{old.path} → {ctx.display_path(old_path)}",
+                fileops.unified_diff(old.text(), wanted_old.text(), ctx.display_path(old_path)),
+            )
+        )
     checks = [{"check": "ispcp.old.conf", "result": "ok", "detail": f"has {', '.join(REQUIRED_KEYS)}"}]
     if ctx.apply:
         ok, message = il.check_ispcp_login(ctx)
@@ -143,16 +166,32 @@ def run(ctx: Context, result: Result) -> None:
             raise PreconditionFailed("ispcp.conf login", message, "read the message: it names the part that failed")
         checks.append({"check": "ispcp.conf + keys log in", "result": "verified", "detail": message})
     else:
-        checks.append({"check": "old login with the target's keys", "result": "verified" if login_ok else
-                       "not verified", "detail": "decrypts and logs in" if login_ok else "see the warnings"})
+        checks.append(
+            {
+                "check": "old login with the target's keys",
+                "result": "verified" if login_ok else "not verified",
+                "detail": "decrypts and logs in" if login_ok else "see the warnings",
+            }
+        )
     result.table("Verification", pd.DataFrame(checks))
-    result.data.update({"old_ip": ident.old_ip, "new_ip": ident.new_ip, "old_hostname": ident.old_host,
-                        "new_hostname": ident.new_host, "verified": bool(ctx.apply or login_ok)})
-    result.summary = (f"DEBUG = 1, the old database login and ispcp.old.conf; "
-                      f"{ident.old_host}/{ident.old_ip} → {ident.new_host}/{ident.new_ip}")
+    result.data.update(
+        {
+            "old_ip": ident.old_ip,
+            "new_ip": ident.new_ip,
+            "old_hostname": ident.old_host,
+            "new_hostname": ident.new_host,
+            "verified": bool(ctx.apply or login_ok),
+        }
+    )
+    result.summary = (
+        f"DEBUG = 1, the old database login and ispcp.old.conf; "
+        f"{ident.old_host}/{ident.old_ip} → {ident.new_host}/{ident.new_ip}"
+    )
     if not result.changes:
-        result.noop_reason = ("ispcp.conf already has DEBUG = 1 and the old database login, ispcp.old.conf is in "
-                              "place, and the database already uses the new IP and host name")
+        result.noop_reason = (
+            "ispcp.conf already has DEBUG = 1 and the old database login, ispcp.old.conf is in "
+            "place, and the database already uses the new IP and host name"
+        )
 
 
 def _set(conf: IspcpConf, key: str, value: str) -> bool:
@@ -163,8 +202,9 @@ def _set(conf: IspcpConf, key: str, value: str) -> bool:
     return True
 
 
-def _credentials(ctx: Context, result: Result, old: IspcpConf,
-                 previous: IspcpConf | None) -> tuple[dict[str, str], str | None]:
+def _credentials(
+    ctx: Context, result: Result, old: IspcpConf, previous: IspcpConf | None
+) -> tuple[dict[str, str], str | None]:
     """DATABASE_* to carry, and the decrypted password (None when the target's keys cannot decrypt it yet).
 
     Normally the old ispcp.conf's login, which the restored keys decrypt. After a lost-keys reset the keys
@@ -178,12 +218,20 @@ def _credentials(ctx: Context, result: Result, old: IspcpConf,
     if previous is not None and previous.get("DATABASE_PASSWORD") and previous.get("DATABASE_USER"):
         for pw in il.try_decrypt(previous, found, ctx.secrets).values():
             if pw is not None:
-                result.note("the old DATABASE_PASSWORD cannot be decrypted (lost keys); the password set by the keys "
-                            "step's reset is carried instead")
-                return {**creds, "DATABASE_USER": previous.get("DATABASE_USER") or "",
-                        "DATABASE_PASSWORD": previous.get("DATABASE_PASSWORD") or ""}, pw
-    problem = ("the target's key files do not decrypt the old DATABASE_PASSWORD: the old keys are not in place "
-               "yet" if found else "the target has no readable key file")
+                result.note(
+                    "the old DATABASE_PASSWORD cannot be decrypted (lost keys); the password set by the keys "
+                    "step's reset is carried instead"
+                )
+                return {
+                    **creds,
+                    "DATABASE_USER": previous.get("DATABASE_USER") or "",
+                    "DATABASE_PASSWORD": previous.get("DATABASE_PASSWORD") or "",
+                }, pw
+    problem = (
+        "the target's key files do not decrypt the old DATABASE_PASSWORD: the old keys are not in place yet"
+        if found
+        else "the target has no readable key file"
+    )
     fix = "apply the keys step first"
     if ctx.apply:
         raise PreconditionFailed("key files (target)", problem, fix)
@@ -200,19 +248,28 @@ def _identity(ctx: Context, old: IspcpConf, target: IspcpConf) -> Identity:
         try:
             addr = ipaddress.ip_address(value)
         except ValueError:
-            raise InputError(item, f"is {value!r}, not an IP address", "give an IPv4 address such as 192.0.2.20",
-                             path=where) from None
+            raise InputError(
+                item, f"is {value!r}, not an IP address", "give an IPv4 address such as 192.0.2.20", path=where
+            ) from None
         if addr.version != 4:  # server_ips.ip_number is varchar(15)
-            raise InputError(item, f"is {value}: ispCP 1.0 stores IPv4 addresses only", "give an IPv4 address",
-                             path=where)
+            raise InputError(
+                item, f"is {value}: ispCP 1.0 stores IPv4 addresses only", "give an IPv4 address", path=where
+            )
     if not given_ip and new_ip != old_ip and ipaddress.ip_address(new_ip).is_loopback:
-        raise InputError("new_server_ip", f"would be {new_ip}, taken from the target's ispcp.conf: a loopback "
-                         "address is the installer's default, not the server's address",
-                         "set the new_server_ip parameter to the new server's public IPv4 address")
+        raise InputError(
+            "new_server_ip",
+            f"would be {new_ip}, taken from the target's ispcp.conf: a loopback "
+            "address is the installer's default, not the server's address",
+            "set the new_server_ip parameter to the new server's public IPv4 address",
+        )
     for item, value, where in (("SERVER_HOSTNAME", old_host, old.path), ("new_server_hostname", new_host, None)):
         if not _HOSTNAME.match(value):
-            raise InputError(item, f"is {value!r}, not a valid host name", "give a fully qualified host name "
-                             "such as server.example.com", path=where)
+            raise InputError(
+                item,
+                f"is {value!r}, not a valid host name",
+                "give a fully qualified host name such as server.example.com",
+                path=where,
+            )
     return Identity(old_ip, new_ip, old_host, new_host)
 
 
@@ -224,8 +281,9 @@ def _etc_hostname(ctx: Context) -> str | None:
     return text.splitlines()[0].strip() if text else None
 
 
-def _conf_identity(ctx: Context, result: Result, wanted: IspcpConf, previous: IspcpConf | None,
-                   ident: Identity) -> list[dict[str, str]]:
+def _conf_identity(
+    ctx: Context, result: Result, wanted: IspcpConf, previous: IspcpConf | None, ident: Identity
+) -> list[dict[str, str]]:
     """Put the new IP/host name into ispcp.old.conf; one table row per edit."""
     edits = []
     if ident.ip_changes:
@@ -237,14 +295,15 @@ def _conf_identity(ctx: Context, result: Result, wanted: IspcpConf, previous: Is
             edits.append(("BASE_SERVER_VHOST", vhost, vhost[: -len(ident.old_host)] + ident.new_host))
         admin = wanted.get("DEFAULT_ADMIN_ADDRESS") or ""
         if admin.endswith("@" + ident.old_host):
-            result.warn(f"DEFAULT_ADMIN_ADDRESS {admin} is at the old host name; it is left as it is. Change it "
-                        "in the panel if mail for that host no longer reaches the admin")
+            result.warn(
+                f"DEFAULT_ADMIN_ADDRESS {admin} is at the old host name; it is left as it is. Change it "
+                "in the panel if mail for that host no longer reaches the admin"
+            )
     rows = []
     for key, before, after in edits:
         wanted.set(key, after)
         done = previous is not None and previous.get(key) == after
-        rows.append({"where": "ispcp.old.conf", "item": key, "old": before, "new": after,
-                     "state": _state(ctx, done)})
+        rows.append({"where": "ispcp.old.conf", "item": key, "old": before, "new": after, "state": _state(ctx, done)})
     return rows
 
 
@@ -266,8 +325,9 @@ def _admin_connect(ctx: Context, database: str, login: Login | None) -> Any | No
     return None
 
 
-def _plan_database(ctx: Context, result: Result, ident: Identity, database: str,
-                   login: Login | None) -> tuple[list[Update], list[dict[str, str]]]:
+def _plan_database(
+    ctx: Context, result: Result, ident: Identity, database: str, login: Login | None
+) -> tuple[list[Update], list[dict[str, str]]]:
     """UPDATEs of server_ips that move the old IP/host name to the new one, and the table rows."""
     if not (ident.ip_changes or ident.host_changes):
         return [], []
@@ -290,9 +350,12 @@ def _plan_database(ctx: Context, result: Result, ident: Identity, database: str,
     numbers = {r["ip_number"] for r in ips}
     if ident.ip_changes and ident.old_ip in numbers and ident.new_ip in numbers:
         raise PreconditionFailed(
-            "server_ips", f"holds both the old IP {ident.old_ip} and the new {ident.new_ip}: moving the old row "
-            "would give two rows one address", "decide which row the domains should use, move them there "
-            "(domain.domain_ip_id, domain_aliasses.alias_ip_id) and delete the other row, then run again")
+            "server_ips",
+            f"holds both the old IP {ident.old_ip} and the new {ident.new_ip}: moving the old row "
+            "would give two rows one address",
+            "decide which row the domains should use, move them there "
+            "(domain.domain_ip_id, domain_aliasses.alias_ip_id) and delete the other row, then run again",
+        )
     updates, rows = [], []
     for r in ips:
         touched = False
@@ -303,32 +366,47 @@ def _plan_database(ctx: Context, result: Result, ident: Identity, database: str,
             item = f"server_ips row {r['ip_id']}: {column}"
             if r[column] == before:
                 updates.append(Update(r["ip_id"], column, before, after))
-                rows.append({"where": "database", "item": item, "old": before, "new": after,
-                             "state": _state(ctx, False)})
+                rows.append(
+                    {"where": "database", "item": item, "old": before, "new": after, "state": _state(ctx, False)}
+                )
                 touched = True
             elif r[column] == after:
-                rows.append({"where": "database", "item": item, "old": before, "new": after,
-                             "state": _state(ctx, True)})
+                rows.append(
+                    {"where": "database", "item": item, "old": before, "new": after, "state": _state(ctx, True)}
+                )
                 touched = True
         if touched:
-            rows.append({"where": "database", "item": f"domains/aliases on row {r['ip_id']}",
-                         "old": ", ".join(refs.get(r["ip_id"], ["none"])), "new": "unchanged: they follow the row",
-                         "state": "unchanged"})
+            rows.append(
+                {
+                    "where": "database",
+                    "item": f"domains/aliases on row {r['ip_id']}",
+                    "old": ", ".join(refs.get(r["ip_id"], ["none"])),
+                    "new": "unchanged: they follow the row",
+                    "state": "unchanged",
+                }
+            )
     if ident.ip_changes and not any(r["ip_number"] in (ident.old_ip, ident.new_ip) for r in ips):
-        result.warn(f"server_ips has no row with the old IP {ident.old_ip} (rows: "
-                    f"{', '.join(str(r['ip_number']) for r in ips) or 'none'}); the database is left as it is. "
-                    "Assign the domains their IP in the panel after the update")
+        result.warn(
+            f"server_ips has no row with the old IP {ident.old_ip} (rows: "
+            f"{', '.join(str(r['ip_number']) for r in ips) or 'none'}); the database is left as it is. "
+            "Assign the domains their IP in the panel after the update"
+        )
     return updates, rows
 
 
 def _apply_updates(ctx: Context, database: str, login: Login | None, updates: list[Update]) -> None:
     conn = _admin_connect(ctx, database, login)
     if conn is None:
-        raise PreconditionFailed("ispCP database", "the login that read server_ips no longer works",
-                                 "check the MySQL server and run the step again")
+        raise PreconditionFailed(
+            "ispCP database",
+            "the login that read server_ips no longer works",
+            "check the MySQL server and run the step again",
+        )
     with conn, conn.cursor() as cur:
         for up in updates:
             assert up.column in _SERVER_IPS_COLUMNS  # a fixed column name, never input
             # The old value in the WHERE makes a rerun (or a concurrent edit) change nothing twice.
-            cur.execute(f"UPDATE server_ips SET {up.column} = %s WHERE ip_id = %s AND {up.column} = %s",
-                        (up.new, up.ip_id, up.old))
+            cur.execute(
+                f"UPDATE server_ips SET {up.column} = %s WHERE ip_id = %s AND {up.column} = %s",
+                (up.new, up.ip_id, up.old),
+            )

@@ -6,16 +6,16 @@ from typing import Any
 
 import pandas as pd
 
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError, PreconditionFailed
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_install as ii
 from ispcp_lib.facts import services as sv
-from ispcp_lib.result import Result
 from ispcp_lib.steps import mail_guard
 
 TITLE = "Check the fresh ispCP install"
-GUIDE = "the section on installing MySQL and a \"dummy\" ispCP before the databases come back"
+GUIDE = 'the section on installing MySQL and a "dummy" ispCP before the databases come back'
 EXPLANATION = """
 The guide has the operator install MySQL and then a fresh ispCP with its normal installer, on the
 new system, before any data comes back. This "dummy" gives the system a working ispCP: its files,
@@ -67,20 +67,28 @@ def run(ctx: Context, result: Result) -> None:
         what = _what_is_missing(install)
         result.summary = f"no usable ispCP install on the target: {what}"
         raise PreconditionFailed(
-            "ispCP dummy install", f"{what}, so there is nothing for the recovery to build on",
+            "ispCP dummy install",
+            f"{what}, so there is nothing for the recovery to build on",
             f"install ispCP {wanted} with its own installer (engine/setup/ispcp-setup), keeping the mail "
             "guard on (Postfix stopped or soft_bounce) throughout, then run this step again",
-            path=ii.CONF_PATH)
+            path=ii.CONF_PATH,
+        )
     if verdict == "downgrade":
         result.summary = f"refused: {why}"
-        raise PreconditionFailed("ispCP version", why,
-                                 f"install ispCP {wanted} instead (its installer, mail guard kept on); "
-                                 "ispcp-update then brings the restored data up to that release")
-    result.summary = (f"ispCP {install.version} is installed ({verdict}: {why}); "
-                      f"{sum(c.problem for c in checks)} service(s) need attention")
+        raise PreconditionFailed(
+            "ispCP version",
+            why,
+            f"install ispCP {wanted} instead (its installer, mail guard kept on); "
+            "ispcp-update then brings the restored data up to that release",
+        )
+    result.summary = (
+        f"ispCP {install.version} is installed ({verdict}: {why}); "
+        f"{sum(c.problem for c in checks)} service(s) need attention"
+    )
 
 
 # --- facts into rows ------------------------------------------------------------------------------
+
 
 def _backup_release(ctx: Context, result: Result) -> ii.BackupRelease:
     try:
@@ -98,18 +106,29 @@ def _install_rows(ctx: Context, inst: ii.TargetInstall | None, result: Result) -
         return [_row("ispcp.conf", "missing", ii.CONF_PATH, "no trace of ispCP on the target")]
     conf = inst.conf
     rows = [
-        _row("ispcp.conf", "found" if conf else "invalid" if ctx.t(ii.CONF_PATH).exists() else "missing",
-             ii.CONF_PATH, inst.conf_problem or ""),
+        _row(
+            "ispcp.conf",
+            "found" if conf else "invalid" if ctx.t(ii.CONF_PATH).exists() else "missing",
+            ii.CONF_PATH,
+            inst.conf_problem or "",
+        ),
         _row("Version", "found" if inst.version else "missing", inst.version or "—"),
         _row("BuildDate", "found" if inst.build_date else "missing", inst.build_date or "—"),
         _row("ROOT_DIR", "found" if inst.root_present else "missing", inst.root_dir),
         _row("engine", "found" if inst.engine_present else "missing", f"{inst.root_dir}/engine"),
         _row("GUI_ROOT_DIR", "found" if inst.gui_present else "missing", inst.gui_root_dir),
-        _row("engine managers", "found" if not inst.managers_missing else "incomplete",
-             f"{len(inst.managers_present)} of {len(ii.ENGINE_MANAGERS)}",
-             ("missing: " + ", ".join(inst.managers_missing)) if inst.managers_missing else ""),
-        _row("ispcp-update", "found" if inst.update_script else "missing", f"{inst.root_dir}/{ii.UPDATE_SCRIPT}",
-             "" if inst.update_script else "the ispcp_update step runs it"),
+        _row(
+            "engine managers",
+            "found" if not inst.managers_missing else "incomplete",
+            f"{len(inst.managers_present)} of {len(ii.ENGINE_MANAGERS)}",
+            ("missing: " + ", ".join(inst.managers_missing)) if inst.managers_missing else "",
+        ),
+        _row(
+            "ispcp-update",
+            "found" if inst.update_script else "missing",
+            f"{inst.root_dir}/{ii.UPDATE_SCRIPT}",
+            "" if inst.update_script else "the ispcp_update step runs it",
+        ),
     ]
     expected = ii.expected_key_layouts(conf.version_tuple() if conf else None)
     for k in inst.keys:
@@ -128,24 +147,32 @@ def _install_rows(ctx: Context, inst: ii.TargetInstall | None, result: Result) -
 
 def _install_warnings(inst: ii.TargetInstall, expected: tuple[str, ...], result: Result) -> None:
     if inst.managers_missing:
-        result.warn(f"the engine lacks {', '.join(inst.managers_missing)}: the install looks incomplete; "
-                    "re-run ispCP's installer")
+        result.warn(
+            f"the engine lacks {', '.join(inst.managers_missing)}: the install looks incomplete; "
+            "re-run ispCP's installer"
+        )
     if not inst.update_script:
-        result.warn(f"{inst.root_dir}/{ii.UPDATE_SCRIPT} is missing: the ispcp_update step needs it; "
-                    "re-run ispCP's installer")
+        result.warn(
+            f"{inst.root_dir}/{ii.UPDATE_SCRIPT} is missing: the ispcp_update step needs it; re-run ispCP's installer"
+        )
     if not inst.gui_present:
         result.warn(f"GUI_ROOT_DIR {inst.gui_root_dir} is missing: the panel's files were not installed")
     if inst.placeholder_keys:
-        result.warn(f"key file(s) {', '.join(inst.placeholder_keys)} still hold the {{KEY}}/{{IV}} template: "
-                    "the installer never finished its setup. The keys step replaces them with the backup's "
-                    "keys, but check the rest of the install too")
+        result.warn(
+            f"key file(s) {', '.join(inst.placeholder_keys)} still hold the {{KEY}}/{{IV}} template: "
+            "the installer never finished its setup. The keys step replaces them with the backup's "
+            "keys, but check the rest of the install too"
+        )
     elif not any(k in inst.initialised_keys for k in expected):
-        result.warn("no initialised key file of this release's layout on the target; the keys step writes "
-                    "the backup's keys")
+        result.warn(
+            "no initialised key file of this release's layout on the target; the keys step writes the backup's keys"
+        )
     db = inst.database
     if db is not None and db.exists is False:
-        result.warn(f"the target's MySQL has no {db.name} database: the installer did not finish (the "
-                    "restore brings the old one, but ispcp-update expects a working install)")
+        result.warn(
+            f"the target's MySQL has no {db.name} database: the installer did not finish (the "
+            "restore brings the old one, but ispcp-update expects a working install)"
+        )
     elif db is not None and db.exists is None:
         result.warn(f"the dummy's database could not be checked: {db.detail}")
 
@@ -157,31 +184,49 @@ def _compare(inst: ii.TargetInstall | None, old: ii.BackupRelease) -> tuple[str,
     return ii.compare_releases(old.version, inst.version, old.revision, new_rev)
 
 
-def _release_rows(inst: ii.TargetInstall | None, old: ii.BackupRelease, verdict: str,
-                  why: str) -> list[dict[str, str]]:
+def _release_rows(inst: ii.TargetInstall | None, old: ii.BackupRelease, verdict: str, why: str) -> list[dict[str, str]]:
     def show(v: Any) -> str:
         return "—" if v is None else str(v)
 
     new_rev = inst.database.revision if inst and inst.database else None
     rows = [
-        {"what": "ispCP version", "backup (old server)": show(old.version),
-         "target (dummy)": show(inst.version if inst else None), "note": f"{verdict}: {why}"},
-        {"what": "BuildDate", "backup (old server)": show(old.build_date),
-         "target (dummy)": show(inst.build_date if inst else None), "note": ""},
-        {"what": "schema DATABASE_REVISION", "backup (old server)": show(old.revision),
-         "target (dummy)": show(new_rev), "note": f"backup read from {old.revision_source}"},
+        {
+            "what": "ispCP version",
+            "backup (old server)": show(old.version),
+            "target (dummy)": show(inst.version if inst else None),
+            "note": f"{verdict}: {why}",
+        },
+        {
+            "what": "BuildDate",
+            "backup (old server)": show(old.build_date),
+            "target (dummy)": show(inst.build_date if inst else None),
+            "note": "",
+        },
+        {
+            "what": "schema DATABASE_REVISION",
+            "backup (old server)": show(old.revision),
+            "target (dummy)": show(new_rev),
+            "note": f"backup read from {old.revision_source}",
+        },
     ]
-    if inst is not None and verdict == "same" and old.build_date and inst.build_date \
-            and old.build_date != inst.build_date:
+    if (
+        inst is not None
+        and verdict == "same"
+        and old.build_date
+        and inst.build_date
+        and old.build_date != inst.build_date
+    ):
         rows[1]["note"] = "same version, different build: ispcp-update reconciles them"
     return rows
 
 
-def _mysql_rows(ctx: Context, m: sv.MysqlServer, inst: ii.TargetInstall | None,
-                result: Result) -> list[dict[str, str]]:
+def _mysql_rows(ctx: Context, m: sv.MysqlServer, inst: ii.TargetInstall | None, result: Result) -> list[dict[str, str]]:
     rows = [
-        {"item": "installed", "value": m.installed.describe() or "not found",
-         "detail": m.installed.where or f"install {sv.MARIADB.package}"},
+        {
+            "item": "installed",
+            "value": m.installed.describe() or "not found",
+            "detail": m.installed.where or f"install {sv.MARIADB.package}",
+        },
         {"item": "running", "value": "yes" if m.running else "no", "detail": ""},
         {"item": "version", "value": m.version or "—", "detail": m.version_source},
         {"item": "datadir", "value": m.datadir or "—", "detail": m.source},
@@ -194,13 +239,17 @@ def _mysql_rows(ctx: Context, m: sv.MysqlServer, inst: ii.TargetInstall | None,
     if not m.installed.installed:
         result.warn(f"no MySQL/MariaDB server found: install {sv.MARIADB.package} before the dummy ispCP")
     if not m.running:
-        result.warn("the target's MySQL server is not running: the dummy's database cannot be checked and "
-                    "its variables are read from the config files")
+        result.warn(
+            "the target's MySQL server is not running: the dummy's database cannot be checked and "
+            "its variables are read from the config files"
+        )
     if ctx.mysql is not None and m.datadir and m.source.startswith("the server's own"):
         param = ctx.display_path(ctx.mysql.datadir).rstrip("/")
         if param != m.datadir.rstrip("/"):
-            result.warn(f"the server's datadir is {m.datadir}, but the runbook's mysql.datadir parameter says "
-                        f"{param}: mysql_restore would replace the wrong directory. Fix the parameter")
+            result.warn(
+                f"the server's datadir is {m.datadir}, but the runbook's mysql.datadir parameter says "
+                f"{param}: mysql_restore would replace the wrong directory. Fix the parameter"
+            )
     conf_dir = inst.conf.get("DATABASE_DIR") if inst and inst.conf else None
     if conf_dir and m.datadir and conf_dir.rstrip("/") != m.datadir.rstrip("/"):
         result.warn(f"ispcp.conf's DATABASE_DIR is {conf_dir}, the server's datadir {m.datadir}")
@@ -211,8 +260,14 @@ def _service_warnings(checks: list[sv.ServiceCheck], result: Result) -> None:
     missing = [c for c in checks if c.problem]
     if not missing:
         return
-    packages = sorted({p for c in missing for p in c.package.split() if c.package and c.package != sv.INSTALLER
-                       and not c.package.startswith("apt-file")})
+    packages = sorted(
+        {
+            p
+            for c in missing
+            for p in c.package.split()
+            if c.package and c.package != sv.INSTALLER and not c.package.startswith("apt-file")
+        }
+    )
     names = ", ".join(f"{c.key} ({c.state})" for c in missing)
     text = f"ispcp.conf names services this system lacks: {names}."
     if packages:
@@ -225,20 +280,29 @@ def _service_warnings(checks: list[sv.ServiceCheck], result: Result) -> None:
 def _mail_guard(ctx: Context, result: Result) -> None:
     """Confirm that the mail guard, when set, survived the install."""
     if mail_guard.guard_state(ctx) is None:
-        result.warn("the mail guard is not set: installers start Postfix, which then rejects mail for the "
-                    "hosted domains for good. Run the mail_guard step before going on")
+        result.warn(
+            "the mail guard is not set: installers start Postfix, which then rejects mail for the "
+            "hosted domains for good. Run the mail_guard step before going on"
+        )
         return
     ok, message = mail_guard.check_guard(ctx)
     result.data["mail_guard"] = {"ok": bool(ok), "message": message}
     if ok:
         result.note(f"Mail guard still holds after the install: {message}")
     else:
-        result.warn(f"the mail guard no longer holds (installers like to start services): {message}. "
-                    "Restore it (re-run mail_guard) before going on; the next changing step refuses otherwise")
+        result.warn(
+            f"the mail guard no longer holds (installers like to start services): {message}. "
+            "Restore it (re-run mail_guard) before going on; the next changing step refuses otherwise"
+        )
 
 
-def _data(inst: ii.TargetInstall | None, old: ii.BackupRelease, verdict: str, checks: list[sv.ServiceCheck],
-          mysql: sv.MysqlServer) -> dict[str, Any]:
+def _data(
+    inst: ii.TargetInstall | None,
+    old: ii.BackupRelease,
+    verdict: str,
+    checks: list[sv.ServiceCheck],
+    mysql: sv.MysqlServer,
+) -> dict[str, Any]:
     return {
         "installed": bool(inst and inst.installed),
         "target_version": inst.version if inst else None,
@@ -250,8 +314,13 @@ def _data(inst: ii.TargetInstall | None, old: ii.BackupRelease, verdict: str, ch
         "verdict": verdict,
         "key_layouts": {k.layout: k.state for k in inst.keys} if inst else {},
         "services": {c.key: {"state": c.state, "package": c.package} for c in checks},
-        "mysql": {"running": mysql.running, "version": mysql.version, "datadir": mysql.datadir,
-                  "socket": mysql.socket, "source": mysql.source},
+        "mysql": {
+            "running": mysql.running,
+            "version": mysql.version,
+            "datadir": mysql.datadir,
+            "socket": mysql.socket,
+            "source": mysql.source,
+        },
     }
 
 

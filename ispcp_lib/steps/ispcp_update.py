@@ -13,16 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from ispcp_lib import health
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError, PreconditionFailed
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.result import CommandRecord, Result
 from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
-from ispcp_lib.keyfiles import layout_paths
-from ispcp_lib.result import CommandRecord, Result
+from ispcp_lib.ispcp import health
+from ispcp_lib.ispcp.keyfiles import layout_paths
+from ispcp_lib.ispcp.update_driver import FailurePattern, Outcome, Prompt, run_interactive
 from ispcp_lib.steps import mail_guard
-from ispcp_lib.update_driver import FailurePattern, Outcome, Prompt, run_interactive
 
 TITLE = "Run ispCP's update script"
 GUIDE = "the section on calling engine/setup/ispcp-update and the remarks on the update process after it"
@@ -48,15 +48,23 @@ show what works; if Apache would not start, the next step is `register_accounts`
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "ispcp_update_timeout": (3600, "seconds the update may run before it is stopped (its process group killed)"),
-    "ispcp_update_answers": ({}, "extra answers: mapping of prompt regex -> answer; {old_conf}, "
-                                 "{vftp_password} and {secret:NAME} (a value of the secrets_file) are filled "
-                                 "in; they take precedence over the built-in ones. Never write a password "
-                                 "here (parameters are copied into the report): use {secret:NAME}"),
+    "ispcp_update_answers": (
+        {},
+        "extra answers: mapping of prompt regex -> answer; {old_conf}, "
+        "{vftp_password} and {secret:NAME} (a value of the secrets_file) are filled "
+        "in; they take precedence over the built-in ones. Never write a password "
+        "here (parameters are copied into the report): use {secret:NAME}",
+    ),
     "ispcp_update_prompt_silence": (10, "seconds of silence at an unanswered prompt before it counts as unexpected"),
-    "ispcp_update_script": (None, "path of the update script on the target "
-                                  "(default ROOT_DIR/engine/setup/ispcp-update)"),
-    "ispcp_update_skip_prechecks": ([], "pre-checks to skip (mysql, old_conf, database_login, vftp, debug, "
-                                        "mail_guard): only when you know better than the check"),
+    "ispcp_update_script": (
+        None,
+        "path of the update script on the target (default ROOT_DIR/engine/setup/ispcp-update)",
+    ),
+    "ispcp_update_skip_prechecks": (
+        [],
+        "pre-checks to skip (mysql, old_conf, database_login, vftp, debug, "
+        "mail_guard): only when you know better than the check",
+    ),
     "ispcp_update_require_mail_guard": (True, "stop when the mail guard is not in place (the update restarts Postfix)"),
 }
 
@@ -84,32 +92,37 @@ FAILURES: tuple[FailurePattern, ...] = (
         "proftpd.conf, so it asked for the vftp password (the guide's warning). Answering would only hide "
         "the mismatch, or let the script generate a new password",
         "check that MySQL runs, run the ftp step (it makes every proftpd.conf copy agree and sets the vftp "
-        "password in MySQL), then run ispcp_update again"),
+        "password in MySQL), then run ispcp_update again",
+    ),
     FailurePattern(
         "missing ispcp.old.conf",
         r"ispcp\.old\.conf.*(No such file|not found|again after)",
         "the script could not open ispcp.old.conf, the old server's configuration it merges into ispcp.conf",
         "run the ispcp_conf step (it places the backup's ispcp.conf as /etc/ispcp/ispcp.old.conf), then run "
-        "ispcp_update again"),
+        "ispcp_update again",
+    ),
     FailurePattern(
         "key length",
         r"KEY or IV has invalid length|the ispCP key file is missing",
         "the engine's key file is missing or holds a key or IV of the wrong length, so DATABASE_PASSWORD "
         "cannot be decrypted",
-        "run the keys step (restores the old key files), then run ispcp_update again"),
+        "run the keys step (restores the old key files), then run ispcp_update again",
+    ),
     FailurePattern(
         "database connection refused",
         r"Can't connect to (local )?MySQL server|Connection refused|Lost connection to MySQL server",
         "the script could not reach the MySQL server: it is not running, or not at the socket ispCP uses",
         "start MySQL (the mysql_restore step starts it; read its error log if it does not come up), then run "
-        "ispcp_update again"),
+        "ispcp_update again",
+    ),
     FailurePattern(
         "wrong database password",
         r"Access denied for user '(?!vftp')[^']*'",
         "MySQL refused ispCP's own login: the key files decrypt DATABASE_PASSWORD to a password that does "
         "not match the restored mysql database (keys or DATABASE_PASSWORD from another installation)",
         "run the keys step (old key files) and ispcp_conf (the old DATABASE_USER/DATABASE_PASSWORD in "
-        "ispcp.conf and ispcp.old.conf), then run ispcp_update again"),
+        "ispcp.conf and ispcp.old.conf), then run ispcp_update again",
+    ),
 )
 
 
@@ -128,11 +141,11 @@ class Precheck:
 
 # -- facts ---------------------------------------------------------------------------------------
 
+
 def target_conf(ctx: Context) -> IspcpConf:
     path = ctx.t(CONF_PATH)
     if not path.is_file():
-        raise PreconditionFailed("ispcp.conf", "the target has none", "install the dummy ispCP first",
-                                 path=CONF_PATH)
+        raise PreconditionFailed("ispcp.conf", "the target has none", "install the dummy ispCP first", path=CONF_PATH)
     return IspcpConf.load(path, display=CONF_PATH)
 
 
@@ -141,8 +154,10 @@ def old_conf_logical(conf: IspcpConf) -> str:
 
 
 def script_logical(ctx: Context, conf: IspcpConf) -> str:
-    return ctx.param("ispcp_update_script") or f"{(conf.get('ROOT_DIR') or '/var/www/ispcp').rstrip('/')}" \
-                                               "/engine/setup/ispcp-update"
+    return (
+        ctx.param("ispcp_update_script")
+        or f"{(conf.get('ROOT_DIR') or '/var/www/ispcp').rstrip('/')}/engine/setup/ispcp-update"
+    )
 
 
 def script_path(ctx: Context, logical: str) -> Path:
@@ -163,8 +178,9 @@ def inputs_digest(ctx: Context, conf: IspcpConf) -> str:
             c = IspcpConf.load(path)
             h.update(json.dumps({k: v for k, v in c.values.items() if k != "DEBUG"}, sort_keys=True).encode())
         h.update(b"\0")
-    keys = layout_paths(conf.get("ROOT_DIR") or "/var/www/ispcp", conf.get("GUI_ROOT_DIR") or None,
-                        conf.get("CONF_DIR") or "/etc/ispcp")
+    keys = layout_paths(
+        conf.get("ROOT_DIR") or "/var/www/ispcp", conf.get("GUI_ROOT_DIR") or None, conf.get("CONF_DIR") or "/etc/ispcp"
+    )
     for logical in [*keys.values(), *proftpd.conf_paths(conf)]:
         path = ctx.t(logical)
         h.update(path.read_bytes() if path.is_file() else b"-")
@@ -185,18 +201,27 @@ def last_success(ctx: Context) -> dict[str, Any] | None:
 
 
 def next_attempt(ctx: Context) -> int:
-    numbers = [int(m.group(1)) for p in log_dir(ctx).glob("attempt-*.log")
-               if (m := re.match(r"attempt-(\d+)-", p.name))] if log_dir(ctx).is_dir() else []
+    numbers = (
+        [int(m.group(1)) for p in log_dir(ctx).glob("attempt-*.log") if (m := re.match(r"attempt-(\d+)-", p.name))]
+        if log_dir(ctx).is_dir()
+        else []
+    )
     return max(numbers, default=0) + 1
 
 
 # -- pre-checks ----------------------------------------------------------------------------------
 
+
 def precheck_mysql(ctx: Context) -> Precheck:
     up = ctx.mysql is not None and ctx.mysql.status()
     where = ctx.display_path(ctx.mysql.socket) if ctx.mysql else "?"
-    return Precheck("mysql", "MySQL is up", up, f"answers on {where}" if up else f"nothing answers on {where}",
-                    "start MySQL (mysql_restore starts it after the restore; read its error log)")
+    return Precheck(
+        "mysql",
+        "MySQL is up",
+        up,
+        f"answers on {where}" if up else f"nothing answers on {where}",
+        "start MySQL (mysql_restore starts it after the restore; read its error log)",
+    )
 
 
 def precheck_old_conf(ctx: Context, conf: IspcpConf) -> Precheck:
@@ -212,11 +237,19 @@ def precheck_old_conf(ctx: Context, conf: IspcpConf) -> Precheck:
     ctx.secrets.add(old.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
     missing = old.missing(REQUIRED_KEYS)
     if missing:
-        return Precheck("old_conf", "ispcp.old.conf present and complete", False,
-                        f"{logical} lacks {', '.join(missing)}: the update would stop to ask for them",
-                        f"set {', '.join(missing)} in {logical} (the ispcp_conf step checks them)")
-    return Precheck("old_conf", "ispcp.old.conf present and complete", True,
-                    f"{logical}: ispCP {old.get('Version')}, all {len(REQUIRED_KEYS)} required values set")
+        return Precheck(
+            "old_conf",
+            "ispcp.old.conf present and complete",
+            False,
+            f"{logical} lacks {', '.join(missing)}: the update would stop to ask for them",
+            f"set {', '.join(missing)} in {logical} (the ispcp_conf step checks them)",
+        )
+    return Precheck(
+        "old_conf",
+        "ispcp.old.conf present and complete",
+        True,
+        f"{logical}: ispCP {old.get('Version')}, all {len(REQUIRED_KEYS)} required values set",
+    )
 
 
 def precheck_database_login(ctx: Context, conf: IspcpConf) -> Precheck:
@@ -237,15 +270,25 @@ def precheck_vftp(ctx: Context, conf: IspcpConf) -> tuple[Precheck, str | None]:
     """The vftp check on ispCP's working copy (what the update reads); returns the password when it works."""
     info = proftpd.target_login(ctx, conf, which="working")
     ok, text = proftpd.check_vftp(ctx, info)
-    check = Precheck("vftp", "vftp login works", ok, text,
-                     "run the ftp step (syncs the proftpd.conf copies and the vftp password in MySQL)")
+    check = Precheck(
+        "vftp",
+        "vftp login works",
+        ok,
+        text,
+        "run the ftp step (syncs the proftpd.conf copies and the vftp password in MySQL)",
+    )
     return check, (info.password if ok and info is not None else None)
 
 
 def precheck_debug(conf: IspcpConf) -> Precheck:
     value = (conf.get("DEBUG") or "").strip()
-    return Precheck("debug", "DEBUG = 1", value == "1", f"ispcp.conf has DEBUG = {value or '(unset)'}",
-                    "run the ispcp_conf step (sets DEBUG = 1, so the update explains its errors)")
+    return Precheck(
+        "debug",
+        "DEBUG = 1",
+        value == "1",
+        f"ispcp.conf has DEBUG = {value or '(unset)'}",
+        "run the ispcp_conf step (sets DEBUG = 1, so the update explains its errors)",
+    )
 
 
 def precheck_mail_guard(ctx: Context) -> Precheck:
@@ -265,8 +308,14 @@ def precheck_mail_guard(ctx: Context) -> Precheck:
 
 def run_prechecks(ctx: Context, conf: IspcpConf) -> tuple[list[Precheck], str | None]:
     vftp, vftp_password = precheck_vftp(ctx, conf)
-    checks = [precheck_mysql(ctx), precheck_old_conf(ctx, conf), precheck_database_login(ctx, conf), vftp,
-              precheck_debug(conf), precheck_mail_guard(ctx)]
+    checks = [
+        precheck_mysql(ctx),
+        precheck_old_conf(ctx, conf),
+        precheck_database_login(ctx, conf),
+        vftp,
+        precheck_debug(conf),
+        precheck_mail_guard(ctx),
+    ]
     return checks, vftp_password
 
 
@@ -277,12 +326,16 @@ def skipped_prechecks(ctx: Context) -> set[str]:
         return set(PRECHECKS)
     unknown = names - set(PRECHECKS)
     if unknown:
-        raise InputError("ispcp_update_skip_prechecks", f"names unknown checks {sorted(unknown)}",
-                         f"use names from {', '.join(PRECHECKS)} (or 'all')")
+        raise InputError(
+            "ispcp_update_skip_prechecks",
+            f"names unknown checks {sorted(unknown)}",
+            f"use names from {', '.join(PRECHECKS)} (or 'all')",
+        )
     return names
 
 
 # -- prompts -------------------------------------------------------------------------------------
+
 
 def build_prompts(ctx: Context, old_conf: str, vftp_password: str | None) -> list[Prompt]:
     tokens = {"old_conf": old_conf, "vftp_password": vftp_password}
@@ -299,21 +352,30 @@ def build_prompts(ctx: Context, old_conf: str, vftp_password: str | None) -> lis
     def _from_secrets_file(m: re.Match[str]) -> str:
         given = ctx.params.get("secrets", {})
         if m.group(1) not in given:
-            raise InputError("ispcp_update_answers", f"names {{secret:{m.group(1)}}}, which the secrets_file lacks",
-                             f"add '{m.group(1)}: ...' to the secrets_file (mode 0600)")
+            raise InputError(
+                "ispcp_update_answers",
+                f"names {{secret:{m.group(1)}}}, which the secrets_file lacks",
+                f"add '{m.group(1)}: ...' to the secrets_file (mode 0600)",
+            )
         return given[m.group(1)]  # registered as a secret when the file was loaded
 
     extra = ctx.param("ispcp_update_answers") or {}
     if not isinstance(extra, dict):
-        raise InputError("ispcp_update_answers", "is not a mapping of prompt regex -> answer",
-                         "write it as {'Please enter a fully qualified hostname': 'new.example.com'}")
+        raise InputError(
+            "ispcp_update_answers",
+            "is not a mapping of prompt regex -> answer",
+            "write it as {'Please enter a fully qualified hostname': 'new.example.com'}",
+        )
     prompts = []
     for regex, answer in extra.items():
         try:
             re.compile(str(regex))
         except re.error as exc:
-            raise InputError("ispcp_update_answers", f"the regex {regex!r} is invalid: {exc}",
-                             "escape special characters such as ? [ ] ( ) with a backslash") from None
+            raise InputError(
+                "ispcp_update_answers",
+                f"the regex {regex!r} is invalid: {exc}",
+                "escape special characters such as ? [ ] ( ) with a backslash",
+            ) from None
         # Plain answers are parameters (already in the report); an answer drawn from the secrets_file
         # is masked in the transcript. Registering short plain answers ("y") would mask every "y".
         filled = fill(str(answer))
@@ -335,18 +397,26 @@ def script_env(ctx: Context) -> dict[str, str]:
 
 # -- the step ------------------------------------------------------------------------------------
 
+
 @action("ispcp_update", repeatable=True)
 def run(ctx: Context, result: Result) -> None:
     conf = target_conf(ctx)
     logical = script_logical(ctx, conf)
     script = script_path(ctx, logical)
     if not script.is_file():
-        raise PreconditionFailed("ispcp-update", "the update script does not exist",
-                                 "install the dummy ispCP of the target version (ispcp_install_check), or set "
-                                 "ispcp_update_script", path=logical)
+        raise PreconditionFailed(
+            "ispcp-update",
+            "the update script does not exist",
+            "install the dummy ispCP of the target version (ispcp_install_check), or set ispcp_update_script",
+            path=logical,
+        )
     if not os.access(script, os.X_OK):
-        raise PreconditionFailed("ispcp-update", "the update script is not executable",
-                                 f"chmod 700 {logical} (a dummy install copied without modes?)", path=logical)
+        raise PreconditionFailed(
+            "ispcp-update",
+            "the update script is not executable",
+            f"chmod 700 {logical} (a dummy install copied without modes?)",
+            path=logical,
+        )
 
     skip = skipped_prechecks(ctx)
     checks, vftp_password = run_prechecks(ctx, conf)
@@ -358,9 +428,11 @@ def run(ctx: Context, result: Result) -> None:
     done = last_success(ctx)
     digest = inputs_digest(ctx, conf)
     if done and done.get("inputs") == digest and "ispcp_update" not in ctx.force_steps:
-        result.noop_reason = (f"attempt {done['attempt']} succeeded at {done['ts']} (run {done['run_id']}) with the "
-                              "same configuration, keys and ProFTPd files; add 'ispcp_update' to force_steps to "
-                              "run it again")
+        result.noop_reason = (
+            f"attempt {done['attempt']} succeeded at {done['ts']} (run {done['run_id']}) with the "
+            "same configuration, keys and ProFTPd files; add 'ispcp_update' to force_steps to "
+            "run it again"
+        )
         return
     if failed:
         if ctx.apply:
@@ -368,8 +440,10 @@ def run(ctx: Context, result: Result) -> None:
             others = f" ({len(failed) - 1} more failed check(s) in the table)" if len(failed) > 1 else ""
             raise PreconditionFailed(f"pre-check '{first.check}'", first.detail + others, first.fix)
         for c in failed:
-            result.warn(f"pre-check '{c.check}' fails now: {c.detail}. In a dry run, earlier steps' changes are "
-                        f"not in place yet; if it still fails when applying: {c.fix}")
+            result.warn(
+                f"pre-check '{c.check}' fails now: {c.detail}. In a dry run, earlier steps' changes are "
+                f"not in place yet; if it still fails when applying: {c.fix}"
+            )
 
     keep_debug_through_merge(ctx, result, conf)
     attempt = next_attempt(ctx)
@@ -385,28 +459,40 @@ def run(ctx: Context, result: Result) -> None:
     old_conf = str(ctx.t(old_conf_logical(conf)))
     ctx.log(f"ispcp-update attempt {attempt}: transcript in {transcript}")
     outcome = run_interactive(
-        [str(script)], cwd=script.parent, prompts=build_prompts(ctx, old_conf, vftp_password),
-        secrets=ctx.secrets, transcript_path=transcript, env=script_env(ctx),
+        [str(script)],
+        cwd=script.parent,
+        prompts=build_prompts(ctx, old_conf, vftp_password),
+        secrets=ctx.secrets,
+        transcript_path=transcript,
+        env=script_env(ctx),
         timeout=float(ctx.param("ispcp_update_timeout", 3600)),
         silence=float(ctx.param("ispcp_update_prompt_silence", 10)),
-        failure_patterns=FAILURES, log=lambda line: ctx.log(f"  | {line}"),
+        failure_patterns=FAILURES,
+        log=lambda line: ctx.log(f"  | {line}"),
     )
     _record(ctx, result, outcome, attempt, logical)
     if not outcome.ok:
         explanation, next_action = explain(outcome, float(ctx.param("ispcp_update_timeout", 3600)))
-        result.data["failure"] = {"pattern": outcome.failure.name if outcome.failure else None,
-                                  "explanation": explanation, "next_action": next_action}
-        raise PreconditionFailed(f"ispcp-update attempt {attempt}", f"{outcome.status_text()}. {explanation}",
-                                 next_action, path=str(transcript))
+        result.data["failure"] = {
+            "pattern": outcome.failure.name if outcome.failure else None,
+            "explanation": explanation,
+            "next_action": next_action,
+        }
+        raise PreconditionFailed(
+            f"ispcp-update attempt {attempt}",
+            f"{outcome.status_text()}. {explanation}",
+            next_action,
+            path=str(transcript),
+        )
     _remember_success(ctx, attempt, transcript, inputs_digest(ctx, target_conf(ctx)))
     checks_after = health.run_checks(ctx)
     result.table("Health after the update", health.frame(checks_after))
     for c in checks_after:
         if c.failed:
             result.warn(f"health: {c.check}: {c.detail}" + (f" Next: {c.next_step}." if c.next_step else ""))
-    result.summary = (f"attempt {attempt} succeeded in {outcome.duration_s:.1f} s"
-                      + ("; all health checks pass" if health.all_ok(checks_after)
-                         else "; some health checks fail (see the table)"))
+    result.summary = f"attempt {attempt} succeeded in {outcome.duration_s:.1f} s" + (
+        "; all health checks pass" if health.all_ok(checks_after) else "; some health checks fail (see the table)"
+    )
 
 
 def register_known_secrets(ctx: Context, conf: IspcpConf) -> None:
@@ -455,15 +541,37 @@ def keep_debug_through_merge(ctx: Context, result: Result, conf: IspcpConf) -> N
 
 
 def _record(ctx: Context, result: Result, outcome: Outcome, attempt: int, logical: str) -> None:
-    result.commands.append(CommandRecord([f"cd {Path(logical).parent} && ./{Path(logical).name}"],
-                                         outcome.exit_status, outcome.transcript, "", outcome.duration_s))
-    result.table("Attempt", pd.DataFrame([{
-        "attempt": attempt, "duration (s)": round(outcome.duration_s, 1), "exit status": outcome.exit_status,
-        "outcome": outcome.status_text(), "prompts answered": ", ".join(outcome.answered),
+    result.commands.append(
+        CommandRecord(
+            [f"cd {Path(logical).parent} && ./{Path(logical).name}"],
+            outcome.exit_status,
+            outcome.transcript,
+            "",
+            outcome.duration_s,
+        )
+    )
+    result.table(
+        "Attempt",
+        pd.DataFrame(
+            [
+                {
+                    "attempt": attempt,
+                    "duration (s)": round(outcome.duration_s, 1),
+                    "exit status": outcome.exit_status,
+                    "outcome": outcome.status_text(),
+                    "prompts answered": ", ".join(outcome.answered),
+                    "transcript": str(outcome.transcript_path),
+                }
+            ]
+        ),
+    )
+    result.data["attempt"] = {
+        "number": attempt,
+        "exit_status": outcome.exit_status,
+        "ok": outcome.ok,
+        "duration_s": outcome.duration_s,
         "transcript": str(outcome.transcript_path),
-    }]))
-    result.data["attempt"] = {"number": attempt, "exit_status": outcome.exit_status, "ok": outcome.ok,
-                              "duration_s": outcome.duration_s, "transcript": str(outcome.transcript_path)}
+    }
 
 
 def explain(outcome: Outcome, timeout: float) -> tuple[str, str]:
@@ -475,22 +583,40 @@ def explain(outcome: Outcome, timeout: float) -> tuple[str, str]:
     if outcome.spawn_error:
         return f"the script could not be started: {outcome.spawn_error}", "check the path and its interpreter line"
     if outcome.timed_out:
-        return (f"the script did not finish within {timeout:.0f} s, so its process group was killed.{last}",
-                "read the transcript to see where it hung; if it was still rebuilding customers, run "
-                "engine_speedup or raise ispcp_update_timeout, then run ispcp_update again")
+        return (
+            f"the script did not finish within {timeout:.0f} s, so its process group was killed.{last}",
+            "read the transcript to see where it hung; if it was still rebuilding customers, run "
+            "engine_speedup or raise ispcp_update_timeout, then run ispcp_update again",
+        )
     if outcome.unexpected_prompt is not None:
-        return (f"the script asked a question no answer is configured for: {outcome.unexpected_prompt!r}",
-                "if it asks for a value of the old configuration, set it in ispcp.old.conf; otherwise add "
-                "{regex: answer} to ispcp_update_answers, then run ispcp_update again")
+        return (
+            f"the script asked a question no answer is configured for: {outcome.unexpected_prompt!r}",
+            "if it asks for a value of the old configuration, set it in ispcp.old.conf; otherwise add "
+            "{regex: answer} to ispcp_update_answers, then run ispcp_update again",
+        )
     if outcome.repeated_prompt is not None:
-        return (f"the script did not accept the answer and asked again: {outcome.repeated_prompt!r}",
-                "correct the answer (ispcp_update_answers) or the file it points to, then run again")
-    return (f"the script failed ({outcome.status_text()}) with an error this runbook does not know.{last}",
-            "read the transcript's last lines (DEBUG = 1 adds detail), fix the cause, run ispcp_update again")
+        return (
+            f"the script did not accept the answer and asked again: {outcome.repeated_prompt!r}",
+            "correct the answer (ispcp_update_answers) or the file it points to, then run again",
+        )
+    return (
+        f"the script failed ({outcome.status_text()}) with an error this runbook does not know.{last}",
+        "read the transcript's last lines (DEBUG = 1 adds detail), fix the cause, run ispcp_update again",
+    )
 
 
 def _remember_success(ctx: Context, attempt: int, transcript: Path, digest: str) -> None:
     path = log_dir(ctx) / SUCCESS_FILE
-    path.write_text(json.dumps({"attempt": attempt, "run_id": ctx.run_id, "transcript": str(transcript),
-                                "ts": dt.datetime.now().isoformat(timespec="seconds"), "inputs": digest}, indent=1))
+    path.write_text(
+        json.dumps(
+            {
+                "attempt": attempt,
+                "run_id": ctx.run_id,
+                "transcript": str(transcript),
+                "ts": dt.datetime.now().isoformat(timespec="seconds"),
+                "inputs": digest,
+            },
+            indent=1,
+        )
+    )
     path.chmod(0o600)

@@ -4,7 +4,7 @@ Contract for other steps:
     guard_state(ctx) -> dict | None       the guard recorded in the state dir, None if never set
     check_guard(ctx) -> (bool, str)       does it still hold? (cheap: no DNS, no throwaway servers)
     lift(ctx, result)                     restore exactly what was there before (cleanup calls it)
-and a watchdog in ispcp_lib.action.WATCHDOGS that stops every later changing step while the guard
+and a watchdog in ispcp_lib.core.action.WATCHDOGS that stops every later changing step while the guard
 is broken.
 """
 
@@ -21,22 +21,24 @@ from typing import Any
 
 import pandas as pd
 
-from ispcp_lib import fileops
-from ispcp_lib.action import WATCHDOGS, action, last_applied
-from ispcp_lib.context import Context
-from ispcp_lib.errors import GuardBroken, InputError, PreconditionFailed
+from ispcp_lib.core import fileops
+from ispcp_lib.core.action import WATCHDOGS, action, last_applied
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import GuardBroken, InputError, PreconditionFailed
+from ispcp_lib.core.result import Diff, Result
+from ispcp_lib.core.runner import Runner
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import dns_table as dt_facts
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts import postfix as pf
 from ispcp_lib.facts.backup_db_reader import read_backup_database
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.result import Diff, Result
-from ispcp_lib.runner import Runner
 
 TITLE = "Guard incoming mail"
-GUIDE = ("the section on preparing Postfix before ispCP is installed (the two options: re-point DNS, or keep "
-         "Postfix off until it is configured), and its background on MX records and hard errors")
+GUIDE = (
+    "the section on preparing Postfix before ispCP is installed (the two options: re-point DNS, or keep "
+    "Postfix off until it is configured), and its background on MX records and hard errors"
+)
 EXPLANATION = """
 **Why mail is in danger now.** A sending mail server looks up the MX records of the recipient's domain
 and tries those hosts in order of preference; only when a domain has **no** MX record at all does it
@@ -77,16 +79,17 @@ parallel with a bound, a timeout per query and a bound on the whole table, so a 
 up as timeouts instead of hanging the run.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
-    "mail_guard_mode": ("soft_bounce", "soft_bounce | stop | none: how mail_guard keeps Postfix from bouncing "
-                                       "mail for good until ispCP configured it"),
+    "mail_guard_mode": (
+        "soft_bounce",
+        "soft_bounce | stop | none: how mail_guard keeps Postfix from bouncing mail for good until ispCP configured it",
+    ),
     "postfix_config_dir": (None, "Postfix config dir (postconf -c); None = /etc/postfix on the target"),
     "postfix_smtp_port": (25, "the SMTP port the guard watches and the SMTP probe asks"),
     "dns_nameserver": (None, "nameserver for the DNS table, 'IP' or 'IP:port'; None = the system resolver"),
     "dns_timeout": (3.0, "seconds one DNS query may take (the DNS table shows 'timeout' after that)"),
     "dns_total_timeout": (120.0, "seconds the whole DNS table may take; unfinished names show as timeouts"),
     "dns_concurrency": (32, "DNS queries in flight at once"),
-    "old_server_ip": (None, "the old server's IP for the DNS table; None = BASE_SERVER_IP of the backup's "
-                            "ispcp.conf"),
+    "old_server_ip": (None, "the old server's IP for the DNS table; None = BASE_SERVER_IP of the backup's ispcp.conf"),
 }
 
 MODES = ("soft_bounce", "stop", "none")
@@ -121,6 +124,7 @@ exit 0
 
 # --- parameters ------------------------------------------------------------------------------------
 
+
 def _param(ctx: Context, name: str) -> Any:
     value = ctx.param(name)
     return PARAMETERS[name][0] if value is None else value
@@ -134,8 +138,12 @@ def _settings(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": mode}
     cfg = ctx.param("postfix_config_dir")
     out["config_dir"] = Path(cfg) if cfg else ctx.t("/etc/postfix")
-    for name, kind, low in (("postfix_smtp_port", int, 1), ("dns_concurrency", int, 1),
-                            ("dns_timeout", float, 0.01), ("dns_total_timeout", float, 0.01)):
+    for name, kind, low in (
+        ("postfix_smtp_port", int, 1),
+        ("dns_concurrency", int, 1),
+        ("dns_timeout", float, 0.01),
+        ("dns_total_timeout", float, 0.01),
+    ):
         try:
             value = kind(_param(ctx, name))
         except (TypeError, ValueError):
@@ -146,13 +154,17 @@ def _settings(ctx: Context) -> dict[str, Any]:
     try:
         dt_facts.parse_nameserver(ctx.param("dns_nameserver"))
     except ValueError as exc:
-        raise InputError("dns_nameserver", str(exc), "write an IP address with an optional port, e.g. "
-                         "'127.0.0.1:5353', or None for the system resolver") from None
+        raise InputError(
+            "dns_nameserver",
+            str(exc),
+            "write an IP address with an optional port, e.g. '127.0.0.1:5353', or None for the system resolver",
+        ) from None
     out["nameserver"] = ctx.param("dns_nameserver") or None
     return out
 
 
 # --- the recorded guard ----------------------------------------------------------------------------
+
 
 def _state_path(ctx: Context) -> Path:
     return ctx.state_dir / STATE_FILE
@@ -199,15 +211,21 @@ def check_guard(ctx: Context) -> tuple[bool, str]:
             queue = pf.queue_directory(runner, cfg, record=False)
         pid = pf.master_pid(queue)
         if pid is not None:
-            return False, (f"Postfix is RUNNING (master pid {pid}, config {cfg}) although the guard is 'stop': "
-                           "it rejects mail for the hosted domains with hard errors")
+            return False, (
+                f"Postfix is RUNNING (master pid {pid}, config {cfg}) although the guard is 'stop': "
+                "it rejects mail for the hosted domains with hard errors"
+            )
         if pf.port_answers(port):
-            return False, (f"something ANSWERS on SMTP port {port} although the guard is 'stop': mail for the "
-                           "hosted domains can be rejected for good")
+            return False, (
+                f"something ANSWERS on SMTP port {port} although the guard is 'stop': mail for the "
+                "hosted domains can be rejected for good"
+            )
         policy = ctx.t(POLICY_RC_D)
         if not _is_ours(policy):
-            return False, (f"the policy-rc.d that keeps Postfix from starting is gone ({ctx.display_path(policy)}); "
-                           "the next package install may start it")
+            return False, (
+                f"the policy-rc.d that keeps Postfix from starting is gone ({ctx.display_path(policy)}); "
+                "the next package install may start it"
+            )
         return True, f"Postfix is stopped, nothing answers on port {port}, and policy-rc.d blocks its start"
     if not (cfg / "main.cf").is_file():
         return False, f"{cfg / 'main.cf'} is gone, so soft_bounce is no longer set"
@@ -215,8 +233,10 @@ def check_guard(ctx: Context) -> tuple[bool, str]:
     if value is None:
         return False, f"postconf cannot read {cfg / 'main.cf'} any more, so soft_bounce cannot be confirmed"
     if value != "yes":
-        return False, (f"soft_bounce is '{value}' in {cfg / 'main.cf'}: Postfix rejects mail for the hosted "
-                       "domains with hard 5xx errors again")
+        return False, (
+            f"soft_bounce is '{value}' in {cfg / 'main.cf'}: Postfix rejects mail for the hosted "
+            "domains with hard 5xx errors again"
+        )
     return True, "soft_bounce = yes: every rejection is temporary, senders keep the mail and retry"
 
 
@@ -232,11 +252,15 @@ def watchdog(ctx: Context, result: Result) -> None:
         return
     cfg = state.get("config_dir") or "/etc/postfix"
     if state.get("mode") == "stop":
-        fix = (f"stop Postfix now (postfix -c {cfg} stop), find out what started it, then run mail_guard again "
-               "(force_steps=['mail_guard']) before going on")
+        fix = (
+            f"stop Postfix now (postfix -c {cfg} stop), find out what started it, then run mail_guard again "
+            "(force_steps=['mail_guard']) before going on"
+        )
     else:
-        fix = (f"set it again now (postconf -c {cfg} -e soft_bounce=yes; postfix -c {cfg} reload) or run "
-               "mail_guard again (force_steps=['mail_guard']) before going on")
+        fix = (
+            f"set it again now (postconf -c {cfg} -e soft_bounce=yes; postfix -c {cfg} reload) or run "
+            "mail_guard again (force_steps=['mail_guard']) before going on"
+        )
     raise GuardBroken("MAIL GUARD BROKEN", f"{message}. This step did not run", fix)
 
 
@@ -246,6 +270,7 @@ if watchdog not in WATCHDOGS:
 
 # --- the step --------------------------------------------------------------------------------------
 
+
 @action("mail_guard")
 def run(ctx: Context, result: Result) -> None:
     s = _settings(ctx)
@@ -253,22 +278,31 @@ def run(ctx: Context, result: Result) -> None:
     installed = pf.installed(cfg)
     if not installed and s["mode"] == "soft_bounce":
         raise PreconditionFailed(
-            "Postfix", f"is not installed for {ctx.display_path(cfg)} (no main.cf, or no postconf program), so "
-            "soft_bounce cannot be set", "set mail_guard_mode = 'stop': it installs a policy that keeps a later "
+            "Postfix",
+            f"is not installed for {ctx.display_path(cfg)} (no main.cf, or no postconf program), so "
+            "soft_bounce cannot be set",
+            "set mail_guard_mode = 'stop': it installs a policy that keeps a later "
             "Postfix install from starting; or install Postfix first and run this step again",
-            path=str(cfg / "main.cf"))
+            path=str(cfg / "main.cf"),
+        )
     if installed:
         error = pf.config_error(ctx.runner, cfg)
         if error:
-            raise InputError("Postfix main.cf", f"postconf rejects it:\n{error}",
-                             "repair the line postconf names, then run this step again (nothing was changed)",
-                             path=str(cfg / "main.cf"))
+            raise InputError(
+                "Postfix main.cf",
+                f"postconf rejects it:\n{error}",
+                "repair the line postconf names, then run this step again (nothing was changed)",
+                path=str(cfg / "main.cf"),
+            )
     state = guard_state(ctx)
     if state is not None and state.get("mode") not in (s["mode"], None) and s["mode"] != "none":
         raise PreconditionFailed(
-            "mail guard", f"is already set in mode '{state.get('mode')}' (since {state.get('set_at', '?')})",
+            "mail guard",
+            f"is already set in mode '{state.get('mode')}' (since {state.get('set_at', '?')})",
             f"keep mail_guard_mode = '{state.get('mode')}', or lift the guard first (the cleanup step) and then "
-            "set the new mode", path=str(_state_path(ctx)))
+            "set the new mode",
+            path=str(_state_path(ctx)),
+        )
 
     names, source = _hosted_names(ctx, result)
     probe_address = f"postmaster@{names[0].domain}" if names else None
@@ -279,8 +313,10 @@ def run(ctx: Context, result: Result) -> None:
     elif s["mode"] == "stop":
         _guard_stop(ctx, result, s, state, installed)
     else:
-        result.note("mail_guard_mode = 'none': nothing is changed; make sure by other means that no mail for the "
-                    "hosted domains reaches an unconfigured Postfix")
+        result.note(
+            "mail_guard_mode = 'none': nothing is changed; make sure by other means that no mail for the "
+            "hosted domains reaches an unconfigured Postfix"
+        )
         if state is not None:
             result.note(f"A guard set earlier (mode '{state.get('mode')}') stays in place until cleanup lifts it.")
         elif not result.noop_reason:
@@ -296,8 +332,11 @@ def run(ctx: Context, result: Result) -> None:
     if ctx.apply and s["mode"] != "none":
         ok, message = check_guard(ctx)
         if not ok:
-            raise GuardBroken("mail guard", f"does not hold right after it was set: {message}",
-                              "look at the commands above; stop Postfix by hand if it keeps running")
+            raise GuardBroken(
+                "mail guard",
+                f"does not hold right after it was set: {message}",
+                "look at the commands above; stop Postfix by hand if it keeps running",
+            )
         result.note(f"Guard check: {message}")
     result.table("Mail guard", _guard_frame(ctx, s, installed))
 
@@ -322,11 +361,21 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: dict[str, Any], state: d
     if current == "yes" and state is not None:
         result.noop_reason = f"soft_bounce is already yes (guard set {state.get('set_at', '?')})"
         return
-    previous = (state or {}).get("previous") or {"soft_bounce": current, "soft_bounce_explicit": explicit,
-                                                 "master_running": running is not None}
-    new_state = {"mode": "soft_bounce", "status": "set", "config_dir": str(cfg), "smtp_port": s["postfix_smtp_port"],
-                 "queue_directory": str(queue) if queue else None, "previous": previous,
-                 "set_at": dt.datetime.now().isoformat(timespec="seconds"), "run_id": ctx.run_id}
+    previous = (state or {}).get("previous") or {
+        "soft_bounce": current,
+        "soft_bounce_explicit": explicit,
+        "master_running": running is not None,
+    }
+    new_state = {
+        "mode": "soft_bounce",
+        "status": "set",
+        "config_dir": str(cfg),
+        "smtp_port": s["postfix_smtp_port"],
+        "queue_directory": str(queue) if queue else None,
+        "previous": previous,
+        "set_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "run_id": ctx.run_id,
+    }
     if current == "yes":
         result.change("record the guard: soft_bounce is yes already (lifting it will leave it yes)")
         new_state["main_cf_sha256"] = None
@@ -344,11 +393,23 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: dict[str, Any], state: d
     ctx.runner.run([pf.binary("postconf") or "postconf", "-c", str(cfg), "-e", "soft_bounce=yes"], mutates=True)
     if ctx.apply:
         new_bytes = main_cf.read_bytes()
-        result.diffs.append(Diff(ctx.display_path(main_cf), fileops.unified_diff(
-            old_bytes.decode("utf-8", "replace"), new_bytes.decode("utf-8", "replace"), ctx.display_path(main_cf))))
-        new_state.update({"main_cf_sha256": hashlib.sha256(new_bytes).hexdigest(), "main_cf_copy": str(copy),
-                          "main_cf_meta": {"mode": old_st.st_mode & 0o7777, "uid": old_st.st_uid,
-                                           "gid": old_st.st_gid}})
+        result.diffs.append(
+            Diff(
+                ctx.display_path(main_cf),
+                fileops.unified_diff(
+                    old_bytes.decode("utf-8", "replace"),
+                    new_bytes.decode("utf-8", "replace"),
+                    ctx.display_path(main_cf),
+                ),
+            )
+        )
+        new_state.update(
+            {
+                "main_cf_sha256": hashlib.sha256(new_bytes).hexdigest(),
+                "main_cf_copy": str(copy),
+                "main_cf_meta": {"mode": old_st.st_mode & 0o7777, "uid": old_st.st_uid, "gid": old_st.st_gid},
+            }
+        )
     if running is not None:
         result.change(f"reload Postfix (master pid {running}) so that smtpd answers with soft errors")
         ctx.runner.run([pf.binary("postfix") or "postfix", "-c", str(cfg), "reload"], mutates=True)
@@ -357,8 +418,7 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: dict[str, Any], state: d
     _save_state(ctx, new_state)
 
 
-def _guard_stop(ctx: Context, result: Result, s: dict[str, Any], state: dict[str, Any] | None,
-                installed: bool) -> None:
+def _guard_stop(ctx: Context, result: Result, s: dict[str, Any], state: dict[str, Any] | None, installed: bool) -> None:
     cfg: Path = s["config_dir"]
     port = s["postfix_smtp_port"]
     queue = pf.queue_directory(ctx.runner, cfg) if installed else None
@@ -372,8 +432,10 @@ def _guard_stop(ctx: Context, result: Result, s: dict[str, Any], state: dict[str
         "units_masked": masked,
     }
     if not installed:
-        result.note(f"Postfix is not installed for {ctx.display_path(cfg)}: the policy below keeps a later install "
-                    "from starting it before it is configured.")
+        result.note(
+            f"Postfix is not installed for {ctx.display_path(cfg)}: the policy below keeps a later install "
+            "from starting it before it is configured."
+        )
     if pid is not None:
         result.change(f"stop Postfix (master pid {pid})")
         ctx.runner.run(_service_argv(ctx, cfg, "stop"), mutates=True)
@@ -381,27 +443,47 @@ def _guard_stop(ctx: Context, result: Result, s: dict[str, Any], state: dict[str
             _wait_stopped(queue, port)
     elif pf.port_answers(port):
         raise PreconditionFailed(
-            f"SMTP port {port}", f"answers, but no Postfix master of {cfg} runs: another mail server listens",
-            f"stop whatever listens there (ss -ltnp 'sport = :{port}' shows it), then run this step again")
+            f"SMTP port {port}",
+            f"answers, but no Postfix master of {cfg} runs: another mail server listens",
+            f"stop whatever listens there (ss -ltnp 'sport = :{port}' shows it), then run this step again",
+        )
 
     if os.path.lexists(policy) and not _is_ours(policy):
-        result.change(f"keep the existing {POLICY_RC_D} as {SAVED_POLICY_RC_D}; the guard's policy consults it "
-                      "for every other service")
+        result.change(
+            f"keep the existing {POLICY_RC_D} as {SAVED_POLICY_RC_D}; the guard's policy consults it "
+            "for every other service"
+        )
         if ctx.apply:
             ctx.keep(policy)
             os.replace(policy, saved)
-    ctx.write_file(policy, POLICY_SCRIPT, mode=0o755, uid=0, gid=0,
-                   what=f"install {POLICY_RC_D}: package scripts may not start postfix")
+    ctx.write_file(
+        policy,
+        POLICY_SCRIPT,
+        mode=0o755,
+        uid=0,
+        gid=0,
+        what=f"install {POLICY_RC_D}: package scripts may not start postfix",
+    )
     for unit, was_masked in masked.items():
         if not was_masked:
             result.change(f"systemctl mask {unit}")
             ctx.runner.run(["systemctl", "mask", unit], mutates=True)
     if not result.changed and state is not None:
-        result.noop_reason = (f"Postfix is stopped and blocked from starting (guard set {state.get('set_at', '?')})")
+        result.noop_reason = f"Postfix is stopped and blocked from starting (guard set {state.get('set_at', '?')})"
         return
-    _save_state(ctx, {"mode": "stop", "status": "set", "config_dir": str(cfg), "smtp_port": port,
-                      "queue_directory": str(queue) if queue else None, "previous": previous,
-                      "set_at": dt.datetime.now().isoformat(timespec="seconds"), "run_id": ctx.run_id})
+    _save_state(
+        ctx,
+        {
+            "mode": "stop",
+            "status": "set",
+            "config_dir": str(cfg),
+            "smtp_port": port,
+            "queue_directory": str(queue) if queue else None,
+            "previous": previous,
+            "set_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "run_id": ctx.run_id,
+        },
+    )
     if state is None:
         result.change("record the guard in the state directory")
 
@@ -435,6 +517,7 @@ def _unit_masked(ctx: Context, unit: str) -> bool:
 
 # --- lifting (cleanup) -----------------------------------------------------------------------------
 
+
 def lift(ctx: Context, result: Result) -> None:
     """Restore exactly the state before the guard. One code path: a dry run records the plan."""
     state = guard_state(ctx)
@@ -453,8 +536,7 @@ def lift(ctx: Context, result: Result) -> None:
         _state_path(ctx).unlink(missing_ok=True)
 
 
-def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: Path,
-                      previous: dict[str, Any]) -> None:
+def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: Path, previous: dict[str, Any]) -> None:
     main_cf = cfg / "main.cf"
     if not main_cf.is_file():
         result.warn(f"{ctx.display_path(main_cf)} is gone: nothing to restore")
@@ -467,9 +549,14 @@ def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: 
         return
     if copy is not None and copy.is_file() and hashlib.sha256(current).hexdigest() == state["main_cf_sha256"]:
         meta = state.get("main_cf_meta") or {}
-        changed = ctx.write_file(main_cf, copy.read_bytes(), mode=meta.get("mode"), uid=meta.get("uid"),
-                                 gid=meta.get("gid"), what=f"restore {ctx.display_path(main_cf)} as it was before "
-                                 "the guard")
+        changed = ctx.write_file(
+            main_cf,
+            copy.read_bytes(),
+            mode=meta.get("mode"),
+            uid=meta.get("uid"),
+            gid=meta.get("gid"),
+            what=f"restore {ctx.display_path(main_cf)} as it was before the guard",
+        )
     else:
         # Somebody (ispcp-update) rewrote main.cf since: only soft_bounce goes back, their changes stay.
         result.note(f"{ctx.display_path(main_cf)} changed since the guard was set: only soft_bounce is put back.")
@@ -541,23 +628,47 @@ def _probe_source_note(ctx: Context, result: Result, cfg: Path) -> None:
     if result.data.get("smtp_probe") is not None:
         result.data["smtp_probe"]["source_in_mynetworks"] = entry
     if entry is not None:
-        result.note(f"The SMTP probe is sent from {PROBE_SOURCE}, which Postfix trusts (mynetworks entry {entry}): "
-                    "it may relay for the probe and answer 250 although an outside sender gets 554 or 454. So the "
-                    "probe shows what Postfix answers a local client, not what the senders of the hosted domains "
-                    "get; check `postconf mynetworks` and send a test from outside to be sure.")
+        result.note(
+            f"The SMTP probe is sent from {PROBE_SOURCE}, which Postfix trusts (mynetworks entry {entry}): "
+            "it may relay for the probe and answer 250 although an outside sender gets 554 or 454. So the "
+            "probe shows what Postfix answers a local client, not what the senders of the hosted domains "
+            "get; check `postconf mynetworks` and send a test from outside to be sure."
+        )
+
 
 def _probe_table(result: Result, before: pf.ProbeAnswer | None, after: pf.ProbeAnswer | None, port: int) -> None:
     if before is None:
         result.note("SMTP probe: no hosted domain is known, so there is no address to probe.")
         return
-    rows = [{"when": "before the guard", "RCPT TO": before.address, "code": before.code, "answer": before.text,
-             "meaning": before.kind}]
+    rows = [
+        {
+            "when": "before the guard",
+            "RCPT TO": before.address,
+            "code": before.code,
+            "answer": before.text,
+            "meaning": before.kind,
+        }
+    ]
     if after is not None:
-        rows.append({"when": "after the guard", "RCPT TO": after.address, "code": after.code, "answer": after.text,
-                     "meaning": after.kind})
+        rows.append(
+            {
+                "when": "after the guard",
+                "RCPT TO": after.address,
+                "code": after.code,
+                "answer": after.text,
+                "meaning": after.kind,
+            }
+        )
     elif not result.apply:
-        rows.append({"when": "after the guard", "RCPT TO": before.address, "code": None,
-                     "answer": "(dry run: not set yet)", "meaning": ""})
+        rows.append(
+            {
+                "when": "after the guard",
+                "RCPT TO": before.address,
+                "code": None,
+                "answer": "(dry run: not set yet)",
+                "meaning": "",
+            }
+        )
     result.table(f"SMTP probe on 127.0.0.1:{port} (stops before DATA: no mail is sent)", pd.DataFrame(rows))
     result.data["smtp_probe"] = {"before": before.__dict__, "after": after.__dict__ if after else None}
 
@@ -577,8 +688,16 @@ def _guard_frame(ctx: Context, s: dict[str, Any], installed: bool) -> Any:
     if installed:
         rows.append(("soft_bounce", pf.effective_value(runner, cfg, "soft_bounce", record=False) or "?"))
     policy = ctx.t(POLICY_RC_D)
-    rows.append((POLICY_RC_D, "the guard's (blocks postfix)" if _is_ours(policy)
-                 else "present (not the guard's)" if os.path.lexists(policy) else "absent"))
+    rows.append(
+        (
+            POLICY_RC_D,
+            "the guard's (blocks postfix)"
+            if _is_ours(policy)
+            else "present (not the guard's)"
+            if os.path.lexists(policy)
+            else "absent",
+        )
+    )
     if state is not None:
         ok, message = check_guard(ctx)
         rows.append(("guard holds", ("yes: " if ok else "NO: ") + message))
@@ -586,6 +705,7 @@ def _guard_frame(ctx: Context, s: dict[str, Any], installed: bool) -> Any:
 
 
 # --- the DNS table -----------------------------------------------------------------------------------
+
 
 def _hosted_names(ctx: Context, result: Result) -> tuple[list[dt_facts.HostedName], str]:
     """Names from the restored database when it answers (after mysql_restore), else the backup's copy."""
@@ -603,8 +723,10 @@ def _hosted_names(ctx: Context, result: Result) -> tuple[list[dt_facts.HostedNam
                 with ctx.mysql.connect(login.user, login.password, dbname) as conn:
                     return dt_facts.hosted_names(conn), f"the restored database '{dbname}' on the target"
             except Exception as exc:
-                result.warn(f"the restored database did not answer ({type(exc).__name__}: {exc}); "
-                            "reading the backup's copy instead")
+                result.warn(
+                    f"the restored database did not answer ({type(exc).__name__}: {exc}); "
+                    "reading the backup's copy instead"
+                )
     try:
         path = ctx.b(datadir)
         names = read_backup_database(path, dbname, dt_facts.hosted_names)
@@ -632,17 +754,24 @@ def _ips(ctx: Context) -> tuple[str | None, str | None]:
     return old_ip or None, new_ip or None
 
 
-def _dns_table(ctx: Context, result: Result, s: dict[str, Any], names: list[dt_facts.HostedName],
-               source: str) -> dt_facts.DnsTable | None:
+def _dns_table(
+    ctx: Context, result: Result, s: dict[str, Any], names: list[dt_facts.HostedName], source: str
+) -> dt_facts.DnsTable | None:
     if not names:
         result.warn("DNS table: no hosted names to look up")
         return None
     old_ip, new_ip = _ips(ctx)
     ctx.log(f"DNS table: {len(names)} names from {source}")
     try:
-        table = dt_facts.resolve_all(names, nameserver=s["nameserver"], timeout=s["dns_timeout"],
-                                     total_timeout=s["dns_total_timeout"], concurrency=s["dns_concurrency"],
-                                     old_ip=old_ip, new_ip=new_ip)
+        table = dt_facts.resolve_all(
+            names,
+            nameserver=s["nameserver"],
+            timeout=s["dns_timeout"],
+            total_timeout=s["dns_total_timeout"],
+            concurrency=s["dns_concurrency"],
+            old_ip=old_ip,
+            new_ip=new_ip,
+        )
     except Exception as exc:  # no resolver configured, for example: the guard still stands
         result.warn(f"DNS table: cannot resolve ({type(exc).__name__}: {exc}); set dns_nameserver")
         return None
@@ -656,9 +785,16 @@ def _dns_table(ctx: Context, result: Result, s: dict[str, Any], names: list[dt_f
         result.table("DNS table: where each hosted name's mail goes", table.frame())
     else:
         keep = [r for r in table.rows if r["mail_to"] != dt_facts.NEW][:FULL_TABLE_ROWS]
-        result.table(f"DNS table: the {len(keep)} first names whose mail does not go to the new IP "
-                     f"(of {len(table.rows)}; all rows are in result.data['dns_table'])", table.frame(keep))
+        result.table(
+            f"DNS table: the {len(keep)} first names whose mail does not go to the new IP "
+            f"(of {len(table.rows)}; all rows are in result.data['dns_table'])",
+            table.frame(keep),
+        )
     result.data["dns_table"] = table.rows
-    result.data["dns_summary"] = {"mail_to_old": len(table.mail_to_old), "names": len(table.rows),
-                                  "counts": table.counts, "elapsed_s": round(table.elapsed_s, 2)}
+    result.data["dns_summary"] = {
+        "mail_to_old": len(table.mail_to_old),
+        "names": len(table.rows),
+        "counts": table.counts,
+        "elapsed_s": round(table.elapsed_s, 2),
+    }
     return table

@@ -18,21 +18,24 @@ from typing import Any
 import pandas as pd
 import pymysql
 
-from ispcp_lib import fileops, sql_dumps
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core import fileops
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts import mysql_creds, system
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.result import Result
+from ispcp_lib.mysql import dumps as sql_dumps
 from ispcp_lib.steps.mysql_maintainer import grantless_session
 
 TITLE = "Restore the ispCP and mysql databases"
-GUIDE = ("the section that stops MySQL, replaces the `ispcp` and `mysql` folders under /var/lib/mysql with the "
-         "backup's binary copies (renaming the fresh ones to keep them) and runs `chown -R mysql:mysql`")
+GUIDE = (
+    "the section that stops MySQL, replaces the `ispcp` and `mysql` folders under /var/lib/mysql with the "
+    "backup's binary copies (renaming the fresh ones to keep them) and runs `chown -R mysql:mysql`"
+)
 EXPLANATION = """
 This is the heart of the recovery. The `ispcp` database holds every domain, mailbox, FTP and SQL
 account the panel manages; the `mysql` database holds the logins, ispCP's own among them. A binary
@@ -79,10 +82,15 @@ the dump's INSERT statements. A marker in the state directory records what was r
 files, so running the step again changes nothing.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
-    "mysql_restore_source": ("auto", "auto | binary | dump: restore from the binary database folders (auto: when "
-                                     "present) or from SQL dumps"),
-    "mysql_restore_mysql_dump": (None, "path in the backup of a mysqldump of the `mysql` database (default: looked "
-                                       "for in BACKUP_FILE_DIR, /var/backups/mysql, /var/backups and /root)"),
+    "mysql_restore_source": (
+        "auto",
+        "auto | binary | dump: restore from the binary database folders (auto: when present) or from SQL dumps",
+    ),
+    "mysql_restore_mysql_dump": (
+        None,
+        "path in the backup of a mysqldump of the `mysql` database (default: looked "
+        "for in BACKUP_FILE_DIR, /var/backups/mysql, /var/backups and /root)",
+    ),
 }
 
 MARKER = "mysql_restore.json"
@@ -134,6 +142,7 @@ class Layout:
 
 # --- choosing and checking the input ---------------------------------------------------------------
 
+
 def _backup_datadir(ctx: Context, conf: Any) -> Path:
     return ctx.b(_logical_datadir(conf))
 
@@ -151,9 +160,13 @@ def _binary_source(name: str, path: Path) -> Source:
     """A database folder to copy. A symlink is refused outright, wherever it points: the copy must put the
     backup's real files into the live datadir, never a link or what a link happens to point at."""
     if path.is_symlink():
-        raise InputError(f"database {name} (binary copy)", f"is a symlink (to {os.readlink(path)}), not a folder",
-                         "replace the symlink in the backup with a real copy of the database folder (cp -a), or "
-                         "remove it and restore from an SQL dump (mysql_restore_source = dump)", path=str(path))
+        raise InputError(
+            f"database {name} (binary copy)",
+            f"is a symlink (to {os.readlink(path)}), not a folder",
+            "replace the symlink in the backup with a real copy of the database folder (cp -a), or "
+            "remove it and restore from an SQL dump (mysql_restore_source = dump)",
+            path=str(path),
+        )
     return Source(name, "binary", path)
 
 
@@ -173,19 +186,29 @@ def choose_sources(ctx: Context, result: Result, conf: Any, db_name: str) -> lis
     if mode != "dump" and ispcp_dir.is_dir():
         ispcp = _binary_source(db_name, ispcp_dir)
     elif mode == "binary":
-        raise InputError(f"database {db_name} (binary copy)", "is not in the backup",
-                         "copy the old server's database folder into the backup, or use mysql_restore_source = "
-                         "dump with the ispcp-backup-ispcp dump", path=str(ispcp_dir))
+        raise InputError(
+            f"database {db_name} (binary copy)",
+            "is not in the backup",
+            "copy the old server's database folder into the backup, or use mysql_restore_source = "
+            "dump with the ispcp-backup-ispcp dump",
+            path=str(ispcp_dir),
+        )
     else:
         dumps = sql_dumps.database_dumps(backup_dir, db_name)
         if not dumps and mode == "dump":
-            raise InputError(f"database {db_name}", "has no ispcp-backup-ispcp dump (.sql, .sql.gz, .sql.bz2)",
-                             "put the dump into BACKUP_FILE_DIR of the backup, or use mysql_restore_source = auto",
-                             path=str(backup_dir))
+            raise InputError(
+                f"database {db_name}",
+                "has no ispcp-backup-ispcp dump (.sql, .sql.gz, .sql.bz2)",
+                "put the dump into BACKUP_FILE_DIR of the backup, or use mysql_restore_source = auto",
+                path=str(backup_dir),
+            )
         if not dumps:
-            raise InputError(f"database {db_name}", "has neither a binary copy nor an ispcp-backup-ispcp dump",
-                             "find the old database folder or an SQL dump of it; without it ispCP cannot be "
-                             "recovered", path=str(ispcp_dir))
+            raise InputError(
+                f"database {db_name}",
+                "has neither a binary copy nor an ispcp-backup-ispcp dump",
+                "find the old database folder or an SQL dump of it; without it ispCP cannot be recovered",
+                path=str(ispcp_dir),
+            )
         if len(dumps) > 1:
             result.note(f"{len(dumps)} ispCP dumps found; the newest is used: {dumps[0].name}")
         ispcp = Source(db_name, "dump", dumps[0])
@@ -195,8 +218,12 @@ def choose_sources(ctx: Context, result: Result, conf: Any, db_name: str) -> lis
     if explicit:
         dump_path = ctx.b(str(explicit))
         if not dump_path.is_file():
-            raise InputError("mysql_restore_mysql_dump", "names no file in the backup",
-                             "give the dump's path as it was on the old server", path=str(dump_path))
+            raise InputError(
+                "mysql_restore_mysql_dump",
+                "names no file in the backup",
+                "give the dump's path as it was on the old server",
+                path=str(dump_path),
+            )
         mysql = Source("mysql", "dump", dump_path)
     elif mode != "dump" and mysql_dir.is_dir():
         mysql = _binary_source("mysql", mysql_dir)
@@ -208,9 +235,11 @@ def choose_sources(ctx: Context, result: Result, conf: Any, db_name: str) -> lis
             mysql = _binary_source("mysql", mysql_dir)
         else:
             mysql = Source("mysql", "keep")
-            result.warn("the backup has no `mysql` database (neither folder nor dump): the target keeps its own "
-                        "logins, so ispCP's DATABASE_USER, vftp and every customer login must be re-created "
-                        "(the keys, ftp and mysql_maintainer steps do what they can)")
+            result.warn(
+                "the backup has no `mysql` database (neither folder nor dump): the target keeps its own "
+                "logins, so ispCP's DATABASE_USER, vftp and every customer login must be re-created "
+                "(the keys, ftp and mysql_maintainer steps do what they can)"
+            )
     return [ispcp, mysql]
 
 
@@ -222,14 +251,22 @@ def check_binary(ctx: Context, result: Result, src: Source, backup_datadir: Path
     src.files = files
     where = str(src.path)
     if not files.tables:
-        raise InputError(f"database {src.database} (binary copy)", "holds no tables",
-                         "check that the folder is the database folder of the old datadir", path=where)
+        raise InputError(
+            f"database {src.database} (binary copy)",
+            "holds no tables",
+            "check that the folder is the database folder of the old datadir",
+            path=where,
+        )
     problems = files.problems()
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise InputError(f"database {src.database} (binary copy)", f"has damaged or incomplete tables: {shown}",
-                         "copy the missing files from another backup generation, or restore this database from "
-                         "an SQL dump (mysql_restore_source = dump)", path=where)
+        raise InputError(
+            f"database {src.database} (binary copy)",
+            f"has damaged or incomplete tables: {shown}",
+            "copy the missing files from another backup generation, or restore this database from "
+            "an SQL dump (mysql_restore_source = dump)",
+            path=where,
+        )
     innodb = files.innodb()
     if src.database == "mysql":
         src.skipped = [t for t in innodb if t in ms.SYSTEM_INNODB_TABLES]
@@ -243,17 +280,21 @@ def check_binary(ctx: Context, result: Result, src: Source, backup_datadir: Path
                 f"holds InnoDB tables ({names}) but the backup has no shared tablespace (ibdata1): their "
                 "data dictionary is lost, so a copied folder cannot be opened",
                 "restore from an SQL dump (mysql_restore_source = dump), or find ibdata1 and ib_logfile* "
-                "of the same moment", path=where)
+                "of the same moment",
+                path=where,
+            )
         raise InputError(
             f"database {src.database} (binary copy)",
             f"holds InnoDB tables ({names}): they live in the old server's shared tablespace "
             f"({', '.join(shared)}), which cannot be merged into the target's by copying a folder",
             "start the old datadir on its own (a private mariadbd --datadir=<copy> --skip-grant-tables "
             "--skip-networking), dump the database with mariadb-dump, and use mysql_restore_source = dump",
-            path=where)
+            path=where,
+        )
     if files.stray:
-        result.warn(f"{src.database}: files that belong to no table are copied as they are: "
-                    f"{', '.join(files.stray[:8])}")
+        result.warn(
+            f"{src.database}: files that belong to no table are copied as they are: {', '.join(files.stray[:8])}"
+        )
 
 
 def judge_offline(result: Result, binaries: list[Source], found: list[list[ms.ChkVerdict]] | None) -> None:
@@ -268,12 +309,19 @@ def judge_offline(result: Result, binaries: list[Source], found: list[list[ms.Ch
 def _judge_offline(result: Result, src: Source, verdicts: list[ms.ChkVerdict]) -> None:
     assert src.files is not None
     damaged = src.files.damaged()
-    frame = pd.DataFrame([{"database": src.database, "table": v.table, "engine": v.engine, "verdict": v.verdict,
-                           "detail": v.detail} for v in verdicts if v.verdict != "OK"])
+    frame = pd.DataFrame(
+        [
+            {"database": src.database, "table": v.table, "engine": v.engine, "verdict": v.verdict, "detail": v.detail}
+            for v in verdicts
+            if v.verdict != "OK"
+        ]
+    )
     ok = sum(1 for v in verdicts if v.verdict == "OK")
     if verdicts:
-        result.note(f"{src.database}: {ok} of {len(verdicts)} MyISAM/Aria tables in the backup pass "
-                    "myisamchk/aria_chk --check --read-only")
+        result.note(
+            f"{src.database}: {ok} of {len(verdicts)} MyISAM/Aria tables in the backup pass "
+            "myisamchk/aria_chk --check --read-only"
+        )
     if not frame.empty:
         result.table(f"Tables of the backup's {src.database} that the offline check questions", frame)
     for v in verdicts:
@@ -287,7 +335,9 @@ def _judge_offline(result: Result, src: Source, verdicts: list[ms.ChkVerdict]) -
             f"{len(found)} table(s) are damaged (offline CHECK verdict in the table above), first {found[0]}"
             + (f"; file lengths: {'; '.join(damaged[:3])}" if damaged and corrupt else ""),
             "repair a copy of the backup (myisamchk -r / aria_chk -r on the table files, no server running on "
-            "them) or restore from an SQL dump (mysql_restore_source = dump)", path=str(src.path))
+            "them) or restore from an SQL dump (mysql_restore_source = dump)",
+            path=str(src.path),
+        )
 
 
 def check_dump(ctx: Context, result: Result, src: Source) -> None:
@@ -298,14 +348,23 @@ def check_dump(ctx: Context, result: Result, src: Source) -> None:
     for w in info.warnings:
         result.warn(w)
     if info.complete is False:
-        raise InputError(f"SQL dump of {src.database}", "lacks mysqldump's closing '-- Dump completed' line: "
-                         "it is cut off", "use an older, complete dump or the binary copy", path=str(src.path))
+        raise InputError(
+            f"SQL dump of {src.database}",
+            "lacks mysqldump's closing '-- Dump completed' line: it is cut off",
+            "use an older, complete dump or the binary copy",
+            path=str(src.path),
+        )
     if not info.tables:
-        raise InputError(f"SQL dump of {src.database}", "creates no tables", "check that it is a mysqldump",
-                         path=str(src.path))
+        raise InputError(
+            f"SQL dump of {src.database}", "creates no tables", "check that it is a mysqldump", path=str(src.path)
+        )
     if info.database not in (None, src.database):
-        raise InputError(f"SQL dump of {src.database}", f"holds database {info.database!r}",
-                         f"use a dump of {src.database}", path=str(src.path))
+        raise InputError(
+            f"SQL dump of {src.database}",
+            f"holds database {info.database!r}",
+            f"use a dump of {src.database}",
+            path=str(src.path),
+        )
 
 
 def check_versions(ctx: Context, result: Result, backup_datadir: Path, datadir: Path) -> str:
@@ -314,8 +373,11 @@ def check_versions(ctx: Context, result: Result, backup_datadir: Path, datadir: 
     verdict, text = system.compare_server_versions(old, new)
     result.data["versions"] = {"old": old, "new": new, "verdict": verdict}
     if verdict == "downgrade":
-        raise PreconditionFailed("MySQL versions", text, "install a server at least as new as the old one, or "
-                                 "restore from SQL dumps (mysql_restore_source = dump)")
+        raise PreconditionFailed(
+            "MySQL versions",
+            text,
+            "install a server at least as new as the old one, or restore from SQL dumps (mysql_restore_source = dump)",
+        )
     if verdict == "unknown":
         result.warn(f"MySQL versions: {text}; mariadb-upgrade runs after the start to be safe")
     else:
@@ -327,8 +389,12 @@ def check_writable(paths: list[Path]) -> None:
     for path in paths:
         probe = path if path.exists() else path.parent
         if os.statvfs(probe).f_flag & os.ST_RDONLY or not os.access(probe, os.W_OK):
-            raise PreconditionFailed("MySQL datadir", "is on a read-only filesystem (or not writable)",
-                                     "remount it read-write (mount -o remount,rw <mount point>)", path=str(probe))
+            raise PreconditionFailed(
+                "MySQL datadir",
+                "is on a read-only filesystem (or not writable)",
+                "remount it read-write (mount -o remount,rw <mount point>)",
+                path=str(probe),
+            )
 
 
 def work_layout(ctx: Context, datadir: Path, purpose: str = "restore") -> Layout:
@@ -339,8 +405,11 @@ def work_layout(ctx: Context, datadir: Path, purpose: str = "restore") -> Layout
     """
     parent = datadir.parent
     same_fs = parent.exists() and datadir.exists() and os.stat(parent).st_dev == os.stat(datadir).st_dev
-    base = parent / f"{datadir.name}.{purpose}-{ctx.run_id}" if same_fs else \
-        ctx.state_dir / f"mysql.{purpose}-{ctx.run_id}"
+    base = (
+        parent / f"{datadir.name}.{purpose}-{ctx.run_id}"
+        if same_fs
+        else ctx.state_dir / f"mysql.{purpose}-{ctx.run_id}"
+    )
     work, n = base, 1
     while os.path.lexists(work):
         n += 1
@@ -349,6 +418,7 @@ def work_layout(ctx: Context, datadir: Path, purpose: str = "restore") -> Layout
 
 
 # --- the marker (idempotence) ---------------------------------------------------------------------
+
 
 def read_marker(ctx: Context) -> dict[str, Any] | None:
     path = ctx.state_dir / MARKER
@@ -373,22 +443,31 @@ def already_restored(ctx: Context, sources: list[Source], datadir: Path) -> str 
         if not (datadir / src.database).is_dir():
             return None
     names = " and ".join(s.database for s in sources if s.kind != "keep")
-    return (f"{names} were restored in run {marker.get('run_id')} ({marker.get('ts')}) from these same backup "
-            f"files, and their folders are live in {ctx.display_path(datadir)}")
+    return (
+        f"{names} were restored in run {marker.get('run_id')} ({marker.get('ts')}) from these same backup "
+        f"files, and their folders are live in {ctx.display_path(datadir)}"
+    )
 
 
 def write_marker(ctx: Context, sources: list[Source], layout: Layout, kept: dict[str, Path]) -> None:
     ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = {
-        "run_id": ctx.run_id, "ts": dt.datetime.now().isoformat(timespec="seconds"), "datadir": str(layout.datadir),
-        "work": str(layout.work), "kept": {k: str(v) for k, v in kept.items()},
-        "sources": {s.database: {"kind": s.kind, "path": str(s.path), "signature": s.signature(),
-                                 "skipped": s.skipped} for s in sources if s.kind != "keep"},
+        "run_id": ctx.run_id,
+        "ts": dt.datetime.now().isoformat(timespec="seconds"),
+        "datadir": str(layout.datadir),
+        "work": str(layout.work),
+        "kept": {k: str(v) for k, v in kept.items()},
+        "sources": {
+            s.database: {"kind": s.kind, "path": str(s.path), "signature": s.signature(), "skipped": s.skipped}
+            for s in sources
+            if s.kind != "keep"
+        },
     }
     fileops.atomic_write(ctx.state_dir / MARKER, json.dumps(data, indent=1) + "\n", 0o600)
 
 
 # --- moving folders -------------------------------------------------------------------------------
+
 
 def move_tree(ctx: Context, src: Path, dst: Path) -> None:
     """Rename src (a folder or a file) to dst; across filesystems, copy with cp -a and remove the original
@@ -410,8 +489,11 @@ def blank_page_tables(src: Source) -> list[str]:
     """Aria tables of the backup that MariaDB could not re-stamp for this server as they are."""
     if src.files is None or src.path is None:
         return []
-    return sorted(n for n, t in src.files.tables.items()
-                  if t.engine == "Aria" and n not in src.skipped and ms.has_blank_page(src.path, n))
+    return sorted(
+        n
+        for n, t in src.files.tables.items()
+        if t.engine == "Aria" and n not in src.skipped and ms.has_blank_page(src.path, n)
+    )
 
 
 def rebuild_aria(ctx: Context, result: Result, staged: Path, names: list[str]) -> None:
@@ -429,14 +511,20 @@ def rebuild_aria(ctx: Context, result: Result, staged: Path, names: list[str]) -
     if exe is None:
         result.warn(f"aria_chk is not installed: {', '.join(names)} may need REPAIR TABLE after the restore")
         return
-    result.change(f"rebuild the staged {', '.join(names)} (an Aria data file with a blank page; aria_chk "
-                  "--recover --zerofill), so that MariaDB can adopt it")
+    result.change(
+        f"rebuild the staged {', '.join(names)} (an Aria data file with a blank page; aria_chk "
+        "--recover --zerofill), so that MariaDB can adopt it"
+    )
     with tempfile.TemporaryDirectory() as scratch:  # aria_chk may drop files into its working directory
-        ctx.runner.run([exe, "--recover", "--zerofill", "--silent", *(str(staged / f"{n}.MAI") for n in names)],
-                       mutates=True, cwd=scratch)
+        ctx.runner.run(
+            [exe, "--recover", "--zerofill", "--silent", *(str(staged / f"{n}.MAI") for n in names)],
+            mutates=True,
+            cwd=scratch,
+        )
 
 
 # --- logins after the restore ---------------------------------------------------------------------
+
 
 def implied_logins(ctx: Context, sources: list[Source]) -> list[Login]:
     """Admin logins that should work after the restore: the backup's debian.cnf and ispCP's DATABASE_USER."""
@@ -479,15 +567,18 @@ def admin_connection(ctx: Context, result: Result, logins: list[Login]) -> Itera
         finally:
             chosen[0].close()
         return
-    result.warn("no login that the backup implies works against the restored grants: the tables are checked in a "
-                "short --skip-grant-tables --skip-networking session instead; mysql_maintainer sets a new "
-                "debian-sys-maint password next")
+    result.warn(
+        "no login that the backup implies works against the restored grants: the tables are checked in a "
+        "short --skip-grant-tables --skip-networking session instead; mysql_maintainer sets a new "
+        "debian-sys-maint password next"
+    )
     result.change("restart MySQL without grant tables (local socket only) to verify, then normally again")
     with grantless_session(ctx) as conn:
         yield conn, Login("root", "", "a --skip-grant-tables session")
 
 
 # --- the step -------------------------------------------------------------------------------------
+
 
 @action("mysql_restore")
 def run(ctx: Context, result: Result) -> None:
@@ -513,22 +604,30 @@ def run(ctx: Context, result: Result) -> None:
             check_binary(ctx, result, src, backup_datadir)
         elif src.kind == "dump":
             check_dump(ctx, result, src)
-    verdict = check_versions(ctx, result, backup_datadir, datadir) if any(
-        s.kind == "binary" for s in sources) else "same"
+    verdict = (
+        check_versions(ctx, result, backup_datadir, datadir) if any(s.kind == "binary" for s in sources) else "same"
+    )
     layout = work_layout(ctx, datadir)
     check_writable([datadir, layout.work.parent])
     owner = ms.mysql_owner(ctx.target_root)
     if owner is None:
-        raise PreconditionFailed("mysql user", "is missing from the target's etc/passwd or etc/group",
-                                 "install mariadb-server on the target first", path=str(ctx.t("/etc/passwd")))
+        raise PreconditionFailed(
+            "mysql user",
+            "is missing from the target's etc/passwd or etc/group",
+            "install mariadb-server on the target first",
+            path=str(ctx.t("/etc/passwd")),
+        )
     loader = None
     # With a binary `mysql` folder the old grants are live once the server is up again: the loader is then
     # chosen after the start (_load_dumps). Otherwise the target's grants are live and its admin loads.
     if any(s.kind == "dump" for s in sources) and not old_grants_after_swap(sources):
         loader = mysql_creds.working_admin(ctx) if ctx.mysql.status() else mysql_creds.target_admin(ctx)
         if loader is None:
-            raise PreconditionFailed("target's debian.cnf", "gives no working admin login to load the dumps with",
-                                     "fix /etc/mysql/debian.cnf of the target (or run the binary restore)")
+            raise PreconditionFailed(
+                "target's debian.cnf",
+                "gives no working admin login to load the dumps with",
+                "fix /etc/mysql/debian.cnf of the target (or run the binary restore)",
+            )
     _note_other_databases(ctx, result, backup_datadir, datadir, sources)
 
     old_counts = _old_counts(sources)
@@ -544,11 +643,15 @@ def _plan_row(ctx: Context, src: Source, datadir: Path, layout: Layout) -> dict[
         what = f"{len(src.dump.tables)} tables, {sum(src.dump.rows.values())} rows"
     else:
         what = "—"
-    return {"database": src.database, "source": src.kind, "from": str(src.path) if src.path else "target's own",
-            "holds": what, "target's folder now": ctx.display_path(live) if live.is_dir() else "absent",
-            "kept as": ctx.display_path(layout.kept / src.database) if src.kind != "keep" and live.is_dir()
-            else "—",
-            "left behind": ", ".join(src.skipped) or "—"}
+    return {
+        "database": src.database,
+        "source": src.kind,
+        "from": str(src.path) if src.path else "target's own",
+        "holds": what,
+        "target's folder now": ctx.display_path(live) if live.is_dir() else "absent",
+        "kept as": ctx.display_path(layout.kept / src.database) if src.kind != "keep" and live.is_dir() else "—",
+        "left behind": ", ".join(src.skipped) or "—",
+    }
 
 
 def _old_counts(sources: list[Source]) -> dict[str, dict[str, tuple[str, int | None]]]:
@@ -558,30 +661,47 @@ def _old_counts(sources: list[Source]) -> dict[str, dict[str, tuple[str, int | N
         if src.kind == "binary" and src.files is not None and src.path is not None:
             out[src.database] = {
                 name: (t.engine, ms.header_row_count(src.path, name, t.engine))
-                for name, t in sorted(src.files.tables.items()) if name not in src.skipped
+                for name, t in sorted(src.files.tables.items())
+                if name not in src.skipped
             }
         elif src.kind == "dump" and src.dump is not None:
             out[src.database] = {name: ("", src.dump.rows.get(name, 0)) for name in src.dump.tables}
     return out
 
 
-def _note_other_databases(ctx: Context, result: Result, backup_datadir: Path, datadir: Path,
-                          sources: list[Source]) -> None:
+def _note_other_databases(
+    ctx: Context, result: Result, backup_datadir: Path, datadir: Path, sources: list[Source]
+) -> None:
     if not backup_datadir.is_dir():
         return
     ours = {s.database for s in sources}
-    others = sorted(p.name for p in backup_datadir.iterdir()
-                    if p.is_dir() and p.name not in ours and p.name not in ("performance_schema", "sys", "lost+found")
-                    and not (datadir / p.name).exists())
+    others = sorted(
+        p.name
+        for p in backup_datadir.iterdir()
+        if p.is_dir()
+        and p.name not in ours
+        and p.name not in ("performance_schema", "sys", "lost+found")
+        and not (datadir / p.name).exists()
+    )
     if others:
-        result.note(f"The backup holds {len(others)} more database folder(s) ({', '.join(others[:6])}"
-                    f"{' ...' if len(others) > 6 else ''}): customer databases. As in the guide, this step restores "
-                    "only ispcp and mysql; their logins come back with mysql, their data with the "
-                    "customer_databases step.")
+        result.note(
+            f"The backup holds {len(others)} more database folder(s) ({', '.join(others[:6])}"
+            f"{' ...' if len(others) > 6 else ''}): customer databases. As in the guide, this step restores "
+            "only ispcp and mysql; their logins come back with mysql, their data with the "
+            "customer_databases step."
+        )
 
 
-def _restore(ctx: Context, result: Result, sources: list[Source], layout: Layout, owner: tuple[int, int],
-             verdict: str, loader: Login | None, old_counts: dict[str, dict[str, tuple[str, int | None]]]) -> None:
+def _restore(
+    ctx: Context,
+    result: Result,
+    sources: list[Source],
+    layout: Layout,
+    owner: tuple[int, int],
+    verdict: str,
+    loader: Login | None,
+    old_counts: dict[str, dict[str, tuple[str, int | None]]],
+) -> None:
     binary = [s for s in sources if s.kind == "binary"]
     replaced = [s for s in sources if s.kind != "keep"]
     # The offline check reads the backup while the copies are staged beside the datadir, and the server
@@ -625,9 +745,11 @@ def _restore(ctx: Context, result: Result, sources: list[Source], layout: Layout
             raise
         _roll_back(ctx, result, layout, placed, kept, exc)
         raise PreconditionFailed(
-            "MySQL restore", f"failed after the copy ({_first_line(exc)}). The original folders were put back and "
+            "MySQL restore",
+            f"failed after the copy ({_first_line(exc)}). The original folders were put back and "
             f"the server was started again with them; the restored copies are in {layout.failed}",
-            "read the error above and the server's error log, fix the backup, then run this step again") from None
+            "read the error above and the server's error log, fix the backup, then run this step again",
+        ) from None
 
     _verify(ctx, result, sources, verdict, old_counts)
     write_marker(ctx, sources, layout, kept)
@@ -647,8 +769,9 @@ def _stage(ctx: Context, result: Result, binary: list[Source], layout: Layout, o
         layout.staging.mkdir(exist_ok=True, mode=0o700)
     for src in binary:
         # The folder's contents (src/.) into staging/<database>: the staged folder is always a real directory.
-        ctx.runner.run(["cp", "-a", "--reflink=auto", "--", f"{src.path}/.", str(staged[src.database])],
-                       mutates=True, timeout=7200)
+        ctx.runner.run(
+            ["cp", "-a", "--reflink=auto", "--", f"{src.path}/.", str(staged[src.database])], mutates=True, timeout=7200
+        )
         if src.skipped:
             result.change(f"leave the backup's system InnoDB tables behind: {', '.join(src.skipped)}")
             if ctx.apply:
@@ -680,8 +803,7 @@ def _keep_target(ctx: Context, result: Result, src: Source, layout: Layout, kept
         result.backups.append(str(dest))
 
 
-def _place(ctx: Context, result: Result, src: Source, layout: Layout, kept: dict[str, Path],
-           placed: list[str]) -> None:
+def _place(ctx: Context, result: Result, src: Source, layout: Layout, kept: dict[str, Path], placed: list[str]) -> None:
     """Rename the staged copy into the datadir; the mysql folder gets the target's own system InnoDB tables."""
     live = layout.datadir / src.database
     result.change(f"move the staged {src.database} into {ctx.display_path(layout.datadir)}")
@@ -700,19 +822,28 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _plan_rest(ctx: Context, result: Result, sources: list[Source], verdict: str,
-               old_counts: dict[str, dict[str, tuple[str, int | None]]], was_running: bool) -> None:
+def _plan_rest(
+    ctx: Context,
+    result: Result,
+    sources: list[Source],
+    verdict: str,
+    old_counts: dict[str, dict[str, tuple[str, int | None]]],
+    was_running: bool,
+) -> None:
     for src in sources:
         if src.kind == "dump":
             result.change(f"load {src.path} into database {src.database} with the mariadb client")
     if any(s.kind == "dump" for s in sources) and old_grants_after_swap(sources):
-        result.note("The dump is loaded after the start, when the backup's grants are live: with a login the backup "
-                    "implies (its debian.cnf, ispCP's DATABASE_USER), else in a short grant-less session.")
+        result.note(
+            "The dump is loaded after the start, when the backup's grants are live: with a login the backup "
+            "implies (its debian.cnf, ispCP's DATABASE_USER), else in a short grant-less session."
+        )
     if verdict in ("upgrade", "unknown"):
         result.change("run mariadb-upgrade --force (the old files come from an older or unknown server)")
     result.change("CHECK TABLE every table of both databases, compare row counts, try the implied logins")
-    result.table("Row counts of the backup (the restored side is filled in when applying)",
-                 _counts_frame(old_counts, {}, {}))
+    result.table(
+        "Row counts of the backup (the restored side is filled in when applying)", _counts_frame(old_counts, {}, {})
+    )
     if not was_running:
         result.note("MySQL is not running now; the restore starts it")
     result.summary = "planned: " + " and ".join(f"{s.database} from {s.kind}" for s in sources if s.kind != "keep")
@@ -729,16 +860,19 @@ def _load_dumps(ctx: Context, result: Result, sources: list[Source], loader: Log
     if not dumps:
         return
     if loader is None:  # the old grants are live: a login the backup implies, else a grant-less session
-        loader = next((lg for lg in implied_logins(ctx, sources) if ctx.mysql.can_login(lg.user, lg.password) is None),
-                      None)
+        loader = next(
+            (lg for lg in implied_logins(ctx, sources) if ctx.mysql.can_login(lg.user, lg.password) is None), None
+        )
         if loader is not None:
             result.note(f"The dump is loaded with the login from {loader.source} (the old grants are live now).")
     if loader is not None:
         for src in dumps:
             _load_dump(ctx, result, src, loader)
         return
-    result.warn("no login that the backup implies works against the restored grants: the dump is loaded in a short "
-                "--skip-grant-tables --skip-networking session")
+    result.warn(
+        "no login that the backup implies works against the restored grants: the dump is loaded in a short "
+        "--skip-grant-tables --skip-networking session"
+    )
     result.change("restart MySQL without grant tables (local socket only) to load the dump, then normally")
     with grantless_session(ctx):
         for src in dumps:
@@ -758,8 +892,9 @@ def _load_dump(ctx: Context, result: Result, src: Source, loader: Login | None) 
         ctx.runner.run(sql_dumps.client_argv(cnf, "--batch", src.database), input=sql, mutates=True, timeout=7200)
 
 
-def _roll_back(ctx: Context, result: Result, layout: Layout, placed: list[str], kept: dict[str, Path],
-               cause: BaseException) -> None:
+def _roll_back(
+    ctx: Context, result: Result, layout: Layout, placed: list[str], kept: dict[str, Path], cause: BaseException
+) -> None:
     """Put the target's own folders back and start the server on them."""
     try:
         ctx.mysql.stop()
@@ -780,13 +915,20 @@ def _roll_back(ctx: Context, result: Result, layout: Layout, placed: list[str], 
         ctx.mysql.start()
     except _FAILURE_KINDS as exc:
         raise PreconditionFailed(
-            "MySQL restore", f"failed after the copy ({_first_line(cause)}); the target's own folders were put back, "
+            "MySQL restore",
+            f"failed after the copy ({_first_line(cause)}); the target's own folders were put back, "
             f"but the server does not start with them either ({_first_line(exc)})",
-            f"read the server's error log; the restored copies are in {layout.failed}") from None
+            f"read the server's error log; the restored copies are in {layout.failed}",
+        ) from None
 
 
-def _verify(ctx: Context, result: Result, sources: list[Source], verdict: str,
-            old_counts: dict[str, dict[str, tuple[str, int | None]]]) -> None:
+def _verify(
+    ctx: Context,
+    result: Result,
+    sources: list[Source],
+    verdict: str,
+    old_counts: dict[str, dict[str, tuple[str, int | None]]],
+) -> None:
     checks: dict[str, dict[str, tuple[str, str]]] = {}
     counts: dict[str, dict[str, int | None]] = {}
     engines: dict[str, dict[str, str]] = {}
@@ -794,8 +936,9 @@ def _verify(ctx: Context, result: Result, sources: list[Source], verdict: str,
         if verdict in ("upgrade", "unknown"):
             result.change("run mariadb-upgrade --force")
             with sql_dumps.defaults_file(login, ctx.mysql.socket) as cnf:
-                ctx.runner.run(sql_dumps.client_argv(cnf, "--force", program="mariadb-upgrade"), mutates=True,
-                               timeout=3600)
+                ctx.runner.run(
+                    sql_dumps.client_argv(cnf, "--force", program="mariadb-upgrade"), mutates=True, timeout=3600
+                )
         for src in sources:
             if src.kind == "keep":
                 continue
@@ -807,22 +950,30 @@ def _verify(ctx: Context, result: Result, sources: list[Source], verdict: str,
             checks[src.database] = ms.check_tables(conn, src.database, [t.name for t in live])
     own = {s.database: set(s.skipped) for s in sources}
     frame = _counts_frame(old_counts, counts, checks, engines, own)
-    result.table("Row counts: old server (index headers or dump) vs restored server (COUNT(*)), with CHECK TABLE",
-                 frame)
+    result.table(
+        "Row counts: old server (index headers or dump) vs restored server (COUNT(*)), with CHECK TABLE", frame
+    )
     result.data["row_counts"] = frame.to_dict("records")
     bad = frame[(frame["CHECK TABLE"] != "OK") | (frame["match"] == "NO")]
     if not bad.empty:
         first = bad.iloc[0]
         raise PreconditionFailed(
-            "restored database", f"{len(bad)} table(s) fail the verification, first {first['database']}."
+            "restored database",
+            f"{len(bad)} table(s) fail the verification, first {first['database']}."
             f"{first['table']}: CHECK TABLE {first['CHECK TABLE']}, old {first['old rows']} rows, restored "
-            f"{first['restored rows']}", "see the table above; the restored folders stay in place and the "
-            "originals are kept (listed under safety copies): repair the table or restore it from a dump")
+            f"{first['restored rows']}",
+            "see the table above; the restored folders stay in place and the "
+            "originals are kept (listed under safety copies): repair the table or restore it from a dump",
+        )
 
 
-def _counts_frame(old: dict[str, dict[str, tuple[str, int | None]]], live: dict[str, dict[str, int | None]],
-                  checks: dict[str, dict[str, tuple[str, str]]], engines: dict[str, dict[str, str]] | None = None,
-                  own: dict[str, set[str]] | None = None) -> pd.DataFrame:
+def _counts_frame(
+    old: dict[str, dict[str, tuple[str, int | None]]],
+    live: dict[str, dict[str, int | None]],
+    checks: dict[str, dict[str, tuple[str, str]]],
+    engines: dict[str, dict[str, str]] | None = None,
+    own: dict[str, set[str]] | None = None,
+) -> pd.DataFrame:
     """One row per table: old count, restored count, CHECK TABLE verdict and whether they agree."""
     engines, own = engines or {}, own or {}
     rows = []
@@ -836,26 +987,42 @@ def _counts_frame(old: dict[str, dict[str, tuple[str, int | None]]], live: dict[
             in_live = name in checks.get(database, {})
             if checks and not in_live:
                 verdict, message = "missing", "not on the restored server"
-            match = "" if not checks else "NO" if not in_live else (
-                "yes" if before is None or after is None or before == after else "NO")
+            match = (
+                ""
+                if not checks
+                else "NO"
+                if not in_live
+                else ("yes" if before is None or after is None or before == after else "NO")
+            )
             if engine == "VIEW":
                 match = "view" if checks else ""
             elif name in own.get(database, set()):
                 match = "target's own"
-            rows.append({"database": database, "table": name, "engine": engine,
-                         "old rows": "" if before is None else before, "restored rows": "" if after is None else after,
-                         "CHECK TABLE": verdict if verdict in ("", "OK", "missing") else f"{verdict}: {message}",
-                         "match": match})
-    return pd.DataFrame(rows, columns=["database", "table", "engine", "old rows", "restored rows", "CHECK TABLE",
-                                       "match"])
+            rows.append(
+                {
+                    "database": database,
+                    "table": name,
+                    "engine": engine,
+                    "old rows": "" if before is None else before,
+                    "restored rows": "" if after is None else after,
+                    "CHECK TABLE": verdict if verdict in ("", "OK", "missing") else f"{verdict}: {message}",
+                    "match": match,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["database", "table", "engine", "old rows", "restored rows", "CHECK TABLE", "match"]
+    )
 
 
 def _report_live_counts(ctx: Context, result: Result, sources: list[Source]) -> None:
     """For a no-op: what the live server says now (read only: no CHECK TABLE, it would write to MyISAM headers)."""
     login = None
     for candidate in implied_logins(ctx, sources) + [mysql_creds.target_admin(ctx)]:
-        if candidate is not None and ctx.mysql.status() and \
-                ctx.mysql.can_login(candidate.user, candidate.password) is None:
+        if (
+            candidate is not None
+            and ctx.mysql.status()
+            and ctx.mysql.can_login(candidate.user, candidate.password) is None
+        ):
             login = candidate
             break
     if login is None:
@@ -867,6 +1034,11 @@ def _report_live_counts(ctx: Context, result: Result, sources: list[Source]) -> 
                 continue
             tables = ms.live_tables(conn, src.database)
             counts = ms.count_rows(conn, src.database, [t.name for t in tables if t.kind != "VIEW"])
-            rows.append({"database": src.database, "tables": len(tables),
-                         "rows": sum(v for v in counts.values() if v is not None)})
+            rows.append(
+                {
+                    "database": src.database,
+                    "tables": len(tables),
+                    "rows": sum(v for v in counts.values() if v is not None),
+                }
+            )
     result.table("The restored databases as the server reports them now", pd.DataFrame(rows))

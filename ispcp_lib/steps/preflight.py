@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ispcp_lib.action import action, last_applied
-from ispcp_lib.context import Context
-from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.core.action import action, last_applied
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import mysql_creds, system
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.result import Result
 
 TITLE = "Preflight checks of the new system"
 GUIDE = "the section on starting from a freshly installed system"
@@ -44,8 +44,11 @@ def run(ctx: Context, result: Result) -> None:
     rows += _tools(result)
     result.table("Preflight", pd.DataFrame(rows))
     failed = [r for r in rows if r["result"] == "FAIL"]
-    result.summary = ("target is fit for the recovery" if not failed
-                      else f"{len(failed)} check(s) failed: " + "; ".join(r["check"] for r in failed))
+    result.summary = (
+        "target is fit for the recovery"
+        if not failed
+        else f"{len(failed)} check(s) failed: " + "; ".join(r["check"] for r in failed)
+    )
     if failed:
         first = failed[0]
         raise PreconditionFailed(first["check"], first["detail"], _FIXES.get(first["check"], ""))
@@ -53,7 +56,7 @@ def run(ctx: Context, result: Result) -> None:
 
 _FIXES = {
     "existing ispCP": "recover onto a freshly installed system, or set allow_existing_ispcp = True if these "
-                      "domains are disposable",
+    "domains are disposable",
     "MySQL versions": "install a MySQL/MariaDB server that is at least as new as the old one",
 }
 
@@ -67,11 +70,12 @@ def _distribution(ctx: Context, result: Result) -> dict[str, str]:
         return _row("distribution", "unknown", "no etc/os-release on the target")
     o = f"{old.get('ID', '?')} {old.get('VERSION_ID', '?')}"
     n = f"{new.get('ID', '?')} {new.get('VERSION_ID', '?')}"
-    same = old.get("ID") == new.get("ID") and old.get("VERSION_ID", "").split(".")[0] == \
-        new.get("VERSION_ID", "").split(".")[0]
+    same = (
+        old.get("ID") == new.get("ID")
+        and old.get("VERSION_ID", "").split(".")[0] == new.get("VERSION_ID", "").split(".")[0]
+    )
     if not same:
-        result.warn(f"distribution differs: old {o}, new {n}. Possible, but expect different paths and "
-                    "service names")
+        result.warn(f"distribution differs: old {o}, new {n}. Possible, but expect different paths and service names")
     return _row("distribution", "ok" if same else "WARN", f"old {o}, new {n}")
 
 
@@ -125,9 +129,11 @@ def _crypt_cbc(result: Result) -> dict[str, str]:
     if version is None:
         return _row("Perl Crypt::CBC", "WARN", "not installed: ispCP's engine needs it (libcrypt-cbc-perl)")
     if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:
-        result.warn(f"Perl Crypt::CBC {version}: ispCP 1.0.x passes 'regenerate_key', which 3.x rejects, so "
-                    "the old engine cannot decrypt its passwords on this Perl. This runbook decrypts and "
-                    "verifies the keys itself; the ispCP engine may need a patched Crypt::CBC call")
+        result.warn(
+            f"Perl Crypt::CBC {version}: ispCP 1.0.x passes 'regenerate_key', which 3.x rejects, so "
+            "the old engine cannot decrypt its passwords on this Perl. This runbook decrypts and "
+            "verifies the keys itself; the ispCP engine may need a patched Crypt::CBC call"
+        )
         return _row("Perl Crypt::CBC", "WARN", f"{version} (3.x rejects ispCP 1.0.x's options)")
     return _row("Perl Crypt::CBC", "ok", version)
 
@@ -136,11 +142,9 @@ def _tools(result: Result) -> list[dict[str, str]]:
     import shutil
 
     rows = []
-    for tool, package in (("rsync", "rsync"), ("mariadb", "mariadb-client"), ("useradd", "passwd"),
-                          ("perl", "perl")):
+    for tool, package in (("rsync", "rsync"), ("mariadb", "mariadb-client"), ("useradd", "passwd"), ("perl", "perl")):
         found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-        rows.append(_row(f"tool {tool}", "ok" if found else "FAIL",
-                         found or f"missing: apt-get install {package}"))
+        rows.append(_row(f"tool {tool}", "ok" if found else "FAIL", found or f"missing: apt-get install {package}"))
         if not found:
             _FIXES[f"tool {tool}"] = f"apt-get install {package}"
     return rows

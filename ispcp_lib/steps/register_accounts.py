@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ispcp_lib import fileops, ownership
-from ispcp_lib.accounts_db import AccountFiles
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError, PreconditionFailed
+from ispcp_lib.core import fileops
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.facts.ispcp_login import ispcp_login
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.result import Result
 from ispcp_lib.steps.ispcp_update import script_env
+from ispcp_lib.system import ownership
+from ispcp_lib.system.accounts_files import AccountFiles
 
 TITLE = "Register the domains' system accounts"
 GUIDE = "the closing section on Apache not starting after the update, and its groups.sh script"
@@ -48,8 +49,11 @@ mark them again. Before the first `groupadd`/`useradd`, `passwd`, `group`, `shad
 kept as safety copies.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
-    "register_accounts_mode": ("auto", "auto (only when a domain's user or group is missing), always, never, or "
-                                       "ispcp_rebuild (ispCP's status-driven rebuild instead of useradd)"),
+    "register_accounts_mode": (
+        "auto",
+        "auto (only when a domain's user or group is missing), always, never, or "
+        "ispcp_rebuild (ispCP's status-driven rebuild instead of useradd)",
+    ),
 }
 
 MODES = ("auto", "always", "never", "ispcp_rebuild")
@@ -78,16 +82,23 @@ class Domain:
 def target_conf(ctx: Context) -> IspcpConf:
     path = ctx.t("/etc/ispcp/ispcp.conf")
     if not path.is_file():
-        raise PreconditionFailed("ispcp.conf", "the target has none, so ispCP is not installed there",
-                                 "install the dummy ispCP and run the earlier steps first", path=str(path))
+        raise PreconditionFailed(
+            "ispcp.conf",
+            "the target has none, so ispCP is not installed there",
+            "install the dummy ispCP and run the earlier steps first",
+            path=str(path),
+        )
     return IspcpConf.load(path, display=ctx.display_path(path))
 
 
 def database_login(ctx: Context) -> Login:
     """ispCP's own login (the target's ispcp.conf, decrypted with the target's keys), else an admin login."""
     if ctx.mysql is None or not ctx.mysql.status():
-        raise PreconditionFailed("MySQL server", "is not running", "start it (the mysql_restore step leaves it "
-                                 "running); then run this step again")
+        raise PreconditionFailed(
+            "MySQL server",
+            "is not running",
+            "start it (the mysql_restore step leaves it running); then run this step again",
+        )
     login = ispcp_login(ctx)
     if login is not None:
         ctx.secrets.add(login.password, "ispCP database password")
@@ -95,25 +106,35 @@ def database_login(ctx: Context) -> Login:
             return login
     admin = mysql_creds.working_admin(ctx)
     if admin is None:
-        raise PreconditionFailed("database login", "neither ispCP's own login (ispcp.conf + key files) nor an admin "
-                                 "login (debian.cnf of the target or the backup) is accepted by the server",
-                                 "run the keys and mysql_maintainer steps first")
+        raise PreconditionFailed(
+            "database login",
+            "neither ispCP's own login (ispcp.conf + key files) nor an admin "
+            "login (debian.cnf of the target or the backup) is accepted by the server",
+            "run the keys and mysql_maintainer steps first",
+        )
     return admin
 
 
 def read_domains(ctx: Context, login: Login, database: str) -> list[Domain]:
     with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
-        cur.execute("SELECT domain_id, domain_name, domain_uid, domain_gid, domain_status FROM domain "
-                    "ORDER BY domain_id")
+        cur.execute(
+            "SELECT domain_id, domain_name, domain_uid, domain_gid, domain_status FROM domain ORDER BY domain_id"
+        )
         rows = cur.fetchall()
     domains = []
     for did, name, uid, gid, status in rows:
         if not isinstance(name, str) or not _DOMAIN.match(name):
-            raise InputError(f"domain {did}", f"has the name {name!r}, which is no plain domain name",
-                             "correct domain_name in ispCP's domain table (IDNs are stored in punycode)")
+            raise InputError(
+                f"domain {did}",
+                f"has the name {name!r}, which is no plain domain name",
+                "correct domain_name in ispCP's domain table (IDNs are stored in punycode)",
+            )
         if not uid or not gid:
-            raise InputError(f"domain {name}", f"has domain_uid {uid} / domain_gid {gid}; 0 would hand the web "
-                             "space to root", "set the domain's real IDs in ispCP's domain table")
+            raise InputError(
+                f"domain {name}",
+                f"has domain_uid {uid} / domain_gid {gid}; 0 would hand the web space to root",
+                "set the domain's real IDs in ispCP's domain table",
+            )
         domains.append(Domain(int(did), name, int(uid), int(gid), str(status or "")))
     return domains
 
@@ -125,21 +146,26 @@ def find_conflicts(domains: list[Domain], accounts: AccountFiles, prefix: str) -
         seen: dict[int, list[str]] = {}
         for d in domains:
             seen.setdefault(getattr(d, key), []).append(d.name)
-        problems += [f"{label} {i} is shared by the domains {', '.join(names)}" for i, names in seen.items()
-                     if len(names) > 1]
+        problems += [
+            f"{label} {i} is shared by the domains {', '.join(names)}" for i, names in seen.items() if len(names) > 1
+        ]
     users = {e.name: e.id for e in accounts.passwd}
     uid_owner = {e.id: e.name for e in accounts.passwd}
     groups = {e.name: e.id for e in accounts.group}
     gid_owner = {e.id: e.name for e in accounts.group}
     for d in domains:
-        for kind, name, wanted, by_name, by_id in (("user", d.user(prefix), d.uid, users, uid_owner),
-                                                   ("group", d.group(prefix), d.gid, groups, gid_owner)):
+        for kind, name, wanted, by_name, by_id in (
+            ("user", d.user(prefix), d.uid, users, uid_owner),
+            ("group", d.group(prefix), d.gid, groups, gid_owner),
+        ):
             if name in by_name and by_name[name] != wanted:
-                problems.append(f"{d.name}: the target's {kind} {name} has ID {by_name[name]}, the database says "
-                                f"{wanted}")
+                problems.append(
+                    f"{d.name}: the target's {kind} {name} has ID {by_name[name]}, the database says {wanted}"
+                )
             elif name not in by_name and wanted in by_id:
-                problems.append(f"{d.name}: ID {wanted} for {kind} {name} already belongs to the target's {kind} "
-                                f"{by_id[wanted]}")
+                problems.append(
+                    f"{d.name}: ID {wanted} for {kind} {name} already belongs to the target's {kind} {by_id[wanted]}"
+                )
     return problems
 
 
@@ -152,8 +178,10 @@ def _prefix_args(ctx: Context) -> list[str]:
 
 
 def _read_accounts(ctx: Context) -> AccountFiles:
-    data = {n: (ctx.t(f"/etc/{n}").read_bytes() if ctx.t(f"/etc/{n}").is_file() else b"")
-            for n in ("passwd", "shadow", "group", "gshadow")}
+    data = {
+        n: (ctx.t(f"/etc/{n}").read_bytes() if ctx.t(f"/etc/{n}").is_file() else b"")
+        for n in ("passwd", "shadow", "group", "gshadow")
+    }
     files = AccountFiles.from_bytes(**data, paths={n: ctx.display_path(ctx.t(f"/etc/{n}")) for n in data})
     for n in ("shadow", "gshadow"):
         for e in files.file(n):
@@ -181,40 +209,59 @@ def run(ctx: Context, result: Result) -> None:
     problems = find_conflicts(domains, accounts, prefix)
     users = {e.name for e in accounts.passwd}
     groups = {e.name for e in accounts.group}
-    rows = [{"domain": d.name, "user": d.user(prefix), "uid": d.uid, "group": d.group(prefix), "gid": d.gid,
-             "status": d.status, "user exists": d.user(prefix) in users, "group exists": d.group(prefix) in groups}
-            for d in domains]
+    rows = [
+        {
+            "domain": d.name,
+            "user": d.user(prefix),
+            "uid": d.uid,
+            "group": d.group(prefix),
+            "gid": d.gid,
+            "status": d.status,
+            "user exists": d.user(prefix) in users,
+            "group exists": d.group(prefix) in groups,
+        }
+        for d in domains
+    ]
     result.table(f"Domains in the {database} database", pd.DataFrame(rows))
     result.data["login"] = login.source
     if problems:
         raise PreconditionFailed(
-            "domain IDs", f"{len(problems)} ID collision(s): " + "; ".join(problems[:20]),
+            "domain IDs",
+            f"{len(problems)} ID collision(s): " + "; ".join(problems[:20]),
             "give each domain its own IDs (domain_uid/domain_gid in ispCP's domain table), or move the target's "
-            "account out of the way (usermod/groupmod), then run this step again")
+            "account out of the way (usermod/groupmod), then run this step again",
+        )
     missing = [d for d in domains if d.user(prefix) not in users or d.group(prefix) not in groups]
     result.summary = f"{len(domains)} domains, {len(missing)} with a missing user or group (mode {mode})"
     if mode == "ispcp_rebuild":
         _rebuild(ctx, result, login, database, domains, conf)
         return
     if mode == "auto" and not missing:
-        result.noop_reason = (f"every domain's system user and group exists ({len(domains)} domains); "
-                              "register_accounts_mode = 'always' also re-sets the owners of their files")
+        result.noop_reason = (
+            f"every domain's system user and group exists ({len(domains)} domains); "
+            "register_accounts_mode = 'always' also re-sets the owners of their files"
+        )
         return
     write_root_mycnf(ctx, result, login)
     _add_accounts(ctx, result, missing, prefix, www, users, groups)
     fixed = _fix_owners(ctx, result, domains, prefix, www, starters)
-    result.summary = (f"{len(domains)} domains: {len(missing)} with a missing user or group"
-                      f", {fixed} web space(s) or FastCGI director(ies) re-owned")
+    result.summary = (
+        f"{len(domains)} domains: {len(missing)} with a missing user or group"
+        f", {fixed} web space(s) or FastCGI director(ies) re-owned"
+    )
     if not result.changes:
-        result.noop_reason = (f"all {len(domains)} domains have their user and group, and their web spaces and "
-                              "FastCGI directories already belong to them")
+        result.noop_reason = (
+            f"all {len(domains)} domains have their user and group, and their web spaces and "
+            "FastCGI directories already belong to them"
+        )
 
 
 ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
 
 
-def _add_accounts(ctx: Context, result: Result, missing: list[Domain], prefix: str, www: str,
-                  users: set[str], groups: set[str]) -> None:
+def _add_accounts(
+    ctx: Context, result: Result, missing: list[Domain], prefix: str, www: str, users: set[str], groups: set[str]
+) -> None:
     if ctx.apply and any(d.group(prefix) not in groups or d.user(prefix) not in users for d in missing):
         # groupadd/useradd rewrite these files: safety copies first, once for the whole step.
         for name in ACCOUNT_FILES:
@@ -230,19 +277,43 @@ def _add_accounts(ctx: Context, result: Result, missing: list[Domain], prefix: s
         user = d.user(prefix)
         if user in users:
             continue
-        ctx.runner.run([_tool("useradd"), *_prefix_args(ctx), "-u", str(d.uid), "-g", str(d.gid),
-                        "-d", f"{www.rstrip('/')}/{d.name}", "-s", "/bin/false", "-M", "-c", "vu-master", user],
-                       mutates=True)
+        ctx.runner.run(
+            [
+                _tool("useradd"),
+                *_prefix_args(ctx),
+                "-u",
+                str(d.uid),
+                "-g",
+                str(d.gid),
+                "-d",
+                f"{www.rstrip('/')}/{d.name}",
+                "-s",
+                "/bin/false",
+                "-M",
+                "-c",
+                "vu-master",
+                user,
+            ],
+            mutates=True,
+        )
         result.change(f"add user {user} (UID {d.uid}, GID {d.gid}) for {d.name}")
     if ctx.apply and missing:
         after = _read_accounts(ctx)
-        wrong = [d.name for d in missing
-                 if (e := after.passwd.get(d.user(prefix))) is None or e.id != d.uid
-                 or (g := after.group.get(d.group(prefix))) is None or g.id != d.gid]
+        wrong = [
+            d.name
+            for d in missing
+            if (e := after.passwd.get(d.user(prefix))) is None
+            or e.id != d.uid
+            or (g := after.group.get(d.group(prefix))) is None
+            or g.id != d.gid
+        ]
         if wrong:
-            raise PreconditionFailed("useradd/groupadd", f"ran, but the accounts of {', '.join(wrong)} are not in "
-                                     "the target's passwd/group with the database's IDs",
-                                     "look at the commands' output above")
+            raise PreconditionFailed(
+                "useradd/groupadd",
+                f"ran, but the accounts of {', '.join(wrong)} are not in "
+                "the target's passwd/group with the database's IDs",
+                "look at the commands' output above",
+            )
 
 
 def _fix_owners(ctx: Context, result: Result, domains: list[Domain], prefix: str, www: str, starters: str) -> int:
@@ -260,11 +331,15 @@ def _fix_owners(ctx: Context, result: Result, domains: list[Domain], prefix: str
             fix = ownership.fix_tree(ctx.runner, path, d.uid, d.gid, apply=ctx.apply)
             if fix.count:
                 total += 1
-                result.change(f"set owner {d.user(prefix)}:{d.group(prefix)} ({d.uid}:{d.gid}) in the {what} "
-                              f"{ctx.display_path(path)}: {fix.describe()}")
+                result.change(
+                    f"set owner {d.user(prefix)}:{d.group(prefix)} ({d.uid}:{d.gid}) in the {what} "
+                    f"{ctx.display_path(path)}: {fix.describe()}"
+                )
     if absent:
-        result.note(f"{len(absent)} director(ies) do not exist and were left alone (ispCP creates FastCGI "
-                    f"directories when it rebuilds a domain): {', '.join(absent[:10])}")
+        result.note(
+            f"{len(absent)} director(ies) do not exist and were left alone (ispCP creates FastCGI "
+            f"directories when it rebuilds a domain): {', '.join(absent[:10])}"
+        )
     return total
 
 
@@ -298,46 +373,58 @@ def _record_rebuilt(ctx: Context, database: str, ids: list[int]) -> None:
     fileops.atomic_write(path, json.dumps(data, indent=1) + "\n", 0o600)
 
 
-def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains: list[Domain],
-             conf: IspcpConf) -> None:
+def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains: list[Domain], conf: IspcpConf) -> None:
     done = rebuilt_ids(ctx, database)
     already = [d for d in domains if d.status == "ok" and d.id in done]
     ready = [d for d in domains if d.status == "ok" and d.id not in done]
     if already:
-        result.note(f"{len(already)} domain(s) were marked for ispCP's rebuild by an earlier run and are 'ok' "
-                    f"again (recorded in {_rebuilt_path(ctx)}): not marked again")
+        result.note(
+            f"{len(already)} domain(s) were marked for ispCP's rebuild by an earlier run and are 'ok' "
+            f"again (recorded in {_rebuilt_path(ctx)}): not marked again"
+        )
     waiting = [d for d in domains if d.status == "change"]
     others = [d for d in domains if d.status not in ("ok", "change")]
     if others:
-        result.warn("left alone because their status is not 'ok' (a disabled domain must stay disabled, a pending "
-                    "request must finish first): " + ", ".join(f"{d.name} ({d.status})" for d in others[:20]))
+        result.warn(
+            "left alone because their status is not 'ok' (a disabled domain must stay disabled, a pending "
+            "request must finish first): " + ", ".join(f"{d.name} ({d.status})" for d in others[:20])
+        )
     engine = ctx.t(f"{(conf.get('ROOT_DIR') or '/var/www/ispcp').rstrip('/')}/engine")
     manager = engine / "ispcp-rqst-mngr"
     if not ready:
-        result.noop_reason = (("every domain was rebuilt by ispCP after an earlier run marked it" if already and
-                               not waiting else "no domain in status 'ok' to mark for a rebuild")
-                              + (f"; {len(waiting)} still wait in status 'change' from an earlier run: the request "
-                                 f"manager has not processed them (run {ctx.display_path(manager)} and read its log)"
-                                 if waiting else ""))
+        result.noop_reason = (
+            "every domain was rebuilt by ispCP after an earlier run marked it"
+            if already and not waiting
+            else "no domain in status 'ok' to mark for a rebuild"
+        ) + (
+            f"; {len(waiting)} still wait in status 'change' from an earlier run: the request "
+            f"manager has not processed them (run {ctx.display_path(manager)} and read its log)"
+            if waiting
+            else ""
+        )
         return
     ids = [d.id for d in ready]
     result.change(f"set domain_status = 'change' for {len(ids)} domain(s) in {database}.domain")
     if ctx.apply:
         with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
             marks = ",".join(["%s"] * len(ids))
-            cur.execute(f"UPDATE domain SET domain_status = 'change' WHERE domain_status = 'ok' "
-                        f"AND domain_id IN ({marks})", ids)
+            cur.execute(
+                f"UPDATE domain SET domain_status = 'change' WHERE domain_status = 'ok' AND domain_id IN ({marks})", ids
+            )
         _record_rebuilt(ctx, database, ids)
     if manager.is_file():
         ctx.runner.run([str(manager)], mutates=True, cwd=str(engine), timeout=3600, env=script_env(ctx))
         result.change(f"run {ctx.display_path(manager)} (ispCP rebuilds the marked domains)")
     else:
-        result.warn(f"{ctx.display_path(manager)} does not exist: after the status change, run ispCP's request "
-                    f"manager by hand (cd {ctx.display_path(engine)} && ./ispcp-rqst-mngr)")
+        result.warn(
+            f"{ctx.display_path(manager)} does not exist: after the status change, run ispCP's request "
+            f"manager by hand (cd {ctx.display_path(engine)} && ./ispcp-rqst-mngr)"
+        )
     result.summary = f"{len(ids)} domain(s) marked for ispCP's rebuild"
 
 
 # -- root's ~/.my.cnf ------------------------------------------------------------------------------------
+
 
 def _quote(value: str) -> str:
     """A MySQL option-file value in double quotes (backslash escapes, as the client reads them)."""
@@ -388,8 +475,7 @@ def _prove_mycnf(ctx: Context, path: Path) -> None:
     client = shutil.which("mariadb") or shutil.which("mysql")
     if client is None:
         return
-    ctx.runner.run([client, f"--defaults-file={path}", "--batch", "--skip-column-names", "-e", "SELECT 1"],
-                   timeout=60)
+    ctx.runner.run([client, f"--defaults-file={path}", "--batch", "--skip-column-names", "-e", "SELECT 1"], timeout=60)
 
 
 def _register_mycnf_password(ctx: Context, text: str) -> None:
@@ -415,8 +501,10 @@ def remove_root_mycnf(ctx: Context, result: Result) -> None:
     _register_mycnf_password(ctx, text)
     if not text.startswith(MARKER):
         if previous.exists():
-            result.warn(f"{ctx.display_path(path)} was changed after register_accounts wrote it; left as it is "
-                        f"(root's earlier file is kept at {previous})")
+            result.warn(
+                f"{ctx.display_path(path)} was changed after register_accounts wrote it; left as it is "
+                f"(root's earlier file is kept at {previous})"
+            )
         return
     if previous.exists():
         _register_mycnf_password(ctx, previous.read_text(errors="replace"))

@@ -30,15 +30,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from ispcp_lib import ownership, rsync_copy, tree_scan
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError, PreconditionFailed
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.result import CommandRecord, Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.result import CommandRecord, Result
-from ispcp_lib.rsync_copy import STAGING_DIR, Capabilities, Items, Progress, ProgressHook, human
-from ispcp_lib.tree_scan import Entry, Groups
+from ispcp_lib.system import ownership, rsync_copy, tree_scan
+from ispcp_lib.system.rsync_copy import STAGING_DIR, Capabilities, Items, Progress, ProgressHook, human
+from ispcp_lib.system.tree_scan import Entry, Groups
 
 TITLE = "Restore the web and mail data"
 GUIDE = "the paragraph after the system accounts, on copying back /var/www/virtual and /var/mail/virtual"
@@ -65,8 +65,11 @@ FastCGI starter directory (`/var/www/fcgi`) is not copied: ispCP writes every st
 templates.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
-    "user_data_bwlimit": (0, "limit the user-data copy to this many KiB/s (every domain then goes through rsync "
-                             "--bwlimit; 0 means no limit)"),
+    "user_data_bwlimit": (
+        0,
+        "limit the user-data copy to this many KiB/s (every domain then goes through rsync "
+        "--bwlimit; 0 means no limit)",
+    ),
     "user_data_allow_newline_names": (False, "copy files whose names contain a newline instead of refusing them"),
     "user_data_progress_interval": (5, "seconds between the plain progress lines of the user-data copy"),
 }
@@ -79,8 +82,15 @@ MIN_JOB_WEIGHT = {"cp": 1000, "resume": 1000, "rsync": 5000}
 JOBS_PER_WORKER = 8
 JOB_ARGV_BYTES = 256 * 1024
 LOOSE = b""  # the group key of entries directly in a tree's top directory
-_MODE_OF = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "p": stat.S_IFIFO, "s": stat.S_IFSOCK,
-            "b": stat.S_IFBLK, "c": stat.S_IFCHR}
+_MODE_OF = {
+    "f": stat.S_IFREG,
+    "d": stat.S_IFDIR,
+    "l": stat.S_IFLNK,
+    "p": stat.S_IFIFO,
+    "s": stat.S_IFSOCK,
+    "b": stat.S_IFBLK,
+    "c": stat.S_IFCHR,
+}
 WHY = {
     "cp": "new on the target: cp -a into the staging directory, then renamed into place",
     "resume": "an interrupted copy waits in the staging directory: rsync completes it, then it is renamed into place",
@@ -160,15 +170,21 @@ def settings(ctx: Context, result: Result) -> tuple[IspcpConf | None, str, str, 
     if conf is None:
         target = ctx.t("/etc/ispcp/ispcp.conf")
         conf = IspcpConf.load(target) if target.is_file() else None
-        result.warn("the backup has no etc/ispcp/ispcp.conf: paths and mailbox IDs come from "
-                    + ("the target's ispcp.conf" if conf else "ispCP's defaults (vmail 1004, mail 8)"))
+        result.warn(
+            "the backup has no etc/ispcp/ispcp.conf: paths and mailbox IDs come from "
+            + ("the target's ispcp.conf" if conf else "ispCP's defaults (vmail 1004, mail 8)")
+        )
     get = (lambda k, d: conf.get(k) or d) if conf else (lambda k, d: d)
     ids = []
     for key, default in (("MTA_MAILBOX_UID", "1004"), ("MTA_MAILBOX_GID", "8")):
         value = get(key, default)
         if not value.isdigit():
-            raise InputError(key, f"is {value!r}, not a number", f"set {key} in the old ispcp.conf to the numeric ID",
-                             path=conf.path if conf else None)
+            raise InputError(
+                key,
+                f"is {value!r}, not a number",
+                f"set {key} in the old ispcp.conf to the numeric ID",
+                path=conf.path if conf else None,
+            )
         ids.append(int(value))
     return conf, get("APACHE_WWW_DIR", DEFAULT_WWW), get("MTA_VIRTUAL_MAIL_DIR", DEFAULT_MAIL), (ids[0], ids[1])
 
@@ -183,8 +199,10 @@ def _trees(ctx: Context, result: Result) -> list[Tree]:
             continue
         dest = ctx.t(logical)
         if dest.is_symlink():
-            result.warn(f"{ctx.display_path(dest)} on the target is a symlink to {os.readlink(dest)}: "
-                        "the data goes where it points")
+            result.warn(
+                f"{ctx.display_path(dest)} on the target is a symlink to {os.readlink(dest)}: "
+                "the data goes where it points"
+            )
         trees.append(Tree(name, logical, src, dest, owner))
     return trees
 
@@ -217,14 +235,17 @@ def _all_entries(t: Tree) -> Iterable[Entry]:
 
 # -- checks before copying, all from the one listing of the backup ---------------------------------
 
+
 def _refuse_newline_names(ctx: Context, trees: list[Tree], result: Result) -> None:
     odd = [(t, e) for t in trees for e in tree_scan.with_newlines(_all_entries(t))]
     if not odd:
         return
     listed = "; ".join(f"{t.logical}/{tree_scan.show(e.rel)}" for t, e in odd[:10])
     if ctx.param("user_data_allow_newline_names", False):
-        result.warn(f"{len(odd)} name(s) with a newline are copied as they are (allowed by "
-                    f"user_data_allow_newline_names): {listed}")
+        result.warn(
+            f"{len(odd)} name(s) with a newline are copied as they are (allowed by "
+            f"user_data_allow_newline_names): {listed}"
+        )
         return
     raise InputError(
         "backup file names",
@@ -239,19 +260,29 @@ def _refuse_newline_names(ctx: Context, trees: list[Tree], result: Result) -> No
 def _warn_links(trees: list[Tree], result: Result) -> None:
     for t in trees:
         if STAGING_DIR.encode() in t.groups:
-            raise InputError("backup tree", f"holds an entry named {STAGING_DIR}, the name this step uses for its "
-                             "staging directory", "rename it in the backup", path=str(t.src / STAGING_DIR))
+            raise InputError(
+                "backup tree",
+                f"holds an entry named {STAGING_DIR}, the name this step uses for its staging directory",
+                "rename it in the backup",
+                path=str(t.src / STAGING_DIR),
+            )
         escapes = list(tree_scan.escaping_links(_all_entries(t), t.logical))
         if escapes:
-            shown = "; ".join(f"{t.logical}/{tree_scan.show(e.rel)} -> {tree_scan.show(e.link)}"
-                              + (f" (leads to {dest})" if dest != tree_scan.show(e.link) else "")
-                              for e, dest in escapes[:10])
-            result.warn(f"{len(escapes)} symlink(s) in the {t.name} tree point outside {t.logical}; they are copied "
-                        f"as links and never followed: {shown}")
+            shown = "; ".join(
+                f"{t.logical}/{tree_scan.show(e.rel)} -> {tree_scan.show(e.link)}"
+                + (f" (leads to {dest})" if dest != tree_scan.show(e.link) else "")
+                for e, dest in escapes[:10]
+            )
+            result.warn(
+                f"{len(escapes)} symlink(s) in the {t.name} tree point outside {t.logical}; they are copied "
+                f"as links and never followed: {shown}"
+            )
         devices = [e for e in _all_entries(t) if e.kind in ("b", "c")]
         if devices:
-            result.warn(f"{len(devices)} device file(s) in the {t.name} tree (unusual in customer data): "
-                        + "; ".join(tree_scan.show(e.rel) for e in devices[:10]))
+            result.warn(
+                f"{len(devices)} device file(s) in the {t.name} tree (unusual in customer data): "
+                + "; ".join(tree_scan.show(e.rel) for e in devices[:10])
+            )
 
 
 def _need(src: Iterable[Entry], dest: list[Entry], block: int) -> tuple[int, int, int]:
@@ -277,8 +308,9 @@ def _check_space(ctx: Context, trees: list[Tree], units: list[Unit], result: Res
     for t in trees:
         probe = rsync_copy.existing_ancestor(t.dest)
         vfs = os.statvfs(probe)
-        slot = by_fs.setdefault(os.stat(probe).st_dev, {"probe": probe, "vfs": vfs, "need": 0, "inodes": 0,
-                                                        "largest": 0, "trees": []})
+        slot = by_fs.setdefault(
+            os.stat(probe).st_dev, {"probe": probe, "vfs": vfs, "need": 0, "inodes": 0, "largest": 0, "trees": []}
+        )
         for u in (u for u in units if u.tree is t):
             need, inodes, largest = _need(u.entries, u.before, vfs.f_frsize or 4096)
             slot["need"] += need
@@ -291,25 +323,39 @@ def _check_space(ctx: Context, trees: list[Tree], units: list[Unit], result: Res
         free = shutil.disk_usage(slot["probe"]).free
         vfs = slot["vfs"]
         need = slot["need"] + slot["largest"]
-        rows.append({"target": ", ".join(slot["trees"]), "needed": human(need), "free": human(free),
-                     "inodes needed": slot["inodes"], "inodes free": vfs.f_favail if vfs.f_files else "n/a"})
+        rows.append(
+            {
+                "target": ", ".join(slot["trees"]),
+                "needed": human(need),
+                "free": human(free),
+                "inodes needed": slot["inodes"],
+                "inodes free": vfs.f_favail if vfs.f_files else "n/a",
+            }
+        )
         where = " and ".join(slot["trees"])
         if need > free:
             result.table("Room on the target", pd.DataFrame(rows))
             raise PreconditionFailed(
-                "target disk", f"{where} needs about {human(need)} for the backup's data, but its filesystem "
-                f"has only {human(free)} free", "free space there or mount a bigger disk, then run the step again",
-                path=str(slot["probe"]))
+                "target disk",
+                f"{where} needs about {human(need)} for the backup's data, but its filesystem "
+                f"has only {human(free)} free",
+                "free space there or mount a bigger disk, then run the step again",
+                path=str(slot["probe"]),
+            )
         if vfs.f_files and slot["inodes"] > vfs.f_favail:
             result.table("Room on the target", pd.DataFrame(rows))
             raise PreconditionFailed(
-                "target disk", f"{where} needs {slot['inodes']} new files and directories, but its filesystem has "
-                f"only {vfs.f_favail} free inodes", "use a filesystem with more inodes, then run the step again",
-                path=str(slot["probe"]))
+                "target disk",
+                f"{where} needs {slot['inodes']} new files and directories, but its filesystem has "
+                f"only {vfs.f_favail} free inodes",
+                "use a filesystem with more inodes, then run the step again",
+                path=str(slot["probe"]),
+            )
     result.table("Room on the target", pd.DataFrame(rows))
 
 
 # -- the plan: a method for every domain -----------------------------------------------------------
+
 
 def _plan_tree(ctx: Context, t: Tree, bwlimit: int, result: Result) -> list[Unit]:
     on_target = set(tree_scan.top_names(t.dest)) - {STAGING_DIR.encode()}
@@ -338,10 +384,13 @@ def _plan_tree(ctx: Context, t: Tree, bwlimit: int, result: Result) -> list[Unit
         units.append(Unit(t, ordered, names, method, why))
     orphans = sorted(n for n in staged if not any(n in u.names and u.method == "resume" for u in units))
     if orphans:
-        result.warn(f"{len(orphans)} entries in {ctx.display_path(t.staging)} are copies of an earlier, interrupted "
-                    "run that this run does not complete (the domain is on the target now, or no longer in the "
-                    "backup): " + ", ".join(tree_scan.show(n) for n in orphans[:10])
-                    + ". Compare them with the target and remove them by hand.")
+        result.warn(
+            f"{len(orphans)} entries in {ctx.display_path(t.staging)} are copies of an earlier, interrupted "
+            "run that this run does not complete (the domain is on the target now, or no longer in the "
+            "backup): "
+            + ", ".join(tree_scan.show(n) for n in orphans[:10])
+            + ". Compare them with the target and remove them by hand."
+        )
     return units
 
 
@@ -401,8 +450,9 @@ def _pack(units: list[Unit], workers: int) -> list[list[Unit]]:
     return sorted((j for j in jobs if j), key=lambda j: -sum(weights[id(u)] for u in j))
 
 
-def _jobs(trees: list[Tree], units: list[Unit], caps: dict[str, Capabilities], dry_run: bool, bwlimit: int,
-          workers: int) -> list[Job]:
+def _jobs(
+    trees: list[Tree], units: list[Unit], caps: dict[str, Capabilities], dry_run: bool, bwlimit: int, workers: int
+) -> list[Job]:
     jobs = []
     for t in trees:
         for method in ("cp", "resume", "rsync"):
@@ -412,8 +462,14 @@ def _jobs(trees: list[Tree], units: list[Unit], caps: dict[str, Capabilities], d
                     argv = rsync_copy.cp_argv(sources, str(t.staging))  # its options follow the worker's probe
                 else:
                     into = t.staging if method == "resume" else t.dest
-                    argv = rsync_copy.rsync_argv(sources, str(into) + "/", dry_run=dry_run, caps=caps[t.name],
-                                                 owner=t.owner, bwlimit_kbps=bwlimit)
+                    argv = rsync_copy.rsync_argv(
+                        sources,
+                        str(into) + "/",
+                        dry_run=dry_run,
+                        caps=caps[t.name],
+                        owner=t.owner,
+                        bwlimit_kbps=bwlimit,
+                    )
                 jobs.append(Job(t, method, packed, argv))
     # The biggest first, so that no big job starts last; the trees interleave.
     return sorted(jobs, key=lambda j: -sum(u.weight for u in j.units))
@@ -426,8 +482,10 @@ def _rsync_caps(t: Tree, units: list[Unit], result: Result) -> Capabilities:
         result.warn(note)
     synced = [e for u in units if u.tree is t and u.method != "cp" for e in u.entries]
     if synced and (caps.acls or caps.xattrs) and not tree_scan.holds_xattrs(t.src, synced):
-        result.note(f"The {len(synced)} entries of the {t.name} tree that rsync copies carry no ACLs or extended "
-                    "attributes: rsync runs without -A/-X, which saves it a lookup per file on both sides.")
+        result.note(
+            f"The {len(synced)} entries of the {t.name} tree that rsync copies carry no ACLs or extended "
+            "attributes: rsync runs without -A/-X, which saves it a lookup per file on both sides."
+        )
         return Capabilities(False, False, caps.notes)
     return caps
 
@@ -443,6 +501,7 @@ def _file_totals(entries: Iterable[Entry]) -> tuple[int, int]:
 
 
 # -- one job: copy, rename, check, fix the mail owner ------------------------------------------------
+
 
 class _Worker:
     """What the copy jobs share: apply or plan, the tracker, and the totals of the finished jobs."""
@@ -462,8 +521,12 @@ class _Worker:
             # What the copied part holds decides cp's options (read-only: a dry run probes too).
             acls, xattrs = tree_scan.xattr_kinds(t.src, (e for u in job.units for e in u.entries))
             done.lean = not acls
-            job.argv = rsync_copy.cp_argv(job.argv[job.argv.index("--") + 1:], str(t.staging),
-                                          acls=acls and t.caps.acls, xattrs=xattrs and t.caps.xattrs)
+            job.argv = rsync_copy.cp_argv(
+                job.argv[job.argv.index("--") + 1 :],
+                str(t.staging),
+                acls=acls and t.caps.acls,
+                xattrs=xattrs and t.caps.xattrs,
+            )
             if not self.apply:
                 self._record(CommandRecord(job.argv, None, planned=True))
             else:
@@ -476,8 +539,13 @@ class _Worker:
                 self.tracker.started(pid, "rsync", t.name, job.shown)
 
             try:
-                done.items = rsync_copy.run(job.argv, label=f"{t.name} data", sink=self.sink, on_start=started,
-                                            on_progress=lambda p: self.tracker.update(p.pid, p.bytes_done)).items
+                done.items = rsync_copy.run(
+                    job.argv,
+                    label=f"{t.name} data",
+                    sink=self.sink,
+                    on_start=started,
+                    on_progress=lambda p: self.tracker.update(p.pid, p.bytes_done),
+                ).items
             finally:
                 for pid in pids:
                     self.tracker.finished(pid)
@@ -506,8 +574,9 @@ class _Worker:
         if job.method == "cp":
             base = os.fsencode(t.staging)
             if t.owner is not None:
-                ownership.lchown_known(t.staging, [e.rel for u in job.units for e in _wrong_owner(u.entries, t.owner)],
-                                       *t.owner)
+                ownership.lchown_known(
+                    t.staging, [e.rel for u in job.units for e in _wrong_owner(u.entries, t.owner)], *t.owner
+                )
             for e in (e for u in job.units for e in u.entries if e.mode & 0o7000 and e.kind != "l"):
                 os.chmod(b"%s/%s" % (base, e.rel), e.mode)
         staging, dest = os.fsencode(t.staging), os.fsencode(t.dest)
@@ -516,10 +585,12 @@ class _Worker:
                 rsync_copy.rename_noreplace(os.path.join(staging, name), os.path.join(dest, name))
             except FileExistsError:
                 raise PreconditionFailed(
-                    "user data", f"{tree_scan.show(name)} appeared on the target while this step copied it",
+                    "user data",
+                    f"{tree_scan.show(name)} appeared on the target while this step copied it",
                     f"compare it with the staged copy in {t.staging}, move what belongs on the target into it, "
-                    "remove the staged copy and run the step again", path=os.fsdecode(os.path.join(dest, name))) \
-                    from None
+                    "remove the staged copy and run the step again",
+                    path=os.fsdecode(os.path.join(dest, name)),
+                ) from None
 
 
 def _check_created(done: JobDone) -> None:
@@ -540,28 +611,49 @@ def _check_created(done: JobDone) -> None:
                     continue
                 owner = (st.st_uid, st.st_gid)
                 if stat.S_IFMT(st.st_mode) != _MODE_OF.get(e.kind):
-                    done.problems.append((key, f"{t.logical}/{tree_scan.show(e.rel)}: another kind of entry on the "
-                                               "target than in the backup"))
+                    done.problems.append(
+                        (
+                            key,
+                            f"{t.logical}/{tree_scan.show(e.rel)}: another kind of entry on the "
+                            "target than in the backup",
+                        )
+                    )
                     continue
                 if stat.S_IMODE(st.st_mode) != e.mode:
-                    done.problems.append((key, f"{t.logical}/{tree_scan.show(e.rel)}: mode "
-                                               f"{stat.S_IMODE(st.st_mode):04o} on the target, {e.mode:04o} in the "
-                                               "backup"))
+                    done.problems.append(
+                        (
+                            key,
+                            f"{t.logical}/{tree_scan.show(e.rel)}: mode "
+                            f"{stat.S_IMODE(st.st_mode):04o} on the target, {e.mode:04o} in the "
+                            "backup",
+                        )
+                    )
                 if e.kind == "f":
                     files += 1
                     size += st.st_size
                     if st.st_size != e.size:
-                        done.problems.append((key, f"{t.logical}/{tree_scan.show(e.rel)}: {st.st_size} bytes on "
-                                                   f"the target, {e.size} in the backup"))
+                        done.problems.append(
+                            (
+                                key,
+                                f"{t.logical}/{tree_scan.show(e.rel)}: {st.st_size} bytes on "
+                                f"the target, {e.size} in the backup",
+                            )
+                        )
                 elif e.kind == "l" and os.readlink(path) != e.link:
-                    done.problems.append((key, f"{t.logical}/{tree_scan.show(e.rel)}: the link points elsewhere "
-                                               "on the target"))
+                    done.problems.append(
+                        (key, f"{t.logical}/{tree_scan.show(e.rel)}: the link points elsewhere on the target")
+                    )
                 if want is not None and owner != want:
                     os.chown(path, *want, follow_symlinks=False)
                     done.owners_fixed += 1
                 elif want is None and owner != (e.uid, e.gid):
-                    done.problems.append((key, f"{t.logical}/{tree_scan.show(e.rel)}: owner {owner[0]}:{owner[1]}, "
-                                               f"the backup has {e.uid}:{e.gid}"))
+                    done.problems.append(
+                        (
+                            key,
+                            f"{t.logical}/{tree_scan.show(e.rel)}: owner {owner[0]}:{owner[1]}, "
+                            f"the backup has {e.uid}:{e.gid}",
+                        )
+                    )
             done.totals[key] = (files, size)
 
 
@@ -630,8 +722,13 @@ def _compare(t: Tree, src: list[Entry], after: list[Entry]) -> list[tuple[bytes,
             problems.append((_group(t, e), f"{t.logical}/{tree_scan.show(e.rel)}: {text}"))
     if t.owner is not None:
         for e in _wrong_owner(after, t.owner):
-            problems.append((_group(t, e), f"{t.logical}/{tree_scan.show(e.rel)}: owner {e.uid}:{e.gid}, "
-                             f"not the mailbox owner {t.owner[0]}:{t.owner[1]}"))
+            problems.append(
+                (
+                    _group(t, e),
+                    f"{t.logical}/{tree_scan.show(e.rel)}: owner {e.uid}:{e.gid}, "
+                    f"not the mailbox owner {t.owner[0]}:{t.owner[1]}",
+                )
+            )
     return problems
 
 
@@ -642,15 +739,18 @@ def _group(t: Tree, e: Entry) -> bytes:
 
 # -- the step ----------------------------------------------------------------------------------------
 
+
 @action("user_data")
 def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> None:
     """progress: called with an rsync_copy.Progress a few times a second (a live bar); headless runs log lines."""
     started = time.monotonic()
     bl.check_backup_root(ctx)
     trees = _trees(ctx, result)
-    result.note("The FastCGI starters (PHP_STARTER_DIR, /var/www/fcgi) are not copied: ispCP writes each domain's "
-                "starter again from its templates when ispcp-update rebuilds the domains, and register_accounts "
-                "sets their owners.")
+    result.note(
+        "The FastCGI starters (PHP_STARTER_DIR, /var/www/fcgi) are not copied: ispCP writes each domain's "
+        "starter again from its templates when ispcp-update rebuilds the domains, and register_accounts "
+        "sets their owners."
+    )
     if not trees:
         result.noop_reason = "the backup holds neither a web nor a mail tree"
         return
@@ -671,15 +771,18 @@ def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> N
             if any(u.tree is t and u.method == "cp" for u in units) and not t.staging.is_dir():
                 t.staging.mkdir(mode=0o700)  # root only: nothing staged is reachable before its rename
     jobs = _jobs(trees, units, caps, not ctx.apply, bwlimit, rsync_copy.WORKERS)
-    outcome = rsync_copy.run_jobs(jobs, worker, tracker=worker.tracker,
-                                  tick=_ticker(ctx, worker, units, progress, started))
+    outcome = rsync_copy.run_jobs(
+        jobs, worker, tracker=worker.tracker, tick=_ticker(ctx, worker, units, progress, started)
+    )
     _record_rsync_changes(ctx, trees, outcome.results, result)
     cps = [d for d in outcome.results if d.job.method == "cp"]
     if any(d.lean for d in cps):
-        result.note(f"{sum(d.lean for d in cps)} of {len(cps)} cp commands found no POSIX ACL in what they copy "
-                    "(checked entry by entry): they keep owners, times and hard links but leave out cp's ACL work, "
-                    "and the permission bits come from the umask 0 they run with (setuid, setgid and sticky bits "
-                    "are set afterwards from the backup's listing).")
+        result.note(
+            f"{sum(d.lean for d in cps)} of {len(cps)} cp commands found no POSIX ACL in what they copy "
+            "(checked entry by entry): they keep owners, times and hard links but leave out cp's ACL work, "
+            "and the permission bits come from the umask 0 they run with (setuid, setgid and sticky bits "
+            "are set afterwards from the backup's listing)."
+        )
     if outcome.failure is not None:
         raise outcome.failure
 
@@ -689,8 +792,11 @@ def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> N
         if ctx.apply and t.staging.is_dir() and not any(os.scandir(t.staging)):
             t.staging.rmdir()  # our own, now empty
         # The tree's own directory last: every rename into it changed its time.
-        attrs = rsync_copy.dir_attr_differences(t.src, t.dest, t.owner, t.caps) \
-            if t.dest.is_dir() else ["owner, mode and time (it is created)"]
+        attrs = (
+            rsync_copy.dir_attr_differences(t.src, t.dest, t.owner, t.caps)
+            if t.dest.is_dir()
+            else ["owner, mode and time (it is created)"]
+        )
         if attrs:
             result.change(f"give {ctx.display_path(t.dest)} itself the backup's " + ", ".join(attrs))
             if ctx.apply:
@@ -702,57 +808,75 @@ def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> N
     if ctx.apply:
         result.table("Verification: backup vs target, per domain", pd.DataFrame(rows))
     else:
-        result.table("The plan: method and what would be copied, per domain (dry run)",
-                     pd.DataFrame(_plan_rows(units, outcome.results)))
+        result.table(
+            "The plan: method and what would be copied, per domain (dry run)",
+            pd.DataFrame(_plan_rows(units, outcome.results)),
+        )
     files, size = _file_totals(e for t in trees for e in _all_entries(t))
     methods = Counter(u.method for u in units for _ in u.keys)
-    ctx.log(f"user data: {files} files ({human(size)}) {'copied and verified' if ctx.apply else 'planned'} in "
-            f"{time.monotonic() - started:.1f} s; domains by method: "
-            + ", ".join(f"{m} {n}" for m, n in sorted(methods.items())))
-    result.summary = (f"{len(trees)} tree(s), {files} files, {human(size)} in the backup; "
-                      + (f"{len(problems)} entries differ after the copy" if problems else
-                         ("verified on the target" if ctx.apply else "dry run: nothing copied")))
-    result.data.update({"trees": [t.logical for t in trees], "files": files, "bytes": size,
-                        "methods": dict(methods)})
+    ctx.log(
+        f"user data: {files} files ({human(size)}) {'copied and verified' if ctx.apply else 'planned'} in "
+        f"{time.monotonic() - started:.1f} s; domains by method: "
+        + ", ".join(f"{m} {n}" for m, n in sorted(methods.items()))
+    )
+    result.summary = f"{len(trees)} tree(s), {files} files, {human(size)} in the backup; " + (
+        f"{len(problems)} entries differ after the copy"
+        if problems
+        else ("verified on the target" if ctx.apply else "dry run: nothing copied")
+    )
+    result.data.update({"trees": [t.logical for t in trees], "files": files, "bytes": size, "methods": dict(methods)})
     if problems:
         raise PreconditionFailed(
-            "user data verification", f"{len(problems)} entries differ between backup and target: "
-            + "; ".join(problems[:10]), "run the step again (the copy resumes); if the difference stays, check the "
-            "target disk (dmesg, df) and the copy commands' output above")
+            "user data verification",
+            f"{len(problems)} entries differ between backup and target: " + "; ".join(problems[:10]),
+            "run the step again (the copy resumes); if the difference stays, check the "
+            "target disk (dmesg, df) and the copy commands' output above",
+        )
     if not result.changes:
-        result.noop_reason = (f"nothing to copy: all {files} files ({human(size)}) of the backup's trees are on the "
-                              "target (rsync found nothing to transfer: same size, time and owners), the trees' own "
-                              "directories match the backup, and the mail tree belongs to the mailbox user; nothing "
-                              "on the target was deleted")
+        result.noop_reason = (
+            f"nothing to copy: all {files} files ({human(size)}) of the backup's trees are on the "
+            "target (rsync found nothing to transfer: same size, time and owners), the trees' own "
+            "directories match the backup, and the mail tree belongs to the mailbox user; nothing "
+            "on the target was deleted"
+        )
 
 
-def _plan_changes(ctx: Context, trees: list[Tree], units: list[Unit], extra_before: dict[str, list[Entry]],
-                  result: Result) -> None:
+def _plan_changes(
+    ctx: Context, trees: list[Tree], units: list[Unit], extra_before: dict[str, list[Entry]], result: Result
+) -> None:
     """The changes known before copying: domains copied with cp, staged copies completed, owners to set."""
     for t in trees:
         new = [u for u in units if u.tree is t and u.method == "cp"]
         if new:
             files, size = _file_totals(e for u in new for e in u.entries)
-            result.change(f"copy {sum(len(u.names) for u in new)} domain(s) that are new on the target with cp -a into "
-                          f"{ctx.display_path(t.staging)}, then rename each into place: {files} files, {human(size)}")
+            result.change(
+                f"copy {sum(len(u.names) for u in new)} domain(s) that are new on the target with cp -a into "
+                f"{ctx.display_path(t.staging)}, then rename each into place: {files} files, {human(size)}"
+            )
         resumed = [u for u in units if u.tree is t and u.method == "resume"]
         if resumed:
-            result.change(f"complete {sum(len(u.names) for u in resumed)} interrupted staged copies in "
-                          f"{ctx.display_path(t.staging)} with rsync, then rename each into place")
+            result.change(
+                f"complete {sum(len(u.names) for u in resumed)} interrupted staged copies in "
+                f"{ctx.display_path(t.staging)} with rsync, then rename each into place"
+            )
         if t.owner is None:
             continue
         from_backup = sum(len(_wrong_owner(u.entries, t.owner)) for u in new)
         if from_backup:
-            result.change(f"give {from_backup} entries that the backup holds with another owner the mailbox owner "
-                          f"{t.owner[0]}:{t.owner[1]} (in staging, before the rename)")
+            result.change(
+                f"give {from_backup} entries that the backup holds with another owner the mailbox owner "
+                f"{t.owner[0]}:{t.owner[1]} (in staging, before the rename)"
+            )
         synced = [u for u in units if u.tree is t and u.method == "rsync"]
         in_backup = {e.rel for u in synced for e in u.entries}
         theirs = [e for u in synced for e in _wrong_owner(u.before, t.owner) if e.rel not in in_backup]
         theirs += _wrong_owner(extra_before.get(t.name, []), t.owner)
         if theirs:
-            result.change(f"set the mailbox owner {t.owner[0]}:{t.owner[1]} on {len(theirs)} entries of "
-                          f"{ctx.display_path(t.dest)} that are not in the backup: "
-                          + ", ".join(tree_scan.show(e.rel) for e in theirs[:5]))
+            result.change(
+                f"set the mailbox owner {t.owner[0]}:{t.owner[1]} on {len(theirs)} entries of "
+                f"{ctx.display_path(t.dest)} that are not in the backup: "
+                + ", ".join(tree_scan.show(e.rel) for e in theirs[:5])
+            )
 
 
 def _record_rsync_changes(ctx: Context, trees: list[Tree], done: list[JobDone], result: Result) -> None:
@@ -765,14 +889,15 @@ def _record_rsync_changes(ctx: Context, trees: list[Tree], done: list[JobDone], 
             result.change(f"rsync into {ctx.display_path(t.dest)} (domains already there): {items.describe()}")
 
 
-def _ticker(ctx: Context, worker: _Worker, units: list[Unit], hook: ProgressHook | None,
-            started: float) -> Callable[[], None]:
+def _ticker(
+    ctx: Context, worker: _Worker, units: list[Unit], hook: ProgressHook | None, started: float
+) -> Callable[[], None]:
     """Called by run_jobs a few times a second: the hook, a bar in JupyterLab, a plain line every interval."""
     files_total, bytes_total = _file_totals(e for u in units for e in u.entries)
     interval = float(ctx.param("user_data_progress_interval", 5) or 5)
     bar = None
     if getattr(ctx, "interactive_session", None) is not None:
-        from ispcp_lib.interactive import progress_bar
+        from ispcp_lib.runbook.interactive import progress_bar
 
         bar = progress_bar(ctx, max(bytes_total, 1), "user data")
     clock = {"log": time.monotonic(), "high": 0}
@@ -803,20 +928,30 @@ def _shown(key: bytes) -> str:
 def _plan_rows(units: list[Unit], done: list[JobDone]) -> list[dict]:
     todo: dict[tuple[str, str], int] = {}
     for d in done:
-        for domain, n in (d.items.by_domain.items() if d.items is not None else ()):
+        for domain, n in d.items.by_domain.items() if d.items is not None else ():
             todo[(d.job.tree.name, domain)] = todo.get((d.job.tree.name, domain), 0) + n
     rows = []
     for u in units:
         for key in u.keys:
             files, size = _file_totals(u.tree.groups[key])
             n = len(u.tree.groups[key]) if u.method == "cp" else todo.get((u.tree.name, _shown(key)), 0)
-            rows.append({"tree": u.tree.name, "domain": _shown(key), "method": u.method, "why": u.reason,
-                         "backup files": files, "backup bytes": size, "items to transfer": n})
+            rows.append(
+                {
+                    "tree": u.tree.name,
+                    "domain": _shown(key),
+                    "method": u.method,
+                    "why": u.reason,
+                    "backup files": files,
+                    "backup bytes": size,
+                    "items to transfer": n,
+                }
+            )
     return rows
 
 
-def _verification(ctx: Context, t: Tree, units: list[Unit], done: list[JobDone],
-                  result: Result) -> tuple[list[dict], list[str]]:
+def _verification(
+    ctx: Context, t: Tree, units: list[Unit], done: list[JobDone], result: Result
+) -> tuple[list[dict], list[str]]:
     """Files and bytes per domain, backup vs target, from the jobs' checks; the tree's own directory and
     the target's own top-level entries are checked here."""
     totals: dict[bytes, tuple[int, int]] = {}
@@ -830,8 +965,10 @@ def _verification(ctx: Context, t: Tree, units: list[Unit], done: list[JobDone],
         partial += d.partial
         fixed += d.owners_fixed
     if partial:
-        result.warn(f"{partial} entries remain in {rsync_copy.PARTIAL_DIR}/ directories under "
-                    f"{ctx.display_path(t.dest)} (an interrupted file rsync has not finished)")
+        result.warn(
+            f"{partial} entries remain in {rsync_copy.PARTIAL_DIR}/ directories under "
+            f"{ctx.display_path(t.dest)} (an interrupted file rsync has not finished)"
+        )
     assert t.root is not None
     problems += _compare(t, [t.root], [tree_scan.root_entry(t.dest)])
     own = tree_scan.scan_many([(t.dest, _target_only(t))])[0]
@@ -840,8 +977,10 @@ def _verification(ctx: Context, t: Tree, units: list[Unit], done: list[JobDone],
         if wrong:
             fixed += ownership.lchown_known(t.dest, [e.rel for e in wrong], *t.owner)
         if fixed:
-            result.note(f"After copying, {fixed} entries under {ctx.display_path(t.dest)} got the mailbox owner "
-                        f"{t.owner[0]}:{t.owner[1]}: files of the target's own, which no copy command touches.")
+            result.note(
+                f"After copying, {fixed} entries under {ctx.display_path(t.dest)} got the mailbox owner "
+                f"{t.owner[0]}:{t.owner[1]}: files of the target's own, which no copy command touches."
+            )
     own_totals: dict[bytes, tuple[int, int]] = {}
     for name, entries in own.items():
         key = name if entries[0].kind == "d" else LOOSE
@@ -863,10 +1002,29 @@ def _verification(ctx: Context, t: Tree, units: list[Unit], done: list[JobDone],
             status = f"ok; the target also has {d[0] - s[0]} files of its own"
         else:
             status = "ok"
-        rows.append({"tree": t.name, "domain": _shown(key), "method": method_of.get(key, "-"),
-                     "backup files": s[0], "backup bytes": s[1], "target files": d[0], "target bytes": d[1],
-                     "status": status})
+        rows.append(
+            {
+                "tree": t.name,
+                "domain": _shown(key),
+                "method": method_of.get(key, "-"),
+                "backup files": s[0],
+                "backup bytes": s[1],
+                "target files": d[0],
+                "target bytes": d[1],
+                "status": status,
+            }
+        )
     if per_domain[LOOSE] and LOOSE not in t.groups and LOOSE not in own_totals:  # the top directory itself
-        rows.append({"tree": t.name, "domain": "(top)", "method": "-", "backup files": 0, "backup bytes": 0,
-                     "target files": 0, "target bytes": 0, "status": f"DIFFERS ({per_domain[LOOSE]} entries)"})
+        rows.append(
+            {
+                "tree": t.name,
+                "domain": "(top)",
+                "method": "-",
+                "backup files": 0,
+                "backup bytes": 0,
+                "target files": 0,
+                "target bytes": 0,
+                "status": f"DIFFERS ({per_domain[LOOSE]} entries)",
+            }
+        )
     return rows, [text for _, text in problems]

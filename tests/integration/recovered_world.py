@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from ispcp_lib.context import Context
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.secrets import SecretRegistry
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.keyfiles import LAYOUTS
-from ispcp_lib.runbook import open_run
+from ispcp_lib.ispcp.keyfiles import LAYOUTS
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.private_mysql import mysql_ids
 from ispcp_lib.sandbox.world import World
-from ispcp_lib.secrets import SecretRegistry
 from tests.helpers import running_clone
 
 # The mysql schema's InnoDB tables: their .ibd files only fit the ibdata1 they were created with.
@@ -89,8 +89,12 @@ def sync_proftpd(world: World) -> None:
 
 def restore_accounts(world: World) -> None:
     """Append the backup's vu*/vmail lines (and their groups) to the target's four account files."""
-    for name, keep in (("passwd", _is_ispcp_user), ("shadow", _is_ispcp_user),
-                       ("group", _is_ispcp_group), ("gshadow", _is_ispcp_group)):
+    for name, keep in (
+        ("passwd", _is_ispcp_user),
+        ("shadow", _is_ispcp_user),
+        ("group", _is_ispcp_group),
+        ("gshadow", _is_ispcp_group),
+    ):
         src = world.backup_root / "etc" / name
         dest = world.target_root / "etc" / name
         have = {line.split(":", 1)[0] for line in dest.read_text().splitlines()}
@@ -147,6 +151,7 @@ def open_ctx(world: World, *, apply: bool = False, private_secrets: bool = False
 
 
 # -- fixtures: import recovered_fixture and recovered_template_fixture into a test module ---------------
+
 
 @pytest.fixture(scope="session", name="recovered_template")
 def recovered_template_fixture(world_template: World, tmp_path_factory: pytest.TempPathFactory) -> World:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.accounts_db import pwd_lock
-from ispcp_lib.action import StepFailed
-from ispcp_lib.fileops import fingerprint_diff
-from ispcp_lib.runbook import open_run
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.fileops import fingerprint_diff
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import accounts
+from ispcp_lib.system.accounts_files import pwd_lock
 
 FILES = ("passwd", "shadow", "group", "gshadow")
 
@@ -67,8 +67,11 @@ def test_dry_run_apply_and_apply_again(stopped_world: World) -> None:
 def test_mailbox_ids_come_from_the_old_ispcp_conf(stopped_world: World) -> None:
     world = stopped_world
     conf = world.backup_root / "etc/ispcp/ispcp.conf"
-    conf.write_text(conf.read_text().replace("MTA_MAILBOX_UID = 1004", "MTA_MAILBOX_UID = 1010")
-                    .replace("MTA_MAILBOX_UID_NAME = vmail", "MTA_MAILBOX_UID_NAME = vmail2"))
+    conf.write_text(
+        conf.read_text()
+        .replace("MTA_MAILBOX_UID = 1004", "MTA_MAILBOX_UID = 1010")
+        .replace("MTA_MAILBOX_UID_NAME = vmail", "MTA_MAILBOX_UID_NAME = vmail2")
+    )
     passwd = world.backup_root / "etc/passwd"
     passwd.write_text(passwd.read_text().replace("vmail:x:1004:8:", "vmail2:x:1010:8:"))
     shadow = world.backup_root / "etc/shadow"

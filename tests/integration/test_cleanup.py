@@ -125,8 +125,9 @@ def _attempts(world: World, numbers: list[int], succeeded: int | None) -> None:
     for n in numbers:
         (logs / f"attempt-{n:03d}-run.log").write_text("transcript\n")
     if succeeded is not None:
-        (logs / ispcp_update.SUCCESS_FILE).write_text(json.dumps({"attempt": succeeded, "ts": "2026-01-01T00:00:00",
-                                                                  "run_id": "run", "inputs": "x"}))
+        (logs / ispcp_update.SUCCESS_FILE).write_text(
+            json.dumps({"attempt": succeeded, "ts": "2026-01-01T00:00:00", "run_id": "run", "inputs": "x"})
+        )
 
 
 def _guard_outcome(result) -> str:
@@ -146,8 +147,11 @@ def test_the_guard_stays_while_the_update_has_not_succeeded(guarded, history: st
     assert mail_guard.check_guard(open_ctx(world, **params))[0]
     assert (world.target_root / "etc/postfix/main.cf").read_bytes() == main_cf
     assert _guard_outcome(done).startswith("kept")
-    expected = {"never ran": "ispcp_update never ran", "only failures": "none of ispcp_update's 2 attempt(s)",
-                "failed after a success": "last attempt (2) failed after attempt 1"}[history]
+    expected = {
+        "never ran": "ispcp_update never ran",
+        "only failures": "none of ispcp_update's 2 attempt(s)",
+        "failed after a success": "last attempt (2) failed after attempt 1",
+    }[history]
     assert any(w.startswith("MAIL GUARD KEPT") and expected in w for w in done.warnings), done.warnings
 
 
@@ -173,9 +177,11 @@ def test_the_guard_lift_can_be_forced_or_refused(guarded) -> None:
 
 
 def test_an_unknown_lift_mode_is_refused(recovered) -> None:
-    from ispcp_lib.action import StepFailed
+    from ispcp_lib.core.action import StepFailed
 
     with pytest.raises(StepFailed) as info:
         cleanup.run(open_ctx(recovered, apply=True, cleanup_lift_guard="sometimes"))
-    assert "cleanup_lift_guard" in info.value.result.errors[0] and "after_update, always, never" in \
-        info.value.result.errors[0]
+    assert (
+        "cleanup_lift_guard" in info.value.result.errors[0]
+        and "after_update, always, never" in info.value.result.errors[0]
+    )

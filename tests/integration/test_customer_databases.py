@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from ispcp_lib import customer_dbs as cdb
-from ispcp_lib.action import StepFailed
-from ispcp_lib.context import Context
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts.mysql_creds import read_debian_cnf
-from ispcp_lib.fileops import fingerprint, fingerprint_diff
-from ispcp_lib.result import Result
+from ispcp_lib.mysql import customer_dbs as cdb
 from ispcp_lib.sandbox.world import World, build_world, stable_fingerprint
 from ispcp_lib.steps import customer_databases, mysql_maintainer, mysql_restore
 from tests.helpers import assert_no_secret, ctx_for, fetch, restore_databases, running_clone
@@ -64,6 +64,7 @@ def work_dirs(world: World) -> list[Path]:
 
 # --- the normal path: directory copy and tablespace import -------------------------------------------
 
+
 def test_dry_run_apply_and_again(restored: World) -> None:
     world = restored
     before, backup_before = stable_fingerprint(world), fingerprint(world.backup_root)
@@ -76,8 +77,14 @@ def test_dry_run_apply_and_again(restored: World) -> None:
     assert plan[SHOP]["domain"] == "example-001.test" and plan[BLOG]["SQL users"] == "ex002blog"
     assert "if that fails, the dump example002_blog.sql" in plan[BLOG]["how / why"]
     text = "\n".join(planned.changes)
-    for expected in ("cp -a", "chown -R", "rename the staged example001_shop", "DISCARD TABLESPACE",
-                     "IMPORT TABLESPACE", "verify"):
+    for expected in (
+        "cp -a",
+        "chown -R",
+        "rename the staged example001_shop",
+        "DISCARD TABLESPACE",
+        "IMPORT TABLESPACE",
+        "verify",
+    ):
         assert expected in text, expected
     assert all(c.planned for c in planned.commands)
     assert fingerprint_diff(before, stable_fingerprint(world)) == []
@@ -89,14 +96,18 @@ def test_dry_run_apply_and_again(restored: World) -> None:
     assert done.summary == "2 of 2 customer database(s) restored" and not done.warnings
     for (database, table), n in ROWS.items():
         assert counts(world, database)[table] == n
-    assert query(world, f"SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{BLOG}'") == \
-        [("InnoDB",), ("InnoDB",)]
+    assert query(world, f"SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{BLOG}'") == [
+        ("InnoDB",),
+        ("InnoDB",),
+    ]
     rows = {(r["database"], r["table"]): r for r in done.data["row_counts"]}
     assert all(r["CHECK TABLE"] == "OK" for r in rows.values())
     assert rows[(SHOP, "orders")]["old rows"] == 50 and rows[(SHOP, "orders")]["match"] == "yes"
     logins = logins_of(done)
     assert {u: (r["login"], r["reads its database"]) for u, r in logins.items()} == {
-        "ex001shop": ("works", "yes"), "ex002blog": ("works", "yes")}
+        "ex001shop": ("works", "yes"),
+        "ex002blog": ("works", "yes"),
+    }
     assert fingerprint(world.backup_root) == backup_before  # the backup is only read
     assert plan_of(done)[BLOG]["result"] == "restored"
 
@@ -124,6 +135,7 @@ def test_prefer_dump_loads_the_per_database_dumps(restored: World) -> None:
 
 # --- refusals: a clear row, the others go on -----------------------------------------------------------
 
+
 def test_innodb_without_its_tablespace_is_refused_and_the_others_restored(restored: World) -> None:
     world = restored
     for ibd in (world.backup_root / BACKUP_DATADIR / BLOG).glob("*.ibd"):
@@ -134,10 +146,14 @@ def test_innodb_without_its_tablespace_is_refused_and_the_others_restored(restor
     assert stable_fingerprint(world) == before
     row = plan_of(planned)[BLOG]
     assert row["plan"] == "cannot restore" and row["strategy"] == cdb.CANNOT
-    assert "holds InnoDB tables (comments, posts) whose data lives in the old server's shared tablespace (ibdata1)" \
+    assert (
+        "holds InnoDB tables (comments, posts) whose data lives in the old server's shared tablespace (ibdata1)"
         in row["how / why"]
-    assert "Needs: a SQL dump of the database, or the old server's complete datadir (ibdata1 and ib_logfile*" \
+    )
+    assert (
+        "Needs: a SQL dump of the database, or the old server's complete datadir (ibdata1 and ib_logfile*"
         in row["how / why"]
+    )
     assert any(w.startswith(f"customer database {BLOG}: ") for w in planned.warnings)
 
     done = customer_databases.run(ctx_for(world, apply=True))
@@ -247,11 +263,16 @@ def test_bad_parameters_and_a_stopped_server(restored: World) -> None:
 
 # --- a backup that holds the old datadir whole, and an --all-databases dump ----------------------------
 
+
 @pytest.fixture(scope="session")
 def full_template(sandbox_root: Path) -> World:
     """The small world whose backup is the old datadir whole, with one --all-databases dump instead of per-db ones."""
-    return build_world(sandbox_root / "full-template", "small", seed=1,
-                       variant={"backup_full_datadir": True, "customer_dumps": "all_databases"})
+    return build_world(
+        sandbox_root / "full-template",
+        "small",
+        seed=1,
+        variant={"backup_full_datadir": True, "customer_dumps": "all_databases"},
+    )
 
 
 @pytest.fixture
@@ -321,8 +342,9 @@ def test_whole_datadir_refused_when_mysql_restore_used_other_sources(full: World
     world = full
     restore_databases(world)  # by hand: mysql_restore left no record of what it restored
     result = customer_databases.run(ctx_for(world, customer_databases_whole_datadir="always"))
-    assert any("not possible: mysql_restore has not restored ispcp and mysql into this datadir" in n
-               for n in result.notes)
+    assert any(
+        "not possible: mysql_restore has not restored ispcp and mysql into this datadir" in n for n in result.notes
+    )
     assert {r["strategy"] for r in plan_of(result).values()} == {cdb.DIRECTORY_COPY, cdb.TABLESPACE_IMPORT}
 
     guide_restore(world)  # now with mysql_restore's record, but the target has a database of its own
@@ -333,6 +355,7 @@ def test_whole_datadir_refused_when_mysql_restore_used_other_sources(full: World
 
 
 # --- discovery for the inventory --------------------------------------------------------------------
+
 
 def test_show_reads_the_backup_before_any_restore(stopped_world: World) -> None:
     world = stopped_world
@@ -357,9 +380,12 @@ def test_failing_logins_are_listed_with_the_reason(restored: World) -> None:
     done = customer_databases.run(ctx_for(world, apply=True))
     assert done.status == "done" and done.summary == "2 of 2 customer database(s) restored"
     logins = logins_of(done)
-    assert logins["ex001shop"]["login"] == "REFUSED" and "Access denied for user 'ex001shop'" in \
-        logins["ex001shop"]["detail"]
+    assert (
+        logins["ex001shop"]["login"] == "REFUSED"
+        and "Access denied for user 'ex001shop'" in logins["ex001shop"]["detail"]
+    )
     assert logins["ex002blog"]["login"] == "not tried" and "does not decrypt to text" in logins["ex002blog"]["detail"]
     assert any(w.startswith("1 SQL user login(s) fail: ex001shop: Access denied") for w in done.warnings)
-    assert any("1 SQL user login(s) cannot be tried, their password does not decrypt: ex002blog" in w
-               for w in done.warnings)
+    assert any(
+        "1 SQL user login(s) cannot be tried, their password does not decrypt: ex002blog" in w for w in done.warnings
+    )

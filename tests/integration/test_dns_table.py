@@ -13,12 +13,12 @@ import dns.message
 import dns.rrset
 import pytest
 
-from ispcp_lib.action import action
+from ispcp_lib.core.action import action
+from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.facts import dns_table as d
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.backup_db_reader import backup_database, read_backup_database
-from ispcp_lib.fileops import fingerprint
-from ispcp_lib.runbook import open_run
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox import dns as sdns
 from ispcp_lib.sandbox.world import World
 from ispcp_lib.steps import mail_guard
@@ -117,7 +117,7 @@ def test_backup_reader_removes_its_copy_and_stops_its_server(world_template: Wor
 
 
 def test_backup_reader_refuses_a_missing_database(world_template: World) -> None:
-    from ispcp_lib.errors import PreconditionFailed
+    from ispcp_lib.core.errors import PreconditionFailed
 
     with pytest.raises(PreconditionFailed, match="does not exist"):
         read_backup_database(world_template.backup_root / "var/lib/mysql", "nosuchdb", d.hosted_names)
@@ -126,8 +126,15 @@ def test_backup_reader_refuses_a_missing_database(world_template: World) -> None
 def test_table_classifies_every_name_like_the_served_records(dns_world: tuple[World, str]) -> None:
     world, nameserver = dns_world
     expected = sdns.expected_for_world(world)
-    table = d.resolve_all(_names(world), nameserver=nameserver, timeout=2, total_timeout=30,
-                          concurrency=8, old_ip="192.0.2.10", new_ip="192.0.2.20")
+    table = d.resolve_all(
+        _names(world),
+        nameserver=nameserver,
+        timeout=2,
+        total_timeout=30,
+        concurrency=8,
+        old_ip="192.0.2.10",
+        new_ip="192.0.2.20",
+    )
     got = {r["name"]: (r["verdict"], r["mail_to"]) for r in table.rows}
     assert got == expected
     verdicts = {v for v, _ in got.values()}
@@ -141,8 +148,9 @@ def test_table_classifies_every_name_like_the_served_records(dns_world: tuple[Wo
 
 def test_refused_names_are_errors_not_hangs(dns_world: tuple[World, str]) -> None:
     _, nameserver = dns_world
-    table = d.resolve_all([d.HostedName("example.org", "domain", "example.org")], nameserver=nameserver, timeout=2,
-                          total_timeout=10)
+    table = d.resolve_all(
+        [d.HostedName("example.org", "domain", "example.org")], nameserver=nameserver, timeout=2, total_timeout=10
+    )
     assert table.rows[0]["verdict"] == d.ERROR  # dnsmasq refuses names it is not local for
     assert "REFUSED" in table.rows[0]["detail"]
 
@@ -151,8 +159,9 @@ def test_unreachable_nameserver_gives_timeouts_within_the_bound() -> None:
     silent = SilentServer()
     try:
         names = [d.HostedName(f"d{i}.test", "domain", f"d{i}.test") for i in range(10)]
-        table = d.resolve_all(names, nameserver=f"127.0.0.1:{silent.port}", timeout=0.4, total_timeout=5,
-                              concurrency=16)
+        table = d.resolve_all(
+            names, nameserver=f"127.0.0.1:{silent.port}", timeout=0.4, total_timeout=5, concurrency=16
+        )
     finally:
         silent.close()
     assert [r["verdict"] for r in table.rows] == [d.TIMEOUT] * 10
@@ -168,8 +177,7 @@ def test_queries_run_side_by_side_up_to_the_concurrency() -> None:
     slow.start()
     try:
         names = [d.HostedName(f"d{i}.test", "domain", f"d{i}.test") for i in range(12)]
-        table = d.resolve_all(names, nameserver=f"127.0.0.1:{slow.port}", timeout=3, total_timeout=30,
-                              concurrency=4)
+        table = d.resolve_all(names, nameserver=f"127.0.0.1:{slow.port}", timeout=3, total_timeout=30, concurrency=4)
     finally:
         slow.close()
     assert [r["verdict"] for r in table.rows] == [d.NXDOMAIN] * 12 and table.cut_by_total == 0
@@ -181,8 +189,7 @@ def test_total_bound_cuts_a_slow_table_short() -> None:
     silent = SilentServer()
     try:
         names = [d.HostedName(f"d{i}.test", "domain", f"d{i}.test") for i in range(40)]
-        table = d.resolve_all(names, nameserver=f"127.0.0.1:{silent.port}", timeout=5, total_timeout=1,
-                              concurrency=4)
+        table = d.resolve_all(names, nameserver=f"127.0.0.1:{silent.port}", timeout=5, total_timeout=1, concurrency=4)
     finally:
         silent.close()
     # Every query would have waited its 5 s: all 40 names ended by the total bound of 1 s instead.
@@ -196,8 +203,7 @@ def test_concurrency_is_bounded() -> None:
     server.start()
     try:
         names = [d.HostedName(f"d{i}.test", "domain", f"d{i}.test") for i in range(24)]
-        table = d.resolve_all(names, nameserver=f"127.0.0.1:{server.port}", timeout=3, total_timeout=30,
-                              concurrency=4)
+        table = d.resolve_all(names, nameserver=f"127.0.0.1:{server.port}", timeout=3, total_timeout=30, concurrency=4)
     finally:
         server.close()
     assert [r["verdict"] for r in table.rows] == [d.NXDOMAIN] * 24
@@ -210,15 +216,17 @@ def test_after_the_restore_the_names_come_from_the_target(world: World) -> None:
     ctx = open_run(**world.runbook_params(), apply=True, resume=False, options={})
     login = mysql_creds.target_admin(ctx)
     with ctx.mysql.connect(login.user, login.password, "ispcp") as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO domain (domain_id, domain_name, domain_uid, domain_gid, domain_admin_id, "
-                    "domain_status) VALUES (77, 'restored-only.test', 2077, 2077, 3, 'ok')")
+        cur.execute(
+            "INSERT INTO domain (domain_id, domain_name, domain_uid, domain_gid, domain_admin_id, "
+            "domain_status) VALUES (77, 'restored-only.test', 2077, 2077, 3, 'ok')"
+        )
 
     @action("mysql_restore")
     def pretend_restore(ctx, result) -> None:  # only its journal record matters here
         result.noop_reason = "test: the restore is pretended"
 
     pretend_restore(ctx)
-    from ispcp_lib.result import Result
+    from ispcp_lib.core.result import Result
 
     result = Result("mail_guard")
     names, source = mail_guard._hosted_names(ctx, result)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.action import StepFailed
+from ispcp_lib.core.action import StepFailed
 from ispcp_lib.sandbox import ispcp_files
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import engine_speedup
@@ -122,7 +122,7 @@ def test_restore_puts_back_exactly_what_was_commented(stopped_world) -> None:
     original = managers(world)
     engine_speedup.run(open_ctx(world, apply=True))
     ctx = open_ctx(world, apply=True)
-    from ispcp_lib.result import Result
+    from ispcp_lib.core.result import Result
 
     result = Result(step="cleanup", apply=True)
     ctx.current = result

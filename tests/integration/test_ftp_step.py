@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ispcp_lib.action import StepFailed
+from ispcp_lib.core.action import StepFailed
 from ispcp_lib.facts import proftpd
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import ftp

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.action import StepFailed
-from ispcp_lib.runbook import open_run
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import inventory, preflight
 

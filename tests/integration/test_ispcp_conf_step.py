@@ -8,7 +8,7 @@ import pytest
 
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
-from ispcp_lib.runbook import open_run
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import ispcp_conf, keys
 from tests.helpers import refused, restore_databases
@@ -88,8 +88,10 @@ def test_ispcp_conf_dry_run_apply_and_again_with_an_ip_change(keyed: World) -> N
     assert {new.lines[i].split(" ")[0] for i in changed} == {"DEBUG", "DATABASE_PASSWORD"}
     copy = IspcpConf.load(old_conf_path(world))
     differing = [(a, b) for a, b in zip(old.lines, copy.lines, strict=True) if a != b]
-    assert differing == [(f"SERVER_HOSTNAME = {OLD_HOST}", f"SERVER_HOSTNAME = {NEW_HOST}"),
-                         (f"BASE_SERVER_IP = {OLD_IP}", f"BASE_SERVER_IP = {NEW_IP}")]
+    assert differing == [
+        (f"SERVER_HOSTNAME = {OLD_HOST}", f"SERVER_HOSTNAME = {NEW_HOST}"),
+        (f"BASE_SERVER_IP = {OLD_IP}", f"BASE_SERVER_IP = {NEW_IP}"),
+    ]
     assert not copy.missing(REQUIRED_KEYS)
     assert old_conf_path(world).stat().st_mode & 0o777 == 0o640
     ok, message = il.check_ispcp_login(ctx)
@@ -119,8 +121,9 @@ def test_ispcp_conf_same_ip_and_host_changes_no_database(keyed: World) -> None:
 
 def test_ispcp_conf_parameters_override_detection(keyed: World) -> None:
     world = keyed
-    result = ispcp_conf.run(ctx_for(world, apply=True, new_server_ip="198.51.100.7",
-                                    new_server_hostname="panel.example.net"))
+    result = ispcp_conf.run(
+        ctx_for(world, apply=True, new_server_ip="198.51.100.7", new_server_hostname="panel.example.net")
+    )
     assert result.status == "done"
     assert server_ips(world) == [(1, "198.51.100.7", "panel.example.net", "panel.example.net")]
     copy = IspcpConf.load(old_conf_path(world))
@@ -139,6 +142,7 @@ def test_ispcp_conf_hostname_from_etc_hostname(keyed: World) -> None:
 
 
 # --- bad input -------------------------------------------------------------------------------------
+
 
 def test_ispcp_conf_old_config_lacks_required_values(keyed: World) -> None:
     world = keyed
@@ -185,7 +189,10 @@ def test_ispcp_conf_old_and_new_ip_both_in_server_ips(keyed: World) -> None:
     world = keyed
     conn = world.target_mysql().connect("debian-sys-maint", world.credentials["old"]["debian_sys_maint"], "ispcp")
     with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO server_ips (ip_id, ip_number, ip_domain, ip_alias, ip_card, ip_status) "
-                    "VALUES (2, %s, %s, %s, 'eth0', 'ok')", (NEW_IP, NEW_HOST, NEW_HOST))
+        cur.execute(
+            "INSERT INTO server_ips (ip_id, ip_number, ip_domain, ip_alias, ip_card, ip_status) "
+            "VALUES (2, %s, %s, %s, 'eth0', 'ok')",
+            (NEW_IP, NEW_HOST, NEW_HOST),
+        )
     error = fails(world)
     assert "server_ips" in error and "both the old IP" in error and "domain_ip_id" in error

@@ -12,18 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.action import StepFailed
-from ispcp_lib.errors import IspcpError
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.errors import IspcpError
 from ispcp_lib.facts import ispcp_install as ii
-from ispcp_lib.runbook import open_run
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.demo import world_services
 from ispcp_lib.sandbox.private_mysql import schema_sql
 from ispcp_lib.sandbox.world import build_world, mariadbd_pids_under, stable_fingerprint
 from ispcp_lib.steps import ispcp_install_check as step
 from ispcp_lib.steps import mail_guard
 
-KEY_FILES = ("var/www/ispcp/gui/include/ispcp-db-keys.php", "var/www/ispcp/engine/ispcp-db-keys.pl",
-             "var/www/ispcp/engine/messenger/ispcp-db-keys.pl")
+KEY_FILES = (
+    "var/www/ispcp/gui/include/ispcp-db-keys.php",
+    "var/www/ispcp/engine/ispcp-db-keys.pl",
+    "var/www/ispcp/engine/messenger/ispcp-db-keys.pl",
+)
 
 
 def ctx_for(world, **kw):
@@ -61,8 +64,12 @@ def test_normal_dummy_reports_version_layout_and_services(world) -> None:
     assert d["target_version"] == d["backup_version"] == "1.0.5 OMEGA"
     assert d["target_build"] == d["backup_build"] == "20100331"
     assert d["backup_revision"] == 29 and d["target_revision"] == 29  # ispCP 1.0.5's schema revision
-    assert d["key_layouts"] == {"php": "initialised", "perl_engine": "initialised", "perl_messenger": "initialised",
-                                "keys_conf": "absent"}
+    assert d["key_layouts"] == {
+        "php": "initialised",
+        "perl_engine": "initialised",
+        "perl_messenger": "initialised",
+        "keys_conf": "absent",
+    }
     releases = table(r, "Target against the backup")
     source = releases.loc[releases["what"] == "schema DATABASE_REVISION", "note"].item()
     assert "throwaway private MariaDB" in source and str(world.backup_root) in source
@@ -255,6 +262,7 @@ def test_mail_guard_state_is_shown(world) -> None:
 
 # --- the facts on their own ----------------------------------------------------------------------
 
+
 def test_throwaway_server_leaves_nothing_behind(world_template, monkeypatch: pytest.MonkeyPatch) -> None:
     # A scratch temp base outside pytest's tmp tree: concurrent pytest sessions reset that tree to 0700,
     # which the server's mysql user could then no longer enter.
@@ -286,8 +294,10 @@ def test_innodb_config_table_is_refused_clearly(tmp_path: Path) -> None:
 
 def test_revision_from_plain_and_compressed_dumps(tmp_path: Path) -> None:
     plain = tmp_path / "a.sql"
-    plain.write_text("INSERT INTO `config` (`name`, `value`) VALUES\n('PORT_FTP', '21;tcp;FTP;1;0;'),\n"
-                     "('DATABASE_REVISION', '31'),\n('CRITICAL_UPDATE_REVISION', '5');\n")
+    plain.write_text(
+        "INSERT INTO `config` (`name`, `value`) VALUES\n('PORT_FTP', '21;tcp;FTP;1;0;'),\n"
+        "('DATABASE_REVISION', '31'),\n('CRITICAL_UPDATE_REVISION', '5');\n"
+    )
     assert ii.revision_from_dump(plain) == 31
     packed = tmp_path / "b.sql.gz"
     with gzip.open(packed, "wt") as fh:
@@ -298,13 +308,16 @@ def test_revision_from_plain_and_compressed_dumps(tmp_path: Path) -> None:
     assert ii.revision_from_dump(none) is None
 
 
-@pytest.mark.parametrize(("old", "new", "old_rev", "new_rev", "verdict"), [
-    ("1.0.5 OMEGA", "1.0.5 OMEGA", 29, 29, "same"),
-    ("1.0.5 OMEGA", "1.0.7 OMEGA", 29, 37, "upgrade"),
-    ("1.0.5 OMEGA", "1.0.3 OMEGA", None, None, "downgrade"),
-    ("1.0.5 OMEGA", "1.0.5 OMEGA", 30, 29, "downgrade"),
-    ("1.0.5 OMEGA", "1.0.10", None, None, "upgrade"),  # numeric, not string, comparison
-    (None, "1.0.5 OMEGA", None, 29, "unknown"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "old_rev", "new_rev", "verdict"),
+    [
+        ("1.0.5 OMEGA", "1.0.5 OMEGA", 29, 29, "same"),
+        ("1.0.5 OMEGA", "1.0.7 OMEGA", 29, 37, "upgrade"),
+        ("1.0.5 OMEGA", "1.0.3 OMEGA", None, None, "downgrade"),
+        ("1.0.5 OMEGA", "1.0.5 OMEGA", 30, 29, "downgrade"),
+        ("1.0.5 OMEGA", "1.0.10", None, None, "upgrade"),  # numeric, not string, comparison
+        (None, "1.0.5 OMEGA", None, 29, "unknown"),
+    ],
+)
 def test_compare_releases(old, new, old_rev, new_rev, verdict) -> None:
     assert ii.compare_releases(old, new, old_rev, new_rev)[0] == verdict

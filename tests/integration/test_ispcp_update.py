@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import keyfiles
-from ispcp_lib.action import StepFailed
+from ispcp_lib.core.action import StepFailed
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.keyfiles import LAYOUTS, KeySet
+from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp.keyfiles import LAYOUTS, KeySet
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import ispcp_update
 from tests.integration.recovered_world import (  # noqa: F401 (fixtures)
@@ -101,8 +101,9 @@ def test_the_sleep_lines_cost_a_pause_per_item(ready, monkeypatch: pytest.Monkey
     ispcp_update.run(open_ctx(world, apply=True))
     # The stand-in's DEBUG lines say how many items each manager rebuilt and the pause it spent per item:
     # every item pays the pause while the sleep(1) lines are active (counted, not timed).
-    paused = re.findall(r"(ispcp-\w+-mngr): (\d+) item\(s\), ([\d.]+) s pause per item",
-                        transcripts(world)[-1].read_text())
+    paused = re.findall(
+        r"(ispcp-\w+-mngr): (\d+) item\(s\), ([\d.]+) s pause per item", transcripts(world)[-1].read_text()
+    )
     assert paused and {float(p) for _, _, p in paused} == {0.2}
     assert sum(int(n) for _, n, _ in paused) == items
 
@@ -112,7 +113,8 @@ def test_wrong_keys(ready) -> None:
     new = world.credentials["new"]
     for layout in ("php", "perl_engine", "perl_messenger"):  # the dummy install's keys are back
         (world.target_root / LAYOUTS[layout].lstrip("/")).write_text(
-            keyfiles.render_keyfile(layout, KeySet(new["key"], new["iv"])))
+            keyfiles.render_keyfile(layout, KeySet(new["key"], new["iv"]))
+        )
     before = stable_fingerprint(world)
     dry = ispcp_update.run(open_ctx(world))  # a dry run only warns: earlier steps may not have run yet
     assert dry.status == "planned" and any("keys decrypt DATABASE_PASSWORD" in w for w in dry.warnings)
@@ -182,10 +184,14 @@ def test_an_unexpected_prompt_is_quoted(ready) -> None:
     assert "ispcp_update_answers" in err.result.errors[0]
     # the operator answers it through the parameter, the value drawn from the secrets_file
     # ({secret:NAME}); the next attempt gets through and the value stays masked.
-    from ispcp_lib.runbook import load_secrets_file
+    from ispcp_lib.runbook.session import load_secrets_file
 
-    ctx = open_ctx(world, apply=True, ispcp_update_skip_prechecks=["old_conf"],
-                   ispcp_update_answers={r"fully qualified hostname": "{secret:typed_hostname}"})
+    ctx = open_ctx(
+        world,
+        apply=True,
+        ispcp_update_skip_prechecks=["old_conf"],
+        ispcp_update_answers={r"fully qualified hostname": "{secret:typed_hostname}"},
+    )
     secrets_file = world.workdir / "answers.yaml"
     secrets_file.write_text("typed_hostname: Typed-by-the-admin.test\n")
     secrets_file.chmod(0o600)
@@ -199,8 +205,11 @@ def test_an_unexpected_prompt_is_quoted(ready) -> None:
 
 
 def test_an_answer_naming_a_missing_secret_is_refused(ready) -> None:
-    err = failing(ready, ispcp_update_skip_prechecks=["old_conf"],
-                  ispcp_update_answers={r"fully qualified hostname": "{secret:nowhere}"})
+    err = failing(
+        ready,
+        ispcp_update_skip_prechecks=["old_conf"],
+        ispcp_update_answers={r"fully qualified hostname": "{secret:nowhere}"},
+    )
     assert "{secret:nowhere}" in err.result.errors[0] and "secrets_file" in err.result.errors[0]
 
 
@@ -209,10 +218,12 @@ def test_a_hanging_script_is_killed_and_the_report_says_where(ready, tmp_path: P
     engine = tmp_path / "engine/setup"
     engine.mkdir(parents=True)
     fake = engine / "ispcp-update"
-    fake.write_text("#!/bin/bash\n"
-                    "echo 'Rebuilding all customers configuration files'\n"
-                    "sleep 600 &\necho $! > grandchild\n"
-                    "printf '\\tPlease wait, this may take some time:'\nwait\n")
+    fake.write_text(
+        "#!/bin/bash\n"
+        "echo 'Rebuilding all customers configuration files'\n"
+        "sleep 600 &\necho $! > grandchild\n"
+        "printf '\\tPlease wait, this may take some time:'\nwait\n"
+    )
     fake.chmod(0o700)
     err = failing(world, ispcp_update_script=str(fake), ispcp_update_timeout=2, ispcp_update_prompt_silence=30)
     message = err.result.errors[0]
@@ -247,6 +258,7 @@ def test_the_standin_is_labelled_and_refuses_outside_the_sandbox(ready) -> None:
     outside = subprocess.run([str(script)], cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
     assert outside.returncode == 2 and "TEST SCAFFOLDING" in outside.stderr
     env["ISPCP_SANDBOX_ROOT"] = str(world.target_root)
-    elsewhere = subprocess.run([str(script)], cwd=world.target_root, env=env, capture_output=True, text=True,
-                               timeout=60)
+    elsewhere = subprocess.run(
+        [str(script)], cwd=world.target_root, env=env, capture_output=True, text=True, timeout=60
+    )
     assert elsewhere.returncode == 2 and "cd /var/www/ispcp/engine/setup" in elsewhere.stderr

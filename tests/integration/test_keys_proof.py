@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import encrypted_columns as ec
-from ispcp_lib import keyfiles
-from ispcp_lib.action import StepFailed
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.keyfiles import KeySet
-from ispcp_lib.keys import decrypt_db_password, encrypt_db_password, generate_iv, generate_key
-from ispcp_lib.result import Result
+from ispcp_lib.ispcp import encrypted_columns as ec
+from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp.crypto import decrypt_db_password, encrypt_db_password, generate_iv, generate_key
+from ispcp_lib.ispcp.keyfiles import KeySet
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import customer_databases, keys
 from tests.helpers import assert_no_secret, ctx_for, fetch
@@ -52,17 +52,22 @@ def table(result: Result, prefix: str):  # noqa: ANN201 - a DataFrame
 
 # --- right keys, wrong keys, damaged rows ---------------------------------------------------------
 
+
 def test_right_keys_every_row_decrypts(restored: World) -> None:
     world = restored
     ctx = ctx_for(world, apply=True)
     done = keys.run(ctx)
     assert done.status == "done", done.errors
     found = checks(done)
-    assert found["mailbox passwords"] == {"check": "mailbox passwords", "result": "verified",
-                                          "detail": f"{MAILBOXES} of {MAILBOXES} decrypt to text"}
+    assert found["mailbox passwords"] == {
+        "check": "mailbox passwords",
+        "result": "verified",
+        "detail": f"{MAILBOXES} of {MAILBOXES} decrypt to text",
+    }
     assert found["customer SQL passwords"]["detail"] == f"{SQL_USERS} of {SQL_USERS} decrypt to text"
-    assert any("Every encrypted password decrypts with these keys" in n and "restored ispcp database" in n
-               for n in done.notes)
+    assert any(
+        "Every encrypted password decrypts with these keys" in n and "restored ispcp database" in n for n in done.notes
+    )
     assert not any(t.title.startswith("Encrypted passwords that do not decrypt") for t in done.tables)
     assert not ec.credentials_path(ctx).exists()
     assert_no_secret(world, ctx, done)
@@ -115,8 +120,11 @@ def test_wrong_keys_are_reported_and_nothing_is_written(restored: World) -> None
 def test_damaged_rows_are_named_and_reset_on_request(restored: World) -> None:
     world = restored
     sql(world, "UPDATE mail_users SET mail_pass = 'not%base64' WHERE mail_id = 1")
-    sql(world, "UPDATE sql_user SET sqlu_pass = %s WHERE sqlu_id = 2",
-        (encrypt_db_password("set-with-other-keys", OTHER.key, OTHER.iv),))
+    sql(
+        world,
+        "UPDATE sql_user SET sqlu_pass = %s WHERE sqlu_id = 2",
+        (encrypt_db_password("set-with-other-keys", OTHER.key, OTHER.iv),),
+    )
     ctx = ctx_for(world, apply=True)
     done = keys.run(ctx)
     assert done.status == "done"
@@ -143,8 +151,9 @@ def test_damaged_rows_are_named_and_reset_on_request(restored: World) -> None:
     assert checks(reset)["SQL logins with the new passwords"]["result"] == "verified"
     shop_cipher = sql(world, "SELECT sqlu_pass FROM sql_user WHERE sqlu_id = 1")[0][0]
     # the account whose password decrypts keeps it
-    assert world.target_mysql().can_login("ex001shop", decrypt_db_password(shop_cipher, keys_now.key, keys_now.iv)) \
-        is None
+    assert (
+        world.target_mysql().can_login("ex001shop", decrypt_db_password(shop_cipher, keys_now.key, keys_now.iv)) is None
+    )
 
     again = keys.run(ctx)
     assert again.status == "noop", again.changes
@@ -155,6 +164,7 @@ def test_damaged_rows_are_named_and_reset_on_request(restored: World) -> None:
 
 
 # --- the lost-keys path ---------------------------------------------------------------------------
+
 
 def lose_keys(world: World) -> None:
     for layout in LAYOUTS_105:
@@ -170,16 +180,22 @@ def test_lost_keys_list_every_account_as_unrecoverable(restored: World) -> None:
     lost = table(done, "Accounts whose password is lost with the keys")
     assert len(lost) == MAILBOXES + SQL_USERS
     assert set(lost[lost["kind"] == "SQL user"]["account"]) == {"ex001shop", "ex002blog"}
-    assert any(f"every mailbox and customer SQL password is unrecoverable: {MAILBOXES} mailbox(es) and "
-               f"{SQL_USERS} SQL user(s)" in w and "keys_reset_account_passwords = True" in w for w in done.warnings)
+    assert any(
+        f"every mailbox and customer SQL password is unrecoverable: {MAILBOXES} mailbox(es) and {SQL_USERS} SQL user(s)"
+        in w
+        and "keys_reset_account_passwords = True" in w
+        for w in done.warnings
+    )
     assert not ec.credentials_path(ctx).exists()
     assert checks(done)["customer SQL passwords"]["detail"] == f"0 of {SQL_USERS} decrypt to text"
 
 
 def test_lost_keys_reset_gives_every_account_a_new_password(restored: World) -> None:
     world = restored
-    old_passwords = {user: decrypt_db_password(cipher, old_keys(world).key, old_keys(world).iv)
-                     for user, cipher in sql(world, "SELECT sqlu_name, sqlu_pass FROM sql_user")}
+    old_passwords = {
+        user: decrypt_db_password(cipher, old_keys(world).key, old_keys(world).iv)
+        for user, cipher in sql(world, "SELECT sqlu_name, sqlu_pass FROM sql_user")
+    }
     lose_keys(world)
     # The runbook's order: the customer databases come back before the keys step. Their logins cannot be
     # proven now (no key decrypts sqlu_pass); the step says so and goes on.
@@ -209,13 +225,16 @@ def test_lost_keys_reset_gives_every_account_a_new_password(restored: World) -> 
         assert database == c["name"]
         assert world.target_mysql().can_login(user, password, database) is None  # logs in, opens its database
         assert world.target_mysql().can_login(user, old_passwords[user]) is not None  # the old one is gone
-    for (mail_id, addr, cipher) in sql(world, "SELECT mail_id, mail_addr, mail_pass FROM mail_users "
-                                              "WHERE mail_pass <> '_no_'"):
+    for mail_id, addr, cipher in sql(
+        world, "SELECT mail_id, mail_addr, mail_pass FROM mail_users WHERE mail_pass <> '_no_'"
+    ):
         assert decrypt_db_password(cipher, new_keys.key, new_keys.iv) == creds[("mailbox", addr)][1], mail_id
     found = checks(done)
     assert found["mailbox passwords"]["detail"] == f"{MAILBOXES} of {MAILBOXES} decrypt to text"
-    assert found["SQL logins with the new passwords"]["detail"] == \
-        f"{SQL_USERS} of {SQL_USERS} log in with the new password"
+    assert (
+        found["SQL logins with the new passwords"]["detail"]
+        == f"{SQL_USERS} of {SQL_USERS} log in with the new password"
+    )
     for secret in [v[1] for v in creds.values()]:
         assert secret in ctx.secrets
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import keyfiles
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.keyfiles import KeySet
-from ispcp_lib.keys import generate_iv, generate_key
-from ispcp_lib.runbook import open_run
+from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp.crypto import generate_iv, generate_key
+from ispcp_lib.ispcp.keyfiles import KeySet
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import ispcp_conf, keys
 from tests.helpers import assert_no_secret, refused
@@ -54,6 +54,7 @@ def fails(world: World, apply: bool = True, **options) -> str:
 
 # --- the normal path ------------------------------------------------------------------------------
 
+
 def test_keys_dry_run_apply_and_again(restored: World) -> None:
     world = restored
     before = stable_fingerprint(world)
@@ -66,8 +67,7 @@ def test_keys_dry_run_apply_and_again(restored: World) -> None:
     ctx.default_apply = True
     done = keys.run(ctx)
     assert done.status == "done" and done.changed == 3
-    assert done.data == {"path": "backup_keys", "source": "perl_engine", "layouts": list(LAYOUTS_105),
-                         "verified": True}
+    assert done.data == {"path": "backup_keys", "source": "perl_engine", "layouts": list(LAYOUTS_105), "verified": True}
     found = target_keysets(world)
     assert set(found) == set(LAYOUTS_105) and all(ks == old_keys(world) for ks in found.values())
     for layout in LAYOUTS_105:  # the backup's own files, byte for byte
@@ -124,19 +124,20 @@ def test_keys_placeholder_next_to_a_good_key_file_is_rebuilt(restored: World) ->
     result = keys.run(ctx_for(world, apply=True))
     assert result.status == "done"
     assert any("perl_messenger key file is placeholder" in w for w in result.warnings)
-    assert keyfiles.parse_keyfile("perl_messenger", target_key(world, "perl_messenger").read_text()) == \
-        old_keys(world)
+    assert keyfiles.parse_keyfile("perl_messenger", target_key(world, "perl_messenger").read_text()) == old_keys(world)
 
 
 # --- bad input: a clear error, the target untouched --------------------------------------------------
+
 
 def test_keys_wrong_length_key(restored: World) -> None:
     world = restored
     for layout in ("perl_engine", "perl_messenger"):
         backup_key(world, layout).unlink()
     short = old_keys(world).key[:-2]
-    backup_key(world, "php").write_text(f"<?php\n$ispcp_db_pass_key = '{short}';\n"
-                                        f"$ispcp_db_pass_iv = '{old_keys(world).iv}';\n?>\n")
+    backup_key(world, "php").write_text(
+        f"<?php\n$ispcp_db_pass_key = '{short}';\n$ispcp_db_pass_iv = '{old_keys(world).iv}';\n?>\n"
+    )
     error = fails(world)
     assert "key file (php)" in error and "invalid length: 30 bytes, expected 32" in error
     assert "Fix:" in error and str(backup_key(world, "php")) in error
@@ -210,6 +211,7 @@ def test_keys_decrypt_but_login_fails(restored: World) -> None:
 
 
 # --- the lost-keys path -----------------------------------------------------------------------------
+
 
 def test_keys_all_lost_needs_the_parameter(restored: World) -> None:
     world = restored

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from ispcp_lib.action import StepFailed, action
-from ispcp_lib.context import Context
+from ispcp_lib.core.action import StepFailed, action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.result import Result, render_html
+from ispcp_lib.core.runner import Runner
 from ispcp_lib.facts import postfix as pf
-from ispcp_lib.result import Result, render_html
-from ispcp_lib.runbook import open_run
-from ispcp_lib.runner import Runner
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox import dns as sdns
 from ispcp_lib.sandbox import postfix as spf
 from ispcp_lib.sandbox.world import World, stable_fingerprint
@@ -59,8 +59,12 @@ def answer(params: dict[str, Any]) -> pf.ProbeAnswer:
 def files(world: World) -> dict[str, bytes | None]:
     """The files the guard may touch, byte for byte (None: absent)."""
     out = {}
-    for rel in ("etc/postfix/main.cf", "etc/postfix/master.cf", "usr/sbin/policy-rc.d",
-                "usr/sbin/policy-rc.d.before-ispcp-recovery"):
+    for rel in (
+        "etc/postfix/main.cf",
+        "etc/postfix/master.cf",
+        "usr/sbin/policy-rc.d",
+        "usr/sbin/policy-rc.d.before-ispcp-recovery",
+    ):
         p = world.target_root / rel
         out[rel] = p.read_bytes() if p.exists() else None
     return out
@@ -118,8 +122,7 @@ def test_soft_bounce_dry_run_apply_again_and_lift(mail_world: tuple[World, dict[
     assert answer(params).code == 554
 
 
-def test_watchdog_stops_later_steps_when_soft_bounce_is_switched_off(mail_world: tuple[World, dict[str, Any]]
-                                                                     ) -> None:
+def test_watchdog_stops_later_steps_when_soft_bounce_is_switched_off(mail_world: tuple[World, dict[str, Any]]) -> None:
     world, params = mail_world
     ctx = ctx_for(world, params, apply=True)
     mail_guard.run(ctx)
@@ -197,7 +200,7 @@ def test_stop_mode_wraps_an_existing_policy_and_puts_it_back(mail_world: tuple[W
     world, params = mail_world
     policy = world.target_root / "usr/sbin/policy-rc.d"
     policy.parent.mkdir(parents=True, exist_ok=True)
-    policy.write_text("#!/bin/sh\n# the operator's own policy\n[ \"$1\" = apache2 ] && exit 104\nexit 0\n")
+    policy.write_text('#!/bin/sh\n# the operator\'s own policy\n[ "$1" = apache2 ] && exit 104\nexit 0\n')
     policy.chmod(0o750)
     original = files(world)
     ctx = ctx_for(world, params, apply=True, mail_guard_mode="stop")
@@ -218,14 +221,17 @@ def test_postfix_not_installed(world: World) -> None:
     """No main.cf on the target: soft_bounce refuses clearly; stop still blocks a later install."""
     fp = stable_fingerprint(world)
     with pytest.raises(StepFailed) as failed:
-        mail_guard.run(open_run(**world.runbook_params(), apply=True, resume=False,
-                                options={"dns_total_timeout": 5}))
+        mail_guard.run(open_run(**world.runbook_params(), apply=True, resume=False, options={"dns_total_timeout": 5}))
     error = failed.value.result.errors[0]
     assert "not installed" in error and "mail_guard_mode = 'stop'" in error
     assert stable_fingerprint(world) == fp
 
-    ctx = open_run(**world.runbook_params(), apply=True, resume=False,
-                   options={"mail_guard_mode": "stop", "postfix_smtp_port": _closed_port()})
+    ctx = open_run(
+        **world.runbook_params(),
+        apply=True,
+        resume=False,
+        options={"mail_guard_mode": "stop", "postfix_smtp_port": _closed_port()},
+    )
     done = mail_guard.run(ctx)
     assert done.status == "done", done.errors
     assert any("not installed" in n for n in done.notes)
@@ -255,8 +261,9 @@ def test_unreachable_nameserver_does_not_hang_the_step(mail_world: tuple[World, 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         nameserver = f"127.0.0.1:{silent.getsockname()[1]}"
-        result = mail_guard.run(ctx_for(world, params, apply=False, dns_nameserver=nameserver, dns_timeout=0.3,
-                                        dns_total_timeout=2))
+        result = mail_guard.run(
+            ctx_for(world, params, apply=False, dns_nameserver=nameserver, dns_timeout=0.3, dns_total_timeout=2)
+        )
     # The step finished with a table of timeouts (each name's query bound or the total bound), not a hang.
     assert result.status == "planned"
     assert result.data["dns_summary"]["counts"] == {"timeout": 11}
@@ -264,14 +271,18 @@ def test_unreachable_nameserver_does_not_hang_the_step(mail_world: tuple[World, 
     assert any("timed out" in w for w in result.warnings)
 
 
-@pytest.mark.parametrize(("options", "match"), [
-    ({"mail_guard_mode": "sometimes"}, "mail_guard_mode.*soft_bounce, stop, none"),
-    ({"dns_nameserver": "ns1.example.com"}, "dns_nameserver.*IP address"),
-    ({"postfix_smtp_port": "smtp"}, "postfix_smtp_port.*not a number"),
-    ({"dns_timeout": 0}, "dns_timeout.*out of range"),
-])
-def test_bad_parameters_fail_before_anything(mail_world: tuple[World, dict[str, Any]], options: dict[str, Any],
-                                             match: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"mail_guard_mode": "sometimes"}, "mail_guard_mode.*soft_bounce, stop, none"),
+        ({"dns_nameserver": "ns1.example.com"}, "dns_nameserver.*IP address"),
+        ({"postfix_smtp_port": "smtp"}, "postfix_smtp_port.*not a number"),
+        ({"dns_timeout": 0}, "dns_timeout.*out of range"),
+    ],
+)
+def test_bad_parameters_fail_before_anything(
+    mail_world: tuple[World, dict[str, Any]], options: dict[str, Any], match: str
+) -> None:
     world, params = mail_world
     fp = stable_fingerprint(world)
     with pytest.raises(StepFailed, match=match):
@@ -305,23 +316,22 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-
 def test_in_mynetworks_reads_postfix_network_lists() -> None:
     assert mail_guard.in_mynetworks("127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128") == "127.0.0.0/8"
     assert mail_guard.in_mynetworks("198.51.100.1/32, hash:/etc/postfix/network_table") is None
     assert mail_guard.in_mynetworks("/etc/postfix/networks 127.0.0.1") == "127.0.0.1"
 
 
-def test_the_report_says_when_the_probe_comes_from_a_trusted_address(mail_world: tuple[World, dict[str, Any]]
-                                                                     ) -> None:
+def test_the_report_says_when_the_probe_comes_from_a_trusted_address(mail_world: tuple[World, dict[str, Any]]) -> None:
     world, params = mail_world
     plain = mail_guard.run(ctx_for(world, params, apply=False))
     assert plain.data["smtp_probe"]["source_in_mynetworks"] is None
     assert not any("Postfix trusts" in n for n in plain.notes)
 
     # A stock Postfix: 127.0.0.0/8 is in mynetworks, so it relays for the probe.
-    subprocess.run(["postconf", "-c", params["postfix_config_dir"], "-e", "mynetworks=127.0.0.0/8 [::1]/128"],
-                   check=True)
+    subprocess.run(
+        ["postconf", "-c", params["postfix_config_dir"], "-e", "mynetworks=127.0.0.0/8 [::1]/128"], check=True
+    )
     trusted = mail_guard.run(ctx_for(world, params, apply=False))
     assert trusted.data["smtp_probe"]["source_in_mynetworks"] == "127.0.0.0/8"
     note = next(n for n in trusted.notes if "Postfix trusts" in n)

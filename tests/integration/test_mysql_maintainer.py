@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.action import StepFailed
-from ispcp_lib.context import Context
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.fileops import fingerprint_diff
 from ispcp_lib.facts.mysql_creds import read_debian_cnf
-from ispcp_lib.fileops import fingerprint_diff
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_maintainer, mysql_restore
 from tests.helpers import ctx_for
@@ -32,8 +32,12 @@ def assert_private(path: Path) -> None:
 
 
 def assert_no_secret(ctx: Context, result, values: list[str]) -> None:
-    shown = ctx.journal_path.read_text() + result._repr_html_() + repr(result) + \
-        "".join(c.stdout + c.stderr + " ".join(c.argv) for c in result.commands)
+    shown = (
+        ctx.journal_path.read_text()
+        + result._repr_html_()
+        + repr(result)
+        + "".join(c.stdout + c.stderr + " ".join(c.argv) for c in result.commands)
+    )
     assert values and not [v for v in values if v in shown]
 
 
@@ -148,8 +152,9 @@ def test_reset_creates_the_maintainer_when_the_old_grants_lack_it(mysql_restored
     assert "GRANT ALL PRIVILEGES ON *.* TO `debian-sys-maint`@`localhost`" in grants and "WITH GRANT OPTION" in grants
 
 
-def test_a_failed_grantless_start_ends_in_a_normal_server(mysql_restored: World,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_grantless_start_ends_in_a_normal_server(
+    mysql_restored: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The grant-less restart fails (an option the server refuses): the server must come back normally."""
     (mysql_restored.backup_root / DEBIAN_CNF).unlink()
     target_cnf = (mysql_restored.target_root / DEBIAN_CNF).read_bytes()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import sql_dumps
-from ispcp_lib.action import StepFailed
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login, read_debian_cnf
-from ispcp_lib.fileops import fingerprint, fingerprint_diff
+from ispcp_lib.mysql import dumps as sql_dumps
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_restore
 from tests.helpers import ctx_for, fetch
@@ -52,8 +52,15 @@ def test_dry_run_plans_everything_and_changes_nothing(world: World) -> None:
     result = mysql_restore.run(ctx_for(world))
     assert result.status == "planned", result.errors
     text = "\n".join(result.changes)
-    for expected in ("cp -a", "chown -R", "stop MySQL", "aside", "start MySQL", "CHECK TABLE",
-                     "system InnoDB tables behind"):
+    for expected in (
+        "cp -a",
+        "chown -R",
+        "stop MySQL",
+        "aside",
+        "start MySQL",
+        "CHECK TABLE",
+        "system InnoDB tables behind",
+    ):
         assert expected in text, expected
     assert result.commands and all(c.planned for c in result.commands)
     frame = counts_frame(result)
@@ -96,8 +103,10 @@ def test_apply_restores_the_old_databases_and_a_second_apply_is_a_noop(world: Wo
     for p in (world.backup_root / BACKUP_DB / "ispcp").glob("*.MYD"):
         assert (data / "ispcp" / p.name).read_bytes() == p.read_bytes()
     # The backup's InnoDB system tables stayed behind; the target's own are in place and work.
-    assert query(world, old_root(world), "SELECT database_name, table_name FROM mysql.innodb_table_stats "
-                 "ORDER BY 1, 2") == own_stats
+    assert (
+        query(world, old_root(world), "SELECT database_name, table_name FROM mysql.innodb_table_stats ORDER BY 1, 2")
+        == own_stats
+    )
 
     # The target's own folders are kept, unchanged, and listed.
     [work] = work_dirs(world)
@@ -136,17 +145,25 @@ def _innodb_table(world: World, with_ibdata: bool) -> None:
 
 
 BAD_INPUTS = {
-    "missing .MYD": (lambda w: _rm(w.backup_root / BACKUP_DB / "ispcp/domain.MYD"),
-                     ["domain", ".MYD", "mysql_restore_source = dump"]),
+    "missing .MYD": (
+        lambda w: _rm(w.backup_root / BACKUP_DB / "ispcp/domain.MYD"),
+        ["domain", ".MYD", "mysql_restore_source = dump"],
+    ),
     "missing .frm in mysql": (lambda w: _rm(w.backup_root / BACKUP_DB / "mysql/db.frm"), ["db", "no .frm"]),
-    "truncated .MYI": (lambda w: _truncate(w.backup_root / BACKUP_DB / "ispcp/domain.MYI", 2048),
-                       ["domain", "offline CHECK verdict", "myisamchk -r"]),
-    "truncated .MAD": (lambda w: _truncate(w.backup_root / BACKUP_DB / "mysql/global_priv.MAD", 100),
-                       ["global_priv", "aria_chk -r"]),
+    "truncated .MYI": (
+        lambda w: _truncate(w.backup_root / BACKUP_DB / "ispcp/domain.MYI", 2048),
+        ["domain", "offline CHECK verdict", "myisamchk -r"],
+    ),
+    "truncated .MAD": (
+        lambda w: _truncate(w.backup_root / BACKUP_DB / "mysql/global_priv.MAD", 100),
+        ["global_priv", "aria_chk -r"],
+    ),
     "InnoDB without ibdata1": (lambda w: _innodb_table(w, False), ["legacy_stats", "InnoDB", "ibdata1"]),
     "InnoDB with ibdata1": (lambda w: _innodb_table(w, True), ["legacy_stats", "shared tablespace", "mariadb-dump"]),
-    "newer server": (lambda w: (w.backup_root / BACKUP_DB / "mysql_upgrade_info").write_text("11.8.2-MariaDB"),
-                     ["MySQL versions", "11.8.2", "at least as new"]),
+    "newer server": (
+        lambda w: (w.backup_root / BACKUP_DB / "mysql_upgrade_info").write_text("11.8.2-MariaDB"),
+        ["MySQL versions", "11.8.2", "at least as new"],
+    ),
 }
 
 
@@ -220,8 +237,11 @@ def test_older_backup_runs_mariadb_upgrade(world: World) -> None:
 
 def test_without_a_working_login_the_check_runs_in_a_grantless_session(world: World) -> None:
     (world.backup_root / "etc/mysql/debian.cnf").unlink()
-    for logical in ("var/www/ispcp/gui/include/ispcp-db-keys.php", "var/www/ispcp/engine/ispcp-db-keys.pl",
-                    "var/www/ispcp/engine/messenger/ispcp-db-keys.pl"):
+    for logical in (
+        "var/www/ispcp/gui/include/ispcp-db-keys.php",
+        "var/www/ispcp/engine/ispcp-db-keys.pl",
+        "var/www/ispcp/engine/messenger/ispcp-db-keys.pl",
+    ):
         (world.backup_root / logical).unlink()
     result = mysql_restore.run(ctx_for(world, apply=True))
     assert result.status == "done", result.errors
@@ -234,8 +254,11 @@ def test_without_a_working_login_the_check_runs_in_a_grantless_session(world: Wo
 
 def _dump(world: World, login: Login, database: str) -> bytes:
     with sql_dumps.defaults_file(login, Path(world.mysql_params["socket"])) as cnf:
-        out = subprocess.run(sql_dumps.client_argv(cnf, "--skip-dump-date", database, program="mariadb-dump"),
-                             capture_output=True, check=True)
+        out = subprocess.run(
+            sql_dumps.client_argv(cnf, "--skip-dump-date", database, program="mariadb-dump"),
+            capture_output=True,
+            check=True,
+        )
     return out.stdout
 
 
@@ -286,10 +309,12 @@ def test_sql_dumps_as_the_source(world: World, world_template: World, sandbox_di
 def test_dry_run_names_the_dump_it_would_load(world: World) -> None:
     dumps = world.backup_root / "var/www/ispcp/backups"
     dumps.mkdir(parents=True)
-    (dumps / "ispcp-2010.05.16.sql").write_text("-- MySQL dump 10.11\n-- Host: localhost    Database: ispcp\n"
-                                                "CREATE TABLE `domain` (`id` int);\n"
-                                                "INSERT INTO `domain` VALUES (1),(2);\n"
-                                                "-- Dump completed on 2010-05-16\n")
+    (dumps / "ispcp-2010.05.16.sql").write_text(
+        "-- MySQL dump 10.11\n-- Host: localhost    Database: ispcp\n"
+        "CREATE TABLE `domain` (`id` int);\n"
+        "INSERT INTO `domain` VALUES (1),(2);\n"
+        "-- Dump completed on 2010-05-16\n"
+    )
     before = stable_fingerprint(world)
     result = mysql_restore.run(ctx_for(world, mysql_restore_source="dump"))
     assert result.status == "planned", result.errors

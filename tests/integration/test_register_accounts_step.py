@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.action import StepFailed
-from ispcp_lib.fileops import fingerprint_diff
-from ispcp_lib.result import Result
-from ispcp_lib.runbook import open_run
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.fileops import fingerprint_diff
+from ispcp_lib.core.result import Result
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import accounts, register_accounts
 from tests.helpers import restore_ispcp_only
@@ -119,13 +119,12 @@ def test_cleanup_removes_our_my_cnf_or_restores_roots_own(restored: World) -> No
     assert own.stat().st_mode & 0o777 == 0o640
 
 
-
 def test_our_earlier_my_cnf_is_replaced_without_a_copy(restored: World) -> None:
     """Our own file from an earlier run (other credentials): no safety copy may keep its password on disk."""
     world = restored
     cnf = world.target_root / MY_CNF
     cnf.parent.mkdir(exist_ok=True)
-    cnf.write_text(register_accounts.MARKER + "\n[client]\nuser = \"root\"\npassword = \"earlier-ours-secret\"\n")
+    cnf.write_text(register_accounts.MARKER + '\n[client]\nuser = "root"\npassword = "earlier-ours-secret"\n')
     cnf.chmod(0o600)
     ctx = ctx_for(world, apply=True, register_accounts_mode="always")
     done = register_accounts.run(ctx)
@@ -167,8 +166,9 @@ def test_duplicate_uid_across_domains_is_refused(restored: World) -> None:
 def test_id_already_used_by_another_account_is_refused(restored: World) -> None:
     world = restored
     subprocess.run(["userdel", "--prefix", str(world.target_root), "vu2003"], check=True)
-    subprocess.run(["useradd", "--prefix", str(world.target_root), "-u", "2003", "-M", "-N", "-g", "100",
-                    "someone"], check=True)
+    subprocess.run(
+        ["useradd", "--prefix", str(world.target_root), "-u", "2003", "-M", "-N", "-g", "100", "someone"], check=True
+    )
     before = stable_fingerprint(world)
     with pytest.raises(StepFailed) as info:
         register_accounts.run(ctx_for(world, apply=True))
@@ -186,8 +186,9 @@ def test_hostile_domain_name_is_refused(restored: World) -> None:
     assert fingerprint_diff(before, stable_fingerprint(world)) == []
 
 
-def test_ispcp_rebuild_marks_domains_and_runs_the_request_manager(restored: World,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ispcp_rebuild_marks_domains_and_runs_the_request_manager(
+    restored: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = restored
     monkeypatch.setenv("ISPCP_SANDBOX_SLEEP_SCALE", "0.01")  # the stand-in managers' sleep(1) becomes 10 ms
     before = stable_fingerprint(world)

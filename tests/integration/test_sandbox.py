@@ -14,10 +14,10 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.keyfiles import LAYOUTS, parse_keyfile
-from ispcp_lib.keys import decrypt_db_password
+from ispcp_lib.ispcp.crypto import decrypt_db_password
+from ispcp_lib.ispcp.keyfiles import LAYOUTS, parse_keyfile
 from ispcp_lib.sandbox import ispcp_files
 from ispcp_lib.sandbox.scenario import SCALES, make_scenario
 from ispcp_lib.sandbox.world import World, build_world, mariadbd_pids_under, stable_fingerprint
@@ -37,18 +37,25 @@ def _restore_dirs(world: World, names: list[str], keep_target_innodb: bool) -> N
     for name in names:
         if (datadir / name).exists():
             (datadir / name).rename(datadir / f"{name}.orig")
-        subprocess.run(["cp", "-a", str(world.backup_root / "var/lib/mysql" / name), str(datadir / name)],
-                       check=True)
+        subprocess.run(["cp", "-a", str(world.backup_root / "var/lib/mysql" / name), str(datadir / name)], check=True)
         if name == "mysql" and keep_target_innodb:
             for table in INNODB_SYSTEM_TABLES:
                 for ext in (".frm", ".ibd"):
                     (datadir / "mysql" / f"{table}{ext}").unlink()
-                    subprocess.run(["cp", "-a", str(datadir / "mysql.orig" / f"{table}{ext}"),
-                                    str(datadir / "mysql" / f"{table}{ext}")], check=True)
+                    subprocess.run(
+                        [
+                            "cp",
+                            "-a",
+                            str(datadir / "mysql.orig" / f"{table}{ext}"),
+                            str(datadir / "mysql" / f"{table}{ext}"),
+                        ],
+                        check=True,
+                    )
         subprocess.run(["chown", "-R", "mysql:mysql", str(datadir / name)], check=True)
 
 
 # --- the backup ---------------------------------------------------------------------------------
+
 
 def test_backup_holds_binary_database_dirs(world_template: World) -> None:
     lib = world_template.backup_root / "var/lib/mysql"
@@ -112,6 +119,7 @@ def test_backup_accounts_and_user_data(world_template: World) -> None:
 
 # --- the target ---------------------------------------------------------------------------------
 
+
 def test_target_has_no_customer_accounts_and_host_service_ids(world_template: World) -> None:
     etc = world_template.target_root / "etc"
     for name in ("passwd", "shadow", "group", "gshadow"):
@@ -154,8 +162,9 @@ def test_target_instance_starts_and_new_credentials_work(world: World) -> None:
     assert mysql.can_login("debian-sys-maint", new["debian_sys_maint"]) is None
     assert f"vftp {new['vftp']}\n" in (world.target_root / "etc/ispcp/proftpd/working/proftpd.conf").read_text()
     assert fetch(world, "vftp", new["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(0,)]
-    assert fetch(world, "root", new["root_password"],
-                  "SELECT value FROM ispcp.config WHERE name = 'DATABASE_REVISION'") == [("29",)]
+    assert fetch(
+        world, "root", new["root_password"], "SELECT value FROM ispcp.config WHERE name = 'DATABASE_REVISION'"
+    ) == [("29",)]
     conf = IspcpConf.load(world.target_root / "etc/ispcp/ispcp.conf")
     keys = parse_keyfile("perl_engine", _at(world.target_root, LAYOUTS["perl_engine"]).read_text())
     assert decrypt_db_password(conf.get("DATABASE_PASSWORD") or "", keys.key, keys.iv) == new["root_password"]
@@ -174,8 +183,9 @@ def test_backup_database_restores_on_target_with_old_credentials(stopped_world: 
     assert fetch(w, "root", old["root_password"], "SELECT COUNT(*) FROM ispcp.domain") == [(n,)]
     assert fetch(w, "vftp", old["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(3,)]
     assert w.target_mysql().can_login("debian-sys-maint", old["debian_sys_maint"]) is None
-    assert fetch(w, "ex001shop", _customer_password(w, "ex001shop"), "SELECT COUNT(*) FROM products",
-                  "example001_shop") == [(20,)]
+    assert fetch(
+        w, "ex001shop", _customer_password(w, "ex001shop"), "SELECT COUNT(*) FROM products", "example001_shop"
+    ) == [(20,)]
     for table in INNODB_SYSTEM_TABLES:
         fetch(w, "root", old["root_password"], f"SELECT COUNT(*) FROM mysql.{table}")
     new_log = log.read_text()[before:]
@@ -212,6 +222,7 @@ def _customer_password(world: World, user: str) -> str:
 
 
 # --- processes, clones, fingerprints ------------------------------------------------------------
+
 
 def test_build_leaves_nothing_running(world_template: World) -> None:
     assert mariadbd_pids_under(world_template.workdir) == []

@@ -11,19 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import rsync_copy
-from ispcp_lib.action import StepFailed
-from ispcp_lib.fileops import fingerprint, fingerprint_diff
-from ispcp_lib.runbook import open_run
+from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
+from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import user_data
+from ispcp_lib.system import rsync_copy
 
 WWW, MAIL = "var/www/virtual", "var/mail/virtual"
 VMAIL = (1004, 8)
 STAGING = rsync_copy.STAGING_DIR
 # A POSIX ACL as the kernel stores it: user::rw- user:2001:r-- group::r-- mask::r-- other::r--
-ACL = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in (
-    (0x01, 6, 0xFFFFFFFF), (0x02, 4, 2001), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)))
+ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, uid)
+    for tag, perm, uid in (
+        (0x01, 6, 0xFFFFFFFF),
+        (0x02, 4, 2001),
+        (0x04, 4, 0xFFFFFFFF),
+        (0x10, 4, 0xFFFFFFFF),
+        (0x20, 4, 0xFFFFFFFF),
+    )
+)
 
 
 def ctx_for(world: World, apply: bool = False, **options):
@@ -80,12 +88,13 @@ def test_dry_run_apply_and_apply_again(stopped_world: World) -> None:
     assert plan.loc[("mail", "example-002.test"), "method"] == "cp"
     assert "hard links" in plan.loc[("web", "example-003.test"), "why"]
     assert plan.loc[("web", "example-002.test"), "items to transfer"] > 0
-    assert (plan.loc[("web", "example-001.test"), "items to transfer"]
-            > plan.loc[("web", "example-001.test"), "backup files"])  # every entry, directories too
+    assert (
+        plan.loc[("web", "example-001.test"), "items to transfer"]
+        > plan.loc[("web", "example-001.test"), "backup files"]
+    )  # every entry, directories too
     assert any("--dry-run" in c.argv and "--itemize-changes" in c.argv for c in dry.commands)
     # No ACLs in the sandbox backup: cp keeps owners, times and links, and runs without its ACL work.
-    assert any(c.argv[:3] == ["cp", "-dR", "--preserve=ownership,timestamps,links"] and c.planned
-               for c in dry.commands)
+    assert any(c.argv[:3] == ["cp", "-dR", "--preserve=ownership,timestamps,links"] and c.planned for c in dry.commands)
     assert any("new on the target with cp -a" in c for c in dry.changes)
     assert any("mailbox owner 1004:8 on 1 entries" in c for c in dry.changes)
 
@@ -104,10 +113,14 @@ def test_dry_run_apply_and_apply_again(stopped_world: World) -> None:
     assert {k: dst_times[k] for k in src_times} == src_times  # the tree's own directory included
     assert os.readlink(world.target_root / WWW / "example-001.test/htdocs/start.html") == "index.html"
     target = world.target_root / WWW
-    assert os.stat(target / "example-003.test/htdocs/same.html").st_ino == \
-        os.stat(target / "example-003.test/htdocs/index.html").st_ino
-    assert os.stat(target / "example-003.test/htdocs/shared-robots.txt").st_ino == \
-        os.stat(target / "example-001.test/htdocs/robots.txt").st_ino
+    assert (
+        os.stat(target / "example-003.test/htdocs/same.html").st_ino
+        == os.stat(target / "example-003.test/htdocs/index.html").st_ino
+    )
+    assert (
+        os.stat(target / "example-003.test/htdocs/shared-robots.txt").st_ino
+        == os.stat(target / "example-001.test/htdocs/robots.txt").st_ino
+    )
     assert not (target / STAGING).exists() and not (world.target_root / MAIL / STAGING).exists()
     verify = done.tables[-1].frame
     assert set(verify["status"]).issubset({"ok", "ok; the target also has 1 files of its own"})
@@ -139,11 +152,15 @@ def test_acls_and_extended_attributes_survive_both_copy_paths(stopped_world: Wor
         page = world.target_root / WWW / domain / "htdocs/index.html"
         assert os.getxattr(page, "user.origin") == b"old server"
         assert os.getxattr(page, "system.posix_acl_access") == ACL
-    rsync_argv = next(c.argv for c in done.commands if c.argv[0] == "rsync" and c.argv[-2].endswith(
-        f"{WWW}/example-002.test"))
+    rsync_argv = next(
+        c.argv for c in done.commands if c.argv[0] == "rsync" and c.argv[-2].endswith(f"{WWW}/example-002.test")
+    )
     assert rsync_argv[1] == "-aHAX"  # the probe found them, so rsync keeps them
-    cp_argv = next(c.argv for c in done.commands if c.argv[0] == "cp" and any(a.endswith(f"{WWW}/example-001.test")
-                                                                               for a in c.argv))
+    cp_argv = next(
+        c.argv
+        for c in done.commands
+        if c.argv[0] == "cp" and any(a.endswith(f"{WWW}/example-001.test") for a in c.argv)
+    )
     assert cp_argv[:2] == ["cp", "-a"]  # and so does cp (--preserve=all)
 
 
@@ -195,8 +212,9 @@ def test_interrupted_rsync_resumes_and_completes(stopped_world: World) -> None:
     assert user_data.run(ctx_for(world, apply=True)).status == "noop"
 
 
-def test_interrupted_cp_leaves_a_staged_copy_that_the_next_run_completes(stopped_world: World,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_cp_leaves_a_staged_copy_that_the_next_run_completes(
+    stopped_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = stopped_world
     _add_big_files(world, count=64)
     monkeypatch.setattr(rsync_copy, "HOOK_EVERY_S", 0.01)  # look at the running copies often

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ispcp_lib import __version__
-from ispcp_lib.cli import run_runbook
+from ispcp_lib.runbook.cli import run_runbook
 from ispcp_lib.sandbox.demo import world_services
 from ispcp_lib.sandbox.world import World
 from ispcp_lib.steps import STEP_ORDER, load
@@ -27,8 +27,16 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_TIMEOUT = 120
 # Chromium's own background traffic (update checks, account probes) is not the page's; page requests
 # carry the page's origin (file://) in their network isolation key. No name resolves, so nothing leaves.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
 
 
 def _chromium(tmp: Path, name: str, url: str, *extra: str) -> tuple[str, list[str]]:
@@ -36,8 +44,14 @@ def _chromium(tmp: Path, name: str, url: str, *extra: str) -> tuple[str, list[st
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (make test's bootstrap installs it)")
     netlog = tmp / f"{name}.netlog.json"
-    argv = [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp / (name + '-profile')}", f"--log-net-log={netlog}",
-            *extra, url]
+    argv = [
+        str(CHROMIUM),
+        *FLAGS,
+        f"--user-data-dir={tmp / (name + '-profile')}",
+        f"--log-net-log={netlog}",
+        *extra,
+        url,
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT, check=False)
     assert proc.returncode == 0, f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}"
     return proc.stdout, _page_requests(netlog)

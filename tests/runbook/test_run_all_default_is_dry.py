@@ -19,8 +19,8 @@ import papermill
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from ispcp_lib.interactive import HEADLESS_ENV
-from ispcp_lib.notebook_build import NOTEBOOK
+from ispcp_lib.runbook.interactive import HEADLESS_ENV
+from ispcp_lib.runbook.notebook_build import NOTEBOOK
 from ispcp_lib.sandbox.demo import world_services
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 
@@ -38,8 +38,15 @@ def _run_all(params: dict[str, Any], out: Path) -> str | None:
     """Execute every cell like "Run All"; returns the error of a failing cell (the run stops there)."""
     assert "apply" not in params, "the point is the default"
     try:
-        papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=params, kernel_name="python3",
-                                   progress_bar=False, log_output=False, cwd=str(out.parent))
+        papermill.execute_notebook(
+            str(NOTEBOOK),
+            str(out),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            cwd=str(out.parent),
+        )
     except PapermillExecutionError as exc:
         return f"{exc.ename}: {exc.evalue}"
     return None
@@ -65,8 +72,9 @@ def _assert_dry(world: World, before: dict, error: str | None) -> None:
     assert error is None, f"a cell failed, so later steps were not exercised: {error}"
 
 
-def test_run_all_headless_with_default_parameters_is_a_dry_run(served_world, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_all_headless_with_default_parameters_is_a_dry_run(
+    served_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world, params = served_world
     monkeypatch.delenv(HEADLESS_ENV, raising=False)  # plain papermill: only the parameter says headless
     before = stable_fingerprint(world)
@@ -76,8 +84,9 @@ def test_run_all_headless_with_default_parameters_is_a_dry_run(served_world, tmp
     _assert_dry(world, before, error)
 
 
-def test_run_all_in_a_live_kernel_waits_for_the_apply_buttons(served_world, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_all_in_a_live_kernel_waits_for_the_apply_buttons(
+    served_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world, params = served_world
     monkeypatch.delenv(HEADLESS_ENV, raising=False)
     # What JupyterLab gets by auto-detection (tests/unit/test_interactive.py covers the detection itself).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ispcp_lib.cli import run_runbook
+from ispcp_lib.runbook.cli import run_runbook
 
 
 def _secret_forms(secret: str) -> set[str]:

@@ -15,14 +15,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-from ispcp_lib.accounts_db import (  # noqa: E402
+from ispcp_lib.core.errors import InputError, PreconditionFailed  # noqa: E402
+from ispcp_lib.system.accounts_files import (  # noqa: E402
     AccountFiles,
     parse,
     plan_merge,
     pwd_lock,
     select_entries,
 )
-from ispcp_lib.errors import InputError, PreconditionFailed  # noqa: E402
 
 H_ROOT_OLD = "$6$oldrootsalt0000$" + "R" * 86
 H_ROOT_NEW = "$6$newrootsalt0000$" + "N" * 86
@@ -55,9 +55,7 @@ TARGET = {
         "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
         "www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n"
     ),
-    "shadow": (
-        f"root:{H_ROOT_NEW}:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\nwww-data:*:19700:0:99999:7:::\n"
-    ),
+    "shadow": (f"root:{H_ROOT_NEW}:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\nwww-data:*:19700:0:99999:7:::\n"),
     "group": "root:x:0:\ndaemon:x:1:\nmail:x:8:\nwww-data:x:33:\n",
     "gshadow": "root:*::\ndaemon:*::\nmail:*::\nwww-data:*::\n",
 }
@@ -98,10 +96,7 @@ def test_add_golden_all_four_files():
     assert out["shadow"].decode() == TARGET["shadow"] + "".join(
         old_line(n, "shadow") + "\n" for n in ("vmail", "vu2001", "vu2002")
     )
-    assert (
-        out["group"]
-        == b"root:x:0:\ndaemon:x:1:\nmail:x:8:vmail\nwww-data:x:33:\nvu2001:x:2001:\nvu2002:x:2002:\n"
-    )
+    assert out["group"] == b"root:x:0:\ndaemon:x:1:\nmail:x:8:vmail\nwww-data:x:33:\nvu2001:x:2001:\nvu2002:x:2002:\n"
     assert out["gshadow"] == b"root:*::\ndaemon:*::\nmail:*::vmail\nwww-data:*::\nvu2001:!::\nvu2002:!::\n"
     # The hashes are the old bytes exactly (the '.' '/' and the '!' lock prefix included).
     assert f"vu2001:{H1}:15001:0:99999:7:::\n".encode() in out["shadow"]
@@ -132,9 +127,7 @@ def test_secrets_listed_and_never_in_rows_details_or_reprs():
     assert set(hashes) <= set(plan.secrets)
     hashes += (H_ROOT_OLD,)
     assert not {"x", "*", "!", "!!"} & set(plan.secrets)
-    shown = (
-        repr(plan.rows) + repr(plan.warnings) + repr(plan) + repr(plan.new) + repr(plan.new.shadow.entries)
-    )
+    shown = repr(plan.rows) + repr(plan.warnings) + repr(plan) + repr(plan.new) + repr(plan.new.shadow.entries)
     for h in hashes:
         assert h not in shown and h[:20] not in shown
 
@@ -473,8 +466,8 @@ def test_twenty_thousand_accounts_merge():
 
 CHILD = """
 import sys
-from ispcp_lib.accounts_db import pwd_lock
-from ispcp_lib.errors import PreconditionFailed
+from ispcp_lib.system.accounts_files import pwd_lock
+from ispcp_lib.core.errors import PreconditionFailed
 try:
     with pwd_lock(sys.argv[1], timeout=float(sys.argv[2])):
         print("locked")
@@ -591,9 +584,7 @@ def test_missing_etc_dir(tmp_path):
 
 
 USERADD = Path("/usr/sbin/useradd")
-needs_useradd = pytest.mark.skipif(
-    not USERADD.exists() or os.geteuid() != 0, reason="needs /usr/sbin/useradd and root"
-)
+needs_useradd = pytest.mark.skipif(not USERADD.exists() or os.geteuid() != 0, reason="needs /usr/sbin/useradd and root")
 
 
 def useradd_blocks(etc: Path, argv: list[str]) -> None:

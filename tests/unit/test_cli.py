@@ -6,8 +6,8 @@ from pathlib import Path
 
 import nbformat
 
-from ispcp_lib.cli import _ensure_notebook, _parse_value
-from ispcp_lib.report import html_report
+from ispcp_lib.runbook.cli import _ensure_notebook, _parse_value
+from ispcp_lib.runbook.report import html_report
 
 
 def test_report_is_written_even_when_papermill_left_nothing(tmp_path: Path) -> None:

@@ -8,21 +8,29 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import fileops
-from ispcp_lib.action import StepFailed, action, read_journal
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError
-from ispcp_lib.result import Result
-from ispcp_lib.runner import Runner
-from ispcp_lib.secrets import MASK, SecretRegistry
+from ispcp_lib.core import fileops
+from ispcp_lib.core.action import StepFailed, action, read_journal
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.result import Result
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.core.secrets import MASK, SecretRegistry
 
 
 def make_ctx(tmp_path: Path, apply: bool = False, **kw) -> Context:
     target = tmp_path / "target"
     target.mkdir(exist_ok=True)
     secrets = SecretRegistry()
-    return Context(target_root=target, backup_root=tmp_path / "backup", state_dir=tmp_path / "state",
-                   run_id="r1", default_apply=apply, secrets=secrets, runner=Runner(apply), **kw)
+    return Context(
+        target_root=target,
+        backup_root=tmp_path / "backup",
+        state_dir=tmp_path / "state",
+        run_id="r1",
+        default_apply=apply,
+        secrets=secrets,
+        runner=Runner(apply),
+        **kw,
+    )
 
 
 def test_unified_diff_shows_changed_line() -> None:
@@ -60,14 +68,19 @@ def test_fingerprint_sees_content_mode_owner_and_links(tmp_path: Path) -> None:
     os.symlink("f", tmp_path / "d" / "l")
     base = fileops.fingerprint(tmp_path)
     assert fileops.fingerprint(tmp_path) == base
-    for mutate in (lambda: f.write_text("y"), lambda: os.chmod(f, 0o600), lambda: os.chown(f, 4321, -1),
-                   lambda: (os.unlink(tmp_path / "d" / "l"), os.symlink("g", tmp_path / "d" / "l"))):
+    for mutate in (
+        lambda: f.write_text("y"),
+        lambda: os.chmod(f, 0o600),
+        lambda: os.chown(f, 4321, -1),
+        lambda: (os.unlink(tmp_path / "d" / "l"), os.symlink("g", tmp_path / "d" / "l")),
+    ):
         before = fileops.fingerprint(tmp_path)
         mutate()
         after = fileops.fingerprint(tmp_path)
         assert after != before
-        assert fileops.fingerprint_diff(before, after) == ["changed d/" + ("l" if "l" in
-                                                            fileops.fingerprint_diff(before, after)[0] else "f")]
+        assert fileops.fingerprint_diff(before, after) == [
+            "changed d/" + ("l" if "l" in fileops.fingerprint_diff(before, after)[0] else "f")
+        ]
 
 
 def test_fingerprint_excludes(tmp_path: Path) -> None:
@@ -183,7 +196,7 @@ def test_backup_path_refuses_escaping_symlink(tmp_path: Path) -> None:
 
 def test_html_redacts_secrets_with_html_special_characters(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
-    secret = 'K<ey&"q\'>9'
+    secret = "K<ey&\"q'>9"
     ctx.secrets.add(secret)
     r = Result(step="x", secrets=ctx.secrets, summary=f"key {secret}")
     r.warn(f"w {secret}")
@@ -195,8 +208,8 @@ def test_html_redacts_secrets_with_html_special_characters(tmp_path: Path) -> No
 
 
 def test_runner_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    from ispcp_lib.errors import CommandFailed
-    from ispcp_lib.mysql_service import pid_alive
+    from ispcp_lib.core.errors import CommandFailed
+    from ispcp_lib.mysql.service import pid_alive
 
     pidfile = tmp_path / "grandchild.pid"
     script = f"sleep 300 & echo $! > {pidfile}; wait"
@@ -238,6 +251,7 @@ def test_safety_copies_are_kept_per_step(tmp_path: Path) -> None:
         @action(name)
         def step(ctx: Context, result: Result) -> None:
             ctx.write_file(ctx.t("/etc/x.conf"), text)
+
         return step
 
     first = writer("first", "v2\n")(ctx)
@@ -247,7 +261,7 @@ def test_safety_copies_are_kept_per_step(tmp_path: Path) -> None:
 
 
 def test_secrets_file_errors_never_quote_the_secret(tmp_path: Path) -> None:
-    from ispcp_lib.runbook import load_secrets_file
+    from ispcp_lib.runbook.session import load_secrets_file
 
     ctx = make_ctx(tmp_path)
     bad = tmp_path / "secrets.yaml"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import customer_dbs as cdb
-from ispcp_lib import encrypted_columns as ec
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts import mysql_state as ms
-from ispcp_lib.keyfiles import KeySet
-from ispcp_lib.keys import encrypt_db_password, generate_iv, generate_key
+from ispcp_lib.ispcp import encrypted_columns as ec
+from ispcp_lib.ispcp.crypto import encrypt_db_password, generate_iv, generate_key
+from ispcp_lib.ispcp.keyfiles import KeySet
+from ispcp_lib.mysql import customer_dbs as cdb
 
 PREAMBLE = """-- MariaDB dump 10.19  Distrib 10.11.6-MariaDB
 --
@@ -32,17 +32,26 @@ TAIL = """/*!40103 SET TIME_ZONE=@OLD_TIME_ZONE */;
 
 def section(name: str, table: str, rows: int) -> str:
     values = ",".join(f"({i})" for i in range(rows))
-    return (f"--\n-- Current Database: `{name}`\n--\n\n"
-            f"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `{name}` /*!40100 DEFAULT CHARACTER SET utf8mb3 */;\n\n"
-            f"USE `{name}`;\n\nCREATE TABLE `{table}` (\n  `id` int(11) NOT NULL\n) ENGINE=InnoDB;\n"
-            f"INSERT INTO `{table}` VALUES {values};\n\n")
+    return (
+        f"--\n-- Current Database: `{name}`\n--\n\n"
+        f"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `{name}` /*!40100 DEFAULT CHARACTER SET utf8mb3 */;\n\n"
+        f"USE `{name}`;\n\nCREATE TABLE `{table}` (\n  `id` int(11) NOT NULL\n) ENGINE=InnoDB;\n"
+        f"INSERT INTO `{table}` VALUES {values};\n\n"
+    )
 
 
-ALL = PREAMBLE + section("shop", "products", 3) + section("blog", "posts", 2) + section("mysql", "user", 1) + \
-    "--\n-- Current Database: `shop`\n--\n\nUSE `shop`;\n\n" + TAIL
+ALL = (
+    PREAMBLE
+    + section("shop", "products", 3)
+    + section("blog", "posts", 2)
+    + section("mysql", "user", 1)
+    + "--\n-- Current Database: `shop`\n--\n\nUSE `shop`;\n\n"
+    + TAIL
+)
 
 
 # --- dumps ----------------------------------------------------------------------------------------
+
 
 def test_split_all_databases_gives_each_database_preamble_its_sections_and_tail() -> None:
     parts = cdb.split_all_databases(ALL)
@@ -58,8 +67,10 @@ def test_split_all_databases_gives_each_database_preamble_its_sections_and_tail(
 
 
 def test_split_without_comments_uses_create_database_and_use() -> None:
-    bare = "SET NAMES utf8;\nCREATE DATABASE `a`;\nUSE `a`;\nCREATE TABLE `t` (\n x int\n);\n" \
-           "CREATE DATABASE `b`;\nUSE `b`;\nCREATE TABLE `u` (\n y int\n);\n"
+    bare = (
+        "SET NAMES utf8;\nCREATE DATABASE `a`;\nUSE `a`;\nCREATE TABLE `t` (\n x int\n);\n"
+        "CREATE DATABASE `b`;\nUSE `b`;\nCREATE TABLE `u` (\n y int\n);\n"
+    )
     parts = cdb.split_all_databases(bare)
     assert set(parts) == {"a", "b"}
     assert parts["a"].startswith("SET NAMES utf8;\n") and "`u`" not in parts["a"] and "`t`" in parts["a"]
@@ -67,8 +78,10 @@ def test_split_without_comments_uses_create_database_and_use() -> None:
 
 
 def test_dump_create_tables_and_quoted_names() -> None:
-    sql = ("CREATE TABLE `we``ird` (\n  `id` int NOT NULL,\n  PRIMARY KEY (`id`)\n"
-           ") ENGINE=InnoDB DEFAULT CHARSET=utf8;\nCREATE TABLE `posts` (\n  `x` text\n) ENGINE=MyISAM;\n")
+    sql = (
+        "CREATE TABLE `we``ird` (\n  `id` int NOT NULL,\n  PRIMARY KEY (`id`)\n"
+        ") ENGINE=InnoDB DEFAULT CHARSET=utf8;\nCREATE TABLE `posts` (\n  `x` text\n) ENGINE=MyISAM;\n"
+    )
     found = cdb.dump_create_tables(sql)
     assert set(found) == {"we`ird", "posts"}
     assert found["posts"].endswith("ENGINE=MyISAM") and not found["posts"].endswith(";")
@@ -92,6 +105,7 @@ def test_classify_dump_files(tmp_path: Path) -> None:
 
 
 # --- binary folders ---------------------------------------------------------------------------------
+
 
 def files(**tables: tuple[set[str], str | None]) -> ms.DatabaseFiles:
     out = {}
@@ -130,11 +144,14 @@ def test_binary_verdict_ibd_without_definition() -> None:
 
 
 def test_binary_verdict_damage_and_corrupt_tables() -> None:
-    incomplete = ms.DatabaseFiles(Path("/x"), {"t": ms.TableFiles("t", {".frm", ".MYD"}, "MyISAM",
-                                                                  problems=["MyISAM table lacks .MYI"])})
+    incomplete = ms.DatabaseFiles(
+        Path("/x"), {"t": ms.TableFiles("t", {".frm", ".MYD"}, "MyISAM", problems=["MyISAM table lacks .MYI"])}
+    )
     assert "lacks .MYI" in cdb.binary_verdict(incomplete).reason
-    corrupt = cdb.binary_verdict(files(t=({".frm", ".MYD", ".MYI"}, "MyISAM")),
-                                 verdicts=[ms.ChkVerdict("t", "MyISAM", "corrupt", "wrong checksum")])
+    corrupt = cdb.binary_verdict(
+        files(t=({".frm", ".MYD", ".MYI"}, "MyISAM")),
+        verdicts=[ms.ChkVerdict("t", "MyISAM", "corrupt", "wrong checksum")],
+    )
     assert corrupt.strategy is None and "wrong checksum" in corrupt.reason
     assert "no folder" in cdb.binary_verdict(None).reason
     assert "holds no tables" in cdb.binary_verdict(files()).reason
@@ -160,7 +177,9 @@ def test_datadir_completeness(tmp_path: Path) -> None:
     for name in ("ispcp", "mysql", "shop"):
         (tmp_path / name).mkdir()
     assert cdb.datadir_completeness(tmp_path, [], ["shop"], "ispcp") == (
-        False, "the backup's datadir has no ibdata1 (only database folders were copied)")
+        False,
+        "the backup's datadir has no ibdata1 (only database folders were copied)",
+    )
     assert "no redo log" in cdb.datadir_completeness(tmp_path, ["ibdata1"], ["shop"], "ispcp")[1]
     ok, _ = cdb.datadir_completeness(tmp_path, ["ibdata1", "ib_logfile0"], ["shop"], "ispcp")
     assert ok
@@ -169,6 +188,7 @@ def test_datadir_completeness(tmp_path: Path) -> None:
 
 
 # --- .frm definitions ----------------------------------------------------------------------------------
+
 
 def innodb_frm() -> bytes:
     head = b"\xfe\x01\x0a\x0c" + b"\x00" * 1200
@@ -187,8 +207,10 @@ def test_patch_frm_engine_keeps_length_and_names_the_new_engine() -> None:
 
 
 def test_with_name_and_engine() -> None:
-    create = "CREATE TABLE `m3` (\n  `id` int(11) NOT NULL,\n  `note` varchar(20) DEFAULT 'ENGINE=x'\n" \
-             ") ENGINE=MEMORY DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci"
+    create = (
+        "CREATE TABLE `m3` (\n  `id` int(11) NOT NULL,\n  `note` varchar(20) DEFAULT 'ENGINE=x'\n"
+        ") ENGINE=MEMORY DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci"
+    )
     out = cdb.with_name_and_engine(create, "we`ird")
     assert out.startswith("CREATE TABLE `we``ird` (")
     assert out.endswith(") ENGINE=InnoDB DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci")
@@ -198,7 +220,7 @@ def test_with_name_and_engine() -> None:
 def test_table_names_from_file_names_and_sizes() -> None:
     assert cdb.table_name("wp@002dposts") == "wp-posts" and cdb.table_name("plain_1") == "plain_1"
     assert cdb.human_size(None) == "—" and cdb.human_size(512) == "512 B" and cdb.human_size(2048) == "2.0 KiB"
-    assert cdb.human_size(3 * 1024 ** 3) == "3.0 GiB"
+    assert cdb.human_size(3 * 1024**3) == "3.0 GiB"
 
 
 def test_folder_size(tmp_path: Path) -> None:
@@ -228,9 +250,14 @@ def test_why_not_names_the_problem_never_the_value() -> None:
 
 
 def test_prove_counts_and_wrong_keys() -> None:
-    rows = ec.EncryptedRows("test", [row(ec.MAILBOX, 1, encrypt_db_password("a1", KEYS.key, KEYS.iv)),
-                                     row(ec.MAILBOX, 2, encrypt_db_password("b2", KEYS.key, KEYS.iv)),
-                                     row(ec.SQL_USER, 3, encrypt_db_password("c3", OTHER.key, OTHER.iv))])
+    rows = ec.EncryptedRows(
+        "test",
+        [
+            row(ec.MAILBOX, 1, encrypt_db_password("a1", KEYS.key, KEYS.iv)),
+            row(ec.MAILBOX, 2, encrypt_db_password("b2", KEYS.key, KEYS.iv)),
+            row(ec.SQL_USER, 3, encrypt_db_password("c3", OTHER.key, OTHER.iv)),
+        ],
+    )
     proof = ec.prove(rows, KEYS)
     assert proof.count(ec.MAILBOX) == (2, 2) and proof.count(ec.SQL_USER) == (0, 1)
     assert not proof.wrong_keys

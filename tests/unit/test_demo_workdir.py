@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.sandbox.demo import clear_workdir, run_demo
 from ispcp_lib.sandbox.world import MANIFEST, World
 

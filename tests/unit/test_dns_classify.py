@@ -16,10 +16,16 @@ def classify(mx: Lookup, a: Lookup = NODATA, hosts: dict[str, Lookup] | None = N
     return d.classify(mx, a, hosts or {}, OLD, NEW)
 
 
-@pytest.mark.parametrize(("ips", "expected"), [
-    ([OLD], d.OLD), ([NEW], d.NEW), (["203.0.113.5"], d.ELSEWHERE), ([], d.NOWHERE),
-    ([NEW, OLD], d.OLD),  # any address at the old server still draws mail there
-])
+@pytest.mark.parametrize(
+    ("ips", "expected"),
+    [
+        ([OLD], d.OLD),
+        ([NEW], d.NEW),
+        (["203.0.113.5"], d.ELSEWHERE),
+        ([], d.NOWHERE),
+        ([NEW, OLD], d.OLD),  # any address at the old server still draws mail there
+    ],
+)
 def test_ip_class(ips: list[str], expected: str) -> None:
     assert d.ip_class(ips, OLD, NEW) == expected
 
@@ -31,8 +37,11 @@ def test_mx_to_old_new_and_elsewhere() -> None:
 
 
 def test_only_the_best_preference_decides_but_backups_are_mentioned() -> None:
-    out = classify(Lookup("ok", ((20, "backup.test"), (10, "primary.test"))), Lookup("nodata"),
-                   {"primary.test": Lookup("ok", (NEW,)), "backup.test": Lookup("ok", (OLD,))})
+    out = classify(
+        Lookup("ok", ((20, "backup.test"), (10, "primary.test"))),
+        Lookup("nodata"),
+        {"primary.test": Lookup("ok", (NEW,)), "backup.test": Lookup("ok", (OLD,))},
+    )
     assert out["verdict"] == d.NEW
     assert "old IP" in out["detail"]
 
@@ -63,10 +72,17 @@ def test_mx_host_without_address_and_null_mx() -> None:
     assert classify(Lookup("ok", ((0, "."),)))["detail"].startswith("null MX")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (None, None), ("", None), ("127.0.0.1", ("127.0.0.1", 53)), ("127.0.0.1:5353", ("127.0.0.1", 5353)),
-    ("::1", ("::1", 53)), ("[::1]:5353", ("::1", 5353)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("127.0.0.1", ("127.0.0.1", 53)),
+        ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+        ("::1", ("::1", 53)),
+        ("[::1]:5353", ("::1", 5353)),
+    ],
+)
 def test_parse_nameserver(text: str | None, expected: tuple[str, int] | None) -> None:
     assert d.parse_nameserver(text) == expected
 
@@ -93,12 +109,38 @@ def test_sandbox_plan_covers_every_verdict_and_never_nxdomains_a_parent() -> Non
 
 
 def test_table_summary_counts_mail_to_old() -> None:
-    rows = [{"name": "a.test", "kind": "domain", "verdict": d.OLD, "mail_to": d.OLD, "mx": "", "mx_addresses": "",
-             "a": "", "detail": ""},
-            {"name": "b.test", "kind": "alias", "verdict": d.NO_MX, "mail_to": d.OLD, "mx": "", "mx_addresses": "",
-             "a": "", "detail": ""},
-            {"name": "c.test", "kind": "alias", "verdict": d.NEW, "mail_to": d.NEW, "mx": "", "mx_addresses": "",
-             "a": "", "detail": ""}]
+    rows = [
+        {
+            "name": "a.test",
+            "kind": "domain",
+            "verdict": d.OLD,
+            "mail_to": d.OLD,
+            "mx": "",
+            "mx_addresses": "",
+            "a": "",
+            "detail": "",
+        },
+        {
+            "name": "b.test",
+            "kind": "alias",
+            "verdict": d.NO_MX,
+            "mail_to": d.OLD,
+            "mx": "",
+            "mx_addresses": "",
+            "a": "",
+            "detail": "",
+        },
+        {
+            "name": "c.test",
+            "kind": "alias",
+            "verdict": d.NEW,
+            "mail_to": d.NEW,
+            "mx": "",
+            "mx_addresses": "",
+            "a": "",
+            "detail": "",
+        },
+    ]
     table = d.DnsTable(rows, 0.1, 6, "127.0.0.1:53", OLD, NEW)
     assert table.mail_to_old == ["a.test", "b.test"]
     assert table.summary().startswith("2 of 3 hosted names still send mail to the old server")

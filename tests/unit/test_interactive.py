@@ -9,14 +9,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ispcp_lib import interactive
-from ispcp_lib.action import action
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError
-from ispcp_lib.fileops import fingerprint
-from ispcp_lib.interactive import HEADLESS_ENV, StepGate, progress_bar, start_interactive
-from ispcp_lib.result import Result
-from ispcp_lib.runbook import summary_dict
+from ispcp_lib.core.action import action
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.fileops import fingerprint
+from ispcp_lib.core.result import Result
+from ispcp_lib.runbook.interactive import HEADLESS_ENV, StepGate, progress_bar, start_interactive
+from ispcp_lib.runbook.session import interactive, summary_dict
 from ispcp_lib.steps import STEP_ORDER
 
 # -- test-only actions: they act on the target tree like any changing step ------------------------
@@ -248,7 +247,7 @@ _KERNEL_RUNNER = """
 import sys, nbformat
 from nbclient import NotebookClient
 nb = nbformat.v4.new_notebook()
-nb.cells = [nbformat.v4.new_code_cell("from ispcp_lib.interactive import detect\\nprint(detect(None))")]
+nb.cells = [nbformat.v4.new_code_cell("from ispcp_lib.runbook.interactive import detect\\nprint(detect(None))")]
 NotebookClient(nb, kernel_name="python3", timeout=60, startup_timeout=60).execute()
 print(nb.cells[0].outputs[0]["text"].strip())
 """
@@ -281,7 +280,7 @@ def test_detection_needs_a_jupyter_server_kernel_and_no_headless_flag() -> None:
 
 
 def test_session_on_the_world_with_real_steps(world, tmp_path: Path) -> None:
-    from ispcp_lib.runbook import open_run
+    from ispcp_lib.runbook.session import open_run
     from ispcp_lib.sandbox.world import stable_fingerprint
     from ispcp_lib.steps import inventory, preflight
 
@@ -307,7 +306,7 @@ def test_saved_widget_state_becomes_static_report_output(tmp_path: Path) -> None
     import ipywidgets
     from IPython.core.interactiveshell import InteractiveShell
 
-    from ispcp_lib.report import html_report
+    from ispcp_lib.runbook.report import html_report
 
     ctx = _ctx(tmp_path)
     session, _ = _session(ctx)
@@ -323,8 +322,9 @@ def test_saved_widget_state_becomes_static_report_output(tmp_path: Path) -> None
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("backup_root = None\napply = False", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("session = start_interactive(ctx, interactive)",
-                                  outputs=[shown(session.panel.widget)]),
+        nbformat.v4.new_code_cell(
+            "session = start_interactive(ctx, interactive)", outputs=[shown(session.panel.widget)]
+        ),
         nbformat.v4.new_code_cell("long_copy(ctx)", outputs=[shown(gate.dry), shown(gate.widget)]),
     ]
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": ipywidgets.Widget.get_manager_state()}

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import keyfiles
-from ispcp_lib.context import Context
-from ispcp_lib.decrypt_password import decrypt_password
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.secrets import SecretRegistry
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.keyfiles import KeySet
-from ispcp_lib.keys import encrypt_db_password, generate_iv, generate_key
+from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp.crypto import encrypt_db_password, generate_iv, generate_key
+from ispcp_lib.ispcp.keyfiles import KeySet
+from ispcp_lib.runbook.decrypt_password import decrypt_password
 from ispcp_lib.sandbox.ispcp_files import ispcp_conf
-from ispcp_lib.secrets import SecretRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "Tr0ub4dor-and-3"
@@ -26,9 +26,14 @@ OTHER = KeySet(generate_key(), generate_iv())
 PHP_PLACEHOLDER = "<?php\n$ispcp_db_pass_key = '{KEY}';\n$ispcp_db_pass_iv = '{IV}';\n?>\n"
 
 
-def write_tree(root: Path, keys: KeySet | None = KEYS, password: str = PASSWORD,
-               layouts: tuple[str, ...] = ("php", "perl_engine", "perl_messenger"),
-               conf_keys: KeySet = KEYS, root_dir: str = "/var/www/ispcp") -> Path:
+def write_tree(
+    root: Path,
+    keys: KeySet | None = KEYS,
+    password: str = PASSWORD,
+    layouts: tuple[str, ...] = ("php", "perl_engine", "perl_messenger"),
+    conf_keys: KeySet = KEYS,
+    root_dir: str = "/var/www/ispcp",
+) -> Path:
     """A system tree with ispcp.conf (DATABASE_PASSWORD under conf_keys) and key files under keys."""
     text = ispcp_conf("1.0.5 OMEGA", "old.example.test", "192.0.2.10", password, conf_keys.key, conf_keys.iv)
     conf = IspcpConf.parse(text)
@@ -48,8 +53,13 @@ def write_tree(root: Path, keys: KeySet | None = KEYS, password: str = PASSWORD,
 def make_ctx(tmp_path: Path) -> Context:
     for d in ("target", "backup", "state"):
         (tmp_path / d).mkdir(exist_ok=True)
-    return Context(target_root=tmp_path / "target", backup_root=tmp_path / "backup", state_dir=tmp_path / "state",
-                   run_id="t", secrets=SecretRegistry())
+    return Context(
+        target_root=tmp_path / "target",
+        backup_root=tmp_path / "backup",
+        state_dir=tmp_path / "state",
+        run_id="t",
+        secrets=SecretRegistry(),
+    )
 
 
 def key_path(root: Path, layout: str) -> Path:
@@ -71,7 +81,8 @@ def test_keysets_leaves_out_placeholders_and_invalid_files(tmp_path: Path) -> No
     write_tree(ctx.backup_root)
     key_path(ctx.backup_root, "php").write_text(PHP_PLACEHOLDER)
     key_path(ctx.backup_root, "perl_messenger").write_text(
-        f"$main::db_pass_key = '{KEYS.key[:-1]}';\n$main::db_pass_iv = '{KEYS.iv}';\n1;\n")  # 31 characters
+        f"$main::db_pass_key = '{KEYS.key[:-1]}';\n$main::db_pass_iv = '{KEYS.iv}';\n1;\n"
+    )  # 31 characters
     states = il.keyfile_states(ctx, "backup")
     assert states["php"].state == "placeholder"
     assert states["perl_messenger"].state == "invalid" and "invalid length" in states["perl_messenger"].detail
@@ -152,6 +163,7 @@ def test_check_ispcp_login_names_the_failing_part(tmp_path: Path) -> None:
 
 # --- ispcp-recover decrypt-password ------------------------------------------------------------------
 
+
 def run_cli(*args: str, root: Path | None = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     argv = list(args)
@@ -212,13 +224,23 @@ def test_decrypt_password_failures(tmp_path: Path) -> None:
 def test_decrypt_password_through_the_installed_command(tmp_path: Path) -> None:
     write_tree(tmp_path)
     exe = REPO / ".venv/bin/ispcp-recover"
-    proc = subprocess.run([str(exe), "decrypt-password", "--root", str(tmp_path)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [str(exe), "decrypt-password", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"decryption works ({len(PASSWORD)} characters)\n"
     assert PASSWORD not in proc.stdout + proc.stderr
-    shown = subprocess.run([str(exe), "decrypt-password", "--root", str(tmp_path), "--show"], capture_output=True,
-                           text=True, timeout=120, check=False)
+    shown = subprocess.run(
+        [str(exe), "decrypt-password", "--root", str(tmp_path), "--show"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert shown.returncode == 0 and shown.stdout == PASSWORD + "\n"
 
 

@@ -1,4 +1,4 @@
-"""ispcp_lib.keyfiles: read and write the three ispCP key file layouts, and convert between them."""
+"""ispcp_lib.ispcp.keyfiles: read and write the three ispCP key file layouts, and convert between them."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-from ispcp_lib.errors import InputError  # noqa: E402
-from ispcp_lib.keyfiles import (  # noqa: E402
+from ispcp_lib.core.errors import InputError  # noqa: E402
+from ispcp_lib.ispcp.crypto import decrypt_db_password, generate_iv, generate_key  # noqa: E402
+from ispcp_lib.ispcp.keyfiles import (  # noqa: E402
     LAYOUTS,
     KeySet,
     convert_keyfile,
@@ -23,8 +24,7 @@ from ispcp_lib.keyfiles import (  # noqa: E402
     parse_keyfile,
     render_keyfile,
 )
-from ispcp_lib.keyfiles import _unquote_double as unquote_double  # noqa: E402  (checked against Perl)
-from ispcp_lib.keys import decrypt_db_password, generate_iv, generate_key  # noqa: E402
+from ispcp_lib.ispcp.keyfiles import _unquote_double as unquote_double  # noqa: E402  (checked against Perl)
 
 ALL_LAYOUTS = ["php", "perl_engine", "perl_messenger", "keys_conf"]
 KEY = 'Avj8E|_)uWO=z<Dk2|`8.eLd[c]"T"Vd'  # set 1 of shared/ispcp-reference/crypto-vectors.json

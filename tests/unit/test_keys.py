@@ -1,4 +1,4 @@
-"""ispcp_lib.keys: byte compatibility with ispCP's Blowfish (reference vectors + live Perl Crypt::CBC)."""
+"""ispcp_lib.ispcp.crypto: byte compatibility with ispCP's Blowfish (reference vectors + live Perl Crypt::CBC)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-from ispcp_lib.errors import InputError  # noqa: E402
-from ispcp_lib.keys import (  # noqa: E402
+from ispcp_lib.core.errors import InputError  # noqa: E402
+from ispcp_lib.ispcp.crypto import (  # noqa: E402
     KEY_CHARSET,
     PASSWORD_CHARSET,
     decrypt_db_password,
@@ -92,7 +92,7 @@ def test_padding_is_always_one_to_eight_spaces(n: int) -> None:
 def test_space_padding_is_really_spaces() -> None:
     from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-    from ispcp_lib.keys import Blowfish
+    from ispcp_lib.ispcp.crypto import Blowfish
 
     dec = Cipher(Blowfish(KEY1.encode()), modes.CBC(IV1.encode())).decryptor()
     raw = base64.b64decode(encrypt_db_password("12345678", KEY1, IV1))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import sql_dumps
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.mysql import dumps as sql_dumps
 
 # --- synthetic table files ------------------------------------------------------------------------
 
@@ -63,9 +63,16 @@ def dbdir(tmp_path: Path) -> Path:
 
 
 def test_frm_engine_reads_the_legacy_type_byte_and_views(tmp_path: Path) -> None:
-    cases = {"my": (frm(9), "MyISAM"), "inno": (frm(12), "InnoDB"), "aria": (frm(42), "Aria"),
-             "csv": (frm(17), "CSV"), "dyn": (frm(50), "plugin engine"), "view": (b"TYPE=VIEW\nquery=...", "VIEW"),
-             "junk": (b"hello world", None), "short": (b"\xfe", None)}
+    cases = {
+        "my": (frm(9), "MyISAM"),
+        "inno": (frm(12), "InnoDB"),
+        "aria": (frm(42), "Aria"),
+        "csv": (frm(17), "CSV"),
+        "dyn": (frm(50), "plugin engine"),
+        "view": (b"TYPE=VIEW\nquery=...", "VIEW"),
+        "junk": (b"hello world", None),
+        "short": (b"\xfe", None),
+    }
     for name, (data, want) in cases.items():
         (tmp_path / f"{name}.frm").write_bytes(data)
         assert ms.frm_engine(tmp_path / f"{name}.frm") == want, name
@@ -151,8 +158,12 @@ def test_symlinked_table_file_is_not_taken_as_a_part(dbdir: Path, tmp_path: Path
 
 
 def test_system_innodb_tables_are_the_servers_own() -> None:
-    assert {"innodb_table_stats", "innodb_index_stats", "gtid_slave_pos", "transaction_registry"} <= \
-        ms.SYSTEM_INNODB_TABLES
+    assert {
+        "innodb_table_stats",
+        "innodb_index_stats",
+        "gtid_slave_pos",
+        "transaction_registry",
+    } <= ms.SYSTEM_INNODB_TABLES
     assert "global_priv" not in ms.SYSTEM_INNODB_TABLES and "user" not in ms.SYSTEM_INNODB_TABLES
 
 
@@ -181,19 +192,25 @@ Aria table '/b/mysql/global_priv.MAI' is corrupted
 
 
 def test_parse_chk_output_gives_one_verdict_per_table() -> None:
-    v = {x.table: x for x in ms.parse_chk_output(MYISAMCHK_OUT, ["admin", "domain", "log"], "MyISAM",
-                                                 Path("/b/ispcp"), ".MYI")}
+    v = {
+        x.table: x
+        for x in ms.parse_chk_output(MYISAMCHK_OUT, ["admin", "domain", "log"], "MyISAM", Path("/b/ispcp"), ".MYI")
+    }
     assert v["admin"].verdict == "OK"
     assert v["domain"].verdict == "corrupt" and "Size of indexfile is: 3000" in v["domain"].detail
     assert v["log"].verdict == "warning"
-    a = {x.table: x.verdict for x in ms.parse_chk_output(ARIA_OUT, ["db", "global_priv"], "Aria",
-                                                         Path("/b/mysql"), ".MAI")}
+    a = {
+        x.table: x.verdict
+        for x in ms.parse_chk_output(ARIA_OUT, ["db", "global_priv"], "Aria", Path("/b/mysql"), ".MAI")
+    }
     assert a == {"db": "OK", "global_priv": "corrupt"}
 
 
 def test_parse_chk_output_never_passes_a_failing_tool() -> None:
-    text = ("myisamchk: error: '/b/ispcp/domain.MYI' doesn't have a correct index definition\n"
-            "aria_chk: Got error '126 \"Index is corrupted\"' for '(null)'\n")
+    text = (
+        "myisamchk: error: '/b/ispcp/domain.MYI' doesn't have a correct index definition\n"
+        "aria_chk: Got error '126 \"Index is corrupted\"' for '(null)'\n"
+    )
     v = {x.table: x for x in ms.parse_chk_output(text, ["admin", "domain"], "MyISAM", Path("/b/ispcp"), ".MYI", 1)}
     assert v["domain"].verdict == "corrupt" and v["admin"].verdict == "OK"
     blind = ms.parse_chk_output("aria_chk: Got error '126' for '(null)'\n", ["db"], "Aria", Path("/b"), ".MAI", 1)
@@ -215,8 +232,9 @@ def test_offline_check_runs_read_only(dbdir: Path) -> None:
 def test_mysql_owner_comes_from_the_targets_files(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "passwd").write_text("root:x:0:0::/root:/bin/sh\nmysqlx:x:5:5::/:/bin/false\n"
-                                "mysql:x:117:999::/:/bin/false\n")
+    (etc / "passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\nmysqlx:x:5:5::/:/bin/false\nmysql:x:117:999::/:/bin/false\n"
+    )
     (etc / "group").write_text("root:x:0:\nmysql:x:125:\n")
     assert ms.mysql_owner(tmp_path) == (117, 125)
     (etc / "group").write_text("root:x:0:\n")
@@ -259,8 +277,10 @@ CREATE TABLE `empty` (`id` int);
 
 def test_count_insert_rows_handles_strings_comments_and_column_lists() -> None:
     assert sql_dumps.count_insert_rows(DUMP) == {"domain": 6, "log": 2}
-    assert sql_dumps.count_insert_rows("REPLACE INTO t VALUES (1);INSERT IGNORE INTO u VALUES (1),(2);") == \
-        {"t": 1, "u": 2}
+    assert sql_dumps.count_insert_rows("REPLACE INTO t VALUES (1);INSERT IGNORE INTO u VALUES (1),(2);") == {
+        "t": 1,
+        "u": 2,
+    }
     assert sql_dumps.count_insert_rows("INSERT INTO t SELECT (1);") == {"t": 0}
 
 
@@ -325,7 +345,7 @@ def test_defaults_file_is_private_and_removed() -> None:
 @pytest.mark.skipif(shutil.which("mariadb") is None, reason="needs the mariadb client")
 def test_defaults_file_round_trips_through_the_real_client() -> None:
     """The client's own --print-defaults shows that quoting keeps a hostile password intact."""
-    login = Login("us er", 'p"w\\x #;\'end', "test")
+    login = Login("us er", "p\"w\\x #;'end", "test")
     with sql_dumps.defaults_file(login, Path("/run/x y.sock")) as cnf:
         argv = sql_dumps.client_argv(cnf, "--print-defaults")
         assert argv[1] == f"--defaults-extra-file={cnf}"

@@ -16,7 +16,12 @@ def test_parses_the_real_template() -> None:
     info = proftpd.parse(REAL)
     assert info is not None
     assert (info.database, info.host, info.port, info.user, info.password) == (
-        "ispcp", "localhost", None, "vftp", "S3cretVftp")
+        "ispcp",
+        "localhost",
+        None,
+        "vftp",
+        "S3cretVftp",
+    )
     assert REAL.splitlines()[info.line_no].startswith("SQLConnectInfo")
 
 
@@ -28,15 +33,22 @@ def test_repr_hides_the_password() -> None:
 
 
 def test_commented_lines_are_ignored_and_the_last_line_counts() -> None:
-    text = ("#SQLConnectInfo old@localhost vftp commented\n"
-            "  # SQLConnectInfo x@y z w\n"
-            "SQLConnectInfo first@localhost vftp one\n"
-            "<IfModule mod_sql.c>\n"
-            "    sqlconnectinfo ispcp@db.example:3307 vftp two\n"
-            "</IfModule>\n")
+    text = (
+        "#SQLConnectInfo old@localhost vftp commented\n"
+        "  # SQLConnectInfo x@y z w\n"
+        "SQLConnectInfo first@localhost vftp one\n"
+        "<IfModule mod_sql.c>\n"
+        "    sqlconnectinfo ispcp@db.example:3307 vftp two\n"
+        "</IfModule>\n"
+    )
     info = proftpd.parse(text)
-    assert (info.database, info.host, info.port, info.password, info.line_no) == ("ispcp", "db.example", "3307",
-                                                                                  "two", 4)
+    assert (info.database, info.host, info.port, info.password, info.line_no) == (
+        "ispcp",
+        "db.example",
+        "3307",
+        "two",
+        4,
+    )
 
 
 def test_quoted_password_and_trailing_comment() -> None:
@@ -55,10 +67,15 @@ def test_missing_parts() -> None:
 
 def test_rewrite_changes_only_the_password() -> None:
     new = proftpd.with_password(REAL, "N3wPassword")
-    diff = [ln for ln in difflib.unified_diff(REAL.splitlines(), new.splitlines(), lineterm="", n=0)
-            if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
-    assert diff == ["-SQLConnectInfo             ispcp@localhost vftp S3cretVftp",
-                    "+SQLConnectInfo             ispcp@localhost vftp N3wPassword"]
+    diff = [
+        ln
+        for ln in difflib.unified_diff(REAL.splitlines(), new.splitlines(), lineterm="", n=0)
+        if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))
+    ]
+    assert diff == [
+        "-SQLConnectInfo             ispcp@localhost vftp S3cretVftp",
+        "+SQLConnectInfo             ispcp@localhost vftp N3wPassword",
+    ]
     assert proftpd.parse(new).password == "N3wPassword"
     assert new.endswith("\n") == REAL.endswith("\n")
 
@@ -83,8 +100,10 @@ def test_conf_paths_follow_ispcp_conf() -> None:
 
     assert proftpd.conf_paths(None) == ("/etc/proftpd.conf", "/etc/ispcp/proftpd/working/proftpd.conf")
     conf = IspcpConf.parse("FTPD_CONF_FILE = /etc/proftpd/proftpd.conf\nCONF_DIR = /usr/local/etc/ispcp/\n")
-    assert proftpd.conf_paths(conf) == ("/etc/proftpd/proftpd.conf",
-                                        "/usr/local/etc/ispcp/proftpd/working/proftpd.conf")
+    assert proftpd.conf_paths(conf) == (
+        "/etc/proftpd/proftpd.conf",
+        "/usr/local/etc/ispcp/proftpd/working/proftpd.conf",
+    )
 
 
 def test_check_vftp_without_a_login() -> None:
@@ -97,7 +116,7 @@ def test_an_escaped_password_is_masked_in_the_form_the_file_holds(tmp_path, pass
     """A diff shows the file's text: the quoted, escaped form must be masked as well as the plain one."""
     from types import SimpleNamespace
 
-    from ispcp_lib.secrets import SecretRegistry
+    from ispcp_lib.core.secrets import SecretRegistry
 
     path = tmp_path / "proftpd.conf"
     path.write_text(proftpd.with_password(REAL, password))

@@ -13,8 +13,11 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from ispcp_lib import __version__, notebook_build
-from ispcp_lib.report import (
+from ispcp_lib import __version__
+from ispcp_lib.core.result import Result
+from ispcp_lib.core.secrets import REGISTRY
+from ispcp_lib.runbook import notebook_build
+from ispcp_lib.runbook.report import (
     MASK,
     collapse_long_streams,
     html_report,
@@ -23,23 +26,26 @@ from ispcp_lib.report import (
     strip_widget_outputs,
     summary_from_journal,
 )
-from ispcp_lib.result import Result
-from ispcp_lib.secrets import REGISTRY
 from ispcp_lib.steps import STEP_ORDER
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def _widget_output(plain: str) -> dict:
-    return new_output("display_data", data={WIDGET_VIEW: {"model_id": "abc", "version_major": 2,
-                                                          "version_minor": 0}, "text/plain": plain})
+    return new_output(
+        "display_data",
+        data={WIDGET_VIEW: {"model_id": "abc", "version_major": 2, "version_minor": 0}, "text/plain": plain},
+    )
 
 
 def _executed(tmp_path: Path, params: dict) -> Path:
     """A small notebook shaped like an executed runbook: papermill metadata, a step, widget leftovers."""
     nb = new_notebook()
-    nb.metadata["papermill"] = {"parameters": params, "start_time": "2026-01-02T03:04:05.000000+00:00",
-                                "end_time": "2026-01-02T03:09:05.000000+00:00"}
+    nb.metadata["papermill"] = {
+        "parameters": params,
+        "start_time": "2026-01-02T03:04:05.000000+00:00",
+        "end_time": "2026-01-02T03:09:05.000000+00:00",
+    }
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     result = Result(step="inventory", summary="what survived", status="done")
     result.note("the backup holds what the guide needs")
@@ -47,12 +53,19 @@ def _executed(tmp_path: Path, params: dict) -> Path:
         new_markdown_cell("# ispCP disaster recovery runbook"),
         new_code_cell("ctx = open_run(backup_root=backup_root)", outputs=[_widget_output("HTML(value='panel')")]),
         new_markdown_cell("## 1. Inventory of the backup (`inventory`)", metadata={"tags": ["inventory"]}),
-        new_code_cell("inventory.run(ctx)", metadata={"tags": ["inventory"]}, outputs=[
-            new_output("stream", name="stdout", text="".join(f"[00:00:{i:02d}] copied {i}\n" for i in range(30))),
-            _widget_output("HBox(children=(IntProgress(value=3, max=3), Label(value='copying: 3/3')))"),
-            new_output("execute_result", data={"text/html": result._repr_html_(), "text/plain": repr(result)},
-                       execution_count=3),
-        ]),
+        new_code_cell(
+            "inventory.run(ctx)",
+            metadata={"tags": ["inventory"]},
+            outputs=[
+                new_output("stream", name="stdout", text="".join(f"[00:00:{i:02d}] copied {i}\n" for i in range(30))),
+                _widget_output("HBox(children=(IntProgress(value=3, max=3), Label(value='copying: 3/3')))"),
+                new_output(
+                    "execute_result",
+                    data={"text/html": result._repr_html_(), "text/plain": repr(result)},
+                    execution_count=3,
+                ),
+            ],
+        ),
     ]
     for cell in nb.cells:
         cell.id = f"c{nb.cells.index(cell)}"
@@ -62,8 +75,17 @@ def _executed(tmp_path: Path, params: dict) -> Path:
 
 
 def _summary(status: str = "ok", apply: bool = False) -> dict:
-    steps = [{"name": n, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": [],
-              "reason": "not reached: an earlier cell stopped the run"} for n in STEP_ORDER]
+    steps = [
+        {
+            "name": n,
+            "status": "skipped",
+            "changed": 0,
+            "duration_s": 0.0,
+            "warnings": [],
+            "reason": "not reached: an earlier cell stopped the run",
+        }
+        for n in STEP_ORDER
+    ]
     steps[0] = {"name": "inventory", "status": "done", "changed": 0, "duration_s": 0.5, "warnings": ["w1"]}
     return {"status": status, "apply": apply, "run_id": "r1", "steps": steps}
 
@@ -74,9 +96,14 @@ def _roots(tmp_path: Path) -> dict:
         (root / "etc/ispcp").mkdir(parents=True)
         (root / "etc/ispcp/ispcp.conf").write_text(f"# ispCP\nBuildDate = 20100101\nVersion = {version}\n")
         (root / "etc/hostname").write_text(host + "\n")
-    return {"backup_root": str(backup), "target_root": str(target), "apply": False,
-            "mysql": {"service": "sandbox", "root_password": "not-here"}, "secrets_file": "/root/s.yaml",
-            "apply_steps": {"keys": False}}
+    return {
+        "backup_root": str(backup),
+        "target_root": str(target),
+        "apply": False,
+        "mysql": {"service": "sandbox", "root_password": "not-here"},
+        "secrets_file": "/root/s.yaml",
+        "apply_steps": {"keys": False},
+    }
 
 
 def test_report_has_summary_first_then_header_then_sections(tmp_path: Path) -> None:
@@ -135,10 +162,22 @@ def test_parameters_are_shown_with_secret_names_masked(tmp_path: Path) -> None:
 
 
 def test_mask_params() -> None:
-    masked = mask_params({"db_password": "x", "nested": {"api_key": 3, "secret_note": None, "port": 1},
-                          "keys_source": "backup", "steps": ["keys"], "apply_steps": {"keys": True}})
-    assert masked == {"db_password": MASK, "nested": {"api_key": MASK, "secret_note": None, "port": 1},
-                      "keys_source": MASK, "steps": ["keys"], "apply_steps": {"keys": True}}
+    masked = mask_params(
+        {
+            "db_password": "x",
+            "nested": {"api_key": 3, "secret_note": None, "port": 1},
+            "keys_source": "backup",
+            "steps": ["keys"],
+            "apply_steps": {"keys": True},
+        }
+    )
+    assert masked == {
+        "db_password": MASK,
+        "nested": {"api_key": MASK, "secret_note": None, "port": 1},
+        "keys_source": MASK,
+        "steps": ["keys"],
+        "apply_steps": {"keys": True},
+    }
 
 
 def test_registered_secret_is_redacted_in_the_report(tmp_path: Path) -> None:
@@ -154,8 +193,12 @@ def test_run_facts_fall_back_and_never_fail(tmp_path: Path) -> None:
     (backup / "etc/ispcp").mkdir(parents=True)
     (backup / "etc/ispcp/ispcp.conf").write_bytes(b"\xff\xfe junk\nSERVER_HOSTNAME = old.host\nVersion =\n")
     facts = run_facts({"backup_root": str(backup), "target_root": str(tmp_path / "missing")})
-    assert facts == {"old_version": "unknown", "old_hostname": "old.host (SERVER_HOSTNAME in ispcp.conf)",
-                     "new_version": "unknown", "new_hostname": "unknown"}
+    assert facts == {
+        "old_version": "unknown",
+        "old_hostname": "old.host (SERVER_HOSTNAME in ispcp.conf)",
+        "new_version": "unknown",
+        "new_hostname": "unknown",
+    }
 
 
 def test_strip_widget_outputs_keeps_html_fallbacks() -> None:
@@ -168,8 +211,12 @@ def test_strip_widget_outputs_keeps_html_fallbacks() -> None:
 
 def test_short_streams_stay_and_neighbours_merge() -> None:
     nb = new_notebook()
-    nb.cells = [new_code_cell("x", outputs=[new_output("stream", name="stdout", text="a\n"),
-                                            new_output("stream", name="stdout", text="b\n")])]
+    nb.cells = [
+        new_code_cell(
+            "x",
+            outputs=[new_output("stream", name="stdout", text="a\n"), new_output("stream", name="stdout", text="b\n")],
+        )
+    ]
     collapse_long_streams(nb)
     assert nb.cells[0].outputs == [new_output("stream", name="stdout", text="a\nb\n")]
 
@@ -177,8 +224,15 @@ def test_short_streams_stay_and_neighbours_merge() -> None:
 def test_summary_from_journal_says_why_a_step_has_no_record(tmp_path: Path) -> None:
     records = [
         {"run_id": "r1", "name": "inventory", "status": "done", "changed": 0, "duration_s": 0.1, "warnings": []},
-        {"run_id": "r1", "name": "preflight", "status": "failed", "changed": 0, "duration_s": 0.1, "warnings": [],
-         "errors": ["preflight: the target is not fresh"]},
+        {
+            "run_id": "r1",
+            "name": "preflight",
+            "status": "failed",
+            "changed": 0,
+            "duration_s": 0.1,
+            "warnings": [],
+            "errors": ["preflight: the target is not fresh"],
+        },
         {"run_id": "r0", "name": "mail_guard", "status": "done", "changed": 1, "duration_s": 0.1, "warnings": []},
     ]
     (tmp_path / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -198,8 +252,9 @@ def test_summary_from_journal_says_why_a_step_has_no_record(tmp_path: Path) -> N
 def test_notebook_text_form_round_trips() -> None:
     nb = notebook_build.build()
     back = jupytext.reads(notebook_build.render_text(nb), fmt="md")
-    assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in back.cells] == \
-        [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+    assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in back.cells] == [
+        (c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells
+    ]
     assert back.metadata["kernelspec"]["name"] == "python3"
 
 

@@ -8,33 +8,44 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib import ownership, rsync_copy, tree_scan
-from ispcp_lib.accounts_db import AccountFiles
-from ispcp_lib.errors import CommandFailed
-from ispcp_lib.result import CommandRecord
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.errors import CommandFailed
+from ispcp_lib.core.result import CommandRecord
+from ispcp_lib.core.runner import Runner
 from ispcp_lib.steps import accounts, register_accounts, user_data
-from ispcp_lib.tree_scan import Entry
+from ispcp_lib.system import ownership, rsync_copy, tree_scan
+from ispcp_lib.system.accounts_files import AccountFiles
+from ispcp_lib.system.tree_scan import Entry
 
 CAPS = rsync_copy.Capabilities(acls=True, xattrs=True)
 
 
 def test_argv_is_resumable_numeric_and_never_deletes() -> None:
-    argv = rsync_copy.build_argv(Path("/b/var/mail/virtual"), Path("/t/var/mail/virtual/"), dry_run=False, caps=CAPS,
-                                 owner=(1004, 8), bwlimit_kbps=500)
+    argv = rsync_copy.build_argv(
+        Path("/b/var/mail/virtual"),
+        Path("/t/var/mail/virtual/"),
+        dry_run=False,
+        caps=CAPS,
+        owner=(1004, 8),
+        bwlimit_kbps=500,
+    )
     assert argv[:2] == ["rsync", "-aHAX"] and "--numeric-ids" in argv
     assert "--chown=1004:8" in argv and "--bwlimit=500" in argv
     assert argv[-3:] == ["--", "/b/var/mail/virtual/", "/t/var/mail/virtual/"]
     # Never deleting, never following links, never a half file under its real name.
-    assert not any("delete" in a or a.startswith("--partial") or a in ("-L", "--copy-links", "--inplace",
-                                                                        "--append", "--append-verify") for a in argv)
+    assert not any(
+        "delete" in a
+        or a.startswith("--partial")
+        or a in ("-L", "--copy-links", "--inplace", "--append", "--append-verify")
+        for a in argv
+    )
     dry = rsync_copy.build_argv(Path("/b"), Path("/t"), dry_run=True, caps=CAPS)
     assert "--dry-run" in dry and "--itemize-changes" in dry
 
 
 def test_argv_without_acl_and_xattr_support() -> None:
-    argv = rsync_copy.build_argv(Path("/b"), Path("/t"), dry_run=False,
-                                 caps=rsync_copy.Capabilities(acls=False, xattrs=False))
+    argv = rsync_copy.build_argv(
+        Path("/b"), Path("/t"), dry_run=False, caps=rsync_copy.Capabilities(acls=False, xattrs=False)
+    )
     assert argv[1] == "-aH"
 
 
@@ -53,8 +64,14 @@ ITEMIZED = [
 def test_itemized_lines_are_counted_by_kind_and_domain() -> None:
     items = rsync_copy.Items()
     assert all(items.add(line) for line in ITEMIZED)
-    assert (items.new_dirs, items.new_files, items.new_links, items.updated_files, items.attributes,
-            items.hard_links) == (2, 2, 1, 1, 1, 1)
+    assert (
+        items.new_dirs,
+        items.new_files,
+        items.new_links,
+        items.updated_files,
+        items.attributes,
+        items.hard_links,
+    ) == (2, 2, 1, 1, 1, 1)
     assert items.by_domain == {"(top)": 1, "example-001.test": 3, "example-002.test": 2, "example-003.test": 2}
     assert items.total == 8 and "2 new files" in items.describe()
     for other in (b"   1,234  45%  1.00MB/s  0:00:01 (xfr#3, ir-chk=10/20)", b"Number of files: 3", b""):
@@ -69,8 +86,12 @@ def test_run_parses_progress_stats_and_records(tmp_path: Path) -> None:
     os.symlink("f", src / "d" / "l")
     seen: list[rsync_copy.Progress] = []
     sink: list[CommandRecord] = []
-    run = rsync_copy.run(rsync_copy.build_argv(src, dest, dry_run=False, caps=rsync_copy.probe_capabilities(dest)),
-                         label="t", sink=sink, on_progress=seen.append)
+    run = rsync_copy.run(
+        rsync_copy.build_argv(src, dest, dry_run=False, caps=rsync_copy.probe_capabilities(dest)),
+        label="t",
+        sink=sink,
+        on_progress=seen.append,
+    )
     assert run.rc == 0 and run.items.new_files == 1 and run.items.new_links == 1
     assert run.stats["Total transferred file size"] == 5000 and run.bytes_transferred == 5000
     assert seen and seen[-1].bytes_done == 5000 and seen[-1].label == "t"
@@ -82,8 +103,9 @@ def test_run_parses_progress_stats_and_records(tmp_path: Path) -> None:
 
 def test_failed_rsync_raises_with_its_stderr(tmp_path: Path) -> None:
     with pytest.raises(CommandFailed) as info:
-        rsync_copy.run(rsync_copy.build_argv(tmp_path / "absent", tmp_path / "dest", dry_run=False, caps=CAPS),
-                       label="t")
+        rsync_copy.run(
+            rsync_copy.build_argv(tmp_path / "absent", tmp_path / "dest", dry_run=False, caps=CAPS), label="t"
+        )
     assert info.value.rc == 23 and "absent" in str(info.value)
 
 
@@ -178,7 +200,8 @@ def test_xattr_probe_and_top_directory_attributes(tmp_path: Path) -> None:
     assert "owner 0:0 -> 1004:8" in diff and any(d.startswith("mode") for d in diff) and "modification time" in diff
     assert "extended attributes/ACLs" in diff
     assert "extended attributes/ACLs" not in rsync_copy.dir_attr_differences(
-        src, dest, (1004, 8), rsync_copy.Capabilities(acls=True, xattrs=False))  # a target that cannot store them
+        src, dest, (1004, 8), rsync_copy.Capabilities(acls=True, xattrs=False)
+    )  # a target that cannot store them
     rsync_copy.copy_dir_attrs(src, dest, (1004, 8), CAPS)
     st = os.lstat(dest)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_mtime_ns) == (1004, 8, 0o751, 10**18)
@@ -196,8 +219,9 @@ def test_run_jobs_starts_nothing_new_after_a_failure() -> None:
         return job * 10
 
     ticks: list[int] = []
-    outcome = rsync_copy.run_jobs(list(range(6)), work, tracker=rsync_copy.Tracker(), workers=1,
-                                  tick=lambda: ticks.append(1))
+    outcome = rsync_copy.run_jobs(
+        list(range(6)), work, tracker=rsync_copy.Tracker(), workers=1, tick=lambda: ticks.append(1)
+    )
     assert started == [0, 1] and outcome.results == [0] and isinstance(outcome.failure, CommandFailed)
     assert ticks
     ok = rsync_copy.run_jobs([1, 2, 3], lambda j: j, tracker=rsync_copy.Tracker(), workers=2)
@@ -228,16 +252,22 @@ def test_failed_cp_says_how_to_resume(tmp_path: Path) -> None:
     tracker = rsync_copy.Tracker()
     sink: list[CommandRecord] = []
     with pytest.raises(CommandFailed) as info:
-        rsync_copy.run_cp(rsync_copy.cp_argv([str(tmp_path / "absent")], str(tmp_path)), tracker=tracker,
-                          tree="web", names=["absent"], sink=sink)
+        rsync_copy.run_cp(
+            rsync_copy.cp_argv([str(tmp_path / "absent")], str(tmp_path)),
+            tracker=tracker,
+            tree="web",
+            names=["absent"],
+            sink=sink,
+        )
     assert "run this step again" in info.value.stderr and sink[0].rc == 1
     assert tracker.snapshot() == []
 
 
 def test_jobs_are_balanced_and_heaviest_first(tmp_path: Path) -> None:
     def domain(name: bytes, n: int) -> list[Entry]:
-        return [Entry("d", 0, 0, 0, 2, 1, 1, name, b"")] + [Entry("f", 10, 0, 0, 1, 1, 2 + i, name + b"/f%d" % i, b"")
-                                                             for i in range(n)]
+        return [Entry("d", 0, 0, 0, 2, 1, 1, name, b"")] + [
+            Entry("f", 10, 0, 0, 1, 1, 2 + i, name + b"/f%d" % i, b"") for i in range(n)
+        ]
 
     tree = user_data.Tree("web", "/var/www/virtual", tmp_path, tmp_path / "t", None)
     tree.groups = {b"big": domain(b"big", 5000), **{b"d%02d" % i: domain(b"d%02d" % i, 400) for i in range(20)}}
@@ -326,10 +356,12 @@ GROUP = "root:x:0:\nvu2001:x:2001:\nweb:x:2003:\n"
 
 def test_register_conflicts_across_domains_and_against_the_target() -> None:
     files = AccountFiles.from_bytes(PASSWD.encode(), b"", GROUP.encode(), b"")
-    domains = [register_accounts.Domain(1, "a.test", 2001, 2001, "ok"),
-               register_accounts.Domain(2, "b.test", 2002, 2002, "ok"),
-               register_accounts.Domain(3, "c.test", 2003, 2003, "ok"),
-               register_accounts.Domain(4, "d.test", 2004, 2001, "ok")]
+    domains = [
+        register_accounts.Domain(1, "a.test", 2001, 2001, "ok"),
+        register_accounts.Domain(2, "b.test", 2002, 2002, "ok"),
+        register_accounts.Domain(3, "c.test", 2003, 2003, "ok"),
+        register_accounts.Domain(4, "d.test", 2004, 2001, "ok"),
+    ]
     problems = register_accounts.find_conflicts(domains, files, "vu")
     assert "GID 2001 is shared by the domains a.test, d.test" in problems
     assert "b.test: ID 2002 for user vu2002 already belongs to the target's user other" in problems

@@ -135,13 +135,23 @@ def test_program_map_by_basename() -> None:
 
 
 def test_server_options_from_debian_config_layout(tmp_path: Path) -> None:
-    put(tmp_path, "/etc/mysql/my.cnf", "[client-server]\nsocket = /run/mysqld/client.sock\n"
-        "!includedir /etc/mysql/conf.d/\n!includedir /etc/mysql/mariadb.conf.d/\n")
-    put(tmp_path, "/etc/mysql/mariadb.conf.d/50-server.cnf",
+    put(
+        tmp_path,
+        "/etc/mysql/my.cnf",
+        "[client-server]\nsocket = /run/mysqld/client.sock\n"
+        "!includedir /etc/mysql/conf.d/\n!includedir /etc/mysql/mariadb.conf.d/\n",
+    )
+    put(
+        tmp_path,
+        "/etc/mysql/mariadb.conf.d/50-server.cnf",
         "# comment\n[server]\n[mysqld]\npid-file = /run/mysqld/mysqld.pid\nbasedir = /usr\n"
-        "datadir                 = /var/lib/mysql\n[embedded]\ndatadir = /wrong\n")
-    put(tmp_path, "/etc/mysql/mariadb.conf.d/60-local.cnf", "[mariadb]\ndatadir = \"/srv/mysql\"\nskip-name-resolve\n"
-        "socket=/run/mysqld/custom.sock\n")
+        "datadir                 = /var/lib/mysql\n[embedded]\ndatadir = /wrong\n",
+    )
+    put(
+        tmp_path,
+        "/etc/mysql/mariadb.conf.d/60-local.cnf",
+        '[mariadb]\ndatadir = "/srv/mysql"\nskip-name-resolve\nsocket=/run/mysqld/custom.sock\n',
+    )
     opts = sv.server_options_from_config(tmp_path)
     assert opts["datadir"] == ("/srv/mysql", "/etc/mysql/mariadb.conf.d/60-local.cnf")  # later file wins
     assert opts["socket"] == ("/run/mysqld/custom.sock", "/etc/mysql/mariadb.conf.d/60-local.cnf")

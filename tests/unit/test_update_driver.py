@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.secrets import SecretRegistry
-from ispcp_lib.steps.ispcp_update import FAILURES
-from ispcp_lib.update_driver import (
+from ispcp_lib.core.secrets import SecretRegistry
+from ispcp_lib.ispcp.update_driver import (
     FailurePattern,
     Outcome,
     Prompt,
@@ -20,6 +19,7 @@ from ispcp_lib.update_driver import (
     run_interactive,
     strip_ansi,
 )
+from ispcp_lib.steps.ispcp_update import FAILURES
 
 CONTINUE = Prompt("continue", r"continue \[Y/n\]:\s*$", "Y")
 
@@ -34,8 +34,14 @@ def script(tmp_path: Path, body: str, name: str = "fake") -> Path:
 def drive(path: Path, prompts: list[Prompt], secrets: SecretRegistry | None = None, **kw) -> Outcome:
     kw.setdefault("silence", 1.0)
     kw.setdefault("timeout", 30.0)
-    return run_interactive([str(path)], cwd=path.parent, prompts=prompts, secrets=secrets or SecretRegistry(),
-                           transcript_path=path.parent / "transcript.log", **kw)
+    return run_interactive(
+        [str(path)],
+        cwd=path.parent,
+        prompts=prompts,
+        secrets=secrets or SecretRegistry(),
+        transcript_path=path.parent / "transcript.log",
+        **kw,
+    )
 
 
 def pid_gone(pid: int) -> bool:
@@ -59,15 +65,19 @@ def test_prompt_heuristic() -> None:
 
 
 def test_known_prompts_are_answered_and_the_transcript_is_clean(tmp_path: Path) -> None:
-    path = script(tmp_path, r"""
+    path = script(
+        tmp_path,
+        r"""
 printf '\033[2J\033[H\033[1;4mWelcome\033[0m\n'
 printf '\tDo you want to continue [Y/n]: '; read a; echo "answer=$a"
 printf '\tPlease enter path [x]: '; read p; echo "path=$p"
 printf '\t\033[1;32m[ Done ]\033[0m\n'
-""")
+""",
+    )
     lines: list[str] = []
-    out = drive(path, [CONTINUE, Prompt("path", r"enter path \[x\]:\s*$", "/etc/ispcp/ispcp.old.conf")],
-                log=lines.append)
+    out = drive(
+        path, [CONTINUE, Prompt("path", r"enter path \[x\]:\s*$", "/etc/ispcp/ispcp.old.conf")], log=lines.append
+    )
     assert out.ok, out.status_text()
     assert out.exit_status == 0
     assert out.answered == ["continue", "path"]
@@ -82,12 +92,15 @@ printf '\t\033[1;32m[ Done ]\033[0m\n'
 def test_secrets_never_reach_the_transcript(tmp_path: Path) -> None:
     secrets = SecretRegistry()
     secrets.add("DbPassw0rdXYZ", "DATABASE_PASSWORD")
-    path = script(tmp_path, r"""
+    path = script(
+        tmp_path,
+        r"""
 echo "[DEBUG] connecting as root with password 'DbPassw0rdXYZ'"
 printf 'Please enter ispCP ftp SQL user password. [auto generate]: '
 stty -echo; read pw; stty echo; echo
 echo "you typed $pw"
-""")
+""",
+    )
     lines: list[str] = []
     out = drive(path, [Prompt("vftp", r"ftp SQL user password", "VftpS3cret", secret=True)], secrets, log=lines.append)
     assert out.ok, out.status_text()
@@ -98,12 +111,15 @@ echo "you typed $pw"
 
 
 def test_an_unexpected_prompt_stops_the_run_quoted(tmp_path: Path) -> None:
-    path = script(tmp_path, r"""
+    path = script(
+        tmp_path,
+        r"""
 echo $$ > pid
 printf 'Do you want to continue [Y/n]: '; read a
 printf '\n\tPlease enter a fully qualified hostname. [debian]: '; read h
 echo "never here"
-""")
+""",
+    )
     started = time.monotonic()
     out = drive(path, [CONTINUE], silence=1.0)
     assert time.monotonic() - started < 15
@@ -115,25 +131,31 @@ echo "never here"
 
 def test_a_busy_script_behind_a_colon_is_not_a_prompt(tmp_path: Path) -> None:
     # The real update prints "Please wait, this may take some time:" and then works silently.
-    path = script(tmp_path, r"""
+    path = script(
+        tmp_path,
+        r"""
 printf '\tPlease wait, this may take some time:'
 sleep 2.5
 echo ' [ Done ]'
-""")
+""",
+    )
     out = drive(path, [], silence=0.5)
     assert out.ok, out.status_text()
     assert "this may take some time: [ Done ]" in out.transcript
 
 
 def test_timeout_kills_the_whole_process_group_and_says_where(tmp_path: Path) -> None:
-    path = script(tmp_path, r"""
+    path = script(
+        tmp_path,
+        r"""
 echo "Rebuilding all customers configuration files"
 sleep 300 &
 echo $! > grandchild
 echo $$ > pid
 printf 'Please wait, this may take some time:'
 wait
-""")
+""",
+    )
     out = drive(path, [], timeout=2.0, silence=30.0)
     assert out.timed_out and out.killed and not out.ok
     assert "timed out after" in out.status_text()
@@ -144,35 +166,46 @@ wait
 
 
 def test_a_prompt_that_must_not_be_answered(tmp_path: Path) -> None:
-    path = script(tmp_path, r"""
+    path = script(
+        tmp_path,
+        r"""
 echo "[WARNING] Unable to log into the database as vftp"
 printf 'Please enter ispCP ftp SQL user password. [auto generate]: '; read pw
 echo "generated a new password"
-""")
-    out = drive(path, [Prompt("vftp password", r"ftp SQL user password", None, secret=True)],
-                failure_patterns=FAILURES)
+""",
+    )
+    out = drive(path, [Prompt("vftp password", r"ftp SQL user password", None, secret=True)], failure_patterns=FAILURES)
     assert out.refused_prompt is not None and out.refused_prompt.label == "vftp password"
     assert "generated" not in out.transcript
     assert out.failure is not None and out.failure.name == "vftp password requested"
 
 
 def test_the_same_prompt_again_means_the_answer_was_refused(tmp_path: Path) -> None:
-    path = script(tmp_path, r"""
+    path = script(
+        tmp_path,
+        r"""
 for i in 1 2 3 4 5; do
   printf '\n\n\tPlease enter path to your ispcp.old.conf [/etc/ispcp/ispcp.old.conf]: '; read p
   echo "[ERROR] Unable to open $p: No such file or directory"
 done
-""")
-    out = drive(path, [Prompt("path", r"ispcp\.old\.conf.*:\s*$", "/nowhere/ispcp.old.conf", max_answers=1)],
-                failure_patterns=FAILURES)
+""",
+    )
+    out = drive(
+        path,
+        [Prompt("path", r"ispcp\.old\.conf.*:\s*$", "/nowhere/ispcp.old.conf", max_answers=1)],
+        failure_patterns=FAILURES,
+    )
     assert out.repeated_prompt is not None and "ispcp.old.conf" in out.repeated_prompt
     assert out.answered == ["path"]
     assert out.failure is not None and out.failure.name == "missing ispcp.old.conf"
 
 
 def test_exit_status_and_a_missing_program(tmp_path: Path) -> None:
-    out = drive(script(tmp_path, 'echo "DBI connect failed: Can\'t connect to local MySQL server"; exit 3\n'), [],
-                failure_patterns=FAILURES)
+    out = drive(
+        script(tmp_path, 'echo "DBI connect failed: Can\'t connect to local MySQL server"; exit 3\n'),
+        [],
+        failure_patterns=FAILURES,
+    )
     assert out.exit_status == 3 and not out.ok
     assert out.failure is not None and out.failure.name == "database connection refused"
     (tmp_path / "transcript.log").unlink()
@@ -180,16 +213,24 @@ def test_exit_status_and_a_missing_program(tmp_path: Path) -> None:
     assert missing.spawn_error and not missing.ok
 
 
-@pytest.mark.parametrize(("text", "name"), [
-    ("DBI connect('ispcp:localhost','root',...) failed: Access denied for user 'root'@'localhost' "
-     "(using password: YES)", "wrong database password"),
-    ("failed: Access denied for user 'vftp'@'localhost' (using password: YES)", "vftp password requested"),
-    ("Can't connect to local MySQL server through socket '/var/run/mysqld/mysqld.sock' (2)",
-     "database connection refused"),
-    ("[ERROR] KEY or IV has invalid length", "key length"),
-    ("[ERROR] Unable to open /etc/ispcp/ispcp.old.conf: No such file or directory", "missing ispcp.old.conf"),
-    ("all fine", None),
-])
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        (
+            "DBI connect('ispcp:localhost','root',...) failed: Access denied for user 'root'@'localhost' "
+            "(using password: YES)",
+            "wrong database password",
+        ),
+        ("failed: Access denied for user 'vftp'@'localhost' (using password: YES)", "vftp password requested"),
+        (
+            "Can't connect to local MySQL server through socket '/var/run/mysqld/mysqld.sock' (2)",
+            "database connection refused",
+        ),
+        ("[ERROR] KEY or IV has invalid length", "key length"),
+        ("[ERROR] Unable to open /etc/ispcp/ispcp.old.conf: No such file or directory", "missing ispcp.old.conf"),
+        ("all fine", None),
+    ],
+)
 def test_failure_patterns(text: str, name: str | None) -> None:
     found = classify(text, Outcome(argv=["x"]), FAILURES)
     assert (found.name if found else None) == name

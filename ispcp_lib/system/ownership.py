@@ -33,10 +33,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ispcp_lib.errors import CommandFailed
-from ispcp_lib.result import CommandRecord
-from ispcp_lib.runner import Runner
-from ispcp_lib.tree_scan import show
+from ispcp_lib.core.errors import CommandFailed
+from ispcp_lib.core.result import CommandRecord
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.system.tree_scan import show
 
 BATCH = 2000  # paths per chown process
 WORKERS = 2 if (os.cpu_count() or 1) > 1 else 1
@@ -90,8 +90,14 @@ def fix_tree(runner: Runner, root: Path, uid: int, gid: int, *, apply: bool) -> 
         return OwnershipFix(Path(root), uid, gid, 0)
     survey = survey_tree(root, uid, gid)
     if survey.complete:  # small tree: seen whole, fixed here (lchown), no process to start
-        fix = OwnershipFix(Path(root), uid, gid, len(survey.wrong), [show(os.fsencode(os.path.relpath(p, root)))
-                                                                      for p in survey.wrong[:10]], applied=apply)
+        fix = OwnershipFix(
+            Path(root),
+            uid,
+            gid,
+            len(survey.wrong),
+            [show(os.fsencode(os.path.relpath(p, root))) for p in survey.wrong[:10]],
+            applied=apply,
+        )
         if apply:
             for path in survey.wrong:
                 os.chown(path, uid, gid, follow_symlinks=False)
@@ -172,8 +178,9 @@ def _pipeline(root: Path, uid: int, gid: int) -> tuple[int, int, str, float]:
     started = time.monotonic()
     count = 0
     with tempfile.TemporaryFile() as err:
-        find = subprocess.Popen([*select_argv(root, uid, gid), "-print0"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err)
+        find = subprocess.Popen(
+            [*select_argv(root, uid, gid), "-print0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+        )
         chown = subprocess.Popen(chown_argv(uid, gid), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         assert find.stdout is not None and chown.stdin is not None
         try:

@@ -10,24 +10,33 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ispcp_lib import keyfiles
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.secrets import REGISTRY
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.secrets import REGISTRY
+from ispcp_lib.ispcp import keyfiles
 
 EXIT_OK, EXIT_NO_DECRYPT, EXIT_INPUT = 0, 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conf", help="ispcp.conf holding DATABASE_PASSWORD (default: ROOT/etc/ispcp/ispcp.conf)")
-    parser.add_argument("--keys", action="append", default=[], metavar="PATH",
-                        help="a key file (ispcp-db-keys.php, ispcp-db-keys.pl or ispcp-keys.conf); repeatable "
-                             "(default: every key file ispcp.conf's ROOT_DIR/GUI_ROOT_DIR/CONF_DIR point to)")
-    parser.add_argument("--root", default="/", help="root of the system tree the default paths are under "
-                                                    "(e.g. a mounted backup)")
-    parser.add_argument("--show", action="store_true",
-                        help="print the password on stdout (the only line there); otherwise it is never shown")
+    parser.add_argument(
+        "--keys",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a key file (ispcp-db-keys.php, ispcp-db-keys.pl or ispcp-keys.conf); repeatable "
+        "(default: every key file ispcp.conf's ROOT_DIR/GUI_ROOT_DIR/CONF_DIR point to)",
+    )
+    parser.add_argument(
+        "--root", default="/", help="root of the system tree the default paths are under (e.g. a mounted backup)"
+    )
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="print the password on stdout (the only line there); otherwise it is never shown",
+    )
 
 
 def _read_any(path: Path, secrets=REGISTRY) -> il.KeyFile:
@@ -46,8 +55,14 @@ def _read_any(path: Path, secrets=REGISTRY) -> il.KeyFile:
     return first
 
 
-def decrypt_password(conf: str | None, keys: list[str], root: str = "/", show: bool = False,
-                     out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def decrypt_password(
+    conf: str | None,
+    keys: list[str],
+    root: str = "/",
+    show: bool = False,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
     """Exit 0 when a key file decrypts the password, 1 when none does, 2 for unusable input."""
     base = Path(root)
     conf_path = Path(conf) if conf else base / il.CONF_PATH.lstrip("/")
@@ -63,8 +78,10 @@ def decrypt_password(conf: str | None, keys: list[str], root: str = "/", show: b
     if keys:
         files = [_read_any(Path(k)) for k in keys]
     else:
-        files = [il.read_keyfile(layout, base / logical.lstrip("/"), logical)
-                 for layout, logical in il.key_paths(parsed).items()]
+        files = [
+            il.read_keyfile(layout, base / logical.lstrip("/"), logical)
+            for layout, logical in il.key_paths(parsed).items()
+        ]
         files = [f for f in files if f.state != "missing"]
         if not files:
             looked = ", ".join(str(base / p.lstrip("/")) for p in il.key_paths(parsed).values())

@@ -31,18 +31,19 @@ from typing import Any
 
 import pymysql
 
-from ispcp_lib import keyfiles, sql_dumps
-from ispcp_lib import keys as crypto
-from ispcp_lib.context import Context
-from ispcp_lib.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.result import Result
+from ispcp_lib.core.runner import Runner
 from ispcp_lib.facts import backup_db_reader, mysql_creds
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.result import Result
-from ispcp_lib.runner import Runner
+from ispcp_lib.ispcp import crypto as crypto
+from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.mysql import dumps as sql_dumps
 
 # Databases of the server itself, never customer data.
 SYSTEM_DATABASES = frozenset({"mysql", "performance_schema", "information_schema", "sys", "lost+found"})
@@ -58,11 +59,14 @@ CANNOT = "cannot restore"
 BINARY_STRATEGIES = (DIRECTORY_COPY, TABLESPACE_IMPORT)
 PREFERENCES = ("binary", "dump")
 
-_NEEDS_FOR_INNODB = ("a SQL dump of the database, or the old server's complete datadir (ibdata1 and ib_logfile* "
-                     "of the same moment, together with every database folder)")
+_NEEDS_FOR_INNODB = (
+    "a SQL dump of the database, or the old server's complete datadir (ibdata1 and ib_logfile* "
+    "of the same moment, together with every database folder)"
+)
 
 
 # --- what ispCP lists --------------------------------------------------------------------------------
+
 
 @dataclass
 class ListedDb:
@@ -96,13 +100,17 @@ class Listing:
 def read_listing(conn: Any) -> tuple[dict[str, ListedDb], list[SqlUser]]:
     """sql_database joined to domain, and sql_user, from a connection with ispCP's database selected."""
     with conn.cursor() as cur:
-        cur.execute("SELECT d.sqld_id, d.sqld_name, dm.domain_name FROM sql_database d "
-                    "LEFT JOIN domain dm ON dm.domain_id = d.domain_id ORDER BY d.sqld_name")
+        cur.execute(
+            "SELECT d.sqld_id, d.sqld_name, dm.domain_name FROM sql_database d "
+            "LEFT JOIN domain dm ON dm.domain_id = d.domain_id ORDER BY d.sqld_name"
+        )
         dbs = {str(name): ListedDb(int(i), str(name), dom) for i, name, dom in cur.fetchall()}
         by_id = {d.sqld_id: d.name for d in dbs.values()}
         cur.execute("SELECT sqlu_id, sqld_id, sqlu_name, sqlu_pass FROM sql_user ORDER BY sqlu_id")
-        users = [SqlUser(int(i), str(name), by_id.get(int(d)) if d is not None else None, str(pw or ""))
-                 for i, d, name, pw in cur.fetchall()]
+        users = [
+            SqlUser(int(i), str(name), by_id.get(int(d)) if d is not None else None, str(pw or ""))
+            for i, d, name, pw in cur.fetchall()
+        ]
     return dbs, users
 
 
@@ -163,16 +171,16 @@ def backup_listing(ctx: Context, backup_datadir: Path, db_name: str) -> Listing:
     """The listing read from the backup's binary copy of ispCP's database (a throwaway server on a copy)."""
     folder = backup_datadir / db_name
     if not folder.is_dir():
-        return Listing(f"nowhere: the backup has no binary copy of {db_name} and the target's is not restored yet",
-                       readable=False)
+        return Listing(
+            f"nowhere: the backup has no binary copy of {db_name} and the target's is not restored yet", readable=False
+        )
     try:
         dbs, users = backup_db_reader.read_backup_database(backup_datadir, db_name, read_listing)
     except (PreconditionFailed, CommandFailed) as exc:
         first = str(exc).strip().splitlines()[0]
         return Listing(f"nowhere: the backup's {db_name} could not be read ({first})", readable=False)
     except pymysql.MySQLError as exc:  # a damaged table: the listing is unknown, the folders still count
-        return Listing(f"nowhere: reading the backup's {db_name} failed ({type(exc).__name__}: {exc})",
-                       readable=False)
+        return Listing(f"nowhere: reading the backup's {db_name} failed ({type(exc).__name__}: {exc})", readable=False)
     _register(ctx, users)
     return Listing(f"the backup's binary copy of {db_name} (read by a throwaway server)", dbs, users)
 
@@ -182,6 +190,7 @@ def listing(ctx: Context, backup_datadir: Path, db_name: str) -> Listing:
 
 
 # --- what the backup holds ---------------------------------------------------------------------------
+
 
 @dataclass
 class DumpRef:
@@ -198,8 +207,9 @@ class DumpRef:
 
 
 _MARKER = re.compile(r"^-- Current Database: `((?:[^`]|``)+)`", re.MULTILINE)
-_CREATE_DB = re.compile(r"^CREATE DATABASE (?:/\*!\d+ IF NOT EXISTS\s*\*/ |IF NOT EXISTS )?`((?:[^`]|``)+)`",
-                        re.MULTILINE | re.IGNORECASE)
+_CREATE_DB = re.compile(
+    r"^CREATE DATABASE (?:/\*!\d+ IF NOT EXISTS\s*\*/ |IF NOT EXISTS )?`((?:[^`]|``)+)`", re.MULTILINE | re.IGNORECASE
+)
 _USE = re.compile(r"^USE `((?:[^`]|``)+)`;", re.MULTILINE | re.IGNORECASE)
 _TAIL = re.compile(r"^/\*!40103 SET TIME_ZONE=@OLD_TIME_ZONE \*/;", re.MULTILINE)
 
@@ -236,7 +246,7 @@ def split_all_databases(text: str) -> dict[str, str]:
     tails = [m.start() for m in _TAIL.finditer(text) if m.start() > merged[-1][0]]
     if tails:
         tail_at = tails[-1]
-    preamble, tail = text[:merged[0][0]], text[tail_at:]
+    preamble, tail = text[: merged[0][0]], text[tail_at:]
     out: dict[str, str] = {}
     for i, (pos, name) in enumerate(merged):
         end = merged[i + 1][0] if i + 1 < len(merged) else tail_at
@@ -314,13 +324,18 @@ def read_dump_for(ref: DumpRef, database: str) -> bytes:
     st = ref.path.stat()
     parts = _split_file(str(ref.path), st.st_mtime_ns, st.st_size)
     if database not in parts:
-        raise InputError(f"dump {ref.path.name}", f"holds no section for database {database}",
-                         "use another dump of the database", path=str(ref.path))
+        raise InputError(
+            f"dump {ref.path.name}",
+            f"holds no section for database {database}",
+            "use another dump of the database",
+            path=str(ref.path),
+        )
     return parts[database].encode("utf-8", "surrogateescape")
 
 
-_CREATE_TABLE = re.compile(r"^CREATE TABLE (?:IF NOT EXISTS )?`((?:[^`]|``)+)` \(.*?^\)[^;\n]*;",
-                           re.MULTILINE | re.DOTALL)
+_CREATE_TABLE = re.compile(
+    r"^CREATE TABLE (?:IF NOT EXISTS )?`((?:[^`]|``)+)` \(.*?^\)[^;\n]*;", re.MULTILINE | re.DOTALL
+)
 
 
 def dump_create_tables(sql: str) -> dict[str, str]:
@@ -360,6 +375,7 @@ def table_name(file_stem: str) -> str:
 
 # --- per database: can the binary copy be used? ----------------------------------------------------
 
+
 @dataclass
 class BinaryVerdict:
     strategy: str | None  # DIRECTORY_COPY | TABLESPACE_IMPORT | None (the folder alone cannot work)
@@ -370,19 +386,22 @@ class BinaryVerdict:
     definitions: dict[str, str] = field(default_factory=dict)  # InnoDB table -> "frm" | "dump"
 
 
-def binary_verdict(files: ms.DatabaseFiles | None, dump_tables: set[str] | None = None,
-                   verdicts: list[ms.ChkVerdict] | None = None) -> BinaryVerdict:
+def binary_verdict(
+    files: ms.DatabaseFiles | None, dump_tables: set[str] | None = None, verdicts: list[ms.ChkVerdict] | None = None
+) -> BinaryVerdict:
     """Whether a database folder can be restored by files alone, and how. Pure: files were scanned before.
 
     dump_tables: tables whose CREATE TABLE a dump of the same database holds (a definition for an .ibd
     whose .frm is lost). verdicts: offline myisamchk/aria_chk results for the MyISAM/Aria tables.
     """
     if files is None:
-        return BinaryVerdict(None, "the backup's datadir has no folder for it",
-                             "the database folder from the old datadir, or a SQL dump")
+        return BinaryVerdict(
+            None, "the backup's datadir has no folder for it", "the database folder from the old datadir, or a SQL dump"
+        )
     if not files.tables:
-        return BinaryVerdict(None, "its folder in the backup holds no tables",
-                             "the database folder from the old datadir, or a SQL dump")
+        return BinaryVerdict(
+            None, "its folder in the backup holds no tables", "the database folder from the old datadir, or a SQL dump"
+        )
     dump_tables = dump_tables or set()
     shared: list[str] = []
     no_definition: list[str] = []
@@ -426,31 +445,42 @@ def binary_verdict(files: ms.DatabaseFiles | None, dump_tables: set[str] | None 
     if shared:
         names = ", ".join(shared[:8]) + (" ..." if len(shared) > 8 else "")
         return BinaryVerdict(
-            None, f"holds InnoDB tables ({names}) whose data lives in the old server's shared tablespace (ibdata1): "
-            "the folder has only their .frm definitions, no .ibd file", _NEEDS_FOR_INNODB, innodb=innodb)
+            None,
+            f"holds InnoDB tables ({names}) whose data lives in the old server's shared tablespace (ibdata1): "
+            "the folder has only their .frm definitions, no .ibd file",
+            _NEEDS_FOR_INNODB,
+            innodb=innodb,
+        )
     if no_definition:
         names = ", ".join(no_definition[:8]) + (" ..." if len(no_definition) > 8 else "")
         return BinaryVerdict(
-            None, f"the definition of InnoDB table(s) {names} is unavailable: the folder has their .ibd but no .frm, "
+            None,
+            f"the definition of InnoDB table(s) {names} is unavailable: the folder has their .ibd but no .frm, "
             "and no dump holds their CREATE TABLE",
             "each table's .frm from the old datadir, or its CREATE TABLE statement (a schema-only dump, "
-            "mariadb-dump --no-data), or a SQL dump of the database", innodb=innodb)
+            "mariadb-dump --no-data), or a SQL dump of the database",
+            innodb=innodb,
+        )
     if other:
-        return BinaryVerdict(None, "damaged or incomplete: " + "; ".join(other[:5]),
-                             "the missing files from another backup generation, or a SQL dump")
+        return BinaryVerdict(
+            None,
+            "damaged or incomplete: " + "; ".join(other[:5]),
+            "the missing files from another backup generation, or a SQL dump",
+        )
     copied = sorted(n for n in files.tables if n not in innodb)
     if innodb:
         return BinaryVerdict(TABLESPACE_IMPORT, innodb=innodb, copied=copied, definitions=definitions)
     return BinaryVerdict(DIRECTORY_COPY, copied=copied)
 
 
-def choose(binary: BinaryVerdict, dumps: list[DumpRef], prefer: str = "binary",
-           whole_datadir: bool = False) -> tuple[str, str]:
+def choose(
+    binary: BinaryVerdict, dumps: list[DumpRef], prefer: str = "binary", whole_datadir: bool = False
+) -> tuple[str, str]:
     """(strategy, how) for one database. Pure, so the plan can be tested without any server."""
     if whole_datadir:
         return WHOLE_DATADIR, "comes back with the old datadir as a whole"
     dump = dumps[0] if dumps else None
-    dump_strategy = (ALL_DATABASES_DUMP if dump is not None and dump.kind == "all-databases" else SQL_DUMP)
+    dump_strategy = ALL_DATABASES_DUMP if dump is not None and dump.kind == "all-databases" else SQL_DUMP
     fallback = f"; if that fails, the dump {dump.path.name}" if dump is not None else ""
     if prefer == "dump" and dump is not None:
         extra = f"; if that fails, the {binary.strategy} of its folder" if binary.strategy else ""
@@ -459,14 +489,19 @@ def choose(binary: BinaryVerdict, dumps: list[DumpRef], prefer: str = "binary",
         return DIRECTORY_COPY, f"copy the folder ({len(binary.copied)} MyISAM/Aria tables and views){fallback}"
     if binary.strategy == TABLESPACE_IMPORT:
         frm = sum(1 for v in binary.definitions.values() if v == "frm")
-        how = (f"recreate {len(binary.innodb)} InnoDB table(s) from their definitions ({frm} from .frm, "
-               f"{len(binary.innodb) - frm} from a dump), DISCARD TABLESPACE, copy each .ibd, IMPORT TABLESPACE")
+        how = (
+            f"recreate {len(binary.innodb)} InnoDB table(s) from their definitions ({frm} from .frm, "
+            f"{len(binary.innodb) - frm} from a dump), DISCARD TABLESPACE, copy each .ibd, IMPORT TABLESPACE"
+        )
         if binary.copied:
             how += f"; copy {len(binary.copied)} other table(s) as files"
         return TABLESPACE_IMPORT, how + fallback
     if dump is not None:
-        why = f" (its folder cannot be used: {binary.reason})" if binary.reason and "no folder" not in binary.reason \
+        why = (
+            f" (its folder cannot be used: {binary.reason})"
+            if binary.reason and "no folder" not in binary.reason
             else ""
+        )
         return dump_strategy, f"load {dump.path.name} with the mariadb client{why}"
     return CANNOT, f"{binary.reason}. Needs: {binary.needs}"
 
@@ -491,7 +526,7 @@ def patch_frm_engine(frm: bytes, engine: str) -> bytes:
     out[3] = _ENGINE_CODES[engine]
     at = out.find(_INNODB_NAME)
     if at >= 0:
-        out[at + 2:at + 8] = engine.encode("ascii")
+        out[at + 2 : at + 8] = engine.encode("ascii")
     return bytes(out)
 
 
@@ -503,7 +538,7 @@ def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
         return body + f" ENGINE={engine}"
     m = re.match(r"\) ENGINE=\w+", body[at:])
     assert m is not None
-    return body[:at] + f") ENGINE={engine}" + body[at + m.end():]
+    return body[:at] + f") ENGINE={engine}" + body[at + m.end() :]
 
 
 def read_frm_definitions(frms: dict[str, Path], runner: Runner | None = None) -> dict[str, str]:
@@ -551,6 +586,7 @@ def _show_create(cur: Any, table: str, repair: bool = False) -> str | None:
 
 
 # --- the whole picture --------------------------------------------------------------------------------
+
 
 @dataclass
 class CustomerDb:
@@ -603,8 +639,17 @@ class Discovery:
     def frame(self) -> Any:
         import pandas as pd
 
-        columns = ["database", "domain", "SQL users", "folder in backup", "engines (from files)", "size", "dumps",
-                   "restore", "how / why"]
+        columns = [
+            "database",
+            "domain",
+            "SQL users",
+            "folder in backup",
+            "engines (from files)",
+            "size",
+            "dumps",
+            "restore",
+            "how / why",
+        ]
         return pd.DataFrame([d.row() for d in self.databases], columns=columns)
 
 
@@ -659,8 +704,14 @@ def datadir_completeness(datadir: Path, shared: list[str], needed: Iterable[str]
     return True, "the backup holds the old datadir whole (ibdata1, redo log and every database folder)"
 
 
-def discover(ctx: Context, conf: IspcpConf | None = None, *, prefer: str | None = None,
-             include_unlisted: bool | None = None, read_listing_from: Listing | None = None) -> Discovery:
+def discover(
+    ctx: Context,
+    conf: IspcpConf | None = None,
+    *,
+    prefer: str | None = None,
+    include_unlisted: bool | None = None,
+    read_listing_from: Listing | None = None,
+) -> Discovery:
     """Every customer database ispCP lists or the backup holds, with what the backup has of it and a strategy.
 
     Reads only. The strategy here assumes nothing on the target yet; the customer_databases step refines it.
@@ -683,8 +734,9 @@ def discover(ctx: Context, conf: IspcpConf | None = None, *, prefer: str | None 
     shared = ms.shared_tablespace(datadir)
     names = list(found.databases)
     unlisted = sorted(set(folders) - set(names))
-    dumped_only = sorted({n for d in dumps for n in d.databases} - set(names) - set(folders)
-                         - SYSTEM_DATABASES - {ispcp_db})
+    dumped_only = sorted(
+        {n for d in dumps for n in d.databases} - set(names) - set(folders) - SYSTEM_DATABASES - {ispcp_db}
+    )
     if include_unlisted:
         names += unlisted + [n for n in dumped_only if n not in unlisted]
     complete, reason = datadir_completeness(datadir, shared, found.databases, ispcp_db)
@@ -703,28 +755,48 @@ def discover(ctx: Context, conf: IspcpConf | None = None, *, prefer: str | None 
             dump_tables = _dump_table_names(own_dumps, name)
         binary = binary_verdict(files, dump_tables, verdicts)
         strategy, how = choose(binary, own_dumps, prefer, whole_datadir=False)
-        dbs.append(CustomerDb(name, found.databases.get(name), [u.name for u in found.users_of(name)], folder, files,
-                              folder_size(folder) if folder is not None else None, own_dumps, binary, strategy, how,
-                              verdicts))
+        dbs.append(
+            CustomerDb(
+                name,
+                found.databases.get(name),
+                [u.name for u in found.users_of(name)],
+                folder,
+                files,
+                folder_size(folder) if folder is not None else None,
+                own_dumps,
+                binary,
+                strategy,
+                how,
+                verdicts,
+            )
+        )
     out = Discovery(found, dbs, datadir, shared, complete, reason)
     if not found.readable:
-        out.warnings.append(f"ispCP's list of customer databases (sql_database) could not be read: {found.source}. "
-                            "The table shows the folders and dumps the backup holds.")
+        out.warnings.append(
+            f"ispCP's list of customer databases (sql_database) could not be read: {found.source}. "
+            "The table shows the folders and dumps the backup holds."
+        )
     else:
-        out.notes.append(f"Customer databases listed in sql_database: {len(found.databases)} (read from "
-                         f"{found.source}); SQL users: {len(found.users)}.")
+        out.notes.append(
+            f"Customer databases listed in sql_database: {len(found.databases)} (read from "
+            f"{found.source}); SQL users: {len(found.users)}."
+        )
     if unlisted or dumped_only:
         extra = unlisted + dumped_only
         verb = "are restored too" if include_unlisted else "are left out (customer_databases_include_unlisted)"
-        out.notes.append(f"The backup holds {len(extra)} database(s) that sql_database does not list "
-                         f"({', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}): created outside the panel; "
-                         f"they {verb}.")
+        out.notes.append(
+            f"The backup holds {len(extra)} database(s) that sql_database does not list "
+            f"({', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}): created outside the panel; "
+            f"they {verb}."
+        )
     for r in refused:
         out.warnings.append(f"database folder refused: {r}")
     if complete:
-        out.notes.append("The backup holds the old datadir whole (ibdata1, redo log, every database): replacing the "
-                         "target's datadir with it brings every database back at once, InnoDB included, when the "
-                         "server versions are compatible (the customer_databases step decides).")
+        out.notes.append(
+            "The backup holds the old datadir whole (ibdata1, redo log, every database): replacing the "
+            "target's datadir with it brings every database back at once, InnoDB included, when the "
+            "server versions are compatible (the customer_databases step decides)."
+        )
     return out
 
 
@@ -766,13 +838,16 @@ def show(ctx: Context, result: Result) -> Discovery | None:
         result.warn(w)
     cannot = [d.name for d in found.databases if d.strategy == CANNOT]
     if cannot:
-        result.warn(f"{len(cannot)} customer database(s) cannot be restored from what the backup holds: "
-                    f"{', '.join(cannot)} (see the table: why, and what would be needed)")
+        result.warn(
+            f"{len(cannot)} customer database(s) cannot be restored from what the backup holds: "
+            f"{', '.join(cannot)} (see the table: why, and what would be needed)"
+        )
     result.data["customer_databases"] = [{"database": d.name, "strategy": d.strategy} for d in found.databases]
     return found
 
 
 # --- keys for the customers' SQL passwords -------------------------------------------------------------
+
 
 def account_keysets(ctx: Context) -> list[tuple[str, keyfiles.KeySet]]:
     """Key sets to decrypt sqlu_pass with: the target's (restored by the keys step), then the backup's."""

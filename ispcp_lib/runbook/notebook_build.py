@@ -1,7 +1,7 @@
 """Builds runbooks/ispcp_recovery.ipynb from the step modules, so that the notebook holds no logic
 and its text lives next to the code it explains. It also writes runbooks/ispcp_recovery.md, the same
 notebook as jupytext markdown, so that a change to the runbook can be reviewed as a plain text diff.
-`python -m ispcp_lib.notebook_build --check` fails when either file (or the README's parameter
+`python -m ispcp_lib.runbook.notebook_build --check` fails when either file (or the README's parameter
 table) is out of date."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from ispcp_lib.steps import STEP_ORDER, load
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "ispcp_recovery.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "runbooks" / "ispcp_recovery.ipynb"
 NOTEBOOK_TEXT = NOTEBOOK.with_suffix(".md")  # jupytext markdown of the same cells, for review
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 _README_START, _README_END = "<!-- step-parameters:start -->", "<!-- step-parameters:end -->"
 
 # name -> (default, description): the run-wide parameters of DESIGN.md's contract.
@@ -29,16 +29,20 @@ CORE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "steps": (None, "None = every step in guide order, or a list of step names"),
     "state_dir": (None, "journal and safety copies; None = /var/lib/ispcp-recovery under target_root"),
     "secrets_file": (None, "YAML name: value file (mode 0600) for secrets found on neither system"),
-    "mysql": ({"service": "systemd", "datadir": "/var/lib/mysql", "socket": "/run/mysqld/mysqld.sock",
-               "port": 3306}, "how to reach and control MySQL: service systemd|sysv|sandbox, datadir, socket, "
-                              "port, optional pid_file"),
+    "mysql": (
+        {"service": "systemd", "datadir": "/var/lib/mysql", "socket": "/run/mysqld/mysqld.sock", "port": 3306},
+        "how to reach and control MySQL: service systemd|sysv|sandbox, datadir, socket, port, optional pid_file",
+    ),
     "run_id": (None, "None = a timestamp; names safety copies and journal records"),
     "resume": (True, "skip changing steps that the journal shows applied already"),
     "force_steps": ([], "steps to run again even though the journal shows them applied"),
     "apply_steps": ({}, "per-step override of apply, e.g. {'user_data': False}"),
     "summary_path": (None, "where the summary JSON goes (the CLI sets it)"),
-    "interactive": (None, "None = status panel and Apply buttons only in a live JupyterLab (not when "
-                          "ISPCP_HEADLESS is set); plain papermill runs pass -p interactive False"),
+    "interactive": (
+        None,
+        "None = status panel and Apply buttons only in a live JupyterLab (not when "
+        "ISPCP_HEADLESS is set); plain papermill runs pass -p interactive False",
+    ),
 }
 # Parameters the setup cell uses itself instead of passing them to open_run.
 _NOT_FOR_OPEN_RUN = ("summary_path", "interactive")
@@ -72,8 +76,8 @@ the guide it follows, explains why the step exists and what can go wrong, then m
   of the run is the record of what was done. Running the notebook with plain `papermill` instead?
   Pass `-p interactive False`."""
 
-SETUP = """from ispcp_lib.interactive import start_interactive
-from ispcp_lib.runbook import open_run, summary
+SETUP = """from ispcp_lib.runbook.interactive import start_interactive
+from ispcp_lib.runbook.session import open_run, summary
 from ispcp_lib.steps import {modules}
 
 ctx = open_run(
@@ -138,8 +142,14 @@ def build() -> nbformat.NotebookNode:
         cells.append(_md(f"{name}-md", text, [name]))
         for i, source in enumerate(getattr(module, "CELLS", None) or [f"{name}.run(ctx)"]):
             cells.append(_code(f"{name}-{i}", source, [name]))
-    cells.append(_md("summary-md", "## Summary\n\nEvery step of this run, its outcome, the number of changes "
-                     "(planned in a dry run) and its duration.", ["summary"]))
+    cells.append(
+        _md(
+            "summary-md",
+            "## Summary\n\nEvery step of this run, its outcome, the number of changes "
+            "(planned in a dry run) and its duration.",
+            ["summary"],
+        )
+    )
     cells.append(_code("summary", "summary(ctx, summary_path)", ["summary"]))
     nb.cells = cells
     return nb
@@ -193,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [p for p, want in wanted.items() if not p.exists() or p.read_text() != want]
         for p in stale:
-            print(f"{p} is out of date: run python -m ispcp_lib.notebook_build", file=sys.stderr)
+            print(f"{p} is out of date: run python -m ispcp_lib.runbook.notebook_build", file=sys.stderr)
         if not stale:
-            print(f"{NOTEBOOK.name}, {NOTEBOOK_TEXT.name} and the README's parameter table are in sync "
-                  "with ispcp_lib/steps")
+            print(
+                f"{NOTEBOOK.name}, {NOTEBOOK_TEXT.name} and the README's parameter table are in sync "
+                "with ispcp_lib/steps"
+            )
         return 1 if stale else 0
     NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
     for path, text in wanted.items():

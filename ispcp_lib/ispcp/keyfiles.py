@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from types import MappingProxyType
 
-from ispcp_lib.errors import InputError
-from ispcp_lib.keys import IV_LENGTH, KEY_LENGTH
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.ispcp.crypto import IV_LENGTH, KEY_LENGTH
 
 PLACEHOLDERS = ("{KEY}", "{IV}")
 

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ispcp_lib.context import Context
-from ispcp_lib.errors import CommandFailed, IspcpError
-from ispcp_lib.result import Result
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import CommandFailed, IspcpError
+from ispcp_lib.core.result import Result
 
 # Checks run before every changing step (the mail guard registers its watchdog here).
 WATCHDOGS: list[Callable[[Context, Result], None]] = []
@@ -70,7 +70,7 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
     def deco(fn: Callable[..., None]) -> Callable[..., Result]:
         @functools.wraps(fn)
         def wrapper(ctx: Context, **kw: Any) -> Any:
-            # In a live JupyterLab session (ispcp_lib.interactive) the session decides how the step
+            # In a live JupyterLab session (ispcp_lib.runbook.interactive) the session decides how the step
             # runs: a changing step as a dry run first, applied only when the operator presses a button.
             session = getattr(ctx, "interactive_session", None)
             if session is not None:

@@ -6,7 +6,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from ispcp_lib.secrets import REGISTRY, SecretRegistry
+from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
 
 # Long outputs are collapsed in the report with this many head and tail lines visible.
 PREVIEW_LINES = 6
@@ -125,8 +125,17 @@ class Result:
         for name in ("summary", "changes", "warnings", "errors", "notes", "noop_reason", "backups"):
             setattr(clone, name, self.secrets.redact_obj(getattr(self, name)))
         clone.diffs = [Diff(self.secrets.redact(d.path), self.secrets.redact(d.text)) for d in self.diffs]
-        clone.commands = [CommandRecord([self.secrets.redact(a) for a in c.argv], c.rc, self.secrets.redact(c.stdout),
-                                        self.secrets.redact(c.stderr), c.duration_s, c.planned) for c in self.commands]
+        clone.commands = [
+            CommandRecord(
+                [self.secrets.redact(a) for a in c.argv],
+                c.rc,
+                self.secrets.redact(c.stdout),
+                self.secrets.redact(c.stderr),
+                c.duration_s,
+                c.planned,
+            )
+            for c in self.commands
+        ]
         clone.tables = [Table(self.secrets.redact(t.title), self.secrets.redact_obj(t.frame)) for t in self.tables]
         return clone
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts.mysql_creds import Login
 
 SUFFIXES = (".sql", ".sql.gz", ".sql.bz2")
@@ -29,8 +29,9 @@ SUFFIXES = (".sql", ".sql.gz", ".sql.bz2")
 MYSQL_DUMP_DIRS = ("/var/backups/mysql", "/var/backups", "/root")
 _MYSQL_DUMP_NAME = re.compile(r"^mysql(?:[-_.][^/]*)?\.sql(?:\.gz|\.bz2)?$")
 _HEADER_DB = re.compile(r"^--\s*Host:.*?Database:\s*(\S+)", re.MULTILINE)
-_USE_DB = re.compile(r"^(?:USE|CREATE DATABASE(?: /\*!\d+ IF NOT EXISTS\*/| IF NOT EXISTS)?)\s+`([^`]+)`",
-                     re.MULTILINE | re.IGNORECASE)
+_USE_DB = re.compile(
+    r"^(?:USE|CREATE DATABASE(?: /\*!\d+ IF NOT EXISTS\*/| IF NOT EXISTS)?)\s+`([^`]+)`", re.MULTILINE | re.IGNORECASE
+)
 _DUMP_HEAD = re.compile(r"^-- (?:MySQL|MariaDB) dump", re.MULTILINE)
 _DUMP_TAIL = "-- Dump completed"
 # Tokens that matter when counting rows: quoted strings and identifiers, comments, parentheses, ';'.
@@ -63,9 +64,12 @@ def read_dump(path: Path, limit: int | None = None) -> bytes:
         with opener(path, "rb") as fh:  # type: ignore[operator]
             return fh.read() if limit is None else fh.read(limit)
     except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise InputError("SQL dump", f"cannot be read or decompressed ({exc}); it is damaged or cut off",
-                         "take another dump from the backup, or the binary copy (mysql_restore_source = binary)",
-                         path=str(path)) from None
+        raise InputError(
+            "SQL dump",
+            f"cannot be read or decompressed ({exc}); it is damaged or cut off",
+            "take another dump from the backup, or the binary copy (mysql_restore_source = binary)",
+            path=str(path),
+        ) from None
 
 
 def dump_database(head: str) -> str | None:
@@ -123,8 +127,10 @@ def inspect_dump(path: Path, sql: bytes | None = None) -> DumpInfo:
     complete = (_DUMP_TAIL in text[-4096:]) if has_head else None
     info = DumpInfo(path, dump_database(text[:65536]), tables, count_insert_rows(text), complete)
     if complete is None:
-        info.warnings.append(f"{path.name} has no mysqldump header or trailer (--skip-comments?): "
-                             "it cannot be told whether it is complete")
+        info.warnings.append(
+            f"{path.name} has no mysqldump header or trailer (--skip-comments?): "
+            "it cannot be told whether it is complete"
+        )
     return info
 
 
@@ -145,7 +151,7 @@ def count_insert_rows(sql: str) -> dict[str, int]:
             continue
         if not checked:
             # The first real token of a statement decides whether it is an INSERT.
-            head = _INSERT.match(_strip_comments(sql[stmt_start:m.end()]))
+            head = _INSERT.match(_strip_comments(sql[stmt_start : m.end()]))
             table = head.group(1) if head else None
             if table is not None:
                 counts.setdefault(table, 0)
@@ -155,7 +161,7 @@ def count_insert_rows(sql: str) -> dict[str, int]:
         if tok == "(":
             if depth == 0 and not values_seen:
                 # Only new text is searched, so long statements stay linear.
-                values_seen = re.search(r"\bVALUES\b", sql[search_from:m.start()], re.IGNORECASE) is not None
+                values_seen = re.search(r"\bVALUES\b", sql[search_from : m.start()], re.IGNORECASE) is not None
                 search_from = m.start()
             if depth == 0 and values_seen:
                 counts[table] += 1
@@ -171,16 +177,20 @@ def _strip_comments(text: str) -> str:
 
 # --- the client -----------------------------------------------------------------------------------
 
+
 def _option_value(value: str) -> str:
     """A value quoted for a MySQL option file (backslash escapes inside double quotes)."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-               .replace("\t", "\\t"))
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
 def defaults_text(login: Login, socket: Path) -> str:
-    return (f"[client]\nuser={_option_value(login.user)}\npassword={_option_value(login.password)}\n"
-            f"socket={_option_value(str(socket))}\n")
+    return (
+        f"[client]\nuser={_option_value(login.user)}\npassword={_option_value(login.password)}\n"
+        f"socket={_option_value(str(socket))}\n"
+    )
 
 
 @contextmanager

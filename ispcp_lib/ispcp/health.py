@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.steps import mail_guard
@@ -68,10 +68,15 @@ def _listed(items: list[str]) -> str:
 
 # -- the checks ------------------------------------------------------------------------------------
 
+
 def check_ispcp_login(ctx: Context) -> Check:
     ok, text = ispcp_login.check_ispcp_login(ctx)
-    return Check("ispCP logs into its database", "ok" if ok else "FAIL", text,
-                 "" if ok else "run the keys and ispcp_conf steps (old key files, old DATABASE_PASSWORD)")
+    return Check(
+        "ispCP logs into its database",
+        "ok" if ok else "FAIL",
+        text,
+        "" if ok else "run the keys and ispcp_conf steps (old key files, old DATABASE_PASSWORD)",
+    )
 
 
 def check_vftp(ctx: Context, conf: IspcpConf | None) -> Check:
@@ -157,8 +162,13 @@ def check_domains(ctx: Context, conf: IspcpConf | None) -> Check:
     if bad_status:
         problems.append(f"domain_status not ok: {_listed(bad_status)}")
     if problems:
-        nxt = "run register_accounts (adds missing users, fixes ownership)" if (no_user or wrong_owner) \
-            else "run the user_data step" if no_dir else "run ispcp_update again"
+        nxt = (
+            "run register_accounts (adds missing users, fixes ownership)"
+            if (no_user or wrong_owner)
+            else "run the user_data step"
+            if no_dir
+            else "run ispcp_update again"
+        )
         return Check(name, "FAIL", f"{len(rows)} domains; " + "; ".join(problems), nxt)
     return Check(name, "ok", f"{len(rows)} domains: web dirs under {www} owned by their {prefix}<uid> users")
 
@@ -168,8 +178,12 @@ def check_vhosts(ctx: Context, conf: IspcpConf | None) -> Check:
     sites = (conf.get("APACHE_SITES_DIR") if conf else None) or "/etc/apache2/sites-available"
     path = ctx.t(f"{sites}/ispcp.conf")
     if not path.is_file():
-        return Check(name, "FAIL", f"{sites}/ispcp.conf does not exist: the update has not rebuilt the "
-                     "customers' configuration", "run ispcp_update")
+        return Check(
+            name,
+            "FAIL",
+            f"{sites}/ispcp.conf does not exist: the update has not rebuilt the customers' configuration",
+            "run ispcp_update",
+        )
     rows, source = _domain_rows(ctx, conf)
     if rows is None:
         return Check(name, "WARN", f"vhost file present, but the domain list is unreadable: {source}")
@@ -177,8 +191,12 @@ def check_vhosts(ctx: Context, conf: IspcpConf | None) -> Check:
     names = set(re.findall(r"^\s*ServerName\s+(\S+)", text, re.MULTILINE))
     missing = [d["name"] for d in rows if d["name"] not in names]
     if missing:
-        return Check(name, "FAIL", f"{len(missing)} of {len(rows)} domains have no vhost: {_listed(missing)}",
-                     "run ispcp_update again")
+        return Check(
+            name,
+            "FAIL",
+            f"{len(missing)} of {len(rows)} domains have no vhost: {_listed(missing)}",
+            "run ispcp_update again",
+        )
     return Check(name, "ok", f"{len(rows)} domains in {sites}/ispcp.conf")
 
 
@@ -208,8 +226,12 @@ def check_apache(ctx: Context) -> Check:
     out = (rec.stderr or rec.stdout).strip().splitlines()
     if rec.rc == 0:
         return Check(name, "ok", out[-1] if out else "Syntax OK")
-    return Check(name, "FAIL", " / ".join(out[-3:]) or f"exit {rec.rc}",
-                 "run register_accounts: Apache fails when the vu* users of the vhosts are missing")
+    return Check(
+        name,
+        "FAIL",
+        " / ".join(out[-3:]) or f"exit {rec.rc}",
+        "run register_accounts: Apache fails when the vu* users of the vhosts are missing",
+    )
 
 
 def check_apache_running(ctx: Context) -> Check:
@@ -223,8 +245,12 @@ def check_apache_running(ctx: Context) -> Check:
         pid = int(pid_file.read_text().strip())
         os.kill(pid, 0)
     except (OSError, ValueError):
-        return Check(name, "FAIL", f"no running Apache ({pid_file} missing or stale)",
-                     "run register_accounts, then start Apache (systemctl start apache2) and read its error log")
+        return Check(
+            name,
+            "FAIL",
+            f"no running Apache ({pid_file} missing or stale)",
+            "run register_accounts, then start Apache (systemctl start apache2) and read its error log",
+        )
     return Check(name, "ok", f"master process {pid}")
 
 

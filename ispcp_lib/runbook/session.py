@@ -9,11 +9,11 @@ from typing import Any
 
 import yaml
 
-from ispcp_lib import mysql_service
-from ispcp_lib.context import DEFAULT_STATE_DIR, Context, new_run_id
-from ispcp_lib.errors import InputError
-from ispcp_lib.runner import Runner
-from ispcp_lib.secrets import REGISTRY
+from ispcp_lib.core.context import DEFAULT_STATE_DIR, Context, new_run_id
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.core.secrets import REGISTRY
+from ispcp_lib.mysql import service as mysql_service
 from ispcp_lib.steps import STEP_ORDER
 
 
@@ -38,8 +38,9 @@ def open_run(
             raise InputError("parameter", f"names an unknown step {name!r}", f"use one of {', '.join(STEP_ORDER)}")
     target = Path(target_root)
     if not target.is_dir():
-        raise InputError("target_root", "is not a directory", "point target_root at the new system's root",
-                         path=str(target))
+        raise InputError(
+            "target_root", "is not a directory", "point target_root at the new system's root", path=str(target)
+        )
     backup = Path(backup_root) if backup_root else None
     runner = Runner(apply=apply)
     ctx = Context(
@@ -59,16 +60,16 @@ def open_run(
     if secrets_file:
         load_secrets_file(ctx, Path(secrets_file))
     ctx.mysql = mysql_service.from_params(mysql or {}, target, runner)
-    ctx.log(f"run {ctx.run_id}: {'APPLY' if apply else 'dry run (nothing changes)'}; "
-            f"backup {backup}, target {target}")
+    ctx.log(f"run {ctx.run_id}: {'APPLY' if apply else 'dry run (nothing changes)'}; backup {backup}, target {target}")
     return ctx
 
 
 def load_secrets_file(ctx: Context, path: Path) -> None:
     """A YAML mapping of secrets that cannot be found on either system; every value is registered."""
     if not path.is_file():
-        raise InputError("secrets_file", "does not exist", "create it (mode 0600) or unset the parameter",
-                         path=str(path))
+        raise InputError(
+            "secrets_file", "does not exist", "create it (mode 0600) or unset the parameter", path=str(path)
+        )
     if path.stat().st_mode & 0o077:
         raise InputError("secrets_file", "is readable by group or others", f"chmod 600 {path}", path=str(path))
     try:
@@ -77,14 +78,20 @@ def load_secrets_file(ctx: Context, path: Path) -> None:
         # PyYAML quotes the offending line, which holds a secret: report only where it is.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError("secrets_file", f"is not valid YAML{where}", "write one name: value per line, "
-                         "quoting values with special characters", path=str(path)) from None
-    bad = [str(k) for k, v in data.items() if not isinstance(v, (str, int, float))] \
-        if isinstance(data, dict) else None
+        raise InputError(
+            "secrets_file",
+            f"is not valid YAML{where}",
+            "write one name: value per line, quoting values with special characters",
+            path=str(path),
+        ) from None
+    bad = [str(k) for k, v in data.items() if not isinstance(v, (str, int, float))] if isinstance(data, dict) else None
     if bad is None or bad:
-        raise InputError("secrets_file", "is not a flat YAML mapping of name: value"
-                         + (f" ({', '.join(bad)} is not a plain value)" if bad else ""),
-                         "write one name: value per line", path=str(path))
+        raise InputError(
+            "secrets_file",
+            "is not a flat YAML mapping of name: value" + (f" ({', '.join(bad)} is not a plain value)" if bad else ""),
+            "write one name: value per line",
+            path=str(path),
+        )
     for key, value in data.items():
         ctx.secrets.add(str(value), label=str(key))
     ctx.params.setdefault("secrets", {}).update({str(k): str(v) for k, v in data.items()})
@@ -98,8 +105,16 @@ def summary(ctx: Context, summary_path: str | None = None) -> Any:
     if summary_path:
         write_private(Path(summary_path), json.dumps(data, indent=2))
     frame = pd.DataFrame(
-        [{"step": s["name"], "status": s["status"], "changes": s["changed"], "duration (s)": s["duration_s"],
-          "warnings": len(s["warnings"])} for s in data["steps"]]
+        [
+            {
+                "step": s["name"],
+                "status": s["status"],
+                "changes": s["changed"],
+                "duration (s)": s["duration_s"],
+                "warnings": len(s["warnings"]),
+            }
+            for s in data["steps"]
+        ]
     )
     return frame
 
@@ -112,8 +127,15 @@ def summary_dict(ctx: Context) -> dict[str, Any]:
         if r is None:
             rows.append({"name": name, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": []})
         else:
-            rows.append({"name": name, "status": r.status, "changed": r.changed,
-                         "duration_s": round(r.duration_s, 3), "warnings": list(r.warnings)})
+            rows.append(
+                {
+                    "name": name,
+                    "status": r.status,
+                    "changed": r.changed,
+                    "duration_s": round(r.duration_s, 3),
+                    "warnings": list(r.warnings),
+                }
+            )
     status = "failed" if any(r["status"] == "failed" for r in rows) else "ok"
     # Stepping through in JupyterLab, an Apply button applies one step while the parameter stays False.
     applied = ctx.default_apply or any(r.apply and r.status == "done" for r in ctx.results.values())

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ispcp_lib import fileops
-from ispcp_lib.errors import InputError
-from ispcp_lib.result import Diff, Result
-from ispcp_lib.runner import Runner
-from ispcp_lib.secrets import REGISTRY, SecretRegistry
+from ispcp_lib.core import fileops
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.result import Diff, Result
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
 
 if TYPE_CHECKING:
-    from ispcp_lib.mysql_service import MysqlService
+    from ispcp_lib.mysql.service import MysqlService
 
 DEFAULT_STATE_DIR = "/var/lib/ispcp-recovery"
 

@@ -17,7 +17,7 @@ import warnings
 
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
 
 with warnings.catch_warnings():
     # Blowfish lives in "decrepit" on purpose; ispCP leaves us no choice, so don't let a

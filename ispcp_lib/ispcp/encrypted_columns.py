@@ -20,14 +20,14 @@ from typing import Any
 import pandas as pd
 import pymysql
 
-from ispcp_lib import keys as crypto
-from ispcp_lib.context import Context
-from ispcp_lib.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_db_reader
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.keyfiles import KeySet
-from ispcp_lib.result import Result
+from ispcp_lib.ispcp import crypto as crypto
+from ispcp_lib.ispcp.keyfiles import KeySet
 
 MAILBOX = "mailbox passwords"
 SQL_USER = "customer SQL passwords"
@@ -67,10 +67,16 @@ def read_rows(conn: Any, secrets: Any) -> EncryptedRows:
     """Every encrypted mailbox and SQL password from a connection with ispCP's database selected."""
     out = EncryptedRows("")
     queries = (
-        (MAILBOX, "SELECT mail_id, mail_addr, mail_pass, NULL, status FROM mail_users "
-                  f"WHERE mail_pass IS NULL OR mail_pass <> '{NO_PASSWORD}' ORDER BY mail_id"),
-        (SQL_USER, "SELECT u.sqlu_id, u.sqlu_name, u.sqlu_pass, d.sqld_name, NULL FROM sql_user u "
-                   "LEFT JOIN sql_database d ON d.sqld_id = u.sqld_id ORDER BY u.sqlu_id"),
+        (
+            MAILBOX,
+            "SELECT mail_id, mail_addr, mail_pass, NULL, status FROM mail_users "
+            f"WHERE mail_pass IS NULL OR mail_pass <> '{NO_PASSWORD}' ORDER BY mail_id",
+        ),
+        (
+            SQL_USER,
+            "SELECT u.sqlu_id, u.sqlu_name, u.sqlu_pass, d.sqld_name, NULL FROM sql_user u "
+            "LEFT JOIN sql_database d ON d.sqld_id = u.sqld_id ORDER BY u.sqlu_id",
+        ),
     )
     for column, sql in queries:
         try:
@@ -90,8 +96,9 @@ def read_rows(conn: Any, secrets: Any) -> EncryptedRows:
 def _holds_data(conn: Any) -> bool:
     """False for the dummy install's empty tables (nothing restored yet)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT (SELECT COUNT(*) FROM domain) + (SELECT COUNT(*) FROM mail_users) + "
-                    "(SELECT COUNT(*) FROM sql_user)")
+        cur.execute(
+            "SELECT (SELECT COUNT(*) FROM domain) + (SELECT COUNT(*) FROM mail_users) + (SELECT COUNT(*) FROM sql_user)"
+        )
         return bool(int(cur.fetchone()[0]))
 
 
@@ -114,8 +121,9 @@ def load_rows(ctx: Context, logins: list[Login], database: str, backup_datadir: 
     if backup_datadir is None or not (backup_datadir / database).is_dir():
         return None
     try:
-        found = backup_db_reader.read_backup_database(backup_datadir, database, lambda c: read_rows(c, ctx.secrets),
-                                                      runner=ctx.runner)
+        found = backup_db_reader.read_backup_database(
+            backup_datadir, database, lambda c: read_rows(c, ctx.secrets), runner=ctx.runner
+        )
     except (PreconditionFailed, CommandFailed, pymysql.MySQLError):
         return None
     found.source = f"the backup's copy of {database} (read by a throwaway server; the target is not restored yet)"
@@ -155,14 +163,23 @@ class Proof:
                 out.append({"check": column, "result": "skipped", "detail": "table not readable"})
                 continue
             ok, total = self.count(column)
-            out.append({"check": column, "result": "verified" if ok == total else "WARN",
-                        "detail": f"{ok} of {total} decrypt to text"})
+            out.append(
+                {
+                    "check": column,
+                    "result": "verified" if ok == total else "WARN",
+                    "detail": f"{ok} of {total} decrypt to text",
+                }
+            )
         return out
 
     def failed_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"column": r.column, "id": r.id, "account": r.account, "database": r.database or "",
-                              "why": why} for r, why in self.failed],
-                            columns=["column", "id", "account", "database", "why"])
+        return pd.DataFrame(
+            [
+                {"column": r.column, "id": r.id, "account": r.account, "database": r.database or "", "why": why}
+                for r, why in self.failed
+            ],
+            columns=["column", "id", "account", "database", "why"],
+        )
 
 
 def prove(rows: EncryptedRows, keyset: KeySet) -> Proof:
@@ -170,11 +187,14 @@ def prove(rows: EncryptedRows, keyset: KeySet) -> Proof:
 
 
 def accounts_frame(rows: list[EncryptedRow]) -> pd.DataFrame:
-    return pd.DataFrame([{"account": r.account, "kind": r.kind, "id": r.id, "database": r.database or ""}
-                         for r in rows], columns=["account", "kind", "id", "database"])
+    return pd.DataFrame(
+        [{"account": r.account, "kind": r.kind, "id": r.id, "database": r.database or ""} for r in rows],
+        columns=["account", "kind", "id", "database"],
+    )
 
 
 # --- new passwords -------------------------------------------------------------------------------
+
 
 def credentials_path(ctx: Context) -> Path:
     return ctx.state_dir / CREDENTIALS_FILE
@@ -210,8 +230,15 @@ def _mysql_hosts(cur: Any, user: str) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
-def reset_accounts(ctx: Context, result: Result, keyset: KeySet, targets: list[EncryptedRow], db_login: Login,
-                   database: str, admin: Login | None) -> list[dict[str, str]]:
+def reset_accounts(
+    ctx: Context,
+    result: Result,
+    keyset: KeySet,
+    targets: list[EncryptedRow],
+    db_login: Login,
+    database: str,
+    admin: Login | None,
+) -> list[dict[str, str]]:
     """New random passwords for `targets`: credentials file first, then ispCP's rows, then MySQL. Returns checks.
 
     Mailbox rows whose status is 'ok' are set to 'change', so the engine rebuilds the mail account with the
@@ -237,22 +264,40 @@ def reset_accounts(ctx: Context, result: Result, keyset: KeySet, targets: list[E
     if ctx.apply:
         ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The file first: once ispCP's rows or MySQL hold a new password, it must already be on disk.
-    ctx.write_file(path, credentials_text(entries, ctx.run_id), 0o600, 0, 0, show_diff=False,
-                   what=f"write {len(fresh)} new account password(s) to {ctx.display_path(path)} (mode 0600; for the "
-                        "admin to hand out, never shown here)")
+    ctx.write_file(
+        path,
+        credentials_text(entries, ctx.run_id),
+        0o600,
+        0,
+        0,
+        show_diff=False,
+        what=f"write {len(fresh)} new account password(s) to {ctx.display_path(path)} (mode 0600; for the "
+        "admin to hand out, never shown here)",
+    )
     if mail:
-        result.change(f"set a new random password for {len(mail)} mailbox(es) in {database}.mail_users "
-                      "(encrypted with the keys now in place; status 'change' so the engine rebuilds them)")
+        result.change(
+            f"set a new random password for {len(mail)} mailbox(es) in {database}.mail_users "
+            "(encrypted with the keys now in place; status 'change' so the engine rebuilds them)"
+        )
     if sql:
-        result.change(f"set a new random password for {len(sql)} customer SQL user(s) in {database}.sql_user "
-                      "(encrypted) and in MySQL for every host of each account")
+        result.change(
+            f"set a new random password for {len(sql)} customer SQL user(s) in {database}.sql_user "
+            "(encrypted) and in MySQL for every host of each account"
+        )
     if not ctx.apply:
-        return [{"check": "new account passwords", "result": "planned",
-                 "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {ctx.display_path(path)}"}]
+        return [
+            {
+                "check": "new account passwords",
+                "result": "planned",
+                "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {ctx.display_path(path)}",
+            }
+        ]
     with ctx.mysql.connect(db_login.user, db_login.password, database) as conn, conn.cursor() as cur:
         for row, _, cipher in mail:
-            cur.execute("UPDATE mail_users SET mail_pass = %s, status = IF(status = 'ok', 'change', status) "
-                        "WHERE mail_id = %s", (cipher, row.id))
+            cur.execute(
+                "UPDATE mail_users SET mail_pass = %s, status = IF(status = 'ok', 'change', status) WHERE mail_id = %s",
+                (cipher, row.id),
+            )
         for row, _, cipher in sql:
             cur.execute("UPDATE sql_user SET sqlu_pass = %s WHERE sqlu_id = %s", (cipher, row.id))
     who = admin or db_login
@@ -266,22 +311,34 @@ def reset_accounts(ctx: Context, result: Result, keyset: KeySet, targets: list[E
                     for host in hosts:
                         cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
                         if row.database:
-                            cur.execute(f"GRANT ALL PRIVILEGES ON {ms.quote_ident(row.database)}.* TO %s@%s",
-                                        (row.account, host))
+                            cur.execute(
+                                f"GRANT ALL PRIVILEGES ON {ms.quote_ident(row.database)}.* TO %s@%s",
+                                (row.account, host),
+                            )
                     created.append(row.account)
                     continue
                 for host in hosts:
                     cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
     except pymysql.MySQLError as exc:
-        raise PreconditionFailed("customer SQL passwords", ctx.secrets.redact(f"setting them in MySQL failed: {exc}"),
-                                 f"the new passwords are in {path} and in ispCP's database; fix the cause and set "
-                                 "them in MySQL (ALTER USER) from that file") from None
+        raise PreconditionFailed(
+            "customer SQL passwords",
+            ctx.secrets.redact(f"setting them in MySQL failed: {exc}"),
+            f"the new passwords are in {path} and in ispCP's database; fix the cause and set "
+            "them in MySQL (ALTER USER) from that file",
+        ) from None
     if created:
-        result.note(f"SQL user(s) without any MySQL account were created at localhost and % with all privileges on "
-                    f"their database: {', '.join(created)}")
-    checks = [{"check": "new account passwords", "result": "done",
-               "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); written to {ctx.display_path(path)} "
-                         "(mode 0600)"}]
+        result.note(
+            f"SQL user(s) without any MySQL account were created at localhost and % with all privileges on "
+            f"their database: {', '.join(created)}"
+        )
+    checks = [
+        {
+            "check": "new account passwords",
+            "result": "done",
+            "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); written to {ctx.display_path(path)} "
+            "(mode 0600)",
+        }
+    ]
     if sql:
         refused, no_db = [], []
         for row, password, _ in sql:
@@ -295,8 +352,13 @@ def reset_accounts(ctx: Context, result: Result, keyset: KeySet, targets: list[E
             detail += f"; refused: {'; '.join(refused[:4])}"
         if no_db:
             detail += f"; cannot open their database: {'; '.join(no_db[:4])}"
-        checks.append({"check": "SQL logins with the new passwords", "result": "verified" if not refused else "FAILED",
-                       "detail": detail})
+        checks.append(
+            {
+                "check": "SQL logins with the new passwords",
+                "result": "verified" if not refused else "FAILED",
+                "detail": detail,
+            }
+        )
         if refused:
             result.warn(f"{len(refused)} SQL user(s) cannot log in with their new password: {'; '.join(refused[:4])}")
     return checks

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ispcp_lib.errors import InputError, PreconditionFailed
+from ispcp_lib.core.errors import InputError, PreconditionFailed
 
 FILE_NAMES = ("passwd", "shadow", "group", "gshadow")
 RESOLUTIONS = ("skip", "take_old", "keep_target")
@@ -175,9 +175,7 @@ def _parse_line(kind: str, line: str, n: int, path: str) -> Entry:
     if not line.strip():
         raise _bad(kind, n, path, "is blank; blank lines are only tolerated at the end", "delete the line")
     if line.startswith("#"):
-        raise _bad(
-            kind, n, path, f"is a comment; shadow-utils does not allow comments in {kind}", "delete the line"
-        )
+        raise _bad(kind, n, path, f"is a comment; shadow-utils does not allow comments in {kind}", "delete the line")
     fields = tuple(line.split(":"))
     want = _FIELD_COUNT[kind]
     if len(fields) != want:
@@ -204,9 +202,7 @@ def _check_id(value: str, label: str, kind: str, n: int, path: str, name: str) -
         problem = f"is above {_MAX_ID}"
     else:
         return
-    raise _bad(
-        kind, n, path, f"{label} of {name!r} {problem}", f"give {name!r} a valid {label} or delete the line"
-    )
+    raise _bad(kind, n, path, f"{label} of {name!r} {problem}", f"give {name!r} a valid {label} or delete the line")
 
 
 def _bad(kind: str, n: int, path: str, problem: str, fix: str) -> InputError:
@@ -264,9 +260,7 @@ class AccountFiles:
         return f"AccountFiles({sizes})"
 
     def file(self, name: str) -> DbFile:
-        return {"passwd": self.passwd, "shadow": self.shadow, "group": self.group, "gshadow": self.gshadow}[
-            name
-        ]
+        return {"passwd": self.passwd, "shadow": self.shadow, "group": self.group, "gshadow": self.gshadow}[name]
 
     def validate(self) -> None:
         """A shadow entry needs a passwd entry, a gshadow entry a group entry (the reverse is legal)."""
@@ -361,7 +355,7 @@ def _pick(db: DbFile, shadow: DbFile, kind: str, prefix: str, mbox: str, mbox_id
     picks = []
     for e in db:
         # ispCP names are prefix + digits (vu2001): a system account like "vuurmuur" is not ours.
-        if e.name == mbox or (e.name.startswith(prefix) and e.name[len(prefix):].isdigit()):
+        if e.name == mbox or (e.name.startswith(prefix) and e.name[len(prefix) :].isdigit()):
             issue = (
                 ""
                 if e.name != mbox or e.id == mbox_id
@@ -505,14 +499,10 @@ def _classify(target: AccountFiles, owners: dict[int, list[str]], it: _Item) -> 
         it.found.append(("conf_mismatch", p.issue))
     if current is None:
         if owners.get(p.id):
-            it.found.append(
-                ("id_taken", f"{label} {p.id} already used by target {p.kind} {', '.join(owners[p.id])}")
-            )
+            it.found.append(("id_taken", f"{label} {p.id} already used by target {p.kind} {', '.join(owners[p.id])}"))
         it.intent = "add"
     elif current.id != p.id:
-        it.found.append(
-            ("name_id_mismatch", f"target has {p.name} with {label} {current.id}, old has {p.id}")
-        )
+        it.found.append(("name_id_mismatch", f"target has {p.name} with {label} {current.id}, old has {p.id}"))
         it.intent = "replace"
     else:
         _classify_same(target, it, current)
@@ -550,9 +540,7 @@ def _differences(target: AccountFiles, p: Pick, current: Entry) -> list[str]:
     shadow_db = target.shadow if p.kind == "user" else target.gshadow
     t_shadow = shadow_db.get(p.name)
     diffs = []
-    hash_differs = old[1] != new[1] or bool(
-        p.shadow and t_shadow and p.shadow.fields[1] != t_shadow.fields[1]
-    )
+    hash_differs = old[1] != new[1] or bool(p.shadow and t_shadow and p.shadow.fields[1] != t_shadow.fields[1])
     if hash_differs:
         diffs.append("hash differs")
     if p.kind == "user":
@@ -622,9 +610,7 @@ def _check_refs(target: AccountFiles, items: list[_Item]) -> None:
             members = it.new_members if it.action == "merge" else it.pick.entry.members()
             unknown = [m for m in members if m not in users]
             if unknown:
-                _ref_conflict(
-                    it, "unknown_member", f"member(s) {', '.join(unknown)} not in the merged passwd"
-                )
+                _ref_conflict(it, "unknown_member", f"member(s) {', '.join(unknown)} not in the merged passwd")
         else:
             gid = int(it.pick.entry.fields[3])
             if gid not in gids:

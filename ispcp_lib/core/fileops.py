@@ -14,9 +14,7 @@ from pathlib import Path
 
 def unified_diff(old: str, new: str, path: str) -> str:
     return "".join(
-        difflib.unified_diff(
-            old.splitlines(keepends=True), new.splitlines(keepends=True), f"a{path}", f"b{path}"
-        )
+        difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True), f"a{path}", f"b{path}")
     )
 
 

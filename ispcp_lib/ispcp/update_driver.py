@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pexpect
 
-from ispcp_lib.secrets import SecretRegistry
+from ispcp_lib.core.secrets import SecretRegistry
 
 # CSI sequences (colours, clear screen, cursor moves), OSC titles, charset selections, keypad modes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][A-Za-z0-9]|\x1b[=>78cM]")
@@ -86,8 +86,14 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return (self.exit_status == 0 and not self.timed_out and self.unexpected_prompt is None
-                and self.refused_prompt is None and self.repeated_prompt is None and self.spawn_error is None)
+        return (
+            self.exit_status == 0
+            and not self.timed_out
+            and self.unexpected_prompt is None
+            and self.refused_prompt is None
+            and self.repeated_prompt is None
+            and self.spawn_error is None
+        )
 
     def status_text(self) -> str:
         if self.spawn_error:
@@ -303,8 +309,16 @@ def run_interactive(
     transcript = Transcript(transcript_path, secrets, log)
     started = time.monotonic()
     try:
-        child = pexpect.spawn(argv[0], list(argv[1:]), cwd=str(cwd), env=dict(env) if env is not None else None,
-                              encoding="utf-8", codec_errors="replace", dimensions=(40, 160), echo=True)
+        child = pexpect.spawn(
+            argv[0],
+            list(argv[1:]),
+            cwd=str(cwd),
+            env=dict(env) if env is not None else None,
+            encoding="utf-8",
+            codec_errors="replace",
+            dimensions=(40, 160),
+            echo=True,
+        )
     except (pexpect.ExceptionPexpect, OSError) as exc:
         outcome.spawn_error = str(exc)
         transcript.note(f"could not start {argv[0]}: {exc}")

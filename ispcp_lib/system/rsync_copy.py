@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from ispcp_lib.errors import CommandFailed
-from ispcp_lib.result import CommandRecord
+from ispcp_lib.core.errors import CommandFailed
+from ispcp_lib.core.result import CommandRecord
 
 PARTIAL_DIR = ".rsync-partial"  # where earlier versions of this step let rsync keep interrupted files
 STAGING_DIR = ".ispcp-recovery-staging"
@@ -121,9 +121,11 @@ class Progress:
     def line(self) -> str:
         rate = human(self.bytes_done / self.elapsed) + "/s" if self.elapsed > 0 else "-"
         methods = sorted({r.method for r in self.running})
-        return (f"{self.label}: {human(self.bytes_done)} of {human(self.bytes_total)} ({self.percent}%), "
-                f"{self.files_done} of {self.files_total} files in finished jobs, {rate}; "
-                f"{len(self.running)} copies running{' (' + ', '.join(methods) + ')' if methods else ''}")
+        return (
+            f"{self.label}: {human(self.bytes_done)} of {human(self.bytes_total)} ({self.percent}%), "
+            f"{self.files_done} of {self.files_total} files in finished jobs, {rate}; "
+            f"{len(self.running)} copies running{' (' + ', '.join(methods) + ')' if methods else ''}"
+        )
 
 
 ProgressHook = Callable[[Progress], None]
@@ -161,8 +163,10 @@ def probe_capabilities(dest: Path) -> Capabilities:
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             caps.acls = False
-            caps.notes.append(f"the filesystem of {probe} stores no POSIX ACLs (mounted noacl?): copying "
-                              "without them, so ACLs of the backup are not kept")
+            caps.notes.append(
+                f"the filesystem of {probe} stores no POSIX ACLs (mounted noacl?): copying "
+                "without them, so ACLs of the backup are not kept"
+            )
         elif exc.errno != errno.ENODATA:
             raise
     return caps
@@ -189,11 +193,24 @@ def rsync_argv(
     return [*argv, "--", *sources, dest]
 
 
-def build_argv(src: Path, dest: Path, *, dry_run: bool, caps: Capabilities, owner: tuple[int, int] | None = None,
-               bwlimit_kbps: int | None = None) -> list[str]:
+def build_argv(
+    src: Path,
+    dest: Path,
+    *,
+    dry_run: bool,
+    caps: Capabilities,
+    owner: tuple[int, int] | None = None,
+    bwlimit_kbps: int | None = None,
+) -> list[str]:
     """rsync of a whole tree: trailing slashes copy src's contents into dest (and dest's own attributes)."""
-    return rsync_argv([str(src).rstrip("/") + "/"], str(dest).rstrip("/") + "/", dry_run=dry_run, caps=caps,
-                      owner=owner, bwlimit_kbps=bwlimit_kbps)
+    return rsync_argv(
+        [str(src).rstrip("/") + "/"],
+        str(dest).rstrip("/") + "/",
+        dry_run=dry_run,
+        caps=caps,
+        owner=owner,
+        bwlimit_kbps=bwlimit_kbps,
+    )
 
 
 def cp_argv(sources: Sequence[str], into: str, *, acls: bool = True, xattrs: bool = True) -> list[str]:
@@ -208,8 +225,15 @@ def cp_argv(sources: Sequence[str], into: str, *, acls: bool = True, xattrs: boo
     """
     if acls:
         return ["cp", "-a", "-t", into, "--", *sources]
-    return ["cp", "-dR", "--preserve=ownership,timestamps,links" + (",xattr" if xattrs else ""), "-t", into, "--",
-            *sources]
+    return [
+        "cp",
+        "-dR",
+        "--preserve=ownership,timestamps,links" + (",xattr" if xattrs else ""),
+        "-t",
+        into,
+        "--",
+        *sources,
+    ]
 
 
 def shortened(argv: Sequence[str], keep: int = 4) -> list[str]:
@@ -239,8 +263,15 @@ class Items:
 
     @property
     def total(self) -> int:
-        return (self.new_files + self.new_dirs + self.new_links + self.updated_files + self.attributes
-                + self.hard_links + self.other)
+        return (
+            self.new_files
+            + self.new_dirs
+            + self.new_links
+            + self.updated_files
+            + self.attributes
+            + self.hard_links
+            + self.other
+        )
 
     def add(self, line: bytes) -> bool:
         # Cheap shape test first: this runs once per file of the tree.
@@ -279,9 +310,15 @@ class Items:
         self.sample += other.sample[: max(0, 20 - len(self.sample))]
 
     def describe(self) -> str:
-        parts = [(self.new_files, "new files"), (self.new_dirs, "new directories"), (self.new_links, "new symlinks"),
-                 (self.hard_links, "hard links"), (self.updated_files, "changed files"),
-                 (self.attributes, "owner/mode/time updates"), (self.other, "other changes")]
+        parts = [
+            (self.new_files, "new files"),
+            (self.new_dirs, "new directories"),
+            (self.new_links, "new symlinks"),
+            (self.hard_links, "hard links"),
+            (self.updated_files, "changed files"),
+            (self.attributes, "owner/mode/time updates"),
+            (self.other, "other changes"),
+        ]
         return ", ".join(f"{n} {what}" for n, what in parts if n) or "nothing"
 
 
@@ -299,9 +336,11 @@ class RsyncRun:
         return self.stats.get("Total transferred file size", 0)
 
 
-RESUME_HINT = ("\nThe copy can be resumed: run this step again. Files that were complete are not copied again, "
-               "and a domain that cp was copying waits, incomplete, in the tree's staging directory "
-               f"{STAGING_DIR}/ (not under its real name) until rsync completes it.")
+RESUME_HINT = (
+    "\nThe copy can be resumed: run this step again. Files that were complete are not copied again, "
+    "and a domain that cp was copying waits, incomplete, in the tree's staging directory "
+    f"{STAGING_DIR}/ (not under its real name) until rsync completes it."
+)
 
 
 def run(
@@ -330,18 +369,29 @@ def run(
         p = _PROGRESS.match(line)
         if p is None:
             return
-        prog = RsyncProgress(label, pid, int(p["bytes"].replace(b",", b"")), int(p["pct"]), p["rate"].decode(),
-                             p["eta"].decode(), int(p["xfr"] or 0), now - started)
+        prog = RsyncProgress(
+            label,
+            pid,
+            int(p["bytes"].replace(b",", b"")),
+            int(p["pct"]),
+            p["rate"].decode(),
+            p["eta"].decode(),
+            int(p["xfr"] or 0),
+            now - started,
+        )
         if on_progress is not None:
             on_progress(prog)
         if log is not None and now - clock["log"] >= log_every_s:
             clock["log"] = now
-            log(f"{label}: {human(prog.bytes_done)} copied, {prog.files_done} files, {prog.rate}, "
-                f"about {prog.percent}% by rsync's estimate")
+            log(
+                f"{label}: {human(prog.bytes_done)} copied, {prog.files_done} files, {prog.rate}, "
+                f"about {prog.percent}% by rsync's estimate"
+            )
 
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+        )
         if on_start is not None:
             on_start(proc.pid)
         try:
@@ -448,16 +498,24 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def run_cp(argv: list[str], *, tracker: Tracker, tree: str, names: list[str],
-           sink: list[CommandRecord] | None = None, hint: str = RESUME_HINT) -> CommandRecord:
+def run_cp(
+    argv: list[str],
+    *,
+    tracker: Tracker,
+    tree: str,
+    names: list[str],
+    sink: list[CommandRecord] | None = None,
+    hint: str = RESUME_HINT,
+) -> CommandRecord:
     """Run one cp (its own session, so it can be stopped as a group); CommandFailed unless it succeeds.
 
     umask 0: without --preserve=mode, cp gives new entries the source's permission bits minus the umask.
     """
     started = time.monotonic()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True, umask=0)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, umask=0
+        )
         tracker.started(proc.pid, "cp", tree, names)
         try:
             rc = proc.wait()
@@ -483,8 +541,15 @@ class JobsOutcome(Generic[R]):
     failure: BaseException | None  # the first job that failed; the others ran to their end
 
 
-def run_jobs(jobs: Sequence[J], work: Callable[[J], R], *, tracker: Tracker, workers: int = WORKERS,
-             tick: Callable[[], None] | None = None, every_s: float | None = None) -> JobsOutcome[R]:
+def run_jobs(
+    jobs: Sequence[J],
+    work: Callable[[J], R],
+    *,
+    tracker: Tracker,
+    workers: int = WORKERS,
+    tick: Callable[[], None] | None = None,
+    every_s: float | None = None,
+) -> JobsOutcome[R]:
     """Run work(job) for every job, `workers` at a time, calling tick() every every_s (HOOK_EVERY_S) meanwhile.
 
     After a failed job no new job starts; those already running finish. An interrupt (the notebook's

@@ -20,8 +20,8 @@ from typing import Any
 
 import pymysql
 
-from ispcp_lib.errors import PreconditionFailed
-from ispcp_lib.runner import Runner
+from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.runner import Runner
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0
@@ -32,8 +32,7 @@ def server_binary() -> str:
         found = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
         if found:
             return found
-    raise PreconditionFailed("MySQL server", "no mariadbd or mysqld binary found",
-                             "apt-get install mariadb-server")
+    raise PreconditionFailed("MySQL server", "no mariadbd or mysqld binary found", "apt-get install mariadb-server")
 
 
 def handshake_version(sock: Path | None, port: int | None = None, host: str = "127.0.0.1") -> str | None:
@@ -136,8 +135,11 @@ class MysqlService(ABC):
             if not (pid and pid_alive(pid)) and not self.status():
                 return
             time.sleep(0.2)
-        raise PreconditionFailed("MySQL server", f"pid {pid} did not stop within {STOP_TIMEOUT:.0f} s",
-                                 "look at the error log; never kill -9 a server with open tables")
+        raise PreconditionFailed(
+            "MySQL server",
+            f"pid {pid} did not stop within {STOP_TIMEOUT:.0f} s",
+            "look at the error log; never kill -9 a server with open tables",
+        )
 
     def restart(self, extra_args: Sequence[str] = ()) -> None:
         self.stop()
@@ -147,8 +149,14 @@ class MysqlService(ABC):
         # A Unix socket needs no TLS; pymysql's default "preferred" TLS builds a CA context per connection (~20 ms).
         kw.setdefault("ssl_disabled", True)
         return pymysql.connect(
-            unix_socket=str(self.socket), user=user, password=password or "", database=database,
-            connect_timeout=10, autocommit=True, charset="utf8mb4", **kw,
+            unix_socket=str(self.socket),
+            user=user,
+            password=password or "",
+            database=database,
+            connect_timeout=10,
+            autocommit=True,
+            charset="utf8mb4",
+            **kw,
         )
 
     def can_login(self, user: str, password: str | None, database: str | None = None) -> str | None:
@@ -208,12 +216,20 @@ class SandboxMysql(MysqlService):
             os.chown(self.tmpdir, account.pw_uid, account.pw_gid)
             tmp = [f"--tmpdir={self.tmpdir}"]
         argv = [
-            server_binary(), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-            *networking, f"--pid-file={self.effective_pid_file()}", f"--log-error={self.error_log()}",
-            f"--user={self.user}", *tmp, *extra_args,
+            server_binary(),
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--socket={self.socket}",
+            *networking,
+            f"--pid-file={self.effective_pid_file()}",
+            f"--log-error={self.error_log()}",
+            f"--user={self.user}",
+            *tmp,
+            *extra_args,
         ]
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
 
     def _died(self) -> bool:
         return self._proc is not None and self._proc.poll() is not None
@@ -238,8 +254,9 @@ class SandboxMysql(MysqlService):
             try:
                 self._proc.wait(timeout=STOP_TIMEOUT)  # reap our own child
             except subprocess.TimeoutExpired:
-                raise PreconditionFailed("MySQL server", f"pid {self._proc.pid} did not exit",
-                                         "look at the error log") from None
+                raise PreconditionFailed(
+                    "MySQL server", f"pid {self._proc.pid} did not exit", "look at the error log"
+                ) from None
             self._proc = None
 
 
@@ -265,8 +282,13 @@ class SystemMysql(MysqlService):
                     self.runner.run(["systemctl", "unset-environment", "MYSQLD_OPTS"])
         elif extra_args:
             # The init script cannot pass options: start the server the way it would, plus ours.
-            subprocess.Popen(["mysqld_safe", *extra_args], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            subprocess.Popen(
+                ["mysqld_safe", *extra_args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         else:
             self.runner.run([f"/etc/init.d/{self.unit}", "start"])
 

@@ -22,9 +22,9 @@ from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
 from ispcp_lib import __version__
-from ispcp_lib.result import collapsible
-from ispcp_lib.runbook import write_private
-from ispcp_lib.secrets import REGISTRY
+from ispcp_lib.core.result import collapsible
+from ispcp_lib.core.secrets import REGISTRY
+from ispcp_lib.runbook.session import write_private
 from ispcp_lib.steps import STEP_ORDER
 
 # Script and link tags that would fetch from the network; the report must read offline.
@@ -32,20 +32,24 @@ _EXTERNAL = re.compile(r"<(script|link)\b[^>]*\b(?:src|href)=\"https?://[^\"]*\"
 _WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # The plain-text repr of an ipywidget, e.g. "HBox(children=(IntProgress(value=3, max=10), ...))".
-_WIDGET_REPR = re.compile(r"^\s*(?:[A-Z][A-Za-z]*)?(?:Box|Button|Progress|Output|HTML|Label|Tab|Accordion|"
-                          r"Text|Checkbox|Dropdown|Slider|Widget)\(")
+_WIDGET_REPR = re.compile(
+    r"^\s*(?:[A-Z][A-Za-z]*)?(?:Box|Button|Progress|Output|HTML|Label|Tab|Accordion|"
+    r"Text|Checkbox|Dropdown|Slider|Widget)\("
+)
 # Parameters whose name says they could hold a secret are masked even though none should.
 _SECRET_NAME = re.compile(r"password|passwd|secret|key|token", re.I)
 MASK = "•••••• (masked)"
 STREAM_PREVIEW_LINES = 8
 
 _TEMPLATE_NAME = "ispcp_report.html.j2"
-_TEMPLATE = """{%- extends 'index.html.j2' -%}
+_TEMPLATE = (
+    """{%- extends 'index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block extra_css -%}<style type="text/css">""" + """
+{%- block extra_css -%}<style type="text/css">"""
+    + """
 .ir-report-head { max-width: 1100px; margin: 16px auto 24px auto; padding: 0 20px;
   font-family: var(--jp-ui-font-family, sans-serif); font-size: 14px; }
 .ir-report-head h1 { font-size: 24px; margin: 8px 0 12px 0; }
@@ -65,12 +69,19 @@ details > summary { cursor: pointer; color: #0969da; }
 .jp-RenderedHTMLCommon .ir-out pre { background: #f6f8fa; padding: 4px 8px; margin: 2px 0; border-radius: 4px;
   font-family: var(--jp-code-font-family, monospace); font-size: 12px; }
 .jp-RenderedHTMLCommon .ir-result table td, .jp-RenderedHTMLCommon .ir-result table th { text-align: left; }
-""" + """</style>{%- endblock extra_css -%}
+"""
+    + """</style>{%- endblock extra_css -%}
 {%- block body_header -%}{{ super() }}{{ resources.ispcp_head }}{%- endblock body_header -%}
 """
+)
 
-_STATUS_COLOURS = {"done": "#1a7f37", "noop": "#57606a", "planned": "#0969da", "skipped": "#57606a",
-                   "failed": "#cf222e"}
+_STATUS_COLOURS = {
+    "done": "#1a7f37",
+    "noop": "#57606a",
+    "planned": "#0969da",
+    "skipped": "#57606a",
+    "failed": "#cf222e",
+}
 
 
 def strip_widget_outputs(nb: nbformat.NotebookNode) -> None:
@@ -131,8 +142,12 @@ def collapse_long_streams(nb: nbformat.NotebookNode, preview: int = STREAM_PREVI
         merged: list[Any] = []
         for out in cell.get("outputs", []):
             last = merged[-1] if merged else None
-            if (out.get("output_type") == "stream" and last is not None and last.get("output_type") == "stream"
-                    and last.get("name") == out.get("name")):
+            if (
+                out.get("output_type") == "stream"
+                and last is not None
+                and last.get("output_type") == "stream"
+                and last.get("name") == out.get("name")
+            ):
                 last["text"] = last["text"] + out["text"]
             else:
                 merged.append(out)
@@ -142,14 +157,21 @@ def collapse_long_streams(nb: nbformat.NotebookNode, preview: int = STREAM_PREVI
             lines = out["text"].rstrip("\n").splitlines()
             if len(lines) > 2 * preview + 2:
                 title = f"printed output ({out['name']}, {len(lines)} lines)"
-                merged[i] = nbformat.v4.new_output("display_data", data={
-                    "text/html": collapsible(title, out["text"], preview=preview), "text/plain": out["text"]})
+                merged[i] = nbformat.v4.new_output(
+                    "display_data",
+                    data={"text/html": collapsible(title, out["text"], preview=preview), "text/plain": out["text"]},
+                )
         cell.outputs = merged
 
 
-def html_report(executed: Path, html_path: Path, no_input: bool = False,
-                summary: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                only_tags: set[str] | None = None) -> Path:
+def html_report(
+    executed: Path,
+    html_path: Path,
+    no_input: bool = False,
+    summary: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    only_tags: set[str] | None = None,
+) -> Path:
     """Write the HTML report (mode 0600) of an executed notebook; summary and params feed its head.
 
     only_tags keeps just the cells with one of those tags and leaves the head out (for excerpts such
@@ -161,13 +183,16 @@ def html_report(executed: Path, html_path: Path, no_input: bool = False,
     papermill_meta = nb.metadata.get("papermill", {})
     if params is None:
         params = dict(papermill_meta.get("parameters") or notebook_parameters(nb))
-    head = report_head(summary, params, papermill_meta.get("start_time"), papermill_meta.get("end_time"),
-                       no_input)
+    head = report_head(summary, params, papermill_meta.get("start_time"), papermill_meta.get("end_time"), no_input)
     if only_tags is not None:
         nb.cells = [c for c in nb.cells if only_tags & set(c.metadata.get("tags", []))]
         head = ""
-    exporter = HTMLExporter(template_name="lab", embed_images=True, exclude_input=no_input,
-                            extra_loaders=[DictLoader({_TEMPLATE_NAME: _TEMPLATE})])
+    exporter = HTMLExporter(
+        template_name="lab",
+        embed_images=True,
+        exclude_input=no_input,
+        extra_loaders=[DictLoader({_TEMPLATE_NAME: _TEMPLATE})],
+    )
     exporter.template_file = _TEMPLATE_NAME
     exporter.exclude_input_prompt = no_input
     exporter.exclude_output_prompt = no_input
@@ -204,8 +229,9 @@ def notebook_parameters(nb: nbformat.NotebookNode) -> dict[str, Any]:
 # -- the head of the report ---------------------------------------------------------------------
 
 
-def report_head(summary: dict[str, Any] | None, params: dict[str, Any], start: str | None, end: str | None,
-                no_input: bool = False) -> str:
+def report_head(
+    summary: dict[str, Any] | None, params: dict[str, Any], start: str | None, end: str | None, no_input: bool = False
+) -> str:
     """The summary table first, then what an auditor needs to place the run."""
     parts = ["<div class='ir-report-head' id='ispcp-report-head'>", "<h1>ispCP recovery report</h1>"]
     if summary is not None:
@@ -218,9 +244,11 @@ def report_head(summary: dict[str, Any] | None, params: dict[str, Any], start: s
 def summary_table_html(summary: dict[str, Any]) -> str:
     status = summary.get("status", "?")
     applied = summary.get("apply")
-    verdict = (f"<div class='ir-verdict ir-verdict-{'ok' if status == 'ok' else 'failed'}'>"
-               f"{'no step failed' if status == 'ok' else 'a step FAILED'} · "
-               f"{'APPLY: changes were made' if applied else 'DRY RUN: nothing was changed'}</div>")
+    verdict = (
+        f"<div class='ir-verdict ir-verdict-{'ok' if status == 'ok' else 'failed'}'>"
+        f"{'no step failed' if status == 'ok' else 'a step FAILED'} · "
+        f"{'APPLY: changes were made' if applied else 'DRY RUN: nothing was changed'}</div>"
+    )
     rows = []
     for s in summary.get("steps", []):
         colour = _STATUS_COLOURS.get(s.get("status", ""), "#57606a")
@@ -231,14 +259,18 @@ def summary_table_html(summary: dict[str, Any]) -> str:
             note += f" (warnings: {len(warnings)}, see the step)"
         name = _e(s.get("name", "?"))
         link = f"<a href='#cell-id={name}-md'><code>{name}</code></a>"
-        rows.append(f"<tr><td>{link}</td><td style='color:{colour};font-weight:bold'>{_e(s.get('status'))}</td>"
-                    f"<td class='num'>{_e(s.get('changed', 0))}</td>"
-                    f"<td class='num'>{float(s.get('duration_s') or 0):.2f} s</td>"
-                    f"<td class='num'>{len(warnings)}</td><td>{_e(note)}</td></tr>")
-    return ("<h2>Summary</h2>" + verdict +
-            "<table class='ir-summary' id='ispcp-summary'><thead><tr><th>step</th><th>status</th><th>changes</th>"
-            "<th>duration</th><th>warnings</th><th>note</th></tr></thead><tbody>" + "".join(rows) +
-            "</tbody></table>")
+        rows.append(
+            f"<tr><td>{link}</td><td style='color:{colour};font-weight:bold'>{_e(s.get('status'))}</td>"
+            f"<td class='num'>{_e(s.get('changed', 0))}</td>"
+            f"<td class='num'>{float(s.get('duration_s') or 0):.2f} s</td>"
+            f"<td class='num'>{len(warnings)}</td><td>{_e(note)}</td></tr>"
+        )
+    return (
+        "<h2>Summary</h2>"
+        + verdict
+        + "<table class='ir-summary' id='ispcp-summary'><thead><tr><th>step</th><th>status</th><th>changes</th>"
+        "<th>duration</th><th>warnings</th><th>note</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
 
 
 def run_facts(params: dict[str, Any]) -> dict[str, str]:
@@ -285,8 +317,9 @@ def mask_params(value: Any, name: str = "") -> Any:
     return value
 
 
-def run_facts_html(summary: dict[str, Any] | None, params: dict[str, Any], start: str | None, end: str | None,
-                   no_input: bool = False) -> str:
+def run_facts_html(
+    summary: dict[str, Any] | None, params: dict[str, Any], start: str | None, end: str | None, no_input: bool = False
+) -> str:
     facts = run_facts(params)
     applied = summary.get("apply") if summary is not None else params.get("apply")
     rows = [
@@ -303,10 +336,12 @@ def run_facts_html(summary: dict[str, Any] | None, params: dict[str, Any], start
     ]
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     shown = json.dumps(mask_params(params), indent=1, sort_keys=True, default=str, ensure_ascii=False)
-    return ("<h2>Run</h2><table class='ir-run'>" + table + "</table>"
-            "<h2>Parameters</h2><p>As given to this run (every other parameter kept the default shown in "
-            "the parameters cell below); any whose name suggests a secret is masked.</p>"
-            "<div class='ir-params'><pre>" + _e(shown) + "</pre></div>")
+    return (
+        "<h2>Run</h2><table class='ir-run'>" + table + "</table>"
+        "<h2>Parameters</h2><p>As given to this run (every other parameter kept the default shown in "
+        "the parameters cell below); any whose name suggests a secret is masked.</p>"
+        "<div class='ir-params'><pre>" + _e(shown) + "</pre></div>"
+    )
 
 
 def _time(stamp: str | None) -> str:
@@ -346,13 +381,22 @@ def summary_from_journal(state_dir: Path, run_id: str, apply: bool, steps: list[
     for name in STEP_ORDER:
         rec = records.get(name)
         if rec is None:
-            reason = ("not selected by the steps parameter" if steps and name not in steps
-                      else "not reached: an earlier cell stopped the run")
-            rows.append({"name": name, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": [],
-                         "reason": reason})
+            reason = (
+                "not selected by the steps parameter"
+                if steps and name not in steps
+                else "not reached: an earlier cell stopped the run"
+            )
+            rows.append(
+                {"name": name, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": [], "reason": reason}
+            )
             continue
-        row = {"name": name, "status": rec["status"], "changed": rec["changed"],
-               "duration_s": rec["duration_s"], "warnings": rec.get("warnings", [])}
+        row = {
+            "name": name,
+            "status": rec["status"],
+            "changed": rec["changed"],
+            "duration_s": rec["duration_s"],
+            "warnings": rec.get("warnings", []),
+        }
         if rec.get("noop_reason"):
             row["reason"] = rec["noop_reason"]
         elif rec.get("errors"):
@@ -365,9 +409,16 @@ def summary_from_journal(state_dir: Path, run_id: str, apply: bool, steps: list[
 # -- screenshots for the documentation -------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
-_CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                   "--disable-component-update", "--disable-sync", "--no-first-run",
-                   "--host-resolver-rules=MAP * ~NOTFOUND")
+_CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+)
 
 
 def screenshot(html_path: Path, png: Path, width: int = 1280, height: int = 1600, timeout: float = 120) -> Path:
@@ -376,9 +427,19 @@ def screenshot(html_path: Path, png: Path, width: int = 1280, height: int = 1600
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ispcp-chromium-") as profile:
-        subprocess.run([CHROMIUM, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
-                        f"--window-size={width},{height}", Path(html_path).resolve().as_uri()],
-                       capture_output=True, timeout=timeout, check=True)
+        subprocess.run(
+            [
+                CHROMIUM,
+                *_CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                f"--window-size={width},{height}",
+                Path(html_path).resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=True,
+        )
     return png
 
 
@@ -415,8 +476,9 @@ def _step_with_visible_diff(nb: nbformat.NotebookNode) -> str | None:
         step = next((t for t in cell.metadata.get("tags", []) if t in STEP_ORDER), None)
         if step is None or step in offsets:
             continue
-        text = cell.source + "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/html", ""))
-                                     for o in cell.get("outputs", []))
+        text = cell.source + "".join(
+            str(o.get("text", "")) + str(o.get("data", {}).get("text/html", "")) for o in cell.get("outputs", [])
+        )
         at = text.find(">diff ")
         if at >= 0:
             offsets[step] = before.get(step, 0) + at

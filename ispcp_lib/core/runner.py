@@ -8,8 +8,8 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ispcp_lib.errors import CommandFailed
-from ispcp_lib.result import CommandRecord
+from ispcp_lib.core.errors import CommandFailed
+from ispcp_lib.core.result import CommandRecord
 
 
 class Runner:
@@ -49,9 +49,15 @@ class Runner:
         started = time.monotonic()
         try:
             # Own process group: on a timeout the whole group goes, grandchildren included.
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
         except FileNotFoundError:
             rec = CommandRecord(argv, 127, "", f"{argv[0]}: not found", time.monotonic() - started)
             self._record(rec, record)
@@ -63,16 +69,16 @@ class Runner:
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             out, err = proc.communicate()
-            rec = CommandRecord(argv, None, _text(out), _text(err) + f"\n[timeout after {timeout} s]",
-                                time.monotonic() - started)
+            rec = CommandRecord(
+                argv, None, _text(out), _text(err) + f"\n[timeout after {timeout} s]", time.monotonic() - started
+            )
             self._record(rec, record)
             raise CommandFailed(argv, None, rec.stderr) from None
         except BaseException:
             _kill_group(proc)
             proc.wait()
             raise
-        rec = CommandRecord(argv, proc.returncode, _text(out), _text(err),
-                            time.monotonic() - started)
+        rec = CommandRecord(argv, proc.returncode, _text(out), _text(err), time.monotonic() - started)
         self._record(rec, record)
         if check and proc.returncode not in ok_codes:
             raise CommandFailed(argv, proc.returncode, rec.stderr or rec.stdout)

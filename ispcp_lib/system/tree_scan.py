@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from ispcp_lib.errors import InputError
+from ispcp_lib.core.errors import InputError
 
 WORKERS = 2 if (os.cpu_count() or 1) > 1 else 1
 ARGV_BYTES = 512 * 1024  # start points per find process, well below the kernel's argument limit
@@ -31,8 +31,15 @@ ARGV_BYTES = 512 * 1024  # start points per find process, well below the kernel'
 # setuid, setgid and sticky); then the path and the link target.
 _FORMAT = "%y/%s/%U/%G/%n/%D/%i/%m\\0%p\\0%l\\0"
 _KINDS = {k.encode(): k for k in "fdlpsbcD"}
-_KIND_OF_MODE = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p", stat.S_IFSOCK: "s",
-                 stat.S_IFBLK: "b", stat.S_IFCHR: "c"}
+_KIND_OF_MODE = {
+    stat.S_IFREG: "f",
+    stat.S_IFDIR: "d",
+    stat.S_IFLNK: "l",
+    stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "s",
+    stat.S_IFBLK: "b",
+    stat.S_IFCHR: "c",
+}
 
 
 class Entry(NamedTuple):
@@ -52,8 +59,18 @@ def root_entry(root: Path) -> Entry:
     """The tree's own directory, as an Entry with rel b""."""
     st = os.lstat(root)
     link = os.readlink(os.fsencode(root)) if stat.S_ISLNK(st.st_mode) else b""
-    return Entry(_KIND_OF_MODE.get(stat.S_IFMT(st.st_mode), "?"), st.st_size, st.st_uid, st.st_gid, st.st_nlink,
-                 st.st_dev, st.st_ino, b"", link, stat.S_IMODE(st.st_mode))
+    return Entry(
+        _KIND_OF_MODE.get(stat.S_IFMT(st.st_mode), "?"),
+        st.st_size,
+        st.st_uid,
+        st.st_gid,
+        st.st_nlink,
+        st.st_dev,
+        st.st_ino,
+        b"",
+        link,
+        stat.S_IMODE(st.st_mode),
+    )
 
 
 def top_names(root: Path) -> list[bytes]:
@@ -85,8 +102,9 @@ def scan_many(requests: Sequence[tuple[Path, Sequence[bytes]]], *, workers: int 
     paths come back relative to it. find lists each start point depth first, so every name's entries
     arrive together, and the grouping costs nothing.
     """
-    tasks = [(i, root, chunk) for i, (root, names) in enumerate(requests) if names
-             for chunk in _chunks(list(names), workers)]
+    tasks = [
+        (i, root, chunk) for i, (root, names) in enumerate(requests) if names for chunk in _chunks(list(names), workers)
+    ]
     out: list[Groups] = [{} for _ in requests]
     parts: list[list[Entry]] = []
     if len(tasks) == 1:
@@ -124,8 +142,9 @@ def _find(root: Path, names: list[bytes]) -> list[Entry]:
     argv = [b"find", b"-P", *(b"./" + n for n in names), b"-printf", _FORMAT.encode()]
     entries: list[Entry] = []
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, cwd=os.fsencode(root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=err)
+        proc = subprocess.Popen(
+            argv, cwd=os.fsencode(root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+        )
         assert proc.stdout is not None
         with proc.stdout:
             rest = b""
@@ -136,10 +155,12 @@ def _find(root: Path, names: list[bytes]) -> list[Entry]:
                 rest = b"\0".join(fields[whole:])
         if proc.wait() != 0:
             err.seek(0)
-            raise InputError("directory listing", f"find could not read the whole tree: "
-                             f"{err.read().decode('utf-8', 'replace').strip()[-500:]}",
-                             "check that the tree is readable (permissions, I/O errors in the kernel log)",
-                             path=str(root))
+            raise InputError(
+                "directory listing",
+                f"find could not read the whole tree: {err.read().decode('utf-8', 'replace').strip()[-500:]}",
+                "check that the tree is readable (permissions, I/O errors in the kernel log)",
+                path=str(root),
+            )
     return entries
 
 
@@ -157,8 +178,23 @@ def _parse_fields(fields: list[bytes], end: int, entries: list[Entry]) -> None:
     append = entries.append
     for i in range(0, end, 3):
         kind, size, uid, gid, nlink, dev, ino, mode = fields[i].split(b"/")
-        append(new(Entry, (kinds.get(kind, "?"), int(size), int(uid), int(gid), int(nlink), int(dev), int(ino),
-                           fields[i + 1][2:], fields[i + 2], int(mode, 8))))
+        append(
+            new(
+                Entry,
+                (
+                    kinds.get(kind, "?"),
+                    int(size),
+                    int(uid),
+                    int(gid),
+                    int(nlink),
+                    int(dev),
+                    int(ino),
+                    fields[i + 1][2:],
+                    fields[i + 2],
+                    int(mode, 8),
+                ),
+            )
+        )
 
 
 def show(rel: bytes) -> str:

@@ -9,7 +9,7 @@ printed as plain log lines, and the summary table at the end is the static statu
 In interactive mode every changing step (a mutating @action) first runs as a dry run and shows its
 plan with an "Apply this step" button; nothing changes until the operator presses it. Pressing runs
 the same step once more with apply for that step only. The gate hooks in through
-`ctx.interactive_session`, which `ispcp_lib.action` consults for every step.
+`ctx.interactive_session`, which `ispcp_lib.core.action` consults for every step.
 
 ipywidgets is imported lazily: headless runs and the steps' progress calls never need it.
 """
@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ispcp_lib.context import Context
-from ispcp_lib.errors import InputError
-from ispcp_lib.result import Result
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.result import Result
 from ispcp_lib.steps import STEP_ORDER
 
 if TYPE_CHECKING:
@@ -79,8 +79,16 @@ def detect(flag: bool | None = None) -> bool:
     return True
 
 
-JUPYTER_SERVERS = ("jupyter-lab", "jupyter-notebook", "jupyter-server", "jupyter_server", "jupyterlab",
-                   "notebook.app", "nbclassic", "voila")
+JUPYTER_SERVERS = (
+    "jupyter-lab",
+    "jupyter-notebook",
+    "jupyter-server",
+    "jupyter_server",
+    "jupyterlab",
+    "notebook.app",
+    "nbclassic",
+    "voila",
+)
 
 
 def _launched_by_jupyter_server(pid: int | None = None) -> bool:
@@ -98,12 +106,16 @@ def _require_widgets() -> None:
     try:
         import ipywidgets  # noqa: F401
     except ImportError:
-        raise InputError("interactive", "is True but ipywidgets is not installed",
-                         "pip install 'ispcp-recovery[interactive]', or set interactive = False") from None
+        raise InputError(
+            "interactive",
+            "is True but ipywidgets is not installed",
+            "pip install 'ispcp-recovery[interactive]', or set interactive = False",
+        ) from None
 
 
-def start_interactive(ctx: Context, interactive: bool | None = None,
-                      display: Callable[[Any], None] | None = None) -> InteractiveSession | None:
+def start_interactive(
+    ctx: Context, interactive: bool | None = None, display: Callable[[Any], None] | None = None
+) -> InteractiveSession | None:
     """The setup cell's call: in JupyterLab, show the status panel and gate changing steps.
 
     Returns None (and shows nothing) when headless.
@@ -111,7 +123,7 @@ def start_interactive(ctx: Context, interactive: bool | None = None,
     if not detect(interactive):
         return None
     session = InteractiveSession(ctx, display=display)
-    ctx.interactive_session = session  # type: ignore[attr-defined]  # read by ispcp_lib.action
+    ctx.interactive_session = session  # type: ignore[attr-defined]  # read by ispcp_lib.core.action
     session.display(session.panel.widget)
     return session
 
@@ -155,8 +167,15 @@ class StatusPanel:
                 note = _note(r, self.session, name)
             else:
                 state = "not run"
-            rows.append({"step": name, "state": state, "changes": r.changed if r is not None else 0,
-                         "duration_s": round(r.duration_s, 2) if r is not None else None, "note": note})
+            rows.append(
+                {
+                    "step": name,
+                    "state": state,
+                    "changes": r.changed if r is not None else 0,
+                    "duration_s": round(r.duration_s, 2) if r is not None else None,
+                    "note": note,
+                }
+            )
         return rows
 
     def state(self, name: str) -> str:
@@ -167,8 +186,10 @@ class StatusPanel:
 
     def render(self) -> str:
         mode = "APPLY" if self.ctx.default_apply else "dry run"
-        head = (f"<div style='font-weight:bold;margin-bottom:4px'>Recovery status · run {_e(self.ctx.run_id)}"
-                f" · apply parameter: {mode} · changing steps wait for their <i>Apply this step</i> button</div>")
+        head = (
+            f"<div style='font-weight:bold;margin-bottom:4px'>Recovery status · run {_e(self.ctx.run_id)}"
+            f" · apply parameter: {mode} · changing steps wait for their <i>Apply this step</i> button</div>"
+        )
         body = []
         for row in self.rows():
             colour = _STATE_COLOURS.get(row["state"], "#57606a")
@@ -180,9 +201,11 @@ class StatusPanel:
                 f"<td style='text-align:right'>{changes}</td><td style='text-align:right'>{duration}</td>"
                 f"<td>{_e(row['note'])}</td></tr>"
             )
-        return (f"<div class='ir-status-panel'>{head}<table><thead><tr><th>step</th><th>state</th>"
-                f"<th>changes</th><th>duration</th><th>note</th></tr></thead><tbody>{''.join(body)}</tbody>"
-                "</table></div>")
+        return (
+            f"<div class='ir-status-panel'>{head}<table><thead><tr><th>step</th><th>state</th>"
+            f"<th>changes</th><th>duration</th><th>note</th></tr></thead><tbody>{''.join(body)}</tbody>"
+            "</table></div>"
+        )
 
 
 def _note(r: Result, session: InteractiveSession | None, name: str) -> str:
@@ -209,7 +232,7 @@ def _e(text: Any) -> str:
 
 
 class InteractiveSession:
-    """Attached to a Context as ctx.interactive_session; ispcp_lib.action hands every step to run_step."""
+    """Attached to a Context as ctx.interactive_session; ispcp_lib.core.action hands every step to run_step."""
 
     def __init__(self, ctx: Context, display: Callable[[Any], None] | None = None) -> None:
         _require_widgets()
@@ -220,8 +243,9 @@ class InteractiveSession:
         self.output: ipywidgets.Output | None = None  # where an applying step's output goes
         self._depth = 0
 
-    def run_step(self, run: Callable[..., Result], ctx: Context, name: str, mutating: bool,
-                 kw: dict[str, Any]) -> Result | StepGate:
+    def run_step(
+        self, run: Callable[..., Result], ctx: Context, name: str, mutating: bool, kw: dict[str, Any]
+    ) -> Result | StepGate:
         """Read-only steps run as they are; a changing step runs dry and returns its gate."""
         if self._depth:  # an action called from inside another step belongs to that step's run
             return run(ctx, **kw)
@@ -244,10 +268,11 @@ class InteractiveSession:
         self.panel.refresh()
         return gate
 
-    def apply_step(self, run: Callable[..., Result], name: str, kw: dict[str, Any],
-                   output: ipywidgets.Output) -> Result:
+    def apply_step(
+        self, run: Callable[..., Result], name: str, kw: dict[str, Any], output: ipywidgets.Output
+    ) -> Result:
         """The button's action: the same step once more, with apply for this step only."""
-        from ispcp_lib.action import StepFailed
+        from ispcp_lib.core.action import StepFailed
 
         ctx = self.ctx
         saved_default, saved_progress, saved_output = ctx.default_apply, ctx.progress, self.output
@@ -291,22 +316,30 @@ class _apply_override:
 class StepGate:
     """A changing step's dry-run plan plus the button that applies it. Behaves like its latest Result."""
 
-    def __init__(self, session: InteractiveSession, run: Callable[..., Result], name: str,
-                 kw: dict[str, Any], dry: Result) -> None:
+    def __init__(
+        self, session: InteractiveSession, run: Callable[..., Result], name: str, kw: dict[str, Any], dry: Result
+    ) -> None:
         import ipywidgets as w
 
         self.session, self.run, self.name, self.kw = session, run, name, kw
         self.dry = dry
         self.applied: Result | None = None
         excluded = session.ctx.apply_steps.get(name) is False
-        self.button = w.Button(description="Apply this step", button_style="warning", icon="play",
-                               disabled=excluded, layout=w.Layout(width="auto"),
-                               tooltip=f"run {name} again with apply=True; the plan above is what it changes")
+        self.button = w.Button(
+            description="Apply this step",
+            button_style="warning",
+            icon="play",
+            disabled=excluded,
+            layout=w.Layout(width="auto"),
+            tooltip=f"run {name} again with apply=True; the plan above is what it changes",
+        )
         if excluded:
             text = f"apply_steps excludes {name}: this step stays a dry run."
         else:
-            text = (f"Dry run: {dry.changed} planned change(s) above. Nothing has changed yet; "
-                    "press the button to apply this step only.")
+            text = (
+                f"Dry run: {dry.changed} planned change(s) above. Nothing has changed yet; "
+                "press the button to apply this step only."
+            )
         self.note = w.HTML(value=f"<span>{_e(text)}</span>")
         self.output = w.Output()
         self.button.on_click(lambda _button: self.press())
@@ -350,8 +383,9 @@ class StepGate:
         return repr(self.result)
 
 
-def progress_bar(ctx: Context, total: int | None, label: str, every_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> Callable[[int, str], None]:
+def progress_bar(
+    ctx: Context, total: int | None, label: str, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+) -> Callable[[int, str], None]:
     """A progress reporter for long work: call it as tick(done, text) as the work goes.
 
     In JupyterLab a bar (IntProgress + label) in the running cell or under the Apply button;
@@ -384,8 +418,9 @@ def progress_bar(ctx: Context, total: int | None, label: str, every_s: float = 1
     return tick
 
 
-def _log_progress(ctx: Context, total: int | None, label: str, every_s: float,
-                  clock: Callable[[], float]) -> Callable[[int, str], None]:
+def _log_progress(
+    ctx: Context, total: int | None, label: str, every_s: float, clock: Callable[[], float]
+) -> Callable[[int, str], None]:
     last = {"at": None, "finished": False}
 
     def tick(done: int, detail: str = "") -> None:

@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 
-from ispcp_lib import decrypt_password
-from ispcp_lib.context import DEFAULT_STATE_DIR
-from ispcp_lib.notebook_build import NOTEBOOK
-from ispcp_lib.runbook import write_private
+from ispcp_lib.core.context import DEFAULT_STATE_DIR
+from ispcp_lib.runbook import decrypt_password
+from ispcp_lib.runbook.notebook_build import NOTEBOOK
+from ispcp_lib.runbook.session import write_private
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _parse_value(text: str) -> Any:
@@ -27,8 +27,9 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False,
-                log_output: bool = True) -> tuple[int, Path]:
+def run_runbook(
+    params: dict[str, Any], report_dir: Path, no_input: bool = False, log_output: bool = True
+) -> tuple[int, Path]:
     """Execute the notebook with papermill, then write .ipynb, .json and .html (all mode 0600).
 
     Headless by construction: ISPCP_HEADLESS=1 is in the kernel's environment and interactive=False
@@ -37,8 +38,8 @@ def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from ispcp_lib.interactive import HEADLESS_ENV
-    from ispcp_lib.report import html_report, summary_from_journal
+    from ispcp_lib.runbook.interactive import HEADLESS_ENV
+    from ispcp_lib.runbook.report import html_report, summary_from_journal
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(report_dir).resolve()
@@ -53,12 +54,18 @@ def run_runbook(params: dict[str, Any], report_dir: Path, no_input: bool = False
     failed = False
     with _environ(HEADLESS_ENV, "1"):  # the kernel papermill starts inherits this environment
         try:
-            papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=params, log_output=log_output,
-                                       progress_bar=False, kernel_name="python3", cwd=os.getcwd())
+            papermill.execute_notebook(
+                str(NOTEBOOK),
+                str(executed),
+                parameters=params,
+                log_output=log_output,
+                progress_bar=False,
+                kernel_name="python3",
+                cwd=os.getcwd(),
+            )
         except PapermillExecutionError as exc:
             failed = True
-            print(f"step failed: {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}",
-                  file=sys.stderr)
+            print(f"step failed: {exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''}", file=sys.stderr)
         except Exception as exc:  # a dead kernel, a broken notebook: the report is still written
             failed = True
             print(f"the run stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -125,14 +132,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_build_notebook(args: argparse.Namespace) -> int:
-    from ispcp_lib import notebook_build
+    from ispcp_lib.runbook import notebook_build
 
     return notebook_build.main(["--check"] if args.check else [])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The HTML report of a notebook run by hand in JupyterLab (or re-rendering a headless run's)."""
-    from ispcp_lib.report import html_report
+    from ispcp_lib.runbook.report import html_report
 
     executed = Path(args.notebook)
     summary_path = Path(args.summary) if args.summary else executed.with_suffix(".json")
@@ -143,7 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_screenshots(args: argparse.Namespace) -> int:
-    from ispcp_lib.report import docs_screenshots
+    from ispcp_lib.runbook.report import docs_screenshots
 
     for path in docs_screenshots(Path(args.report), Path(args.out), diff_step=args.diff_step):
         print(path)
@@ -155,12 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the runbook headless and write the report")
     run.add_argument("-f", "--file", help="params.yaml")
-    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                     help="override one parameter (VALUE is YAML)")
+    run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="override one parameter (VALUE is YAML)",
+    )
     run.add_argument("--steps", help="comma-separated step names (default: all)")
     run.add_argument("--report-dir", default=str(REPO / "reports"))
-    run.add_argument("--no-input", action="store_true",
-                     help="hide code cells in the HTML report (default: shown, the calls are part of the record)")
+    run.add_argument(
+        "--no-input",
+        action="store_true",
+        help="hide code cells in the HTML report (default: shown, the calls are part of the record)",
+    )
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="build the sandbox world and run the whole runbook against it")
     demo.add_argument("--workdir", default=str(REPO / "build" / "demo"))
@@ -168,15 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report-dir", default=str(REPO / "reports"))
     demo.add_argument("--no-input", action="store_true", help="hide code cells in the HTML report")
     demo.set_defaults(func=cmd_demo)
-    rep = sub.add_parser("report", help="write the HTML report of an executed notebook, e.g. one stepped "
-                                        "through in JupyterLab (save it with its widget state)")
+    rep = sub.add_parser(
+        "report",
+        help="write the HTML report of an executed notebook, e.g. one stepped "
+        "through in JupyterLab (save it with its widget state)",
+    )
     rep.add_argument("notebook")
     rep.add_argument("--summary", help="the summary JSON (default: next to the notebook, if there)")
     rep.add_argument("-o", "--output", help="the HTML file (default: the notebook's name with .html)")
     rep.add_argument("--no-input", action="store_true", help="hide code cells")
     rep.set_defaults(func=cmd_report)
-    shots = sub.add_parser("screenshots", help="PNGs of a report for the README (top, a step with a diff, the "
-                                               "update transcript), taken by headless Chromium")
+    shots = sub.add_parser(
+        "screenshots",
+        help="PNGs of a report for the README (top, a step with a diff, the "
+        "update transcript), taken by headless Chromium",
+    )
     shots.add_argument("report", help="the executed notebook of a run: reports/<stamp>-ispcp-recovery.ipynb")
     shots.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     shots.add_argument("--diff-step", help="the step to show with its diff (default: the one whose diff shows first)")
@@ -184,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     nb = sub.add_parser("build-notebook", help="regenerate runbooks/ispcp_recovery.ipynb from the steps")
     nb.add_argument("--check", action="store_true")
     nb.set_defaults(func=cmd_build_notebook)
-    dp = sub.add_parser("decrypt-password", help="check that ispcp.conf's DATABASE_PASSWORD decrypts with the key "
-                                                 "files (prints the password only with --show)")
+    dp = sub.add_parser(
+        "decrypt-password",
+        help="check that ispcp.conf's DATABASE_PASSWORD decrypts with the key "
+        "files (prints the password only with --show)",
+    )
     decrypt_password.add_arguments(dp)
     dp.set_defaults(func=decrypt_password.cmd_decrypt_password)
     return parser

@@ -1,0 +1,1 @@
+"""ispCP itself: password crypto, key files, encrypted columns, the update driver, health checks."""

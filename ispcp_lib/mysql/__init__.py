@@ -1,0 +1,1 @@
+"""MySQL/MariaDB: service control, SQL dumps and customer databases."""

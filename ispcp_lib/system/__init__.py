@@ -1,0 +1,1 @@
+"""The server's operating system: account files, file trees, ownership and copies."""
