@@ -29,10 +29,11 @@ class StepFailed(Exception):
 
 
 def read_journal(ctx: Context) -> list[dict[str, Any]]:
-    if not ctx.journal_path.exists():
+    text = ctx.state.read_text(str(ctx.journal_path))
+    if text is None:
         return []
     out = []
-    for line in ctx.journal_path.read_text().splitlines():
+    for line in text.splitlines():
         if line.strip():
             out.append(json.loads(line))
     return out
@@ -50,14 +51,12 @@ def last_applied(ctx: Context, step: str) -> dict[str, Any] | None:
 
 
 def _append_journal(ctx: Context, result: Result) -> None:
-    ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
     record = {"ts": dt.datetime.now().isoformat(timespec="seconds"), "run_id": ctx.run_id, **result.as_dict()}
     # as_dict() redacted the values; ensure_ascii=False keeps any missed secret verbatim for the
     # second pass (JSON escaping would hide it from a plain string match).
     line = ctx.secrets.redact(json.dumps(ctx.secrets.redact_obj(record), default=str, ensure_ascii=False))
-    with open(ctx.journal_path, "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-    ctx.journal_path.chmod(0o600)
+    ctx.state.append(str(ctx.journal_path), line + "\n", mode=0o600)
 
 
 def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Callable:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ispcp_lib.core import fileops
+from ispcp_lib.core.connection import Connection, LocalConnection, RootedView
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.runner import Runner
@@ -32,6 +33,12 @@ class Context:
     backup_root: Path | None
     state_dir: Path
     run_id: str
+    # How the target is reached; None: this machine, the tree under target_root (the sandbox).
+    target: Connection = None  # type: ignore[assignment]
+    # The old server's files at their original paths (on the controller or on the target).
+    backup: RootedView | None = None
+    # Where state_dir lives: the target for chroot and ssh, this machine for local.
+    state: Connection = None  # type: ignore[assignment]
     default_apply: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     secrets: SecretRegistry = field(default=REGISTRY)
@@ -44,6 +51,15 @@ class Context:
     results: dict[str, Result] = field(default_factory=dict)
     current: Result | None = None
     progress: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = LocalConnection(self.target_root)
+        if self.state is None:
+            self.state = LocalConnection("/") if self.target.kind == "local" else self.target
+        if self.backup is None and self.backup_root is not None:
+            self.backup = RootedView(LocalConnection("/"), str(Path(self.backup_root).resolve()))
+        self.runner.connection = self.target
 
     # -- where things are ------------------------------------------------------------------
     def t(self, path: str) -> Path:
@@ -94,22 +110,28 @@ class Context:
         else:
             print(line, file=sys.stdout, flush=True)
 
-    def keep(self, path: Path) -> Path | None:
-        """Safety-copy a target path before it is replaced; returns where the copy is."""
-        if not os.path.lexists(path):
+    def keep(self, path: str | Path) -> str | None:
+        """Safety-copy a target path before it is replaced (on the machine that holds the state dir).
+
+        Returns where the copy is, or None when there was nothing to keep.
+        """
+        logical = self.logical_path(path)
+        if not self.target.exists(logical):
             return None
-        logical = "/" + str(Path(path).relative_to(self.target_root)) if self._under_target(path) else str(path)
         # One folder per step: each step's copy holds the state that step replaced, even when an
         # earlier step of the same run changed the file already.
         step = self.current.step if self.current is not None else "outside-steps"
-        dest = fileops.safety_copy(Path(path), self.backup_dir / step, logical)
-        if self.current is not None and str(dest) not in self.current.backups:
-            self.current.backups.append(str(dest))
+        dest = f"{self.backup_dir}/{step}{logical}"
+        if not self.state.exists(dest):  # a copy from the same run already holds the oldest state
+            self.state.mkdir(str(Path(dest).parent), mode=0o700)
+            self.state.run(["cp", "-a", "--", self.target.path(logical), dest], check=True, timeout=3600)
+        if self.current is not None and dest not in self.current.backups:
+            self.current.backups.append(dest)
         return dest
 
     def write_file(
         self,
-        path: Path,
+        path: str | Path,
         new: str | bytes,
         mode: int | None = None,
         uid: int | None = None,
@@ -117,45 +139,46 @@ class Context:
         what: str | None = None,
         show_diff: bool = True,
     ) -> bool:
-        """Plan or perform one file write: diff, safety copy, atomic replace. True if it changes."""
-        path = Path(path)
-        old_bytes = path.read_bytes() if path.exists() else None
+        """Plan or perform one file write on the target: diff, safety copy, atomic replace.
+
+        path is the target's own path ("/etc/ispcp/ispcp.conf"). True if anything changes.
+        """
+        logical = self.logical_path(path)
+        old_bytes = self.target.read_bytes(logical)
         new_bytes = new.encode("utf-8") if isinstance(new, str) else new
-        if old_bytes == new_bytes and not self._meta_differs(path, mode, uid, gid):
+        if old_bytes == new_bytes and not self._meta_differs(logical, mode, uid, gid):
             return False
         result = self.current
         if result is not None:
-            result.change(what or f"write {self.display_path(path)}")
+            result.change(what or f"write {logical}")
             if show_diff and old_bytes != new_bytes:
                 old_text = (old_bytes or b"").decode("utf-8", "replace")
-                diff = fileops.unified_diff(old_text, new_bytes.decode("utf-8", "replace"), self.display_path(path))
-                result.diffs.append(Diff(self.display_path(path), diff))
+                diff = fileops.unified_diff(old_text, new_bytes.decode("utf-8", "replace"), logical)
+                result.diffs.append(Diff(logical, diff))
         if self.apply:
-            self.keep(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fileops.atomic_write(path, new_bytes, mode, uid, gid)
+            self.keep(logical)
+            self.target.mkdir(str(Path(logical).parent))
+            self.target.write_atomic(logical, new_bytes, mode, uid, gid)
         return True
 
-    def display_path(self, path: Path) -> str:
+    def logical_path(self, path: str | Path) -> str:
+        """The target's own path: a path under the local sandbox's target_root loses that prefix."""
+        text = str(path)
+        root = str(self.target_root).rstrip("/")
+        if self.target.kind == "local" and root and (text == root or text.startswith(root + "/")):
+            return text[len(root) :] or "/"
+        return text
+
+    def display_path(self, path: str | Path) -> str:
         """The path as the operator knows it on the target (without the sandbox prefix)."""
-        if self._under_target(path) and self.target_root != Path("/"):
-            return "/" + str(Path(path).relative_to(self.target_root))
-        return str(path)
+        return self.logical_path(path)
 
-    def _under_target(self, path: Path) -> bool:
-        try:
-            Path(path).relative_to(self.target_root)
+    def _meta_differs(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> bool:
+        st = self.target.stat(path)
+        if st is None:
             return True
-        except ValueError:
-            return False
-
-    @staticmethod
-    def _meta_differs(path: Path, mode: int | None, uid: int | None, gid: int | None) -> bool:
-        if not path.exists():
-            return True
-        st = path.stat()
         return (
-            (mode is not None and (st.st_mode & 0o7777) != mode)
-            or (uid is not None and st.st_uid != uid)
-            or (gid is not None and st.st_gid != gid)
+            (mode is not None and st.mode != mode)
+            or (uid is not None and st.uid != uid)
+            or (gid is not None and st.gid != gid)
         )
