@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ispcp_lib.core import fileops
-from ispcp_lib.core.connection import Connection, LocalConnection, RootedView
+from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, RootedView, SshConnection
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.runner import Runner
@@ -160,6 +160,51 @@ class Context:
             self.target.mkdir(str(Path(logical).parent))
             self.target.write_atomic(logical, new_bytes, mode, uid, gid)
         return True
+
+    def backup_argv_path(self, path: str) -> str:
+        """A backup path as a command on the *target* sees it (for a copy from the backup to the target).
+
+        The backup is on the target (backup_location: target) or on this machine; in the second case
+        only the local and chroot connections can reach it by path: SSH copies go through
+        `copy_from_backup`, which sends the data over the connection.
+        """
+        if self.backup is None:
+            raise InputError("backup_root", "is not set", "set the backup_root parameter")
+        if self.backup.inner is self.target or self.target.kind == "local":
+            return self.backup.path(path)
+        raise InputError(
+            "backup_location",
+            f"the backup is on this machine and the target is reached by {self.target.kind}",
+            "copy through copy_from_backup, or place the backup on the target (backup_location: target)",
+        )
+
+    def copy_from_backup(self, src: str, dst: str, *, what: str, extra: Sequence[str] = ()) -> None:
+        """Plan or run one copy from the backup (a file or a tree, src/ semantics of rsync) to the target.
+
+        rsync -a --numeric-ids on whichever machine can see both sides: the target when the backup is
+        there, this machine otherwise (over the SSH connection's own master, or into the chroot's tree).
+        """
+        if self.backup is None:
+            raise InputError("backup_root", "is not set", "set the backup_root parameter")
+        rsync = ["rsync", "-aHAX", "--numeric-ids", *extra]
+        if self.current is not None:
+            self.current.change(what)
+        if self.backup.inner is self.target or self.target.kind == "local":
+            self.runner.run([*rsync, self.backup.path(src), self.target.path(dst)], mutates=True, timeout=86400)
+        elif isinstance(self.target, ChrootConnection):
+            host_dst = str(self.target.root) + dst
+            self.controller_runner().run([*rsync, self.backup.path(src), host_dst], mutates=True, timeout=86400)
+        else:
+            assert isinstance(self.target, SshConnection)
+            remote = f"{self.target.target.host}:{dst}"
+            argv = [*self.target.target.argv_prefix, *rsync, "-e", self.target.rsync_remote_shell()]
+            self.controller_runner().run([*argv, self.backup.path(src), remote], mutates=True, timeout=86400)
+
+    def controller_runner(self) -> Runner:
+        """A runner on this machine that records into the running step, for controller-side commands."""
+        runner = Runner(apply=self.runner.apply, connection=LocalConnection("/"))
+        runner.sink = self.runner.sink
+        return runner
 
     def logical_path(self, path: str | Path) -> str:
         """The target's own path: a path under the local sandbox's target_root loses that prefix."""
