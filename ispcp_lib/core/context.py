@@ -39,6 +39,9 @@ class Context:
     backup: RootedView | None = None
     # Where state_dir lives: the target for chroot and ssh, this machine for local.
     state: Connection = None  # type: ignore[assignment]
+    # The built-in sandbox world (said explicitly by the session, never guessed from target_root):
+    # its services are private instances started by the sandbox, not the system's own.
+    sandbox: bool = False
     default_apply: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     secrets: SecretRegistry = field(default=REGISTRY)
