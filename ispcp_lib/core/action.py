@@ -71,7 +71,7 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
         def wrapper(ctx: Context, **kw: Any) -> Any:
             # In a live JupyterLab session (ispcp_lib.runbook.interactive) the session decides how the step
             # runs: a changing step as a dry run first, applied only when the operator presses a button.
-            session = getattr(ctx, "interactive_session", None)
+            session = ctx.interactive_session
             if session is not None:
                 return session.run_step(run_step, ctx, name, mutating, kw)
             return run_step(ctx, **kw)

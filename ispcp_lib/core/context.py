@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ispcp_lib.core import fileops
 from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, RootedView, SshConnection
@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from ispcp_lib.mysql.service import MysqlService
 
 DEFAULT_STATE_DIR = "/var/lib/ispcp-recovery"
+
+
+class InteractiveGate(Protocol):
+    """What core.action needs of the JupyterLab session: it runs each step the operator's way."""
+
+    def run_step(self, run_step: Callable[..., Result], ctx: Context, name: str, mutating: bool, kw: dict) -> Any: ...
 
 
 def new_run_id() -> str:
@@ -42,6 +48,9 @@ class Context:
     # The built-in sandbox world (said explicitly by the session, never guessed from target_root):
     # its services are private instances started by the sandbox, not the system's own.
     sandbox: bool = False
+    # Set in a live JupyterLab kernel (ispcp_lib.runbook.interactive): it gates every step behind
+    # an Apply button. None headless.
+    interactive_session: InteractiveGate | None = None
     default_apply: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     secrets: SecretRegistry = field(default=REGISTRY)

@@ -140,14 +140,30 @@ class Result:
         return clone
 
 
-_STATUS_COLOURS = {
+# One palette for every place that shows a step's status: result boxes, the panel, the report.
+STATUS_COLOURS = {
     "done": "#1a7f37",
     "noop": "#57606a",
+    "no-op": "#57606a",
     "planned": "#0969da",
     "skipped": "#57606a",
     "failed": "#cf222e",
     "running": "#9a6700",
+    "not run": "#8c959f",
 }
+NEUTRAL_COLOUR = "#57606a"
+
+
+def human_size(n: float | None) -> str:
+    """Bytes for people: 512 B, 3.4 KiB, 1.2 GiB; a dash for unknown."""
+    if n is None:
+        return "—"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
 
 
 def esc(text: Any) -> str:
@@ -170,7 +186,7 @@ def collapsible(title: str, text: str, preview: int = PREVIEW_LINES) -> str:
 
 
 def render_html(r: Result) -> str:
-    colour = _STATUS_COLOURS.get(r.status, "#57606a")
+    colour = STATUS_COLOURS.get(r.status, NEUTRAL_COLOUR)
     verb = "changes" if r.apply else "planned changes (dry run)"
     parts = [
         f"<div class='ir-result' style='border-left:4px solid {colour};padding:4px 10px;margin:6px 0'>",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
-from ispcp_lib.core.result import Result
+from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, Result
 from ispcp_lib.steps import STEP_ORDER
 
 if TYPE_CHECKING:
@@ -40,15 +40,6 @@ STATE_LABELS = {
     "skipped": "skipped",
     "failed": "failed",
     "running": "running",
-}
-_STATE_COLOURS = {
-    "done": "#1a7f37",
-    "no-op": "#57606a",
-    "planned": "#0969da",
-    "skipped": "#57606a",
-    "failed": "#cf222e",
-    "running": "#9a6700",
-    "not run": "#8c959f",
 }
 _MISSING = object()
 
@@ -123,15 +114,9 @@ def start_interactive(
     if not detect(interactive):
         return None
     session = InteractiveSession(ctx, display=display)
-    ctx.interactive_session = session  # type: ignore[attr-defined]  # read by ispcp_lib.core.action
+    ctx.interactive_session = session
     session.display(session.panel.widget)
     return session
-
-
-def stop_interactive(ctx: Context) -> None:
-    """Detach the gate: steps run directly again (the apply parameter decides)."""
-    if getattr(ctx, "interactive_session", None) is not None:
-        del ctx.interactive_session  # type: ignore[attr-defined]
 
 
 def _ipython_display(obj: Any) -> None:
@@ -192,7 +177,7 @@ class StatusPanel:
         )
         body = []
         for row in self.rows():
-            colour = _STATE_COLOURS.get(row["state"], "#57606a")
+            colour = STATUS_COLOURS.get(row["state"], NEUTRAL_COLOUR)
             duration = "" if row["duration_s"] is None else f"{row['duration_s']:.2f} s"
             changes = row["changes"] if row["state"] != "not run" else ""
             body.append(
@@ -391,7 +376,7 @@ def progress_bar(
     In JupyterLab a bar (IntProgress + label) in the running cell or under the Apply button;
     headless a plain ctx.log line at most every `every_s` seconds, plus one when done.
     """
-    session = getattr(ctx, "interactive_session", None)
+    session = ctx.interactive_session
     if session is None:
         return _log_progress(ctx, total, label, every_s, clock)
     import ipywidgets as w

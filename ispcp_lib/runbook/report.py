@@ -22,7 +22,7 @@ from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
 from ispcp_lib import __version__
-from ispcp_lib.core.result import collapsible
+from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, collapsible
 from ispcp_lib.core.secrets import REGISTRY
 from ispcp_lib.runbook.session import write_private
 from ispcp_lib.steps import STEP_ORDER
@@ -74,14 +74,6 @@ details > summary { cursor: pointer; color: #0969da; }
 {%- block body_header -%}{{ super() }}{{ resources.ispcp_head }}{%- endblock body_header -%}
 """
 )
-
-_STATUS_COLOURS = {
-    "done": "#1a7f37",
-    "noop": "#57606a",
-    "planned": "#0969da",
-    "skipped": "#57606a",
-    "failed": "#cf222e",
-}
 
 
 def strip_widget_outputs(nb: nbformat.NotebookNode) -> None:
@@ -251,7 +243,7 @@ def summary_table_html(summary: dict[str, Any]) -> str:
     )
     rows = []
     for s in summary.get("steps", []):
-        colour = _STATUS_COLOURS.get(s.get("status", ""), "#57606a")
+        colour = STATUS_COLOURS.get(s.get("status", ""), NEUTRAL_COLOUR)
         warnings = s.get("warnings") or []
         # At a glance: the reason or the first warning, shortened; the step's section has them all.
         note = _short(s.get("reason") or (warnings[0] if warnings else ""))
