@@ -30,7 +30,8 @@ class InteractiveGate(Protocol):
 
 
 def new_run_id() -> str:
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    """Sortable by time and distinct even for two runs started in the same second."""
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex()
 
 
 @dataclass
