@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ispcp_lib.core import fileops
 from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, RootedView, SshConnection
 from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.operations import Executor, KeepCopy, WriteFile
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
@@ -52,6 +53,7 @@ class Context:
     # Set in a live JupyterLab kernel (ispcp_lib.runbook.interactive): it gates every step behind
     # an Apply button. None headless.
     interactive_session: InteractiveGate | None = None
+    executor: Executor = field(init=False, repr=False)
     default_apply: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     secrets: SecretRegistry = field(default=REGISTRY)
@@ -73,6 +75,8 @@ class Context:
         if self.backup is None and self.backup_root is not None:
             self.backup = RootedView(LocalConnection("/"), str(Path(self.backup_root).resolve()))
         self.runner.connection = self.target
+        self.executor = Executor(self)
+        self.runner.executor = self.executor
 
     # -- where things are ------------------------------------------------------------------
     def t(self, path: str) -> Path:
@@ -136,8 +140,11 @@ class Context:
         step = self.current.step if self.current is not None else "outside-steps"
         dest = f"{self.backup_dir}/{step}{logical}"
         if not self.state.exists(dest):  # a copy from the same run already holds the oldest state
+            op = KeepCopy(what=f"keep a copy of {logical}", path=logical, dest=dest)
+            seq = self.executor.begin(op)
             self.state.mkdir(str(Path(dest).parent), mode=0o700)
             self.state.run(["cp", "-a", "--", self.target.path(logical), dest], check=True, timeout=3600)
+            self.executor.end(op, seq)
         if self.current is not None and dest not in self.current.backups:
             self.current.backups.append(dest)
         return dest
@@ -170,8 +177,11 @@ class Context:
                 result.diffs.append(Diff(logical, diff))
         if self.apply:
             self.keep(logical)
+            op = WriteFile(what=what or f"write {logical}", path=logical, data=new_bytes, mode=mode, uid=uid, gid=gid)
+            seq = self.executor.begin(op)
             self.target.mkdir(str(Path(logical).parent))
             self.target.write_atomic(logical, new_bytes, mode, uid, gid)
+            self.executor.end(op, seq)
         return True
 
     def backup_argv_path(self, path: str) -> str:
@@ -217,6 +227,7 @@ class Context:
         """A runner on this machine that records into the running step, for controller-side commands."""
         runner = Runner(apply=self.runner.apply, connection=LocalConnection("/"))
         runner.sink = self.runner.sink
+        runner.executor = self.executor
         return runner
 
     def logical_path(self, path: str | Path) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from ispcp_lib.core.connection import Connection, LocalConnection
 from ispcp_lib.core.errors import CommandFailed
+from ispcp_lib.core.operations import Executor, RunCommand
 from ispcp_lib.core.result import CommandRecord
 
 
@@ -17,6 +18,8 @@ class Runner:
         self.connection: Connection = connection or LocalConnection("/")
         # The running action points this at its Result.commands; None means "don't record".
         self.sink: list[CommandRecord] | None = None
+        # Journals the intent and completion of every changing command (the Context sets it).
+        self.executor: Executor | None = None
 
     def run(
         self,
@@ -42,9 +45,13 @@ class Runner:
             rec = CommandRecord(argv, None, planned=True)
             self._record(rec, record)
             return rec
+        op = RunCommand(what=" ".join(argv)[:300], argv=tuple(argv), where=self.connection.kind)
+        seq = self.executor.begin(op) if (mutates and self.executor is not None) else None
         done = self.connection.run(argv, input=input, timeout=timeout, env=env, cwd=None if cwd is None else str(cwd))
         rec = CommandRecord(argv, done.rc, done.out, done.err, done.duration_s)
         self._record(rec, record)
+        if seq is not None and self.executor is not None:
+            self.executor.end(op, seq, {"rc": done.rc})
         if check and done.rc not in ok_codes:
             raise CommandFailed(argv, done.rc, rec.stderr or rec.stdout)
         return rec

@@ -367,7 +367,7 @@ def summary_from_journal(state_dir: Path, run_id: str, apply: bool, steps: list[
         for line in journal.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
-                if rec.get("run_id") == run_id:
+                if rec.get("run_id") == run_id and "name" in rec:  # step records, not operation records
                     records[rec["name"]] = rec
     rows = []
     for name in STEP_ORDER:

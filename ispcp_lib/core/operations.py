@@ -1,0 +1,126 @@
+"""Typed operations and the one executor that runs them: the plan is data.
+
+Every change a step makes on the target is an operation (run a command, write a file, keep a safety
+copy, copy from the backup). The executor is the only place that acts: in a dry run it records the
+operation as planned and does nothing; when applying it writes the operation's *intent* to the
+journal first, acts through the connection, then writes its *completion* (write-ahead, so a resumed
+run knows exactly what a killed one had started). Plan text is rendered from the operations, so the
+plan shown and the act performed cannot drift. This is pyinfra's split of operations from
+connectors, and Ansible's check mode on one code path.
+
+A fault-injection hook (`ISPCP_FAULT`) kills the process at a chosen operation boundary, for the
+reliability suite: `ISPCP_FAULT=before:STEP:N` or `after:STEP:N` (N counts the step's operations
+from 1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ispcp_lib.core.context import Context
+
+FAULT_ENV = "ISPCP_FAULT"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One change on the target. `what` is the operator's sentence for it."""
+
+    kind: ClassVar[str] = "operation"
+    what: str
+
+    def record(self) -> dict[str, Any]:
+        """The operation as the journal keeps it (no payload: file contents stay out)."""
+        return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k not in ("data", "input")}}
+
+
+@dataclass(frozen=True)
+class RunCommand(Operation):
+    kind: ClassVar[str] = "command"
+    argv: tuple[str, ...] = ()
+    where: str = "target"  # or "controller" (rsync pushing over SSH)
+
+
+@dataclass(frozen=True)
+class WriteFile(Operation):
+    kind: ClassVar[str] = "write"
+    path: str = ""
+    data: bytes = field(default=b"", repr=False)
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class KeepCopy(Operation):
+    kind: ClassVar[str] = "keep"
+    path: str = ""
+    dest: str = ""
+
+
+class Executor:
+    """Runs operations for one Context: dry run records, apply journals intent, acts, journals done."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.counts: dict[str, int] = {}
+
+    def planned(self) -> bool:
+        return not self.ctx.apply
+
+    def begin(self, op: Operation) -> int:
+        """Journal the intent of op (apply only); returns its number within the step."""
+        step = self._step()
+        seq = self.counts[step] = self.counts.get(step, 0) + 1
+        self._journal("intent", step, seq, op.record())
+        self._fault("before", step, seq)  # after the intent, before the act: the crash resume must handle
+        return seq
+
+    def end(self, op: Operation, seq: int, outcome: dict[str, Any] | None = None) -> None:
+        step = self._step()
+        self._journal("done", step, seq, {"kind": op.kind, **(outcome or {})})
+        self._fault("after", step, seq)
+
+    def _step(self) -> str:
+        return self.ctx.current.step if self.ctx.current is not None else "outside-steps"
+
+    def _journal(self, phase: str, step: str, seq: int, body: dict[str, Any]) -> None:
+        ctx = self.ctx
+        record = {
+            "type": "operation",
+            "phase": phase,
+            "ts": dt.datetime.now().isoformat(timespec="seconds"),
+            "run_id": ctx.run_id,
+            "step": step,
+            "seq": seq,
+            "op": body,
+        }
+        line = ctx.secrets.redact(json.dumps(ctx.secrets.redact_obj(record), default=str, ensure_ascii=False))
+        ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
+        ctx.state.append(str(ctx.journal_path), line + "\n", mode=0o600)
+
+    @staticmethod
+    def _fault(phase: str, step: str, seq: int) -> None:
+        if os.environ.get(FAULT_ENV) == f"{phase}:{step}:{seq}":
+            os._exit(137)  # a kill -9 at this boundary: no cleanup, no journal, as a power failure
+
+
+def operation_records(journal: list[dict[str, Any]], run_id: str | None = None) -> list[dict[str, Any]]:
+    """The operation records of a journal (all runs, or one): intents whose completion is missing
+    are the operations a killed run had started."""
+    return [r for r in journal if r.get("type") == "operation" and (run_id is None or r.get("run_id") == run_id)]
+
+
+def unfinished(journal: list[dict[str, Any]], step: str) -> list[dict[str, Any]]:
+    """Intents of `step` without a completion, in the order they were started (newest run only)."""
+    ops = [r for r in operation_records(journal) if r.get("step") == step]
+    if not ops:
+        return []
+    last_run = ops[-1]["run_id"]
+    done = {r["seq"] for r in ops if r["run_id"] == last_run and r["phase"] == "done"}
+    return [r for r in ops if r["run_id"] == last_run and r["phase"] == "intent" and r["seq"] not in done]
