@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test lint notebook clean
+.PHONY: bootstrap demo test lab-test lint notebook clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -14,7 +14,11 @@ test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m ispcp_lib.runbook.notebook_build --check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/lab
+
+# Real ispCP servers built from the release tarballs in ../shared/ispcp-src (or ISPCP_LAB_SOURCES).
+lab-test: bootstrap
+	$(PY) -m pytest -q tests/lab
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(mariadb-server mariadb-client rsync postfix dnsmasq-base libcrypt-cbc-perl
-              libcrypt-blowfish-perl passwd procps bzip2 gzip python3-venv chromium)
+              libcrypt-blowfish-perl passwd procps bzip2 gzip python3-venv chromium
+              debootstrap openssh-client zstd iproute2)  # the last four: the lab servers (ispcp_lib/lab)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
