@@ -130,6 +130,39 @@ class Accounts:
             path.chmod(mode)
             os.chown(path, 0, gid)
 
+    def merge_into(self, etc: Path) -> None:
+        """Add these entries to an installed system's four files: every line already there stays.
+
+        sshd's privilege-separation user and the image's own service accounts must survive; a name
+        already present keeps its line (its ids are the ones the system's services run as). A new
+        entry whose id another name already holds is refused: files of both would be confused.
+        """
+        for name, text, id_field in (
+            ("passwd", self.passwd(), 2),
+            ("group", self.group(), 2),
+            ("shadow", self.shadow(), None),
+            ("gshadow", self.gshadow(), None),
+        ):
+            path = etc / name
+            old = path.read_text()
+            names = {line.split(":")[0]: line.split(":") for line in old.splitlines() if line}
+            ids = {int(f[id_field]): n for n, f in names.items() if id_field is not None}
+            added = [line for line in text.splitlines(keepends=True) if line.split(":")[0] not in names]
+            for line in added:
+                fields = line.split(":")
+                if id_field is not None and int(fields[id_field]) in ids:
+                    raise PreconditionFailed(
+                        f"account {fields[0]}",
+                        f"its id {fields[id_field]} is {ids[int(fields[id_field])]}'s in {path}",
+                        "build the world into a root whose ids do not collide with Debian's base set",
+                        path=str(path),
+                    )
+            if added:
+                st = path.stat()
+                path.write_text(old + ("" if old.endswith("\n") or not old else "\n") + "".join(added))
+                os.chown(path, st.st_uid, st.st_gid)
+                path.chmod(st.st_mode & 0o7777)
+
 
 def base_accounts() -> Accounts:
     return Accounts(users=list(BASE_USERS), groups=[(n, g, []) for n, g in BASE_GROUPS])

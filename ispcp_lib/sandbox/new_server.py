@@ -20,25 +20,32 @@ from ispcp_lib.sandbox.scenario import Scenario
 ENGINE_DIR = "/var/www/ispcp/engine"
 
 
-def new_accounts() -> accounts.Accounts:
+def new_accounts(etc: Path = Path("/etc")) -> accounts.Accounts:
+    """The new server's accounts; mysql and postfix carry the ids of the system whose services run them
+    (this host's for the sandbox's private services, a lab server's own for a world built into it)."""
     acc = accounts.base_accounts()
-    mysql_uid, mysql_gid = accounts.host_ids("mysql")
-    postfix_uid, postfix_gid = accounts.host_ids("postfix")
+    mysql_uid, mysql_gid = accounts.host_ids("mysql", etc / "passwd", etc / "group")
+    postfix_uid, postfix_gid = accounts.host_ids("postfix", etc / "passwd", etc / "group")
     acc.users.append(("mysql", mysql_uid, mysql_gid, "MySQL Server,,,", "/nonexistent", "/bin/false"))
     acc.users.append(("postfix", postfix_uid, postfix_gid, "", "/var/spool/postfix", "/usr/sbin/nologin"))
     acc.groups += [("mysql", mysql_gid, []), ("postfix", postfix_gid, [])]
-    postdrop = accounts.host_gid("postdrop")
+    postdrop = accounts.host_gid("postdrop", etc / "group")
     if postdrop is not None:  # Postfix's setgid group; mirror it when the host has it
         acc.groups.append(("postdrop", postdrop, []))
     return acc
 
 
-def write_system_files(target: Path, sc: Scenario) -> None:
-    new_accounts().write(target / "etc")
-    # useradd/groupadd --prefix read the prefix's login.defs: give them the host's.
-    shutil.copy2("/etc/login.defs", target / "etc/login.defs")
-    put_file(target, "/etc/os-release", ispcp_files.os_release())
-    put_file(target, "/etc/hostname", sc.new_hostname + "\n")
+def write_system_files(target: Path, sc: Scenario, system_root: bool = False) -> None:
+    """system_root: target is an installed system (a lab server's root); its accounts are merged into,
+    and its own login.defs, os-release and hostname stay (they describe that system truthfully)."""
+    if system_root:
+        new_accounts(target / "etc").merge_into(target / "etc")
+    else:
+        new_accounts().write(target / "etc")
+        # useradd/groupadd --prefix read the prefix's login.defs: give them the host's.
+        shutil.copy2("/etc/login.defs", target / "etc/login.defs")
+        put_file(target, "/etc/os-release", ispcp_files.os_release())
+        put_file(target, "/etc/hostname", sc.new_hostname + "\n")
     put_file(target, "/etc/mysql/debian.cnf", ispcp_files.debian_cnf(sc.new.debian_sys_maint), 0o600)
     for logical in ("/var/www/virtual", "/var/mail/virtual"):
         path = target / logical.lstrip("/")

@@ -28,7 +28,7 @@ from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.mysql.service import SandboxMysql
-from ispcp_lib.sandbox import new_server, old_server, private_mysql, update_standin
+from ispcp_lib.sandbox import new_server, old_server, private_mysql, server_world, update_standin
 from ispcp_lib.sandbox.accounts import OLD_SERVICE_GROUPS, OLD_SERVICE_USERS
 from ispcp_lib.sandbox.private_mysql import free_port
 from ispcp_lib.sandbox.scenario import NEW_IP, Scenario, make_scenario
@@ -139,6 +139,9 @@ class World:
 
     def start(self) -> None:
         """Start the target's MariaDB. On a port taken meanwhile, retry once on a new free port."""
+        if server_world.in_server(self):
+            server_world.start_mysql(self)
+            return
         try:
             private_mysql.start(self.target_mysql(), self.mysql_tmpdir)
         except PreconditionFailed as exc:
@@ -153,13 +156,24 @@ class World:
             private_mysql.start(self.target_mysql(), self.mysql_tmpdir)
 
     def stop(self) -> None:
+        if server_world.in_server(self):
+            server_world.stop_mysql(self)
+            return
         self.target_mysql().stop()
 
     def running(self) -> bool:
+        if server_world.in_server(self):
+            return server_world.mysql_running(self)
         return bool(mariadbd_pids_under(self.workdir)) or self.target_mysql().status()
 
-    def runbook_params(self) -> dict[str, Any]:
-        """The papermill parameters that point the runbook at this world (no secrets in them)."""
+    def runbook_params(self, connection: str | None = None, backup_location: str = "controller") -> dict[str, Any]:
+        """The papermill parameters that point the runbook at this world (no secrets in them).
+
+        A world in a lab server (server_world.attach) is reached over `connection` (local, chroot or
+        ssh; default: the one it was attached for), with backup_location controller or target.
+        """
+        if server_world.in_server(self):
+            return server_world.runbook_params(self, connection, backup_location)
         return {
             "backup_root": str(self.backup_root),
             "target_root": str(self.target_root),
@@ -232,6 +246,8 @@ def mariadbd_pids_under(path: Path) -> list[int]:
 
 def stable_fingerprint(world: World) -> dict[str, tuple]:
     """fingerprint(target_root) minus the state dir, target/run and VOLATILE_DATADIR_FILES."""
+    if world.manifest.get("system_root"):
+        return server_world.stable_system_fingerprint(world)
     fp = fingerprint(world.target_root, exclude=[world.state_dir, world.target_root / "run"])
     datadir = Path(world.mysql_params["datadir"])
     try:
@@ -265,10 +281,14 @@ def build_world(
     variant: dict[str, Any] | None = None,
     keep_old: bool = False,
     runner: Runner | None = None,
+    target_root: Path | None = None,
+    system_root: bool = False,
 ) -> World:
     """Build the whole world under workdir (absent or empty). Nothing is left running afterwards.
 
     keep_old keeps the old server's datadir under workdir/old-mysql (stopped) for debugging.
+    target_root puts the target there instead of workdir/target; system_root=True says it is an
+    installed system (a lab server's root) to build into without breaking it (see server_world).
     """
     unknown = set(variant or {}) - set(DEFAULT_VARIANT)
     if unknown:
@@ -284,8 +304,11 @@ def build_world(
     workdir.chmod(0o755)
     private_mysql.grant_traverse(workdir)
     backup, target, state, logs = (workdir / n for n in ("backup", "target", "state", "logs"))
+    target = Path(target_root).absolute() if target_root is not None else target
+    if system_root:
+        server_world.check_same_mariadb(target)
     for d in (backup, target, state, logs):
-        d.mkdir(mode=0o755)
+        d.mkdir(mode=0o755, exist_ok=d == target and system_root)
     state.chmod(0o700)
 
     sc = make_scenario(scale, seed, new_ip=var["new_ip"])
@@ -314,9 +337,12 @@ def build_world(
     t = time.monotonic()
     params = new_server.target_mysql_params(workdir, target, free_port())
     dummy = not var["no_dummy"]
-    new_server.write_system_files(target, sc)
+    new_server.write_system_files(target, sc, system_root)
     mysql_tmpdir = workdir / "tmp" / "target-mysql"
     new_version = new_server.build_target_database(params, sc, runner, dummy, mysql_tmpdir)
+    if system_root:
+        server_world.adopt_datadir(target, params)
+        server_world.write_service_config(target, sc.new_hostname)
     if dummy:
         new_server.write_dummy_ispcp(target, sc, var["dummy_version"])
     timings["target"] = time.monotonic() - t
@@ -325,6 +351,7 @@ def build_world(
         "format": 1,
         "scale": scale,
         "seed": seed,
+        "system_root": system_root,
         "variant": var,
         "paths": {
             "workdir": str(workdir),
