@@ -109,6 +109,9 @@ class Connection(ABC):
     """How the tool reaches the target. Subclasses: LocalConnection, ChrootConnection, SshConnection."""
 
     kind: str = ""
+    # Commands started on the target through run() and popen() (each is one round trip over SSH);
+    # benchmarks/remote.py reports them per kind of operation.
+    round_trips: int = 0
 
     # -- commands ----------------------------------------------------------------------------
     @abstractmethod
@@ -136,6 +139,7 @@ class Connection(ABC):
         """Run argv on the target; its own process group is killed on a timeout."""
         argv = [str(a) for a in argv]
         full = self.wrap(self._with_env_cwd(argv, env, cwd))
+        self.round_trips += 1
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -172,6 +176,7 @@ class Connection(ABC):
     def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         """A streaming command on the target (find, rsync, chown): the caller reads its pipes."""
         kw.setdefault("start_new_session", True)
+        self.round_trips += 1
         return subprocess.Popen(self.wrap([str(a) for a in argv]), **kw)  # type: ignore[call-overload]
 
     def _with_env_cwd(self, argv: list[str], env: Mapping[str, str] | None, cwd: str | None) -> list[str]:

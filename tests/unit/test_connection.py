@@ -121,3 +121,14 @@ def test_rooted_view_maps_paths_and_detects_escapes(tmp_path: Path) -> None:
 def test_chroot_needs_a_system_tree(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no system tree"):
         ChrootConnection(tmp_path)
+
+
+def test_round_trips_count_commands_started_on_the_target(tmp_path: Path) -> None:
+    conn = LocalConnection(tmp_path)
+    other = LocalConnection(tmp_path)
+    conn.write_atomic("/f", "x")
+    assert conn.read_text("/f") == "x" and conn.round_trips == 0  # local file operations run no command
+    conn.run(["true"])
+    conn.sh("exit 3")
+    conn.popen(["true"]).wait()
+    assert (conn.round_trips, other.round_trips) == (3, 0)
