@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -443,3 +444,40 @@ def thaw(
     except BaseException:
         host.stop()
         raise
+
+
+# -- the whole recovery -----------------------------------------------------------------------------------
+
+
+def connection_ports_missing() -> str | None:
+    """Why the runbook cannot be pointed at a target connection yet (None: it can).
+
+    Checked before any run over ssh or chroot: a runbook without the `target` parameter would take the
+    missing target_root for "/" and act on this machine.
+    """
+    import inspect
+
+    from ispcp_lib.mysql import service as mysql_service
+    from ispcp_lib.runbook import notebook_build, session
+
+    if "target" not in inspect.signature(session.open_run).parameters:
+        return "session.open_run has no target parameter"
+    if "target" not in notebook_build.CORE_PARAMETERS:
+        return "the notebook has no target parameter"
+    if not {"connection", "target"} & set(inspect.signature(mysql_service.from_params).parameters):
+        return "MySQL service control does not go through the connection"
+    return None
+
+
+def run_recovery(world: World, reports: Path, **params: Any) -> tuple[int, dict[str, Any]]:
+    """The whole runbook (apply) against the running world and its services; returns (exit code, summary).
+
+    The world's MariaDB is left as the recovery leaves it (the caller stops the world).
+    """
+    from ispcp_lib.runbook.cli import run_runbook
+
+    with services(world) as service_params:
+        rc, html_path = run_runbook(
+            {**world.runbook_params(), **service_params, "apply": True, **params}, reports, log_output=False
+        )
+    return rc, json.loads(html_path.with_suffix(".json").read_text())

@@ -1,0 +1,238 @@
+"""Speed over SSH against the sandbox world inside a lab server (issue 13, item 8): ratios from one run.
+
+Run (as root: lab servers need namespaces and overlayfs):
+    .venv/bin/python benchmarks/remote.py [--scale mid] [--files 200] [--commands 100] [--repeat 3]
+
+(i)   a fixed workload of connection operations (file reads, atomic writes, stats, one find over
+      /var/www/virtual, small commands) over ssh and chroot vs local, with the commands each kind of
+      operation started on the target (Connection.round_trips; one is one round trip over SSH);
+(ii)  the user-data copy: rsync of the world's /var/www/virtual into the server over the connection's
+      SSH master vs a plain `rsync -a -e ssh` to the same server (goal: <= 1.1x);
+(iii) the whole recovery of the world over ssh vs local (goal: <= 1.5x), once the runbook can be
+      pointed at a connection; until then it prints "n/a: <reason>".
+Best of --repeat for each timing. Prints ratios only from this run; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
+
+from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, SshConnection  # noqa: E402
+from ispcp_lib.core.connection import SshTarget as ConnSshTarget  # noqa: E402
+from ispcp_lib.lab.host import SshTarget, cleanup_stale, start_ssh_target  # noqa: E402
+from ispcp_lib.sandbox import server_world  # noqa: E402
+from ispcp_lib.sandbox.world import World, build_world  # noqa: E402
+
+COPY_GOAL = 1.1
+RECOVERY_GOAL = 1.5
+WWW = "/var/www/virtual"
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def ssh_connection(t: SshTarget) -> SshConnection:
+    return SshConnection(
+        ConnSshTarget(
+            host=t.host,
+            port=t.port,
+            user=t.user,
+            identity_file=str(t.identity_file),
+            known_hosts=str(t.known_hosts),
+            ssh_options=list(t.ssh_options),
+        )
+    )
+
+
+def workload(files: int, commands: int) -> dict[str, Callable[[Connection], object]]:
+    """Each kind of operation, run `files` or `commands` times (the find once) on /root/bench."""
+    names = [f"/root/bench/f{i:04d}" for i in range(files)]
+
+    def writes(c: Connection) -> None:
+        for i, n in enumerate(names):
+            c.write_atomic(n, f"line {i}\n" * 20, 0o640, 0, 0)
+
+    def reads(c: Connection) -> None:
+        for n in names:
+            c.read_bytes(n)
+
+    def stats(c: Connection) -> None:
+        for n in names:
+            c.stat(n)
+
+    def find(c: Connection) -> None:
+        c.run(["find", c.path(WWW), "-printf", r"%P|%y|%m|%U|%G|%s\n"], check=True)
+
+    def small(c: Connection) -> None:
+        for _ in range(commands):
+            c.run(["true"], check=True)
+
+    return {
+        f"write_atomic x{files}": writes,
+        f"read_bytes x{files}": reads,
+        f"stat x{files}": stats,
+        f"find {WWW} x1": find,
+        f"command x{commands}": small,
+    }
+
+
+def bench_operations(t: SshTarget, files: int, commands: int, repeat: int) -> None:
+    print(f"\n(i) connection operations, best of {repeat} (round trips per pass)")
+    conns: dict[str, Connection] = {
+        "local": LocalConnection(t.root),
+        "chroot": ChrootConnection(t.root),
+        "ssh": ssh_connection(t),
+    }
+    conns["ssh"].run(["mkdir", "-p", "/root/bench"], check=True)  # opens the master outside the timings
+    print(f"  {'operation':<28}{'local':>10}{'chroot':>10}{'ssh':>10}{'ssh/local':>11}   round trips l/c/s")
+    totals = dict.fromkeys(conns, 0.0)
+    try:
+        for label, op in workload(files, commands).items():
+            seconds, trips = {}, {}
+            for kind, conn in conns.items():
+                before = conn.round_trips
+                seconds[kind] = best(lambda conn=conn, op=op: op(conn), repeat)  # type: ignore[misc]
+                trips[kind] = (conn.round_trips - before) // repeat
+                totals[kind] += seconds[kind]
+            ratio = seconds["ssh"] / seconds["local"] if seconds["local"] else float("inf")
+            print(
+                f"  {label:<28}{seconds['local']:>9.3f}s{seconds['chroot']:>9.3f}s{seconds['ssh']:>9.3f}s"
+                f"{ratio:>10.1f}x   {trips['local']}/{trips['chroot']}/{trips['ssh']}"
+            )
+        print(
+            f"  {'total':<28}{totals['local']:>9.3f}s{totals['chroot']:>9.3f}s{totals['ssh']:>9.3f}s"
+            f"{totals['ssh'] / totals['local']:>10.1f}x"
+        )
+    finally:
+        conns["ssh"].run(["rm", "-rf", "/root/bench"])
+        conns["ssh"].close()
+
+
+@contextlib.contextmanager
+def user_data_in_place(t: SshTarget, world: World) -> Iterator[None]:
+    """The backup's web data in the server's /var/www/virtual, emptied again afterwards (for (iii))."""
+    src = world.backup_root / WWW.lstrip("/")
+    conn = ssh_connection(t)
+    try:
+        argv = ["rsync", "-a", "--numeric-ids", "-e", conn.rsync_remote_shell(), f"{src}/", f"{t.host}:{WWW}/"]
+        subprocess.run(argv, check=True, capture_output=True, timeout=3600)
+        yield
+    finally:
+        conn.sh('find "$1" -mindepth 1 -delete', WWW)
+        conn.close()
+
+
+def bench_copy(t: SshTarget, world: World, repeat: int) -> None:
+    src = world.backup_root / WWW.lstrip("/")
+    size = subprocess.run(["du", "-sb", str(src)], capture_output=True, text=True, check=True).stdout.split()[0]
+    count = sum(1 for _ in src.rglob("*"))
+    print(f"\n(ii) user-data copy of {WWW}: {count} entries, {int(size) / 1e6:.1f} MB, best of {repeat}")
+    conn = ssh_connection(t)
+    conn.run(["true"], check=True)  # the master is open, as during a recovery
+    plain_ssh = shlex.join(["ssh", *t.ssh.client_args()[:-1]])
+    runs = {"connection master": conn.rsync_remote_shell(), "plain rsync -a -e ssh": plain_ssh}
+    seconds = {}
+    try:
+        for label, rsh in runs.items():
+            dest = f"/srv/copy-{label.split()[0]}"
+
+            def copy(rsh: str = rsh, dest: str = dest) -> None:
+                conn.run(["rm", "-rf", dest], check=True)
+                argv = ["rsync", "-a", "--numeric-ids", "-e", rsh, f"{src}/", f"{t.user}@{t.host}:{dest}/"]
+                subprocess.run(argv, check=True, capture_output=True, timeout=3600)
+
+            seconds[label] = best(copy, repeat)
+            print(f"  {label:<26}{seconds[label]:>8.3f}s")
+        ratio = seconds["connection master"] / seconds["plain rsync -a -e ssh"]
+        print(f"  ratio {ratio:.2f}x (goal <= {COPY_GOAL}x): {'ok' if ratio <= COPY_GOAL else 'OVER'}")
+    finally:
+        conn.run(["rm", "-rf", "/srv/copy-connection", "/srv/copy-plain"])
+        conn.close()
+
+
+def bench_recovery(world: World, host_target: SshTarget, sandbox: Path) -> None:
+    print(f"\n(iii) whole recovery of the {world.manifest['scale']} world, ssh vs local")
+    missing = server_world.connection_ports_missing()
+    if missing:
+        print(f"  n/a: {missing}")
+        return
+    from ispcp_lib.lab.images import SSHTARGET, ensure_image
+
+    world.stop()
+    layer = server_world.freeze(world, host_target.server)
+    layers = ensure_image(SSHTARGET)
+    seconds = {}
+    try:
+        for i, connection in enumerate(("ssh", "local")):
+            copy, host, _ssh = server_world.thaw(
+                world,
+                layer,
+                layers,
+                sandbox / f"run-{connection}",
+                name=f"bench-{connection}",
+                address=f"127.0.0.{20 + i}",
+                profile="modern" if connection == "ssh" else None,
+                connection=connection,
+            )
+            try:
+                copy.start()
+                started = time.perf_counter()
+                rc, summary = server_world.run_recovery(copy, sandbox / f"reports-{connection}")
+                seconds[connection] = time.perf_counter() - started
+                if rc != 0:
+                    failed = [s["name"] for s in summary["steps"] if s["status"] == "failed"]
+                    print(f"  n/a: the {connection} recovery failed ({', '.join(failed)})")
+                    return
+                copy.stop()
+            finally:
+                host.stop()
+    finally:
+        host_target.server.stop()
+    ratio = seconds["ssh"] / seconds["local"]
+    print(f"  local {seconds['local']:.1f}s, ssh {seconds['ssh']:.1f}s: {ratio:.2f}x (goal <= {RECOVERY_GOAL}x)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="mid", choices=("small", "mid", "large"))
+    ap.add_argument("--files", type=int, default=200)
+    ap.add_argument("--commands", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    cleanup_stale()
+    sandbox = Path(tempfile.mkdtemp(prefix="ispcp-bench-remote-"))
+    sandbox.chmod(0o711)  # the build's MariaDB (running as mysql) must reach its datadir below
+    target = start_ssh_target("modern", name="bench-remote", address="127.0.0.19", hostname="srv09.ispcp.test")
+    try:
+        started = time.perf_counter()
+        world = build_world(sandbox / "world", args.scale, seed=1, target_root=target.root, system_root=True)
+        server_world.attach(world, target.server, target.ssh, "ssh")
+        print(f"{args.scale} world built into the lab server in {time.perf_counter() - started:.1f}s")
+        with user_data_in_place(target, world):  # the find of (i) lists a real tree
+            bench_operations(target, args.files, args.commands, args.repeat)
+        bench_copy(target, world, args.repeat)
+        bench_recovery(world, target, sandbox)
+    finally:
+        target.stop()
+        subprocess.run(["rm", "-rf", "--", str(sandbox)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
