@@ -137,6 +137,7 @@ class Accounts:
         already present keeps its line (its ids are the ones the system's services run as). A new
         entry whose id another name already holds is refused: files of both would be confused.
         """
+        planned: list[tuple[Path, str, list[str]]] = []
         for name, text, id_field in (
             ("passwd", self.passwd(), 2),
             ("group", self.group(), 2),
@@ -157,6 +158,8 @@ class Accounts:
                         "build the world into a root whose ids do not collide with Debian's base set",
                         path=str(path),
                     )
+            planned.append((path, old, added))
+        for path, old, added in planned:  # written only when no file refused
             if added:
                 st = path.stat()
                 path.write_text(old + ("" if old.endswith("\n") or not old else "\n") + "".join(added))

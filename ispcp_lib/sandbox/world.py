@@ -183,6 +183,13 @@ class World:
 
     def clone(self, dest: Path) -> World:
         """An independent copy (cp -a keeps owners, modes and links) with its own MariaDB port."""
+        if self.manifest.get("system_root"):
+            raise PreconditionFailed(
+                "sandbox world",
+                "its target is a lab server's root, which a copy of the workdir would share",
+                "start another server over the frozen world instead (server_world.freeze and thaw)",
+                path=str(self.workdir),
+            )
         if self.running():
             raise PreconditionFailed(
                 "sandbox world",

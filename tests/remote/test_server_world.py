@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection
+from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.lab.host import _ns_ino
-from ispcp_lib.sandbox import server_world
+from ispcp_lib.sandbox import accounts, server_world
 from tests.remote.conftest import WorldServer
 
 PYTHON_LOG = "var/log/python-attempts.log"
@@ -174,3 +175,34 @@ def test_runbook_params_per_connection(world_server: WorldServer) -> None:
     assert local["mysql"]["datadir"] == str(t.root / "var/lib/mysql")
     with pytest.raises(ValueError):
         world.runbook_params("telnet")
+
+
+def test_merge_keeps_every_line_and_refuses_a_taken_id(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    files = {
+        "passwd": "root:x:0:0:root:/root:/bin/bash\nsshd:x:102:65534::/run/sshd:/usr/sbin/nologin\n",
+        "shadow": "root:*:19000:0:99999:7:::\nsshd:!:19000::::::\n",
+        "group": "root:x:0:\nmysql:x:101:\n",
+        "gshadow": "root:*::\nmysql:!::\n",
+    }
+    for name, text in files.items():
+        (etc / name).write_text(text)
+    acc = accounts.Accounts(
+        users=[("root", 0, 0, "r", "/", "/bin/sh"), ("vmail", 1004, 8, "", "/var/mail", "/bin/false")]
+    )
+    acc.groups = [("mysql", 101, []), ("mail", 8, [])]
+    acc.merge_into(etc)
+    passwd = (etc / "passwd").read_text()
+    assert passwd == files["passwd"] + "vmail:x:1004:8::/var/mail:/bin/false\n"
+    assert (etc / "group").read_text() == files["group"] + "mail:x:8:\n"
+    assert (etc / "shadow").read_text().startswith(files["shadow"]) and "vmail:*:" in (etc / "shadow").read_text()
+    taken = accounts.Accounts(users=[("intruder", 102, 102, "", "/", "/bin/false")])
+    with pytest.raises(PreconditionFailed, match="sshd"):
+        taken.merge_into(etc)
+    assert (etc / "passwd").read_text() == passwd
+
+
+def test_a_world_in_a_server_is_not_cloned(world_server: WorldServer, tmp_path: Path) -> None:
+    with pytest.raises(PreconditionFailed, match="thaw"):
+        world_server.world.clone(tmp_path / "copy")
