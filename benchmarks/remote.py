@@ -27,8 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, SshConnection  # noqa: E402
-from ispcp_lib.core.connection import SshTarget as ConnSshTarget  # noqa: E402
+from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection  # noqa: E402
 from ispcp_lib.lab.host import SshTarget, cleanup_stale, start_ssh_target  # noqa: E402
 from ispcp_lib.sandbox import server_world  # noqa: E402
 from ispcp_lib.sandbox.world import World, build_world  # noqa: E402
@@ -45,19 +44,6 @@ def best(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return min(times)
-
-
-def ssh_connection(t: SshTarget) -> SshConnection:
-    return SshConnection(
-        ConnSshTarget(
-            host=t.host,
-            port=t.port,
-            user=t.user,
-            identity_file=str(t.identity_file),
-            known_hosts=str(t.known_hosts),
-            ssh_options=list(t.ssh_options),
-        )
-    )
 
 
 def workload(files: int, commands: int) -> dict[str, Callable[[Connection], object]]:
@@ -97,7 +83,7 @@ def bench_operations(t: SshTarget, files: int, commands: int, repeat: int) -> No
     conns: dict[str, Connection] = {
         "local": LocalConnection(t.root),
         "chroot": ChrootConnection(t.root),
-        "ssh": ssh_connection(t),
+        "ssh": server_world.ssh_connection(t),
     }
     conns["ssh"].run(["mkdir", "-p", "/root/bench"], check=True)  # opens the master outside the timings
     print(f"  {'operation':<28}{'local':>10}{'chroot':>10}{'ssh':>10}{'ssh/local':>11}   round trips l/c/s")
@@ -128,7 +114,7 @@ def bench_operations(t: SshTarget, files: int, commands: int, repeat: int) -> No
 def user_data_in_place(t: SshTarget, world: World) -> Iterator[None]:
     """The backup's web data in the server's /var/www/virtual, emptied again afterwards (for (iii))."""
     src = world.backup_root / WWW.lstrip("/")
-    conn = ssh_connection(t)
+    conn = server_world.ssh_connection(t)
     try:
         argv = ["rsync", "-a", "--numeric-ids", "-e", conn.rsync_remote_shell(), f"{src}/", f"{t.host}:{WWW}/"]
         subprocess.run(argv, check=True, capture_output=True, timeout=3600)
@@ -143,7 +129,7 @@ def bench_copy(t: SshTarget, world: World, repeat: int) -> None:
     size = subprocess.run(["du", "-sb", str(src)], capture_output=True, text=True, check=True).stdout.split()[0]
     count = sum(1 for _ in src.rglob("*"))
     print(f"\n(ii) user-data copy of {WWW}: {count} entries, {int(size) / 1e6:.1f} MB, best of {repeat}")
-    conn = ssh_connection(t)
+    conn = server_world.ssh_connection(t)
     conn.run(["true"], check=True)  # the master is open, as during a recovery
     plain_ssh = shlex.join(["ssh", *t.ssh.client_args()[:-1]])
     runs = {"connection master": conn.rsync_remote_shell(), "plain rsync -a -e ssh": plain_ssh}

@@ -45,10 +45,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ispcp_lib.core.connection import SshConnection
+from ispcp_lib.core.connection import SshTarget as ConnSshTarget
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.runner import Runner
-from ispcp_lib.lab.host import NamespaceHost, SshServer
+from ispcp_lib.lab.host import NamespaceHost, SshServer, SshTarget
 from ispcp_lib.mysql.service import SandboxMysql, handshake_version
 from ispcp_lib.sandbox import accounts, dns, postfix, private_mysql
 from ispcp_lib.sandbox.files import put_file
@@ -481,3 +483,17 @@ def run_recovery(world: World, reports: Path, **params: Any) -> tuple[int, dict[
             {**world.runbook_params(), **service_params, "apply": True, **params}, reports, log_output=False
         )
     return rc, json.loads(html_path.with_suffix(".json").read_text())
+
+
+def ssh_connection(target: SshTarget) -> SshConnection:
+    """The recovery's own SSH connection to a lab server (strict host key, its key, its profile's options)."""
+    return SshConnection(
+        ConnSshTarget(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            identity_file=str(target.identity_file),
+            known_hosts=str(target.known_hosts),
+            ssh_options=list(target.ssh_options),
+        )
+    )

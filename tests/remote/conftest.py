@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from ispcp_lib.core.connection import SshConnection
-from ispcp_lib.core.connection import SshTarget as ConnSshTarget
 from ispcp_lib.lab.host import NamespaceHost, SshTarget, cleanup_stale, start_ssh_target
 from ispcp_lib.lab.images import SSHTARGET, ensure_image
 from ispcp_lib.sandbox import server_world
@@ -60,17 +59,7 @@ class WorldServer:
     group_before: str
 
     def ssh_connection(self) -> SshConnection:
-        t = self.target
-        return SshConnection(
-            ConnSshTarget(
-                host=t.host,
-                port=t.port,
-                user=t.user,
-                identity_file=str(t.identity_file),
-                known_hosts=str(t.known_hosts),
-                ssh_options=list(t.ssh_options),
-            )
-        )
+        return server_world.ssh_connection(self.target)
 
 
 def _world_server(sandbox_root: Path, profile: str, address: str, hostname: str) -> Iterator[WorldServer]:
