@@ -92,8 +92,9 @@ def settings(ctx: Context, result: Result) -> tuple[str, str, tuple[int, int]]:
 def route(ctx: Context) -> Route:
     """Where the copy commands run: the target when it sees the backup, else this machine."""
     assert ctx.backup is not None
+    legacy = rsync_copy.rsync_version(ctx.target) < (3, 1)  # the target's rsync receives in every case
     if ctx.backup.inner is ctx.target or isinstance(ctx.target, LocalConnection):
-        return Route(ctx.target, ctx.backup.path, ctx.target.path)
+        return Route(ctx.target, ctx.backup.path, ctx.target.path, legacy=legacy)
     here = LocalConnection("/")
     if isinstance(ctx.target, ChrootConnection):
         root = str(ctx.target.root).rstrip("/")
@@ -102,7 +103,15 @@ def route(ctx: Context) -> Route:
     ssh = ctx.target.target
     # -s: the remote rsync gets each path as it is (no word splitting by the remote shell).
     options = ["-s", "-e", ctx.target.rsync_remote_shell()]
-    return Route(here, ctx.backup.path, lambda p: f"{ssh.host}:{p}", options, cp=False, prefix=list(ssh.argv_prefix))
+    return Route(
+        here,
+        ctx.backup.path,
+        lambda p: f"{ssh.host}:{p}",
+        options,
+        cp=False,
+        prefix=list(ssh.argv_prefix),
+        legacy=legacy,
+    )
 
 
 def _trees(ctx: Context, result: Result) -> list[Tree]:
@@ -296,11 +305,12 @@ def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> N
     _check_space(ctx, trees, units, result)
     caps = _caps(ctx, trees, units, result)
     _plan_changes(trees, units, extra_before, result)
-    outcome = _copy(ctx, trees, units, caps, bwlimit, progress, started, result)
+    copy_route = route(ctx)
+    outcome = _copy(ctx, copy_route, trees, units, caps, bwlimit, progress, started, result)
     rows: list[dict] = []
     problems: list[str] = []
     for t in trees:
-        _finish_tree(ctx, t, result)
+        _finish_tree(ctx, copy_route, t, result)
         if ctx.apply:
             tree_rows, tree_problems = _verification(ctx, t, units, outcome, result)
             rows += tree_rows
@@ -310,6 +320,7 @@ def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> N
 
 def _copy(
     ctx: Context,
+    copy_route: Route,
     trees: list[Tree],
     units: list[Unit],
     caps: dict[str, Capabilities],
@@ -319,7 +330,6 @@ def _copy(
     result: Result,
 ) -> list[JobDone]:
     assert ctx.backup is not None
-    copy_route = route(ctx)
     worker = Worker(ctx.backup, ctx.target, copy_route, ctx.apply, ctx.runner.sink)
     if ctx.apply:
         for t in trees:
@@ -343,18 +353,19 @@ def _copy(
     return outcome.results
 
 
-def _finish_tree(ctx: Context, t: Tree, result: Result) -> None:
+def _finish_tree(ctx: Context, copy_route: Route, t: Tree, result: Result) -> None:
     """Our staging folder goes when empty; the tree's own folder gets the backup's attributes, last (every
     rename into it changed its time), through the same route as the copy."""
     if ctx.apply and ctx.target.listdir(t.staging) == []:
         ctx.target.run(["rmdir", "--", ctx.target.path(t.staging)])
-    copy_route = route(ctx)
     argv = rsync_copy.dir_attrs_argv(
         copy_route.src(t.logical), copy_route.dest(t.logical), dry_run=not ctx.apply, caps=t.caps, owner=t.owner
     )
     items = rsync_copy.run(copy_route.conn, copy_route.rsync(argv), label=f"{t.name} tree folder", sink=ctx.runner.sink)
     if items.items.total:
         result.change(f"give {t.logical} itself the backup's owner, mode, time and attributes")
+    if ctx.apply and copy_route.legacy and t.owner is not None:  # no --chown on the server's rsync
+        ownership.lchown_known(ctx.target, t.logical, [b""], *t.owner)
 
 
 def _report(

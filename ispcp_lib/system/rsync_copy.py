@@ -116,9 +116,26 @@ class Route:
     rsync_options: list[str] = field(default_factory=list)  # -e "ssh ..." for a remote target
     cp: bool = True  # both sides on one machine: cp can copy, else rsync does
     prefix: list[str] = field(default_factory=list)  # e.g. nsenter into the network that reaches the server
+    # rsync before 3.1 (Lenny's 3.0.3, Squeeze's 3.0.7) on the receiving side knows neither
+    # --info=progress2 nor --chown: without them there is no running byte count, and the caller
+    # gives the mail tree its owner after the copy (it lists and checks every entry anyway).
+    legacy: bool = False
 
     def rsync(self, argv: list[str]) -> list[str]:
+        if self.legacy:
+            forced = any(a.startswith("--chown=") for a in argv)
+            argv = [a for a in argv if a != "--info=progress2" and not a.startswith("--chown=")]
+            if forced:  # the owner comes after the copy: rsync must neither set the backup's nor compare it
+                flags = argv[1].replace("-a", "-rlptgoD").replace("g", "").replace("o", "")
+                argv = [argv[0], flags, *argv[2:]]
         return [*self.prefix, argv[0], *self.rsync_options, *argv[1:]]
+
+
+def rsync_version(conn: Connection) -> tuple[int, int]:
+    """(major, minor) of the rsync that conn runs; (0, 0) when there is none."""
+    done = conn.run(["rsync", "--version"], timeout=60)
+    found = re.search(rb"version (\d+)\.(\d+)", done.stdout)
+    return (int(found[1]), int(found[2])) if done.rc == 0 and found else (0, 0)
 
 
 @dataclass

@@ -409,3 +409,14 @@ def test_shadow_diffs_mask_every_hash_and_mycnf_quotes() -> None:
     masked = accounts.masked(text)
     assert "$6$" not in masked and "$1$" not in masked and "bin:*:" in masked and "x:!:" in masked
     assert root_mycnf._quote('p"a\\ss') == '"p\\"a\\\\ss"'
+
+
+def test_a_legacy_rsync_on_the_server_gets_no_options_it_lacks() -> None:
+    argv = rsync_copy.rsync_argv(["/b/a"], "/t/", dry_run=False, caps=CAPS, owner=(1004, 8))
+    old = rsync_copy.Route(HERE, str, str, ["-s", "-e", "ssh -p 22"], cp=False, prefix=["nsenter"], legacy=True)
+    shaped = old.rsync(argv)
+    assert shaped[:5] == ["nsenter", "rsync", "-s", "-e", "ssh -p 22"] and shaped[-3:] == ["--", "/b/a", "/t/"]
+    assert "--info=progress2" not in shaped and not any(a.startswith("--chown") for a in shaped)
+    assert shaped[5] == "-rlptDHAX"  # the owner is set afterwards: rsync leaves owners alone
+    assert rsync_copy.Route(HERE, str, str).rsync(argv) == argv
+    assert rsync_copy.rsync_version(HERE) >= (3, 1)
