@@ -77,7 +77,7 @@ release() {
 trap release EXIT
 trap 'exit 1' HUP INT TERM
 for f in passwd group gshadow shadow; do
-  echo $$ > "$etc/$f.$$" || exit 1
+  printf '%s' $$ > "$etc/$f.$$" || exit 1  # no newline: shadow-utils' get_pid() refuses one
   n=0
   until ln "$etc/$f.$$" "$etc/$f.lock" 2>/dev/null; do
     holder=$(cat "$etc/$f.lock" 2>/dev/null) || continue

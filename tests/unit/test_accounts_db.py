@@ -598,7 +598,7 @@ def test_the_locks_are_shadow_utils_own_while_the_write_waits(tmp_path):
         probe = subprocess.run([sys.executable, "-c", LOCKF_PROBE, str(etc / ".pwd.lock")], capture_output=True)
         assert probe.stdout.strip() == b"held"
         for name in ("passwd", "group", "gshadow", "shadow"):
-            assert (etc / f"{name}.lock").read_text().strip() == str(proc.pid)  # perl exec'd sh: one PID
+            assert (etc / f"{name}.lock").read_text() == str(proc.pid)  # one PID (perl exec'd sh), no newline
     finally:
         out, err = proc.communicate(account_install.tar_stream(files), timeout=30)
     assert proc.returncode == 0, err
