@@ -420,3 +420,32 @@ def test_a_legacy_rsync_on_the_server_gets_no_options_it_lacks() -> None:
     assert shaped[5] == "-rlptDHAX"  # the owner is set afterwards: rsync leaves owners alone
     assert rsync_copy.Route(HERE, str, str).rsync(argv) == argv
     assert rsync_copy.rsync_version(HERE) >= (3, 1)
+
+
+def test_copy_routes_for_chroot_and_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backup on this machine: into the chroot's tree with cp, or over the SSH master with rsync only."""
+    from types import SimpleNamespace
+
+    from ispcp_lib.core.connection import ChrootConnection, RootedView, SshConnection, SshTarget
+    from ispcp_lib.steps import user_data
+
+    monkeypatch.setattr(rsync_copy, "rsync_version", lambda conn: (3, 0))  # a Squeeze server
+    backup = RootedView(HERE, "/srv/old")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "c").mkdir()
+    chroot = user_data.route(SimpleNamespace(target=ChrootConnection(tmp_path), backup=backup))
+    assert chroot.cp and chroot.conn.kind == "local" and not chroot.legacy  # this machine's rsync receives
+    assert chroot.src("/var/www/virtual") == "/srv/old/var/www/virtual"
+    assert chroot.dest("/var/www/virtual") == f"{tmp_path}/var/www/virtual"
+    ssh = SshConnection(SshTarget("203.0.113.5", argv_prefix=["nsenter", "-n"]), control_dir=str(tmp_path / "c"))
+    remote = user_data.route(SimpleNamespace(target=ssh, backup=backup))
+    assert not remote.cp and remote.legacy and remote.dest("/var/mail/virtual") == "203.0.113.5:/var/mail/virtual"
+    tree = tree_copy.Tree("mail", "/var/mail/virtual", (1004, 8))
+    tree.groups = {b"a.test": [Entry("d", 0, 0, 0, 2, 1, 1, b"a.test", b"")]}
+    units = [tree_copy.Unit(tree, [b"a.test"], [b"a.test"], "cp", "new")]
+    [job] = tree_copy.make_jobs(remote, [tree], units, {"mail": CAPS}, False, 0)
+    assert job.argv[:5] == ["nsenter", "-n", "rsync", "-s", "-e"] and "ssh" in job.argv[5]
+    assert job.argv[-2:] == [
+        "/srv/old/var/mail/virtual/a.test",
+        "203.0.113.5:/var/mail/virtual/.ispcp-recovery-staging/",
+    ]
