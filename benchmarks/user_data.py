@@ -36,13 +36,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from ispcp_lib import tree_scan  # noqa: E402
+from ispcp_lib.core.connection import LocalConnection  # noqa: E402
 from ispcp_lib.core.runner import Runner  # noqa: E402
 from ispcp_lib.runbook.session import open_run  # noqa: E402
 from ispcp_lib.sandbox import user_data as sandbox_data  # noqa: E402
 from ispcp_lib.sandbox.scenario import make_scenario  # noqa: E402
 from ispcp_lib.steps import user_data  # noqa: E402
-from ispcp_lib.system import ownership
+from ispcp_lib.system import ownership, tree_scan  # noqa: E402
+
+HERE = LocalConnection("/")
 
 COPY_GOAL = 1.1
 OWNER_GOAL = 1.2
@@ -150,7 +152,7 @@ def bench_owner(work: Path, backup: Path, repeat: int) -> Times:
     def fix(root: Path, ids: int) -> None:
         for tree in TREES:
             if (root / tree).exists():
-                ownership.fix_tree(runner, root / tree, ids, ids, apply=True)
+                ownership.fix_tree(runner, HERE, str(root / tree), ids, ids, apply=True)
 
     def chown(root: Path, ids: int) -> None:
         for tree in TREES:
@@ -184,7 +186,8 @@ def bench_mail_owner(work: Path, backup: Path, repeat: int) -> Times:
     src = backup / TREES[1]
     if not src.is_dir():
         return {}
-    entries = [e for group in tree_scan.scan_many([(src, tree_scan.top_names(src))])[0].values() for e in group]
+    tops = tree_scan.scan_many(HERE, [(str(src), tree_scan.top_names(HERE, str(src)))])[0]
+    entries = [e for group in tops.values() for e in group]
     copy = fresh(work / "mail-owner") / "virtual"
     subprocess.run(["cp", "-a", str(src), str(copy)], check=True)
     dest = work / "mail-rsync"
@@ -194,7 +197,7 @@ def bench_mail_owner(work: Path, backup: Path, repeat: int) -> Times:
         add(
             times,
             "listed lchown (the step)",
-            timed(lambda ids=ids: ownership.lchown_known(copy, [e.rel for e in entries], ids, ids)),
+            timed(lambda ids=ids: ownership.lchown_known(HERE, str(copy), [e.rel for e in entries], ids, ids)),
         )
         add(
             times,

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import Counter
 
 import pandas as pd
 
 from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
-from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.secrets import MASK
-from ispcp_lib.facts import backup_layout as bl
+from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.system import accounts_files as accounts_db
-from ispcp_lib.system.accounts_files import AccountFiles
+from ispcp_lib.system import account_install
+from ispcp_lib.system.account_install import FilesChanged, NewFile
+from ispcp_lib.system.accounts_files import FILE_NAMES, AccountFiles, MergePlan, Selection, plan_merge, select_entries
 
 TITLE = "Restore the system accounts"
 GUIDE = "the paragraph on restoring users from /etc/passwd, shadow, group and gshadow"
@@ -30,12 +31,14 @@ The guide names fixed numbers for vmail and mail. ispCP itself records them in `
 (`APACHE_SUEXEC_USER_PREF`), so this step takes all of them from the old `ispcp.conf`.
 
 The four files are merged together: an account is added to `passwd` and `shadow` (or `group` and
-`gshadow`) at once, password hashes are carried over byte for byte, and the files are written
-atomically while holding the same lock `useradd` and `passwd` use, keeping the previous versions.
-A collision (a name the new server already uses with another ID, an ID another name already has,
-a group member that does not exist) stops the step until the parameter `accounts_resolutions` says
-what to do with that entry: `skip` it, `take_old` (the old entry wins), or `keep_target`.
-Password hashes never appear in the report; the diffs of `shadow` and `gshadow` show them masked.
+`gshadow`) at once, password hashes are carried over byte for byte, and the files are written on the
+server while holding the same locks `useradd` and `passwd` use, all four renamed into place together,
+keeping the previous versions. If another tool changed them between reading and locking, the merge
+is planned again. A collision (a name the new server already uses with another ID, an ID another
+name already has, a group member that does not exist) stops the step until the parameter
+`accounts_resolutions` says what to do with that entry: `skip` it, `take_old` (the old entry wins),
+or `keep_target`. Password hashes never appear in the report; the diffs of `shadow` and `gshadow`
+show them masked.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "accounts_resolutions": (
@@ -45,23 +48,23 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "accounts_lock_timeout": (15, "seconds to wait for /etc/.pwd.lock when another useradd/passwd holds it"),
 }
 
-FILES = accounts_db.FILE_NAMES
-# Writing passwd and group before shadow and gshadow: an interruption leaves a user without a shadow
-# entry (legal: the account is just locked), never a shadow entry without its user.
-WRITE_ORDER = ("passwd", "group", "shadow", "gshadow")
+CONF_PATH = "/etc/ispcp/ispcp.conf"
 SECRET_FILES = ("shadow", "gshadow")
+MAILBOX_KEYS = (
+    "APACHE_SUEXEC_USER_PREF",
+    "MTA_MAILBOX_UID_NAME",
+    "MTA_MAILBOX_UID",
+    "MTA_MAILBOX_GID_NAME",
+    "MTA_MAILBOX_GID",
+)
+TABLE = "Accounts from the old server"
+ATTEMPTS = 3  # plans made again when another tool changed the files between reading and locking
 
 
 def mailbox_settings(conf: IspcpConf) -> tuple[str, str, int, str, int]:
     """(prefix, mailbox user, uid, mailbox group, gid) from an ispcp.conf; InputError naming the key."""
     values: dict[str, str] = {}
-    for key in (
-        "APACHE_SUEXEC_USER_PREF",
-        "MTA_MAILBOX_UID_NAME",
-        "MTA_MAILBOX_UID",
-        "MTA_MAILBOX_GID_NAME",
-        "MTA_MAILBOX_GID",
-    ):
+    for key in MAILBOX_KEYS:
         value = (conf.get(key) or "").strip()
         if not value:
             raise InputError(
@@ -84,32 +87,31 @@ def mailbox_settings(conf: IspcpConf) -> tuple[str, str, int, str, int]:
 
 
 def _conf(ctx: Context, result: Result) -> IspcpConf:
-    conf = bl.load_old_conf(ctx)
+    conf = backup_layout.load_old_conf(ctx)
     if conf is not None:
         return conf
-    target = ctx.t("/etc/ispcp/ispcp.conf")
-    if target.is_file():
+    text = ctx.target.read_text(CONF_PATH)
+    if text is not None:
         result.warn(
             "the backup has no etc/ispcp/ispcp.conf: the prefix and mailbox IDs come from the target's "
             "fresh ispcp.conf, which holds ispCP's defaults; check them against the old server"
         )
-        return IspcpConf.load(target)
+        return IspcpConf.parse(text, CONF_PATH)
     raise InputError(
         "ispcp.conf",
         "neither the backup nor the target has one, so the domain-user prefix and the mailbox IDs are unknown",
         "put the old ispcp.conf into the backup (etc/ispcp/ispcp.conf)",
-        path=str(ctx.b("/etc/ispcp/ispcp.conf")),
+        path=CONF_PATH,
     )
 
 
 def _read_old(ctx: Context, result: Result) -> AccountFiles:
+    assert ctx.backup is not None
     data: dict[str, bytes] = {}
-    paths: dict[str, str] = {}
-    for name in FILES:
-        path = ctx.b(f"/etc/{name}")
-        paths[name] = str(path)
-        if path.is_file():
-            data[name] = path.read_bytes()
+    for name in FILE_NAMES:
+        content = ctx.backup.read_bytes(f"/etc/{name}")
+        if content is not None:
+            data[name] = content
         elif name in SECRET_FILES:
             data[name] = b""
             result.warn(f"the backup has no /etc/{name}: accounts come without their passwords and are added locked")
@@ -118,17 +120,16 @@ def _read_old(ctx: Context, result: Result) -> AccountFiles:
                 f"/etc/{name}",
                 "is missing from the backup",
                 f"restore the old /etc/{name} into the backup; without it the accounts cannot be merged",
-                path=str(path),
+                path=ctx.backup.path(f"/etc/{name}"),
             )
-    return AccountFiles.from_bytes(**data, paths=paths)
+    return AccountFiles.from_bytes(**data, paths={n: ctx.backup.path(f"/etc/{n}") for n in FILE_NAMES})
 
 
-def _read_target(ctx: Context) -> AccountFiles:
-    data = {}
-    for name in FILES:
-        path = ctx.t(f"/etc/{name}")
-        data[name] = path.read_bytes() if path.is_file() else b""
-    return AccountFiles.from_bytes(**data, paths={n: ctx.display_path(ctx.t(f"/etc/{n}")) for n in FILES})
+def _read_target(ctx: Context) -> tuple[dict[str, bytes | None], AccountFiles]:
+    """The target's four files as read (None: absent) and parsed."""
+    raw = {name: ctx.target.read_bytes(f"/etc/{name}") for name in FILE_NAMES}
+    data = {name: content or b"" for name, content in raw.items()}
+    return raw, AccountFiles.from_bytes(**data, paths={n: f"/etc/{n}" for n in FILE_NAMES})
 
 
 def _resolutions(ctx: Context) -> dict[str, str]:
@@ -153,65 +154,31 @@ def masked(data: bytes) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _shadow_meta(ctx: Context, target: AccountFiles, path: Path) -> tuple[int | None, int | None]:
-    """A new shadow file gets Debian's mode root:shadow 0640 (an existing one keeps its own)."""
-    if path.exists():
-        return None, None
-    group = target.group.get("shadow")
-    return 0o640, (group.id if group is not None else 0)
-
-
 def _plan(
-    ctx: Context, old: AccountFiles, selection: accounts_db.Selection, resolutions: dict[str, str], result: Result
-) -> tuple[AccountFiles, accounts_db.MergePlan]:
-    target = _read_target(ctx)
-    plan = accounts_db.plan_merge(target, selection, resolutions)
+    ctx: Context, target: AccountFiles, selection: Selection, resolutions: dict[str, str], result: Result
+) -> MergePlan:
+    plan = plan_merge(target, selection, resolutions)
     for value in plan.secrets:
         ctx.secrets.add(value, "password hash")
-    if not plan.ok or plan.new is None:
+    if not plan.ok:
         _show(plan, result)
         _refuse(plan.conflicts)
-    return target, plan
-
-
-def _show(plan: accounts_db.MergePlan, result: Result) -> None:
-    frame = pd.DataFrame(plan.rows, columns=["kind", "name", "id", "outcome", "detail", "conflict"])
-    result.tables = [t for t in result.tables if t.title != TABLE]
-    result.table(TABLE, frame)
-    result.data["outcomes"] = {f"{r['kind']}:{r['name']}": r["outcome"] for r in plan.rows}
-
-
-TABLE = "Accounts from the old server"
+    return plan
 
 
 @action("accounts")
 def run(ctx: Context, result: Result) -> None:
-    bl.check_backup_root(ctx)
-    conf = _conf(ctx, result)
-    prefix, mbox_user, mbox_uid, mbox_group, mbox_gid = mailbox_settings(conf)
+    backup_layout.check_backup_root(ctx)
+    prefix, mbox_user, mbox_uid, mbox_group, mbox_gid = mailbox_settings(_conf(ctx, result))
     old = _read_old(ctx, result)
-    selection = accounts_db.select_entries(old, prefix, mbox_user, mbox_uid, mbox_group, mbox_gid)
-    resolutions = _resolutions(ctx)
-    target, plan = _plan(ctx, old, selection, resolutions, result)
-    assert plan.new is not None
-    if plan.new.changed() and ctx.apply:
-        # The lock is taken only to write (creating /etc/.pwd.lock is itself a change), and the plan is
-        # made again under it, so no useradd can slip in between reading and writing.
-        timeout = float(ctx.param("accounts_lock_timeout", 15) or 15)
-        with accounts_db.pwd_lock(ctx.t("/etc"), timeout=timeout):
-            target, plan = _plan(ctx, old, selection, resolutions, result)
-            assert plan.new is not None
-            _write(ctx, result, target, plan)
-    else:
-        _write(ctx, result, target, plan)  # a dry run records the planned writes and diffs
+    selection = select_entries(old, prefix, mbox_user, mbox_uid, mbox_group, mbox_gid)
+    plan = _write(ctx, result, selection, _resolutions(ctx))
     _show(plan, result)
     for warning in plan.warnings:
         result.warn(warning)
-    counts: dict[str, int] = {}
-    for r in plan.rows:
-        counts[str(r["outcome"])] = counts.get(str(r["outcome"]), 0) + 1
+    counts = Counter(str(r["outcome"]) for r in plan.rows)
     result.summary = f"prefix {prefix!r}, mailbox {mbox_user}={mbox_uid} / {mbox_group}={mbox_gid}: " + ", ".join(
-        f"{n} {o}" for o, n in sorted(counts.items())
+        f"{n} {outcome}" for outcome, n in sorted(counts.items())
     )
     if not result.changes:
         result.noop_reason = (
@@ -220,37 +187,74 @@ def run(ctx: Context, result: Result) -> None:
         )
 
 
-def _write(ctx: Context, result: Result, target: AccountFiles, plan: accounts_db.MergePlan) -> None:
-    assert plan.new is not None
-    rendered = plan.new.render()
-    changed = plan.new.changed()
-    for name in WRITE_ORDER:
-        if name not in changed:
-            continue
-        path = ctx.t(f"/etc/{name}")
-        secret = name in SECRET_FILES
-        mode, gid = _shadow_meta(ctx, target, path) if secret else (None, None)
-        before = path.read_bytes() if path.exists() else b""
-        ctx.write_file(
-            path,
-            rendered[name],
-            mode=mode,
-            gid=gid,
-            show_diff=not secret,
-            what=f"write {ctx.display_path(path)} ({_added(plan.rows, name)})",
-        )
-        if secret:
-            shown = ctx.display_path(path)
-            result.diffs.append(Diff(shown, fileops.unified_diff(masked(before), masked(rendered[name]), shown)))
+def _write(ctx: Context, result: Result, selection: Selection, resolutions: dict[str, str]) -> MergePlan:
+    """Plan, show the changes, and (apply) write them under the target's locks; plan again if the files moved."""
+    timeout = float(ctx.param("accounts_lock_timeout", 15) or 15)
+    for _attempt in range(ATTEMPTS):
+        raw, target = _read_target(ctx)
+        plan = _plan(ctx, target, selection, resolutions, result)
+        assert plan.new is not None
+        changed = plan.new.changed()
+        if not changed:
+            return plan
+        files = [_new_file(ctx, target, name, plan.new.render()[name]) for name in changed]
+        _record(ctx, result, raw, plan, files)
+        if not ctx.apply:
+            return plan
+        for name in changed:
+            ctx.keep(f"/etc/{name}")
+        try:
+            account_install.install(ctx.runner, ctx.target, "/etc", raw, files, timeout)
+            return plan
+        except FilesChanged:
+            result.changes.clear()
+            result.diffs.clear()
+            ctx.log("accounts: another tool changed the account files meanwhile; planning again")
+    raise PreconditionFailed(
+        "account files",
+        f"changed under this step {ATTEMPTS} times between reading and locking them",
+        "wait until no useradd/passwd runs on the server (a provisioning job?), then run the step again",
+        path="/etc/passwd",
+    )
+
+
+def _new_file(ctx: Context, target: AccountFiles, name: str, data: bytes) -> NewFile:
+    """Mode and owner of the file it replaces; a new shadow or gshadow gets Debian's root:shadow 0640."""
+    st = ctx.target.stat(f"/etc/{name}")
+    if st is not None:
+        return NewFile(name, data, st.mode, st.uid, st.gid)
+    if name in SECRET_FILES:
+        group = target.group.get("shadow")
+        return NewFile(name, data, 0o640, 0, group.id if group is not None else 0)
+    return NewFile(name, data, 0o644, 0, 0)
+
+
+def _record(ctx: Context, result: Result, raw: dict[str, bytes | None], plan: MergePlan, files: list[NewFile]) -> None:
+    """One change and one diff per file (shadow and gshadow masked)."""
+    for f in files:
+        path = f"/etc/{f.name}"
+        result.change(f"write {path} ({_added(plan.rows, f.name)})")
+        before = raw[f.name] or b""
+        if f.name in SECRET_FILES:
+            diff = fileops.unified_diff(masked(before), masked(f.data), path)
+        else:
+            diff = fileops.unified_diff(before.decode("utf-8", "replace"), f.data.decode("utf-8", "replace"), path)
+        result.diffs.append(Diff(path, diff))
+
+
+def _show(plan: MergePlan, result: Result) -> None:
+    frame = pd.DataFrame(plan.rows, columns=["kind", "name", "id", "outcome", "detail", "conflict"])
+    result.tables = [t for t in result.tables if t.title != TABLE]
+    result.table(TABLE, frame)
+    result.data["outcomes"] = {f"{r['kind']}:{r['name']}": r["outcome"] for r in plan.rows}
 
 
 def _added(rows: list[dict], name: str) -> str:
     kind = "user" if name in ("passwd", "shadow") else "group"
-    counts: dict[str, int] = {}
-    for r in rows:
-        if r["kind"] == kind and r["outcome"] not in ("identical", "skipped", "kept"):
-            counts[str(r["outcome"])] = counts.get(str(r["outcome"]), 0) + 1
-    return ", ".join(f"{n} {kind}s {o}" for o, n in sorted(counts.items())) or "entries updated"
+    counts = Counter(
+        str(r["outcome"]) for r in rows if r["kind"] == kind and r["outcome"] not in ("identical", "skipped", "kept")
+    )
+    return ", ".join(f"{n} {kind}s {outcome}" for outcome, n in sorted(counts.items())) or "entries updated"
 
 
 def _refuse(conflicts: list[dict]) -> None:

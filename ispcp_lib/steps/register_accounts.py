@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import configparser
 import datetime as dt
 import json
 import re
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
-from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
@@ -21,9 +17,13 @@ from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.facts.ispcp_login import ispcp_login
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.steps.ispcp_update import script_env
+from ispcp_lib.ispcp.domain_layout import DomainLayout, Owners, Places, domain_layout
+from ispcp_lib.ispcp.engine import engine_env
+from ispcp_lib.ispcp.root_mycnf import MARKER, MY_CNF, remove_root_mycnf, write_root_mycnf
 from ispcp_lib.system import ownership
-from ispcp_lib.system.accounts_files import AccountFiles
+from ispcp_lib.system.accounts_files import FILE_NAMES, AccountFiles
+
+__all__ = ["MARKER", "MY_CNF", "remove_root_mycnf", "run"]  # cleanup calls remove_root_mycnf
 
 TITLE = "Register the domains' system accounts"
 GUIDE = "the closing section on Apache not starting after the update, and its groups.sh script"
@@ -36,29 +36,41 @@ It needs the database login in root's `~/.my.cnf`.
 
 This step does the same from ispCP's `domain` table (`domain_uid`, `domain_gid`, `domain_name` are
 the truth): user `vu<uid>` and group `vu<gid>` with the web space as home directory and no login
-shell. Before anything changes it looks for IDs that two domains share, or that another account on
-the new server already uses, and stops with the list, because handing one ID to two owners would
-mix up their files. It writes `~/.my.cnf` with mode 0600 (any existing one is kept and comes back
-in the `cleanup` step, which removes ours).
+shell, as ispCP's engine adds them. Before anything changes it looks for IDs that two domains share,
+or that another account on the new server already uses, and stops with the list, because handing one
+ID to two owners would mix up their files. It writes `~/.my.cnf` with mode 0600 (any existing one is
+kept and comes back in the `cleanup` step, which removes ours).
+
+Owners are set the way ispCP's engine sets them, not with the guide's `chown -R vu<uid>:vu<gid>`
+over the whole web space: the domain's own folder, `logs` and `phptmp` belong to the domain user and
+Apache's group (mode 0770: Apache must enter them), `backups` to root, `disabled` to Apache,
+`.htpasswd`/`.htgroup` to root (0644); everything else in the web space, and the FastCGI starter
+folder (0555, the starter and `php5/` 0550), to the domain user and group; the mail folder of the
+domain to the mailbox user (0700). Only what differs is changed.
 
 `register_accounts_mode` chooses when it runs: `auto` (only when an account is missing), `always`,
-`never`, or `ispcp_rebuild`: ispCP's own way, which marks every domain for a rebuild
-(`domain_status = 'change'`) and runs the engine's request manager, which re-creates users and
-permissions itself. The marked domains are recorded in the state directory, so a second run does not
-mark them again. Before the first `groupadd`/`useradd`, `passwd`, `group`, `shadow` and `gshadow` are
-kept as safety copies.
+`never`, or `ispcp_rebuild`: as `always`, and then every domain is marked for ispCP's rebuild
+(`domain_status = 'change'`) and the engine's request manager runs, which writes every domain's
+configuration, starters and missing folders again. The engine does not add users or fix owners on
+that path (only when a domain is first added), which is why the accounts and owners come first.
+The marked domains are recorded in the state directory, so a second run does not mark them again.
+Before the first `groupadd`/`useradd`, `passwd`, `group`, `shadow` and `gshadow` are kept as safety
+copies.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {
     "register_accounts_mode": (
         "auto",
         "auto (only when a domain's user or group is missing), always, never, or "
-        "ispcp_rebuild (ispCP's status-driven rebuild instead of useradd)",
+        "ispcp_rebuild (always, then ispCP's status-driven rebuild of every domain's configuration)",
     ),
 }
 
 MODES = ("auto", "always", "never", "ispcp_rebuild")
-MY_CNF = "/root/.my.cnf"
-MARKER = "# written by ispcp-recovery (register_accounts); the cleanup step removes it"
+CONF_PATH = "/etc/ispcp/ispcp.conf"
+ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
+# engine/ispcp_common_methods.pl add_dmn_suexec_user(): useradd -c virtual-user -s /bin/false.
+GECOS = "virtual-user"
+SHELL = "/bin/false"
 # ispCP stores IDNs in punycode: domain names are plain ASCII labels. Anything else (a slash, "..")
 # could steer the ownership fix out of the web tree, so it is refused.
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$")
@@ -80,15 +92,15 @@ class Domain:
 
 
 def target_conf(ctx: Context) -> IspcpConf:
-    path = ctx.t("/etc/ispcp/ispcp.conf")
-    if not path.is_file():
+    text = ctx.target.read_text(CONF_PATH)
+    if text is None:
         raise PreconditionFailed(
             "ispcp.conf",
             "the target has none, so ispCP is not installed there",
             "install the dummy ispCP and run the earlier steps first",
-            path=str(path),
+            path=CONF_PATH,
         )
-    return IspcpConf.load(path, display=ctx.display_path(path))
+    return IspcpConf.parse(text, CONF_PATH)
 
 
 def database_login(ctx: Context) -> Login:
@@ -116,27 +128,30 @@ def database_login(ctx: Context) -> Login:
 
 
 def read_domains(ctx: Context, login: Login, database: str) -> list[Domain]:
+    assert ctx.mysql is not None
     with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT domain_id, domain_name, domain_uid, domain_gid, domain_status FROM domain ORDER BY domain_id"
         )
         rows = cur.fetchall()
-    domains = []
-    for did, name, uid, gid, status in rows:
-        if not isinstance(name, str) or not _DOMAIN.match(name):
-            raise InputError(
-                f"domain {did}",
-                f"has the name {name!r}, which is no plain domain name",
-                "correct domain_name in ispCP's domain table (IDNs are stored in punycode)",
-            )
-        if not uid or not gid:
-            raise InputError(
-                f"domain {name}",
-                f"has domain_uid {uid} / domain_gid {gid}; 0 would hand the web space to root",
-                "set the domain's real IDs in ispCP's domain table",
-            )
-        domains.append(Domain(int(did), name, int(uid), int(gid), str(status or "")))
-    return domains
+    return [_domain(*row) for row in rows]
+
+
+def _domain(did: object, name: object, uid: object, gid: object, status: object) -> Domain:
+    if not isinstance(name, str) or not _DOMAIN.match(name):
+        raise InputError(
+            f"domain {did}",
+            f"has the name {name!r}, which is no plain domain name",
+            "correct domain_name in ispCP's domain table (IDNs are stored in punycode)",
+        )
+    uid_number, gid_number = int(str(uid or 0)), int(str(gid or 0))
+    if not uid_number or not gid_number:
+        raise InputError(
+            f"domain {name}",
+            f"has domain_uid {uid} / domain_gid {gid}; 0 would hand the web space to root",
+            "set the domain's real IDs in ispCP's domain table",
+        )
+    return Domain(int(str(did)), name, uid_number, gid_number, str(status or ""))
 
 
 def find_conflicts(domains: list[Domain], accounts: AccountFiles, prefix: str) -> list[str]:
@@ -169,25 +184,50 @@ def find_conflicts(domains: list[Domain], accounts: AccountFiles, prefix: str) -
     return problems
 
 
-def _tool(name: str) -> str:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") or name
-
-
-def _prefix_args(ctx: Context) -> list[str]:
-    return [] if ctx.target_root == Path("/") else ["--prefix", str(ctx.target_root)]
-
-
-def _read_accounts(ctx: Context) -> AccountFiles:
-    data = {
-        n: (ctx.t(f"/etc/{n}").read_bytes() if ctx.t(f"/etc/{n}").is_file() else b"")
-        for n in ("passwd", "shadow", "group", "gshadow")
-    }
-    files = AccountFiles.from_bytes(**data, paths={n: ctx.display_path(ctx.t(f"/etc/{n}")) for n in data})
-    for n in ("shadow", "gshadow"):
-        for e in files.file(n):
+def read_accounts(ctx: Context) -> AccountFiles:
+    data = {name: ctx.target.read_bytes(f"/etc/{name}") or b"" for name in FILE_NAMES}
+    files = AccountFiles.from_bytes(**data, paths={name: f"/etc/{name}" for name in FILE_NAMES})
+    for name in ("shadow", "gshadow"):
+        for e in files.file(name):
             if len(e.fields[1].lstrip("!")) >= 8:
                 ctx.secrets.add(e.fields[1], "password hash")
     return files
+
+
+def _owner_ids(conf: IspcpConf, accounts: AccountFiles) -> Owners:
+    """The accounts ispcp.conf names for the layout, as numbers from the target's passwd and group."""
+
+    def number(kind: str, key: str, default: str) -> int:
+        name = conf.get(key) or default
+        entry = (accounts.passwd if kind == "user" else accounts.group).get(name)
+        if entry is None:
+            raise PreconditionFailed(
+                key,
+                f"names the {kind} {name!r}, which the target's /etc/{'passwd' if kind == 'user' else 'group'} lacks",
+                "run the accounts step first, or correct the value in ispcp.conf",
+                path=CONF_PATH,
+            )
+        return entry.id
+
+    return Owners(
+        number("user", "APACHE_USER", "www-data"),
+        number("group", "APACHE_GROUP", "www-data"),
+        number("user", "ROOT_USER", "root"),
+        number("group", "ROOT_GROUP", "root"),
+        number("user", "MTA_MAILBOX_UID_NAME", "vmail"),
+        number("group", "MTA_MAILBOX_GID_NAME", "mail"),
+    )
+
+
+def _places(conf: IspcpConf) -> Places:
+    defaults = Places()
+    return Places(
+        conf.get("APACHE_WWW_DIR") or defaults.www,
+        conf.get("PHP_STARTER_DIR") or defaults.starters,
+        conf.get("MTA_VIRTUAL_MAIL_DIR") or defaults.mail,
+        conf.get("HTACCESS_USERS_FILE_NAME") or defaults.htpasswd,
+        conf.get("HTACCESS_GROUPS_FILE_NAME") or defaults.htgroup,
+    )
 
 
 @action("register_accounts")
@@ -200,16 +240,40 @@ def run(ctx: Context, result: Result) -> None:
         return
     conf = target_conf(ctx)
     prefix = conf.get("APACHE_SUEXEC_USER_PREF") or "vu"
-    www = conf.get("APACHE_WWW_DIR") or "/var/www/virtual"
-    starters = conf.get("PHP_STARTER_DIR") or "/var/www/fcgi"
     login = database_login(ctx)
     database = conf.get("DATABASE_NAME") or "ispcp"
     domains = read_domains(ctx, login, database)
-    accounts = _read_accounts(ctx)
-    problems = find_conflicts(domains, accounts, prefix)
-    users = {e.name for e in accounts.passwd}
-    groups = {e.name for e in accounts.group}
-    rows = [
+    accounts = read_accounts(ctx)
+    result.table(f"Domains in the {database} database", pd.DataFrame(_rows(domains, accounts, prefix)))
+    result.data["login"] = login.source
+    _refuse_conflicts(find_conflicts(domains, accounts, prefix))
+    users, groups = set(accounts.passwd.names()), set(accounts.group.names())
+    missing = [d for d in domains if d.user(prefix) not in users or d.group(prefix) not in groups]
+    if mode == "auto" and not missing:
+        result.summary = f"{len(domains)} domains, none with a missing user or group"
+        result.noop_reason = (
+            f"every domain's system user and group exists ({len(domains)} domains); "
+            "register_accounts_mode = 'always' also re-sets the owners of their files"
+        )
+        return
+    write_root_mycnf(ctx, result, login)
+    _add_accounts(ctx, result, missing, prefix, _places(conf).www, users, groups)
+    fixed = _set_layout(ctx, result, domains, prefix, _places(conf), _owner_ids(conf, accounts))
+    result.summary = (
+        f"{len(domains)} domains: {len(missing)} with a missing user or group, "
+        f"{fixed} with owners or modes set as ispCP's engine sets them (mode {mode})"
+    )
+    if mode == "ispcp_rebuild":
+        _rebuild(ctx, result, login, database, domains, conf)
+    elif not result.changes:
+        result.noop_reason = (
+            f"all {len(domains)} domains have their user and group, and their web spaces, FastCGI and "
+            "mail folders already belong to them as ispCP's engine sets it"
+        )
+
+
+def _rows(domains: list[Domain], accounts: AccountFiles, prefix: str) -> list[dict[str, object]]:
+    return [
         {
             "domain": d.name,
             "user": d.user(prefix),
@@ -217,13 +281,14 @@ def run(ctx: Context, result: Result) -> None:
             "group": d.group(prefix),
             "gid": d.gid,
             "status": d.status,
-            "user exists": d.user(prefix) in users,
-            "group exists": d.group(prefix) in groups,
+            "user exists": d.user(prefix) in accounts.passwd,
+            "group exists": d.group(prefix) in accounts.group,
         }
         for d in domains
     ]
-    result.table(f"Domains in the {database} database", pd.DataFrame(rows))
-    result.data["login"] = login.source
+
+
+def _refuse_conflicts(problems: list[str]) -> None:
     if problems:
         raise PreconditionFailed(
             "domain IDs",
@@ -231,116 +296,107 @@ def run(ctx: Context, result: Result) -> None:
             "give each domain its own IDs (domain_uid/domain_gid in ispCP's domain table), or move the target's "
             "account out of the way (usermod/groupmod), then run this step again",
         )
-    missing = [d for d in domains if d.user(prefix) not in users or d.group(prefix) not in groups]
-    result.summary = f"{len(domains)} domains, {len(missing)} with a missing user or group (mode {mode})"
-    if mode == "ispcp_rebuild":
-        _rebuild(ctx, result, login, database, domains, conf)
-        return
-    if mode == "auto" and not missing:
-        result.noop_reason = (
-            f"every domain's system user and group exists ({len(domains)} domains); "
-            "register_accounts_mode = 'always' also re-sets the owners of their files"
-        )
-        return
-    write_root_mycnf(ctx, result, login)
-    _add_accounts(ctx, result, missing, prefix, www, users, groups)
-    fixed = _fix_owners(ctx, result, domains, prefix, www, starters)
-    result.summary = (
-        f"{len(domains)} domains: {len(missing)} with a missing user or group"
-        f", {fixed} web space(s) or FastCGI director(ies) re-owned"
-    )
-    if not result.changes:
-        result.noop_reason = (
-            f"all {len(domains)} domains have their user and group, and their web spaces and "
-            "FastCGI directories already belong to them"
-        )
 
 
-ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
+def _prefix_args(ctx: Context) -> list[str]:
+    """useradd/groupadd --prefix only where the target's tree is not the command's root (the local sandbox)."""
+    root = ctx.target.path("/")
+    return [] if root == "/" else ["--prefix", root.rstrip("/")]
 
 
 def _add_accounts(
     ctx: Context, result: Result, missing: list[Domain], prefix: str, www: str, users: set[str], groups: set[str]
 ) -> None:
-    if ctx.apply and any(d.group(prefix) not in groups or d.user(prefix) not in users for d in missing):
+    if not missing:
+        return
+    if ctx.apply:
         # groupadd/useradd rewrite these files: safety copies first, once for the whole step.
         for name in ACCOUNT_FILES:
-            ctx.keep(ctx.t(f"/etc/{name}"))
-    added_groups: set[str] = set()
+            ctx.keep(f"/etc/{name}")
+    groupadd = ctx.target.which("groupadd") or "groupadd"
+    useradd = ctx.target.which("useradd") or "useradd"
+    added: set[str] = set()
     for d in missing:
         group = d.group(prefix)
-        if group not in groups and group not in added_groups:
-            ctx.runner.run([_tool("groupadd"), *_prefix_args(ctx), "-g", str(d.gid), group], mutates=True)
+        if group not in groups and group not in added:
+            ctx.runner.run([groupadd, *_prefix_args(ctx), "-g", str(d.gid), group], mutates=True)
             result.change(f"add group {group} (GID {d.gid}) for {d.name}")
-            added_groups.add(group)
+            added.add(group)
     for d in missing:
         user = d.user(prefix)
         if user in users:
             continue
-        ctx.runner.run(
-            [
-                _tool("useradd"),
-                *_prefix_args(ctx),
-                "-u",
-                str(d.uid),
-                "-g",
-                str(d.gid),
-                "-d",
-                f"{www.rstrip('/')}/{d.name}",
-                "-s",
-                "/bin/false",
-                "-M",
-                "-c",
-                "vu-master",
-                user,
-            ],
-            mutates=True,
-        )
+        home = f"{www.rstrip('/')}/{d.name}"
+        argv = [useradd, *_prefix_args(ctx), "-u", str(d.uid), "-g", str(d.gid), "-d", home, "-s", SHELL, "-M"]
+        ctx.runner.run([*argv, "-c", GECOS, user], mutates=True)
         result.change(f"add user {user} (UID {d.uid}, GID {d.gid}) for {d.name}")
-    if ctx.apply and missing:
-        after = _read_accounts(ctx)
-        wrong = [
-            d.name
-            for d in missing
-            if (e := after.passwd.get(d.user(prefix))) is None
-            or e.id != d.uid
-            or (g := after.group.get(d.group(prefix))) is None
-            or g.id != d.gid
-        ]
-        if wrong:
-            raise PreconditionFailed(
-                "useradd/groupadd",
-                f"ran, but the accounts of {', '.join(wrong)} are not in "
-                "the target's passwd/group with the database's IDs",
-                "look at the commands' output above",
-            )
+    if ctx.apply:
+        _check_added(read_accounts(ctx), missing, prefix)
 
 
-def _fix_owners(ctx: Context, result: Result, domains: list[Domain], prefix: str, www: str, starters: str) -> int:
-    """Each domain's web space and FastCGI starter directory belong to vu<uid>:vu<gid> (groups.sh's chown -R).
+def _check_added(after: AccountFiles, missing: list[Domain], prefix: str) -> None:
+    wrong = []
+    for d in missing:
+        user, group = after.passwd.get(d.user(prefix)), after.group.get(d.group(prefix))
+        if user is None or user.id != d.uid or group is None or group.id != d.gid:
+            wrong.append(d.name)
+    if wrong:
+        raise PreconditionFailed(
+            "useradd/groupadd",
+            f"ran, but the accounts of {', '.join(wrong)} are not in the target's passwd/group with the database's IDs",
+            "look at the commands' output above",
+        )
 
-    Returns how many directories needed a fix."""
-    total = 0
-    absent = []
+
+def _set_layout(
+    ctx: Context, result: Result, domains: list[Domain], prefix: str, places: Places, owners: Owners
+) -> int:
+    """Owners and modes as ispCP's engine sets them, per domain; returns how many domains needed a change."""
+    touched = 0
+    absent: list[str] = []
     for d in domains:
-        for what, base in (("web space", www), ("FastCGI directory", starters)):
-            path = ctx.t(f"{base.rstrip('/')}/{d.name}")
-            if not path.is_dir() or path.is_symlink():
-                absent.append(ctx.display_path(path))
-                continue
-            fix = ownership.fix_tree(ctx.runner, path, d.uid, d.gid, apply=ctx.apply)
-            if fix.count:
-                total += 1
-                result.change(
-                    f"set owner {d.user(prefix)}:{d.group(prefix)} ({d.uid}:{d.gid}) in the {what} "
-                    f"{ctx.display_path(path)}: {fix.describe()}"
-                )
+        layout = domain_layout(places, owners, d.name, d.uid, d.gid)
+        changes = _fix_trees(ctx, layout, absent) + _fix_exact(ctx, layout)
+        if changes:
+            touched += 1
+            result.change(f"{d.name} ({d.user(prefix)}:{d.group(prefix)}): " + "; ".join(changes))
     if absent:
         result.note(
-            f"{len(absent)} director(ies) do not exist and were left alone (ispCP creates FastCGI "
-            f"directories when it rebuilds a domain): {', '.join(absent[:10])}"
+            f"{len(absent)} folder(s) do not exist and were left alone (ispCP creates them when it rebuilds "
+            f"a domain): {', '.join(absent[:10])}"
         )
-    return total
+    return touched
+
+
+def _fix_trees(ctx: Context, layout: DomainLayout, absent: list[str]) -> list[str]:
+    changes = []
+    for tree in layout.trees:
+        if not ctx.target.is_dir(tree.root):  # a symlink is never followed into
+            absent.append(tree.root)
+            continue
+        fix = ownership.fix_tree(
+            ctx.runner, ctx.target, tree.root, tree.uid, tree.gid, apply=ctx.apply, prune=tree.prune, below_only=True
+        )
+        if fix.count:
+            changes.append(f"owner {tree.uid}:{tree.gid} on {fix.describe()} under {tree.root}")
+    return changes
+
+
+def _fix_exact(ctx: Context, layout: DomainLayout) -> list[str]:
+    """Owner and mode of the folders and files the engine sets one by one (one listing for all of them)."""
+    found = ownership.stat_many(ctx.target, [e.path for e in layout.exact])
+    changes = []
+    for entry in layout.exact:
+        st = found.get(entry.path)
+        if st is None or st.is_link:
+            continue
+        if (st.uid, st.gid) != (entry.uid, entry.gid):
+            ctx.runner.run(["chown", "-h", f"{entry.uid}:{entry.gid}", "--", ctx.target.path(entry.path)], mutates=True)
+            changes.append(f"{entry.path} owner {st.uid}:{st.gid} -> {entry.uid}:{entry.gid}")
+        if entry.mode is not None and st.mode != entry.mode:
+            ctx.runner.run(["chmod", f"{entry.mode:o}", "--", ctx.target.path(entry.path)], mutates=True)
+            changes.append(f"{entry.path} mode {st.mode:04o} -> {entry.mode:04o}")
+    return changes
 
 
 # -- ispCP's own rebuild -------------------------------------------------------------------------------
@@ -348,29 +404,30 @@ def _fix_owners(ctx: Context, result: Result, domains: list[Domain], prefix: str
 REBUILT_FILE = "rebuilt.json"  # under the state dir's register_accounts/: the domain ids marked for a rebuild
 
 
-def _rebuilt_path(ctx: Context) -> Path:
-    return ctx.state_dir / "register_accounts" / REBUILT_FILE
+def _rebuilt_path(ctx: Context) -> str:
+    return f"{ctx.state_dir}/register_accounts/{REBUILT_FILE}"
+
+
+def _rebuilt_record(ctx: Context) -> dict[str, dict]:
+    try:
+        data = json.loads(ctx.state.read_text(_rebuilt_path(ctx)) or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def rebuilt_ids(ctx: Context, database: str) -> set[int]:
     """Domains an earlier apply marked for ispCP's rebuild (per database)."""
-    try:
-        data = json.loads(_rebuilt_path(ctx).read_text())
-    except (OSError, ValueError):
-        return set()
-    return {int(i) for i in data.get(database, {}).get("ids", [])}
+    return {int(i) for i in _rebuilt_record(ctx).get(database, {}).get("ids", [])}
 
 
 def _record_rebuilt(ctx: Context, database: str, ids: list[int]) -> None:
-    path = _rebuilt_path(ctx)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
+    data = _rebuilt_record(ctx)
     done = sorted(rebuilt_ids(ctx, database) | set(ids))
     data[database] = {"ids": done, "run_id": ctx.run_id, "ts": dt.datetime.now().isoformat(timespec="seconds")}
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fileops.atomic_write(path, json.dumps(data, indent=1) + "\n", 0o600)
+    path = _rebuilt_path(ctx)
+    ctx.state.mkdir(path.rsplit("/", 1)[0], mode=0o700)
+    ctx.state.write_atomic(path, json.dumps(data, indent=1) + "\n", 0o600)
 
 
 def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains: list[Domain], conf: IspcpConf) -> None:
@@ -389,131 +446,42 @@ def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains:
             "left alone because their status is not 'ok' (a disabled domain must stay disabled, a pending "
             "request must finish first): " + ", ".join(f"{d.name} ({d.status})" for d in others[:20])
         )
-    engine = ctx.t(f"{(conf.get('ROOT_DIR') or '/var/www/ispcp').rstrip('/')}/engine")
-    manager = engine / "ispcp-rqst-mngr"
+    engine = f"{(conf.get('ROOT_DIR') or '/var/www/ispcp').rstrip('/')}/engine"
+    manager = f"{engine}/ispcp-rqst-mngr"
     if not ready:
-        result.noop_reason = (
-            "every domain was rebuilt by ispCP after an earlier run marked it"
-            if already and not waiting
-            else "no domain in status 'ok' to mark for a rebuild"
-        ) + (
-            f"; {len(waiting)} still wait in status 'change' from an earlier run: the request "
-            f"manager has not processed them (run {ctx.display_path(manager)} and read its log)"
-            if waiting
-            else ""
-        )
+        if not result.changes:
+            result.noop_reason = _nothing_to_rebuild(bool(already), len(waiting), manager)
         return
     ids = [d.id for d in ready]
     result.change(f"set domain_status = 'change' for {len(ids)} domain(s) in {database}.domain")
     if ctx.apply:
+        assert ctx.mysql is not None
         with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
             marks = ",".join(["%s"] * len(ids))
             cur.execute(
                 f"UPDATE domain SET domain_status = 'change' WHERE domain_status = 'ok' AND domain_id IN ({marks})", ids
             )
         _record_rebuilt(ctx, database, ids)
-    if manager.is_file():
-        ctx.runner.run([str(manager)], mutates=True, cwd=str(engine), timeout=3600, env=script_env(ctx))
-        result.change(f"run {ctx.display_path(manager)} (ispCP rebuilds the marked domains)")
+    if ctx.target.is_file(manager):
+        argv = [ctx.target.path(manager)]
+        ctx.runner.run(argv, mutates=True, cwd=ctx.target.path(engine), timeout=3600, env=engine_env(ctx))
+        result.change(f"run {manager} (ispCP rebuilds the marked domains)")
     else:
         result.warn(
-            f"{ctx.display_path(manager)} does not exist: after the status change, run ispCP's request "
-            f"manager by hand (cd {ctx.display_path(engine)} && ./ispcp-rqst-mngr)"
+            f"{manager} does not exist: after the status change, run ispCP's request manager by hand "
+            f"(cd {engine} && ./ispcp-rqst-mngr)"
         )
-    result.summary = f"{len(ids)} domain(s) marked for ispCP's rebuild"
+    result.summary += f"; {len(ids)} domain(s) marked for ispCP's rebuild"
 
 
-# -- root's ~/.my.cnf ------------------------------------------------------------------------------------
-
-
-def _quote(value: str) -> str:
-    """A MySQL option-file value in double quotes (backslash escapes, as the client reads them)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def mycnf_text(ctx: Context, login: Login) -> str:
-    lines = [MARKER, "[client]", f"user = {_quote(login.user)}", f"password = {_quote(login.password)}"]
-    if ctx.mysql is not None:
-        lines.append(f"socket = {_quote(str(ctx.mysql.socket))}")
-    return "\n".join(lines) + "\n"
-
-
-def _previous_copy(ctx: Context) -> Path:
-    """Where root's own ~/.my.cnf waits until cleanup (a fixed place: cleanup may run in a later run)."""
-    return ctx.state_dir / "register_accounts" / "root.my.cnf.previous"
-
-
-def write_root_mycnf(ctx: Context, result: Result, login: Login) -> None:
-    path = ctx.t(MY_CNF)
-    text = mycnf_text(ctx, login)
-    what = f"write {ctx.display_path(path)} (mode 0600) with the {login.user} login; cleanup removes it"
-    if path.is_file() and not path.is_symlink():
-        current = path.read_text(errors="replace")
-        _register_mycnf_password(ctx, current)
-        if current.startswith(MARKER):
-            # Ours from an earlier run: replaced in place, never through write_file, whose safety copy would
-            # leave a password in the backups folder (root's own file was kept already, when ours first came).
-            st = path.stat()
-            if current == text and (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 0, 0):
-                return
-            result.change(what)
-            if ctx.apply:
-                fileops.atomic_write(path, text, 0o600, 0, 0)
-                _prove_mycnf(ctx, path)
-            return
-        if ctx.apply:
-            keep = _previous_copy(ctx)
-            if not keep.exists():
-                keep.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fileops.safety_copy(path, keep.parent, keep.name)
-    if ctx.write_file(path, text, mode=0o600, uid=0, gid=0, show_diff=False, what=what):
-        if ctx.apply:
-            _prove_mycnf(ctx, path)
-
-
-def _prove_mycnf(ctx: Context, path: Path) -> None:
-    client = shutil.which("mariadb") or shutil.which("mysql")
-    if client is None:
-        return
-    ctx.runner.run([client, f"--defaults-file={path}", "--batch", "--skip-column-names", "-e", "SELECT 1"], timeout=60)
-
-
-def _register_mycnf_password(ctx: Context, text: str) -> None:
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read_string(text)
-    except configparser.Error:
-        return
-    for section in parser.sections():
-        value = parser.get(section, "password", fallback=None)
-        if value:
-            ctx.secrets.add(value.strip().strip('"').strip("'"), "~/.my.cnf password")
-            ctx.secrets.add(value, "~/.my.cnf password")
-
-
-def remove_root_mycnf(ctx: Context, result: Result) -> None:
-    """Called by cleanup: remove the ~/.my.cnf written here, or put root's previous one back."""
-    path = ctx.t(MY_CNF)
-    previous = _previous_copy(ctx)
-    if not path.is_file():
-        return
-    text = path.read_text(errors="replace")
-    _register_mycnf_password(ctx, text)
-    if not text.startswith(MARKER):
-        if previous.exists():
-            result.warn(
-                f"{ctx.display_path(path)} was changed after register_accounts wrote it; left as it is "
-                f"(root's earlier file is kept at {previous})"
-            )
-        return
-    if previous.exists():
-        _register_mycnf_password(ctx, previous.read_text(errors="replace"))
-        result.change(f"put root's own {ctx.display_path(path)} back (register_accounts had replaced it)")
-        if ctx.apply:
-            st = previous.stat()
-            fileops.atomic_write(path, previous.read_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
-            previous.unlink()
-        return
-    result.change(f"remove {ctx.display_path(path)} (written by register_accounts, holds a database password)")
-    if ctx.apply:  # no safety copy: it is our own file, and a copy would keep the password on disk
-        path.unlink()
+def _nothing_to_rebuild(already: bool, waiting: int, manager: str) -> str:
+    if already and not waiting:
+        reason = "every domain was rebuilt by ispCP after an earlier run marked it"
+    else:
+        reason = "no domain in status 'ok' to mark for a rebuild"
+    if waiting:
+        reason += (
+            f"; {waiting} still wait in status 'change' from an earlier run: the request manager has not "
+            f"processed them (run {manager} and read its log)"
+        )
+    return reason

@@ -1,29 +1,23 @@
 """Merge ispCP accounts from the old server's passwd/shadow/group/gshadow into the new server's.
 
-Pure parsing and planning, plus the shadow-utils lock. A step reads the four files of both servers,
-calls select_entries() and plan_merge(), shows plan.rows, and writes plan.new.render() while holding
-pwd_lock(). Entries keep their original line text, so password hashes and untouched files come out
-byte-for-byte. Nothing here puts a password field into a message, a row or a repr.
+Pure parsing and planning, no I/O. A step reads the four files of both servers, calls
+select_entries() and plan_merge(), shows plan.rows, and writes plan.new.render() on the target under
+shadow-utils' locks (system/account_install.py). Entries keep their original line text, so password
+hashes and untouched files come out byte-for-byte. Nothing here puts a password field into a message, a row or a repr.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.errors import InputError
 
 FILE_NAMES = ("passwd", "shadow", "group", "gshadow")
 RESOLUTIONS = ("skip", "take_old", "keep_target")
-CONFLICT_TYPES = ("name_id_mismatch", "id_taken", "unknown_member", "missing_primary_group", "conf_mismatch")
 
 _FIELD_COUNT = {"passwd": 7, "shadow": 9, "group": 4, "gshadow": 4}
 _ID_FIELDS = {"passwd": ((2, "UID"), (3, "GID")), "group": ((2, "GID"),), "shadow": (), "gshadow": ()}
@@ -237,23 +231,6 @@ class AccountFiles:
         files = cls(**{k: parse(k, v, paths.get(k, k)) for k, v in data.items()})
         files.validate()
         return files
-
-    @classmethod
-    def load(cls, etc_dir: Path | str) -> AccountFiles:
-        """Read <etc_dir>/passwd, shadow, group and gshadow."""
-        etc = Path(etc_dir)
-        data: dict[str, bytes] = {}
-        for name in FILE_NAMES:
-            try:
-                data[name] = (etc / name).read_bytes()
-            except OSError as exc:
-                raise InputError(
-                    name,
-                    f"cannot be read: {exc.strerror}",
-                    "check that the directory holds all four account files",
-                    str(etc / name),
-                ) from exc
-        return cls.from_bytes(**data, paths={n: str(etc / n) for n in FILE_NAMES})
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{n}={len(self.file(n))}" for n in FILE_NAMES)
@@ -697,142 +674,3 @@ def _secrets(target: AccountFiles, selection: Selection) -> list[str]:
             values[value] = None
             values[bare] = None
     return list(values)
-
-
-# ---------------------------------------------------------------------------------------------- locking
-
-# useradd takes the per-file locks in this order; the same order keeps two lockers from livelocking.
-_LOCKED_FILES = ("passwd", "group", "gshadow", "shadow")
-_RETRY = 0.05
-_LOCK_ITEM = "account files lock"
-_held: set[str] = set()
-
-
-@contextmanager
-def pwd_lock(etc_dir: Path | str, timeout: float = 15.0) -> Iterator[Path]:
-    """Lock the account files of etc_dir the way shadow-utils does, for up to timeout seconds.
-
-    Takes an fcntl write lock on <etc_dir>/.pwd.lock (glibc lckpwdf(): useradd --root and tools
-    running on that system), then the <file>.lock link locks on passwd, group, gshadow and shadow
-    (commonio: `useradd --prefix` uses only these). Yields the .pwd.lock path.
-    """
-    etc = Path(etc_dir)
-    deadline = time.monotonic() + timeout
-    lock_path = etc / ".pwd.lock"
-    fd = _open_lock(lock_path)
-    taken: list[Path] = []
-    try:
-        _wait(lambda: None if _try_lockf(fd) else 0, lock_path, deadline, timeout)
-        for name in _LOCKED_FILES:
-            path = etc / f"{name}.lock"
-            _wait(lambda path=path: _try_link_lock(path), path, deadline, timeout)
-            taken.append(path)
-            _held.add(str(path.absolute()))
-        yield lock_path
-    finally:
-        for path in reversed(taken):
-            _held.discard(str(path.absolute()))
-            path.unlink(missing_ok=True)
-        os.close(fd)  # closing drops the fcntl lock
-
-
-def _open_lock(path: Path) -> int:
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise PreconditionFailed(
-            _LOCK_ITEM,
-            f"cannot create the lock file: {exc.strerror}",
-            "check that the target root is mounted read-write",
-            str(path),
-        ) from exc
-
-
-def _wait(attempt: Callable[[], int | None], path: Path, deadline: float, timeout: float) -> None:
-    """Call attempt() until it returns None (locked) or the deadline passes; it returns a holder PID."""
-    while True:
-        holder = attempt()
-        if holder is None:
-            return
-        if time.monotonic() >= deadline:
-            who = f" (held by PID {holder})" if holder else ""
-            raise PreconditionFailed(
-                _LOCK_ITEM,
-                f"still locked after {timeout:g} s{who}",
-                "another useradd/usermod/groupadd/passwd/vipw is changing the account files; "
-                "wait for it to finish (see `fuser -v` on the lock, or ps) and run the step again",
-                str(path),
-            )
-        time.sleep(min(_RETRY, max(deadline - time.monotonic(), 0)))
-
-
-def _try_lockf(fd: int) -> bool:
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # F_SETLK, F_WRLCK, whole file: as lckpwdf()
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            return False
-        raise
-    return True
-
-
-def _try_link_lock(lock: Path) -> int | None:
-    """shadow-utils' do_lock_file(): link a file holding our PID to <file>.lock. None: we hold it."""
-    pid = os.getpid()
-    tmp = lock.with_name(f"{lock.name[: -len('.lock')]}.{pid}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise PreconditionFailed(
-            _LOCK_ITEM,
-            f"cannot create {tmp.name}: {exc.strerror}",
-            "check that the target root is mounted read-write",
-            str(lock),
-        ) from exc
-    try:
-        os.write(fd, str(pid).encode())
-        os.close(fd)
-        for _ in range(2):
-            try:
-                os.link(tmp, lock)
-                return None
-            except FileExistsError:
-                holder = _live_holder(lock)
-                if holder:
-                    return holder
-                lock.unlink(missing_ok=True)  # stale: its process is gone (shadow-utils does the same)
-        return 0
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _live_holder(lock: Path) -> int | None:
-    """PID of the running process that holds lock, None if the lock is stale or gone."""
-    try:
-        text = lock.read_text("ascii", "replace").strip()
-    except FileNotFoundError:
-        return None
-    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
-        raise PreconditionFailed(
-            _LOCK_ITEM,
-            "the lock file holds no valid PID, so no shadow-utils tool made it",
-            "if no useradd/passwd is running, delete the file",
-            str(lock),
-        )
-    pid = int(text)
-    if pid == os.getpid():
-        if str(lock.absolute()) in _held:
-            raise PreconditionFailed(
-                _LOCK_ITEM,
-                "already held by this process (nested pwd_lock)",
-                "take pwd_lock once around all writes",
-                str(lock),
-            )
-        return None  # a dead process with our recycled PID left it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # exists, owned by someone else
-    return pid

@@ -1,196 +1,163 @@
-"""Fast recursive ownership fix: change only what differs, never follow a symlink.
+"""Owners and modes on the target, through its connection: only what differs is changed.
 
-`chown -R U:G` rewrites every inode of the tree (and bumps every ctime) even when nothing is wrong,
-and re-owning by path costs more per entry than chown's directory-relative walk. So fix_tree first
-looks at a sample of the tree (a few hundred entries, breadth first):
+`chown -R U:G` rewrites every inode of a tree (and bumps every ctime) even when nothing is wrong, and
+it cannot leave parts of a tree alone. So fix_tree runs one pipeline on the target: `find -P`
+selects the entries whose owner or group differs (skipping the pruned paths), and their names
+stream, NUL-separated, into `xargs -0 chown -h`, so walking and re-owning overlap; each chown batch
+prints how many entries it changed, which is the count in the report. On a tree that is already
+right this only reads. Nothing crosses the connection but the command and the counts.
 
-* the sample is the whole tree (a FastCGI starter directory, a small web space): the wrong entries
-  are re-owned right here, with no process started;
+When the entries are already known (the user-data step lists the whole backup before it copies),
+lchown_known and chmod_known send their names on stdin to one `xargs` on the target: no walk at all.
 
-* nearly all of the sample wrong (a tree restored without numeric owners, or written by root):
-  one `chown -R U:G`, the cheapest way to re-own everything (it reports no count: counting would
-  cost a second walk);
-* otherwise (the usual case: rsync set the owners while copying, or a repeated run): `find` walks
-  the tree in C and selects only the entries whose owner or group differs; their names stream,
-  NUL-separated, through this process (which counts them) into `xargs -0 -P2 chown -h`, so walking
-  and re-owning overlap. On a tree that is already right this only reads.
-
-When the entries to fix are already known (the user-data step lists the whole backup before it
-copies), lchown_known re-owns exactly those, with no walk at all.
-
-`chown -R` (which implies -P) and `find -P` + `chown -h` act on symlinks themselves, never on what
-they point to. Two commands joined by a pipe are run as two argv lists, never through a shell.
-benchmarks/user_data.py compares fix_tree with `chown -R` in the same run.
+`find -P` + `chown -h` act on symlinks themselves, never on what they point to. A name never goes on
+a command line through a shell: scripts take their arguments as "$@", names come on stdin.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from ispcp_lib.core.connection import Connection, FileStat
 from ispcp_lib.core.errors import CommandFailed
-from ispcp_lib.core.result import CommandRecord
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.system.tree_scan import show
 
-BATCH = 2000  # paths per chown process
-WORKERS = 2 if (os.cpu_count() or 1) > 1 else 1
-SAMPLE = 256  # entries looked at to choose between the bulk and the selective fix
-BULK_SHARE = 0.9  # this share of the sample wrong: re-own everything in one chown -R
+BATCH = 2000  # names per chown process
+# $1 the owner, the rest find's arguments; every chown batch prints how many names it was given.
+_FIX = r"""
+owner=$1; shift
+find "$@" -print0 | xargs -0 -r -n 2000 -P 2 sh -c 'o=$1; shift; chown -h -- "$o" "$@" && echo $#' sh "$owner"
+"""
+# $1 the base directory, $2 the owner or mode, $3 chown -h or chmod; names relative to $1 on stdin.
+_KNOWN = r"""
+cd "$1" || exit 1
+xargs -0 -r -n 2000 $3 -- "$2"
+"""
 
 
 @dataclass
 class OwnershipFix:
-    root: Path
+    root: str  # the target's own path
     uid: int
     gid: int
-    count: int  # entries whose owner differs (planned) or was changed (applied; see whole_tree)
+    count: int  # entries whose owner differs (planned) or was changed (applied)
     sample: list[str] = field(default_factory=list)  # a few of them, relative, escaped for display
     applied: bool = False
-    whole_tree: bool = False  # applied with one chown -R: count is then only the wrong entries of the sample
 
     def describe(self) -> str:
-        if self.whole_tree:
-            return f"the whole tree (chown -R; {self.count} of the first {SAMPLE} entries looked at were wrong)"
         return f"{self.count} entries"
 
 
-def select_argv(root: Path, uid: int, gid: int) -> list[str]:
-    """find's argv up to the selection: every entry not owned by uid:gid, the root included."""
-    return ["find", "-P", str(root), "(", "!", "-uid", str(uid), "-o", "!", "-gid", str(gid), ")"]
+def glob_quoted(path: str) -> str:
+    """A literal path as a find -path pattern (*, ?, [ and \\ escaped)."""
+    return "".join("\\" + c if c in "*?[\\" else c for c in path)
 
 
-def chown_argv(uid: int, gid: int) -> list[str]:
-    return ["xargs", "-0", "-r", "-P", str(WORKERS), "-n", str(BATCH), "chown", "-h", f"{uid}:{gid}", "--"]
+def select_args(
+    conn: Connection, root: str, uid: int, gid: int, prune: Sequence[str] = (), below_only: bool = False
+) -> list[str]:
+    """find's arguments up to the action: every entry not owned by uid:gid, pruned paths left alone.
+
+    below_only leaves root itself out (its owner is set on its own, with its mode).
+    """
+    args = ["-P", conn.path(root)]
+    if below_only:
+        args.append("-mindepth")
+        args.append("1")
+    if prune:
+        alternatives: list[str] = []
+        for path in prune:
+            alternatives += [*(["-o"] if alternatives else []), "-path", glob_quoted(conn.path(path))]
+        args += ["(", *alternatives, ")", "-prune", "-o"]
+    return [*args, "(", "!", "-uid", str(uid), "-o", "!", "-gid", str(gid), ")"]
 
 
-def shown_argv(root: Path, uid: int, gid: int) -> list[str]:
-    """The pipeline as it appears in the report."""
-    return [*select_argv(root, uid, gid), "-print0", "|", *chown_argv(uid, gid)]
-
-
-def mismatched(root: Path, uid: int, gid: int, sample: int = 10) -> OwnershipFix:
+def mismatched(
+    conn: Connection,
+    root: str,
+    uid: int,
+    gid: int,
+    *,
+    prune: Sequence[str] = (),
+    below_only: bool = False,
+    sample: int = 10,
+) -> OwnershipFix:
     """Read-only: how many entries under root are not owned by uid:gid, and a few of them."""
-    argv = [*select_argv(root, uid, gid), "-printf", "%P\\0"]
-    proc = subprocess.run(argv, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise CommandFailed(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
-    names = proc.stdout.split(b"\0")[:-1]
-    return OwnershipFix(Path(root), uid, gid, len(names), [show(n) or "." for n in names[:sample]])
+    argv = ["find", *select_args(conn, root, uid, gid, prune, below_only), "-printf", "%P\\0"]
+    done = conn.run(argv, timeout=3600)
+    if done.rc != 0:
+        raise CommandFailed(argv, done.rc, done.err)
+    names = done.stdout.split(b"\0")[:-1]
+    return OwnershipFix(root, uid, gid, len(names), [show(n) for n in names[:sample]])
 
 
-def fix_tree(runner: Runner, root: Path, uid: int, gid: int, *, apply: bool) -> OwnershipFix:
+def fix_tree(
+    runner: Runner,
+    conn: Connection,
+    root: str,
+    uid: int,
+    gid: int,
+    *,
+    apply: bool,
+    prune: Sequence[str] = (),
+    below_only: bool = False,
+) -> OwnershipFix:
     """Plan (apply=False: counted, the command recorded as planned) or make every entry under root uid:gid."""
-    if not os.path.lexists(root):
-        return OwnershipFix(Path(root), uid, gid, 0)
-    survey = survey_tree(root, uid, gid)
-    if survey.complete:  # small tree: seen whole, fixed here (lchown), no process to start
-        fix = OwnershipFix(
-            Path(root),
-            uid,
-            gid,
-            len(survey.wrong),
-            [show(os.fsencode(os.path.relpath(p, root))) for p in survey.wrong[:10]],
-            applied=apply,
-        )
-        if apply:
-            for path in survey.wrong:
-                os.chown(path, uid, gid, follow_symlinks=False)
-        return fix
-    bulk = survey.mostly_wrong
-    argv = bulk_argv(root, uid, gid) if bulk else shown_argv(root, uid, gid)
+    if not conn.exists(root):
+        return OwnershipFix(root, uid, gid, 0)
     if not apply:
-        plan = mismatched(root, uid, gid)
-        if plan.count and runner.sink is not None:
-            runner.sink.append(CommandRecord(argv, None, planned=True))
+        plan = mismatched(conn, root, uid, gid, prune=prune, below_only=below_only)
+        if plan.count:
+            runner.run(_fix_argv(conn, root, uid, gid, prune, below_only), mutates=True)
         return plan
-    if bulk:
-        started = time.monotonic()
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        count, rc, stderr = len(survey.wrong), proc.returncode, proc.stderr.decode("utf-8", "replace")
-        duration = time.monotonic() - started
-    else:
-        count, rc, stderr, duration = _pipeline(root, uid, gid)
-    fix = OwnershipFix(Path(root), uid, gid, count, applied=True, whole_tree=bulk)
-    if runner.sink is not None and (count or rc):
-        runner.sink.append(CommandRecord(argv, rc, f"{fix.describe()} now {uid}:{gid}", stderr, duration))
-    if rc:
-        raise CommandFailed(argv, rc, stderr)
-    return fix
+    rec = runner.run(_fix_argv(conn, root, uid, gid, prune, below_only), mutates=True, timeout=86400)
+    count = sum(int(n) for n in rec.stdout.split())
+    rec.stdout = f"{count} entries now {uid}:{gid}"  # the report shows the count, not the batches
+    return OwnershipFix(root, uid, gid, count, applied=True)
 
 
-def lchown_known(base: Path, rels: Iterable[bytes], uid: int, gid: int) -> int:
+def _fix_argv(conn: Connection, root: str, uid: int, gid: int, prune: Sequence[str], below_only: bool) -> list[str]:
+    return ["sh", "-c", _FIX, "sh", f"{uid}:{gid}", *select_args(conn, root, uid, gid, prune, below_only)]
+
+
+def lchown_known(conn: Connection, base: str, rels: Iterable[bytes], uid: int, gid: int) -> int:
     """Re-own the entries base/<rel> (rel b"" is base itself) without following symlinks; returns how many."""
-    root = os.fsencode(base)
-    count = 0
-    for rel in rels:
-        os.chown(os.path.join(root, rel) if rel else root, uid, gid, follow_symlinks=False)
-        count += 1
-    return count
+    return _known(conn, base, rels, f"{uid}:{gid}", "chown -h")
 
 
-def bulk_argv(root: Path, uid: int, gid: int) -> list[str]:
-    return ["chown", "-R", f"{uid}:{gid}", "--", str(root)]
+def chmod_known(conn: Connection, base: str, modes: dict[bytes, int]) -> None:
+    """Set each entry base/<rel> to its mode (one command per distinct mode; never on a symlink)."""
+    by_mode: dict[int, list[bytes]] = {}
+    for rel, mode in modes.items():
+        by_mode.setdefault(mode, []).append(rel)
+    for mode, rels in sorted(by_mode.items()):
+        _known(conn, base, rels, f"{mode:o}", "chmod")
 
 
-@dataclass
-class Survey:
-    seen: int
-    wrong: list[str]  # paths of the wrong entries among those seen
-    complete: bool  # the whole tree was seen
-
-    @property
-    def mostly_wrong(self) -> bool:
-        return self.seen >= 32 and len(self.wrong) >= BULK_SHARE * self.seen
-
-
-def survey_tree(root: Path, uid: int, gid: int, limit: int = SAMPLE) -> Survey:
-    """Look at up to `limit` entries breadth first (the root included): which are not uid:gid?"""
-    st = os.lstat(root)
-    wrong = [str(root)] if (st.st_uid, st.st_gid) != (uid, gid) else []
-    seen = 1
-    queue = [str(root)] if not os.path.islink(root) else []
-    while queue:
-        with os.scandir(queue.pop(0)) as it:
-            for e in it:
-                if seen >= limit:
-                    return Survey(seen, wrong, False)
-                est = e.stat(follow_symlinks=False)
-                seen += 1
-                if (est.st_uid, est.st_gid) != (uid, gid):
-                    wrong.append(e.path)
-                if e.is_dir(follow_symlinks=False):
-                    queue.append(e.path)
-    return Survey(seen, wrong, True)
+def _known(conn: Connection, base: str, rels: Iterable[bytes], value: str, command: str) -> int:
+    names = [b"./" + rel if rel else b"." for rel in rels]
+    if not names:
+        return 0
+    argv = ["sh", "-c", _KNOWN, "sh", conn.path(base), value, command]
+    done = conn.run(argv, input=b"\0".join(names) + b"\0", timeout=86400)
+    if done.rc != 0:
+        raise CommandFailed(argv, done.rc, done.err)
+    return len(names)
 
 
-def mostly_wrong(root: Path, uid: int, gid: int) -> bool:
-    return survey_tree(root, uid, gid).mostly_wrong
-
-
-def _pipeline(root: Path, uid: int, gid: int) -> tuple[int, int, str, float]:
-    """find -print0 | (count here) | xargs chown -h; returns (entries, exit code, stderr, seconds)."""
-    started = time.monotonic()
-    count = 0
-    with tempfile.TemporaryFile() as err:
-        find = subprocess.Popen(
-            [*select_argv(root, uid, gid), "-print0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
-        )
-        chown = subprocess.Popen(chown_argv(uid, gid), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
-        assert find.stdout is not None and chown.stdin is not None
-        try:
-            while chunk := os.read(find.stdout.fileno(), 1 << 16):
-                count += chunk.count(b"\0")
-                chown.stdin.write(chunk)
-        finally:
-            chown.stdin.close()
-            find.stdout.close()
-            rc_find, rc_chown = find.wait(), chown.wait()
-        err.seek(0)
-        stderr = err.read().decode("utf-8", "replace")
-    return count, rc_find or rc_chown, stderr, time.monotonic() - started
+def stat_many(conn: Connection, paths: Sequence[str]) -> dict[str, FileStat]:
+    """lstat of several target paths with one find; absent paths are left out of the answer."""
+    if not paths:
+        return {}
+    shown = {conn.path(p): p for p in paths}
+    done = conn.run(["find", "-P", *shown, "-maxdepth", "0", "-printf", "%y/%m/%U/%G/%s/%T@\\0%p\\0%l\\0"])
+    fields = done.stdout.split(b"\0")
+    out: dict[str, FileStat] = {}
+    for i in range(0, len(fields) - 2, 3):
+        kind, mode, uid, gid, size, mtime = fields[i].decode().split("/")
+        logical = shown[fields[i + 1].decode("utf-8", "surrogateescape")]
+        link = fields[i + 2].decode("utf-8", "surrogateescape")
+        out[logical] = FileStat(kind, int(mode, 8), int(uid), int(gid), int(size), float(mtime), link)
+    return out

@@ -8,16 +8,22 @@ deleting on the target):
   root the owners are numbers; hard links among what one invocation copies) and costs about two
   thirds of `rsync -a` on many small files; where the copied part holds no POSIX ACL, cp without its
   ACL work costs a third less again. It writes into the tree's staging directory
-  `.ispcp-recovery-staging/`, and each domain is then renamed into place (renameat2
-  RENAME_NOREPLACE: an entry that appeared meanwhile is never replaced). A domain is therefore either
+  `.ispcp-recovery-staging/`, and each domain is then renamed into place with `mv -T -n` after a
+  check that nothing has the name yet (move_into_place: an entry that appeared meanwhile is never
+  replaced; sh cannot reach renameat2's RENAME_NOREPLACE, and coreutils' mv -n only uses it from 9.x
+  on, so on an older server a domain created between the check and the rename, a window of one
+  command, would be left in staging and reported, never overwritten). A domain is therefore either
   absent or complete under its real name; an interrupted run leaves its partial copy in staging,
-  which the next run completes with rsync before the rename.
+  which the next run completes with rsync before the rename. cp needs both trees on one machine:
+  when the backup is on this machine and the target is reached over SSH, new domains go through
+  rsync into the staging directory instead.
 * **rsync** for what is already there (a domain on the target, a staged copy to resume, loose files at
   the top of the tree), and whenever a bandwidth limit is asked for. Choices, and why:
   - Never `--delete`: a restore adds to the target, it never removes anything there.
   - Resumable: rsync writes each file under a temporary dot-name in its directory and renames it when
     it is complete, so a half-copied file never appears under its real name (in a Maildir that would
-    be a truncated message the mail server serves); an interrupted rsync removes its temporary file.
+    be a truncated message the mail server serves); an interrupted rsync removes its temporary file
+    (a killed one may leave it: is_rsync_temp() names them, and no verification counts them).
     The next run skips complete files (same size and time) and copies the interrupted one again from
     the start, which is what a local rsync does anyway (whole-file mode: no deltas on one machine).
     No `--partial-dir`: it keeps the piece for a delta that local copies never compute, and costs a
@@ -29,7 +35,8 @@ deleting on the target):
   - `--info=progress2` (one running total) feeds progress; `--itemize-changes` lists what changed,
     and with `--dry-run` the same listing is the plan.
 
-Jobs run side by side (run_jobs, WORKERS at a time): copying many small files is bound by system
+Every command runs through a connection (Route says which: the target when it sees the backup, this
+machine otherwise). Jobs run side by side (run_jobs, WORKERS at a time): copying many small files is bound by system
 calls on one core, so two copies take about half the wall time. The caller's work function runs in a
 worker thread; the calling thread keeps the progress going and stops every copy process when it is
 interrupted. Copy processes run in their own session and are stopped by process group, never by name.
@@ -37,12 +44,10 @@ interrupted. Copy processes run in their own session and are stopped by process 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
 import signal
-import stat
 import subprocess
 import tempfile
 import threading
@@ -50,13 +55,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Generic, TypeVar
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.errors import CommandFailed
 from ispcp_lib.core.result import CommandRecord
+from ispcp_lib.system.tree_scan import local_path
 
-PARTIAL_DIR = ".rsync-partial"  # where earlier versions of this step let rsync keep interrupted files
 STAGING_DIR = ".ispcp-recovery-staging"
 RC_VANISHED = 24  # some source files vanished during the transfer
 HOOK_EVERY_S = 0.1  # progress passed to a hook at most this often (a bar needs no more)
@@ -70,6 +75,67 @@ _PROGRESS = re.compile(
 _OPS = frozenset(bytes([c]) for c in b"<>ch.*")
 _TYPES = frozenset(bytes([c]) for c in b"fdLDS")
 _STAT = re.compile(rb"^(?P<key>[A-Za-z][A-Za-z ]+): (?P<num>[\d,]+)")
+# rsync's temporary names: ".<name>.XXXXXX" beside the file, and the .~tmp~ folder of --delay-updates.
+_RSYNC_TEMP = re.compile(rb"^\..+\.[A-Za-z0-9]{6}$")
+# $1 where the copies wait, $2 where they belong, then the names; prints each name it could not move.
+_MOVE = r"""
+from=$1; into=$2; shift 2
+for name in "$@"; do
+  if [ -e "$into/$name" ] || [ -L "$into/$name" ]; then printf '%s\0' "$name"; continue; fi
+  mv -T -n -- "$from/$name" "$into/$name" 2>/dev/null
+  if [ -e "$from/$name" ] || [ -L "$from/$name" ]; then printf '%s\0' "$name"; fi
+done
+"""
+# $1 a path: the nearest existing folder at or above it, its device, and its filesystem's block size,
+# free bytes for non-root, free and total inodes.
+_SPACE = r"""
+p=$1
+while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname -- "$p"); done
+printf '%s\0' "$p"
+stat -c %d -- "$p" && stat -f -c '%S %a %d %c' -- "$p"
+"""
+
+
+def is_rsync_temp(rel: bytes) -> bool:
+    """A name rsync writes while it copies a file (left behind only when rsync was killed)."""
+    parts = rel.split(b"/")
+    return b".~tmp~" in parts or bool(_RSYNC_TEMP.match(parts[-1]))
+
+
+@dataclass
+class Route:
+    """Where the copy commands run and how they name both sides.
+
+    conn runs them: the target when it sees the backup (backup_location: target, or the local
+    sandbox), else this machine (the backup is here: into the chroot's tree, or over SSH).
+    """
+
+    conn: Connection
+    src: Callable[[str], str]  # a backup path as the commands see it
+    dest: Callable[[str], str]  # a target path as the commands see it
+    rsync_options: list[str] = field(default_factory=list)  # -e "ssh ..." for a remote target
+    cp: bool = True  # both sides on one machine: cp can copy, else rsync does
+    prefix: list[str] = field(default_factory=list)  # e.g. nsenter into the network that reaches the server
+    # rsync before 3.1 (Lenny's 3.0.3, Squeeze's 3.0.7) on the receiving side knows neither
+    # --info=progress2 nor --chown: without them there is no running byte count, and the caller
+    # gives the mail tree its owner after the copy (it lists and checks every entry anyway).
+    legacy: bool = False
+
+    def rsync(self, argv: list[str]) -> list[str]:
+        if self.legacy:
+            forced = any(a.startswith("--chown=") for a in argv)
+            argv = [a for a in argv if a != "--info=progress2" and not a.startswith("--chown=")]
+            if forced:  # the owner comes after the copy: rsync must neither set the backup's nor compare it
+                flags = argv[1].replace("-a", "-rlptgoD").replace("g", "").replace("o", "")
+                argv = [argv[0], flags, *argv[2:]]
+        return [*self.prefix, argv[0], *self.rsync_options, *argv[1:]]
+
+
+def rsync_version(conn: Connection) -> tuple[int, int]:
+    """(major, minor) of the rsync that conn runs; (0, 0) when there is none."""
+    done = conn.run(["rsync", "--version"], timeout=60)
+    found = re.search(rb"version (\d+)\.(\d+)", done.stdout)
+    return (int(found[1]), int(found[2])) if done.rc == 0 and found else (0, 0)
 
 
 @dataclass
@@ -138,33 +204,53 @@ class Capabilities:
     notes: list[str] = field(default_factory=list)
 
 
-def existing_ancestor(path: Path) -> Path:
-    """path itself if it exists, else its nearest existing parent (where a probe can look)."""
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
+@dataclass
+class Room:
+    """The filesystem that will hold a path on the target."""
+
+    probe: str  # the nearest existing folder (a target path)
+    device: int
+    block: int
+    free: int  # bytes available to non-root
+    inodes_free: int
+    inodes_total: int  # 0: the filesystem has no fixed inode count
 
 
-def probe_capabilities(dest: Path) -> Capabilities:
-    """Can the filesystem that will hold dest store extended attributes and POSIX ACLs? Read-only."""
-    probe = existing_ancestor(dest)
+def room(conn: Connection, path: str) -> Room:
+    """Read-only: where path's filesystem stands (df's numbers, from stat -f on the target)."""
+    done = conn.run(["sh", "-c", _SPACE, "sh", conn.path(path)], timeout=60)
+    probe, numbers = done.stdout.split(b"\0", 1)
+    device, block, free, inodes_free, inodes_total = (int(x) for x in numbers.split())
+    shown = os.fsdecode(probe)
+    root = conn.path("/").rstrip("/")
+    logical = shown[len(root) :] or "/" if root and shown.startswith(root) else shown
+    return Room(logical, device, block, block * free, inodes_free, inodes_total)
+
+
+def probe_capabilities(conn: Connection, dest: str) -> Capabilities:
+    """Can the filesystem that will hold dest store extended attributes and POSIX ACLs? Read-only.
+
+    Probed where the target is this machine; a remote target is taken to store both (rsync reports it
+    if not): the server has no tool for the probe that the tool may rely on.
+    """
     caps = Capabilities(True, True)
+    here = local_path(conn, room(conn, dest).probe)
+    if here is None:
+        return caps
     try:
-        os.listxattr(probe, follow_symlinks=False)
+        os.listxattr(here, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            caps.xattrs = False
-            caps.notes.append(f"the filesystem of {probe} stores no extended attributes: copying without them")
-        else:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
+        caps.xattrs = False
+        caps.notes.append(f"the filesystem of {dest} stores no extended attributes: copying without them")
     try:
-        os.getxattr(probe, "system.posix_acl_access", follow_symlinks=False)
+        os.getxattr(here, "system.posix_acl_access", follow_symlinks=False)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             caps.acls = False
             caps.notes.append(
-                f"the filesystem of {probe} stores no POSIX ACLs (mounted noacl?): copying "
+                f"the filesystem of {dest} stores no POSIX ACLs (mounted noacl?): copying "
                 "without them, so ACLs of the backup are not kept"
             )
         elif exc.errno != errno.ENODATA:
@@ -193,24 +279,14 @@ def rsync_argv(
     return [*argv, "--", *sources, dest]
 
 
-def build_argv(
-    src: Path,
-    dest: Path,
-    *,
-    dry_run: bool,
-    caps: Capabilities,
-    owner: tuple[int, int] | None = None,
-    bwlimit_kbps: int | None = None,
+def dir_attrs_argv(
+    src: str, dest: str, *, dry_run: bool, caps: Capabilities, owner: tuple[int, int] | None = None
 ) -> list[str]:
-    """rsync of a whole tree: trailing slashes copy src's contents into dest (and dest's own attributes)."""
-    return rsync_argv(
-        [str(src).rstrip("/") + "/"],
-        str(dest).rstrip("/") + "/",
-        dry_run=dry_run,
-        caps=caps,
-        owner=owner,
-        bwlimit_kbps=bwlimit_kbps,
-    )
+    """rsync of a folder's own owner, mode, time, ACLs and xattrs (nothing inside it): `-d` with every
+    entry excluded transfers only "." (what rsync -a of `src/ dest/` sets on dest, nothing removed)."""
+    argv = rsync_argv([src.rstrip("/") + "/"], dest.rstrip("/") + "/", dry_run=dry_run, caps=caps, owner=owner)
+    argv[1] = argv[1].replace("-a", "-dlptgoD")
+    return [*argv[: argv.index("--")], "--exclude=*", *argv[argv.index("--") :]]
 
 
 def cp_argv(sources: Sequence[str], into: str, *, acls: bool = True, xattrs: bool = True) -> list[str]:
@@ -344,6 +420,7 @@ RESUME_HINT = (
 
 
 def run(
+    conn: Connection,
     argv: list[str],
     *,
     label: str,
@@ -353,7 +430,7 @@ def run(
     log_every_s: float = 5.0,
     on_start: Callable[[int], None] | None = None,
 ) -> RsyncRun:
-    """Run rsync, stream its progress, and record it; CommandFailed on a failed copy.
+    """Run rsync through conn, stream its progress, and record it; CommandFailed on a failed copy.
 
     Exit code 24 (source files vanished meanwhile) is accepted: the backup is not expected to change,
     and the result's verification shows any difference. Interrupting (KeyboardInterrupt from the
@@ -389,9 +466,7 @@ def run(
             )
 
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
-        )
+        proc = conn.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         if on_start is not None:
             on_start(proc.pid)
         try:
@@ -499,6 +574,7 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def run_cp(
+    conn: Connection,
     argv: list[str],
     *,
     tracker: Tracker,
@@ -507,14 +583,19 @@ def run_cp(
     sink: list[CommandRecord] | None = None,
     hint: str = RESUME_HINT,
 ) -> CommandRecord:
-    """Run one cp (its own session, so it can be stopped as a group); CommandFailed unless it succeeds.
+    """Run one cp through conn (its own session, so it can be stopped as a group); CommandFailed unless it
+    succeeds.
 
     umask 0: without --preserve=mode, cp gives new entries the source's permission bits minus the umask.
+    sh execs cp, so the process started here is cp itself on a local target (its progress is readable).
     """
     started = time.monotonic()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, umask=0
+        proc = conn.popen(
+            ["sh", "-c", 'umask 0 && exec "$@"', "sh", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
         tracker.started(proc.pid, "cp", tree, names)
         try:
@@ -594,67 +675,18 @@ def run_jobs(
     return JobsOutcome(results, failure)
 
 
-_RENAME_NOREPLACE = 1
-_AT_FDCWD = -100
-try:
-    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-except (AttributeError, OSError):  # a libc without renameat2 (glibc < 2.28)
-    _renameat2 = None
+def move_into_place(conn: Connection, staging: str, dest: str, names: Sequence[bytes]) -> list[bytes]:
+    """Rename staging/<name> to dest/<name> for each name unless dest/<name> exists (never replaced).
 
-
-def rename_noreplace(src: bytes, dest: bytes) -> None:
-    """Rename src to dest unless dest exists (FileExistsError): never replaces what is on the target."""
-    if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, src, _AT_FDCWD, dest, _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: a filesystem without the flag
-            raise OSError(err, os.strerror(err), os.fsdecode(dest))
-    if os.path.lexists(dest):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dest))
-    os.rename(src, dest)
-
-
-def dir_attr_differences(src: Path, dest: Path, owner: tuple[int, int] | None, caps: Capabilities) -> list[str]:
-    """How dest (a tree's own directory) differs from src in owner, mode, time and in the extended
-    attributes and ACLs src carries that dest's filesystem can store (what rsync -aAX of `src/ dest/`
-    would set on it; nothing is removed)."""
-    s, d = os.lstat(src), os.lstat(dest)
-    want = owner if owner is not None else (s.st_uid, s.st_gid)
-    out = []
-    if (d.st_uid, d.st_gid) != want:
-        out.append(f"owner {d.st_uid}:{d.st_gid} -> {want[0]}:{want[1]}")
-    if stat.S_IMODE(d.st_mode) != stat.S_IMODE(s.st_mode):
-        out.append(f"mode {stat.S_IMODE(d.st_mode):04o} -> {stat.S_IMODE(s.st_mode):04o}")
-    if d.st_mtime_ns != s.st_mtime_ns:
-        out.append("modification time")
-    wanted, have = _xattrs(src, caps), _xattrs(dest, caps)
-    if any(have.get(name) != value for name, value in wanted.items()):
-        out.append("extended attributes/ACLs")
-    return out
-
-
-def copy_dir_attrs(src: Path, dest: Path, owner: tuple[int, int] | None, caps: Capabilities) -> None:
-    """Give dest src's owner (or `owner`), xattrs and ACLs (none removed), mode, then times (last)."""
-    s = os.lstat(src)
-    os.chown(dest, *(owner if owner is not None else (s.st_uid, s.st_gid)), follow_symlinks=False)
-    for name, value in _xattrs(src, caps).items():
-        os.setxattr(dest, name, value, follow_symlinks=False)
-    os.chmod(dest, stat.S_IMODE(s.st_mode))
-    os.utime(dest, ns=(s.st_atime_ns, s.st_mtime_ns), follow_symlinks=False)
-
-
-def _xattrs(path: Path, caps: Capabilities) -> dict[str, bytes]:
-    """path's ACLs (when caps.acls) and other extended attributes (when caps.xattrs)."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return {}
-        raise
-    keep = [n for n in names if (caps.acls if n.startswith("system.posix_acl_") else caps.xattrs)]
-    return {n: os.getxattr(path, n, follow_symlinks=False) for n in keep}
+    One command for all names; returns the names that stayed in staging.
+    """
+    if not names:
+        return []
+    argv = ["sh", "-c", _MOVE, "sh", conn.path(staging), conn.path(dest), *(os.fsdecode(n) for n in names)]
+    done = conn.run(argv, timeout=600)
+    if done.rc != 0:
+        raise CommandFailed(argv[:5], done.rc, done.err)
+    return [n for n in done.stdout.split(b"\0") if n]
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -693,7 +725,7 @@ def _reap_group(pgid: int, wait_s: float = 5.0) -> None:
         time.sleep(0.1)
 
 
-def fs_paths(base: Path, names: Iterable[bytes]) -> list[str]:
+def fs_paths(base: str, names: Iterable[bytes]) -> list[str]:
     """base/name for raw names, as str for argv (os.fsdecode: odd bytes survive the round trip)."""
     root = os.fsencode(base)
     return [os.fsdecode(os.path.join(root, n)) for n in names]

@@ -1,10 +1,11 @@
 """A fast, byte-exact listing of directory trees (type, size, owner, links, inode, link target per entry).
 
-Built on `find -printf` with NUL separators: C speed, and every file name comes back as the exact
-bytes on disk, newlines and non-UTF-8 bytes (old Latin-1 names) included. A tree is listed by its
-top-level entries (the domains), split over a few find processes that run side by side (on a tree of
-120,000 entries two processes take half the wall time of one, while Python threads walking with
-os.scandir gain nothing: the GIL), and each output is parsed while its find still runs. The
+Built on `find -printf` with NUL separators, run where the tree is (through its connection: the
+target, or the backup on whichever machine holds it): C speed, one command per share of a tree
+instead of a round trip per file, and every file name comes back as the exact bytes on disk,
+newlines and non-UTF-8 bytes (old Latin-1 names) included. A tree is listed by its top-level entries
+(the domains), split over a few find processes that run side by side (on a tree of 120,000 entries
+two processes take half the wall time of one), and each output is parsed while it streams in. The
 user-data step lists the backup once and takes everything from that listing: the checks before
 copying, the plan, the owners to fix and the reference for the verification.
 Read-only: this is a fact, not an action.
@@ -14,15 +15,13 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
+from ispcp_lib.core.connection import Connection, LocalConnection, RootedView
 from ispcp_lib.core.errors import InputError
 
 WORKERS = 2 if (os.cpu_count() or 1) > 1 else 1
@@ -31,15 +30,8 @@ ARGV_BYTES = 512 * 1024  # start points per find process, well below the kernel'
 # setuid, setgid and sticky); then the path and the link target.
 _FORMAT = "%y/%s/%U/%G/%n/%D/%i/%m\\0%p\\0%l\\0"
 _KINDS = {k.encode(): k for k in "fdlpsbcD"}
-_KIND_OF_MODE = {
-    stat.S_IFREG: "f",
-    stat.S_IFDIR: "d",
-    stat.S_IFLNK: "l",
-    stat.S_IFIFO: "p",
-    stat.S_IFSOCK: "s",
-    stat.S_IFBLK: "b",
-    stat.S_IFCHR: "c",
-}
+# $1 the tree's root, $2 the format, then the start points (./name) relative to the root.
+_FIND = 'cd "$1" || exit 2; f=$2; shift 2; exec find -P "$@" -printf "$f"'
 
 
 class Entry(NamedTuple):
@@ -55,47 +47,30 @@ class Entry(NamedTuple):
     mode: int = 0  # permission bits, setuid/setgid/sticky included
 
 
-def root_entry(root: Path) -> Entry:
-    """The tree's own directory, as an Entry with rel b""."""
-    st = os.lstat(root)
-    link = os.readlink(os.fsencode(root)) if stat.S_ISLNK(st.st_mode) else b""
-    return Entry(
-        _KIND_OF_MODE.get(stat.S_IFMT(st.st_mode), "?"),
-        st.st_size,
-        st.st_uid,
-        st.st_gid,
-        st.st_nlink,
-        st.st_dev,
-        st.st_ino,
-        b"",
-        link,
-        stat.S_IMODE(st.st_mode),
-    )
+def root_entry(conn: Connection, root: str) -> Entry:
+    """The tree's own directory (root, a path of conn), as an Entry with rel b"" (lstat semantics)."""
+    argv = ["find", "-P", conn.path(root), "-maxdepth", "0", "-printf", _FORMAT]
+    done = conn.run(argv, timeout=600)
+    entries = parse(done.stdout)
+    if done.rc != 0 or len(entries) != 1:
+        raise InputError("directory listing", f"cannot read the folder itself: {done.err.strip()}", path=root)
+    return entries[0]._replace(rel=b"")
 
 
-def top_names(root: Path) -> list[bytes]:
-    """The names directly under root (raw bytes), sorted; [] when root does not exist."""
-    try:
-        return sorted(os.listdir(os.fsencode(root)))
-    except FileNotFoundError:
-        return []
-
-
-def scan(root: Path, workers: int = WORKERS) -> list[Entry]:
-    """Every entry under root (root included), never following a symlink."""
-    return [root_entry(root), *scan_tops(root, top_names(root), workers=workers)]
-
-
-def scan_tops(root: Path, names: Sequence[bytes], *, workers: int = WORKERS) -> list[Entry]:
-    """Every entry under root/<name> for each of names (the named entries included), relative to root."""
-    return [e for entries in scan_many([(root, names)], workers=workers)[0].values() for e in entries]
+def top_names(conn: Connection, root: str) -> list[bytes]:
+    """The names directly under root (raw bytes), sorted; [] when root is no directory."""
+    return sorted(os.fsencode(name) for name in conn.listdir(root) or [])
 
 
 Groups = dict[bytes, list[Entry]]
 
 
-def scan_many(requests: Sequence[tuple[Path, Sequence[bytes]]], *, workers: int = WORKERS) -> list[Groups]:
+def scan_many(
+    conn: Connection, requests: Sequence[tuple[str, Sequence[bytes]]], *, workers: int = WORKERS
+) -> list[Groups]:
     """For each (root, names): {name: the entries under root/<name>, that entry first}, paths relative to root.
+
+    The roots are paths of conn (the target, or the backup's RootedView).
 
     The names of every root are dealt out to `workers` find processes per root (more if an argument
     list would be too long), all run from one pool; each lists its share from inside its root, so the
@@ -108,10 +83,10 @@ def scan_many(requests: Sequence[tuple[Path, Sequence[bytes]]], *, workers: int 
     out: list[Groups] = [{} for _ in requests]
     parts: list[list[Entry]] = []
     if len(tasks) == 1:
-        parts = [_find(tasks[0][1], tasks[0][2])]
+        parts = [_find(conn, tasks[0][1], tasks[0][2])]
     elif tasks:
         with ThreadPoolExecutor(min(workers, len(tasks))) as pool:
-            parts = list(pool.map(lambda task: _find(task[1], task[2]), tasks))
+            parts = list(pool.map(lambda task: _find(conn, task[1], task[2]), tasks))
     for (i, _root, _chunk), entries in zip(tasks, parts):
         groups = out[i]
         bucket: list[Entry] = []
@@ -136,15 +111,13 @@ def _chunks(names: list[bytes], workers: int) -> list[list[bytes]]:
     return out
 
 
-def _find(root: Path, names: list[bytes]) -> list[Entry]:
-    """One find over root/<names>, its output parsed while it still runs (the parsing overlaps the walk)."""
+def _find(conn: Connection, root: str, names: list[bytes]) -> list[Entry]:
+    """One find over root/<names> where the tree is, its output parsed while it streams in."""
     # "./name": a name that starts with "-" or "(" is never taken for an option or an expression.
-    argv = [b"find", b"-P", *(b"./" + n for n in names), b"-printf", _FORMAT.encode()]
+    argv = ["sh", "-c", _FIND, "sh", conn.path(root), _FORMAT, *(os.fsdecode(b"./" + n) for n in names)]
     entries: list[Entry] = []
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            argv, cwd=os.fsencode(root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
-        )
+        proc = conn.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         assert proc.stdout is not None
         with proc.stdout:
             rest = b""
@@ -159,7 +132,7 @@ def _find(root: Path, names: list[bytes]) -> list[Entry]:
                 "directory listing",
                 f"find could not read the whole tree: {err.read().decode('utf-8', 'replace').strip()[-500:]}",
                 "check that the tree is readable (permissions, I/O errors in the kernel log)",
-                path=str(root),
+                path=root,
             )
     return entries
 
@@ -201,66 +174,6 @@ def show(rel: bytes) -> str:
     """A path for messages: newlines and other control or non-UTF-8 bytes escaped, never raw."""
     text = rel.decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text) or "."
-
-
-@dataclass
-class Totals:
-    files: int = 0
-    bytes: int = 0
-    dirs: int = 0
-    links: int = 0
-    other: int = 0
-
-    @property
-    def entries(self) -> int:
-        return self.files + self.dirs + self.links + self.other
-
-    def add(self, e: Entry) -> None:
-        if e.kind == "f":
-            self.files += 1
-            self.bytes += e.size
-        elif e.kind == "d":
-            self.dirs += 1
-        elif e.kind == "l":
-            self.links += 1
-        else:
-            self.other += 1
-
-
-def group_key(e: Entry) -> bytes:
-    """The raw name of the domain an entry belongs to; b"" for the root and loose top-level entries."""
-    head, sep, _ = e.rel.partition(b"/")
-    return head if sep or e.kind == "d" else b""
-
-
-def group_of(e: Entry) -> str:
-    """The domain an entry belongs to: its first path component if that is a directory, else "(top)"."""
-    key = group_key(e)
-    return show(key) if key else "(top)"
-
-
-def by_group(entries: Iterable[Entry]) -> dict[bytes, list[Entry]]:
-    """Entries per domain (raw name; b"" for the root and loose top-level entries)."""
-    out: dict[bytes, list[Entry]] = {}
-    for e in entries:
-        key = group_key(e)
-        bucket = out.get(key)
-        if bucket is None:
-            bucket = out[key] = []
-        bucket.append(e)
-    return out
-
-
-def totals(entries: Iterable[Entry]) -> Totals:
-    t = Totals()
-    for e in entries:
-        t.add(e)
-    return t
-
-
-def per_top(entries: Iterable[Entry]) -> dict[str, Totals]:
-    """Totals per domain (first path component); the root and loose top-level entries count as "(top)"."""
-    return {(show(k) if k else "(top)"): totals(v) for k, v in by_group(entries).items()}
 
 
 def with_newlines(entries: Iterable[Entry]) -> Iterator[Entry]:
@@ -314,16 +227,21 @@ def linked_groups(groups: Groups) -> list[set[bytes]]:
     return list(merged.values())
 
 
-def holds_xattrs(root: Path, entries: Iterable[Entry]) -> bool:
-    """Does any entry carry extended attributes or a POSIX ACL?"""
-    return any(xattr_kinds(root, entries))
+def local_path(conn: Connection, path: str) -> str | None:
+    """path as this machine sees it when conn reaches a tree on this machine; None when it is elsewhere."""
+    inner = conn.inner if isinstance(conn, RootedView) else conn
+    return conn.path(path) if isinstance(inner, LocalConnection) else None
 
 
-def xattr_kinds(root: Path, entries: Iterable[Entry]) -> tuple[bool, bool]:
+def xattr_kinds(conn: Connection, root: str, entries: Iterable[Entry]) -> tuple[bool, bool]:
     """(any POSIX ACL, any other extended attribute) among entries: one listxattr each, stopping once both
     are found. ACLs are stored as the system.posix_acl_access/_default attributes. A filesystem without
-    xattr support holds neither."""
-    base = os.fsencode(root)
+    xattr support holds neither. A tree on another machine is not probed (the target has no tool for it
+    that the tool may rely on): (True, True), so nothing is left out."""
+    here = local_path(conn, root)
+    if here is None:
+        return True, True
+    base = os.fsencode(here)
     acls = others = False
     listxattr = os.listxattr
     for e in entries:

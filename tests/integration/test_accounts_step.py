@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ispcp_lib.core.fileops import fingerprint_diff
 from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import accounts
-from ispcp_lib.system.accounts_files import pwd_lock
+from ispcp_lib.system import account_install
 
 FILES = ("passwd", "shadow", "group", "gshadow")
 
@@ -143,30 +144,54 @@ def test_non_utf8_bytes_are_refused(stopped_world: World) -> None:
     assert fingerprint_diff(before, stable_fingerprint(world)) == []
 
 
-def _hold_lock(etc: str, ready, release) -> None:
-    with pwd_lock(etc):
-        ready.set()
-        release.wait(30)
+HOLD_LCKPWDF = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_EX)  # glibc's lckpwdf(), as passwd or useradd on the server take it
+print("locked", flush=True)
+sys.stdin.read()
+"""
 
 
 def test_waits_for_the_shadow_utils_lock(stopped_world: World) -> None:
     world = stopped_world
-    ready, release = multiprocessing.Event(), multiprocessing.Event()
-    holder = multiprocessing.Process(target=_hold_lock, args=(str(world.target_root / "etc"), ready, release))
-    holder.start()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LCKPWDF, str(world.target_root / "etc/.pwd.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
-        assert ready.wait(10)
+        assert holder.stdout.readline().strip() == b"locked"
         before = {n: (world.target_root / "etc" / n).read_bytes() for n in FILES}
         started = time.monotonic()
         with pytest.raises(StepFailed) as info:
             accounts.run(ctx_for(world, apply=True, accounts_lock_timeout=1))
         assert time.monotonic() - started >= 1
-        assert "still locked" in info.value.result.errors[0]
+        assert "still locked" in info.value.result.errors[0] and f"PID {holder.pid}" in info.value.result.errors[0]
         assert before == {n: (world.target_root / "etc" / n).read_bytes() for n in FILES}
     finally:
-        release.set()
-        holder.join(10)
+        holder.communicate(b"", timeout=30)
     done = accounts.run(ctx_for(world, apply=True))
     assert done.status == "done"
     records = [json.loads(x) for x in (world.state_dir / "journal.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records if r["name"] == "accounts"] == ["failed", "done"]
+
+
+def test_a_change_made_meanwhile_is_merged_not_lost(stopped_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A useradd on the server between reading and locking: the step plans again and keeps its entry."""
+    world = stopped_world
+    passwd = world.target_root / "etc/passwd"
+    real_install = account_install.install
+    calls: list[int] = []
+
+    def useradd_first(*args, **kwargs):
+        if not calls:
+            passwd.write_text(passwd.read_text() + "late:x:3000:100::/:/bin/false\n")
+        calls.append(1)
+        return real_install(*args, **kwargs)
+
+    monkeypatch.setattr(account_install, "install", useradd_first)
+    done = accounts.run(ctx_for(world, apply=True))
+    assert done.status == "done" and len(calls) == 2
+    merged = lines(world.target_root, "passwd")
+    assert merged["late"] == "late:x:3000:100::/:/bin/false" and "vu2001" in merged

@@ -328,3 +328,22 @@ def test_missing_tree_in_the_backup_is_a_warning(stopped_world: World) -> None:
     done = user_data.run(ctx_for(world, apply=True))
     assert done.status == "done" and any("no mail tree" in w for w in done.warnings)
     assert not any((world.target_root / MAIL).iterdir())
+
+
+def test_a_server_with_rsync_before_3_1_still_gets_the_mailbox_owner(
+    stopped_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lenny and Squeeze ship rsync 3.0 (no --chown, no --info=progress2): owners are set after the copy."""
+    world = stopped_world
+    box = world.backup_root / MAIL / "example-001.test"
+    subprocess.run(["chown", "-R", "0:0", str(box)], check=True)
+    extra = world.target_root / MAIL / "example-002.test/info/new/1.new-server"
+    extra.parent.mkdir(parents=True)
+    extra.write_text("x\n")
+    monkeypatch.setattr(rsync_copy, "rsync_version", lambda conn: (3, 0))
+    done = user_data.run(ctx_for(world, apply=True, user_data_bwlimit=100000))  # every domain through rsync
+    rsyncs = [c.argv for c in done.commands if c.argv[0] == "rsync"]
+    assert rsyncs and not any(a == "--info=progress2" or a.startswith("--chown") for argv in rsyncs for a in argv)
+    assert set(owners(world.target_root / MAIL).values()) == {VMAIL}
+    assert fingerprint(world.target_root / WWW) == fingerprint(world.backup_root / WWW)
+    assert user_data.run(ctx_for(world, apply=True)).status == "noop"

@@ -1,28 +1,26 @@
-"""accounts_db: strict parsing, selection, merge planning and the shadow-utils lock."""
+"""accounts_files and account_install: strict parsing, selection, merge planning, and the write under
+shadow-utils' locks on the target."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-from ispcp_lib.core.errors import InputError, PreconditionFailed  # noqa: E402
-from ispcp_lib.system.accounts_files import (  # noqa: E402
-    AccountFiles,
-    parse,
-    plan_merge,
-    pwd_lock,
-    select_entries,
-)
+from ispcp_lib.core.connection import LocalConnection
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.system import account_install
+from ispcp_lib.system.account_install import FilesChanged, NewFile
+from ispcp_lib.system.accounts_files import AccountFiles, parse, plan_merge, select_entries
 
 H_ROOT_OLD = "$6$oldrootsalt0000$" + "R" * 86
 H_ROOT_NEW = "$6$newrootsalt0000$" + "N" * 86
@@ -462,27 +460,24 @@ def test_twenty_thousand_accounts_merge():
     assert plan.ok and out["passwd"].count(b"\n") == 3 + 1 + n
 
 
-# ---------------------------------------------------------------------------------------------- locking
+# ------------------------------------------------------------------------------- lock-and-write on the target
 
-CHILD = """
-import sys
-from ispcp_lib.system.accounts_files import pwd_lock
-from ispcp_lib.core.errors import PreconditionFailed
-try:
-    with pwd_lock(sys.argv[1], timeout=float(sys.argv[2])):
-        print("locked")
-except PreconditionFailed as exc:
-    print("PreconditionFailed:", exc)
+LOCKF_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_EX)  # what glibc's lckpwdf() takes
+print("locked", flush=True)
+sys.stdin.read()
 """
-
-
-def child(code: str, *args: str) -> tuple[str, float]:
-    start = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    return done.stdout.strip(), time.monotonic() - start
+LOCKF_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("free")
+except OSError:
+    print("held")
+"""
 
 
 def make_root(tmp_path: Path) -> Path:
@@ -490,139 +485,167 @@ def make_root(tmp_path: Path) -> Path:
     etc.mkdir(parents=True)
     for name in ("passwd", "shadow", "group", "gshadow"):
         (etc / name).write_text(TARGET[name])
+    os.chmod(etc / "shadow", 0o640)
     return etc
 
 
-def test_second_process_times_out_then_succeeds(tmp_path):
-    etc = make_root(tmp_path)
-    with pwd_lock(etc) as lock:
-        out, took = child(CHILD, str(etc), "0.5")
-        assert out.startswith(f"PreconditionFailed: account files lock ({lock}): still locked after 0.5 s")
-        assert "useradd" in out and "Fix: " in out
-        assert 0.4 < took < 10
-    out, _ = child(CHILD, str(etc), "0.5")
-    assert out == "locked"
+def target_of(etc: Path) -> tuple[LocalConnection, Runner]:
+    conn = LocalConnection(etc.parent)
+    return conn, Runner(apply=True, connection=conn)
 
 
-def test_lock_is_lckpwdf_compatible_and_cleans_up(tmp_path):
-    etc = make_root(tmp_path)
-    probe = (
-        "import fcntl, os, sys\n"
-        "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
-        "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\n"
-        "except OSError:\n    print('held')\n"
+def base_of(etc: Path) -> dict[str, bytes | None]:
+    return {name: (etc / name).read_bytes() for name in ("passwd", "shadow", "group", "gshadow")}
+
+
+def new_files(etc: Path) -> list[NewFile]:
+    new = merge(target=files(TARGET)).new.render()
+    return [
+        NewFile(name, new[name], stat.S_IMODE((etc / name).stat().st_mode), 0, 0)
+        for name in ("passwd", "shadow", "group", "gshadow")
+    ]
+
+
+def install(etc: Path, timeout: float = 0.5, base: dict | None = None) -> None:
+    conn, runner = target_of(etc)
+    account_install.install(runner, conn, "/etc", base or base_of(etc), new_files(etc), timeout)
+
+
+@contextmanager
+def holding_lockf(etc: Path) -> Iterator[subprocess.Popen]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCKF_HOLDER, str(etc / ".pwd.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
-    with pwd_lock(etc) as lock:
-        assert lock == etc / ".pwd.lock"
-        assert stat.S_IMODE(lock.stat().st_mode) == 0o600
-        assert child(probe, str(lock))[0] == "held"
-        for name in ("passwd", "group", "gshadow", "shadow"):
-            assert (etc / f"{name}.lock").read_text() == str(os.getpid())
-    assert child(probe, str(lock))[0] == "free"
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        yield holder
+    finally:
+        holder.communicate(b"", timeout=30)
+
+
+def test_all_four_files_are_written_with_their_modes_and_no_lock_is_left(tmp_path):
+    etc = make_root(tmp_path)
+    install(etc)
+    for f in new_files(etc):
+        assert (etc / f.name).read_bytes() == f.data
+    assert stat.S_IMODE((etc / "shadow").stat().st_mode) == 0o640
+    assert b"vu2001" in (etc / "shadow").read_bytes()
     assert sorted(p.name for p in etc.iterdir()) == [".pwd.lock", "group", "gshadow", "passwd", "shadow"]
 
 
-def test_lock_held_by_another_process_raises_here(tmp_path):
+def test_the_lckpwdf_lock_of_another_process_is_waited_for_then_reported(tmp_path):
     etc = make_root(tmp_path)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            CHILD.replace('print("locked")', 'print("locked", flush=True); sys.stdin.read()'),
-            str(etc),
-            "5",
-        ],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    before = base_of(etc)
+    with holding_lockf(etc) as holder:
+        start = time.monotonic()
+        with pytest.raises(PreconditionFailed, match=f"still locked after 0.5 s \\(held by PID {holder.pid}\\)"):
+            install(etc)
+        assert time.monotonic() - start >= 0.5
+        assert base_of(etc) == before
+    install(etc)
+    assert base_of(etc) != before
+
+
+def test_a_link_lock_of_a_live_process_is_waited_for_a_stale_one_removed(tmp_path):
+    etc = make_root(tmp_path)
+    live = subprocess.Popen(["sleep", "30"])
     try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(PreconditionFailed, match="still locked after 0.3 s"):
-            with pwd_lock(etc, timeout=0.3):
-                pass
+        (etc / "group.lock").write_text(str(live.pid))
+        with pytest.raises(PreconditionFailed, match=f"held by PID {live.pid}"):
+            install(etc, timeout=0.3)
+        assert (etc / "group.lock").read_text() == str(live.pid)  # someone else's lock is never taken away
+        assert not (etc / "passwd.lock").exists()  # what was taken before the failure is released
     finally:
-        holder.communicate("", timeout=30)
-    with pwd_lock(etc, timeout=0.3):
-        pass
+        live.kill()
+        live.wait()
+    install(etc, timeout=1)  # now stale: its process is gone
+    assert not (etc / "group.lock").exists()
 
 
-def test_stale_lock_file_of_a_dead_process_is_removed(tmp_path):
+def test_a_lock_file_without_pid_fails_at_once(tmp_path):
     etc = make_root(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (etc / "passwd.lock").write_text(str(dead.pid))
-    with pwd_lock(etc, timeout=1):
-        assert (etc / "passwd.lock").read_text() == str(os.getpid())
-    assert not (etc / "passwd.lock").exists()
-
-
-def test_lock_file_without_pid_fails_at_once(tmp_path):
-    etc = make_root(tmp_path)
-    (etc / "group.lock").write_text("garbage")
+    (etc / "gshadow.lock").write_text("garbage")
     start = time.monotonic()
     with pytest.raises(PreconditionFailed, match="holds no valid PID"):
-        with pwd_lock(etc, timeout=10):
-            pass
+        install(etc, timeout=10)
     assert time.monotonic() - start < 5
-    assert not (etc / "passwd.lock").exists()  # what was taken before the failure is released
+    assert not (etc / "passwd.lock").exists() and not (etc / "group.lock").exists()
 
 
-def test_nested_lock_in_one_process_is_refused(tmp_path):
+def test_files_changed_since_reading_are_not_overwritten(tmp_path):
     etc = make_root(tmp_path)
-    with pwd_lock(etc):
-        with pytest.raises(PreconditionFailed, match="already held by this process"):
-            with pwd_lock(etc, timeout=5):
-                pass
+    base = base_of(etc)
+    with open(etc / "passwd", "a") as fh:
+        fh.write("late:x:3000:3000::/:/bin/false\n")  # a useradd between reading and locking
+    changed = base_of(etc)
+    with pytest.raises(FilesChanged):
+        install(etc, base=base)
+    assert base_of(etc) == changed
+    assert sorted(p.name for p in etc.iterdir()) == [".pwd.lock", "group", "gshadow", "passwd", "shadow"]
 
 
-def test_missing_etc_dir(tmp_path):
-    with pytest.raises(PreconditionFailed, match="cannot create the lock file"):
-        with pwd_lock(tmp_path / "nope"):
-            pass
+def test_the_locks_are_shadow_utils_own_while_the_write_waits(tmp_path):
+    """While the command holds its locks (its input not sent yet), lckpwdf() and <file>.lock are ours."""
+    etc = make_root(tmp_path)
+    conn, _runner = target_of(etc)
+    files = new_files(etc)
+    argv = account_install.install_argv(conn, "/etc", base_of(etc), files, 5)
+    proc = conn.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not (etc / "shadow.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        probe = subprocess.run([sys.executable, "-c", LOCKF_PROBE, str(etc / ".pwd.lock")], capture_output=True)
+        assert probe.stdout.strip() == b"held"
+        for name in ("passwd", "group", "gshadow", "shadow"):
+            assert (etc / f"{name}.lock").read_text() == str(proc.pid)  # one PID (perl exec'd sh), no newline
+    finally:
+        out, err = proc.communicate(account_install.tar_stream(files), timeout=30)
+    assert proc.returncode == 0, err
+    probe = subprocess.run([sys.executable, "-c", LOCKF_PROBE, str(etc / ".pwd.lock")], capture_output=True)
+    assert probe.stdout.strip() == b"free"
 
 
 USERADD = Path("/usr/sbin/useradd")
 needs_useradd = pytest.mark.skipif(not USERADD.exists() or os.geteuid() != 0, reason="needs /usr/sbin/useradd and root")
 
 
-def useradd_blocks(etc: Path, argv: list[str]) -> None:
+def useradd_waits(etc: Path, argv: list[str]) -> None:
     shutil.copy("/etc/login.defs", etc / "login.defs")
-    with pwd_lock(etc):
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(2.5)
-        assert proc.poll() is None, "useradd did not wait for our lock"
-        assert "vu2001" not in (etc / "passwd").read_text()
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    assert "\nvu2001:x:" in (etc / "passwd").read_text()
+    conn, _runner = target_of(etc)
+    files = new_files(etc)
+    ours = conn.popen(
+        account_install.install_argv(conn, "/etc", base_of(etc), files, 5),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while not (etc / "shadow.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    theirs = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(2.5)
+    assert theirs.poll() is None, "useradd did not wait for our lock"
+    _out, err = ours.communicate(account_install.tar_stream(files), timeout=30)
+    assert ours.returncode == 0, err
+    out, _ = theirs.communicate(timeout=30)
+    assert theirs.returncode == 0, out
+    passwd = (etc / "passwd").read_text()
+    assert "\nvu2001:x:2001:" in passwd and "\nnewuser:x:" in passwd  # both writes, neither lost
 
 
 @needs_useradd
 def test_useradd_prefix_waits_for_the_lock(tmp_path):
     # shadow-utils with --prefix only honours the <file>.lock link locks, not .pwd.lock.
     etc = make_root(tmp_path)
-    useradd_blocks(etc, [str(USERADD), "--prefix", str(etc.parent), "-M", "vu2001"])
+    useradd_waits(etc, [str(USERADD), "--prefix", str(etc.parent), "-M", "newuser"])
 
 
 @needs_useradd
 def test_useradd_root_waits_for_the_lock(tmp_path):
     # --root chroots and calls glibc lckpwdf(): the fcntl lock on <root>/etc/.pwd.lock.
     etc = make_root(tmp_path)
-    useradd_blocks(etc, [str(USERADD), "--root", str(etc.parent), "-M", "vu2001"])
-
-
-def test_lockf_probe_sanity(tmp_path):
-    # The probe above relies on fcntl locks being per process: the same process may relock.
-    path = tmp_path / "f"
-    path.touch()
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
+    useradd_waits(etc, [str(USERADD), "--root", str(etc.parent), "-M", "newuser"])
 
 
 def test_prefix_selects_only_prefix_plus_digits():
