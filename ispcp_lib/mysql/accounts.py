@@ -16,11 +16,12 @@ import pandas as pd
 import pymysql
 
 from ispcp_lib.core.context import Context
-from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_login, mysql_creds
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.mysql import dumps
+from ispcp_lib.mysql.dialect import FLUSH_PRIVILEGES, Dialect, Statement
 
 MAINT_USER = "debian-sys-maint"
 # mysql_maintainer's saved root login, in the state directory.
@@ -186,8 +187,7 @@ def grantless_session(ctx: Context) -> Iterator[Any]:
         ctx.mysql.restart(list(GRANTLESS_ARGS))
         conn = ctx.mysql.connect("root", None)
         try:
-            with conn.cursor() as cur:
-                cur.execute("FLUSH PRIVILEGES")  # loads the grant tables, so account statements work
+            _execute(conn, FLUSH_PRIVILEGES).close()  # loads the grant tables, so account statements work
             yield conn
         finally:
             conn.close()
@@ -197,30 +197,47 @@ def grantless_session(ctx: Context) -> Iterator[Any]:
         ctx.mysql.start()
 
 
-def local_hosts(conn: Any, user: str) -> list[str]:
+def dialect(ctx: Context) -> Dialect:
+    """The running server's SQL dialect (statements chosen by its version)."""
+    version = ctx.mysql.version()
+    if version is None:
+        raise PreconditionFailed("MySQL server", "does not answer, so its version is unknown", "start MySQL")
+    return Dialect.for_version(version)
+
+
+def _execute(conn: Any, statement: Statement) -> Any:
+    cur = conn.cursor()
+    cur.execute(statement[0], statement[1] or None)
+    return cur
+
+
+def local_hosts(conn: Any, sql: Dialect, user: str) -> list[str]:
     """The hosts of `user`'s local accounts (localhost, 127.0.0.1, ::1)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (user,))
+    with _execute(conn, sql.user_hosts(user)) as cur:
         return [str(r[0]) for r in cur.fetchall() if str(r[0]) in LOCAL_HOSTS]
 
 
-def set_password(conn: Any, user: str, password: str, create_admin: bool, hosts: list[str] | None = None) -> list[str]:
+def set_password(
+    conn: Any, sql: Dialect, user: str, password: str, create_admin: bool, hosts: list[str] | None = None
+) -> list[str]:
     """New password for every local account of `user`; creates it (all privileges) when absent and asked to.
 
-    Returns the hosts changed. The statement carries the password as a bound parameter, never in a log.
-    hosts: the local hosts, when the caller looked them up already.
+    Returns the hosts changed. The statements carry the password as a bound parameter, never in a log.
+    hosts: the local hosts, when the caller looked them up already. Statements from the server's dialect.
     """
-    hosts = local_hosts(conn, user) if hosts is None else hosts
-    with conn.cursor() as cur:
-        if not hosts:
-            if not create_admin:
-                return []
-            cur.execute("CREATE USER %s@'localhost' IDENTIFIED BY %s", (user, password))
-            cur.execute("GRANT ALL PRIVILEGES ON *.* TO %s@'localhost' WITH GRANT OPTION", (user,))
-            return ["localhost (created)"]
-        for host in hosts:
-            cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
-        cur.execute("FLUSH PRIVILEGES")
+    hosts = local_hosts(conn, sql, user) if hosts is None else hosts
+    if not hosts:
+        if not create_admin:
+            return []
+        for statement in sql.create_user_statements(
+            user, "localhost", password, ["ALL PRIVILEGES ON *.*"], grant_option=True
+        ):
+            _execute(conn, statement).close()
+        return ["localhost (created)"]
+    for host in hosts:
+        for statement in sql.set_password_statements(user, host, password):
+            _execute(conn, statement).close()
+    _execute(conn, FLUSH_PRIVILEGES).close()
     return hosts
 
 
@@ -241,6 +258,7 @@ def lost_logins(ctx: Context, logins: list[Login]) -> list[Login]:
 def reset_passwords(ctx: Context, logins: list[Login]) -> list[str]:
     """Give each login its password again in a grant-less session; returns the users still refused after."""
     with grantless_session(ctx) as conn:
+        sql = dialect(ctx)
         for login in logins:
-            set_password(conn, login.user, login.password, create_admin=login.user == MAINT_USER)
+            set_password(conn, sql, login.user, login.password, create_admin=login.user == MAINT_USER)
     return [lg.user for lg in lost_logins(ctx, logins)]

@@ -155,7 +155,6 @@ def stage_from_backup(
     else:
         ctx.copy_from_backup(f"{src}/", f"{staged}/", what=f"copy {src} of the backup to {staged} (rsync)")
     if leave_out:
-        result.change(f"leave the backup's {', '.join(leave_out)} out of the staged {posixpath.basename(staged)}")
         gone = [ctx.target.path(join(staged, f"{n}{suffix}")) for n in leave_out for suffix in _TABLE_FILES]
         ctx.runner.run(["rm", "-f", "--", *gone], mutates=True)
     if files is not None:

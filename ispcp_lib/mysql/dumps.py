@@ -410,6 +410,8 @@ def defaults_file(conn: Connection, login: Login, socket: str, write: bool = Tru
     if not write:
         yield "/tmp/.ispcp-recovery.XXXXXXXX"
         return
+    if not conn.is_dir("/tmp"):
+        conn.mkdir("/tmp", 0o1777)  # a bare tree (the sandbox's) may lack it; every real system has it
     with conn.private_file(defaults_text(login, socket)) as path:
         yield path
 

@@ -98,10 +98,10 @@ def choose(ctx: Context, result: Result, conf: object, db_name: str, datadir: st
 
 
 def _present(ctx: Context, folder: str) -> bool:
-    """A database folder in the backup (a symlink to one counts: it is refused by name later)."""
+    """A database folder in the backup (a symlink in its place counts: it is refused by name later)."""
     assert ctx.backup is not None
     st = ctx.backup.stat(folder)
-    return st is not None and (st.is_dir or (st.is_link and ctx.backup.is_dir(folder + "/.")))
+    return st is not None and (st.is_dir or st.is_link)
 
 
 def _choose_ispcp(ctx: Context, result: Result, conf: object, db_name: str, datadir: str, mode: Mode) -> Source:

@@ -308,6 +308,8 @@ def _stage_and_check(
         for src in binary:
             assert src.folder is not None
             staged = datadir.join(layout.staging, src.database)
+            if src.skipped:
+                result.change(f"leave the backup's system InnoDB tables behind: {', '.join(src.skipped)}")
             datadir.stage_from_backup(ctx, result, src.folder, staged, owner, src.files, src.skipped)
         if pending is not None:
             verdicts = pending.wait()

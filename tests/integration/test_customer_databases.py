@@ -19,11 +19,10 @@ from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts.mysql_creds import read_debian_cnf
 from ispcp_lib.mysql import customer_dbs as cdb
 from ispcp_lib.sandbox.world import World, build_world, stable_fingerprint
 from ispcp_lib.steps import customer_databases, mysql_maintainer, mysql_restore
-from tests.helpers import assert_no_secret, ctx_for, fetch, restore_databases, running_clone
+from tests.helpers import assert_no_secret, ctx_for, fetch, read_cnf, restore_databases, running_clone
 
 SHOP, BLOG = "example001_shop", "example002_blog"
 ROWS = {(SHOP, "products"): 20, (SHOP, "orders"): 50, (BLOG, "posts"): 10, (BLOG, "comments"): 30}
@@ -295,7 +294,7 @@ def test_whole_datadir_restore_keeps_the_maintainer_login(full: World) -> None:
     # grants; the swap brings back the old grants, so this step must set it again.
     (world.backup_root / "etc/mysql/debian.cnf").unlink()
     guide_restore(world)
-    cnf = read_debian_cnf(world.target_root / "etc/mysql/debian.cnf")
+    cnf = read_cnf(world.target_root / "etc/mysql/debian.cnf")
     assert cnf is not None and world.target_mysql().can_login(cnf.user, cnf.password) is None
 
     before = stable_fingerprint(world)
