@@ -211,6 +211,7 @@ class DatabaseFiles:
     path: str  # the folder, as its own side sees it
     tables: dict[str, TableFiles]
     stray: list[str] = field(default_factory=list)  # leftover temp files (#sql-*) and unknown files
+    size: int = 0  # bytes of its regular files
 
     def innodb(self) -> list[str]:
         return sorted(n for n, t in self.tables.items() if t.engine == "InnoDB")
@@ -340,7 +341,8 @@ def database_files(path: str, entries: dict[str, FileEntry], heads: dict[str, by
             if table.frm_engine is None:
                 table.problems.append(".frm is not a table definition (damaged or truncated)")
         _check_parts(table, entries, heads)
-    return DatabaseFiles(path, tables, stray)
+    size = sum(e.size for e in entries.values() if e.kind == "f")
+    return DatabaseFiles(path, tables, stray, size)
 
 
 def _check_parts(table: TableFiles, entries: dict[str, FileEntry], heads: dict[str, bytes]) -> None:

@@ -36,8 +36,8 @@ def live_datadir(ctx: Context) -> str:
     return ctx.logical_path(ctx.mysql.datadir)
 
 
-def join(folder: str, name: str) -> str:
-    return posixpath.join(folder, name)
+def join(folder: str, *names: str) -> str:
+    return posixpath.join(folder, *names)
 
 
 @dataclass
