@@ -137,23 +137,26 @@ def stage_from_backup(
     owner: tuple[int, int],
     files: mysql_state.DatabaseFiles | None = None,
     leave_out: Sequence[str] = (),
+    what: str = "",
 ) -> None:
     """Copy a database folder of the backup (its contents) to `staged` on the target, ready to be renamed in.
 
     `cp -a` on the target when it sees the backup (every byte, mode and time; reflinks where the
-    filesystem has them), else an rsync from the machine that holds the backup. leave_out: tables
+    filesystem has them), else an rsync from the machine that holds the backup (what: how the plan names
+    the copy). leave_out: tables
     (file stems) not to keep in the staged copy. Aria tables that MariaDB could not adopt as they are
     get rebuilt (files: the folder's scan), then everything is given to the target's mysql user.
     The one staging of mysql_restore and customer_databases.
     """
     make_dir(ctx, posixpath.dirname(staged))
     seen = _backup_on_target(ctx, src)
+    what = what or f"copy {src} of the backup to {staged}"
     if seen is not None:
-        result.change(f"copy {src} of the backup to {staged} (cp -a)")
+        result.change(f"{what} (cp -a)")
         argv = ["cp", "-a", "--reflink=auto", "--", f"{seen}/.", ctx.target.path(staged)]
         ctx.runner.run(argv, mutates=True, timeout=14400)
     else:
-        ctx.copy_from_backup(f"{src}/", f"{staged}/", what=f"copy {src} of the backup to {staged} (rsync)")
+        ctx.copy_from_backup(f"{src}/", f"{staged}/", what=f"{what} (rsync)")
     if leave_out:
         gone = [ctx.target.path(join(staged, f"{n}{suffix}")) for n in leave_out for suffix in _TABLE_FILES]
         ctx.runner.run(["rm", "-f", "--", *gone], mutates=True)

@@ -91,7 +91,8 @@ def swap(
     staged = datadir.join(layout.staging, "datadir")
     kept = datadir.join(layout.kept, "datadir")
     carried = accounts.carried_logins(ctx)
-    datadir.stage_from_backup(ctx, result, src, staged, owner)
+    what = f"copy the backup's whole datadir {src} to {staged}"
+    datadir.stage_from_backup(ctx, result, src, staged, owner, what=what)
     result.change(f"stop MySQL through its {ctx.mysql.kind} service")
     result.change(
         f"move everything in {live} aside to {kept} (kept), move the staged datadir's contents in, start MySQL"
