@@ -22,6 +22,7 @@ from ispcp_lib.facts import mysql_state
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.mysql import customer_dbs, datadir, dumps, records
 from ispcp_lib.mysql.customer_dbs import Strategy
+from ispcp_lib.mysql.dialect import Dialect
 
 FAILURES = (CommandFailed, PreconditionFailed, InputError, OSError, pymysql.MySQLError)
 
@@ -80,6 +81,21 @@ def admin(ctx: Context, login: Login, database: str | None = None) -> Iterator[A
 
 
 # --- checks before anything changes -----------------------------------------------------------------
+
+
+def imports_tablespaces(sql: Dialect) -> bool:
+    """Whether the server imports a foreign .ibd (transportable tablespaces: MySQL 5.6, MariaDB 10.0)."""
+    return sql.version >= ((10, 0, 0) if sql.mariadb else (5, 6, 0))
+
+
+def without_tablespace_import(p: Plan, server: str) -> None:
+    """A server too old to import tablespaces: the dump when there is one, else no way back."""
+    why = f"{server} cannot import InnoDB tablespaces (MySQL 5.6 / MariaDB 10.0 and later can)"
+    if p.dump is not None:
+        p.strategy = customer_dbs.dump_strategy(p.dump)
+        p.how = f"load {p.dump.file.name} with the mariadb client ({why})"
+    else:
+        p.action, p.strategy, p.how = Action.CANNOT, Strategy.CANNOT, f"{why}. Needs: a SQL dump of the database"
 
 
 def check_sources(ctx: Context, p: Plan) -> None:

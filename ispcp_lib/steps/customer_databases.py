@@ -14,7 +14,7 @@ from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Result, Table
 from ispcp_lib.facts import backup_layout, mysql_state
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import accounts, customer_dbs, datadir, datadir_swap, records, verify
+from ispcp_lib.mysql import accounts, customer_dbs, customer_restore, datadir, datadir_swap, records, verify
 from ispcp_lib.mysql.customer_dbs import Strategy
 from ispcp_lib.mysql.customer_restore import Action, Plan, admin, check_sources, read_all_frm, restore_one
 
@@ -142,6 +142,11 @@ def run(ctx: Context, result: Result) -> None:
 
     plans = [_plan(d, live, record, skip, live_dir) for d in found.databases]
     _choose_whole_datadir(ctx, result, found, plans, whole_mode, live)
+    sql = accounts.dialect(ctx)
+    if not customer_restore.imports_tablespaces(sql):
+        for p in plans:
+            if p.action == Action.RESTORE and p.strategy is Strategy.TABLESPACE_IMPORT:
+                customer_restore.without_tablespace_import(p, sql.describe())
     read_all_frm(ctx, [p for p in plans if p.action == Action.RESTORE])
     for p in plans:
         if p.action == Action.RESTORE and p.strategy is not Strategy.WHOLE_DATADIR:

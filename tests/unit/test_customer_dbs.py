@@ -298,3 +298,22 @@ def test_credentials_file_round_trip(tmp_path: Path) -> None:
     path.write_text(text)
     assert ec._read_credentials(path) == entries
     assert ec._read_credentials(tmp_path / "absent") == {}
+
+
+def test_servers_before_transportable_tablespaces_load_the_dump_instead() -> None:
+    from ispcp_lib.mysql import customer_restore
+    from ispcp_lib.mysql.dialect import Dialect
+
+    assert not customer_restore.imports_tablespaces(Dialect.for_version("5.1.73-1"))
+    assert customer_restore.imports_tablespaces(Dialect.for_version("5.6.51"))
+    assert not customer_restore.imports_tablespaces(Dialect.for_version("5.5.5-5.5.68-MariaDB"))
+    assert customer_restore.imports_tablespaces(Dialect.for_version("10.11.6-MariaDB"))
+    verdict = customer_dbs.BinaryVerdict(Strategy.TABLESPACE_IMPORT, innodb=["posts"], definitions={"posts": "frm"})
+    db = customer_dbs.CustomerDb("blog", None, [], "/var/lib/mysql/blog", None, [], verdict)
+    dump = dumps.DumpRef(dumps.DumpFile("/root/blog.sql", 1, "0"), dumps.PER_DATABASE, ["blog"])
+    with_dump = customer_restore.Plan(db, customer_restore.Action.RESTORE, Strategy.TABLESPACE_IMPORT, "", dump)
+    customer_restore.without_tablespace_import(with_dump, "MySQL 5.1.73")
+    assert with_dump.strategy is Strategy.SQL_DUMP and "MySQL 5.1.73 cannot import" in with_dump.how
+    alone = customer_restore.Plan(db, customer_restore.Action.RESTORE, Strategy.TABLESPACE_IMPORT, "")
+    customer_restore.without_tablespace_import(alone, "MySQL 5.1.73")
+    assert alone.action == customer_restore.Action.CANNOT and "Needs: a SQL dump" in alone.how
