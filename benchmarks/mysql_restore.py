@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
+from ispcp_lib.core.connection import LocalConnection  # noqa: E402
 from ispcp_lib.facts import mysql_state  # noqa: E402
 from ispcp_lib.runbook.session import open_run  # noqa: E402
 from ispcp_lib.sandbox.world import World, build_world  # noqa: E402
@@ -52,7 +53,7 @@ def baseline(world: World) -> float:
     src = world.backup_root / "var/lib/mysql"
     datadir = Path(world.mysql_params["datadir"])
     aside = datadir.parent / "bench-aside"
-    uid, gid = mysql_state.mysql_owner(world.target_root) or (0, 0)
+    uid, gid = mysql_state.mysql_owner(LocalConnection(world.target_root)) or (0, 0)
     srv = world.target_mysql()
     aside.mkdir()
     started = time.perf_counter()
@@ -83,7 +84,7 @@ def python_copy(world: World) -> float:
     """copytree with copy2 plus a chown walk: what the step would do without cp -a and chown -R."""
     src = world.backup_root / "var/lib/mysql"
     scratch = Path(world.mysql_params["datadir"]).parent / "bench-py"
-    uid, gid = mysql_state.mysql_owner(world.target_root) or (0, 0)
+    uid, gid = mysql_state.mysql_owner(LocalConnection(world.target_root)) or (0, 0)
     started = time.perf_counter()
     for name in DATABASES:
         shutil.copytree(src / name, scratch / name, copy_function=shutil.copy2)

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.result import Result
+from ispcp_lib.facts.mysql_creds import Login, read_debian_cnf
 from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.private_mysql import mysql_ids
 from ispcp_lib.sandbox.world import World, stable_fingerprint
@@ -118,3 +120,8 @@ def restore_ispcp_only(world: World) -> None:
     shutil.copytree(world.backup_root / "var/lib/mysql/ispcp", dest, symlinks=True)
     _chown_tree(dest, *mysql_ids())
     world.start()
+
+
+def read_cnf(path: Path) -> Login | None:
+    """The [client] login of an option file of this machine (a world's debian.cnf, a saved root login)."""
+    return read_debian_cnf(LocalConnection("/"), str(path))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import configparser
 from dataclasses import dataclass
-from pathlib import Path
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.context import Context
+
+DEBIAN_CNF = "/etc/mysql/debian.cnf"
 
 
 @dataclass(frozen=True, repr=False)
@@ -19,23 +21,27 @@ class Login:
         return f"Login(user={self.user!r}, source={self.source!r}, password=<hidden>)"
 
 
-def read_debian_cnf(path: Path) -> Login | None:
-    """The [client] login of a debian.cnf, None when the file is absent or has none."""
-    if not path.is_file():
-        return None
+def parse_client_login(text: str, source: str) -> Login | None:
+    """The [client] login of a MySQL option file's text, None when it has none."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        parser.read_string(path.read_text(errors="replace"))
+        parser.read_string(text)
     except configparser.Error:
         return None
     if not parser.has_section("client") or not parser.get("client", "user", fallback=None):
         return None
-    return Login(parser.get("client", "user"), parser.get("client", "password", fallback=""), str(path))
+    return Login(parser.get("client", "user"), parser.get("client", "password", fallback=""), source)
+
+
+def read_debian_cnf(conn: Connection, path: str) -> Login | None:
+    """The [client] login of a debian.cnf-style file on that side, None when it is absent or has none."""
+    text = conn.read_text(path)
+    return None if text is None else parse_client_login(text, path)
 
 
 def target_admin(ctx: Context) -> Login | None:
     """The target's maintainer login (registered as a secret)."""
-    login = read_debian_cnf(ctx.t("/etc/mysql/debian.cnf"))
+    login = read_debian_cnf(ctx.target, DEBIAN_CNF)
     if login is not None:
         ctx.secrets.add(login.password, "debian-sys-maint")
     return login
@@ -43,9 +49,9 @@ def target_admin(ctx: Context) -> Login | None:
 
 def backup_admin(ctx: Context) -> Login | None:
     """The old server's maintainer login, from the backup's debian.cnf."""
-    if ctx.backup_root is None:
+    if ctx.backup is None:
         return None
-    login = read_debian_cnf(ctx.b("/etc/mysql/debian.cnf"))
+    login = read_debian_cnf(ctx.backup, DEBIAN_CNF)
     if login is not None:
         ctx.secrets.add(login.password, "old debian-sys-maint")
     return login

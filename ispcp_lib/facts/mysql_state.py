@@ -5,19 +5,23 @@ Reading a copied datadir needs no server: the file kinds next to a table's `.frm
 there are no data files (an InnoDB table in the shared tablespace), and MyISAM/Aria index headers hold
 the row count and file lengths the server wrote when it last closed the table. `myisamchk`/`aria_chk
 --read-only` give a CHECK verdict on the copy. Everything here only reads.
+
+Folders are read through a connection (the target's, or the backup's view) on the machine that holds
+them: one `find -printf` plus one `perl` pass over the index and definition headers per call, however
+many folders and files; the tools run there too. Paths are that side's own absolute paths.
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
+
+from ispcp_lib.core.connection import Connection, kill_group
 
 # What each file beside a table's .frm means.
 FILE_KINDS: dict[str, str] = {
@@ -109,6 +113,72 @@ _MYISAM_RECORDS, _MYISAM_KEYFILE_LEN, _MYISAM_DATAFILE_LEN = 28, 60, 68
 _ARIA_RECORDS, _ARIA_KEYFILE_LEN, _ARIA_DATAFILE_LEN = 49, 89, 97
 
 
+# --- reading folders through a connection --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One directory entry as find(1) saw it (no symlink followed)."""
+
+    name: str
+    kind: str  # find's %y: f, d, l, p, s, b, c
+    size: int
+    mtime: str  # find's %T@, kept as text: exact, and enough to tell a changed file
+
+
+def _fields(data: bytes) -> Iterable[str]:
+    for raw in data.split(b"\0"):
+        yield raw.decode("utf-8", "surrogateescape")
+
+
+_LIST = r"""
+for d; do
+  printf 'D\0%s\0' "$d"
+  [ -d "$d" ] || { printf 'X\0'; continue; }
+  find -H "$d" -mindepth 1 -maxdepth 1 -printf 'E\0%f\0%y\0%s\0%T@\0'
+done
+"""
+
+
+def list_folders(conn: Connection, paths: Iterable[str]) -> dict[str, dict[str, FileEntry] | None]:
+    """Entries of each folder (None: not a directory), one round trip for all of them."""
+    wanted = list(paths)
+    if not wanted:
+        return {}
+    done = conn.run(["sh", "-c", _LIST, "sh", *(conn.path(p) for p in wanted)], timeout=600, check=True)
+    out: dict[str, dict[str, FileEntry] | None] = {p: None for p in wanted}
+    by_argv = {conn.path(p): p for p in wanted}
+    folder = ""
+    tokens = iter(_fields(done.stdout))
+    for tag in tokens:
+        if tag == "D":
+            folder = by_argv[next(tokens)]
+            out[folder] = {}
+        elif tag == "X":
+            out[folder] = None
+        elif tag == "E":
+            name, kind, size, mtime = next(tokens), next(tokens), next(tokens), next(tokens)
+            out[folder][name] = FileEntry(name, kind, int(size), mtime)  # type: ignore[index]
+    return out
+
+
+def list_folder(conn: Connection, path: str) -> dict[str, FileEntry] | None:
+    return list_folders(conn, [path])[path]
+
+
+def tree_signature(conn: Connection, path: str) -> list[list[Any]]:
+    """[relative path, size, mtime] of every file below path: cheap, and enough to tell a copy's source changed."""
+    done = conn.run(["find", "-H", conn.path(path), "-type", "f", "-printf", "%P\\0%s\\0%T@\\0"], timeout=600)
+    if done.rc != 0:
+        return []
+    parts = list(_fields(done.stdout))
+    rows = [[parts[i], int(parts[i + 1]), parts[i + 2]] for i in range(0, len(parts) - 2, 3)]
+    return sorted(rows)
+
+
+# --- tables as files ------------------------------------------------------------------------------
+
+
 @dataclass
 class TableFiles:
     """One table as files: which parts exist, which engine they mean, what is wrong with them."""
@@ -118,6 +188,7 @@ class TableFiles:
     frm_engine: str | None = None  # from the .frm header ("VIEW" for a view definition)
     problems: list[str] = field(default_factory=list)  # missing or unreadable parts: the table cannot open
     damage: list[str] = field(default_factory=list)  # parts shorter than their header says: truncated
+    old_rows: int | None = None  # the row count in a MyISAM/Aria index header
 
     @property
     def engine(self) -> str:
@@ -137,9 +208,10 @@ class TableFiles:
 class DatabaseFiles:
     """A database directory read without a server."""
 
-    path: Path
+    path: str  # the folder, as its own side sees it
     tables: dict[str, TableFiles]
     stray: list[str] = field(default_factory=list)  # leftover temp files (#sql-*) and unknown files
+    size: int = 0  # bytes of its regular files
 
     def innodb(self) -> list[str]:
         return sorted(n for n, t in self.tables.items() if t.engine == "InnoDB")
@@ -156,6 +228,10 @@ class DatabaseFiles:
             out[t.engine] = out.get(t.engine, 0) + 1
         return dict(sorted(out.items()))
 
+    def of_engine(self, engine: str) -> list[str]:
+        """Tables of one engine whose parts are all there (the ones a tool can check)."""
+        return sorted(n for n, t in self.tables.items() if t.engine == engine and not t.problems)
+
 
 def _split(name: str) -> tuple[str, str] | None:
     """'domain.MYI' -> ('domain', '.MYI'); partition files count for their table."""
@@ -165,12 +241,9 @@ def _split(name: str) -> tuple[str, str] | None:
     return stem.split("#P#")[0].split("#p#")[0], "." + suffix
 
 
-def frm_engine(path: Path) -> str | None:
-    """The engine a .frm declares; 'VIEW' for a view, None when the file is no table definition."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
+def frm_engine(head: bytes | None) -> str | None:
+    """The engine a .frm header declares; 'VIEW' for a view, None when the file is no table definition."""
+    if head is None:
         return None
     if head.startswith(b"TYPE=VIEW"):
         return "VIEW"
@@ -182,20 +255,80 @@ def frm_engine(path: Path) -> str | None:
     return FRM_ENGINES.get(code, f"engine type {code}")
 
 
-def scan_database_dir(path: Path) -> DatabaseFiles | None:
-    """Tables of a database directory by their files, None when the directory is absent."""
-    if not path.is_dir():
-        return None
+# The first 128 bytes of each definition and index file, hex-encoded: enough for every header we read.
+_HEADERS = r"""
+binmode STDOUT;
+for my $f (@ARGV) {
+  next if -l $f || ! -f _;
+  open(my $h, "<:raw", $f) or next;
+  my $head = "";
+  read($h, $head, 128);
+  close $h;
+  (my $n = $f) =~ s{.*/}{}s;
+  print "$n\0", unpack("H*", $head), "\0";
+}
+"""
+_SCAN = r"""
+p=$1; shift
+for d; do
+  printf 'D\0%s\0' "$d"
+  [ -d "$d" ] || { printf 'X\0'; continue; }
+  find -H "$d" -mindepth 1 -maxdepth 1 -printf 'E\0%f\0%y\0%s\0%T@\0'
+  printf 'H\0'
+  find -H "$d" -mindepth 1 -maxdepth 1 -type f \( -name '*.frm' -o -name '*.MYI' -o -name '*.MAI' \) -print0 \
+    | xargs -0 -r perl -e "$p" --
+  printf 'Z\0'
+done
+"""
+
+
+def scan_database_dirs(conn: Connection, paths: Iterable[str]) -> dict[str, DatabaseFiles | None]:
+    """Tables of each database directory by their files (None: absent), one round trip for all folders."""
+    wanted = list(paths)
+    if not wanted:
+        return {}
+    argv = ["sh", "-c", _SCAN, "sh", _HEADERS, *(conn.path(p) for p in wanted)]
+    done = conn.run(argv, timeout=1800, check=True)
+    by_argv = {conn.path(p): p for p in wanted}
+    listed: dict[str, tuple[dict[str, FileEntry], dict[str, bytes]] | None] = {p: None for p in wanted}
+    entries: dict[str, FileEntry] = {}
+    heads: dict[str, bytes] = {}
+    folder = ""
+    tokens = iter(_fields(done.stdout))
+    for tag in tokens:
+        if tag == "D":
+            entries, heads = {}, {}
+            folder = by_argv[next(tokens)]
+            listed[folder] = (entries, heads)
+        elif tag == "X":
+            listed[folder] = None
+        elif tag == "E":
+            name, kind, size, mtime = next(tokens), next(tokens), next(tokens), next(tokens)
+            entries[name] = FileEntry(name, kind, int(size), mtime)
+        elif tag == "H":
+            for name in tokens:
+                if name == "Z":  # the end of this folder's headers
+                    break
+                heads[name] = bytes.fromhex(next(tokens))
+    return {p: None if found is None else database_files(p, *found) for p, found in listed.items()}
+
+
+def scan_database_dir(conn: Connection, path: str) -> DatabaseFiles | None:
+    return scan_database_dirs(conn, [path])[path]
+
+
+def database_files(path: str, entries: dict[str, FileEntry], heads: dict[str, bytes]) -> DatabaseFiles:
+    """The tables a folder's entries and headers make up, with what is missing or damaged. Pure."""
     tables: dict[str, TableFiles] = {}
     stray: list[str] = []
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+    for entry in sorted(entries.values(), key=lambda e: e.name):
         if entry.name == "db.opt":
             continue
         parts = _split(entry.name)
         if entry.name.startswith("#sql") or parts is None or parts[1] not in FILE_KINDS:
             stray.append(entry.name)
             continue
-        if not entry.is_file(follow_symlinks=False):
+        if entry.kind != "f":
             stray.append(entry.name + " (not a regular file)")
             continue
         name, suffix = parts
@@ -204,14 +337,15 @@ def scan_database_dir(path: Path) -> DatabaseFiles | None:
         tables.setdefault(name, TableFiles(name)).suffixes.add(suffix)
     for table in tables.values():
         if ".frm" in table.suffixes:
-            table.frm_engine = frm_engine(path / f"{table.name}.frm")
+            table.frm_engine = frm_engine(heads.get(f"{table.name}.frm"))
             if table.frm_engine is None:
                 table.problems.append(".frm is not a table definition (damaged or truncated)")
-        _check_parts(path, table)
-    return DatabaseFiles(path, tables, stray)
+        _check_parts(table, entries, heads)
+    size = sum(e.size for e in entries.values() if e.kind == "f")
+    return DatabaseFiles(path, tables, stray, size)
 
 
-def _check_parts(path: Path, table: TableFiles) -> None:
+def _check_parts(table: TableFiles, entries: dict[str, FileEntry], heads: dict[str, bytes]) -> None:
     if ".frm" not in table.suffixes:
         present = ", ".join(sorted(table.suffixes))
         table.problems.append(f"has {present} but no .frm: the server cannot open it without its definition")
@@ -223,8 +357,23 @@ def _check_parts(path: Path, table: TableFiles) -> None:
     if missing:
         table.problems.append(f"{table.engine} table lacks {' and '.join(missing)}")
         return
-    if table.engine in ("MyISAM", "Aria"):
-        table.damage += index_length_problems(path, table.name, table.engine)
+    if table.engine in _INDEX_LAYOUT:
+        index_suffix, data_suffix, magic, (records, key_off, data_off) = _INDEX_LAYOUT[table.engine]
+        head = heads.get(f"{table.name}{index_suffix}", b"")
+        if not head.startswith(magic):
+            table.damage.append(f"{index_suffix} header is not a {table.engine} index header (damaged or truncated)")
+            return
+        table.old_rows = _u64(head, records)
+        for suffix, offset in ((index_suffix, key_off), (data_suffix, data_off)):
+            want, have = _u64(head, offset), entries[f"{table.name}{suffix}"].size
+            if want is not None and have < want:
+                table.damage.append(f"{suffix} is {have} bytes, its header says {want}: truncated")
+
+
+_INDEX_LAYOUT = {
+    "MyISAM": (".MYI", ".MYD", MYISAM_MAGIC, (_MYISAM_RECORDS, _MYISAM_KEYFILE_LEN, _MYISAM_DATAFILE_LEN)),
+    "Aria": (".MAI", ".MAD", ARIA_MAGIC, (_ARIA_RECORDS, _ARIA_KEYFILE_LEN, _ARIA_DATAFILE_LEN)),
+}
 
 
 def _u64(data: bytes, offset: int) -> int | None:
@@ -233,56 +382,21 @@ def _u64(data: bytes, offset: int) -> int | None:
     return int.from_bytes(data[offset : offset + 8], "big")
 
 
-def _index_header(path: Path, name: str, engine: str) -> tuple[bytes, tuple[int, int, int]] | None:
-    suffix, magic, offsets = (
-        (".MYI", MYISAM_MAGIC, (_MYISAM_RECORDS, _MYISAM_KEYFILE_LEN, _MYISAM_DATAFILE_LEN))
-        if engine == "MyISAM"
-        else (".MAI", ARIA_MAGIC, (_ARIA_RECORDS, _ARIA_KEYFILE_LEN, _ARIA_DATAFILE_LEN))
-    )
-    try:
-        with open(path / f"{name}{suffix}", "rb") as fh:
-            head = fh.read(128)
-    except OSError:
-        return None
-    if not head.startswith(magic):
-        return None
-    return head, offsets
-
-
-def header_row_count(path: Path, name: str, engine: str) -> int | None:
-    """Rows the server recorded in a MyISAM/Aria index header when it closed the table; None otherwise."""
-    if engine not in ("MyISAM", "Aria"):
-        return None
-    found = _index_header(path, name, engine)
-    if found is None:
-        return None
-    head, (records, _, _) = found
-    return _u64(head, records)
-
-
-def index_length_problems(path: Path, name: str, engine: str) -> list[str]:
-    """Index/data files shorter than the lengths their header records: truncated copies."""
-    index_suffix, data_suffix = (".MYI", ".MYD") if engine == "MyISAM" else (".MAI", ".MAD")
-    found = _index_header(path, name, engine)
-    if found is None:
-        return [f"{index_suffix} header is not a {engine} index header (damaged or truncated)"]
-    head, (_, key_off, data_off) = found
-    out = []
-    for suffix, offset in ((index_suffix, key_off), (data_suffix, data_off)):
-        want = _u64(head, offset)
-        have = (path / f"{name}{suffix}").stat().st_size
-        if want is not None and have < want:
-            out.append(f"{suffix} is {have} bytes, its header says {want}: truncated")
-    return out
-
-
-def shared_tablespace(datadir: Path) -> list[str]:
+def shared_tablespace(conn: Connection, datadir: str) -> list[str]:
     """InnoDB shared-tablespace and redo files present at the top of a datadir."""
-    if not datadir.is_dir():
-        return []
-    names = [n for n in SHARED_TABLESPACE if (datadir / n).is_file()]
-    names += sorted(p.name for p in datadir.glob("ib_logfile*") if p.is_file())
-    return names
+    entries = list_folder(conn, datadir) or {}
+    files = {n for n, e in entries.items() if e.kind == "f"}
+    return [n for n in SHARED_TABLESPACE if n in files] + sorted(n for n in files if n.startswith("ib_logfile"))
+
+
+def datadir_version(conn: Connection, datadir: str) -> str | None:
+    """The version that last ran on a datadir, as recorded by mysql_upgrade / mariadb-upgrade."""
+    for name in ("mariadb_upgrade_info", "mysql_upgrade_info"):
+        data = conn.read_bytes(f"{datadir.rstrip('/')}/{name}")
+        text = (data or b"").split(b"\0", 1)[0].decode("ascii", "replace").strip()
+        if text:
+            return text
+    return None
 
 
 # --- offline CHECK verdicts -----------------------------------------------------------------------
@@ -297,48 +411,50 @@ class ChkVerdict:
 
 
 _CHK_TOOLS = (("MyISAM", "myisamchk", ".MYI"), ("Aria", "aria_chk", ".MAI"))
+# The tools may drop files into their working directory: a scratch folder on their machine, removed after.
+_IN_SCRATCH = 'd=$(mktemp -d) || exit 1; cd "$d" || exit 1; "$@"; rc=$?; cd /; rm -rf "$d"; exit $rc'
 
 
-def offline_check(path: Path, files: DatabaseFiles, timeout: float = 600) -> list[ChkVerdict] | None:
+def chk_tools(conn: Connection) -> dict[str, str]:
+    """engine -> the path of its offline checker on the connection's machine (absent tools left out)."""
+    found = {engine: conn.which(tool) for engine, tool, _ in _CHK_TOOLS}
+    return {engine: exe for engine, exe in found.items() if exe}
+
+
+def offline_check(conn: Connection, files: DatabaseFiles, timeout: float = 600) -> list[ChkVerdict] | None:
     """myisamchk/aria_chk --check --read-only on each MyISAM/Aria table (nothing is written).
 
-    None when neither tool is installed.
+    None when neither tool is installed where the files are.
     """
-    found = offline_check_all([(path, files)], timeout)
+    found = OfflineCheck(conn, [files], timeout).wait()
     return None if found is None else found[0]
-
-
-def offline_check_all(folders: list[tuple[Path, DatabaseFiles]], timeout: float = 600) -> list[list[ChkVerdict]] | None:
-    """offline_check for several folders; one process per folder and engine, all running at once."""
-    return OfflineCheck(folders, timeout).wait()
 
 
 class OfflineCheck:
     """myisamchk/aria_chk --check --read-only running in the background; wait() collects the verdicts.
 
-    Starting it early lets the caller do other work (staging a copy) while the tools read the backup.
+    Starting it early lets the caller do other work (staging a copy) while the tools read the files.
     """
 
-    def __init__(self, folders: list[tuple[Path, DatabaseFiles]], timeout: float = 600) -> None:
+    def __init__(self, conn: Connection, folders: list[DatabaseFiles], timeout: float = 600) -> None:
         self.folders = folders
         self.timeout = timeout
-        self.available = any(shutil.which(tool) for _, tool, _ in _CHK_TOOLS)
-        self.jobs: list[tuple[int, str, list[str], Path, str, subprocess.Popen[str]]] = []
-        self.scratch = tempfile.mkdtemp(prefix="ispcp-chk-")  # any file a tool drops lands here, not in the backup
-        if not self.available:
-            return
+        tools = chk_tools(conn)
+        self.available = bool(tools)
+        self.jobs: list[tuple[int, str, list[str], str, str, subprocess.Popen[str]]] = []
         try:
-            for i, (path, files) in enumerate(folders):
-                for engine, tool, suffix in _CHK_TOOLS:
-                    names = sorted(n for n, t in files.tables.items() if t.engine == engine and not t.problems)
-                    exe = shutil.which(tool)
-                    if not names or exe is None:
+            for i, files in enumerate(folders):
+                for engine, _tool, suffix in _CHK_TOOLS:
+                    names = files.of_engine(engine)
+                    if not names or engine not in tools:
                         continue
-                    argv = [exe, "--check", "--read-only", "--silent", *(str(path / f"{n}{suffix}") for n in names)]
-                    proc = subprocess.Popen(
-                        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.scratch
+                    where = conn.path(files.path)
+                    paths = [posixpath.join(where, f"{n}{suffix}") for n in names]
+                    argv = ["sh", "-c", _IN_SCRATCH, "sh", tools[engine], "--check", "--read-only", "--silent", *paths]
+                    proc = conn.popen(
+                        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
                     )
-                    self.jobs.append((i, engine, names, path, suffix, proc))
+                    self.jobs.append((i, engine, names, where, suffix, proc))  # type: ignore[arg-type]
         except BaseException:
             self.cancel()
             raise
@@ -348,38 +464,50 @@ class OfflineCheck:
             if not self.available:
                 return None
             out: list[list[ChkVerdict]] = [[] for _ in self.folders]
-            for i, engine, names, path, suffix, proc in self.jobs:
+            for i, engine, names, where, suffix, proc in self.jobs:
                 stdout, stderr = proc.communicate(timeout=self.timeout)
-                out[i] += parse_chk_output(stdout + "\n" + stderr, names, engine, path, suffix, proc.returncode)
+                out[i] += parse_chk_output(stdout + "\n" + stderr, names, engine, where, suffix, proc.returncode)
             return out
         finally:
             self.cancel()
 
     def cancel(self) -> None:
-        """Stop what still runs (our own children, by their Popen handles) and drop the scratch dir."""
+        """Stop what still runs (our own children, by their Popen handles)."""
         for *_, proc in self.jobs:
             if proc.poll() is None:
-                proc.kill()
+                kill_group(proc)  # type: ignore[arg-type]
                 proc.wait()
-        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def has_blank_page(path: Path, name: str, block_size: int = 8192) -> bool:
-    """An Aria data file with a page that was never written (all zero bytes), such as mysql.proc of a 10.11.
+# Pages of a data file after the bitmap page, read until the first one that was never written.
+_BLANK_PAGE = r"""
+binmode STDOUT;
+my $size = shift;
+for my $f (@ARGV) {
+  open(my $h, "<:raw", $f) or next;
+  seek($h, $size, 0);
+  my $page;
+  while (read($h, $page, $size) == $size) {
+    if ($page !~ /[^\0]/) { print "$f\0"; last }
+  }
+  close $h;
+}
+"""
+
+
+def blank_page_tables(conn: Connection, folder: str, names: Iterable[str], block_size: int = 8192) -> list[str]:
+    """Aria tables whose data file has a page that was never written (all zero bytes), such as mysql.proc of
+    a 10.11; one perl pass on the machine that holds the folder.
 
     MariaDB cannot re-stamp ("zerofill") such a table when it is moved to another server: it reads the
     blank page, finds its checksum wrong and calls the table corrupt.
     """
-    blank = bytes(block_size)
-    try:
-        with open(path / f"{name}.MAD", "rb") as fh:
-            fh.seek(block_size)  # page 0 is the allocation bitmap
-            while page := fh.read(block_size):
-                if page == blank:
-                    return True
-    except OSError:
-        return False
-    return False
+    where = conn.path(folder)
+    by_file = {posixpath.join(where, f"{n}.MAD"): n for n in names}
+    if not by_file:
+        return []
+    done = conn.run(["perl", "-e", _BLANK_PAGE, str(block_size), *by_file], timeout=3600, check=True)
+    return sorted(by_file[f] for f in _fields(done.stdout) if f in by_file)
 
 
 _CHK_FILE = re.compile(r"^(?:myisamchk|aria_chk): (?:MyISAM|Aria) file (?P<file>\S+)")
@@ -389,14 +517,14 @@ _QUOTED = re.compile(r"'([^']+\.(?:MYI|MAI))'")
 
 
 def parse_chk_output(
-    text: str, names: Iterable[str], engine: str, path: Path, suffix: str, rc: int = 0
+    text: str, names: Iterable[str], engine: str, path: str | PurePosixPath, suffix: str, rc: int = 0
 ) -> list[ChkVerdict]:
     """Per-table verdicts from --silent myisamchk/aria_chk output (only problems are printed).
 
     A failing exit code that no table can be blamed for becomes a verdict for "(all tables)": better a
     clear refusal than a silent pass.
     """
-    by_file = {str(path / f"{n}{suffix}"): n for n in names}
+    by_file = {posixpath.join(str(path), f"{n}{suffix}"): n for n in names}
     messages: dict[str, list[str]] = {n: [] for n in by_file.values()}
     unattributed: list[str] = []
     corrupt: set[str] = set()
@@ -440,9 +568,9 @@ def parse_chk_output(
 def _table_of(file: str, by_file: dict[str, str]) -> str | None:
     if file in by_file:
         return by_file[file]
-    base = os.path.basename(file)
+    base = posixpath.basename(file)
     for full, name in by_file.items():
-        if os.path.basename(full) == base:
+        if posixpath.basename(full) == base:
             return name
     return None
 
@@ -521,36 +649,19 @@ def count_rows(conn: Any, database: str, tables: Iterable[str]) -> dict[str, int
 # --- owners ---------------------------------------------------------------------------------------
 
 
-def account_id(path: Path, name: str) -> int | None:
-    """The id (3rd field) of `name` in a passwd- or group-format file, None if absent."""
-    if not path.is_file():
-        return None
-    for line in path.read_text(errors="replace").splitlines():
+def account_id(text: str | None, name: str) -> int | None:
+    """The id (3rd field) of `name` in passwd- or group-format text, None if absent."""
+    for line in (text or "").splitlines():
         fields = line.split(":")
         if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
             return int(fields[2])
     return None
 
 
-def mysql_owner(target_root: Path, user: str = "mysql", group: str = "mysql") -> tuple[int, int] | None:
-    """(uid, gid) of the mysql user and group in the target's own passwd and group files."""
-    uid = account_id(Path(target_root) / "etc/passwd", user)
-    gid = account_id(Path(target_root) / "etc/group", group)
+def mysql_owner(conn: Connection, user: str = "mysql", group: str = "mysql") -> tuple[int, int] | None:
+    """(uid, gid) of the mysql user and group in the target's own /etc/passwd and /etc/group."""
+    uid = account_id(conn.read_text("/etc/passwd"), user)
+    gid = account_id(conn.read_text("/etc/group"), group)
     if uid is None or gid is None:
         return None
     return uid, gid
-
-
-# --- fingerprints ---------------------------------------------------------------------------------
-
-
-def dir_signature(path: Path) -> list[list[Any]]:
-    """[name, size, mtime_ns] of every file below path: cheap, and enough to tell a copy's source changed."""
-    out: list[list[Any]] = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            st = os.lstat(p)
-            out.append([str(p.relative_to(path)), st.st_size, st.st_mtime_ns])
-    return out

@@ -17,10 +17,8 @@ read from COPIES of their .frm files by a throwaway server.
 
 from __future__ import annotations
 
-import bz2
-import functools
-import gzip
-import os
+import enum
+import posixpath
 import re
 import shutil
 import tempfile
@@ -35,29 +33,53 @@ from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.core.runner import Runner
-from ispcp_lib.facts import backup_db_reader, mysql_creds
-from ispcp_lib.facts import backup_layout as bl
-from ispcp_lib.facts import ispcp_login as il
-from ispcp_lib.facts import mysql_state as ms
+from ispcp_lib.facts import backup_db_reader, backup_layout, ispcp_login, mysql_state
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.ispcp import crypto as crypto
-from ispcp_lib.ispcp import keyfiles
-from ispcp_lib.mysql import dumps as sql_dumps
+from ispcp_lib.ispcp import crypto, keyfiles
+from ispcp_lib.mysql import accounts, datadir, dumps
+from ispcp_lib.mysql.dumps import ALL_DATABASES, DumpRef
 
 # Databases of the server itself, never customer data.
 SYSTEM_DATABASES = frozenset({"mysql", "performance_schema", "information_schema", "sys", "lost+found"})
-# Where operators' cron jobs leave mysqldumps (ispCP's own BACKUP_FILE_DIR is added from ispcp.conf).
-DUMP_DIRS = ("/var/backups/mysql", "/var/backups", "/root", "/var/backups/mysqldump")
 
-DIRECTORY_COPY = "directory copy"
-TABLESPACE_IMPORT = "tablespace import"
-SQL_DUMP = "SQL dump"
-ALL_DATABASES_DUMP = "SQL dump (part of an --all-databases dump)"
-WHOLE_DATADIR = "whole datadir"
-CANNOT = "cannot restore"
-BINARY_STRATEGIES = (DIRECTORY_COPY, TABLESPACE_IMPORT)
+
+class Strategy(enum.Enum):
+    """How a customer database comes back; `label` is what the report shows."""
+
+    DIRECTORY_COPY = "directory_copy"
+    TABLESPACE_IMPORT = "tablespace_import"
+    SQL_DUMP = "sql_dump"
+    ALL_DATABASES_DUMP = "all_databases_dump"
+    WHOLE_DATADIR = "whole_datadir"
+    CANNOT = "cannot"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+    @property
+    def is_binary(self) -> bool:
+        return self in (Strategy.DIRECTORY_COPY, Strategy.TABLESPACE_IMPORT)
+
+    @property
+    def is_dump(self) -> bool:
+        return self in (Strategy.SQL_DUMP, Strategy.ALL_DATABASES_DUMP)
+
+
+_LABELS = {
+    Strategy.DIRECTORY_COPY: "directory copy",
+    Strategy.TABLESPACE_IMPORT: "tablespace import",
+    Strategy.SQL_DUMP: "SQL dump",
+    Strategy.ALL_DATABASES_DUMP: "SQL dump (part of an --all-databases dump)",
+    Strategy.WHOLE_DATADIR: "whole datadir",
+    Strategy.CANNOT: "cannot restore",
+}
 PREFERENCES = ("binary", "dump")
+
+
+def dump_strategy(ref: DumpRef) -> Strategy:
+    return Strategy.ALL_DATABASES_DUMP if ref.kind == ALL_DATABASES else Strategy.SQL_DUMP
+
 
 _NEEDS_FOR_INNODB = (
     "a SQL dump of the database, or the old server's complete datadir (ibdata1 and ib_logfile* "
@@ -114,36 +136,6 @@ def read_listing(conn: Any) -> tuple[dict[str, ListedDb], list[SqlUser]]:
     return dbs, users
 
 
-def admin_logins(ctx: Context) -> list[Login]:
-    """Logins that may administer the running server: both debian.cnf files, then ispCP's own (decrypted)."""
-    out: list[Login] = []
-    for login in (mysql_creds.target_admin(ctx), mysql_creds.backup_admin(ctx)):
-        if login is not None:
-            out.append(login)
-    for side in ("target", "backup"):
-        try:
-            login = il.ispcp_login(ctx, side)
-        except InputError:
-            login = None
-        if login is not None:
-            out.append(login)
-    saved = mysql_creds.read_debian_cnf(ctx.state_dir / "mysql-root.cnf")  # mysql_maintainer's root reset
-    if saved is not None:
-        ctx.secrets.add(saved.password, "MySQL root (reset)")
-        out.append(saved)
-    return out
-
-
-def admin_login(ctx: Context) -> Login | None:
-    """The first admin login the running server accepts, None when it is down or refuses them all."""
-    if ctx.mysql is None or not ctx.mysql.status():
-        return None
-    for login in admin_logins(ctx):
-        if ctx.mysql.can_login(login.user, login.password) is None:
-            return login
-    return None
-
-
 def _register(ctx: Context, users: Iterable[SqlUser]) -> None:
     for u in users:
         ctx.secrets.add(u.cipher, "sqlu_pass (encrypted)")
@@ -151,7 +143,7 @@ def _register(ctx: Context, users: Iterable[SqlUser]) -> None:
 
 def target_listing(ctx: Context, db_name: str) -> Listing | None:
     """The listing of the target's ispCP database when it holds restored data (not the dummy's empty tables)."""
-    login = admin_login(ctx)
+    login = accounts.admin_login(ctx)
     if login is None:
         return None
     try:
@@ -167,191 +159,39 @@ def target_listing(ctx: Context, db_name: str) -> Listing | None:
     return Listing("the restored ispCP database on the target", dbs, users)
 
 
-def backup_listing(ctx: Context, backup_datadir: Path, db_name: str) -> Listing:
-    """The listing read from the backup's binary copy of ispCP's database (a throwaway server on a copy)."""
-    folder = backup_datadir / db_name
-    if not folder.is_dir():
+def backup_listing(ctx: Context, backup_datadir: str, db_name: str) -> Listing:
+    """The listing read from the backup's binary copy of ispCP's database (a throwaway server on a copy).
+
+    The throwaway server runs on this machine: a backup on the target is not read this way (the
+    restored target database is read instead, after mysql_restore).
+    """
+    assert ctx.backup is not None
+    folder = posixpath.join(backup_datadir, db_name)
+    if not ctx.backup.is_dir(folder):
         return Listing(
             f"nowhere: the backup has no binary copy of {db_name} and the target's is not restored yet", readable=False
         )
+    if ctx.backup.inner.kind != "local":
+        return Listing(
+            f"nowhere: the backup's {db_name} lies on the target and the target's is not restored yet", readable=False
+        )
     try:
-        dbs, users = backup_db_reader.read_backup_database(backup_datadir, db_name, read_listing)
+        found = backup_db_reader.read_backup_database(Path(ctx.backup.path(backup_datadir)), db_name, read_listing)
     except (PreconditionFailed, CommandFailed) as exc:
         first = str(exc).strip().splitlines()[0]
         return Listing(f"nowhere: the backup's {db_name} could not be read ({first})", readable=False)
     except pymysql.MySQLError as exc:  # a damaged table: the listing is unknown, the folders still count
         return Listing(f"nowhere: reading the backup's {db_name} failed ({type(exc).__name__}: {exc})", readable=False)
+    dbs, users = found
     _register(ctx, users)
     return Listing(f"the backup's binary copy of {db_name} (read by a throwaway server)", dbs, users)
 
 
-def listing(ctx: Context, backup_datadir: Path, db_name: str) -> Listing:
+def listing(ctx: Context, backup_datadir: str, db_name: str) -> Listing:
     return target_listing(ctx, db_name) or backup_listing(ctx, backup_datadir, db_name)
 
 
 # --- what the backup holds ---------------------------------------------------------------------------
-
-
-@dataclass
-class DumpRef:
-    path: Path
-    kind: str  # per-database | all-databases
-    databases: list[str]
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def label(self) -> str:
-        return f"{self.path.name} ({'part of an --all-databases dump' if self.kind == 'all-databases' else 'dump'})"
-
-
-_MARKER = re.compile(r"^-- Current Database: `((?:[^`]|``)+)`", re.MULTILINE)
-_CREATE_DB = re.compile(
-    r"^CREATE DATABASE (?:/\*!\d+ IF NOT EXISTS\s*\*/ |IF NOT EXISTS )?`((?:[^`]|``)+)`", re.MULTILINE | re.IGNORECASE
-)
-_USE = re.compile(r"^USE `((?:[^`]|``)+)`;", re.MULTILINE | re.IGNORECASE)
-_TAIL = re.compile(r"^/\*!40103 SET TIME_ZONE=@OLD_TIME_ZONE \*/;", re.MULTILINE)
-
-
-def _unquote(name: str) -> str:
-    return name.replace("``", "`")
-
-
-def dump_database_names(text: str) -> list[str]:
-    """Databases a dump's text switches to, in order: its '-- Current Database' markers, else CREATE DATABASE/USE."""
-    for pattern in (_MARKER, _CREATE_DB, _USE):
-        names = [_unquote(m.group(1)) for m in pattern.finditer(text)]
-        if names:
-            return list(dict.fromkeys(names))
-    return []
-
-
-def split_all_databases(text: str) -> dict[str, str]:
-    """An --all-databases (or multi-database) dump cut into one loadable dump per database.
-
-    Each part is the dump's preamble (the SET statements before the first database), that database's
-    section (from its marker to the next one) and the closing SET statements with mysqldump's trailer.
-    """
-    pattern = next((p for p in (_MARKER, _CREATE_DB, _USE) if p.search(text)), None)
-    if pattern is None:
-        return {}
-    starts = [(m.start(), _unquote(m.group(1))) for m in pattern.finditer(text)]
-    # With CREATE DATABASE/USE as markers, a database's USE follows its CREATE: keep only the first of a run.
-    merged: list[tuple[int, str]] = []
-    for pos, name in starts:
-        if not merged or merged[-1][1] != name:
-            merged.append((pos, name))
-    tail_at = len(text)
-    tails = [m.start() for m in _TAIL.finditer(text) if m.start() > merged[-1][0]]
-    if tails:
-        tail_at = tails[-1]
-    preamble, tail = text[: merged[0][0]], text[tail_at:]
-    out: dict[str, str] = {}
-    for i, (pos, name) in enumerate(merged):
-        end = merged[i + 1][0] if i + 1 < len(merged) else tail_at
-        out[name] = out.get(name, "") + text[pos:end]
-    return {name: preamble + body + tail for name, body in out.items()}
-
-
-def _open_text(path: Path):  # type: ignore[no-untyped-def]
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    if path.name.endswith(".bz2"):
-        return bz2.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
-def _scan_dump_names(path: Path) -> list[str]:
-    """Database names in a whole dump, read line by line (a multi-GB dump is never held in memory here)."""
-    names: list[str] = []
-    try:
-        with _open_text(path) as fh:
-            for line in fh:
-                if line.startswith(("-- Current Database:", "CREATE DATABASE", "USE ", "create database", "use ")):
-                    names += dump_database_names(line)
-    except (OSError, EOFError, ValueError):
-        return []
-    return list(dict.fromkeys(names))
-
-
-def classify_dump(path: Path) -> DumpRef | None:
-    """What a dump file holds: one database, or several (an --all-databases dump); None when unreadable."""
-    try:
-        head = sql_dumps.read_dump(path, 65536).decode("utf-8", "replace")
-    except InputError:
-        return None
-    header_empty = re.search(r"^--\s*Host:.*Database:\s*$", head, re.MULTILINE) is not None
-    names = dump_database_names(head)
-    if header_empty or len(names) > 1:
-        names = _scan_dump_names(path) or names
-        return DumpRef(path, "all-databases", names)
-    name = sql_dumps.dump_database(head)
-    if name is None:
-        stem = path.name
-        for suffix in (".gz", ".bz2", ".sql"):
-            stem = stem.removesuffix(suffix)
-        name = stem  # a dump without USE/CREATE DATABASE: its file name is the best guess
-    return DumpRef(path, "per-database", [name])
-
-
-def find_dumps(folders: Iterable[Path]) -> list[DumpRef]:
-    """Every dump in these folders (newest first in each), classified; folders that don't exist are skipped."""
-    seen: set[Path] = set()
-    out: list[DumpRef] = []
-    for folder in folders:
-        for path in sql_dumps.dumps_in(folder):
-            real = path.resolve()
-            if real in seen:
-                continue
-            seen.add(real)
-            ref = classify_dump(path)
-            if ref is not None:
-                out.append(ref)
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _split_file(path: str, _mtime_ns: int, _size: int) -> dict[str, str]:
-    """One big dump split once, however many of its databases are restored (keyed by the file's state)."""
-    return split_all_databases(sql_dumps.read_dump(Path(path)).decode("utf-8", "surrogateescape"))
-
-
-def read_dump_for(ref: DumpRef, database: str) -> bytes:
-    """The SQL that restores `database` from this dump: the file itself, or its part of an all-databases dump."""
-    if ref.kind != "all-databases":
-        return sql_dumps.read_dump(ref.path)
-    st = ref.path.stat()
-    parts = _split_file(str(ref.path), st.st_mtime_ns, st.st_size)
-    if database not in parts:
-        raise InputError(
-            f"dump {ref.path.name}",
-            f"holds no section for database {database}",
-            "use another dump of the database",
-            path=str(ref.path),
-        )
-    return parts[database].encode("utf-8", "surrogateescape")
-
-
-_CREATE_TABLE = re.compile(
-    r"^CREATE TABLE (?:IF NOT EXISTS )?`((?:[^`]|``)+)` \(.*?^\)[^;\n]*;", re.MULTILINE | re.DOTALL
-)
-
-
-def dump_create_tables(sql: str) -> dict[str, str]:
-    """table -> its CREATE TABLE statement (without the trailing ';') as mysqldump wrote it."""
-    return {_unquote(m.group(1)): m.group(0).rstrip(";") for m in _CREATE_TABLE.finditer(sql)}
-
-
-def folder_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def human_size(n: int | None) -> str:
@@ -378,7 +218,7 @@ def table_name(file_stem: str) -> str:
 
 @dataclass
 class BinaryVerdict:
-    strategy: str | None  # DIRECTORY_COPY | TABLESPACE_IMPORT | None (the folder alone cannot work)
+    strategy: Strategy | None  # DIRECTORY_COPY | TABLESPACE_IMPORT | None (the folder alone cannot work)
     reason: str = ""  # why not, when strategy is None
     needs: str = ""  # what would make it restorable
     innodb: list[str] = field(default_factory=list)  # tables to import (file stems)
@@ -387,7 +227,9 @@ class BinaryVerdict:
 
 
 def binary_verdict(
-    files: ms.DatabaseFiles | None, dump_tables: set[str] | None = None, verdicts: list[ms.ChkVerdict] | None = None
+    files: mysql_state.DatabaseFiles | None,
+    dump_tables: set[str] | None = None,
+    verdicts: list[mysql_state.ChkVerdict] | None = None,
 ) -> BinaryVerdict:
     """Whether a database folder can be restored by files alone, and how. Pure: files were scanned before.
 
@@ -469,25 +311,20 @@ def binary_verdict(
         )
     copied = sorted(n for n in files.tables if n not in innodb)
     if innodb:
-        return BinaryVerdict(TABLESPACE_IMPORT, innodb=innodb, copied=copied, definitions=definitions)
-    return BinaryVerdict(DIRECTORY_COPY, copied=copied)
+        return BinaryVerdict(Strategy.TABLESPACE_IMPORT, innodb=innodb, copied=copied, definitions=definitions)
+    return BinaryVerdict(Strategy.DIRECTORY_COPY, copied=copied)
 
 
-def choose(
-    binary: BinaryVerdict, dumps: list[DumpRef], prefer: str = "binary", whole_datadir: bool = False
-) -> tuple[str, str]:
+def choose(binary: BinaryVerdict, found: list[DumpRef], prefer: str = "binary") -> tuple[Strategy, str]:
     """(strategy, how) for one database. Pure, so the plan can be tested without any server."""
-    if whole_datadir:
-        return WHOLE_DATADIR, "comes back with the old datadir as a whole"
-    dump = dumps[0] if dumps else None
-    dump_strategy = ALL_DATABASES_DUMP if dump is not None and dump.kind == "all-databases" else SQL_DUMP
-    fallback = f"; if that fails, the dump {dump.path.name}" if dump is not None else ""
+    dump = found[0] if found else None
+    fallback = f"; if that fails, the dump {dump.file.name}" if dump is not None else ""
     if prefer == "dump" and dump is not None:
-        extra = f"; if that fails, the {binary.strategy} of its folder" if binary.strategy else ""
-        return dump_strategy, f"load {dump.path.name} with the mariadb client{extra}"
-    if binary.strategy == DIRECTORY_COPY:
-        return DIRECTORY_COPY, f"copy the folder ({len(binary.copied)} MyISAM/Aria tables and views){fallback}"
-    if binary.strategy == TABLESPACE_IMPORT:
+        extra = f"; if that fails, the {binary.strategy.label} of its folder" if binary.strategy else ""
+        return dump_strategy(dump), f"load {dump.file.name} with the mariadb client{extra}"
+    if binary.strategy is Strategy.DIRECTORY_COPY:
+        return binary.strategy, f"copy the folder ({len(binary.copied)} MyISAM/Aria tables and views){fallback}"
+    if binary.strategy is Strategy.TABLESPACE_IMPORT:
         frm = sum(1 for v in binary.definitions.values() if v == "frm")
         how = (
             f"recreate {len(binary.innodb)} InnoDB table(s) from their definitions ({frm} from .frm, "
@@ -495,15 +332,12 @@ def choose(
         )
         if binary.copied:
             how += f"; copy {len(binary.copied)} other table(s) as files"
-        return TABLESPACE_IMPORT, how + fallback
+        return binary.strategy, how + fallback
     if dump is not None:
-        why = (
-            f" (its folder cannot be used: {binary.reason})"
-            if binary.reason and "no folder" not in binary.reason
-            else ""
-        )
-        return dump_strategy, f"load {dump.path.name} with the mariadb client{why}"
-    return CANNOT, f"{binary.reason}. Needs: {binary.needs}"
+        usable = not binary.reason or "no folder" in binary.reason
+        why = "" if usable else f" (its folder cannot be used: {binary.reason})"
+        return dump_strategy(dump), f"load {dump.file.name} with the mariadb client{why}"
+    return Strategy.CANNOT, f"{binary.reason}. Needs: {binary.needs}"
 
 
 # --- InnoDB definitions from .frm files ---------------------------------------------------------------
@@ -532,7 +366,7 @@ def patch_frm_engine(frm: bytes, engine: str) -> bytes:
 
 def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
     """SHOW CREATE TABLE text of a scratch table, renamed to `name` and given `engine`."""
-    body = re.sub(r"^CREATE TABLE `(?:[^`]|``)+`", "CREATE TABLE " + ms.quote_ident(name), create, count=1)
+    body = re.sub(r"^CREATE TABLE `(?:[^`]|``)+`", "CREATE TABLE " + mysql_state.quote_ident(name), create, count=1)
     at = body.rfind(") ENGINE=")
     if at < 0:
         return body + f" ENGINE={engine}"
@@ -541,8 +375,8 @@ def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
     return body[:at] + f") ENGINE={engine}" + body[at + m.end() :]
 
 
-def read_frm_definitions(frms: dict[str, Path], runner: Runner | None = None) -> dict[str, str]:
-    """key -> `CREATE TABLE ... ENGINE=InnoDB` body (named `__t__`) read from copies of InnoDB .frm files.
+def read_frm_definitions(frms: dict[str, bytes], runner: Runner | None = None) -> dict[str, str]:
+    """key -> `CREATE TABLE ... ENGINE=InnoDB` body (named `__t__`) read from the bytes of InnoDB .frm files.
 
     One throwaway server (backup_db_reader) reads all of them. A definition it cannot read is left out;
     the caller names the table and what would be needed.
@@ -555,7 +389,7 @@ def read_frm_definitions(frms: dict[str, Path], runner: Runner | None = None) ->
         scratch.mkdir()
         keys = list(frms)
         for i, key in enumerate(keys):
-            data = frms[key].read_bytes()
+            data = frms[key]
             try:
                 (scratch / f"m{i}.frm").write_bytes(patch_frm_engine(data, "MEMORY"))
                 (scratch / f"y{i}.frm").write_bytes(patch_frm_engine(data, "MyISAM"))
@@ -593,14 +427,13 @@ class CustomerDb:
     name: str
     listed: ListedDb | None
     users: list[str]
-    folder: Path | None
-    files: ms.DatabaseFiles | None
-    size: int | None
+    folder: str | None  # the old server's path of its folder
+    files: mysql_state.DatabaseFiles | None
     dumps: list[DumpRef]
     binary: BinaryVerdict
-    strategy: str = CANNOT
+    strategy: Strategy = Strategy.CANNOT
     how: str = ""
-    verdicts: list[ms.ChkVerdict] = field(default_factory=list)
+    verdicts: list[mysql_state.ChkVerdict] = field(default_factory=list)
 
     def engines(self) -> str:
         if self.files is None or not self.files.tables:
@@ -615,9 +448,9 @@ class CustomerDb:
             "SQL users": ", ".join(self.users) or "—",
             "folder in backup": "yes" if self.folder is not None else "no",
             "engines (from files)": self.engines(),
-            "size": human_size(self.size),
+            "size": human_size(self.files.size if self.files is not None else None),
             "dumps": dump_text,
-            "restore": self.strategy,
+            "restore": self.strategy.label,
             "how / why": self.how,
         }
 
@@ -626,10 +459,11 @@ class CustomerDb:
 class Discovery:
     listing: Listing
     databases: list[CustomerDb]
-    backup_datadir: Path | None
+    backup_datadir: str
     shared: list[str]  # ibdata1 and redo logs at the top of the backup's datadir
     datadir_complete: bool
     datadir_reason: str
+    ispcp_db: str = "ispcp"
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -653,52 +487,37 @@ class Discovery:
         return pd.DataFrame([d.row() for d in self.databases], columns=columns)
 
 
-def _backup_datadir(ctx: Context, conf: IspcpConf | None) -> Path:
-    return ctx.b((conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql")
-
-
-def dump_folders(ctx: Context, conf: IspcpConf | None) -> list[Path]:
-    logical = [*DUMP_DIRS, (conf.get("BACKUP_FILE_DIR") if conf else None) or "/var/www/ispcp/backups"]
-    extra = ctx.param("customer_databases_dump_dirs") or []
-    if isinstance(extra, str):
-        extra = [extra]
-    out = []
-    for p in [*logical, *extra]:
-        try:
-            out.append(ctx.b(str(p)))
-        except InputError:
-            continue  # a symlinked folder that escapes the backup: not read
-    return out
-
-
-def backup_folders(ctx: Context, datadir: Path, ispcp_db: str) -> tuple[dict[str, Path], list[str]]:
+def backup_folders(ctx: Context, folder: str, ispcp_db: str) -> tuple[dict[str, str], list[str]]:
     """Database folders in the backup's datadir other than the server's own and ispCP's; plus refusals."""
-    folders: dict[str, Path] = {}
+    assert ctx.backup is not None
+    folders: dict[str, str] = {}
     refused: list[str] = []
-    if not datadir.is_dir():
-        return folders, refused
-    for entry in sorted(datadir.iterdir(), key=lambda p: p.name):
-        if entry.name in SYSTEM_DATABASES or entry.name == ispcp_db or entry.name.startswith(("#", ".")):
+    entries = mysql_state.list_folder(ctx.backup, folder) or {}
+    for name in sorted(entries):
+        if name in SYSTEM_DATABASES or name == ispcp_db or name.startswith(("#", ".")):
             continue
-        if not entry.is_dir():
+        path = posixpath.join(folder, name)
+        if entries[name].kind == "l" and not ctx.backup.is_dir(ctx.backup.realpath(path)):
             continue
-        logical = "/" + str(entry.relative_to(ctx.backup_root)) if ctx.backup_root else str(entry)
-        try:
-            ctx.b(logical)
-        except InputError as exc:
-            refused.append(f"{entry.name}: {exc.problem}")
+        if entries[name].kind not in ("d", "l"):
             continue
-        folders[table_name(entry.name)] = entry
+        escape = ctx.backup.escapes(path)
+        if escape is not None:
+            refused.append(f"{name}: resolves to {escape}, outside the backup root (a symlink escapes it)")
+            continue
+        folders[table_name(name)] = path
     return folders, refused
 
 
-def datadir_completeness(datadir: Path, shared: list[str], needed: Iterable[str], ispcp_db: str) -> tuple[bool, str]:
+def datadir_completeness(
+    entries: dict[str, mysql_state.FileEntry], shared: list[str], needed: Iterable[str], ispcp_db: str
+) -> tuple[bool, str]:
     """Does the backup hold the old datadir whole: ibdata1, its redo log and every database folder?"""
     if "ibdata1" not in shared:
         return False, "the backup's datadir has no ibdata1 (only database folders were copied)"
     if not any(n.startswith("ib_logfile") for n in shared):
         return False, "the backup's datadir has ibdata1 but no redo log (ib_logfile0)"
-    missing = [n for n in [ispcp_db, "mysql", *needed] if not (datadir / n).is_dir()]
+    missing = [n for n in [ispcp_db, "mysql", *needed] if n not in entries or entries[n].kind != "d"]
     if missing:
         return False, f"the backup's datadir lacks the folder(s) of {', '.join(missing[:6])}"
     return True, "the backup holds the old datadir whole (ibdata1, redo log and every database folder)"
@@ -718,7 +537,7 @@ def discover(
     """
     if conf is None:
         try:
-            conf = bl.load_old_conf(ctx)
+            conf = backup_layout.load_old_conf(ctx)
         except InputError:
             conf = None
     prefer = prefer or ctx.param("customer_databases_prefer", "binary") or "binary"
@@ -726,43 +545,46 @@ def discover(
         raise InputError("customer_databases_prefer", f"is {prefer!r}", f"use one of {', '.join(PREFERENCES)}")
     if include_unlisted is None:
         include_unlisted = bool(ctx.param("customer_databases_include_unlisted", True))
-    ispcp_db = (conf.get("DATABASE_NAME") if conf else None) or "ispcp"
-    datadir = _backup_datadir(ctx, conf)
-    found = read_listing_from or listing(ctx, datadir, ispcp_db)
-    folders, refused = backup_folders(ctx, datadir, ispcp_db)
-    dumps = find_dumps(dump_folders(ctx, conf))
-    shared = ms.shared_tablespace(datadir)
+    assert ctx.backup is not None
+    ispcp_db = datadir.ispcp_database(conf)
+    old_datadir = datadir.old_datadir(conf)
+    found = read_listing_from or listing(ctx, old_datadir, ispcp_db)
+    folders, refused = backup_folders(ctx, old_datadir, ispcp_db)
+    extra = ctx.param("customer_databases_dump_dirs") or []
+    all_dumps = dumps.find_dumps(ctx.backup, dumps.dump_folders(conf, [extra] if isinstance(extra, str) else extra))
+    top = mysql_state.list_folder(ctx.backup, old_datadir) or {}
+    shared = mysql_state.shared_tablespace(ctx.backup, old_datadir)
     names = list(found.databases)
     unlisted = sorted(set(folders) - set(names))
     dumped_only = sorted(
-        {n for d in dumps for n in d.databases} - set(names) - set(folders) - SYSTEM_DATABASES - {ispcp_db}
+        {n for d in all_dumps for n in d.databases} - set(names) - set(folders) - SYSTEM_DATABASES - {ispcp_db}
     )
     if include_unlisted:
         names += unlisted + [n for n in dumped_only if n not in unlisted]
-    complete, reason = datadir_completeness(datadir, shared, found.databases, ispcp_db)
+    complete, reason = datadir_completeness(top, shared, found.databases, ispcp_db)
     names = sorted(dict.fromkeys(names))
-    scanned = {n: ms.scan_database_dir(folders[n]) for n in names if n in folders}
-    checked = _offline_verdicts({n: (folders[n], f) for n, f in scanned.items() if f is not None})
+    read = mysql_state.scan_database_dirs(ctx.backup, [folders[n] for n in names if n in folders])
+    scanned = {n: read[folders[n]] for n in names if n in folders}
+    checked = _offline_verdicts(ctx, {n: f for n, f in scanned.items() if f is not None})
     dbs: list[CustomerDb] = []
     for name in names:
-        folder = folders.get(name)
         files = scanned.get(name)
-        own_dumps = [d for d in dumps if name in d.databases]
-        own_dumps.sort(key=lambda d: d.kind != "per-database")  # a database's own dump before its share of a big one
+        own_dumps = [d for d in all_dumps if name in d.databases]
+        own_dumps.sort(key=lambda d: d.kind != dumps.PER_DATABASE)  # its own dump before its share of a big one
         verdicts = checked.get(name, [])
         dump_tables: set[str] = set()
         if files is not None and any(".frm" not in t.suffixes and ".ibd" in t.suffixes for t in files.tables.values()):
-            dump_tables = _dump_table_names(own_dumps, name)
+            dump_tables = _dump_table_names(ctx, own_dumps, name)
         binary = binary_verdict(files, dump_tables, verdicts)
-        strategy, how = choose(binary, own_dumps, prefer, whole_datadir=False)
+        strategy, how = choose(binary, own_dumps, prefer)
+        users = [u.name for u in found.users_of(name)]
         dbs.append(
             CustomerDb(
                 name,
                 found.databases.get(name),
-                [u.name for u in found.users_of(name)],
-                folder,
+                users,
+                folders.get(name),
                 files,
-                folder_size(folder) if folder is not None else None,
                 own_dumps,
                 binary,
                 strategy,
@@ -770,7 +592,7 @@ def discover(
                 verdicts,
             )
         )
-    out = Discovery(found, dbs, datadir, shared, complete, reason)
+    out = Discovery(found, dbs, old_datadir, shared, complete, reason, ispcp_db)
     if not found.readable:
         out.warnings.append(
             f"ispCP's list of customer databases (sql_database) could not be read: {found.source}. "
@@ -800,22 +622,28 @@ def discover(
     return out
 
 
-def _offline_verdicts(folders: dict[str, tuple[Path, ms.DatabaseFiles]]) -> dict[str, list[ms.ChkVerdict]]:
-    """myisamchk/aria_chk --read-only on every MyISAM/Aria folder at once (nothing is written)."""
-    todo = {n: v for n, v in folders.items() if any(t.engine in ("MyISAM", "Aria") for t in v[1].tables.values())}
+def _offline_verdicts(
+    ctx: Context, folders: dict[str, mysql_state.DatabaseFiles]
+) -> dict[str, list[mysql_state.ChkVerdict]]:
+    """myisamchk/aria_chk --read-only on every MyISAM/Aria folder at once, where the backup lies (read only)."""
+    assert ctx.backup is not None
+    todo = {n: f for n, f in folders.items() if f.of_engine("MyISAM") or f.of_engine("Aria")}
     if not todo:
         return {}
     try:
-        found = ms.offline_check_all(list(todo.values()))
+        found = mysql_state.OfflineCheck(ctx.backup, list(todo.values())).wait()
     except (OSError, ValueError):
         return {}
     return dict(zip(todo, found, strict=True)) if found is not None else {}
 
 
-def _dump_table_names(dumps: list[DumpRef], database: str) -> set[str]:
-    for ref in dumps:
+def _dump_table_names(ctx: Context, refs: list[DumpRef], database: str) -> set[str]:
+    assert ctx.backup is not None
+    for ref in refs:
         try:
-            return set(dump_create_tables(read_dump_for(ref, database).decode("utf-8", "replace")))
+            return set(
+                dumps.dump_create_tables(dumps.read_dump_for(ctx.backup, ref, database).decode("utf-8", "replace"))
+            )
         except InputError:
             continue
     return set()
@@ -836,13 +664,13 @@ def show(ctx: Context, result: Result) -> Discovery | None:
         result.note(n)
     for w in found.warnings:
         result.warn(w)
-    cannot = [d.name for d in found.databases if d.strategy == CANNOT]
+    cannot = [d.name for d in found.databases if d.strategy is Strategy.CANNOT]
     if cannot:
         result.warn(
             f"{len(cannot)} customer database(s) cannot be restored from what the backup holds: "
             f"{', '.join(cannot)} (see the table: why, and what would be needed)"
         )
-    result.data["customer_databases"] = [{"database": d.name, "strategy": d.strategy} for d in found.databases]
+    result.data["customer_databases"] = [{"database": d.name, "strategy": d.strategy.value} for d in found.databases]
     return found
 
 
@@ -854,10 +682,10 @@ def account_keysets(ctx: Context) -> list[tuple[str, keyfiles.KeySet]]:
     out: list[tuple[str, keyfiles.KeySet]] = []
     for side in ("target", "backup"):
         try:
-            found = il.keysets(ctx, side)
+            found = ispcp_login.keysets(ctx, side)
         except InputError:
             continue
-        for layout in il.ordered(found):
+        for layout in ispcp_login.ordered(found):
             ks = found[layout]
             if all(ks != other for _, other in out):
                 out.append((f"the {side}'s {layout} key file", ks))

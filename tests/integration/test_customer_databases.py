@@ -19,11 +19,11 @@ from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts.mysql_creds import read_debian_cnf
-from ispcp_lib.mysql import customer_dbs as cdb
+from ispcp_lib.mysql import customer_dbs
+from ispcp_lib.mysql.customer_dbs import Strategy
 from ispcp_lib.sandbox.world import World, build_world, stable_fingerprint
 from ispcp_lib.steps import customer_databases, mysql_maintainer, mysql_restore
-from tests.helpers import assert_no_secret, ctx_for, fetch, restore_databases, running_clone
+from tests.helpers import assert_no_secret, ctx_for, fetch, read_cnf, restore_databases, running_clone
 
 SHOP, BLOG = "example001_shop", "example002_blog"
 ROWS = {(SHOP, "products"): 20, (SHOP, "orders"): 50, (BLOG, "posts"): 10, (BLOG, "comments"): 30}
@@ -72,8 +72,10 @@ def test_dry_run_apply_and_again(restored: World) -> None:
     planned = customer_databases.run(ctx)
     assert planned.status == "planned", planned.errors
     plan = plan_of(planned)
-    assert plan[SHOP]["strategy"] == cdb.DIRECTORY_COPY and plan[SHOP]["engines (from files)"] == "2 MyISAM"
-    assert plan[BLOG]["strategy"] == cdb.TABLESPACE_IMPORT and plan[BLOG]["engines (from files)"] == "2 InnoDB"
+    assert plan[SHOP]["strategy"] == Strategy.DIRECTORY_COPY.label and plan[SHOP]["engines (from files)"] == "2 MyISAM"
+    assert (
+        plan[BLOG]["strategy"] == Strategy.TABLESPACE_IMPORT.label and plan[BLOG]["engines (from files)"] == "2 InnoDB"
+    )
     assert plan[SHOP]["domain"] == "example-001.test" and plan[BLOG]["SQL users"] == "ex002blog"
     assert "if that fails, the dump example002_blog.sql" in plan[BLOG]["how / why"]
     text = "\n".join(planned.changes)
@@ -124,7 +126,7 @@ def test_prefer_dump_loads_the_per_database_dumps(restored: World) -> None:
     ctx = ctx_for(world, apply=True, customer_databases_prefer="dump")
     done = customer_databases.run(ctx)
     assert done.status == "done", done.errors
-    assert {r["strategy"] for r in plan_of(done).values()} == {cdb.SQL_DUMP}
+    assert {r["strategy"] for r in plan_of(done).values()} == {Strategy.SQL_DUMP.label}
     assert any("load " in c and "example001_shop.sql" in c for c in done.changes)
     for (database, table), n in ROWS.items():
         assert counts(world, database)[table] == n
@@ -145,7 +147,7 @@ def test_innodb_without_its_tablespace_is_refused_and_the_others_restored(restor
     planned = customer_databases.run(ctx_for(world))
     assert stable_fingerprint(world) == before
     row = plan_of(planned)[BLOG]
-    assert row["plan"] == "cannot restore" and row["strategy"] == cdb.CANNOT
+    assert row["plan"] == "cannot restore" and row["strategy"] == Strategy.CANNOT.label
     assert (
         "holds InnoDB tables (comments, posts) whose data lives in the old server's shared tablespace (ibdata1)"
         in row["how / why"]
@@ -169,7 +171,10 @@ def test_innodb_without_tablespace_falls_back_to_its_dump(restored: World) -> No
     for ibd in (world.backup_root / BACKUP_DATADIR / BLOG).glob("*.ibd"):
         ibd.unlink()
     done = customer_databases.run(ctx_for(world, apply=True))
-    assert plan_of(done)[BLOG]["strategy"] == cdb.SQL_DUMP and "shared tablespace" in plan_of(done)[BLOG]["how / why"]
+    assert (
+        plan_of(done)[BLOG]["strategy"] == Strategy.SQL_DUMP.label
+        and "shared tablespace" in plan_of(done)[BLOG]["how / why"]
+    )
     assert counts(world, BLOG) == {"comments": 30, "posts": 10}
 
 
@@ -177,7 +182,7 @@ def test_ibd_without_frm_takes_its_definition_from_the_dump(restored: World) -> 
     world = restored
     (world.backup_root / BACKUP_DATADIR / BLOG / "posts.frm").unlink()
     done = customer_databases.run(ctx_for(world, apply=True))
-    assert plan_of(done)[BLOG]["strategy"] == cdb.TABLESPACE_IMPORT
+    assert plan_of(done)[BLOG]["strategy"] == Strategy.TABLESPACE_IMPORT.label
     assert "1 from .frm, 1 from a dump" in plan_of(done)[BLOG]["how / why"]
     assert any("posts` (definition from its dump)" in c for c in done.changes)
     assert counts(world, BLOG) == {"comments": 30, "posts": 10}
@@ -200,7 +205,9 @@ def test_failed_import_is_rolled_back_and_the_dump_loaded(restored: World) -> No
     done = customer_databases.run(ctx_for(world, apply=True))
     assert done.status == "done", done.errors
     row = plan_of(done)[BLOG]
-    assert row["strategy"] == cdb.SQL_DUMP and row["result"].startswith("restored by SQL dump after the tablespace")
+    assert row["strategy"] == Strategy.SQL_DUMP.label and row["result"].startswith(
+        "restored by SQL dump after the tablespace"
+    )
     assert any("rolled back, trying the SQL dump" in w for w in done.warnings)
     assert counts(world, BLOG) == {"comments": 30, "posts": 10}
     assert list(Path(world.mysql_params["datadir"]).joinpath(BLOG).glob("*.ibd"))  # the dump's own tables
@@ -295,14 +302,14 @@ def test_whole_datadir_restore_keeps_the_maintainer_login(full: World) -> None:
     # grants; the swap brings back the old grants, so this step must set it again.
     (world.backup_root / "etc/mysql/debian.cnf").unlink()
     guide_restore(world)
-    cnf = read_debian_cnf(world.target_root / "etc/mysql/debian.cnf")
+    cnf = read_cnf(world.target_root / "etc/mysql/debian.cnf")
     assert cnf is not None and world.target_mysql().can_login(cnf.user, cnf.password) is None
 
     before = stable_fingerprint(world)
     ctx = ctx_for(world, customer_databases_whole_datadir="always")
     planned = customer_databases.run(ctx)
     assert planned.status == "planned", planned.errors
-    assert {r["strategy"] for r in plan_of(planned).values()} == {cdb.WHOLE_DATADIR}
+    assert {r["strategy"] for r in plan_of(planned).values()} == {Strategy.WHOLE_DATADIR.label}
     assert any("copy the backup's whole datadir" in c for c in planned.changes)
     assert stable_fingerprint(world) == before and work_dirs(world) == []
 
@@ -329,7 +336,7 @@ def test_whole_datadir_auto_is_not_needed_and_all_databases_dump_is_split(full: 
     ctx = ctx_for(world, apply=True, customer_databases_prefer="dump")
     done = customer_databases.run(ctx)
     assert done.status == "done", done.errors
-    assert {r["strategy"] for r in plan_of(done).values()} == {cdb.ALL_DATABASES_DUMP}
+    assert {r["strategy"] for r in plan_of(done).values()} == {Strategy.ALL_DATABASES_DUMP.label}
     assert any("not needed, every database has a way back of its own" in n for n in done.notes)
     for (database, table), n in ROWS.items():
         assert counts(world, database)[table] == n
@@ -345,13 +352,16 @@ def test_whole_datadir_refused_when_mysql_restore_used_other_sources(full: World
     assert any(
         "not possible: mysql_restore has not restored ispcp and mysql into this datadir" in n for n in result.notes
     )
-    assert {r["strategy"] for r in plan_of(result).values()} == {cdb.DIRECTORY_COPY, cdb.TABLESPACE_IMPORT}
+    assert {r["strategy"] for r in plan_of(result).values()} == {
+        Strategy.DIRECTORY_COPY.label,
+        Strategy.TABLESPACE_IMPORT.label,
+    }
 
     guide_restore(world)  # now with mysql_restore's record, but the target has a database of its own
     query(world, "CREATE DATABASE new_only")
     result = customer_databases.run(ctx_for(world, customer_databases_whole_datadir="always"))
     assert any("the target has database(s) the backup's datadir lacks (new_only)" in n for n in result.notes)
-    assert cdb.WHOLE_DATADIR not in {r["strategy"] for r in plan_of(result).values()}
+    assert Strategy.WHOLE_DATADIR.label not in {r["strategy"] for r in plan_of(result).values()}
 
 
 # --- discovery for the inventory --------------------------------------------------------------------
@@ -361,15 +371,18 @@ def test_show_reads_the_backup_before_any_restore(stopped_world: World) -> None:
     world = stopped_world
     ctx = ctx_for(world)
     result = Result("inventory")
-    found = cdb.show(ctx, result)
+    found = customer_dbs.show(ctx, result)
     assert "throwaway server" in found.listing.source
     frame = result.tables[0].frame.set_index("database")
-    assert frame.loc[SHOP, "restore"] == cdb.DIRECTORY_COPY and frame.loc[BLOG, "restore"] == cdb.TABLESPACE_IMPORT
+    assert (
+        frame.loc[SHOP, "restore"] == Strategy.DIRECTORY_COPY.label
+        and frame.loc[BLOG, "restore"] == Strategy.TABLESPACE_IMPORT.label
+    )
     assert frame.loc[BLOG, "folder in backup"] == "yes" and frame.loc[BLOG, "dumps"] == f"{BLOG}.sql (dump)"
     assert any("Customer databases listed in sql_database: 2" in n for n in result.notes)
     assert found is not None and not found.datadir_complete
     broken = Result("inventory")
-    assert cdb.show(ctx_for(world, customer_databases_prefer="tape"), broken) is None
+    assert customer_dbs.show(ctx_for(world, customer_databases_prefer="tape"), broken) is None
     assert broken.warnings and "customer databases could not be listed" in broken.warnings[0]
 
 

@@ -11,10 +11,10 @@ import pytest
 from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.fileops import fingerprint_diff
-from ispcp_lib.facts.mysql_creds import read_debian_cnf
+from ispcp_lib.mysql import accounts
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_maintainer, mysql_restore
-from tests.helpers import ctx_for
+from tests.helpers import ctx_for, read_cnf
 
 DEBIAN_CNF = "etc/mysql/debian.cnf"
 
@@ -57,7 +57,7 @@ def test_the_backups_debian_cnf_comes_back_and_a_second_apply_is_a_noop(mysql_re
     assert target.read_bytes() == (mysql_restored.backup_root / DEBIAN_CNF).read_bytes()
     assert_private(target)
     assert len(result.backups) == 1 and Path(result.backups[0]).read_bytes() != target.read_bytes()
-    login = read_debian_cnf(target)
+    login = read_cnf(target)
     assert mysql_restored.target_mysql().can_login(login.user, login.password) is None
     again = mysql_maintainer.run(ctx)
     assert again.status == "noop" and "is the backup's and logs in" in again.noop_reason
@@ -66,7 +66,7 @@ def test_the_backups_debian_cnf_comes_back_and_a_second_apply_is_a_noop(mysql_re
 def test_reset_when_the_backup_has_no_debian_cnf(mysql_restored: World) -> None:
     (mysql_restored.backup_root / DEBIAN_CNF).unlink()
     target = mysql_restored.target_root / DEBIAN_CNF
-    stale = read_debian_cnf(target)  # the new server's file: its password fits the replaced grants no more
+    stale = read_cnf(target)  # the new server's file: its password fits the replaced grants no more
     assert mysql_restored.target_mysql().can_login(stale.user, stale.password) is not None
     ctx = ctx_for(mysql_restored, apply=True)
     known = set(ctx.secrets.values())
@@ -78,7 +78,7 @@ def test_reset_when_the_backup_has_no_debian_cnf(mysql_restored: World) -> None:
     assert text.startswith("# Automatically generated for Debian scripts. DO NOT TOUCH!\n[client]\n")
     assert "[mysql_upgrade]" in text and "basedir  = /usr" in text and "socket   = /var/run/mysqld/mysqld.sock" in text
     assert_private(target)
-    login = read_debian_cnf(target)
+    login = read_cnf(target)
     assert login.user == "debian-sys-maint" and login.password != stale.password
     assert mysql_restored.target_mysql().can_login(login.user, login.password) is None
     assert login.password in ctx.secrets and login.password not in known
@@ -98,9 +98,9 @@ def test_lost_root_password_is_reset_with_the_same_mechanism(mysql_restored: Wor
     ctx = ctx_for(mysql_restored, apply=True, mysql_reset_root=True)
     result = mysql_maintainer.run(ctx)
     assert result.status == "done", result.errors
-    saved = ctx.state_dir / mysql_maintainer.ROOT_CNF
+    saved = ctx.state_dir / accounts.ROOT_CNF
     assert_private(saved)
-    root = read_debian_cnf(saved)
+    root = read_cnf(saved)
     assert root.user == "root" and root.password != old_root
     srv = mysql_restored.target_mysql()
     assert srv.can_login("root", root.password) is None and srv.can_login("root", old_root) is not None
@@ -141,7 +141,7 @@ def test_reset_creates_the_maintainer_when_the_old_grants_lack_it(mysql_restored
     assert result.status == "done", result.errors
     logins = next(t.frame for t in result.tables if t.title == "MySQL logins")
     assert "localhost (created)" in " ".join(logins["result"])
-    login = read_debian_cnf(mysql_restored.target_root / DEBIAN_CNF)
+    login = read_cnf(mysql_restored.target_root / DEBIAN_CNF)
     conn = mysql_restored.target_mysql().connect(login.user, login.password)
     try:
         with conn.cursor() as cur:
@@ -158,7 +158,7 @@ def test_a_failed_grantless_start_ends_in_a_normal_server(
     """The grant-less restart fails (an option the server refuses): the server must come back normally."""
     (mysql_restored.backup_root / DEBIAN_CNF).unlink()
     target_cnf = (mysql_restored.target_root / DEBIAN_CNF).read_bytes()
-    monkeypatch.setattr(mysql_maintainer, "GRANTLESS_ARGS", (*mysql_maintainer.GRANTLESS_ARGS, "--no-such-option"))
+    monkeypatch.setattr(accounts, "GRANTLESS_ARGS", (*accounts.GRANTLESS_ARGS, "--no-such-option"))
     with pytest.raises(StepFailed) as info:
         mysql_maintainer.run(ctx_for(mysql_restored, apply=True))
     assert "did not come up" in info.value.result.errors[0]
@@ -190,4 +190,4 @@ def test_root_without_a_local_account_is_refused_before_any_password_changes(mys
     # Nothing changed: the maintainer still has its old password, no file holds a password MySQL lacks.
     assert srv.status() and srv.can_login("debian-sys-maint", old["debian_sys_maint"]) is None
     assert (mysql_restored.target_root / DEBIAN_CNF).read_bytes() == target_cnf
-    assert not (ctx.state_dir / mysql_maintainer.ROOT_CNF).exists()
+    assert not (ctx.state_dir / accounts.ROOT_CNF).exists()

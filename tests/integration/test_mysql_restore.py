@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
 from ispcp_lib.facts import mysql_state as ms
-from ispcp_lib.facts.mysql_creds import Login, read_debian_cnf
-from ispcp_lib.mysql import dumps as sql_dumps
+from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.mysql import dumps
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_restore
-from tests.helpers import ctx_for, fetch
+from tests.helpers import ctx_for, fetch, read_cnf
 
 BACKUP_DB = "var/lib/mysql"
 
@@ -74,7 +75,7 @@ def test_dry_run_plans_everything_and_changes_nothing(world: World) -> None:
 def test_apply_restores_the_old_databases_and_a_second_apply_is_a_noop(world: World) -> None:
     data = datadir(world)
     own_ispcp = fingerprint(data / "ispcp")
-    target = read_debian_cnf(world.target_root / "etc/mysql/debian.cnf")
+    target = read_cnf(world.target_root / "etc/mysql/debian.cnf")
     own_stats = query(world, target, "SELECT database_name, table_name FROM mysql.innodb_table_stats ORDER BY 1, 2")
     assert own_stats  # a fresh MariaDB keeps statistics of its own InnoDB tables
     ctx = ctx_for(world, apply=True)
@@ -95,7 +96,7 @@ def test_apply_restores_the_old_databases_and_a_second_apply_is_a_noop(world: Wo
     assert list(logins["result"]) == ["works", "works"]
 
     # Owner from the target's passwd/group, data files byte for byte the backup's.
-    uid, gid = ms.mysql_owner(world.target_root)
+    uid, gid = ms.mysql_owner(LocalConnection(world.target_root))
     for name in ("ispcp", "mysql"):
         for p in (data / name).iterdir():
             st = p.stat()
@@ -219,7 +220,7 @@ def test_server_that_does_not_start_gets_its_own_folders_back(world: World) -> N
     assert any("rolled back" in w for w in result.warnings)
     assert world.target_mysql().status()
     assert {name: sorted(p.name for p in (datadir(world) / name).iterdir()) for name in ("ispcp", "mysql")} == own
-    target = read_debian_cnf(world.target_root / "etc/mysql/debian.cnf")
+    target = read_cnf(world.target_root / "etc/mysql/debian.cnf")
     assert query(world, target, "SELECT COUNT(*) FROM ispcp.domain") == [(0,)]
     [work] = work_dirs(world)
     assert (work / "failed/mysql").is_dir() and not (work / "kept/mysql").exists()
@@ -253,9 +254,10 @@ def test_without_a_working_login_the_check_runs_in_a_grantless_session(world: Wo
 
 
 def _dump(world: World, login: Login, database: str) -> bytes:
-    with sql_dumps.defaults_file(login, Path(world.mysql_params["socket"])) as cnf:
+    here = LocalConnection("/")
+    with dumps.defaults_file(here, login, world.mysql_params["socket"]) as cnf:
         out = subprocess.run(
-            sql_dumps.client_argv(cnf, "--skip-dump-date", database, program="mariadb-dump"),
+            dumps.client_argv(here, cnf, "--skip-dump-date", database, program="mariadb-dump"),
             capture_output=True,
             check=True,
         )
@@ -294,7 +296,7 @@ def test_sql_dumps_as_the_source(world: World, world_template: World, sandbox_di
         assert set(frame["CHECK TABLE"]) == {"OK"} and "NO" not in set(frame["match"])
         names = [r[0] for r in query(other, old_root(other), "SELECT domain_name FROM ispcp.domain ORDER BY 1")]
         assert names == sorted(d["name"] for d in other.domains)
-        old_cnf = read_debian_cnf(other.backup_root / "etc/mysql/debian.cnf")
+        old_cnf = read_cnf(other.backup_root / "etc/mysql/debian.cnf")
         assert other.target_mysql().can_login(old_cnf.user, old_cnf.password) is None
         [work] = sorted(datadir(other).parent.glob("mysql.restore-*"))
         assert (work / "kept/ispcp/domain.frm").is_file() and (work / "kept/mysql/global_priv.frm").is_file()
@@ -334,7 +336,7 @@ def test_backup_without_a_mysql_database_keeps_the_targets_logins(world: World) 
     assert sorted(p.name for p in (datadir(world) / "mysql").iterdir()) == own_mysql
     logins = next(t.frame for t in result.tables if t.title.startswith("Logins"))
     assert dict(zip(logins["from"], logins["result"]))["the target's debian.cnf (its grants were kept)"] == "works"
-    target = read_debian_cnf(world.target_root / "etc/mysql/debian.cnf")
+    target = read_cnf(world.target_root / "etc/mysql/debian.cnf")
     assert query(world, target, "SELECT COUNT(*) FROM ispcp.domain") == [(len(world.domains),)]
 
 

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.errors import InputError
-from ispcp_lib.facts import mysql_state as ms
+from ispcp_lib.facts import mysql_state
 from ispcp_lib.ispcp import encrypted_columns as ec
 from ispcp_lib.ispcp.crypto import encrypt_db_password, generate_iv, generate_key
 from ispcp_lib.ispcp.keyfiles import KeySet
-from ispcp_lib.mysql import customer_dbs as cdb
+from ispcp_lib.mysql import customer_dbs, dumps
+from ispcp_lib.mysql.customer_dbs import Strategy
+
+HERE = LocalConnection("/")
 
 PREAMBLE = """-- MariaDB dump 10.19  Distrib 10.11.6-MariaDB
 --
@@ -54,13 +58,13 @@ ALL = (
 
 
 def test_split_all_databases_gives_each_database_preamble_its_sections_and_tail() -> None:
-    parts = cdb.split_all_databases(ALL)
+    parts = dumps.split_all_databases(ALL)
     assert set(parts) == {"shop", "blog", "mysql"}
     shop = parts["shop"]
     assert shop.startswith(PREAMBLE) and shop.endswith(TAIL)
     assert "CREATE TABLE `products`" in shop and "`posts`" not in shop and "`user`" not in shop
     assert shop.count("USE `shop`;") == 2  # the second pass (views) belongs to it too
-    assert cdb.dump_database_names(shop) == ["shop"]
+    assert dumps.dump_database_names(shop) == ["shop"]
     blog = parts["blog"]
     assert "INSERT INTO `posts` VALUES (0),(1);" in blog and "products" not in blog
     assert "Dump completed" in blog
@@ -71,10 +75,10 @@ def test_split_without_comments_uses_create_database_and_use() -> None:
         "SET NAMES utf8;\nCREATE DATABASE `a`;\nUSE `a`;\nCREATE TABLE `t` (\n x int\n);\n"
         "CREATE DATABASE `b`;\nUSE `b`;\nCREATE TABLE `u` (\n y int\n);\n"
     )
-    parts = cdb.split_all_databases(bare)
+    parts = dumps.split_all_databases(bare)
     assert set(parts) == {"a", "b"}
     assert parts["a"].startswith("SET NAMES utf8;\n") and "`u`" not in parts["a"] and "`t`" in parts["a"]
-    assert cdb.split_all_databases("SELECT 1;") == {}
+    assert dumps.split_all_databases("SELECT 1;") == {}
 
 
 def test_dump_create_tables_and_quoted_names() -> None:
@@ -82,7 +86,7 @@ def test_dump_create_tables_and_quoted_names() -> None:
         "CREATE TABLE `we``ird` (\n  `id` int NOT NULL,\n  PRIMARY KEY (`id`)\n"
         ") ENGINE=InnoDB DEFAULT CHARSET=utf8;\nCREATE TABLE `posts` (\n  `x` text\n) ENGINE=MyISAM;\n"
     )
-    found = cdb.dump_create_tables(sql)
+    found = dumps.dump_create_tables(sql)
     assert set(found) == {"we`ird", "posts"}
     assert found["posts"].endswith("ENGINE=MyISAM") and not found["posts"].endswith(";")
 
@@ -94,96 +98,104 @@ def test_classify_dump_files(tmp_path: Path) -> None:
         fh.write(one)
     (tmp_path / "legacy_db.sql").write_text("CREATE TABLE `t` (\n  x int\n);\n")  # no USE: its name is the guess
     (tmp_path / "notes.txt").write_text("not a dump")
-    found = {ref.path.name: ref for ref in cdb.find_dumps([tmp_path, tmp_path / "absent"])}
+    found = {ref.file.name: ref for ref in dumps.find_dumps(HERE, [str(tmp_path), str(tmp_path / "absent")])}
     assert set(found) == {"all.sql", "shop.sql.gz", "legacy_db.sql"}
     assert found["all.sql"].kind == "all-databases" and found["all.sql"].databases == ["shop", "blog", "mysql"]
     assert found["shop.sql.gz"].kind == "per-database" and found["shop.sql.gz"].databases == ["shop"]
     assert found["legacy_db.sql"].databases == ["legacy_db"]
-    assert cdb.read_dump_for(found["all.sql"], "blog").decode().count("CREATE TABLE") == 1
+    assert dumps.read_dump_for(HERE, found["all.sql"], "blog").decode().count("CREATE TABLE") == 1
     with pytest.raises(InputError, match="no section for database nope"):
-        cdb.read_dump_for(found["all.sql"], "nope")
+        dumps.read_dump_for(HERE, found["all.sql"], "nope")
 
 
 # --- binary folders ---------------------------------------------------------------------------------
 
 
-def files(**tables: tuple[set[str], str | None]) -> ms.DatabaseFiles:
+def files(**tables: tuple[set[str], str | None]) -> mysql_state.DatabaseFiles:
     out = {}
     for name, (suffixes, frm_engine) in tables.items():
-        t = ms.TableFiles(name, set(suffixes), frm_engine)
+        t = mysql_state.TableFiles(name, set(suffixes), frm_engine)
         out[name] = t
-    return ms.DatabaseFiles(Path("/x"), out)
+    return mysql_state.DatabaseFiles("/x", out)
 
 
 def test_binary_verdict_myisam_folder_is_a_directory_copy() -> None:
-    v = cdb.binary_verdict(files(products=({".frm", ".MYD", ".MYI"}, "MyISAM"), log=({".frm", ".MAD", ".MAI"}, "Aria")))
-    assert v.strategy == cdb.DIRECTORY_COPY and v.copied == ["log", "products"] and not v.innodb
+    v = customer_dbs.binary_verdict(
+        files(products=({".frm", ".MYD", ".MYI"}, "MyISAM"), log=({".frm", ".MAD", ".MAI"}, "Aria"))
+    )
+    assert v.strategy == Strategy.DIRECTORY_COPY and v.copied == ["log", "products"] and not v.innodb
 
 
 def test_binary_verdict_innodb_file_per_table_is_imported() -> None:
-    v = cdb.binary_verdict(files(posts=({".frm", ".ibd"}, "InnoDB"), cache=({".frm", ".MYD", ".MYI"}, "MyISAM")))
-    assert v.strategy == cdb.TABLESPACE_IMPORT
+    v = customer_dbs.binary_verdict(
+        files(posts=({".frm", ".ibd"}, "InnoDB"), cache=({".frm", ".MYD", ".MYI"}, "MyISAM"))
+    )
+    assert v.strategy == Strategy.TABLESPACE_IMPORT
     assert v.innodb == ["posts"] and v.copied == ["cache"] and v.definitions == {"posts": "frm"}
 
 
 def test_binary_verdict_refuses_innodb_in_the_shared_tablespace() -> None:
-    v = cdb.binary_verdict(files(posts=({".frm"}, "InnoDB"), orders=({".frm", ".MYD", ".MYI"}, "MyISAM")))
+    v = customer_dbs.binary_verdict(files(posts=({".frm"}, "InnoDB"), orders=({".frm", ".MYD", ".MYI"}, "MyISAM")))
     assert v.strategy is None
     assert "shared tablespace (ibdata1)" in v.reason and "posts" in v.reason and "no .ibd" in v.reason
     assert "SQL dump" in v.needs and "ibdata1 and ib_logfile*" in v.needs
 
 
 def test_binary_verdict_ibd_without_definition() -> None:
-    v = cdb.binary_verdict(files(posts=({".ibd"}, None)))
+    v = customer_dbs.binary_verdict(files(posts=({".ibd"}, None)))
     assert v.strategy is None and "definition of InnoDB table(s) posts is unavailable" in v.reason
     assert "mariadb-dump --no-data" in v.needs
-    ok = cdb.binary_verdict(files(posts=({".ibd"}, None)), dump_tables={"posts"})
-    assert ok.strategy == cdb.TABLESPACE_IMPORT and ok.definitions == {"posts": "dump"}
-    damaged = cdb.binary_verdict(files(posts=({".frm", ".ibd"}, None)))  # unreadable .frm: no definition
+    ok = customer_dbs.binary_verdict(files(posts=({".ibd"}, None)), dump_tables={"posts"})
+    assert ok.strategy == Strategy.TABLESPACE_IMPORT and ok.definitions == {"posts": "dump"}
+    damaged = customer_dbs.binary_verdict(files(posts=({".frm", ".ibd"}, None)))  # unreadable .frm: no definition
     assert damaged.strategy is None and "unavailable" in damaged.reason
 
 
 def test_binary_verdict_damage_and_corrupt_tables() -> None:
-    incomplete = ms.DatabaseFiles(
-        Path("/x"), {"t": ms.TableFiles("t", {".frm", ".MYD"}, "MyISAM", problems=["MyISAM table lacks .MYI"])}
+    incomplete = mysql_state.DatabaseFiles(
+        Path("/x"), {"t": mysql_state.TableFiles("t", {".frm", ".MYD"}, "MyISAM", problems=["MyISAM table lacks .MYI"])}
     )
-    assert "lacks .MYI" in cdb.binary_verdict(incomplete).reason
-    corrupt = cdb.binary_verdict(
+    assert "lacks .MYI" in customer_dbs.binary_verdict(incomplete).reason
+    corrupt = customer_dbs.binary_verdict(
         files(t=({".frm", ".MYD", ".MYI"}, "MyISAM")),
-        verdicts=[ms.ChkVerdict("t", "MyISAM", "corrupt", "wrong checksum")],
+        verdicts=[mysql_state.ChkVerdict("t", "MyISAM", "corrupt", "wrong checksum")],
     )
     assert corrupt.strategy is None and "wrong checksum" in corrupt.reason
-    assert "no folder" in cdb.binary_verdict(None).reason
-    assert "holds no tables" in cdb.binary_verdict(files()).reason
+    assert "no folder" in customer_dbs.binary_verdict(None).reason
+    assert "holds no tables" in customer_dbs.binary_verdict(files()).reason
 
 
 def test_choose_strategy_and_fallbacks() -> None:
-    copy = cdb.BinaryVerdict(cdb.DIRECTORY_COPY, copied=["a", "b"])
-    refused = cdb.BinaryVerdict(None, "holds InnoDB tables (x) ...", "a SQL dump of the database")
-    dump = cdb.DumpRef(Path("/b/shop.sql"), "per-database", ["shop"])
-    big = cdb.DumpRef(Path("/b/all.sql"), "all-databases", ["shop", "blog"])
-    assert cdb.choose(copy, []) == (cdb.DIRECTORY_COPY, "copy the folder (2 MyISAM/Aria tables and views)")
-    strategy, how = cdb.choose(copy, [dump])
-    assert strategy == cdb.DIRECTORY_COPY and how.endswith("if that fails, the dump shop.sql")
-    strategy, how = cdb.choose(copy, [dump], prefer="dump")
-    assert strategy == cdb.SQL_DUMP and "if that fails, the directory copy" in how
-    assert cdb.choose(refused, [big])[0] == cdb.ALL_DATABASES_DUMP
-    strategy, how = cdb.choose(refused, [])
-    assert strategy == cdb.CANNOT and "holds InnoDB tables" in how and "Needs: a SQL dump" in how
-    assert cdb.choose(refused, [], whole_datadir=True)[0] == cdb.WHOLE_DATADIR
+    copy = customer_dbs.BinaryVerdict(Strategy.DIRECTORY_COPY, copied=["a", "b"])
+    refused = customer_dbs.BinaryVerdict(None, "holds InnoDB tables (x) ...", "a SQL dump of the database")
+    dump = dumps.DumpRef(dumps.DumpFile("/b/shop.sql", 0, "0"), dumps.PER_DATABASE, ["shop"])
+    big = dumps.DumpRef(dumps.DumpFile("/b/all.sql", 0, "0"), dumps.ALL_DATABASES, ["shop", "blog"])
+    assert customer_dbs.choose(copy, []) == (
+        Strategy.DIRECTORY_COPY,
+        "copy the folder (2 MyISAM/Aria tables and views)",
+    )
+    strategy, how = customer_dbs.choose(copy, [dump])
+    assert strategy == Strategy.DIRECTORY_COPY and how.endswith("if that fails, the dump shop.sql")
+    strategy, how = customer_dbs.choose(copy, [dump], prefer="dump")
+    assert strategy == Strategy.SQL_DUMP and "if that fails, the directory copy" in how
+    assert customer_dbs.choose(refused, [big])[0] == Strategy.ALL_DATABASES_DUMP
+    strategy, how = customer_dbs.choose(refused, [])
+    assert strategy == Strategy.CANNOT and "holds InnoDB tables" in how and "Needs: a SQL dump" in how
 
 
 def test_datadir_completeness(tmp_path: Path) -> None:
     for name in ("ispcp", "mysql", "shop"):
         (tmp_path / name).mkdir()
-    assert cdb.datadir_completeness(tmp_path, [], ["shop"], "ispcp") == (
+    (tmp_path / "ibdata1").write_bytes(b"")
+    top = mysql_state.list_folder(HERE, str(tmp_path))
+    assert customer_dbs.datadir_completeness(top, [], ["shop"], "ispcp") == (
         False,
         "the backup's datadir has no ibdata1 (only database folders were copied)",
     )
-    assert "no redo log" in cdb.datadir_completeness(tmp_path, ["ibdata1"], ["shop"], "ispcp")[1]
-    ok, _ = cdb.datadir_completeness(tmp_path, ["ibdata1", "ib_logfile0"], ["shop"], "ispcp")
+    assert "no redo log" in customer_dbs.datadir_completeness(top, ["ibdata1"], ["shop"], "ispcp")[1]
+    ok, _ = customer_dbs.datadir_completeness(top, ["ibdata1", "ib_logfile0"], ["shop"], "ispcp")
     assert ok
-    ok, why = cdb.datadir_completeness(tmp_path, ["ibdata1", "ib_logfile0"], ["shop", "blog"], "ispcp")
+    ok, why = customer_dbs.datadir_completeness(top, ["ibdata1", "ib_logfile0"], ["shop", "blog"], "ispcp")
     assert not ok and "blog" in why
 
 
@@ -198,12 +210,12 @@ def innodb_frm() -> bytes:
 def test_patch_frm_engine_keeps_length_and_names_the_new_engine() -> None:
     original = innodb_frm()
     for engine, code in (("MEMORY", 6), ("MyISAM", 9)):
-        patched = cdb.patch_frm_engine(original, engine)
+        patched = customer_dbs.patch_frm_engine(original, engine)
         assert len(patched) == len(original) and patched[3] == code
         assert b"InnoDB" not in patched and f"\x06\x00{engine}".encode() in patched
         assert patched[:3] == original[:3]
     with pytest.raises(InputError, match="not a binary table definition"):
-        cdb.patch_frm_engine(b"TYPE=VIEW\nquery=select 1\n" + b" " * 80, "MEMORY")
+        customer_dbs.patch_frm_engine(b"TYPE=VIEW\nquery=select 1\n" + b" " * 80, "MEMORY")
 
 
 def test_with_name_and_engine() -> None:
@@ -211,23 +223,28 @@ def test_with_name_and_engine() -> None:
         "CREATE TABLE `m3` (\n  `id` int(11) NOT NULL,\n  `note` varchar(20) DEFAULT 'ENGINE=x'\n"
         ") ENGINE=MEMORY DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci"
     )
-    out = cdb.with_name_and_engine(create, "we`ird")
+    out = customer_dbs.with_name_and_engine(create, "we`ird")
     assert out.startswith("CREATE TABLE `we``ird` (")
     assert out.endswith(") ENGINE=InnoDB DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci")
     assert "DEFAULT 'ENGINE=x'" in out
 
 
 def test_table_names_from_file_names_and_sizes() -> None:
-    assert cdb.table_name("wp@002dposts") == "wp-posts" and cdb.table_name("plain_1") == "plain_1"
-    assert cdb.human_size(None) == "—" and cdb.human_size(512) == "512 B" and cdb.human_size(2048) == "2.0 KiB"
-    assert cdb.human_size(3 * 1024**3) == "3.0 GiB"
+    assert customer_dbs.table_name("wp@002dposts") == "wp-posts" and customer_dbs.table_name("plain_1") == "plain_1"
+    assert (
+        customer_dbs.human_size(None) == "—"
+        and customer_dbs.human_size(512) == "512 B"
+        and customer_dbs.human_size(2048) == "2.0 KiB"
+    )
+    assert customer_dbs.human_size(3 * 1024**3) == "3.0 GiB"
 
 
-def test_folder_size(tmp_path: Path) -> None:
-    (tmp_path / "a").write_bytes(b"x" * 10)
-    (tmp_path / "b").write_bytes(b"x" * 5)
-    os.symlink("a", tmp_path / "link")  # counted as the link itself, never followed
-    assert cdb.folder_size(tmp_path) == 15 + len("a")
+def test_folder_size_counts_regular_files_only(tmp_path: Path) -> None:
+    (tmp_path / "a.MYD").write_bytes(b"x" * 10)
+    (tmp_path / "b.MYI").write_bytes(b"x" * 5)
+    os.symlink("a.MYD", tmp_path / "link.MYD")  # never followed, never counted
+    files = mysql_state.scan_database_dir(HERE, str(tmp_path))
+    assert files is not None and files.size == 15
 
 
 # --- the key proof on encrypted columns -----------------------------------------------------------------
@@ -281,3 +298,22 @@ def test_credentials_file_round_trip(tmp_path: Path) -> None:
     path.write_text(text)
     assert ec._read_credentials(path) == entries
     assert ec._read_credentials(tmp_path / "absent") == {}
+
+
+def test_servers_before_transportable_tablespaces_load_the_dump_instead() -> None:
+    from ispcp_lib.mysql import customer_restore
+    from ispcp_lib.mysql.dialect import Dialect
+
+    assert not customer_restore.imports_tablespaces(Dialect.for_version("5.1.73-1"))
+    assert customer_restore.imports_tablespaces(Dialect.for_version("5.6.51"))
+    assert not customer_restore.imports_tablespaces(Dialect.for_version("5.5.5-5.5.68-MariaDB"))
+    assert customer_restore.imports_tablespaces(Dialect.for_version("10.11.6-MariaDB"))
+    verdict = customer_dbs.BinaryVerdict(Strategy.TABLESPACE_IMPORT, innodb=["posts"], definitions={"posts": "frm"})
+    db = customer_dbs.CustomerDb("blog", None, [], "/var/lib/mysql/blog", None, [], verdict)
+    dump = dumps.DumpRef(dumps.DumpFile("/root/blog.sql", 1, "0"), dumps.PER_DATABASE, ["blog"])
+    with_dump = customer_restore.Plan(db, customer_restore.Action.RESTORE, Strategy.TABLESPACE_IMPORT, "", dump)
+    customer_restore.without_tablespace_import(with_dump, "MySQL 5.1.73")
+    assert with_dump.strategy is Strategy.SQL_DUMP and "MySQL 5.1.73 cannot import" in with_dump.how
+    alone = customer_restore.Plan(db, customer_restore.Action.RESTORE, Strategy.TABLESPACE_IMPORT, "")
+    customer_restore.without_tablespace_import(alone, "MySQL 5.1.73")
+    assert alone.action == customer_restore.Action.CANNOT and "Needs: a SQL dump" in alone.how

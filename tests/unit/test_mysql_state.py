@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import dumps as sql_dumps
+from ispcp_lib.mysql import dumps
+
+HERE = LocalConnection("/")
+
+
+def scan(folder: Path) -> ms.DatabaseFiles | None:
+    return ms.scan_database_dir(HERE, str(folder))
+
 
 # --- synthetic table files ------------------------------------------------------------------------
 
@@ -62,7 +70,7 @@ def dbdir(tmp_path: Path) -> Path:
     return d
 
 
-def test_frm_engine_reads_the_legacy_type_byte_and_views(tmp_path: Path) -> None:
+def test_frm_engine_reads_the_legacy_type_byte_and_views() -> None:
     cases = {
         "my": (frm(9), "MyISAM"),
         "inno": (frm(12), "InnoDB"),
@@ -74,33 +82,31 @@ def test_frm_engine_reads_the_legacy_type_byte_and_views(tmp_path: Path) -> None
         "short": (b"\xfe", None),
     }
     for name, (data, want) in cases.items():
-        (tmp_path / f"{name}.frm").write_bytes(data)
-        assert ms.frm_engine(tmp_path / f"{name}.frm") == want, name
-    assert ms.frm_engine(tmp_path / "absent.frm") is None
+        assert ms.frm_engine(data) == want, name
+    assert ms.frm_engine(None) is None
 
 
 def test_scan_of_a_complete_folder(dbdir: Path) -> None:
-    files = ms.scan_database_dir(dbdir)
+    files = scan(dbdir)
     assert files is not None
     assert set(files.tables) == {"domain", "global_priv"}
     assert files.tables["domain"].engine == "MyISAM" and files.tables["global_priv"].engine == "Aria"
     assert files.problems() == [] and files.damaged() == [] and files.stray == []
     assert files.engines() == {"Aria": 1, "MyISAM": 1}
-    assert ms.scan_database_dir(dbdir.parent / "nope") is None
+    assert scan(dbdir.parent / "nope") is None
 
 
 def test_header_row_counts(dbdir: Path) -> None:
-    assert ms.header_row_count(dbdir, "domain", "MyISAM") == 37
-    assert ms.header_row_count(dbdir, "global_priv", "Aria") == 7
-    assert ms.header_row_count(dbdir, "domain", "InnoDB") is None
+    files = scan(dbdir)
+    assert files.tables["domain"].old_rows == 37 and files.tables["global_priv"].old_rows == 7
     (dbdir / "domain.MYI").write_bytes(b"not an index")
-    assert ms.header_row_count(dbdir, "domain", "MyISAM") is None
+    assert scan(dbdir).tables["domain"].old_rows is None
 
 
 def test_missing_parts_are_named(dbdir: Path) -> None:
     (dbdir / "domain.MYD").unlink()
     (dbdir / "global_priv.frm").unlink()
-    files = ms.scan_database_dir(dbdir)
+    files = scan(dbdir)
     problems = files.problems()
     assert any(p.startswith("domain:") and ".MYD" in p for p in problems)
     assert any(p.startswith("global_priv:") and "no .frm" in p for p in problems)
@@ -109,7 +115,7 @@ def test_missing_parts_are_named(dbdir: Path) -> None:
 def test_frm_only_table_takes_its_engine_from_the_frm(dbdir: Path) -> None:
     (dbdir / "shared.frm").write_bytes(frm(12))  # InnoDB in the shared tablespace: no .ibd
     (dbdir / "lonely.frm").write_bytes(frm(9))  # MyISAM without data files
-    files = ms.scan_database_dir(dbdir)
+    files = scan(dbdir)
     assert files.innodb() == ["shared"]
     assert files.tables["shared"].problems == []
     assert "lacks .MYD and .MYI" in files.tables["lonely"].problems[0]
@@ -120,7 +126,7 @@ def test_truncated_index_and_data_are_damage(dbdir: Path) -> None:
         fh.truncate(600)
     with open(dbdir / "global_priv.MAD", "r+b") as fh:
         fh.truncate(100)
-    files = ms.scan_database_dir(dbdir)
+    files = scan(dbdir)
     damaged = files.damaged()
     assert files.problems() == []
     assert any("domain: .MYI is 600 bytes, its header says 1024" in d for d in damaged)
@@ -139,7 +145,7 @@ def test_views_ibd_partitions_triggers_and_strays(dbdir: Path) -> None:
     (dbdir / "tr1.TRN").write_text("TYPE=TRIGGERNAME")
     (dbdir / "#sql-1a2b_3.frm").write_bytes(frm(9))
     (dbdir / "README").write_text("?")
-    files = ms.scan_database_dir(dbdir)
+    files = scan(dbdir)
     assert files.tables["user"].is_view
     assert files.tables["inno"].engine == "InnoDB" and files.innodb() == ["inno"]
     assert files.tables["parted"].problems == []
@@ -152,7 +158,7 @@ def test_symlinked_table_file_is_not_taken_as_a_part(dbdir: Path, tmp_path: Path
     outside.write_bytes(b"x" * 300)
     (dbdir / "domain.MYD").unlink()
     (dbdir / "domain.MYD").symlink_to(outside)
-    files = ms.scan_database_dir(dbdir)
+    files = scan(dbdir)
     assert "domain.MYD (not a regular file)" in files.stray
     assert any(".MYD" in p for p in files.tables["domain"].problems)
 
@@ -168,10 +174,10 @@ def test_system_innodb_tables_are_the_servers_own() -> None:
 
 
 def test_shared_tablespace(tmp_path: Path) -> None:
-    assert ms.shared_tablespace(tmp_path) == []
+    assert ms.shared_tablespace(HERE, str(tmp_path)) == []
     (tmp_path / "ibdata1").write_bytes(b"")
     (tmp_path / "ib_logfile0").write_bytes(b"")
-    assert ms.shared_tablespace(tmp_path) == ["ibdata1", "ib_logfile0"]
+    assert ms.shared_tablespace(HERE, str(tmp_path)) == ["ibdata1", "ib_logfile0"]
 
 
 # Real --silent outputs of myisamchk 10.11 and aria_chk 10.11 on truncated files.
@@ -221,9 +227,9 @@ def test_parse_chk_output_never_passes_a_failing_tool() -> None:
 @pytest.mark.skipif(shutil.which("myisamchk") is None, reason="needs myisamchk (mariadb-server)")
 def test_offline_check_runs_read_only(dbdir: Path) -> None:
     """Synthetic indexes are no real MyISAM files: the real tool must call them corrupt, and write nothing."""
-    files = ms.scan_database_dir(dbdir)
+    files = scan(dbdir)
     before = {p.name: p.read_bytes() for p in dbdir.iterdir()}
-    verdicts = ms.offline_check(dbdir, files)
+    verdicts = ms.offline_check(HERE, files)
     assert [v.verdict for v in verdicts if v.table == "domain"] == ["corrupt"]
     assert any(v.verdict == "corrupt" for v in verdicts if v.engine == "Aria")
     assert {p.name: p.read_bytes() for p in dbdir.iterdir()} == before
@@ -236,16 +242,16 @@ def test_mysql_owner_comes_from_the_targets_files(tmp_path: Path) -> None:
         "root:x:0:0::/root:/bin/sh\nmysqlx:x:5:5::/:/bin/false\nmysql:x:117:999::/:/bin/false\n"
     )
     (etc / "group").write_text("root:x:0:\nmysql:x:125:\n")
-    assert ms.mysql_owner(tmp_path) == (117, 125)
+    assert ms.mysql_owner(LocalConnection(tmp_path)) == (117, 125)
     (etc / "group").write_text("root:x:0:\n")
-    assert ms.mysql_owner(tmp_path) is None
+    assert ms.mysql_owner(LocalConnection(tmp_path)) is None
 
 
-def test_dir_signature_sees_size_and_mtime(dbdir: Path) -> None:
-    sig = ms.dir_signature(dbdir)
+def test_tree_signature_sees_size_and_mtime(dbdir: Path) -> None:
+    sig = ms.tree_signature(HERE, str(dbdir))
     assert [row[0] for row in sig] == sorted(p.name for p in dbdir.iterdir())
     os.utime(dbdir / "domain.MYD", ns=(1, 1))
-    assert ms.dir_signature(dbdir) != sig
+    assert ms.tree_signature(HERE, str(dbdir)) != sig
 
 
 # --- SQL dumps ------------------------------------------------------------------------------------
@@ -276,39 +282,36 @@ CREATE TABLE `empty` (`id` int);
 
 
 def test_count_insert_rows_handles_strings_comments_and_column_lists() -> None:
-    assert sql_dumps.count_insert_rows(DUMP) == {"domain": 6, "log": 2}
-    assert sql_dumps.count_insert_rows("REPLACE INTO t VALUES (1);INSERT IGNORE INTO u VALUES (1),(2);") == {
+    assert dumps.count_insert_rows(DUMP) == {"domain": 6, "log": 2}
+    assert dumps.count_insert_rows("REPLACE INTO t VALUES (1);INSERT IGNORE INTO u VALUES (1),(2);") == {
         "t": 1,
         "u": 2,
     }
-    assert sql_dumps.count_insert_rows("INSERT INTO t SELECT (1);") == {"t": 0}
+    assert dumps.count_insert_rows("INSERT INTO t SELECT (1);") == {"t": 0}
 
 
-def test_inspect_dump_and_its_database(tmp_path: Path) -> None:
-    p = tmp_path / "ispcp-2010.05.16.sql"
-    p.write_text(DUMP)
-    info = sql_dumps.inspect_dump(p)
+def test_inspect_dump_and_its_database() -> None:
+    p = "/b/ispcp-2010.05.16.sql"
+    info = dumps.inspect_dump(p, DUMP.encode())
     assert info.database == "ispcp" and info.complete is True
     assert info.tables == ["domain", "log", "empty"] and info.rows == {"domain": 6, "log": 2}
-    p.write_text(DUMP.split("CREATE TABLE `log`")[0])
-    assert sql_dumps.inspect_dump(p).complete is False
-    p.write_text("CREATE TABLE `t` (a int);\n")
-    bare = sql_dumps.inspect_dump(p)
+    assert dumps.inspect_dump(p, DUMP.split("CREATE TABLE `log`")[0].encode()).complete is False
+    bare = dumps.inspect_dump(p, b"CREATE TABLE `t` (a int);\n")
     assert bare.complete is None and bare.warnings
-    assert sql_dumps.dump_database("CREATE DATABASE /*!32312 IF NOT EXISTS*/ `mysql`;\nUSE `mysql`;") == "mysql"
+    assert dumps.dump_database("CREATE DATABASE /*!32312 IF NOT EXISTS*/ `mysql`;\nUSE `mysql`;") == "mysql"
 
 
 def test_read_dump_decompresses_and_names_a_damaged_file(tmp_path: Path) -> None:
     plain = DUMP.encode()
     (tmp_path / "a.sql.gz").write_bytes(gzip.compress(plain))
     (tmp_path / "b.sql.bz2").write_bytes(bz2.compress(plain))
-    assert sql_dumps.read_dump(tmp_path / "a.sql.gz") == plain
-    assert sql_dumps.read_dump(tmp_path / "b.sql.bz2") == plain
-    assert sql_dumps.read_dump(tmp_path / "b.sql.bz2", 20) == plain[:20]
+    assert dumps.read_dump(HERE, str(tmp_path / "a.sql.gz")) == plain
+    assert dumps.read_dump(HERE, str(tmp_path / "b.sql.bz2")) == plain
+    assert dumps.read_dump(HERE, str(tmp_path / "b.sql.bz2"), 20) == plain[:20]
     cut = tmp_path / "cut.sql.gz"
     cut.write_bytes(gzip.compress(plain)[:-30])
     with pytest.raises(InputError) as err:
-        sql_dumps.read_dump(cut)
+        dumps.read_dump(HERE, str(cut))
     assert "cut.sql.gz" in str(err.value) and "damaged or cut off" in str(err.value)
 
 
@@ -322,32 +325,32 @@ def test_finding_dumps(tmp_path: Path) -> None:
     (backups / "mysql.sql").write_text("-- MySQL dump\n")
     (backups / "other.sql").write_text("-- Host: localhost    Database: shop\n")
     (backups / "config.tar.gz").write_bytes(b"")
-    assert sql_dumps.database_dumps(backups, "ispcp") == [newer, backups / "ispcp-2010.05.15.sql.bz2"]
-    assert sql_dumps.find_mysql_dump([tmp_path / "absent", backups]) == backups / "mysql.sql"
+    found = dumps.database_dumps(HERE, str(backups), "ispcp")
+    assert [d.path for d in found] == [str(newer), str(backups / "ispcp-2010.05.15.sql.bz2")]
+    assert dumps.find_mysql_dump(HERE, [str(tmp_path / "absent"), str(backups)]).path == str(backups / "mysql.sql")
     elsewhere = tmp_path / "root"
     elsewhere.mkdir()
     (elsewhere / "all-grants.sql").write_text("-- Host: localhost    Database: mysql\n")
-    assert sql_dumps.find_mysql_dump([elsewhere]) == elsewhere / "all-grants.sql"
-    assert sql_dumps.find_mysql_dump([tmp_path / "absent"]) is None
+    assert dumps.find_mysql_dump(HERE, [str(elsewhere)]).path == str(elsewhere / "all-grants.sql")
+    assert dumps.find_mysql_dump(HERE, [str(tmp_path / "absent")]) is None
 
 
 def test_defaults_file_is_private_and_removed() -> None:
     login = Login("debian-sys-maint", 'p"w\\x #;', "test")
-    with sql_dumps.defaults_file(login, Path("/run/x y.sock")) as cnf:
-        assert stat.S_IMODE(cnf.stat().st_mode) == 0o600
-        assert stat.S_IMODE(cnf.parent.stat().st_mode) == 0o700
+    with dumps.defaults_file(HERE, login, "/run/x y.sock") as cnf:
+        assert stat.S_IMODE(os.stat(cnf).st_mode) == 0o600
         kept = cnf
-    assert not kept.exists() and not kept.parent.exists()
-    with sql_dumps.defaults_file(login, Path("/s"), write=False) as planned:
-        assert not planned.exists()
+    assert not os.path.exists(kept)
+    with dumps.defaults_file(HERE, login, "/s", write=False) as planned:
+        assert not os.path.exists(planned)
 
 
 @pytest.mark.skipif(shutil.which("mariadb") is None, reason="needs the mariadb client")
 def test_defaults_file_round_trips_through_the_real_client() -> None:
     """The client's own --print-defaults shows that quoting keeps a hostile password intact."""
     login = Login("us er", "p\"w\\x #;'end", "test")
-    with sql_dumps.defaults_file(login, Path("/run/x y.sock")) as cnf:
-        argv = sql_dumps.client_argv(cnf, "--print-defaults")
+    with dumps.defaults_file(HERE, login, "/run/x y.sock") as cnf:
+        argv = dumps.client_argv(HERE, cnf, "--print-defaults")
         assert argv[1] == f"--defaults-extra-file={cnf}"
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     assert "--user=us er" in out and "--password=p\"w\\x #;'end" in out and "--socket=/run/x y.sock" in out

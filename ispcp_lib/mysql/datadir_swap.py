@@ -1,0 +1,202 @@
+"""Replacing the target's whole datadir with the backup's complete one (the only way back for InnoDB tables
+inside the old shared tablespace), keeping the old one beside it and undoing the swap when the server
+does not start."""
+
+from __future__ import annotations
+
+from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import CommandFailed, PreconditionFailed
+from ispcp_lib.core.result import Result
+from ispcp_lib.facts import mysql_state, system
+from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.mysql import accounts, customer_dbs, datadir, dumps, records
+from ispcp_lib.mysql.customer_restore import FAILURES, Action, Plan, admin
+
+
+def decide(
+    ctx: Context, result: Result, found: customer_dbs.Discovery, plans: list[Plan], mode: str, live: dict[str, int]
+) -> tuple[bool, str]:
+    """Whether this run replaces the target's datadir with the backup's, and, if not, why."""
+    assert ctx.backup is not None
+    if mode == "never":
+        return False, ""
+    candidates = [p for p in plans if p.action in (Action.RESTORE, Action.CANNOT)]
+    needed = [p for p in plans if p.action == Action.CANNOT and p.db.folder is not None]
+    if not candidates:
+        return False, ""
+    if mode == "auto" and not needed:
+        if not found.datadir_complete:
+            return False, ""
+        return False, (
+            "not needed, every database has a way back of its own (customer_databases_whole_datadir = always forces it)"
+        )
+    if not found.datadir_complete:
+        return False, f"not possible: {found.datadir_reason}"
+    old = mysql_state.datadir_version(ctx.backup, found.backup_datadir)
+    verdict, text = system.compare_server_versions(old, ctx.mysql.version())
+    if verdict not in ("same", "upgrade"):
+        return False, f"not possible: server versions {text}"
+    why = _restored_elsewhere(ctx, found)
+    if why:
+        return False, why
+    busy = [p.name for p in plans if p.action in (Action.DONE, Action.REFUSE) and live.get(p.name)]
+    if busy:
+        return False, f"not possible: {', '.join(busy)} already live on the target would be replaced"
+    folders = mysql_state.list_folder(ctx.backup, found.backup_datadir) or {}
+    own = sorted(n for n in live if n not in customer_dbs.SYSTEM_DATABASES and n not in folders)
+    if own:
+        return False, (
+            f"not possible: the target has database(s) the backup's datadir lacks ({', '.join(own)}); "
+            "the swap would take them off the server"
+        )
+    ispcp_db = found.ispcp_db
+    result.note(
+        f"Whole-datadir restore: {found.datadir_reason}; server versions {text}; mysql_restore restored "
+        f"{ispcp_db} and mysql from the same folders."
+    )
+    return True, ""
+
+
+def _restored_elsewhere(ctx: Context, found: customer_dbs.Discovery) -> str:
+    """Why mysql_restore's record forbids the swap ("" when it restored ispcp and mysql from these folders)."""
+    done = records.read(ctx, records.MYSQL_RESTORE)
+    if done.get("datadir") != datadir.live_datadir(ctx):
+        return (
+            "not possible: mysql_restore has not restored ispcp and mysql into this datadir; the swap "
+            "would replace them unchecked"
+        )
+    for name in (found.ispcp_db, "mysql"):
+        rec = done.get("sources", {}).get(name)
+        folder = datadir.join(found.backup_datadir, name)
+        if rec is None or rec.get("kind") != "binary" or rec.get("signature") != records.signature(ctx, folder):
+            how = f"from {rec.get('kind')} ({rec.get('path')})" if rec else "not at all"
+            return (
+                f"not possible: mysql_restore restored {name} {how}, not from the backup's folder; the swap "
+                "would bring back what it chose not to use"
+            )
+    return ""
+
+
+def swap(
+    ctx: Context,
+    result: Result,
+    found: customer_dbs.Discovery,
+    layout: datadir.Layout,
+    owner: tuple[int, int],
+    login: Login,
+) -> Login:
+    """Replace the target's datadir by the backup's complete one, keeping the old; returns an admin login after."""
+    assert ctx.backup is not None
+    src, live = found.backup_datadir, layout.datadir
+    staged = datadir.join(layout.staging, "datadir")
+    kept = datadir.join(layout.kept, "datadir")
+    carried = accounts.carried_logins(ctx)
+    what = f"copy the backup's whole datadir {src} to {staged}"
+    datadir.stage_from_backup(ctx, result, src, staged, owner, what=what)
+    result.change(f"stop MySQL through its {ctx.mysql.kind} service")
+    result.change(
+        f"move everything in {live} aside to {kept} (kept), move the staged datadir's contents in, start MySQL"
+    )
+    if carried and not ctx.apply:
+        result.change(
+            f"set the password of {', '.join(c.user for c in carried)} again if the old grants lack it "
+            "(the target's debian.cnf and saved root login keep working)"
+        )
+    old = mysql_state.datadir_version(ctx.backup, src)
+    verdict, _ = system.compare_server_versions(old, ctx.mysql.version())
+    if verdict == "upgrade":
+        result.change("run mariadb-upgrade --force (the old files come from an older server)")
+    if not ctx.apply:
+        return login
+    # The dead server's pid/socket files would confuse the start.
+    leftovers = [n for n in ctx.target.listdir(staged) or [] if n.endswith((".pid", ".sock"))]
+    if leftovers:
+        ctx.runner.run(["rm", "-f", "--", *(ctx.target.path(datadir.join(staged, n)) for n in leftovers)], mutates=True)
+    ctx.mysql.stop()
+    moved_out: list[str] = []
+    try:
+        for entry in ctx.target.listdir(live) or []:
+            datadir.move(ctx, datadir.join(live, entry), datadir.join(kept, entry))
+            moved_out.append(entry)
+        for entry in ctx.target.listdir(staged) or []:
+            datadir.move(ctx, datadir.join(staged, entry), datadir.join(live, entry))
+        datadir.remove_if_empty(ctx, staged)
+        ctx.mysql.start()
+    except FAILURES as exc:
+        _unswap(ctx, layout, moved_out)
+        raise PreconditionFailed(
+            "whole-datadir restore",
+            f"failed ({datadir.first_line(exc)}); the target's own datadir was put back and the "
+            f"server started again with it; the backup's copy is in {layout.failed}",
+            "read the server's error log; or set customer_databases_whole_datadir = never",
+        ) from None
+    result.backups.append(ctx.target.path(kept))
+    working = _reapply_logins(ctx, result, carried) or accounts.admin_login(ctx)
+    if working is None:
+        raise PreconditionFailed(
+            "MySQL admin login",
+            "no login works after the whole-datadir restore",
+            "run mysql_maintainer again (it resets debian-sys-maint)",
+        )
+    if verdict == "upgrade":
+        with dumps.defaults_file(ctx.target, working, str(ctx.mysql.socket)) as cnf:
+            argv = dumps.client_argv(ctx.target, cnf, "--force", program="mariadb-upgrade")
+            ctx.runner.run(argv, mutates=True, timeout=3600)
+    check_system_databases(ctx, result, working, [found.ispcp_db, "mysql"])
+    return working
+
+
+def check_system_databases(ctx: Context, result: Result, login: Login, names: list[str]) -> None:
+    """The swap brought ispcp and mysql back from the backup too: every table must still open."""
+    bad = []
+    with admin(ctx, login) as conn:
+        for name in names:
+            tables = [t.name for t in mysql_state.live_tables(conn, name) if t.kind != "VIEW"]
+            mysql_state.count_rows(conn, name, tables)  # opens each table first (Aria re-stamping)
+            checks = mysql_state.check_tables(conn, name, tables)
+            bad += [f"{name}.{t}: {v} {m}" for t, (v, m) in checks.items() if v != "OK"]
+    if bad:
+        result.warn(
+            f"after the whole-datadir restore, {len(bad)} table(s) of {' and '.join(names)} fail CHECK "
+            f"TABLE: {'; '.join(bad[:4])}"
+        )
+    else:
+        result.note(
+            f"After the swap every table of {' and '.join(names)} passes CHECK TABLE (the same files "
+            "mysql_restore restored)."
+        )
+
+
+def _unswap(ctx: Context, layout: datadir.Layout, moved_out: list[str]) -> None:
+    """Put the target's own datadir back: whatever is in the datadir now goes to failed/, the kept entries return."""
+    try:
+        ctx.mysql.stop()
+    except (PreconditionFailed, CommandFailed):
+        pass
+    for entry in ctx.target.listdir(layout.datadir) or []:  # the backup's files and what a failed start wrote
+        datadir.move(ctx, datadir.join(layout.datadir, entry), datadir.join(layout.failed, entry))
+    for entry in moved_out:
+        datadir.move(ctx, datadir.join(layout.kept, "datadir", entry), datadir.join(layout.datadir, entry))
+    ctx.mysql.start()
+
+
+def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> Login | None:
+    """After the swap, the grants are the old server's again: give the carried logins their passwords back."""
+    lost = accounts.lost_logins(ctx, carried)
+    if lost:
+        result.change(
+            f"set the password of {', '.join(c.user for c in lost)} again (the old grants lack it) in a "
+            "short --skip-grant-tables --skip-networking session"
+        )
+        still = accounts.reset_passwords(ctx, lost)
+        if still:
+            raise PreconditionFailed(
+                "MySQL login",
+                f"{', '.join(still)} still refused after setting the password again",
+                "run mysql_maintainer again",
+            )
+        result.note(
+            f"The old grants lacked the current password of {', '.join(c.user for c in lost)}: set again, "
+            "so the files that hold it (debian.cnf, mysql-root.cnf) keep working."
+        )
+    return carried[0] if carried else None
