@@ -27,7 +27,7 @@ from ispcp_lib.ispcp.keyfiles import (  # noqa: E402
 from ispcp_lib.ispcp.keyfiles import _unquote_double as unquote_double  # noqa: E402  (checked against Perl)
 
 ALL_LAYOUTS = ["php", "perl_engine", "perl_messenger", "keys_conf"]
-KEY = 'Avj8E|_)uWO=z<Dk2|`8.eLd[c]"T"Vd'  # set 1 of shared/ispcp-reference/crypto-vectors.json
+KEY = 'Avj8E|_)uWO=z<Dk2|`8.eLd[c]"T"Vd'  # set 1 of tests/data/crypto-vectors.json
 IV = "/d:CyLaW"
 KEYS = KeySet(KEY, IV)
 KEY_DQ = KEY.replace('"', '\\"')  # KEY inside a double-quoted PHP/Perl string
