@@ -173,7 +173,12 @@ def target_database(ctx: Context, name: str) -> TargetDatabase:
         return TargetDatabase(name, None, None, "the target's MySQL server is not running")
     login = accounts.admin_login(ctx)
     if login is None:
-        return TargetDatabase(name, None, None, "no admin login works (debian.cnf of the target or the backup, ispCP's own, the secrets_file)")
+        return TargetDatabase(
+            name,
+            None,
+            None,
+            "no admin login works (debian.cnf of the target or the backup, ispCP's own, the secrets_file)",
+        )
     try:
         with ctx.mysql.connect(login.user, login.password) as conn, conn.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))

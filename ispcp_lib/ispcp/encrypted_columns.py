@@ -262,19 +262,14 @@ def reset_accounts(
         fresh.append((row, password, cipher))
     mail = [f for f in fresh if f[0].column == MAILBOX]
     sql = [f for f in fresh if f[0].column == SQL_USER]
+    # The file first: once ispCP's rows or MySQL hold a new password, it must already be on disk. It lives
+    # with the state directory (on whichever machine holds it), never in the report.
+    result.change(
+        f"write {len(fresh)} new account password(s) to {path} (mode 0600; for the admin to hand out, never shown here)"
+    )
     if ctx.apply:
         ctx.state.mkdir(str(ctx.state_dir), 0o700)
-    # The file first: once ispCP's rows or MySQL hold a new password, it must already be on disk.
-    ctx.write_file(
-        path,
-        credentials_text(entries, ctx.run_id),
-        0o600,
-        0,
-        0,
-        show_diff=False,
-        what=f"write {len(fresh)} new account password(s) to {ctx.display_path(path)} (mode 0600; for the "
-        "admin to hand out, never shown here)",
-    )
+        ctx.state.write_atomic(path, credentials_text(entries, ctx.run_id), 0o600, 0, 0)
     if mail:
         result.change(
             f"set a new random password for {len(mail)} mailbox(es) in {database}.mail_users "
@@ -290,7 +285,7 @@ def reset_accounts(
             {
                 "check": "new account passwords",
                 "result": "planned",
-                "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {ctx.display_path(path)}",
+                "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {path}",
             }
         ]
     with ctx.mysql.connect(db_login.user, db_login.password, database) as conn, conn.cursor() as cur:
@@ -325,8 +320,7 @@ def reset_accounts(
         {
             "check": "new account passwords",
             "result": "done",
-            "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); written to {ctx.display_path(path)} "
-            "(mode 0600)",
+            "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); written to {path} (mode 0600)",
         }
     ]
     if sql:

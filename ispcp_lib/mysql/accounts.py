@@ -57,7 +57,9 @@ def user_hosts(session: Any, user: str) -> list[str]:
         return [str(row[0]) for row in cur.fetchall()]
 
 
-def set_user_password(ctx: Context, session: Any, user: str, password: str, hosts: list[str] | None = None) -> list[str]:
+def set_user_password(
+    ctx: Context, session: Any, user: str, password: str, hosts: list[str] | None = None
+) -> list[str]:
     """Give every host entry of user (or the hosts given) this password; returns the hosts changed.
 
     An empty list means the user has no account: creating one is the caller's decision.

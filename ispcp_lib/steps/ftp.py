@@ -50,9 +50,10 @@ def _copy_row(copy: proftpd.ConfCopy, password: str | None) -> dict[str, str]:
         state, agrees = "missing", ""
     elif copy.info is None:
         state, agrees = "no SQLConnectInfo line", ""
+    elif not copy.info.password:
+        state, agrees = "found", "no password"
     else:
-        state = "found"
-        agrees = "yes" if copy.info.password == password else ("no password" if not copy.info.password else "no")
+        state, agrees = "found", "yes" if copy.info.password == password else "no"
     return {
         "copy": copy.role,
         "path": copy.where,
@@ -107,7 +108,7 @@ def _check_fixable(ctx: Context, info: proftpd.SqlConnect | None) -> None:
     if not ok and accounts.admin_login(ctx) is None:
         raise PreconditionFailed(
             "MySQL admin login",
-            "neither the target's nor the backup's debian.cnf logs in, "
+            "no admin login works (the debian.cnf files, ispCP's own login, a saved root login, the secrets_file), "
             f"and {info.user} needs a password or grant change in MySQL that only an admin can "
             "make; nothing was changed",
             "run the mysql_maintainer step first, then this step",
@@ -211,8 +212,8 @@ def _fix_vftp(ctx: Context, result: Result, info: proftpd.SqlConnect, rows: list
         if ctx.apply:
             raise PreconditionFailed(
                 "MySQL admin login",
-                "no admin login works (debian.cnf of the target or the backup, the secrets_file), so the vftp "
-                "password cannot be set",
+                "no admin login works (the debian.cnf files, ispCP's own login, a saved root login, the "
+                "secrets_file), so the vftp password cannot be set",
                 "run the mysql_maintainer step first",
             )
         result.warn("no working MySQL admin login: cannot plan the vftp password change (dry run)")

@@ -15,8 +15,7 @@ from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_login
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.ispcp import encrypted_columns
-from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp import encrypted_columns, keyfiles
 from ispcp_lib.ispcp.crypto import decrypt_db_password, encrypt_db_password, generate_iv, generate_key
 from ispcp_lib.ispcp.keyfiles import KeySet
 from ispcp_lib.sandbox.world import World, stable_fingerprint

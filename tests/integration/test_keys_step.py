@@ -176,14 +176,17 @@ def test_keys_source_that_does_not_decrypt_is_refused(restored: World) -> None:
     assert "not a key file layout" in fails(world, keys_source="php-file")
 
 
-def test_keys_conf_without_database_password(restored: World) -> None:
+def test_keys_conf_with_an_empty_or_no_database_password(restored: World) -> None:
     world = restored
     conf_path = world.backup_root / "etc/ispcp/ispcp.conf"
     conf = IspcpConf.load(conf_path)
-    conf.set("DATABASE_PASSWORD", "")
+    conf.set("DATABASE_PASSWORD", "")  # ispCP's "[none]": a login without password, which this MySQL refuses
     conf_path.write_text(conf.text())
     error = fails(world)
-    assert "DATABASE_PASSWORD" in error and "missing or empty" in error and str(conf_path) in error
+    assert error.startswith("MySQL login as root") and "refuses root" in error
+    conf_path.write_text("\n".join(line for line in conf.lines if not line.startswith("DATABASE_PASSWORD")) + "\n")
+    error = fails(world)
+    assert "DATABASE_PASSWORD" in error and "missing" in error and str(conf_path) in error
 
 
 def test_keys_only_placeholder_files(restored: World) -> None:

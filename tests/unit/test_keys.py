@@ -28,7 +28,6 @@ from ispcp_lib.ispcp.crypto import (  # noqa: E402
     random_password,
 )
 
-
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 KEY1 = 'Avj8E|_)uWO=z<Dk2|`8.eLd[c]"T"Vd'  # set 1 of the vectors
 IV1 = "/d:CyLaW"
