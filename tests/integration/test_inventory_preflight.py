@@ -164,7 +164,9 @@ def test_inventory_refuses_a_tree_that_holds_ispcp_itself(world, tmp_path: Path)
     with pytest.raises(StepFailed) as info:
         inventory.run(ctx_for(world, backup_root=str(backup)))
     message = info.value.result.errors[0]
-    assert message.startswith("APACHE_WWW_DIR = /var/www (") and "): overlaps PHP_STARTER_DIR (/var/www/fcgi)" in message
+    assert (
+        message.startswith("APACHE_WWW_DIR = /var/www (") and "): overlaps PHP_STARTER_DIR (/var/www/fcgi)" in message
+    )
 
 
 def test_inventory_refuses_a_domain_name_that_is_a_path(world, tmp_path: Path) -> None:
