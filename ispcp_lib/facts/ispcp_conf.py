@@ -1,4 +1,8 @@
-"""ispcp.conf: `KEY = value` lines, comments and blank lines, edited without disturbing layout."""
+"""ispcp.conf: `KEY = value` lines, comments and blank lines, edited without disturbing layout.
+
+CONF_PATH is the one place that names where ispCP keeps it; `IspcpConf.read` takes it from the target
+or the backup through their connection, `IspcpConf.load` from a file on this machine (the CLI).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.errors import InputError
 
+CONF_PATH = "/etc/ispcp/ispcp.conf"
+DEFAULT_DATABASE_NAME = "ispcp"
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>\s*=\s?)(?P<value>.*?)\s*$")
 
 # What the update script would otherwise ask for, and the recovery relies on.
@@ -22,6 +29,8 @@ REQUIRED_KEYS = (
     "DATABASE_USER",
     "DATABASE_PASSWORD",
 )
+# ispCP's setup offers "[none]" for the database password: present but empty is a valid value.
+MAY_BE_EMPTY = ("DATABASE_PASSWORD",)
 
 
 @dataclass
@@ -54,11 +63,24 @@ class IspcpConf:
 
     @classmethod
     def load(cls, path: Path, display: str | None = None) -> IspcpConf:
-        try:
-            text = Path(path).read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            text = Path(path).read_bytes().decode("latin-1")
-        return cls.parse(text, display or str(path))
+        """A file on this machine (the decrypt-password command's --conf)."""
+        return cls.parse(_decode(Path(path).read_bytes()), display or str(path))
+
+    @classmethod
+    def read(cls, side: Connection, path: str = CONF_PATH, display: str | None = None) -> IspcpConf | None:
+        """The file at path on the target or in the backup (a connection or a RootedView); None when absent."""
+        data = side.read_bytes(path)
+        return None if data is None else cls.parse(_decode(data), display or path)
+
+    @property
+    def database_name(self) -> str:
+        """DATABASE_NAME, ispCP's default when it is unset or empty."""
+        return self.values.get("DATABASE_NAME") or DEFAULT_DATABASE_NAME
+
+    @property
+    def old_conf_path(self) -> str:
+        """Where ispcp-update reads the old server's config: CONF_DIR/ispcp.old.conf."""
+        return f"{(self.values.get('CONF_DIR') or '/etc/ispcp').rstrip('/')}/ispcp.old.conf"
 
     def get(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)
@@ -82,11 +104,18 @@ class IspcpConf:
         return "\n".join(self.lines) + "\n"
 
     def missing(self, keys: tuple[str, ...] = REQUIRED_KEYS) -> list[str]:
-        """Keys that are absent or empty."""
-        return [k for k in keys if not self.values.get(k)]
+        """Keys that are absent, or empty where a value is needed."""
+        return [k for k in keys if not self.values.get(k) and not (k in MAY_BE_EMPTY and k in self.values)]
 
     def version_tuple(self) -> tuple[int, ...] | None:
         return parse_version(self.values.get("Version", ""))
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def parse_version(text: str) -> tuple[int, ...] | None:

@@ -12,13 +12,15 @@ import bz2
 import gzip
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.errors import CommandFailed, InputError, IspcpError
-from ispcp_lib.facts import backup_layout as bl
-from ispcp_lib.facts.ispcp_conf import IspcpConf, parse_version
+from ispcp_lib.facts import backup_layout
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, DEFAULT_DATABASE_NAME, IspcpConf, parse_version
 from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.mysql import accounts
 
 if TYPE_CHECKING:
     from ispcp_lib.core.context import Context
@@ -34,7 +36,6 @@ ENGINE_MANAGERS = (
     "ispcp-rqst-mngr",
 )
 UPDATE_SCRIPT = "engine/setup/ispcp-update"
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 DEFAULT_ROOT_DIR = "/var/www/ispcp"
 REVISION_KEY = "DATABASE_REVISION"
 _DUMP_REVISION = re.compile(r"\(\s*'DATABASE_REVISION'\s*,\s*'(\d+)'\s*\)")
@@ -107,11 +108,10 @@ def key_states(ctx: Context, paths: dict[str, str]) -> list[KeyState]:
     """Each key file layout on the target: initialised, still a {KEY}/{IV} template, unusable, or absent."""
     states = []
     for layout, logical in paths.items():
-        path = ctx.t(logical)
-        if not path.is_file():
+        text = ctx.target.read_text(logical) if ctx.target.is_file(logical) else None
+        if text is None:
             states.append(KeyState(layout, logical, "absent"))
             continue
-        text = path.read_text(errors="replace")
         if keyfiles.is_placeholder(layout, text):
             states.append(KeyState(layout, logical, "placeholder", "holds {KEY}/{IV}: never initialised"))
             continue
@@ -128,39 +128,39 @@ def key_states(ctx: Context, paths: dict[str, str]) -> list[KeyState]:
 
 def target_install(ctx: Context) -> TargetInstall | None:
     """The target's ispCP files; None when there is no trace of ispCP at all (no config, no ROOT_DIR)."""
-    conf_file = ctx.t(CONF_PATH)
+    target = ctx.target
     conf: IspcpConf | None = None
     problem: str | None = None
-    if conf_file.is_file():
-        try:
-            conf = IspcpConf.load(conf_file, display=CONF_PATH)
-        except InputError as exc:
-            problem = exc.problem
-    else:
+    try:
+        conf = IspcpConf.read(target, CONF_PATH)
+    except InputError as exc:
+        problem = exc.problem
+    if conf is None and problem is None:
         problem = f"{CONF_PATH} does not exist"
     root_dir = (conf.get("ROOT_DIR") if conf else None) or DEFAULT_ROOT_DIR
     gui_root_dir = (conf.get("GUI_ROOT_DIR") if conf else None) or f"{root_dir}/gui"
     conf_dir = (conf.get("CONF_DIR") if conf else None) or "/etc/ispcp"
-    if conf is None and problem and not conf_file.exists() and not ctx.t(root_dir).exists():
+    if conf is None and not target.exists(CONF_PATH) and not target.exists(root_dir):
         return None
     try:
         paths = keyfiles.layout_paths(root_dir, gui_root_dir, conf_dir)
     except InputError as exc:  # a relative ROOT_DIR: report, look at the defaults
         problem = exc.message
         paths = keyfiles.layout_paths()
-    engine = ctx.t(f"{root_dir}/engine")
-    present = [m for m in ENGINE_MANAGERS if (engine / m).is_file()]
+    engine = f"{root_dir.rstrip('/')}/engine"
+    in_engine = set(target.listdir(engine) or [])
+    present = [m for m in ENGINE_MANAGERS if m in in_engine and target.is_file(f"{engine}/{m}")]
     return TargetInstall(
         conf=conf,
         conf_problem=problem,
         root_dir=root_dir,
         gui_root_dir=gui_root_dir,
-        root_present=ctx.t(root_dir).is_dir(),
-        engine_present=engine.is_dir(),
-        gui_present=ctx.t(gui_root_dir).is_dir(),
+        root_present=target.is_dir(root_dir),
+        engine_present=target.is_dir(engine),
+        gui_present=target.is_dir(gui_root_dir),
         managers_present=present,
         managers_missing=[m for m in ENGINE_MANAGERS if m not in present],
-        update_script=ctx.t(f"{root_dir}/{UPDATE_SCRIPT}").is_file(),
+        update_script=target.is_file(f"{root_dir.rstrip('/')}/{UPDATE_SCRIPT}"),
         keys=key_states(ctx, paths),
     )
 
@@ -169,17 +169,20 @@ def target_database(ctx: Context, name: str) -> TargetDatabase:
     """Does the running target MySQL hold ispCP's database, and at which DATABASE_REVISION?"""
     import pymysql
 
-    from ispcp_lib.facts import mysql_creds
-
     if ctx.mysql is None or not ctx.mysql.status():
         return TargetDatabase(name, None, None, "the target's MySQL server is not running")
-    login = mysql_creds.working_admin(ctx)
+    login = accounts.admin_login(ctx)
     if login is None:
-        return TargetDatabase(name, None, None, "no admin login works (the target's /etc/mysql/debian.cnf)")
+        return TargetDatabase(
+            name,
+            None,
+            None,
+            "no admin login works (debian.cnf of the target or the backup, ispCP's own, the secrets_file)",
+        )
     try:
         with ctx.mysql.connect(login.user, login.password) as conn, conn.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
-            if not cur.fetchone()[0]:
+            if not int(cur.fetchone()[0]):
                 return TargetDatabase(name, False, None, "no such database: the installer did not create it")
             cur.execute(f"SELECT value FROM `{name.replace('`', '``')}`.config WHERE name = %s", (REVISION_KEY,))
             row = cur.fetchone()
@@ -207,16 +210,16 @@ def backup_release(ctx: Context) -> BackupRelease:
     import pymysql
 
     try:
-        conf = bl.load_old_conf(ctx)
+        conf = backup_layout.load_old_conf(ctx)
     except InputError as exc:
         conf, problem = None, exc.message
     else:
-        problem = None if conf is not None else "the backup has no /etc/ispcp/ispcp.conf"
-    get = (lambda k, d: conf.get(k) or d) if conf is not None else (lambda k, d: d)
-    datadir, dbname = get("DATABASE_DIR", "/var/lib/mysql"), get("DATABASE_NAME", "ispcp")
+        problem = None if conf is not None else f"the backup has no {CONF_PATH}"
+    datadir = (conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql"
+    dbname = conf.database_name if conf else DEFAULT_DATABASE_NAME
     revision, source, notes = None, "", [problem] if problem else []
-    db_dir = ctx.b(f"{datadir}/{dbname}")
-    if (db_dir / "config.frm").is_file():
+    db_dir = backup_layout.local_path(ctx, backup_layout.checked(ctx, f"{datadir}/{dbname}", f"database {dbname}"))
+    if db_dir is not None and (db_dir / "config.frm").is_file():
         try:
             revision = revision_from_datadir(db_dir)
             source = f"the binary copy {db_dir} served by a throwaway private MariaDB"
@@ -224,10 +227,12 @@ def backup_release(ctx: Context) -> BackupRelease:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             notes.append(f"the binary copy of the ispCP database could not be read ({first}); trying a SQL dump")
     if revision is None:
-        for dump in reversed(bl.ispcp_dumps(ctx.b(get("BACKUP_FILE_DIR", "/var/www/ispcp/backups")))):
-            revision = revision_from_dump(dump)
+        view = backup_layout.backup(ctx)
+        folder = (conf.get("BACKUP_FILE_DIR") if conf else None) or "/var/www/ispcp/backups"
+        for dump in reversed(backup_layout.ispcp_dumps(view, backup_layout.checked(ctx, folder, "BACKUP_FILE_DIR"))):
+            revision = revision_from_dump(view, dump)
             if revision is not None:
-                source = f"the SQL dump {dump}"
+                source = f"the SQL dump {backup_layout.shown(ctx, dump)}"
                 break
     if revision is None and not source:
         source = "not found: no readable config table (binary copy or ispCP SQL dump) in the backup"
@@ -236,13 +241,19 @@ def backup_release(ctx: Context) -> BackupRelease:
     )
 
 
-def revision_from_dump(path: Path) -> int | None:
-    """DATABASE_REVISION from the INSERT into `config` of a (possibly compressed) SQL dump."""
-    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if REVISION_KEY in line and (m := _DUMP_REVISION.search(line)):
-                return int(m.group(1))
+def revision_from_dump(side: Connection, path: str) -> int | None:
+    """DATABASE_REVISION from the INSERT into `config` of a (possibly compressed) SQL dump on that side."""
+    data = side.read_bytes(path)
+    if data is None:
+        return None
+    unpack = {".gz": gzip.decompress, ".bz2": bz2.decompress}.get(PurePosixPath(path).suffix)
+    try:
+        text = (unpack(data) if unpack else data).decode("utf-8", "replace")
+    except (OSError, EOFError, ValueError):  # a damaged archive holds no revision to read
+        return None
+    for line in text.splitlines():
+        if REVISION_KEY in line and (m := _DUMP_REVISION.search(line)):
+            return int(m.group(1))
     return None
 
 

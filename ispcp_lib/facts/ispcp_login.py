@@ -1,23 +1,25 @@
 """ispCP's own database login: ispcp.conf's DATABASE_USER plus DATABASE_PASSWORD, decrypted with the key files.
 
-Read-only. Every key, IV, ciphertext and decrypted password is registered as a secret when it is read.
+Read-only, on either side: the target (`ctx.target`) or the backup (`ctx.backup`, whose paths are
+refused when a symlink leads out of it). Every key, IV, ciphertext and decrypted password is
+registered as a secret when it is read. The Blowfish itself is `ispcp.crypto`, the key file formats
+`ispcp.keyfiles`; the step that puts key files back is `steps.keys`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts import backup_layout
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.ispcp import crypto as crypto
-from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp import crypto, keyfiles
 from ispcp_lib.ispcp.keyfiles import KeySet
 
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 # Which key file to trust first: the engine's (ispcp-update reads it), then the GUI's, then 1.0.8+'s.
 PREFERENCE = ("perl_engine", "php", "keys_conf", "perl_messenger")
 SIDES = ("target", "backup")
@@ -33,31 +35,39 @@ class KeyFile:
 
     layout: str
     logical: str  # the path as the server knows it
-    path: Path | None  # where it is read (None: the backup path escapes the backup root)
+    where: str | None  # where it is read, for messages (None: the backup path escapes the backup root)
     state: str  # found | missing | placeholder | invalid
     detail: str = ""  # why it is placeholder/invalid (never holds the key)
     keys: KeySet | None = None
     raw: bytes | None = None  # the file's bytes, to restore them verbatim
+    mode: int | None = None  # its permission bits
 
     def __repr__(self) -> str:
         return f"KeyFile({self.layout!r}, {self.logical!r}, state={self.state!r})"
 
 
-def _side_path(ctx: Context, root: str, logical: str) -> Path:
-    if root == "target":
-        return ctx.t(logical)
-    if root == "backup":
-        return ctx.b(logical)
-    raise ValueError(f"root must be one of {SIDES}, not {root!r}")
+def side_view(ctx: Context, side: str) -> Connection:
+    """The target's connection or the backup's view."""
+    if side == "target":
+        return ctx.target
+    if side == "backup":
+        return backup_layout.backup(ctx)
+    raise ValueError(f"side must be one of {SIDES}, not {side!r}")
 
 
-def load_conf(ctx: Context, root: str = "target", logical: str = CONF_PATH) -> IspcpConf | None:
+def _where(ctx: Context, side: str, logical: str) -> str:
+    """The path to read on that side; a backup path must stay inside the backup."""
+    if side == "backup":
+        backup_layout.checked(ctx, logical)
+        return backup_layout.shown(ctx, logical)
+    return logical
+
+
+def load_conf(ctx: Context, side: str = "target", logical: str = CONF_PATH) -> IspcpConf | None:
     """That side's ispcp.conf, None when absent; its DATABASE_PASSWORD ciphertext is registered as a secret."""
-    path = _side_path(ctx, root, logical)
-    if not path.is_file():
-        return None
-    conf = IspcpConf.load(path, display=str(path))
-    ctx.secrets.add(conf.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
+    conf = IspcpConf.read(side_view(ctx, side), logical, display=_where(ctx, side, logical))
+    if conf is not None:
+        ctx.secrets.add(conf.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
     return conf
 
 
@@ -70,11 +80,17 @@ def key_paths(conf: IspcpConf | None) -> dict[str, str]:
     )
 
 
-def read_keyfile(layout: str, path: Path, logical: str, secrets: SecretRegistry = REGISTRY) -> KeyFile:
-    """Read and classify one key file; the key and IV are registered before anything else happens."""
-    if not path.is_file():
-        return KeyFile(layout, logical, path, "missing")
-    raw = path.read_bytes()
+def read_keyfile(
+    layout: str,
+    raw: bytes | None,
+    logical: str,
+    where: str,
+    secrets: SecretRegistry = REGISTRY,
+    mode: int | None = None,
+) -> KeyFile:
+    """Classify one key file's bytes (None: absent); the key and IV are registered before anything else happens."""
+    if raw is None:
+        return KeyFile(layout, logical, where, "missing")
     text = raw.decode("utf-8", "surrogateescape")
     for value in keyfiles.candidate_values(layout, text):  # a damaged key is still (most of) a real key
         secrets.add(value, "DB_PASS_KEY/IV (unverified)")
@@ -82,41 +98,45 @@ def read_keyfile(layout: str, path: Path, logical: str, secrets: SecretRegistry 
         return KeyFile(
             layout,
             logical,
-            path,
+            where,
             "placeholder",
             "holds the placeholders {KEY}/{IV} of a never-initialised template",
             raw=raw,
+            mode=mode,
         )
     try:
-        ks = keyfiles.parse_keyfile(layout, text, str(path))
+        ks = keyfiles.parse_keyfile(layout, text, where)
     except InputError as exc:
-        return KeyFile(layout, logical, path, "invalid", f"{exc.item}: {exc.problem}", raw=raw)
+        return KeyFile(layout, logical, where, "invalid", f"{exc.item}: {exc.problem}", raw=raw, mode=mode)
     secrets.add(ks.key, "DB_PASS_KEY")
     secrets.add(ks.iv, "DB_PASS_IV")
-    return KeyFile(layout, logical, path, "found", "key and IV readable", ks, raw)
+    return KeyFile(layout, logical, where, "found", "key and IV readable", ks, raw, mode)
 
 
-def keyfile_states(ctx: Context, root: str = "target", conf: IspcpConf | None = None) -> dict[str, KeyFile]:
+def keyfile_states(ctx: Context, side: str = "target", conf: IspcpConf | None = None) -> dict[str, KeyFile]:
     """Every key layout of that side (paths from its ispcp.conf), found or not."""
     if conf is None:
         try:
-            conf = load_conf(ctx, root)
+            conf = load_conf(ctx, side)
         except InputError:
             conf = None  # a broken ispcp.conf: fall back to the default paths
+    view = side_view(ctx, side)
     out: dict[str, KeyFile] = {}
     for layout, logical in key_paths(conf).items():
         try:
-            path = _side_path(ctx, root, logical)
+            where = _where(ctx, side, logical)
         except InputError as exc:  # a backup symlink escaping the backup root
             out[layout] = KeyFile(layout, logical, None, "invalid", exc.problem)
             continue
-        out[layout] = read_keyfile(layout, path, logical, ctx.secrets)
+        st = view.stat(logical)
+        raw = view.read_bytes(logical) if st is not None and st.is_file else None
+        out[layout] = read_keyfile(layout, raw, logical, where, ctx.secrets, st.mode if st is not None else None)
     return out
 
 
-def keysets(ctx: Context, root: str = "target") -> dict[str, KeySet]:
+def keysets(ctx: Context, side: str = "target") -> dict[str, KeySet]:
     """The parsed key layouts present on that side; placeholders and invalid files are left out."""
-    return {layout: kf.keys for layout, kf in keyfile_states(ctx, root).items() if kf.keys is not None}
+    return {layout: kf.keys for layout, kf in keyfile_states(ctx, side).items() if kf.keys is not None}
 
 
 def ordered(layouts: dict[str, KeySet] | dict[str, KeyFile]) -> list[str]:
@@ -127,13 +147,16 @@ def ordered(layouts: dict[str, KeySet] | dict[str, KeyFile]) -> list[str]:
 def decrypt_conf_password(conf: IspcpConf, keys: KeySet, secrets: SecretRegistry = REGISTRY) -> str:
     """DATABASE_PASSWORD of conf in plain text (registered as a secret).
 
+    An empty value is ispCP's "[none]": the login has no password, and ispCP stores it unencrypted.
     InputError when it is missing, or when the keys decrypt it to non-printable bytes (wrong keys).
     """
     cipher = conf.get("DATABASE_PASSWORD")
-    if not cipher:
+    if cipher == "":
+        return ""
+    if cipher is None:
         raise InputError(
             "DATABASE_PASSWORD",
-            "is missing or empty in ispcp.conf, so there is no database password to decrypt",
+            "is missing in ispcp.conf, so there is no database password to decrypt",
             "take the DATABASE_PASSWORD line from another copy of the old ispcp.conf (an ispCP config tar, "
             "ispcp.old.conf); with no copy left, remove the key files from the backup copy and use the "
             "lost-keys reset (keys_lost_reset = True)",
@@ -163,18 +186,21 @@ def try_decrypt(conf: IspcpConf, found: dict[str, KeySet], secrets: SecretRegist
     return out
 
 
-def ispcp_login(ctx: Context, which: str = "target") -> Login | None:
+def ispcp_login(ctx: Context, side: str = "target") -> Login | None:
     """DATABASE_USER and the decrypted DATABASE_PASSWORD of that side; None if it cannot be decrypted."""
     try:
-        conf = load_conf(ctx, which)
+        conf = load_conf(ctx, side)
     except InputError:
         return None
-    if conf is None or not conf.get("DATABASE_USER") or not conf.get("DATABASE_PASSWORD"):
+    user = conf.get("DATABASE_USER") if conf is not None else None
+    if conf is None or not user or "DATABASE_PASSWORD" not in conf:
         return None
-    found = keysets(ctx, which)
+    if conf.get("DATABASE_PASSWORD") == "":
+        return Login(user, "", f"{side} ispcp.conf (no password)")
+    found = keysets(ctx, side)
     for layout, password in try_decrypt(conf, found, ctx.secrets).items():
         if password is not None:
-            return Login(conf.get("DATABASE_USER") or "", password, f"{which} ispcp.conf with the {layout} key file")
+            return Login(user, password, f"{side} ispcp.conf with the {layout} key file")
     return None
 
 
@@ -184,10 +210,10 @@ def check_conf_login(ctx: Context, conf: IspcpConf, files: dict[str, KeyFile]) -
     The message names the failing part (conf, keys or login), never a secret.
     """
     user = conf.get("DATABASE_USER")
-    database = conf.get("DATABASE_NAME") or "ispcp"
+    database = conf.database_name
     if not user:
         return False, f"conf: {conf.path} has no DATABASE_USER"
-    if not conf.get("DATABASE_PASSWORD"):
+    if "DATABASE_PASSWORD" not in conf:
         return False, f"conf: {conf.path} has no DATABASE_PASSWORD"
     present = {layout: kf for layout, kf in files.items() if kf.state != "missing"}
     broken = [f"{layout} ({kf.state}: {kf.detail})" for layout, kf in present.items() if kf.keys is None]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.context import Context
+from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 
 DEFAULT_FTPD_CONF = "/etc/proftpd.conf"
@@ -161,26 +162,29 @@ class ConfCopy:
 
     role: str  # e.g. "target FTPD_CONF_FILE"
     logical: str  # path as on the server
-    path: Path  # real path (under target_root or backup_root)
+    where: str  # where it was read, for the operator (the backup's folder for a backup copy)
     text: str | None  # None: the file does not exist
     info: SqlConnect | None
+    mode: int | None = None  # permission bits of the file
 
     @property
     def exists(self) -> bool:
         return self.text is not None
 
 
-def read_copy(role: str, logical: str, path: Path, ctx: Context | None = None) -> ConfCopy:
-    """Read one copy; its password is registered as a secret at once."""
-    if not path.is_file():
-        return ConfCopy(role, logical, path, None, None)
-    text = path.read_bytes().decode("utf-8", "replace")
+def read_copy(role: str, logical: str, side: Connection, ctx: Context, where: str | None = None) -> ConfCopy:
+    """Read one copy from the target or the backup; its password is registered as a secret at once."""
+    st = side.stat(logical)
+    data = side.read_bytes(logical) if st is not None and st.is_file else None
+    if data is None:
+        return ConfCopy(role, logical, where or logical, None, None)
+    text = data.decode("utf-8", "replace")
     info = parse(text)
-    if ctx is not None and info is not None and info.password:
+    if info is not None and info.password:
         # The file may hold the password quoted and escaped: mask that form too, or a diff shows it.
         for form in [*password_forms(info.password), raw_password(text)]:
             ctx.secrets.add(form, f"vftp password ({role})")
-    return ConfCopy(role, logical, path, text, info)
+    return ConfCopy(role, logical, where or logical, text, info, st.mode if st is not None else None)
 
 
 def conf_paths(conf: IspcpConf | None) -> tuple[str, str]:
@@ -193,18 +197,19 @@ def conf_paths(conf: IspcpConf | None) -> tuple[str, str]:
 def target_copies(ctx: Context, conf: IspcpConf | None) -> list[ConfCopy]:
     ftpd, working = conf_paths(conf)
     return [
-        read_copy("target FTPD_CONF_FILE", ftpd, ctx.t(ftpd), ctx),
-        read_copy("target working copy", working, ctx.t(working), ctx),
+        read_copy("target FTPD_CONF_FILE", ftpd, ctx.target, ctx),
+        read_copy("target working copy", working, ctx.target, ctx),
     ]
 
 
 def backup_copies(ctx: Context, conf: IspcpConf | None) -> list[ConfCopy]:
-    if ctx.backup_root is None:
+    """The backup's copies; a path that a symlink leads out of the backup is refused."""
+    if ctx.backup is None:
         return []
     ftpd, working = conf_paths(conf)
     return [
-        read_copy("backup FTPD_CONF_FILE", ftpd, ctx.b(ftpd), ctx),
-        read_copy("backup working copy", working, ctx.b(working), ctx),
+        read_copy(role, backup_layout.checked(ctx, logical, role), ctx.backup, ctx, backup_layout.shown(ctx, logical))
+        for role, logical in (("backup FTPD_CONF_FILE", ftpd), ("backup working copy", working))
     ]
 
 

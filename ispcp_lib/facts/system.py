@@ -1,26 +1,28 @@
-"""Facts about a system tree: os-release, server versions, tools."""
+"""Facts about a system: its distribution, server versions, Perl modules."""
 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.facts.ispcp_conf import parse_version
 
 
-def os_release(root: Path) -> dict[str, str] | None:
-    """The os-release mapping of the tree at root, None when it has none."""
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        p = root / rel
-        if p.is_file():
-            out = {}
-            for line in p.read_text(errors="replace").splitlines():
-                if "=" in line and not line.lstrip().startswith("#"):
-                    k, v = line.split("=", 1)
-                    out[k.strip()] = v.strip().strip('"')
-            return out
-    return None
+def distribution(side: Connection) -> dict[str, str] | None:
+    """ID and VERSION_ID of the system on that side (the target, or the backup's tree), None when unknown.
+
+    os-release first; Lenny and Squeeze have none, only /etc/debian_version ("5.0.10", "6.0.10").
+    """
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        text = side.read_text(path)
+        if text is not None:
+            pairs = (
+                line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#")
+            )
+            return {k.strip(): v.strip().strip('"') for k, v in pairs}
+    version = (side.read_text("/etc/debian_version") or "").strip()
+    return {"ID": "debian", "VERSION_ID": version} if version else None
 
 
 def server_version_from_datadir(datadir: Path) -> str | None:
@@ -66,19 +68,8 @@ def compare_server_versions(old: str | None, new: str | None) -> tuple[str, str]
     )
 
 
-def perl_module_version(module: str = "Crypt::CBC") -> str | None:
-    """Version of a Perl module on this machine, None if it is not installed."""
-    import subprocess
-
-    perl = shutil.which("perl")
-    if perl is None:
-        return None
-    proc = subprocess.run(
-        [perl, f"-M{module}", "-e", f"print ${module}::VERSION"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    text = proc.stdout.strip()
-    return text if proc.returncode == 0 and re.match(r"^\d", text) else None
+def perl_module_version(side: Connection, module: str = "Crypt::CBC") -> str | None:
+    """Version of a Perl module on that side (the target), None if it or perl is not installed."""
+    done = side.run(["perl", f"-M{module}", "-e", f"print ${module}::VERSION"], timeout=30)
+    text = done.out.strip()
+    return text if done.rc == 0 and re.match(r"^\d", text) else None

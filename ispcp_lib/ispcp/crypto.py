@@ -4,6 +4,7 @@ ispCP's engine (Perl Crypt::CBC: -literal_key, -padding => 'space', -header => '
 (PHP mcrypt blowfish/cbc + trim) both use the 32-character key and 8-character IV as raw bytes,
 pad the plaintext with 1..8 spaces and base64 the result. The same key/IV protect DATABASE_PASSWORD,
 mail_users.mail_pass and sql_user.sqlu_pass, so this module is how the recovery proves the keys.
+(The files holding the key and IV are `ispcp.keyfiles`; the step that restores them is `steps.keys`.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ each account a new random password, encrypted with the new keys in ispCP's datab
 set in MySQL, and writes them to a credentials file for the admin (mode 0600, state directory).
 
 Rows are named by id and account, never by value. Every cipher text and password is registered as a
-secret the moment it is read or made.
+secret the moment it is read or made. (The Blowfish is `ispcp.crypto`; the key files `ispcp.keyfiles`.)
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_db_reader
-from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.ispcp import crypto as crypto
+from ispcp_lib.facts.mysql_state import quote_ident
+from ispcp_lib.ispcp import crypto
 from ispcp_lib.ispcp.keyfiles import KeySet
+from ispcp_lib.mysql.accounts import set_user_password
 
 MAILBOX = "mailbox passwords"
 SQL_USER = "customer SQL passwords"
@@ -99,12 +100,13 @@ def _holds_data(conn: Any) -> bool:
         cur.execute(
             "SELECT (SELECT COUNT(*) FROM domain) + (SELECT COUNT(*) FROM mail_users) + (SELECT COUNT(*) FROM sql_user)"
         )
-        return bool(int(cur.fetchone()[0]))
+        return bool(int(cur.fetchone()[0] or 0))
 
 
 def load_rows(ctx: Context, logins: list[Login], database: str, backup_datadir: Path | None) -> EncryptedRows | None:
     """The rows from the restored target database (first login that works), else from the backup's binary copy.
 
+    backup_datadir is the old datadir on this machine (the throwaway reader runs here); None skips it.
     None when neither can be read (the reason is then not worth a table: the caller says it).
     """
     if ctx.mysql is not None and ctx.mysql.status():
@@ -196,16 +198,20 @@ def accounts_frame(rows: list[EncryptedRow]) -> pd.DataFrame:
 # --- new passwords -------------------------------------------------------------------------------
 
 
-def credentials_path(ctx: Context) -> Path:
-    return ctx.state_dir / CREDENTIALS_FILE
+def credentials_path(ctx: Context) -> str:
+    """The credentials file, on the machine that holds the state directory."""
+    return f"{ctx.state_dir}/{CREDENTIALS_FILE}"
 
 
-def _read_credentials(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
-    """(kind, account) -> (database, password) of an earlier credentials file."""
+def read_credentials(ctx: Context) -> dict[tuple[str, str], tuple[str, str]]:
+    """The credentials file of an earlier run (empty when there is none)."""
+    return parse_credentials(ctx.state.read_text(credentials_path(ctx)) or "")
+
+
+def parse_credentials(text: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(kind, account) -> (database, password) of a credentials file's text."""
     out: dict[tuple[str, str], tuple[str, str]] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         if line.startswith("#") or not line.strip():
             continue
         parts = line.split("\t")
@@ -223,11 +229,6 @@ def credentials_text(entries: dict[tuple[str, str], tuple[str, str]], run_id: st
     for (kind, account), (database, password) in sorted(entries.items()):
         lines.append(f"{kind}\t{account}\t{database}\t{password}")
     return "\n".join(lines) + "\n"
-
-
-def _mysql_hosts(cur: Any, user: str) -> list[str]:
-    cur.execute("SELECT Host FROM mysql.user WHERE User = %s ORDER BY Host", (user,))
-    return [r[0] for r in cur.fetchall()]
 
 
 def reset_accounts(
@@ -248,7 +249,7 @@ def reset_accounts(
     if not targets:
         return []
     path = credentials_path(ctx)
-    entries = _read_credentials(path)
+    entries = read_credentials(ctx)
     for value in (v[1] for v in entries.values()):
         ctx.secrets.add(value, "new account password")
     fresh: list[tuple[EncryptedRow, str, str]] = []
@@ -261,19 +262,14 @@ def reset_accounts(
         fresh.append((row, password, cipher))
     mail = [f for f in fresh if f[0].column == MAILBOX]
     sql = [f for f in fresh if f[0].column == SQL_USER]
-    if ctx.apply:
-        ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # The file first: once ispCP's rows or MySQL hold a new password, it must already be on disk.
-    ctx.write_file(
-        path,
-        credentials_text(entries, ctx.run_id),
-        0o600,
-        0,
-        0,
-        show_diff=False,
-        what=f"write {len(fresh)} new account password(s) to {ctx.display_path(path)} (mode 0600; for the "
-        "admin to hand out, never shown here)",
+    # The file first: once ispCP's rows or MySQL hold a new password, it must already be on disk. It lives
+    # with the state directory (on whichever machine holds it), never in the report.
+    result.change(
+        f"write {len(fresh)} new account password(s) to {path} (mode 0600; for the admin to hand out, never shown here)"
     )
+    if ctx.apply:
+        ctx.state.mkdir(str(ctx.state_dir), 0o700)
+        ctx.state.write_atomic(path, credentials_text(entries, ctx.run_id), 0o600, 0, 0)
     if mail:
         result.change(
             f"set a new random password for {len(mail)} mailbox(es) in {database}.mail_users "
@@ -289,7 +285,7 @@ def reset_accounts(
             {
                 "check": "new account passwords",
                 "result": "planned",
-                "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {ctx.display_path(path)}",
+                "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {path}",
             }
         ]
     with ctx.mysql.connect(db_login.user, db_login.password, database) as conn, conn.cursor() as cur:
@@ -303,28 +299,17 @@ def reset_accounts(
     who = admin or db_login
     created: list[str] = []
     try:
-        with ctx.mysql.connect(who.user, who.password) as conn, conn.cursor() as cur:
+        with ctx.mysql.connect(who.user, who.password) as conn:
             for row, password, _ in sql:
-                hosts = _mysql_hosts(cur, row.account)
-                if not hosts:
-                    hosts = ["localhost", "%"]
-                    for host in hosts:
-                        cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
-                        if row.database:
-                            cur.execute(
-                                f"GRANT ALL PRIVILEGES ON {ms.quote_ident(row.database)}.* TO %s@%s",
-                                (row.account, host),
-                            )
+                if not set_user_password(ctx, conn, row.account, password):
+                    _create_sql_user(conn, row, password)
                     created.append(row.account)
-                    continue
-                for host in hosts:
-                    cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
     except pymysql.MySQLError as exc:
         raise PreconditionFailed(
             "customer SQL passwords",
             ctx.secrets.redact(f"setting them in MySQL failed: {exc}"),
             f"the new passwords are in {path} and in ispCP's database; fix the cause and set "
-            "them in MySQL (ALTER USER) from that file",
+            "them in MySQL (SET PASSWORD) from that file",
         ) from None
     if created:
         result.note(
@@ -335,8 +320,7 @@ def reset_accounts(
         {
             "check": "new account passwords",
             "result": "done",
-            "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); written to {ctx.display_path(path)} "
-            "(mode 0600)",
+            "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); written to {path} (mode 0600)",
         }
     ]
     if sql:
@@ -362,3 +346,12 @@ def reset_accounts(
         if refused:
             result.warn(f"{len(refused)} SQL user(s) cannot log in with their new password: {'; '.join(refused[:4])}")
     return checks
+
+
+def _create_sql_user(session: Any, row: EncryptedRow, password: str) -> None:
+    """An SQL user without any MySQL account, created as ispCP creates them: localhost and %."""
+    with session.cursor() as cur:
+        for host in ("localhost", "%"):
+            cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
+            if row.database:
+                cur.execute(f"GRANT ALL PRIVILEGES ON {quote_ident(row.database)}.* TO %s@%s", (row.account, host))

@@ -1,8 +1,10 @@
-"""The three ispCP key file layouts: read any of them, write any of them.
+"""The key files: ispCP's three layouts of DB_PASS_KEY/DB_PASS_IV, read any of them, write any of them.
 
 1.0.0-1.0.7 keep the key/IV in gui/include/ispcp-db-keys.php and engine/ispcp-db-keys.pl (plus the
 messenger's copy); 1.0.8+ in /etc/ispcp/ispcp-keys.conf. One layout holds everything the others need,
-so a recovery can rebuild a lost file from whichever survived in the backup.
+so a recovery can rebuild a lost file from whichever survived in the backup (render(parse(…))).
+Text in, text out: reading them from a server is `facts.ispcp_login`; the Blowfish they feed is
+`ispcp.crypto`; the step that puts them back is `steps.keys`.
 """
 
 from __future__ import annotations
@@ -390,8 +392,3 @@ def render_keyfile(layout: str, keys: KeySet) -> str:
         f"DB_PASS_KEY={keys.key}\n"
         f"DB_PASS_IV={keys.iv}\n"
     )
-
-
-def convert_keyfile(src_layout: str, text: str, dst_layout: str, path: str = "") -> str:
-    """Rebuild one layout from another (e.g. the PHP file from the surviving ispcp-keys.conf)."""
-    return render_keyfile(dst_layout, parse_keyfile(src_layout, text, path))

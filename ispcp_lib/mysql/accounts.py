@@ -262,3 +262,32 @@ def reset_passwords(ctx: Context, logins: list[Login]) -> list[str]:
         for login in logins:
             set_password(conn, sql, login.user, login.password, create_admin=login.user == MAINT_USER)
     return [lg.user for lg in lost_logins(ctx, logins)]
+
+
+def user_hosts(session: Any, user: str) -> list[str]:
+    """The Host column of every account named user, sorted (the statement from the server's dialect)."""
+    with _execute(session, Dialect.for_version(_server_version(session)).user_hosts(user)) as cur:
+        return sorted(str(row[0]) for row in cur.fetchall())
+
+
+def set_user_password(
+    ctx: Context, session: Any, user: str, password: str, hosts: list[str] | None = None
+) -> list[str]:
+    """Give every host entry of user (or the hosts given) this password; returns the hosts changed.
+
+    An empty list means the user has no account: creating one is the caller's decision.
+    """
+    ctx.secrets.add(password, f"MySQL password of {user}")
+    sql = Dialect.for_version(_server_version(session))
+    todo = user_hosts(session, user) if hosts is None else hosts
+    for host in todo:
+        for statement in sql.set_password_statements(user, host, password):
+            _execute(session, statement).close()
+    if todo:
+        _execute(session, FLUSH_PRIVILEGES).close()
+    return todo
+
+
+def _server_version(session: Any) -> str:
+    with _execute(session, ("SELECT VERSION()", ())) as cur:
+        return str(cur.fetchone()[0])

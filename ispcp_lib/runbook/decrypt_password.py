@@ -1,6 +1,7 @@
 """`ispcp-recover decrypt-password`: does ispcp.conf's DATABASE_PASSWORD decrypt with these key files?
 
 For the sysadmin who only needs the password. It never prints the password unless asked with --show.
+It reads files on this machine (a mounted backup, copies), never through a connection.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import TextIO
 
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.secrets import REGISTRY
-from ispcp_lib.facts import ispcp_login as il
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts import ispcp_login
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.ispcp import keyfiles
 
 EXIT_OK, EXIT_NO_DECRYPT, EXIT_INPUT = 0, 1, 2
@@ -39,14 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_any(path: Path, secrets=REGISTRY) -> il.KeyFile:
+def _read_local(layout: str, path: Path, logical: str) -> ispcp_login.KeyFile:
+    raw = path.read_bytes() if path.is_file() else None
+    return ispcp_login.read_keyfile(layout, raw, logical, str(path), REGISTRY)
+
+
+def _read_any(path: Path) -> ispcp_login.KeyFile:
     """A key file named on the command line: its layout from its name, else whichever parser accepts it."""
     layout = keyfiles.detect_layout(str(path))
     if layout is not None:
-        return il.read_keyfile(layout, path, str(path), secrets)
+        return _read_local(layout, path, str(path))
     first = None
     for candidate in keyfiles.LAYOUTS:
-        kf = il.read_keyfile(candidate, path, str(path), secrets)
+        kf = _read_local(candidate, path, str(path))
         if kf.keys is not None or kf.state in ("missing", "placeholder"):
             return kf
         first = first or kf
@@ -65,7 +71,7 @@ def decrypt_password(
 ) -> int:
     """Exit 0 when a key file decrypts the password, 1 when none does, 2 for unusable input."""
     base = Path(root)
-    conf_path = Path(conf) if conf else base / il.CONF_PATH.lstrip("/")
+    conf_path = Path(conf) if conf else base / CONF_PATH.lstrip("/")
     if not conf_path.is_file():
         print(f"ispcp.conf not found: {conf_path} (give --conf PATH or --root DIR)", file=err)
         return EXIT_INPUT
@@ -75,28 +81,32 @@ def decrypt_password(
         print(exc.message, file=err)
         return EXIT_INPUT
     REGISTRY.add(parsed.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
+    if parsed.get("DATABASE_PASSWORD") == "":
+        print("DATABASE_PASSWORD is empty (ispCP's '[none]'): the login has no password, nothing to decrypt", file=err)
+        print("" if show else "no password", file=out)
+        return EXIT_OK
     if keys:
         files = [_read_any(Path(k)) for k in keys]
     else:
         files = [
-            il.read_keyfile(layout, base / logical.lstrip("/"), logical)
-            for layout, logical in il.key_paths(parsed).items()
+            _read_local(layout, base / logical.lstrip("/"), logical)
+            for layout, logical in ispcp_login.key_paths(parsed).items()
         ]
         files = [f for f in files if f.state != "missing"]
         if not files:
-            looked = ", ".join(str(base / p.lstrip("/")) for p in il.key_paths(parsed).values())
+            looked = ", ".join(str(base / p.lstrip("/")) for p in ispcp_login.key_paths(parsed).values())
             print(f"no key file found (looked at {looked}); give --keys PATH", file=err)
             return EXIT_INPUT
     passwords: list[str] = []
     decrypting: list[str] = []
     for kf in files:
-        where = f"{kf.path} ({kf.layout})"
+        where = f"{kf.where} ({kf.layout})"
         if kf.keys is None:
             print(f"{where}: {kf.state}{': ' + kf.detail if kf.detail else ''}", file=err)
             continue
         try:
-            password = il.decrypt_conf_password(parsed, kf.keys)
-        except il.WrongKeys:
+            password = ispcp_login.decrypt_conf_password(parsed, kf.keys)
+        except ispcp_login.WrongKeys:
             print(f"{where}: does not decrypt DATABASE_PASSWORD (non-printable result: other keys)", file=err)
             continue
         except InputError as exc:  # missing or malformed DATABASE_PASSWORD: no key file can help

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import stat
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
-from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts import backup_layout as bl
-from ispcp_lib.facts import mysql_creds, proftpd
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts import backup_layout, proftpd
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
+from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.mysql import accounts
 
 TITLE = "The FTP server's database login"
 GUIDE = "the section on giving the FTP server a valid database login (old proftpd.conf, or the vftp password)"
@@ -32,19 +33,8 @@ it cannot does it set vftp's password in MySQL, for every host entry of that use
 """
 PARAMETERS: dict[str, tuple[object, str]] = {}
 
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 # What ispCP's installer grants vftp (ispcp-reference: "vftp grants").
 VFTP_TABLES = ("ftp_group", "ftp_users", "quotalimits", "quotatallies")
-
-
-def _conf(ctx: Context, root: str) -> IspcpConf | None:
-    try:
-        if root == "target":
-            path = ctx.t(CONF_PATH)
-            return IspcpConf.load(path, display=CONF_PATH) if path.is_file() else None
-        return bl.load_old_conf(ctx)
-    except InputError as exc:
-        raise InputError(exc.item, exc.problem, exc.fix, exc.path) from None
 
 
 def wanted_password(targets: list[proftpd.ConfCopy], backups: list[proftpd.ConfCopy]) -> tuple[str, str] | None:
@@ -55,18 +45,18 @@ def wanted_password(targets: list[proftpd.ConfCopy], backups: list[proftpd.ConfC
     return None
 
 
-def _copy_row(copy: proftpd.ConfCopy, password: str | None, ctx: Context) -> dict[str, str]:
+def _copy_row(copy: proftpd.ConfCopy, password: str | None) -> dict[str, str]:
     if not copy.exists:
         state, agrees = "missing", ""
     elif copy.info is None:
         state, agrees = "no SQLConnectInfo line", ""
+    elif not copy.info.password:
+        state, agrees = "found", "no password"
     else:
-        state = "found"
-        agrees = "yes" if copy.info.password == password else ("no password" if not copy.info.password else "no")
-    where = ctx.display_path(copy.path) if copy.role.startswith("target") else str(copy.path)
+        state, agrees = "found", "yes" if copy.info.password == password else "no"
     return {
         "copy": copy.role,
-        "path": where,
+        "path": copy.where,
         "state": state,
         "SQLConnectInfo (db@host user)": copy.info.describe() if copy.info else "",
         "password agrees": agrees,
@@ -75,8 +65,8 @@ def _copy_row(copy: proftpd.ConfCopy, password: str | None, ctx: Context) -> dic
 
 @action("ftp")
 def run(ctx: Context, result: Result) -> None:
-    conf_t = _conf(ctx, "target")
-    conf_b = _conf(ctx, "backup") if ctx.backup_root is not None else None
+    conf_t = IspcpConf.read(ctx.target, CONF_PATH)
+    conf_b = backup_layout.load_old_conf(ctx) if ctx.backup is not None else None
     targets = proftpd.target_copies(ctx, conf_t)
     backups = proftpd.backup_copies(ctx, conf_b or conf_t)
     found = wanted_password(targets, backups)
@@ -95,16 +85,14 @@ def run(ctx: Context, result: Result) -> None:
             "is not running, so the vftp login cannot be proven",
             "run mysql_restore (it starts the server) first, then this step",
         )
-    result.table(
-        "ProFTPd configuration copies", pd.DataFrame([_copy_row(c, password, ctx) for c in [*targets, *backups]])
-    )
+    result.table("ProFTPd configuration copies", pd.DataFrame([_copy_row(c, password) for c in [*targets, *backups]]))
     result.note(f"The vftp password is taken from the {source}.")
 
     writes, final_info = _plan_copies(result, targets, backups, password)
     if ctx.apply:
         _check_fixable(ctx, final_info)  # everything the step needs is checked before the first write
     for tgt, text, what, mode in writes:
-        ctx.write_file(tgt.path, text, mode=mode, what=what)
+        ctx.write_file(tgt.logical, text, mode=mode, what=what)
     _prove_login(ctx, result, final_info)
 
 
@@ -117,10 +105,10 @@ def _check_fixable(ctx: Context, info: proftpd.SqlConnect | None) -> None:
             "restore /etc/proftpd.conf from the backup or write the line by hand",
         )
     ok, _text = proftpd.check_vftp(ctx, info)
-    if not ok and mysql_creds.working_admin(ctx) is None:
+    if not ok and accounts.admin_login(ctx) is None:
         raise PreconditionFailed(
             "MySQL admin login",
-            "neither the target's nor the backup's debian.cnf logs in, "
+            "no admin login works (the debian.cnf files, ispCP's own login, a saved root login, the secrets_file), "
             f"and {info.user} needs a password or grant change in MySQL that only an admin can "
             "make; nothing was changed",
             "run the mysql_maintainer step first, then this step",
@@ -145,7 +133,7 @@ def _plan_copies(
         if bak is not None and bak.exists and bak.text != tgt.text:
             text = bak.text
             what = f"restore {kind} {tgt.logical} from the backup"
-            mode = stat.S_IMODE(bak.path.stat().st_mode) if not tgt.exists else None
+            mode = bak.mode if not tgt.exists else None
         if text is None:
             # No copy here and none in the backup: ispCP rebuilds a missing working copy from ProFTPd's file.
             source = targets[0].text if kind == "working copy" else None
@@ -174,29 +162,6 @@ def _plan_copies(
     return writes, final
 
 
-def _vftp_hosts(ctx: Context, user: str) -> list[str] | None:
-    admin = mysql_creds.working_admin(ctx)
-    if admin is None:
-        return None
-    with ctx.mysql.connect(admin.user, admin.password) as conn, conn.cursor() as cur:
-        cur.execute("SELECT Host FROM mysql.user WHERE User = %s ORDER BY Host", (user,))
-        return [r[0] for r in cur.fetchall()]
-
-
-def _admin_sql(ctx: Context, statements: list[tuple[str, tuple]]) -> None:
-    admin = mysql_creds.working_admin(ctx)
-    if admin is None:
-        raise PreconditionFailed(
-            "MySQL admin login",
-            "neither the target's nor the backup's debian.cnf logs in",
-            "run the mysql_maintainer step first",
-        )
-    with ctx.mysql.connect(admin.user, admin.password) as conn, conn.cursor() as cur:
-        for sql, args in statements:
-            cur.execute(sql, args)
-        cur.execute("FLUSH PRIVILEGES")
-
-
 def _prove_login(ctx: Context, result: Result, info: proftpd.SqlConnect | None) -> None:
     if info is None or not info.user:
         raise PreconditionFailed(
@@ -221,36 +186,7 @@ def _prove_login(ctx: Context, result: Result, info: proftpd.SqlConnect | None) 
         }
     ]
     if not ok:
-        login_fails = ctx.mysql.can_login(info.user, info.password) is not None  # password, not grants
-        hosts = _vftp_hosts(ctx, info.user)
-        if hosts is None:
-            if ctx.apply:
-                raise PreconditionFailed(
-                    "MySQL admin login",
-                    "neither the target's nor the backup's debian.cnf logs in, so the vftp password cannot be set",
-                    "run the mysql_maintainer step first",
-                )
-            result.warn("no working MySQL admin login: cannot plan the vftp password change (dry run)")
-        else:
-            statements = _fix_statements(result, info, hosts, login_fails)
-            if ctx.apply:
-                _admin_sql(ctx, statements)
-                ok, text = proftpd.check_vftp(ctx, info)
-                rows.append(
-                    {
-                        "check": "vftp login and SELECT on ftp_users",
-                        "when": "after",
-                        "result": "ok" if ok else "FAIL",
-                        "detail": text,
-                    }
-                )
-                if not ok:
-                    result.table("vftp login", pd.DataFrame(rows))
-                    raise PreconditionFailed(
-                        f"MySQL user {info.user}",
-                        f"still cannot work after the fix: {text}",
-                        "check the user's grants and host entries in mysql.user by hand",
-                    )
+        ok, text = _fix_vftp(ctx, result, info, rows)
     result.table("vftp login", pd.DataFrame(rows))
     if ok and not result.changed:
         result.noop_reason = f"every proftpd.conf copy agrees on the vftp password and {text}"
@@ -260,31 +196,87 @@ def _prove_login(ctx: Context, result: Result, info: proftpd.SqlConnect | None) 
         result.summary = f"{result.changed} change(s) planned; the login is proven when applying"
 
 
-def _fix_statements(
-    result: Result, info: proftpd.SqlConnect, hosts: list[str], login_fails: bool
-) -> list[tuple[str, tuple]]:
-    """SQL that makes vftp match the config.
+@dataclass
+class VftpFix:
+    """What makes vftp match the config: one of a missing user, a wrong password, missing grants."""
+
+    create: bool = False  # no such user: create it at localhost with the installer's grants
+    password_hosts: list[str] = field(default_factory=list)  # host entries whose password is set
+    grant_hosts: list[str] = field(default_factory=list)  # host entries that get the installer's grants
+
+
+def _fix_vftp(ctx: Context, result: Result, info: proftpd.SqlConnect, rows: list[dict[str, str]]) -> tuple[bool, str]:
+    """Plan (and, applying, make) the MySQL change the failed vftp login needs; the login proven again after."""
+    admin = accounts.admin_login(ctx)
+    if admin is None:
+        if ctx.apply:
+            raise PreconditionFailed(
+                "MySQL admin login",
+                "no admin login works (the debian.cnf files, ispCP's own login, a saved root login, the "
+                "secrets_file), so the vftp password cannot be set",
+                "run the mysql_maintainer step first",
+            )
+        result.warn("no working MySQL admin login: cannot plan the vftp password change (dry run)")
+        return False, "not fixed (dry run)"
+    user = info.user or "vftp"
+    login_fails = ctx.mysql.can_login(user, info.password) is not None  # password, not grants
+    with ctx.mysql.connect(admin.user, admin.password) as conn:
+        fix = plan_fix(result, info, accounts.user_hosts(conn, user), login_fails)
+    if not ctx.apply:
+        return False, "not fixed (dry run)"
+    _apply_fix(ctx, admin, info, fix)
+    ok, text = proftpd.check_vftp(ctx, info)
+    rows.append(
+        {
+            "check": "vftp login and SELECT on ftp_users",
+            "when": "after",
+            "result": "ok" if ok else "FAIL",
+            "detail": text,
+        }
+    )
+    if not ok:
+        result.table("vftp login", pd.DataFrame(rows))
+        raise PreconditionFailed(
+            f"MySQL user {user}",
+            f"still cannot work after the fix: {text}",
+            "check the user's grants and host entries in mysql.user by hand",
+        )
+    return ok, text
+
+
+def plan_fix(result: Result, info: proftpd.SqlConnect, hosts: list[str], login_fails: bool) -> VftpFix:
+    """What makes vftp match the config, each change recorded on result.
 
     No such user: create it with the installer's grants. Wrong password: set it on every host entry.
     Login works but ftp_users is unreadable: grant what the installer grants.
     """
-    user, password, database = info.user or "vftp", info.password or "", info.database
-    statements: list[tuple[str, tuple]] = []
+    user, database = info.user or "vftp", info.database
     if not hosts:
-        hosts = ["localhost"]
         result.change(f"create the MySQL user {user}@localhost (it is missing from the restored mysql database)")
-        statements.append(("CREATE USER %s@%s IDENTIFIED BY %s", (user, "localhost", password)))
+        fix = VftpFix(create=True, grant_hosts=["localhost"])
     elif login_fails:
         for host in hosts:
             result.change(f"set the MySQL password of {user}@{host} to the one in proftpd.conf")
-            statements.append(("SET PASSWORD FOR %s@%s = PASSWORD(%s)", (user, host, password)))
-        return statements
-    db = database.replace("`", "``")  # identifiers cannot be parameters: quote the name from SQLConnectInfo
-    for host in hosts:
+        return VftpFix(password_hosts=hosts)
+    else:
+        fix = VftpFix(grant_hosts=hosts)
+    for host in fix.grant_hosts:
         result.change(
             f"grant {user}@{host} SELECT, INSERT, UPDATE, DELETE on {database}."
             f"{{{', '.join(VFTP_TABLES)}}} (the installer's grants)"
         )
-        for table in VFTP_TABLES:
-            statements.append((f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.`{table}` TO %s@%s", (user, host)))
-    return statements
+    return fix
+
+
+def _apply_fix(ctx: Context, admin: Login, info: proftpd.SqlConnect, fix: VftpFix) -> None:
+    user, password = info.user or "vftp", info.password or ""
+    db = info.database.replace("`", "``")  # identifiers cannot be parameters: quote the name from SQLConnectInfo
+    with ctx.mysql.connect(admin.user, admin.password) as conn:
+        if fix.password_hosts:
+            accounts.set_user_password(ctx, conn, user, password, fix.password_hosts)
+        with conn.cursor() as cur:
+            if fix.create:
+                cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (user, "localhost", password))
+            for host in fix.grant_hosts:
+                for table in VFTP_TABLES:
+                    cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.`{table}` TO %s@%s", (user, host))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from ispcp_lib.core.action import action
+from ispcp_lib.core.connection import RootedView
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts import backup_layout as bl
-from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.facts import backup_layout, ispcp_login
+from ispcp_lib.facts.backup_db_reader import read_backup_database
+from ispcp_lib.facts.backup_layout import Item
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, DEFAULT_DATABASE_NAME, IspcpConf
+from ispcp_lib.ispcp import backup_input, keyfiles
 from ispcp_lib.mysql import customer_dbs
 
 TITLE = "Inventory of the backup"
@@ -33,19 +36,24 @@ The guide stops at ispCP's own two databases, but the customers' databases (shop
 listed in ispCP's `sql_database` table) matter just as much. A second table lists each of them, what
 the backup holds for it (a directory, a dump), its storage engines, and whether and how it can be
 restored: InnoDB tables cannot travel as a lone directory.
+
+What the old server says about where things live is untrusted: a folder setting of the old `ispcp.conf`
+that is the system's own (`/`, `/etc`, `/usr`, the MySQL datadir, …) or that overlaps another tree, and a
+domain name in the old database that is no DNS name (`../../etc`), are refused here, before anything
+changes, with the setting, its value and the fix.
 """
 PARAMETERS: dict[str, tuple[object, str]] = {}
 
 
-def _conf_item(ctx: Context) -> tuple[bl.Item, IspcpConf | None]:
+def _conf_item(ctx: Context) -> tuple[Item, IspcpConf | None]:
     why = "holds the database credentials, paths, IDs and the values ispcp-update would ask for"
-    path = str(ctx.backup_root / "etc/ispcp/ispcp.conf") if ctx.backup_root else "/etc/ispcp/ispcp.conf"
+    path = backup_layout.shown(ctx, CONF_PATH)
     try:
-        conf = bl.load_old_conf(ctx)
+        conf = backup_layout.load_old_conf(ctx)
     except InputError as exc:
-        return bl.Item("ispcp.conf", path, "invalid", exc.message, why, True), None
+        return Item("ispcp.conf", path, "invalid", exc.message, why, True), None
     if conf is None:
-        return bl.Item(
+        return Item(
             "ispcp.conf",
             path,
             "missing",
@@ -53,20 +61,16 @@ def _conf_item(ctx: Context) -> tuple[bl.Item, IspcpConf | None]:
             why,
             True,
         ), None
-    missing = [k for k in ("DATABASE_PASSWORD", "DATABASE_USER") if not conf.get(k)]
+    missing = conf.missing(("DATABASE_USER", "DATABASE_PASSWORD"))  # an empty password is ispCP's "[none]"
     if missing:
-        return bl.Item("ispcp.conf", path, "invalid", f"lacks {', '.join(missing)}", why, True), conf
-    return bl.Item(
+        return Item("ispcp.conf", path, "invalid", f"lacks {', '.join(missing)}", why, True), conf
+    return Item(
         "ispcp.conf", path, "found", f"ispCP {conf.get('Version', '?')}, build {conf.get('BuildDate', '?')}", why, True
     ), conf
 
 
-def _key_items(ctx: Context, conf: IspcpConf | None) -> tuple[list[bl.Item], dict[str, keyfiles.KeySet]]:
-    paths = keyfiles.layout_paths(
-        conf.get("ROOT_DIR") or "/var/www/ispcp" if conf else "/var/www/ispcp",
-        conf.get("GUI_ROOT_DIR") if conf else None,
-        conf.get("CONF_DIR") or "/etc/ispcp" if conf else "/etc/ispcp",
-    )
+def _key_items(ctx: Context, conf: IspcpConf | None) -> tuple[list[Item], dict[str, keyfiles.KeySet]]:
+    paths = ispcp_login.key_paths(conf)
     why = {
         "php": "the GUI's key file: without the right keys the panel cannot reach its database",
         "perl_engine": "the engine's key file: ispcp-update decrypts DATABASE_PASSWORD with it",
@@ -74,62 +78,74 @@ def _key_items(ctx: Context, conf: IspcpConf | None) -> tuple[list[bl.Item], dic
         "keys_conf": "the key file of ispCP 1.0.8 and later",
     }
     items, found = [], {}
+    view = backup_layout.backup(ctx)
     for layout, logical in paths.items():
+        path = backup_layout.shown(ctx, logical)
         try:
-            path = ctx.b(logical)
+            text = view.read_text(backup_layout.checked(ctx, logical, f"key file ({layout})"))
         except InputError as exc:
-            items.append(bl.Item(f"key file ({layout})", logical, "invalid", exc.message, why[layout]))
+            items.append(Item(f"key file ({layout})", logical, "invalid", exc.message, why[layout]))
             continue
-        if not path.is_file():
-            items.append(bl.Item(f"key file ({layout})", str(path), "missing", "", why[layout]))
+        if text is None:
+            items.append(Item(f"key file ({layout})", path, "missing", "", why[layout]))
             continue
         try:
-            keys = keyfiles.parse_keyfile(layout, path.read_text(errors="replace"), str(path))
+            keys = keyfiles.parse_keyfile(layout, text, path)
         except InputError as exc:
-            items.append(bl.Item(f"key file ({layout})", str(path), "invalid", exc.message, why[layout]))
+            items.append(Item(f"key file ({layout})", path, "invalid", exc.message, why[layout]))
             continue
         ctx.secrets.add(keys.key, "db_pass_key")
         ctx.secrets.add(keys.iv, "db_pass_iv")
         found[layout] = keys
-        items.append(bl.Item(f"key file ({layout})", str(path), "found", "key and IV present", why[layout]))
+        items.append(Item(f"key file ({layout})", path, "found", "key and IV present", why[layout]))
     return items, found
 
 
-def _dir_item(ctx: Context, name: str, logical: str, why: str, required: bool = False) -> bl.Item:
-    path = ctx.b(logical)
-    if not path.is_dir():
-        return bl.Item(name, str(path), "missing", "", why, required)
-    entries = sum(1 for _ in path.iterdir())
-    escapes = bl.escaping_symlinks(ctx, path)
-    detail = f"{entries} entries"
+def _dir_item(ctx: Context, name: str, logical: str, why: str) -> Item:
+    view = backup_layout.backup(ctx)
+    path = backup_layout.shown(ctx, backup_layout.checked(ctx, logical, name))
+    entries = view.listdir(logical) if view.is_dir(logical) else None
+    if entries is None:
+        return Item(name, path, "missing", "", why)
+    if not entries:
+        return Item(name, path, "invalid", "empty", why)
+    escapes = backup_layout.escaping_symlinks(ctx, logical)
+    detail = f"{len(entries)} entries"
     if escapes:
         detail += f"; {len(escapes)} symlink(s) point outside the backup (copied as links, never followed)"
-    return bl.Item(name, str(path), "found" if entries else "invalid", detail if entries else "empty", why, required)
+    return Item(name, path, "found", detail, why)
 
 
-def _file_item(ctx: Context, name: str, logical: str, why: str) -> bl.Item:
+def _file_item(ctx: Context, name: str, logical: str, why: str) -> Item:
     try:
-        path = ctx.b(logical)
+        backup_layout.checked(ctx, logical, name)
     except InputError as exc:
-        return bl.Item(name, logical, "invalid", exc.message, why)
-    return bl.Item(name, str(path), "found" if path.is_file() else "missing", "", why)
+        return Item(name, logical, "invalid", exc.message, why)
+    found = backup_layout.backup(ctx).is_file(logical)
+    return Item(name, backup_layout.shown(ctx, logical), "found" if found else "missing", "", why)
 
 
 @action("inventory", mutating=False)
 def run(ctx: Context, result: Result) -> None:
-    root = bl.check_backup_root(ctx)
+    view = backup_layout.check_backup_root(ctx)
     conf_item, conf = _conf_item(ctx)
-    get = (lambda k, d: conf.get(k) or d) if conf else (lambda k, d: d)
+    if conf is not None:
+        _check_settings(ctx, result, conf)  # refused here, before any step can act on them
+
+    def get(key: str, default: str) -> str:
+        return (conf.get(key) if conf else None) or default
+
     datadir = get("DATABASE_DIR", "/var/lib/mysql")
+    db_name = conf.database_name if conf else DEFAULT_DATABASE_NAME
     items = [conf_item]
-    db_name = get("DATABASE_NAME", "ispcp")
     for name, why, required in (
         (db_name, "every domain, mailbox, FTP and SQL account ispCP manages", True),
         ("mysql", "the database logins, ispCP's own among them; without it every login must be re-created", False),
     ):
-        state, detail = bl.database_dir_state(ctx.b(f"{datadir}/{name}"))
+        logical = backup_layout.checked(ctx, f"{datadir}/{name}", f"database {name}")
+        state, detail = backup_layout.database_dir_state(view, logical)
         items.append(
-            bl.Item(f"database {name} (binary copy)", str(ctx.b(f"{datadir}/{name}")), state, detail, why, required)
+            Item(f"database {name} (binary copy)", backup_layout.shown(ctx, logical), state, detail, why, required)
         )
     key_items, keysets = _key_items(ctx, conf)
     items += key_items
@@ -156,12 +172,11 @@ def run(ctx: Context, result: Result) -> None:
         _file_item(ctx, "debian.cnf", "/etc/mysql/debian.cnf", "the maintainer login; without it it must be reset")
     )
     items.append(_file_item(ctx, "os-release", "/etc/os-release", "which distribution the old server ran"))
-    own = _ispcp_own_backup(ctx, get("BACKUP_FILE_DIR", "/var/www/ispcp/backups"), result)
-    items += own
+    items += _ispcp_own_backup(ctx, get("BACKUP_FILE_DIR", "/var/www/ispcp/backups"), result)
 
     frame = pd.DataFrame([i.row() for i in items])
     result.table("What the backup holds", frame)
-    verdict, path = _verdict(root, items, keysets)
+    verdict, path = _verdict(view, items, keysets)
     result.summary = verdict
     result.data.update({"path": path, "items": [i.row() for i in items], "key_layouts": sorted(keysets)})
     if len({(k.key, k.iv) for k in keysets.values()}) > 1:
@@ -171,31 +186,78 @@ def run(ctx: Context, result: Result) -> None:
         )
     if path == "blocked":
         raise PreconditionFailed("backup", verdict, "find the missing items listed in the table above")
+    _check_domain_names(ctx, result, datadir, db_name)
     # The customers' own databases: the guide leaves them out, but every dynamic site needs them.
     customer_dbs.show(ctx, result)
 
 
-def _ispcp_own_backup(ctx: Context, logical_dir: str, result: Result) -> list[bl.Item]:
-    folder = ctx.b(logical_dir)
-    dumps, tars = bl.ispcp_dumps(folder), bl.config_tars(folder)
+def _check_settings(ctx: Context, result: Result, conf: IspcpConf) -> None:
+    """The old ispcp.conf's folder settings against the system's own folders and the target's ispcp.conf."""
+    try:
+        target = IspcpConf.read(ctx.target, CONF_PATH)
+    except InputError:
+        target = None  # a damaged dummy config is ispcp_install_check's to report
+    for warning in backup_input.check_old_conf(ctx, conf, target):
+        result.warn(warning)
+
+
+def _check_domain_names(ctx: Context, result: Result, datadir: str, db_name: str) -> None:
+    """Domain names of the old database against the DNS grammar (read by a throwaway server, nothing written)."""
+    local = backup_layout.local_path(ctx, datadir)
+    if local is None or not (local / db_name).is_dir():
+        result.warn(
+            "the domain names of the old database were not checked here (its binary copy is not on this "
+            "machine); a name that is no DNS name is refused when it is used"
+        )
+        return
+    try:
+        names = read_backup_database(local, db_name, _domain_names, runner=ctx.runner)
+    except Exception as exc:  # unreadable here (InnoDB, no server binary): said, and the inventory goes on
+        result.warn(f"the domain names of the old database could not be read: {ctx.secrets.redact(str(exc))}")
+        return
+    backup_input.check_domain_names(names)
+    result.note(f"{sum(len(v) for v in names.values())} domain, subdomain and alias names checked: all DNS names.")
+
+
+_NAME_COLUMNS = (
+    ("domain", "domain_name"),
+    ("subdomain", "subdomain_name"),
+    ("domain_aliasses", "alias_name"),
+    ("subdomain_alias", "subdomain_alias_name"),
+)
+
+
+def _domain_names(conn: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    with conn.cursor() as cur:
+        for table, column in _NAME_COLUMNS:
+            cur.execute(f"SELECT {column} FROM {table}")  # fixed names, no input
+            out[f"{table}.{column}"] = [str(row[0]) for row in cur.fetchall()]
+    return out
+
+
+def _ispcp_own_backup(ctx: Context, logical_dir: str, result: Result) -> list[Item]:
+    view = backup_layout.backup(ctx)
+    folder = backup_layout.checked(ctx, logical_dir, "BACKUP_FILE_DIR")
+    dumps, tars = backup_layout.ispcp_dumps(view, folder), backup_layout.config_tars(view, folder)
     items = []
     if dumps:
         items.append(
-            bl.Item(
+            Item(
                 "ispCP SQL dump",
-                str(dumps[-1]),
+                backup_layout.shown(ctx, dumps[-1]),
                 "found",
                 f"{len(dumps)} dump(s), newest shown",
                 "ispcp-backup-ispcp's dump of the ispCP database: an alternative to the binary copy",
             )
         )
     for tar in tars[-1:]:
-        names = bl.tar_members(tar)
+        names = backup_layout.tar_members(view, tar)
         if names is None:
             items.append(
-                bl.Item(
+                Item(
                     "ispCP config tar",
-                    str(tar),
+                    backup_layout.shown(ctx, tar),
                     "invalid",
                     "unreadable archive",
                     "ispcp-backup-ispcp's tar of /etc/ispcp",
@@ -204,9 +266,9 @@ def _ispcp_own_backup(ctx: Context, logical_dir: str, result: Result) -> list[bl
             continue
         has_keys = any(n.endswith("ispcp-keys.conf") for n in names)
         items.append(
-            bl.Item(
+            Item(
                 "ispCP config tar",
-                str(tar),
+                backup_layout.shown(ctx, tar),
                 "found",
                 f"{len(names)} members{', has ispcp-keys.conf' if has_keys else ''}",
                 "ispcp-backup-ispcp's tar of /etc/ispcp",
@@ -221,9 +283,9 @@ def _ispcp_own_backup(ctx: Context, logical_dir: str, result: Result) -> list[bl
     return items
 
 
-def _verdict(root: Path, items: list[bl.Item], keysets: dict) -> tuple[str, str]:
+def _verdict(view: RootedView, items: list[Item], keysets: dict) -> tuple[str, str]:
     state = {i.name: i.state for i in items}
-    if all((root / p).exists() for p in ("bin", "usr", "var/lib/dpkg/status")):
+    if all(view.exists(p) for p in ("/bin", "/usr", "/var/lib/dpkg/status")):
         return (
             "The backup holds a full system tree: ispCP's migration guide applies. This runbook still "
             "guards mail and verifies each step.",

@@ -15,11 +15,11 @@ from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Diff, Result
-from ispcp_lib.facts import ispcp_login as il
-from ispcp_lib.facts import mysql_creds
-from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
+from ispcp_lib.facts import ispcp_login
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, REQUIRED_KEYS, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.steps.keys import check_login, required_confs
+from ispcp_lib.ispcp.login_check import require_login, required_confs
+from ispcp_lib.mysql import accounts
 
 TITLE = "Prepare ispcp.conf and ispcp.old.conf for the update"
 GUIDE = (
@@ -103,25 +103,24 @@ def run(ctx: Context, result: Result) -> None:
             "server's values to the backup's copy (keep the original aside)",
             path=old.path,
         )
-    conf_path = ctx.t(il.CONF_PATH)
-    old_path = ctx.t(f"{target.get('CONF_DIR') or '/etc/ispcp'}/ispcp.old.conf")
-    previous = IspcpConf.load(old_path) if old_path.is_file() else None
+    old_path = target.old_conf_path
+    previous = IspcpConf.read(ctx.target, old_path)
     if previous is not None:
         ctx.secrets.add(previous.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
 
     creds, password = _credentials(ctx, result, old, previous)
     ident = _identity(ctx, old, target)
 
-    wanted_old = IspcpConf.parse(old.text(), str(old_path))
+    wanted_old = IspcpConf.parse(old.text(), old_path)
     for key in ("DATABASE_USER", "DATABASE_PASSWORD"):  # differ only after a lost-keys reset
         _set(wanted_old, key, creds[key])
     rows = _conf_identity(ctx, result, wanted_old, previous, ident)
-    wanted_new = IspcpConf.parse(target.text(), str(conf_path))
+    wanted_new = IspcpConf.parse(target.text(), CONF_PATH)
     _set(wanted_new, "DEBUG", "1")
     for key in DB_KEYS:
         _set(wanted_new, key, creds[key])
 
-    login = Login(creds["DATABASE_USER"], password, "old ispcp.conf") if password else None
+    login = Login(creds["DATABASE_USER"], password, "old ispcp.conf") if password is not None else None
     updates, db_rows = _plan_database(ctx, result, ident, creds["DATABASE_NAME"], login)
     rows += db_rows
     if rows:
@@ -129,7 +128,7 @@ def run(ctx: Context, result: Result) -> None:
     else:
         result.note(f"IP {ident.new_ip} and host name {ident.new_host} are the old server's: nothing to move")
     # Prove the login before anything changes (a dry run only warns: the keys step may be only planned).
-    login_ok = password is not None and check_login(
+    login_ok = password is not None and require_login(
         ctx, result, creds["DATABASE_USER"], password, creds["DATABASE_NAME"]
     )
 
@@ -137,10 +136,10 @@ def run(ctx: Context, result: Result) -> None:
         result.change(f"server_ips row {up.ip_id}: {up.column} {up.old} → {up.new}")
     if ctx.apply and updates:
         _apply_updates(ctx, creds["DATABASE_NAME"], login, updates)
-    ctx.write_file(conf_path, wanted_new.text(), what="ispcp.conf: DEBUG = 1 and the old server's database login")
-    st = conf_path.stat()
-    fresh = not old_path.exists()
-    meta = (st.st_mode & 0o777, st.st_uid, st.st_gid) if fresh else (None, None, None)
+    ctx.write_file(CONF_PATH, wanted_new.text(), what="ispcp.conf: DEBUG = 1 and the old server's database login")
+    st = ctx.target.stat(CONF_PATH)
+    fresh = not ctx.target.exists(old_path)
+    meta = (st.mode & 0o777, st.uid, st.gid) if fresh and st is not None else (None, None, None)
     moved = " with the new IP/host name" if ident.ip_changes or ident.host_changes else ""
     if (
         ctx.write_file(
@@ -154,14 +153,11 @@ def run(ctx: Context, result: Result) -> None:
     ):
         # A new file's diff would list all of it: show what the copy changes against the backup's instead.
         result.diffs.append(
-            Diff(
-                f"{old.path} → {ctx.display_path(old_path)}",
-                fileops.unified_diff(old.text(), wanted_old.text(), ctx.display_path(old_path)),
-            )
+            Diff(f"{old.path} → {old_path}", fileops.unified_diff(old.text(), wanted_old.text(), old_path))
         )
     checks = [{"check": "ispcp.old.conf", "result": "ok", "detail": f"has {', '.join(REQUIRED_KEYS)}"}]
     if ctx.apply:
-        ok, message = il.check_ispcp_login(ctx)
+        ok, message = ispcp_login.check_ispcp_login(ctx)
         if not ok:
             raise PreconditionFailed("ispcp.conf login", message, "read the message: it names the part that failed")
         checks.append({"check": "ispcp.conf + keys log in", "result": "verified", "detail": message})
@@ -211,12 +207,14 @@ def _credentials(
     step has put the new password into ispcp.old.conf; that one is kept.
     """
     creds = {key: old.get(key) or "" for key in DB_KEYS}
-    found = il.keysets(ctx, "target")
-    for pw in il.try_decrypt(old, found, ctx.secrets).values():
+    if creds["DATABASE_PASSWORD"] == "":  # ispCP's "[none]": no password, nothing to decrypt
+        return creds, ""
+    found = ispcp_login.keysets(ctx, "target")
+    for pw in ispcp_login.try_decrypt(old, found, ctx.secrets).values():
         if pw is not None:
             return creds, pw
     if previous is not None and previous.get("DATABASE_PASSWORD") and previous.get("DATABASE_USER"):
-        for pw in il.try_decrypt(previous, found, ctx.secrets).values():
+        for pw in ispcp_login.try_decrypt(previous, found, ctx.secrets).values():
             if pw is not None:
                 result.note(
                     "the old DATABASE_PASSWORD cannot be decrypted (lost keys); the password set by the keys "
@@ -274,10 +272,7 @@ def _identity(ctx: Context, old: IspcpConf, target: IspcpConf) -> Identity:
 
 
 def _etc_hostname(ctx: Context) -> str | None:
-    path = ctx.t("/etc/hostname")
-    if not path.is_file():
-        return None
-    text = path.read_text(errors="replace").strip()
+    text = (ctx.target.read_text("/etc/hostname") or "").strip()
     return text.splitlines()[0].strip() if text else None
 
 
@@ -308,14 +303,16 @@ def _conf_identity(
 
 
 def _state(ctx: Context, already: bool) -> str:
-    return "already in place" if already else ("done" if ctx.apply else "planned")
+    if already:
+        return "already in place"
+    return "done" if ctx.apply else "planned"
 
 
 def _admin_connect(ctx: Context, database: str, login: Login | None) -> Any | None:
     """A connection to the ispCP database: the maintainer login first, else ispCP's own."""
     if ctx.mysql is None or not ctx.mysql.status():
         return None
-    for candidate in (mysql_creds.working_admin(ctx), login):
+    for candidate in (accounts.admin_login(ctx), login):
         if candidate is None:
             continue
         try:
@@ -341,12 +338,17 @@ def _plan_database(
         return [], []
     with conn, conn.cursor() as cur:
         cur.execute("SELECT ip_id, ip_number, ip_domain, ip_alias FROM server_ips ORDER BY ip_id")
-        ips = [dict(zip(("ip_id", "ip_number", "ip_domain", "ip_alias"), r, strict=True)) for r in cur.fetchall()]
+        ips = [
+            {"ip_id": int(i), "ip_number": number, "ip_domain": domain, "ip_alias": alias}
+            for i, number, domain, alias in cur.fetchall()
+        ]
         refs: dict[int, list[str]] = {}
         for table, column in (("domain", "domain_ip_id"), ("domain_aliasses", "alias_ip_id")):
             cur.execute(f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}")  # fixed names, no input
             for ip_id, count in cur.fetchall():
-                refs.setdefault(ip_id, []).append(f"{count} {'domains' if table == 'domain' else 'aliases'}")
+                if ip_id is None:  # a row without an IP follows no server_ips row
+                    continue
+                refs.setdefault(int(ip_id), []).append(f"{count} {'domains' if table == 'domain' else 'aliases'}")
     numbers = {r["ip_number"] for r in ips}
     if ident.ip_changes and ident.old_ip in numbers and ident.new_ip in numbers:
         raise PreconditionFailed(

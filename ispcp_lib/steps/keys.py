@@ -1,4 +1,8 @@
-"""keys: put the old server's key files back, prove they decrypt DATABASE_PASSWORD, and that it logs in."""
+"""keys (the step): put the old server's key files back, prove they decrypt DATABASE_PASSWORD, and that it logs in.
+
+The key file formats are `ispcp.keyfiles`, the Blowfish `ispcp.crypto`, the encrypted columns
+`ispcp.encrypted_columns`; this module only decides and acts.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,13 @@ from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Diff, Result
-from ispcp_lib.facts import ispcp_login as il
-from ispcp_lib.facts import mysql_creds
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts import backup_layout, ispcp_login
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.ispcp import crypto as crypto_keys
-from ispcp_lib.ispcp import encrypted_columns as ec
-from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp import crypto, encrypted_columns, keyfiles
 from ispcp_lib.ispcp.keyfiles import KeySet
+from ispcp_lib.ispcp.login_check import require_login, required_confs
+from ispcp_lib.mysql import accounts
 
 TITLE = "Restore the key files that decrypt ispCP's database password"
 GUIDE = (
@@ -79,35 +82,11 @@ PARAMETERS: dict[str, tuple[object, str]] = {
 }
 
 
-def required_confs(ctx: Context, why_backup: str) -> tuple[IspcpConf, IspcpConf]:
-    """The backup's and the target's ispcp.conf (DATABASE_PASSWORD registered as a secret), or a clear error.
-
-    why_backup says what the step needs the backup's copy for; ispcp_conf shares this.
-    """
-    old_conf = il.load_conf(ctx, "backup")
-    if old_conf is None:
-        raise InputError(
-            "ispcp.conf (backup)",
-            f"is missing: {why_backup}",
-            "copy the old /etc/ispcp/ispcp.conf into the backup",
-            path=str(ctx.b(il.CONF_PATH)),
-        )
-    target_conf = il.load_conf(ctx, "target")
-    if target_conf is None:
-        raise PreconditionFailed(
-            "ispcp.conf (target)",
-            "is missing: the dummy ispCP install is not in place",
-            "install the dummy ispCP first (see ispcp_install_check)",
-            path=str(ctx.t(il.CONF_PATH)),
-        )
-    return old_conf, target_conf
-
-
 @action("keys")
 def run(ctx: Context, result: Result) -> None:
     old_conf, target_conf = required_confs(ctx, "it holds the encrypted DATABASE_PASSWORD")
-    backup_files = il.keyfile_states(ctx, "backup", old_conf)
-    target_files = il.keyfile_states(ctx, "target", target_conf)
+    backup_files = ispcp_login.keyfile_states(ctx, "backup", old_conf)
+    target_files = ispcp_login.keyfile_states(ctx, "target", target_conf)
     layouts = target_layouts(target_conf, target_files)
     result.table("Key files in the backup", _files_frame(backup_files))
 
@@ -119,14 +98,14 @@ def run(ctx: Context, result: Result) -> None:
                 "look for any copy of ispcp-db-keys.php, ispcp-db-keys.pl or ispcp-keys.conf (old "
                 "disks, ispCP config tars); with none left, set keys_lost_reset = True to set a new password "
                 "with new keys (every mailbox and customer SQL password stays unreadable)",
-                path=str(ctx.backup_root),
+                path=backup_layout.backup(ctx).root,
             )
         run_reset(ctx, result, old_conf, target_conf, target_files, layouts)
         return
 
     source, keyset, password = choose_keys(ctx, result, old_conf, backup_files)
     user = old_conf.get("DATABASE_USER") or ""
-    database = old_conf.get("DATABASE_NAME") or "ispcp"
+    database = old_conf.database_name
     if not user:
         raise InputError(
             "DATABASE_USER",
@@ -134,11 +113,13 @@ def run(ctx: Context, result: Result) -> None:
             "add the DATABASE_USER line of the old server (ispCP's default is root)",
             path=old_conf.path,
         )
-    login_ok = check_login(ctx, result, user, password, database)  # before anything changes
+    login_ok = require_login(ctx, result, user, password, database)  # before anything changes
     db_login = Login(user, password, "the backup's ispcp.conf (DATABASE_USER, decrypted)")
     reset = bool(ctx.param("keys_reset_account_passwords"))
-    encrypted = ec.load_rows(ctx, [db_login] if login_ok else [], database, _backup_datadir(ctx, old_conf))
-    proof = ec.prove(encrypted, keyset) if encrypted is not None else None
+    encrypted = encrypted_columns.load_rows(
+        ctx, [db_login] if login_ok else [], database, _backup_datadir(ctx, old_conf)
+    )
+    proof = encrypted_columns.prove(encrypted, keyset) if encrypted is not None else None
     report_proof(ctx, result, proof, reset)  # wrong keys stop here, before anything is written
 
     rows = write_key_files(ctx, result, keyset, layouts, target_files, backup_files, f"the backup's {source} key file")
@@ -147,8 +128,8 @@ def run(ctx: Context, result: Result) -> None:
         _read_back(ctx, target_conf, layouts, keyset)
     reset_checks = []
     if reset and proof is not None and proof.failed:
-        reset_checks = ec.reset_accounts(
-            ctx, result, keyset, [r for r, _ in proof.failed], db_login, database, mysql_creds.working_admin(ctx)
+        reset_checks = encrypted_columns.reset_accounts(
+            ctx, result, keyset, [r for r, _ in proof.failed], db_login, database, accounts.admin_login(ctx)
         )
     checks = [
         {
@@ -159,7 +140,9 @@ def run(ctx: Context, result: Result) -> None:
         {
             "check": "decrypt DATABASE_PASSWORD",
             "result": "verified",
-            "detail": "the old ispcp.conf's DATABASE_PASSWORD decrypts to printable text",
+            "detail": "the old ispcp.conf's DATABASE_PASSWORD decrypts to printable text"
+            if old_conf.get("DATABASE_PASSWORD")
+            else "DATABASE_PASSWORD is empty (ispCP's [none]): nothing to decrypt",
         },
         {
             "check": f"MySQL login as {user}",
@@ -179,7 +162,9 @@ def run(ctx: Context, result: Result) -> None:
         )
 
 
-def choose_keys(ctx: Context, result: Result, conf: IspcpConf, files: dict[str, il.KeyFile]) -> tuple[str, KeySet, str]:
+def choose_keys(
+    ctx: Context, result: Result, conf: IspcpConf, files: dict[str, ispcp_login.KeyFile]
+) -> tuple[str, KeySet, str]:
     """The backup layout whose keys decrypt DATABASE_PASSWORD: (layout, keys, password). Raises on doubt."""
     readable = {layout: kf.keys for layout, kf in files.items() if kf.keys is not None}
     damaged = {layout: kf for layout, kf in files.items() if kf.state in ("placeholder", "invalid")}
@@ -197,9 +182,9 @@ def choose_keys(ctx: Context, result: Result, conf: IspcpConf, files: dict[str, 
             f"{kf.detail}; no other key file in the backup is usable",
             "restore the real key file of the old server; if none exists anywhere, remove the damaged "
             "file(s) from the backup copy and set keys_lost_reset = True",
-            path=str(kf.path or kf.logical),
+            path=kf.where or kf.logical,
         )
-    decrypted = il.try_decrypt(conf, readable, ctx.secrets)  # raises for a missing or malformed value
+    decrypted = ispcp_login.try_decrypt(conf, readable, ctx.secrets)  # raises for a missing or malformed value
     good = [layout for layout, pw in decrypted.items() if pw is not None]
     if wanted is not None:
         kf = files[wanted]
@@ -207,17 +192,17 @@ def choose_keys(ctx: Context, result: Result, conf: IspcpConf, files: dict[str, 
             raise InputError(
                 "keys_source",
                 f"names {wanted}, but that key file is {kf.state}{': ' + kf.detail if kf.detail else ''}",
-                f"choose one of the readable layouts: {', '.join(il.ordered(readable))}",
-                path=str(kf.path or kf.logical),
+                f"choose one of the readable layouts: {', '.join(ispcp_login.ordered(readable))}",
+                path=kf.where or kf.logical,
             )
         if decrypted[wanted] is None:
             raise InputError(
                 "keys_source",
                 f"names {wanted}, but its keys do not decrypt DATABASE_PASSWORD",
                 f"choose a layout that decrypts it: {', '.join(good) or 'none does'}",
-                path=str(kf.path),
+                path=kf.where,
             )
-        others = [layout for layout in il.ordered(readable) if readable[layout] != readable[wanted]]
+        others = [layout for layout in ispcp_login.ordered(readable) if readable[layout] != readable[wanted]]
         if others or damaged:
             result.warn(
                 f"keys_source = {wanted}: ignoring the backup's {', '.join(others + list(damaged))}; "
@@ -227,13 +212,22 @@ def choose_keys(ctx: Context, result: Result, conf: IspcpConf, files: dict[str, 
     if not good:
         raise InputError(
             "key files in the backup",
-            f"none of them ({', '.join(il.ordered(readable))}) decrypts DATABASE_PASSWORD of the old ispcp.conf: "
-            "it decrypts to non-printable bytes, so keys and config come from different installations",
+            f"none of them ({', '.join(ispcp_login.ordered(readable))}) decrypts DATABASE_PASSWORD of the old "
+            "ispcp.conf: it decrypts to non-printable bytes, so keys and config come from different installations",
             "find the key file that belongs to this ispcp.conf (or the ispcp.conf that belongs to these keys); "
             "`ispcp-recover decrypt-password --conf FILE --keys FILE` tries any pair",
             path=conf.path,
         )
     distinct = {readable[layout] for layout in readable}
+    if len(distinct) > 1 and conf.get("DATABASE_PASSWORD") == "":
+        raise InputError(
+            "key files in the backup",
+            f"disagree ({', '.join(ispcp_login.ordered(readable))}), and DATABASE_PASSWORD is empty (ispCP's "
+            "[none]), so it cannot tell which keys are the old server's",
+            "set keys_source to the old server's real key file (a dry run of this step then proves it on "
+            "every encrypted mailbox and SQL password)",
+            path=conf.path,
+        )
     if len(distinct) > 1:
         bad = [layout for layout in readable if decrypted[layout] is None]
         raise InputError(
@@ -250,7 +244,7 @@ def choose_keys(ctx: Context, result: Result, conf: IspcpConf, files: dict[str, 
 
 
 def _read_back(ctx: Context, conf: IspcpConf, layouts: list[str], keyset: KeySet) -> None:
-    files = il.keyfile_states(ctx, "target", conf)
+    files = ispcp_login.keyfile_states(ctx, "target", conf)
     wrong = [layout for layout in layouts if files[layout].keys != keyset]
     if wrong:
         raise PreconditionFailed(
@@ -260,7 +254,7 @@ def _read_back(ctx: Context, conf: IspcpConf, layouts: list[str], keyset: KeySet
         )
 
 
-def _files_frame(files: dict[str, il.KeyFile]) -> pd.DataFrame:
+def _files_frame(files: dict[str, ispcp_login.KeyFile]) -> pd.DataFrame:
     return pd.DataFrame(
         [{"layout": kf.layout, "path": kf.logical, "state": kf.state, "detail": kf.detail} for kf in files.values()]
     )
@@ -269,53 +263,22 @@ def _files_frame(files: dict[str, il.KeyFile]) -> pd.DataFrame:
 # --- shared with ispcp_conf -----------------------------------------------------------------------
 
 
-def target_layouts(conf: IspcpConf, files: dict[str, il.KeyFile]) -> list[str]:
+def target_layouts(conf: IspcpConf, files: dict[str, ispcp_login.KeyFile]) -> list[str]:
     """The layouts the target's ispCP reads: its version's, plus any other key file it already has."""
     version = conf.version_tuple()
     base = ["keys_conf"] if version is not None and version >= (1, 0, 8) else ["php", "perl_engine", "perl_messenger"]
     return base + [layout for layout, kf in files.items() if kf.state != "missing" and layout not in base]
 
 
-def check_login(ctx: Context, result: Result, user: str, password: str, database: str) -> bool:
-    """Try the decrypted login. Applying, a failure stops the step; a dry run only warns.
-
-    (In a dry run the restore that makes the login work may itself be only planned.)
-    """
-    if ctx.mysql is None or not ctx.mysql.status():
-        item = "MySQL server"
-        problem = "is not running, so the decrypted DATABASE_PASSWORD cannot be tried"
-        fix = "start MySQL with the restored databases (the mysql_restore step leaves it running)"
-    else:
-        reason = ctx.mysql.can_login(user, password, database)
-        if reason is None:
-            return True
-        item = f"MySQL login as {user}"
-        problem = (
-            f"the keys are right (DATABASE_PASSWORD decrypts to printable text), but MySQL refuses "
-            f"{user} on database {database}: {reason}"
-        )
-        fix = (
-            "restore the old server's mysql database (mysql_restore): its accounts must match this "
-            "ispcp.conf. If they do, the password was changed after this ispcp.conf was saved: set it in "
-            "MySQL to the decrypted one (`ispcp-recover decrypt-password --show`)"
-        )
-    if ctx.apply:
-        raise PreconditionFailed(item, problem, fix)
-    result.warn(
-        f"{item}: {problem}. Expected in a dry run when mysql_restore is not applied yet; applying "
-        f"stops here unless it works by then. Fix: {fix}"
-    )
-    return False
-
-
 def _backup_datadir(ctx: Context, conf: IspcpConf) -> Path | None:
+    """The old datadir on this machine, for the throwaway reader; None when escaping or elsewhere."""
     try:
-        return ctx.b(conf.get("DATABASE_DIR") or "/var/lib/mysql")
+        return backup_layout.local_path(ctx, backup_layout.checked(ctx, conf.get("DATABASE_DIR") or "/var/lib/mysql"))
     except InputError:
         return None
 
 
-def report_proof(ctx: Context, result: Result, proof: ec.Proof | None, reset: bool) -> None:
+def report_proof(ctx: Context, result: Result, proof: encrypted_columns.Proof | None, reset: bool) -> None:
     """Say how the encrypted columns decrypt; rows that fail are listed. Wrong keys stop an apply here."""
     if proof is None:
         result.warn(
@@ -329,7 +292,7 @@ def report_proof(ctx: Context, result: Result, proof: ec.Proof | None, reset: bo
         )
     counts = "; ".join(
         f"{column}: {ok} of {total} decrypt"
-        for column in (ec.MAILBOX, ec.SQL_USER)
+        for column in (encrypted_columns.MAILBOX, encrypted_columns.SQL_USER)
         for ok, total in [proof.count(column)]
     )
     if proof.wrong_keys:
@@ -365,24 +328,22 @@ def report_proof(ctx: Context, result: Result, proof: ec.Proof | None, reset: bo
 
 
 def column_checks(
-    ctx: Context, proof: ec.Proof | None, logins: list[Login], database: str, keyset: KeySet, fresh: bool
+    ctx: Context, proof: encrypted_columns.Proof | None, logins: list[Login], database: str, keyset: KeySet, fresh: bool
 ) -> list[dict[str, str]]:
     """Verification rows for the encrypted columns; fresh=True proves them again (after new passwords were set)."""
     if fresh:
-        again = ec.load_rows(ctx, logins, database, None)
-        proof = ec.prove(again, keyset) if again is not None else proof
+        again = encrypted_columns.load_rows(ctx, logins, database, None)
+        proof = encrypted_columns.prove(again, keyset) if again is not None else proof
     if proof is None:
         return [{"check": "encrypted columns", "result": "skipped", "detail": "not readable"}]
     return proof.checks()
 
 
 def _group_gid(ctx: Context, name: str) -> int:
-    path = ctx.t("/etc/group")
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            parts = line.split(":")
-            if len(parts) >= 3 and parts[0] == name and parts[2].isdigit():
-                return int(parts[2])
+    for line in (ctx.target.read_text("/etc/group") or "").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[0] == name and parts[2].isdigit():
+            return int(parts[2])
     return 0
 
 
@@ -391,8 +352,8 @@ def write_key_files(
     result: Result,
     keyset: KeySet,
     layouts: list[str],
-    target_files: dict[str, il.KeyFile],
-    backup_files: dict[str, il.KeyFile],
+    target_files: dict[str, ispcp_login.KeyFile],
+    backup_files: dict[str, ispcp_login.KeyFile],
     source: str,
 ) -> list[dict[str, str]]:
     """Every target layout holds keyset afterwards: the backup's own bytes where it has that layout."""
@@ -409,15 +370,14 @@ def write_key_files(
             rows.append({**row, "action": "none: already holds these keys"})
             continue
         mode = uid = gid = None
-        assert tf.path is not None
-        if not tf.path.exists():
+        if tf.state == "missing":
             # The GUI reads its file as www-data; the engine's files are root's alone.
-            backup_mode = bf.path.stat().st_mode & 0o777 if bf is not None and bf.path and bf.path.exists() else None
+            backup_mode = bf.mode & 0o777 if bf is not None and bf.mode is not None else None
             mode = backup_mode or (0o640 if layout == "php" else 0o600)
             uid, gid = 0, _group_gid(ctx, "www-data") if layout == "php" else 0
         verb = {"missing": "create", "found": "replace"}.get(tf.state, f"replace the {tf.state}")
         ctx.write_file(
-            tf.path,
+            tf.logical,
             content,
             mode,
             uid,
@@ -437,12 +397,12 @@ def run_reset(
     result: Result,
     old_conf: IspcpConf,
     target_conf: IspcpConf,
-    target_files: dict[str, il.KeyFile],
+    target_files: dict[str, ispcp_login.KeyFile],
     layouts: list[str],
 ) -> None:
     """ispCP's HOWTO for setting its MySQL password, with new keys: used only when every key file is lost."""
     user = old_conf.get("DATABASE_USER")
-    database = old_conf.get("DATABASE_NAME") or "ispcp"
+    database = old_conf.database_name
     if not user:
         raise InputError(
             "DATABASE_USER",
@@ -450,8 +410,7 @@ def run_reset(
             "add the DATABASE_USER line of the old server (ispCP's default is root)",
             path=old_conf.path,
         )
-    conf_path = ctx.t(il.CONF_PATH)
-    old_path = ctx.t(f"{target_conf.get('CONF_DIR') or '/etc/ispcp'}/ispcp.old.conf")
+    old_path = target_conf.old_conf_path
     result.warn("every key file is missing from the backup: ispCP's database password is reset with new keys")
 
     earlier = _earlier_reset(ctx, old_path, target_files)
@@ -459,15 +418,15 @@ def run_reset(
         keyset, password = earlier
         result.note("reusing the keys and password of an earlier reset (they decrypt the target's ispcp.old.conf)")
     else:
-        keyset = KeySet(crypto_keys.generate_key(), crypto_keys.generate_iv())
-        password = crypto_keys.random_password(24)
+        keyset = KeySet(crypto.generate_key(), crypto.generate_iv())
+        password = crypto.random_password(24)
         result.note("generated new keys (installer's character set) and a random 24-character password")
     for value, label in ((keyset.key, "DB_PASS_KEY"), (keyset.iv, "DB_PASS_IV"), (password, "DATABASE_PASSWORD")):
         ctx.secrets.add(value, label)
-    cipher = crypto_keys.encrypt_db_password(password, keyset.key, keyset.iv)
+    cipher = crypto.encrypt_db_password(password, keyset.key, keyset.iv)
     ctx.secrets.add(cipher, "DATABASE_PASSWORD (encrypted)")
 
-    admin = mysql_creds.working_admin(ctx)
+    admin = accounts.admin_login(ctx)
     hosts = _hosts_to_reset(ctx, result, admin, user, password)
     reset = bool(ctx.param("keys_reset_account_passwords"))
     lost = _lost_accounts(ctx, result, admin, database, old_conf, keyset, reset)
@@ -483,37 +442,31 @@ def run_reset(
         "DATABASE_USER": user,
         "DATABASE_PASSWORD": cipher,
     }
-    st = conf_path.stat()
-    old_meta = (None, None, None) if old_path.exists() else (st.st_mode & 0o777, st.st_uid, st.st_gid)
+    old_meta = _meta_of_new_copy(ctx, old_path)
     for path, base, names, meta in (
-        (conf_path, target_conf, tuple(creds), (None, None, None)),
-        (old_path, _old_conf_base(old_path, old_conf), ("DATABASE_USER", "DATABASE_PASSWORD"), old_meta),
+        (CONF_PATH, target_conf, tuple(creds), (None, None, None)),
+        (old_path, _old_conf_base(ctx, old_path, old_conf), ("DATABASE_USER", "DATABASE_PASSWORD"), old_meta),
     ):
-        wanted = IspcpConf.parse(base.text(), str(path))
+        wanted = IspcpConf.parse(base.text(), path)
         for key in names:
             if wanted.get(key) != creds[key]:
                 wanted.set(key, creds[key])
-        fresh = not path.exists()
+        fresh = not ctx.target.exists(path)
         if (
             ctx.write_file(
                 path,
                 wanted.text(),
                 *meta,
                 show_diff=not fresh,
-                what=f"{ctx.display_path(path)}: {', '.join(names)} of the reset (password encrypted)",
+                what=f"{path}: {', '.join(names)} of the reset (password encrypted)",
             )
             and fresh
         ):  # a new ispcp.old.conf: show what differs from the old config it copies
-            result.diffs.append(
-                Diff(
-                    f"{base.path} → {ctx.display_path(path)}",
-                    fileops.unified_diff(base.text(), wanted.text(), ctx.display_path(path)),
-                )
-            )
+            result.diffs.append(Diff(f"{base.path} → {path}", fileops.unified_diff(base.text(), wanted.text(), path)))
     for host in hosts:
         result.change(f"set a new random password for MySQL account '{user}'@'{host}'")
     if ctx.apply and hosts:
-        _alter_user(ctx, admin, user, hosts, password)
+        _set_password(ctx, admin, user, hosts, password)
     checks = [
         {
             "check": "key files",
@@ -523,7 +476,7 @@ def run_reset(
     ]
     db_login = Login(user, password, "the reset DATABASE_USER login")
     if ctx.apply:
-        ok, message = il.check_ispcp_login(ctx)
+        ok, message = ispcp_login.check_ispcp_login(ctx)
         if not ok:
             raise PreconditionFailed(
                 "lost-keys reset",
@@ -531,7 +484,9 @@ def run_reset(
                 "read the message: it names the part that failed; the run's safety copies hold the previous files",
             )
         checks.append({"check": "ispcp.conf + keys log in", "result": "verified", "detail": message})
-    reset_checks = ec.reset_accounts(ctx, result, keyset, lost, db_login, database, admin) if reset else []
+    reset_checks = (
+        encrypted_columns.reset_accounts(ctx, result, keyset, lost, db_login, database, admin) if reset else []
+    )
     if ctx.apply:
         checks += column_checks(ctx, None, [db_login], database, keyset, fresh=True)
     checks += reset_checks
@@ -544,16 +499,18 @@ def run_reset(
 
 def _lost_accounts(
     ctx: Context, result: Result, admin: Login | None, database: str, old_conf: IspcpConf, keyset: KeySet, reset: bool
-) -> list[ec.EncryptedRow]:
+) -> list[encrypted_columns.EncryptedRow]:
     """Every account whose password went with the lost keys: said plainly, listed; the ones to reset."""
-    found = ec.load_rows(ctx, [admin] if admin is not None else [], database, _backup_datadir(ctx, old_conf))
+    found = encrypted_columns.load_rows(
+        ctx, [admin] if admin is not None else [], database, _backup_datadir(ctx, old_conf)
+    )
     if found is None:
         result.warn(
             "the accounts whose passwords are lost could not be listed: ispCP's database is readable neither "
             "on the target nor in the backup"
         )
         return []
-    lost = [r for r in found.rows if ec.why_not(r.cipher, keyset) is not None]
+    lost = [r for r in found.rows if encrypted_columns.why_not(r.cipher, keyset) is not None]
     if not lost:
         if found.rows:
             result.note(
@@ -561,15 +518,17 @@ def _lost_accounts(
                 "place: they were given new passwords by an earlier run of this step."
             )
         return []
-    mail = sum(1 for r in lost if r.column == ec.MAILBOX)
+    mail = sum(1 for r in lost if r.column == encrypted_columns.MAILBOX)
     sql = len(lost) - mail
-    result.table("Accounts whose password is lost with the keys (unrecoverable)", ec.accounts_frame(lost))
+    result.table(
+        "Accounts whose password is lost with the keys (unrecoverable)", encrypted_columns.accounts_frame(lost)
+    )
     then = (
-        f"they get new random passwords now, listed for the admin in {ctx.display_path(ec.credentials_path(ctx))} "
+        f"they get new random passwords now, listed for the admin in {encrypted_columns.credentials_path(ctx)} "
         "(mode 0600)"
         if reset
         else "set keys_reset_account_passwords = True to give each a new random password (listed for the admin in "
-        f"{ctx.display_path(ec.credentials_path(ctx))}, mode 0600), or reset them in the panel after the update"
+        f"{encrypted_columns.credentials_path(ctx)}, mode 0600), or reset them in the panel after the update"
     )
     result.warn(
         f"With the keys lost, every mailbox and customer SQL password is unrecoverable: {mail} mailbox(es) and "
@@ -579,28 +538,36 @@ def _lost_accounts(
     return lost
 
 
-def _old_conf_base(old_path: Path, backup_conf: IspcpConf) -> IspcpConf:
+def _meta_of_new_copy(ctx: Context, old_path: str) -> tuple[int | None, int | None, int | None]:
+    """Mode and owner for a new ispcp.old.conf: those of ispcp.conf (the file keeps its own when it exists)."""
+    st = ctx.target.stat(CONF_PATH)
+    if ctx.target.exists(old_path) or st is None:
+        return None, None, None
+    return st.mode & 0o777, st.uid, st.gid
+
+
+def _old_conf_base(ctx: Context, old_path: str, backup_conf: IspcpConf) -> IspcpConf:
     """ispcp.old.conf as it is on the target (a rerun), else the old server's config it copies."""
-    if old_path.is_file():
-        return IspcpConf.load(old_path)
-    return backup_conf
+    return IspcpConf.read(ctx.target, old_path) or backup_conf
 
 
-def _earlier_reset(ctx: Context, old_path: Path, target_files: dict[str, il.KeyFile]) -> tuple[KeySet, str] | None:
+def _earlier_reset(
+    ctx: Context, old_path: str, target_files: dict[str, ispcp_login.KeyFile]
+) -> tuple[KeySet, str] | None:
     """Keys and password of a previous reset: the target's ispcp.old.conf decrypts with the target's keys.
 
     The dummy install has no ispcp.old.conf, so a match comes from this step (or from keys that an earlier
     run restored): either way they decrypt a password that is on disk, which is all a reset needs.
     """
-    if not old_path.is_file():
-        return None
     try:
-        conf = IspcpConf.load(old_path)
+        conf = IspcpConf.read(ctx.target, old_path)
+        if conf is None:
+            return None
         ctx.secrets.add(conf.get("DATABASE_PASSWORD"), "DATABASE_PASSWORD (encrypted)")
         if not conf.get("DATABASE_PASSWORD"):
             return None
         found = {layout: kf.keys for layout, kf in target_files.items() if kf.keys is not None}
-        for layout, password in il.try_decrypt(conf, found, ctx.secrets).items():
+        for layout, password in ispcp_login.try_decrypt(conf, found, ctx.secrets).items():
             if password is not None:
                 return found[layout], password
     except InputError:
@@ -609,7 +576,7 @@ def _earlier_reset(ctx: Context, old_path: Path, target_files: dict[str, il.KeyF
 
 
 def _hosts_to_reset(ctx: Context, result: Result, admin: Login | None, user: str, password: str) -> list[str]:
-    """Hosts of user's MySQL accounts whose password is not yet `password`."""
+    """Hosts of user's MySQL accounts, none when the password already logs in (a rerun changes nothing)."""
     if admin is None:
         problem = "no admin login works on the running server (neither the target's nor the backup's debian.cnf)"
         fix = "start MySQL and restore the maintainer login first (mysql_restore, mysql_maintainer)"
@@ -617,31 +584,22 @@ def _hosts_to_reset(ctx: Context, result: Result, admin: Login | None, user: str
             raise PreconditionFailed("MySQL admin login", problem, fix)
         result.warn(f"MySQL admin login: {problem}; the password change cannot be planned. Fix: {fix}")
         return []
-    with ctx.mysql.connect(admin.user, admin.password) as conn, conn.cursor() as cur:
-        cur.execute("SELECT Host FROM mysql.user WHERE User = %s ORDER BY Host", (user,))
-        hosts = [r[0] for r in cur.fetchall()]
-        if not hosts:
-            problem = "has no account in the running server's mysql database"
-            fix = "restore the old server's mysql database first (mysql_restore)"
-            if ctx.apply:
-                raise PreconditionFailed(f"MySQL account {user}", problem, fix)
-            result.warn(f"MySQL account {user} {problem}. Fix: {fix}")
-            return []
-        try:  # MariaDB: compare hashes, so that a rerun changes nothing
-            cur.execute(
-                "SELECT Host FROM mysql.user WHERE User = %s AND authentication_string = PASSWORD(%s)", (user, password)
-            )
-            done = {r[0] for r in cur.fetchall()}
-        except pymysql.MySQLError:
-            done = set(hosts) if ctx.mysql.can_login(user, password) is None else set()
-    return [h for h in hosts if h not in done]
+    with ctx.mysql.connect(admin.user, admin.password) as conn:
+        hosts = accounts.user_hosts(conn, user)
+    if not hosts:
+        problem = "has no account in the running server's mysql database"
+        fix = "restore the old server's mysql database first (mysql_restore)"
+        if ctx.apply:
+            raise PreconditionFailed(f"MySQL account {user}", problem, fix)
+        result.warn(f"MySQL account {user} {problem}. Fix: {fix}")
+        return []
+    return [] if ctx.mysql.can_login(user, password) is None else hosts
 
 
-def _alter_user(ctx: Context, admin: Login, user: str, hosts: list[str], password: str) -> None:
+def _set_password(ctx: Context, admin: Login, user: str, hosts: list[str], password: str) -> None:
     try:
-        with ctx.mysql.connect(admin.user, admin.password) as conn, conn.cursor() as cur:
-            for host in hosts:
-                cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
+        with ctx.mysql.connect(admin.user, admin.password) as conn:
+            accounts.set_user_password(ctx, conn, user, password, hosts)
     except pymysql.MySQLError as exc:
         raise PreconditionFailed(
             f"MySQL account {user}",

@@ -6,11 +6,11 @@ import pandas as pd
 
 from ispcp_lib.core.action import action, last_applied
 from ispcp_lib.core.context import Context
-from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts import backup_layout as bl
-from ispcp_lib.facts import mysql_creds, system
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts import backup_layout, system
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
+from ispcp_lib.mysql import accounts
 
 TITLE = "Preflight checks of the new system"
 GUIDE = "the section on starting from a freshly installed system"
@@ -30,28 +30,30 @@ PARAMETERS: dict[str, tuple[object, str]] = {
 }
 
 
-def _row(check: str, state: str, detail: str) -> dict[str, str]:
-    return {"check": check, "result": state, "detail": detail}
+def _row(check: str, state: str, detail: str, fix: str = "") -> dict[str, str]:
+    """One table row; a failed check carries its fix."""
+    row = {"check": check, "result": state, "detail": detail}
+    if state == "FAIL":
+        row["fix"] = fix or _FIXES.get(check, "")
+    return row
 
 
 @action("preflight", mutating=False)
 def run(ctx: Context, result: Result) -> None:
-    bl.check_backup_root(ctx)
+    backup_layout.check_backup_root(ctx)
     rows = [_distribution(ctx, result)]
     rows.append(_existing_ispcp(ctx, result))
     rows.append(_mysql_versions(ctx, result))
-    rows.append(_crypt_cbc(result))
-    rows += _tools(result)
-    result.table("Preflight", pd.DataFrame(rows))
+    rows.append(_crypt_cbc(ctx, result))
+    rows += _tools(ctx)
+    result.table("Preflight", pd.DataFrame(rows).fillna(""))
     failed = [r for r in rows if r["result"] == "FAIL"]
-    result.summary = (
-        "target is fit for the recovery"
-        if not failed
-        else f"{len(failed)} check(s) failed: " + "; ".join(r["check"] for r in failed)
-    )
-    if failed:
-        first = failed[0]
-        raise PreconditionFailed(first["check"], first["detail"], _FIXES.get(first["check"], ""))
+    if not failed:
+        result.summary = "target is fit for the recovery"
+        return
+    result.summary = f"{len(failed)} check(s) failed: " + "; ".join(r["check"] for r in failed)
+    first = failed[0]
+    raise PreconditionFailed(first["check"], first["detail"], first.get("fix", ""))
 
 
 _FIXES = {
@@ -62,12 +64,12 @@ _FIXES = {
 
 
 def _distribution(ctx: Context, result: Result) -> dict[str, str]:
-    old, new = system.os_release(ctx.backup_root), system.os_release(ctx.target_root)
+    old, new = system.distribution(backup_layout.backup(ctx)), system.distribution(ctx.target)
     if old is None:
-        result.warn("the backup has no os-release: cannot compare distributions")
-        return _row("distribution", "unknown", "no etc/os-release in the backup")
+        result.warn("the backup has neither os-release nor debian_version: cannot compare distributions")
+        return _row("distribution", "unknown", "no /etc/os-release or /etc/debian_version in the backup")
     if new is None:
-        return _row("distribution", "unknown", "no etc/os-release on the target")
+        return _row("distribution", "unknown", "no /etc/os-release or /etc/debian_version on the target")
     o = f"{old.get('ID', '?')} {old.get('VERSION_ID', '?')}"
     n = f"{new.get('ID', '?')} {new.get('VERSION_ID', '?')}"
     same = (
@@ -80,13 +82,11 @@ def _distribution(ctx: Context, result: Result) -> dict[str, str]:
 
 
 def _existing_ispcp(ctx: Context, result: Result) -> dict[str, str]:
-    conf_path = ctx.t("/etc/ispcp/ispcp.conf")
-    if not conf_path.is_file():
+    conf = IspcpConf.read(ctx.target, CONF_PATH)
+    if conf is None:
         return _row("existing ispCP", "ok", "no ispCP installed yet (install the dummy before ispcp_install_check)")
-    conf = IspcpConf.load(conf_path)
     domains = _target_domains(ctx, conf)
-    www = ctx.t(conf.get("APACHE_WWW_DIR") or "/var/www/virtual")
-    web = sorted(p.name for p in www.iterdir()) if www.is_dir() else []
+    web = ctx.target.listdir(conf.get("APACHE_WWW_DIR") or "/var/www/virtual") or []
     if not domains and not web:
         return _row("existing ispCP", "ok", f"fresh dummy install {conf.get('Version', '?')}: no domains")
     if last_applied(ctx, "mysql_restore") or last_applied(ctx, "user_data"):
@@ -99,22 +99,26 @@ def _existing_ispcp(ctx: Context, result: Result) -> dict[str, str]:
 
 
 def _target_domains(ctx: Context, conf: IspcpConf) -> list[str] | None:
-    login = mysql_creds.working_admin(ctx)
+    login = accounts.admin_login(ctx)
     if login is None:
         return None
     try:
-        with ctx.mysql.connect(login.user, login.password, conf.get("DATABASE_NAME") or "ispcp") as conn:
+        with ctx.mysql.connect(login.user, login.password, conf.database_name) as conn:
             with conn.cursor() as cur:
                 cur.execute("SELECT domain_name FROM domain")
-                return [r[0] for r in cur.fetchall()]
+                return [str(r[0]) for r in cur.fetchall()]
     except Exception:  # no ispcp database yet is a fresh target too
         return []
 
 
 def _mysql_versions(ctx: Context, result: Result) -> dict[str, str]:
-    conf = bl.load_old_conf(ctx)
+    try:
+        conf = backup_layout.load_old_conf(ctx)
+    except InputError:
+        conf = None  # the inventory reports a damaged ispcp.conf
     datadir = (conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql"
-    old = system.server_version_from_datadir(ctx.b(datadir))
+    local = backup_layout.local_path(ctx, backup_layout.checked(ctx, datadir, "DATABASE_DIR"))
+    old = system.server_version_from_datadir(local) if local is not None else None
     new = ctx.mysql.version() if ctx.mysql else None
     verdict, text = system.compare_server_versions(old, new)
     result.data["mysql_versions"] = {"old": old, "new": new, "verdict": verdict}
@@ -124,8 +128,8 @@ def _mysql_versions(ctx: Context, result: Result) -> dict[str, str]:
     return _row("MySQL versions", "FAIL" if verdict == "downgrade" else "ok", text)
 
 
-def _crypt_cbc(result: Result) -> dict[str, str]:
-    version = system.perl_module_version("Crypt::CBC")
+def _crypt_cbc(ctx: Context, result: Result) -> dict[str, str]:
+    version = system.perl_module_version(ctx.target, "Crypt::CBC")
     if version is None:
         return _row("Perl Crypt::CBC", "WARN", "not installed: ispCP's engine needs it (libcrypt-cbc-perl)")
     if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:
@@ -138,13 +142,20 @@ def _crypt_cbc(result: Result) -> dict[str, str]:
     return _row("Perl Crypt::CBC", "ok", version)
 
 
-def _tools(result: Result) -> list[dict[str, str]]:
-    import shutil
+# Tools the recovery runs on the target, each with the Debian package that brings it. The MySQL client is
+# `mariadb` on current releases and `mysql` on the old ones (Lenny, Squeeze): either will do.
+TOOLS = (
+    (("rsync",), "rsync"),
+    (("mariadb", "mysql"), "mariadb-client (mysql-client on old releases)"),
+    (("useradd",), "passwd"),
+    (("perl",), "perl"),
+)
 
+
+def _tools(ctx: Context) -> list[dict[str, str]]:
     rows = []
-    for tool, package in (("rsync", "rsync"), ("mariadb", "mariadb-client"), ("useradd", "passwd"), ("perl", "perl")):
-        found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-        rows.append(_row(f"tool {tool}", "ok" if found else "FAIL", found or f"missing: apt-get install {package}"))
-        if not found:
-            _FIXES[f"tool {tool}"] = f"apt-get install {package}"
+    for names, package in TOOLS:
+        found = next((path for path in map(ctx.target.which, names) if path), None)
+        detail = found or f"missing: apt-get install {package}"
+        rows.append(_row(f"tool {names[0]}", "ok" if found else "FAIL", detail, f"apt-get install {package}"))
     return rows

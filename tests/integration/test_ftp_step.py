@@ -6,6 +6,7 @@ import pytest
 
 from ispcp_lib.core.action import StepFailed
 from ispcp_lib.facts import proftpd
+from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import ftp
 from tests.integration.recovered_world import (  # noqa: F401 (fixtures)
@@ -132,6 +133,9 @@ def test_no_admin_login_fails_before_any_file_changes(recovered) -> None:
     for root in (world.target_root, world.backup_root):
         cnf = root / "etc/mysql/debian.cnf"
         cnf.write_text(cnf.read_text().replace("password", "#password"))
+        conf = IspcpConf.load(root / "etc/ispcp/ispcp.conf")  # ispCP's own login (root) is an admin too
+        conf.set("DATABASE_USER", "nobody-here")
+        (root / "etc/ispcp/ispcp.conf").write_text(conf.text())
     before = stable_fingerprint(world)
     with pytest.raises(StepFailed) as info:
         ftp.run(open_ctx(world, apply=True))

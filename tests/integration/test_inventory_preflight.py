@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from ispcp_lib.core.action import StepFailed
+from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.runbook.session import open_run
+from ispcp_lib.sandbox.private_mysql import mysql_ids
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import inventory, preflight
+from tests.helpers import fetch
 
 
 def ctx_for(world, **kw):
@@ -121,3 +125,114 @@ def test_preflight_refuses_target_with_customers(world) -> None:
     r = preflight.run(ctx_for(world, options={"allow_existing_ispcp": True}))
     assert r.status == "done" and any("allow_existing_ispcp" in w for w in r.warnings)
     assert stable_fingerprint(world) == before
+
+
+# --- untrusted input from the old server: refused by the inventory, before anything changes -----------
+
+
+def _set_old_conf(backup: Path, key: str, value: str) -> None:
+    path = backup / "etc/ispcp/ispcp.conf"
+    conf = IspcpConf.load(path)
+    conf.set(key, value)
+    path.write_text(conf.text())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("APACHE_WWW_DIR", "/"),
+        ("APACHE_WWW_DIR", "/etc"),
+        ("MTA_VIRTUAL_MAIL_DIR", "/etc"),
+        ("PHP_STARTER_DIR", "/usr"),
+    ],
+)
+def test_inventory_refuses_a_directory_setting_on_the_system(world, tmp_path: Path, key: str, value: str) -> None:
+    backup = _broken_backup(world, tmp_path)
+    _set_old_conf(backup, key, value)
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        inventory.run(ctx_for(world, backup_root=str(backup)))
+    message = info.value.result.errors[0]
+    assert message.startswith(f"{key} = {value}") and "refuses to write there" in message
+    assert "Fix: correct the line in the backup's etc/ispcp/ispcp.conf" in message
+    assert stable_fingerprint(world) == before
+
+
+def test_inventory_refuses_a_tree_that_holds_ispcp_itself(world, tmp_path: Path) -> None:
+    backup = _broken_backup(world, tmp_path)
+    _set_old_conf(backup, "APACHE_WWW_DIR", "/var/www")  # holds ROOT_DIR and PHP_STARTER_DIR
+    with pytest.raises(StepFailed) as info:
+        inventory.run(ctx_for(world, backup_root=str(backup)))
+    message = info.value.result.errors[0]
+    assert (
+        message.startswith("APACHE_WWW_DIR = /var/www (") and "): overlaps PHP_STARTER_DIR (/var/www/fcgi)" in message
+    )
+
+
+def test_inventory_refuses_a_domain_name_that_is_a_path(world, tmp_path: Path) -> None:
+    backup = _broken_backup(world, tmp_path)
+    _edit_backup_database(world, backup, "UPDATE domain SET domain_name = '../../etc' ORDER BY domain_id LIMIT 1")
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        inventory.run(ctx_for(world, backup_root=str(backup)))
+    message = info.value.result.errors[0]
+    assert message.startswith("domain.domain_name '../../etc' in the backup's database") and "'..'" in message
+    assert "Fix: correct the row" in message
+    assert stable_fingerprint(world) == before
+
+
+def test_inventory_checks_the_domain_names_of_a_sound_backup(world) -> None:
+    done = inventory.run(ctx_for(world))
+    names = [n for n in done.notes if "domain, subdomain and alias names checked" in n]
+    assert names and int(names[0].split()[0]) >= len(world.domains)
+
+
+def _edit_backup_database(world, backup: Path, statement: str) -> None:
+    """Run one statement on the backup copy's binary ispcp database, through the world's own server."""
+    datadir = Path(world.mysql_params["datadir"])
+    scratch = datadir / "badcopy"
+    shutil.copytree(backup / "var/lib/mysql/ispcp", scratch)
+    uid, gid = mysql_ids()
+    for path in [scratch, *scratch.iterdir()]:
+        os.chown(path, uid, gid)
+    root = world.credentials["new"]["root_password"]
+    fetch(world, "root", root, statement, "badcopy")
+    fetch(world, "root", root, "FLUSH TABLES")
+    for path in scratch.iterdir():
+        shutil.copy2(path, backup / "var/lib/mysql/ispcp" / path.name)
+    fetch(world, "root", root, "DROP DATABASE badcopy")
+
+
+def test_inventory_accepts_an_empty_database_password(world, tmp_path: Path) -> None:
+    backup = _broken_backup(world, tmp_path)
+    _set_old_conf(backup, "DATABASE_PASSWORD", "")  # ispCP's setup offers "[none]"
+    done = inventory.run(ctx_for(world, backup_root=str(backup)))
+    row = next(r for r in done.data["items"] if r["item"] == "ispcp.conf")
+    assert row["state"] == "found", row
+
+
+def test_preflight_reads_debian_version_where_there_is_no_os_release(world, tmp_path: Path) -> None:
+    backup = _broken_backup(world, tmp_path)
+    (backup / "etc/os-release").unlink()
+    (backup / "etc/debian_version").write_text("6.0.10\n")  # Squeeze has no os-release
+    done = preflight.run(ctx_for(world, backup_root=str(backup)))
+    table = done.tables[0].frame
+    detail = table.loc[table["check"] == "distribution", "detail"].item()
+    assert detail.startswith("old debian 6.0.10, new ")
+
+
+def test_preflight_takes_the_mysql_client_of_old_releases() -> None:
+    """Lenny and Squeeze have `mysql`, not `mariadb`: either client passes."""
+    found = {
+        "rsync": "/usr/bin/rsync",
+        "mysql": "/usr/bin/mysql",
+        "useradd": "/usr/sbin/useradd",
+        "perl": "/usr/bin/perl",
+    }
+    rows = preflight._tools(SimpleNamespace(target=SimpleNamespace(which=found.get)))
+    assert [r["result"] for r in rows] == ["ok"] * 4 and "/usr/bin/mysql" in [r["detail"] for r in rows]
+    del found["mysql"]
+    client = next(
+        r for r in preflight._tools(SimpleNamespace(target=SimpleNamespace(which=found.get))) if "mariadb" in r["check"]
+    )
+    assert client["result"] == "FAIL" and "mariadb-client" in client["fix"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.facts import ispcp_login as il
+from ispcp_lib.facts import ispcp_login
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
 from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
@@ -94,7 +94,7 @@ def test_ispcp_conf_dry_run_apply_and_again_with_an_ip_change(keyed: World) -> N
     ]
     assert not copy.missing(REQUIRED_KEYS)
     assert old_conf_path(world).stat().st_mode & 0o777 == 0o640
-    ok, message = il.check_ispcp_login(ctx)
+    ok, message = ispcp_login.check_ispcp_login(ctx)
     assert ok, message
     assert any(d.path.endswith("/etc/ispcp/ispcp.conf") and "+DEBUG = 1" in d.text for d in done.diffs)
     assert any("ispcp.old.conf" in d.path and f"+BASE_SERVER_IP = {NEW_IP}" in d.text for d in done.diffs)

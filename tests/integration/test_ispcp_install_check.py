@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.errors import IspcpError
 from ispcp_lib.facts import ispcp_install as ii
 from ispcp_lib.runbook.session import open_run
@@ -298,14 +299,14 @@ def test_revision_from_plain_and_compressed_dumps(tmp_path: Path) -> None:
         "INSERT INTO `config` (`name`, `value`) VALUES\n('PORT_FTP', '21;tcp;FTP;1;0;'),\n"
         "('DATABASE_REVISION', '31'),\n('CRITICAL_UPDATE_REVISION', '5');\n"
     )
-    assert ii.revision_from_dump(plain) == 31
+    assert ii.revision_from_dump(LocalConnection(tmp_path), "/a.sql") == 31
     packed = tmp_path / "b.sql.gz"
     with gzip.open(packed, "wt") as fh:
         fh.write("INSERT INTO config VALUES ('DATABASE_REVISION','30');\n")
-    assert ii.revision_from_dump(packed) == 30
+    assert ii.revision_from_dump(LocalConnection(tmp_path), "/b.sql.gz") == 30
     none = tmp_path / "c.sql"
     none.write_text("-- no config rows\n")
-    assert ii.revision_from_dump(none) is None
+    assert ii.revision_from_dump(LocalConnection(tmp_path), "/c.sql") is None
 
 
 @pytest.mark.parametrize(

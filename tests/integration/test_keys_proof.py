@@ -13,10 +13,9 @@ import pytest
 
 from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts import ispcp_login as il
+from ispcp_lib.facts import ispcp_login
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.ispcp import encrypted_columns as ec
-from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp import encrypted_columns, keyfiles
 from ispcp_lib.ispcp.crypto import decrypt_db_password, encrypt_db_password, generate_iv, generate_key
 from ispcp_lib.ispcp.keyfiles import KeySet
 from ispcp_lib.sandbox.world import World, stable_fingerprint
@@ -69,7 +68,7 @@ def test_right_keys_every_row_decrypts(restored: World) -> None:
         "Every encrypted password decrypts with these keys" in n and "restored ispcp database" in n for n in done.notes
     )
     assert not any(t.title.startswith("Encrypted passwords that do not decrypt") for t in done.tables)
-    assert not ec.credentials_path(ctx).exists()
+    assert not Path(encrypted_columns.credentials_path(ctx)).exists()
     assert_no_secret(world, ctx, done)
 
 
@@ -137,9 +136,9 @@ def test_damaged_rows_are_named_and_reset_on_request(restored: World) -> None:
     ctx = ctx_for(world, apply=True, keys_reset_account_passwords=True)
     reset = keys.run(ctx)
     assert reset.status == "done", reset.errors
-    path = ec.credentials_path(ctx)
+    path = Path(encrypted_columns.credentials_path(ctx))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_uid == 0
-    creds = ec._read_credentials(path)
+    creds = encrypted_columns.read_credentials(ctx)
     assert set(creds) == {("mailbox", "info@example-001.test"), ("sql", "ex002blog")}
     new_sql = creds[("sql", "ex002blog")][1]
     assert world.target_mysql().can_login("ex002blog", new_sql) is None
@@ -157,7 +156,7 @@ def test_damaged_rows_are_named_and_reset_on_request(restored: World) -> None:
 
     again = keys.run(ctx)
     assert again.status == "noop", again.changes
-    assert ec._read_credentials(path) == creds
+    assert encrypted_columns.read_credentials(ctx) == creds
     assert_no_secret(world, ctx, done, reset, again)
     report = reset._repr_html_()
     assert new_sql not in report and str(path.name) in report
@@ -186,7 +185,7 @@ def test_lost_keys_list_every_account_as_unrecoverable(restored: World) -> None:
         and "keys_reset_account_passwords = True" in w
         for w in done.warnings
     )
-    assert not ec.credentials_path(ctx).exists()
+    assert not Path(encrypted_columns.credentials_path(ctx)).exists()
     assert checks(done)["customer SQL passwords"]["detail"] == f"0 of {SQL_USERS} decrypt to text"
 
 
@@ -208,18 +207,18 @@ def test_lost_keys_reset_gives_every_account_a_new_password(restored: World) -> 
     ctx = ctx_for(world, keys_lost_reset=True, keys_reset_account_passwords=True)
     planned = keys.run(ctx)
     assert planned.status == "planned", planned.errors
-    assert stable_fingerprint(world) == before and not ec.credentials_path(ctx).exists()
+    assert stable_fingerprint(world) == before and not Path(encrypted_columns.credentials_path(ctx)).exists()
     assert any(f"for {MAILBOXES} mailbox(es)" in c for c in planned.changes)
     assert any(f"for {SQL_USERS} customer SQL user(s)" in c for c in planned.changes)
 
     ctx.default_apply = True
     done = keys.run(ctx)
     assert done.status == "done", done.errors
-    path = ec.credentials_path(ctx)
+    path = Path(encrypted_columns.credentials_path(ctx))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    creds = ec._read_credentials(path)
+    creds = encrypted_columns.read_credentials(ctx)
     assert len(creds) == MAILBOXES + SQL_USERS
-    new_keys = il.keysets(ctx, "target")["perl_engine"]
+    new_keys = ispcp_login.keysets(ctx, "target")["perl_engine"]
     for user, c in old_sql.items():
         database, password = creds[("sql", user)]
         assert database == c["name"]
@@ -240,5 +239,5 @@ def test_lost_keys_reset_gives_every_account_a_new_password(restored: World) -> 
 
     again = keys.run(ctx)
     assert again.status == "noop", again.changes
-    assert ec._read_credentials(path) == creds
+    assert encrypted_columns.read_credentials(ctx) == creds
     assert_no_secret(world, ctx, planned, done, again)

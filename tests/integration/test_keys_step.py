@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ispcp_lib.facts import ispcp_login as il
+from ispcp_lib.facts import ispcp_login
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.ispcp import keyfiles
 from ispcp_lib.ispcp.crypto import generate_iv, generate_key
@@ -44,7 +44,7 @@ def target_key(world: World, layout: str) -> Path:
 
 
 def target_keysets(world: World) -> dict[str, KeySet]:
-    return il.keysets(ctx_for(world), "target")
+    return ispcp_login.keysets(ctx_for(world), "target")
 
 
 def fails(world: World, apply: bool = True, **options) -> str:
@@ -176,14 +176,17 @@ def test_keys_source_that_does_not_decrypt_is_refused(restored: World) -> None:
     assert "not a key file layout" in fails(world, keys_source="php-file")
 
 
-def test_keys_conf_without_database_password(restored: World) -> None:
+def test_keys_conf_with_an_empty_or_no_database_password(restored: World) -> None:
     world = restored
     conf_path = world.backup_root / "etc/ispcp/ispcp.conf"
     conf = IspcpConf.load(conf_path)
-    conf.set("DATABASE_PASSWORD", "")
+    conf.set("DATABASE_PASSWORD", "")  # ispCP's "[none]": a login without password, which this MySQL refuses
     conf_path.write_text(conf.text())
     error = fails(world)
-    assert "DATABASE_PASSWORD" in error and "missing or empty" in error and str(conf_path) in error
+    assert error.startswith("MySQL login as root") and "refuses root" in error
+    conf_path.write_text("\n".join(line for line in conf.lines if not line.startswith("DATABASE_PASSWORD")) + "\n")
+    error = fails(world)
+    assert "DATABASE_PASSWORD" in error and "missing" in error and str(conf_path) in error
 
 
 def test_keys_only_placeholder_files(restored: World) -> None:
@@ -238,20 +241,20 @@ def test_keys_lost_reset_end_to_end(restored: World) -> None:
     ctx.default_apply = True
     done = keys.run(ctx)
     assert done.status == "done" and done.data["path"] == "lost_keys_reset"
-    ok, message = il.check_ispcp_login(ctx)
+    ok, message = ispcp_login.check_ispcp_login(ctx)
     assert ok, message
     found = target_keysets(world)
     assert set(found) == set(LAYOUTS_105) and len(set(found.values())) == 1
     fresh = next(iter(found.values()))
     assert fresh not in (old_keys(world), new_keys(world))
-    login = il.ispcp_login(ctx, "target")
+    login = ispcp_login.ispcp_login(ctx, "target")
     assert login is not None and login.user == "root"
     assert world.target_mysql().can_login("root", login.password, "ispcp") is None
     assert world.target_mysql().can_login("root", old_root, "ispcp") is not None
     # ispcp.old.conf is the old config with the new login: ispcp-update must not try the lost one.
     old_conf = IspcpConf.load(world.target_root / "etc/ispcp/ispcp.old.conf")
     backup_conf = IspcpConf.load(world.backup_root / "etc/ispcp/ispcp.conf")
-    assert il.decrypt_conf_password(old_conf, fresh) == login.password
+    assert ispcp_login.decrypt_conf_password(old_conf, fresh) == login.password
     assert old_conf.get("SERVER_HOSTNAME") == backup_conf.get("SERVER_HOSTNAME")
     proof = done.tables[-1].frame.set_index("check")
     assert proof.loc["ispcp.conf + keys log in", "result"] == "verified"
@@ -267,8 +270,8 @@ def test_keys_lost_reset_end_to_end(restored: World) -> None:
     # ispcp_conf then carries the reset login, not the undecryptable old one.
     conf_result = ispcp_conf.run(ctx)
     assert conf_result.status == "done"
-    assert il.check_ispcp_login(ctx)[0]
-    assert il.ispcp_login(ctx, "target").password == login.password
+    assert ispcp_login.check_ispcp_login(ctx)[0]
+    assert ispcp_login.ispcp_login(ctx, "target").password == login.password
 
 
 def test_keys_lost_reset_refused_while_a_key_file_exists(restored: World) -> None:

@@ -17,7 +17,6 @@ from ispcp_lib.ispcp.crypto import decrypt_db_password, generate_iv, generate_ke
 from ispcp_lib.ispcp.keyfiles import (  # noqa: E402
     LAYOUTS,
     KeySet,
-    convert_keyfile,
     detect_layout,
     is_placeholder,
     layout_paths,
@@ -27,7 +26,7 @@ from ispcp_lib.ispcp.keyfiles import (  # noqa: E402
 from ispcp_lib.ispcp.keyfiles import _unquote_double as unquote_double  # noqa: E402  (checked against Perl)
 
 ALL_LAYOUTS = ["php", "perl_engine", "perl_messenger", "keys_conf"]
-KEY = 'Avj8E|_)uWO=z<Dk2|`8.eLd[c]"T"Vd'  # set 1 of shared/ispcp-reference/crypto-vectors.json
+KEY = 'Avj8E|_)uWO=z<Dk2|`8.eLd[c]"T"Vd'  # set 1 of tests/data/crypto-vectors.json
 IV = "/d:CyLaW"
 KEYS = KeySet(KEY, IV)
 KEY_DQ = KEY.replace('"', '\\"')  # KEY inside a double-quoted PHP/Perl string
@@ -346,15 +345,15 @@ def test_round_trip_keys_with_quote_and_backslash(layout: str, keys: KeySet) -> 
 @pytest.mark.parametrize(("src", "dst"), list(itertools.product(ALL_LAYOUTS, ALL_LAYOUTS)))
 def test_every_layout_builds_every_other(src: str, dst: str) -> None:
     for keys in [KEYS, *random_keysets(20), *AWKWARD_KEYS]:
-        built = convert_keyfile(src, render_keyfile(src, keys), dst, LAYOUTS[src])
+        built = render_keyfile(dst, parse_keyfile(src, render_keyfile(src, keys), LAYOUTS[src]))
         assert parse_keyfile(dst, built, LAYOUTS[dst]) == keys
     # ...and from the hand-written, real-looking files too.
-    assert parse_keyfile(dst, convert_keyfile(src, REAL_FILES[src], dst)) == KEYS
+    assert parse_keyfile(dst, render_keyfile(dst, parse_keyfile(src, REAL_FILES[src]))) == KEYS
 
 
-def test_convert_from_placeholder_template_is_refused() -> None:
+def test_a_placeholder_template_gives_no_keys_to_build_from() -> None:
     with pytest.raises(InputError, match="placeholder"):
-        convert_keyfile("php", TEMPLATES["php"], "keys_conf", LAYOUTS["php"])
+        parse_keyfile("php", TEMPLATES["php"], LAYOUTS["php"])
 
 
 # --- KeySet, paths, detection -----------------------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# ispCP's own Blowfish output for two key sets (made with the engine's Crypt::CBC call), kept in the repo.
+VECTORS_FILE = Path(__file__).resolve().parents[1] / "data" / "crypto-vectors.json"
 
 from ispcp_lib.core.errors import InputError  # noqa: E402
 from ispcp_lib.ispcp.crypto import (  # noqa: E402
@@ -27,22 +28,7 @@ from ispcp_lib.ispcp.crypto import (  # noqa: E402
     random_password,
 )
 
-
-def reference_dir() -> Path:
-    """shared/ispcp-reference beside the repo (CI copies it there), or $ISPCP_REFERENCE_DIR."""
-    override = os.environ.get("ISPCP_REFERENCE_DIR")
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "ispcp-reference"
-
-
-def _load_vectors() -> list[dict[str, Any]]:
-    path = reference_dir() / "crypto-vectors.json"
-    if not path.is_file():
-        return []  # test_vector_file_is_complete fails loudly; the parametrized tests show as empty
-    data: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
-    return data
-
-
-VECTORS = _load_vectors()
+VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 KEY1 = 'Avj8E|_)uWO=z<Dk2|`8.eLd[c]"T"Vd'  # set 1 of the vectors
 IV1 = "/d:CyLaW"
 KEY2 = "x$790w2e!>OfLQR)xeCGZ<G3?`/KQBPp"  # set 2
@@ -50,8 +36,6 @@ IV2 = "?#k1t=4h"
 
 
 def test_vector_file_is_complete() -> None:
-    path = reference_dir() / "crypto-vectors.json"
-    assert path.is_file(), f"missing {path}: put shared/ beside the repo or set ISPCP_REFERENCE_DIR"
     assert len(VECTORS) == 32
     assert {(v["key"], v["iv"]) for v in VECTORS} == {(KEY1, IV1), (KEY2, IV2)}
 

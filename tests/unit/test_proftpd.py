@@ -116,12 +116,14 @@ def test_an_escaped_password_is_masked_in_the_form_the_file_holds(tmp_path, pass
     """A diff shows the file's text: the quoted, escaped form must be masked as well as the plain one."""
     from types import SimpleNamespace
 
+    from ispcp_lib.core.connection import LocalConnection
     from ispcp_lib.core.secrets import SecretRegistry
 
-    path = tmp_path / "proftpd.conf"
+    path = tmp_path / "etc/proftpd.conf"
+    path.parent.mkdir()
     path.write_text(proftpd.with_password(REAL, password))
     ctx = SimpleNamespace(secrets=SecretRegistry())
-    copy = proftpd.read_copy("target FTPD_CONF_FILE", "/etc/proftpd.conf", path, ctx)
+    copy = proftpd.read_copy("target FTPD_CONF_FILE", "/etc/proftpd.conf", LocalConnection(tmp_path), ctx)
     assert copy.info.password == password
     shown = ctx.secrets.redact(path.read_text())
     assert "SQLConnectInfo" in shown and "Secret" not in shown
