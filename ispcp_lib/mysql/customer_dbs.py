@@ -139,7 +139,7 @@ def admin_login(ctx: Context) -> Login | None:
     if ctx.mysql is None or not ctx.mysql.status():
         return None
     for login in admin_logins(ctx):
-        if ctx.mysql.can_login(login.user, login.password) is None:
+        if ctx.mysql.login_error(login.user, login.password) is None:
             return login
     return None
 

@@ -788,7 +788,7 @@ def _carried_logins(ctx: Context) -> list[Login]:
     for login in (mysql_creds.target_admin(ctx), mysql_creds.read_debian_cnf(ctx.state_dir / "mysql-root.cnf")):
         if login is not None:
             ctx.secrets.add(login.password, f"MySQL {login.user}")
-            if ctx.mysql.can_login(login.user, login.password) is None:
+            if ctx.mysql.login_error(login.user, login.password) is None:
                 out.append(login)
     return out
 
@@ -907,7 +907,7 @@ def _unswap(ctx: Context, layout: mysql_restore.Layout, moved_out: list[str]) ->
 
 def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> Login | None:
     """After the swap, the grants are the old server's again: give the carried logins their passwords back."""
-    lost = [c for c in carried if ctx.mysql.can_login(c.user, c.password) is not None]
+    lost = [c for c in carried if ctx.mysql.login_error(c.user, c.password) is not None]
     if lost:
         result.change(
             f"set the password of {', '.join(c.user for c in lost)} again (the old grants lack it) in a "
@@ -916,7 +916,7 @@ def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> Login
         with grantless_session(ctx) as conn:
             for c in lost:
                 set_password(conn, c.user, c.password, create_admin=c.user == MAINT_USER)
-        still = [c.user for c in lost if ctx.mysql.can_login(c.user, c.password) is not None]
+        still = [c.user for c in lost if ctx.mysql.login_error(c.user, c.password) is not None]
         if still:
             raise PreconditionFailed(
                 "MySQL login",
@@ -1056,7 +1056,7 @@ def _verify_logins(ctx: Context, result: Result, listing: cdb.Listing, restored:
             continue
         password, which = plain
         ctx.secrets.add(password, f"SQL password of {u.name}")
-        reason = ctx.mysql.can_login(u.name, password, u.database)
+        reason = ctx.mysql.login_error(u.name, password, u.database)
         if reason is not None:
             rows.append({**row, "login": "REFUSED", "reads its database": "", "detail": ctx.secrets.redact(reason)})
             failed.append(f"{u.name}: {ctx.secrets.redact(reason)}")

@@ -221,7 +221,7 @@ def _prove_login(ctx: Context, result: Result, info: proftpd.SqlConnect | None) 
         }
     ]
     if not ok:
-        login_fails = ctx.mysql.can_login(info.user, info.password) is not None  # password, not grants
+        login_fails = ctx.mysql.login_error(info.user, info.password) is not None  # password, not grants
         hosts = _vftp_hosts(ctx, info.user)
         if hosts is None:
             if ctx.apply:

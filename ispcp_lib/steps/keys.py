@@ -286,7 +286,7 @@ def check_login(ctx: Context, result: Result, user: str, password: str, database
         problem = "is not running, so the decrypted DATABASE_PASSWORD cannot be tried"
         fix = "start MySQL with the restored databases (the mysql_restore step leaves it running)"
     else:
-        reason = ctx.mysql.can_login(user, password, database)
+        reason = ctx.mysql.login_error(user, password, database)
         if reason is None:
             return True
         item = f"MySQL login as {user}"
@@ -633,7 +633,7 @@ def _hosts_to_reset(ctx: Context, result: Result, admin: Login | None, user: str
             )
             done = {r[0] for r in cur.fetchall()}
         except pymysql.MySQLError:
-            done = set(hosts) if ctx.mysql.can_login(user, password) is None else set()
+            done = set(hosts) if ctx.mysql.login_error(user, password) is None else set()
     return [h for h in hosts if h not in done]
 
 

@@ -183,8 +183,8 @@ def run(ctx: Context, result: Result) -> None:
 
     backup_login = mysql_creds.backup_admin(ctx)
     target_login = mysql_creds.target_admin(ctx)
-    backup_ok = backup_login is not None and ctx.mysql.can_login(backup_login.user, backup_login.password) is None
-    target_ok = target_login is not None and ctx.mysql.can_login(target_login.user, target_login.password) is None
+    backup_ok = backup_login is not None and ctx.mysql.login_error(backup_login.user, backup_login.password) is None
+    target_ok = target_login is not None and ctx.mysql.login_error(target_login.user, target_login.password) is None
     rows.append(
         _login_row(
             backup_login.user if backup_login else MAINT_USER,
@@ -219,7 +219,7 @@ def run(ctx: Context, result: Result) -> None:
         saved = mysql_creds.read_debian_cnf(root_path)
         if saved is not None:
             ctx.secrets.add(saved.password, "MySQL root (reset)")
-        if saved is not None and ctx.mysql.can_login(saved.user, saved.password) is None:
+        if saved is not None and ctx.mysql.login_error(saved.user, saved.password) is None:
             rows.append(_login_row("root", ctx.display_path(root_path), "works"))
         else:
             rows.append(_login_row("root", ctx.display_path(root_path), "absent" if saved is None else "refused"))
@@ -280,7 +280,7 @@ def _reset(
         return
     proofs = []
     for user, password in passwords.items():
-        reason = ctx.mysql.can_login(user, password)
+        reason = ctx.mysql.login_error(user, password)
         hosts = ", ".join(changed_hosts.get(user, []))
         if reason is not None:
             raise PreconditionFailed(

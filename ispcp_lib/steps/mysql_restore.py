@@ -861,7 +861,7 @@ def _load_dumps(ctx: Context, result: Result, sources: list[Source], loader: Log
         return
     if loader is None:  # the old grants are live: a login the backup implies, else a grant-less session
         loader = next(
-            (lg for lg in implied_logins(ctx, sources) if ctx.mysql.can_login(lg.user, lg.password) is None), None
+            (lg for lg in implied_logins(ctx, sources) if ctx.mysql.login_error(lg.user, lg.password) is None), None
         )
         if loader is not None:
             result.note(f"The dump is loaded with the login from {loader.source} (the old grants are live now).")
@@ -1021,7 +1021,7 @@ def _report_live_counts(ctx: Context, result: Result, sources: list[Source]) -> 
         if (
             candidate is not None
             and ctx.mysql.status()
-            and ctx.mysql.can_login(candidate.user, candidate.password) is None
+            and ctx.mysql.login_error(candidate.user, candidate.password) is None
         ):
             login = candidate
             break

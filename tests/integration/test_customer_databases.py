@@ -296,7 +296,7 @@ def test_whole_datadir_restore_keeps_the_maintainer_login(full: World) -> None:
     (world.backup_root / "etc/mysql/debian.cnf").unlink()
     guide_restore(world)
     cnf = read_debian_cnf(world.target_root / "etc/mysql/debian.cnf")
-    assert cnf is not None and world.target_mysql().can_login(cnf.user, cnf.password) is None
+    assert cnf is not None and world.target_mysql().login_error(cnf.user, cnf.password) is None
 
     before = stable_fingerprint(world)
     ctx = ctx_for(world, customer_databases_whole_datadir="always")
@@ -311,7 +311,7 @@ def test_whole_datadir_restore_keeps_the_maintainer_login(full: World) -> None:
     assert done.status == "done", done.errors
     for (database, table), n in ROWS.items():
         assert counts(world, database)[table] == n
-    assert world.target_mysql().can_login(cnf.user, cnf.password) is None  # set again after the swap
+    assert world.target_mysql().login_error(cnf.user, cnf.password) is None  # set again after the swap
     assert any("set the password of debian-sys-maint again" in c for c in done.changes)
     kept = work_dirs(world)[0] / "kept" / "datadir"
     assert (kept / "ibdata1").is_file() and (kept / "ispcp").is_dir() and str(kept) in done.backups

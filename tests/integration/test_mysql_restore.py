@@ -248,7 +248,7 @@ def test_without_a_working_login_the_check_runs_in_a_grantless_session(world: Wo
     assert any("no login that the backup implies works" in w for w in result.warnings)
     assert set(counts_frame(result)["CHECK TABLE"]) == {"OK"}
     assert world.target_mysql().status()
-    assert world.target_mysql().can_login("root", "") is not None  # grant tables are back in force
+    assert world.target_mysql().login_error("root", "") is not None  # grant tables are back in force
     assert query(world, old_root(world), "SELECT COUNT(*) FROM ispcp.domain") == [(len(world.domains),)]
 
 
@@ -295,7 +295,7 @@ def test_sql_dumps_as_the_source(world: World, world_template: World, sandbox_di
         names = [r[0] for r in query(other, old_root(other), "SELECT domain_name FROM ispcp.domain ORDER BY 1")]
         assert names == sorted(d["name"] for d in other.domains)
         old_cnf = read_debian_cnf(other.backup_root / "etc/mysql/debian.cnf")
-        assert other.target_mysql().can_login(old_cnf.user, old_cnf.password) is None
+        assert other.target_mysql().login_error(old_cnf.user, old_cnf.password) is None
         [work] = sorted(datadir(other).parent.glob("mysql.restore-*"))
         assert (work / "kept/ispcp/domain.frm").is_file() and (work / "kept/mysql/global_priv.frm").is_file()
         journal = ctx.journal_path.read_text()
