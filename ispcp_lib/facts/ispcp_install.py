@@ -179,7 +179,7 @@ def target_database(ctx: Context, name: str) -> TargetDatabase:
     try:
         with ctx.mysql.connect(login.user, login.password) as conn, conn.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
-            if not cur.fetchone()[0]:
+            if not int(cur.fetchone()[0]):  # COUNT(*) comes back as a string
                 return TargetDatabase(name, False, None, "no such database: the installer did not create it")
             cur.execute(f"SELECT value FROM `{name.replace('`', '``')}`.config WHERE name = %s", (REVISION_KEY,))
             row = cur.fetchone()

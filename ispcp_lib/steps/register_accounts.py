@@ -129,7 +129,7 @@ def read_domains(ctx: Context, login: Login, database: str) -> list[Domain]:
                 f"has the name {name!r}, which is no plain domain name",
                 "correct domain_name in ispCP's domain table (IDNs are stored in punycode)",
             )
-        if not uid or not gid:
+        if not int(uid or 0) or not int(gid or 0):  # the client returns strings: "0" is true
             raise InputError(
                 f"domain {name}",
                 f"has domain_uid {uid} / domain_gid {gid}; 0 would hand the web space to root",
