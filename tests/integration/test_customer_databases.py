@@ -41,7 +41,7 @@ def query(world: World, sql: str, database: str | None = None) -> list[tuple]:
 
 def counts(world: World, database: str) -> dict[str, int]:
     tables = [r[0] for r in query(world, f"SHOW TABLES FROM `{database}`")]
-    return {t: query(world, f"SELECT COUNT(*) FROM `{database}`.`{t}`")[0][0] for t in tables}
+    return {t: int(query(world, f"SELECT COUNT(*) FROM `{database}`.`{t}`")[0][0]) for t in tables}
 
 
 def databases(world: World) -> set[str]:
@@ -316,7 +316,7 @@ def test_whole_datadir_restore_keeps_the_maintainer_login(full: World) -> None:
     kept = work_dirs(world)[0] / "kept" / "datadir"
     assert (kept / "ibdata1").is_file() and (kept / "ispcp").is_dir() and str(kept) in done.backups
     assert all(r["login"] == "works" for r in logins_of(done).values())
-    assert query(world, "SELECT COUNT(*) FROM domain", "ispcp")[0][0] == len(world.domains)
+    assert int(query(world, "SELECT COUNT(*) FROM domain", "ispcp")[0][0]) == len(world.domains)
 
     assert customer_databases.run(ctx).status == "noop"
     assert mysql_restore.run(ctx_for(world, apply=True)).status == "noop"  # its record still holds
