@@ -7,11 +7,12 @@ password needed, none read) and `--skip-networking` (only our socket reaches it)
 deleted afterwards; the backup itself is never opened for writing.
 
 API:
-    with backup_database(datadir, "ispcp") as conn:   # a pymysql connection, database selected
+    with backup_database(datadir, "ispcp") as conn:   # a client connection (mysql.client), database selected
         ...
     read_backup_database(datadir, "ispcp", fn)       # fn(conn) -> value, server stopped after
 
-`datadir` is the old server's data directory inside the backup (e.g. backup/var/lib/mysql).
+`datadir` is the old server's data directory inside the backup (e.g. backup/var/lib/mysql), a path on
+this machine: the reader always runs here, beside the backup, whatever connection reaches the target.
 Errors are PreconditionFailed naming the directory and the fix.
 """
 
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.mysql.service import SandboxMysql
@@ -78,7 +80,8 @@ def backup_database(
         raise PreconditionFailed(
             "mariadb-install-db", "not found: cannot start a throwaway reader", "apt-get install mariadb-server"
         )
-    runner = runner or Runner()
+    if runner is None or runner.connection.kind != "local":
+        runner = Runner(connection=LocalConnection("/"))  # this machine, never the target
     uid, gid = _server_ids()
     # Short path under /tmp: the socket path must stay below 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="ispcp-dbread-", dir=tmp_parent))
@@ -107,7 +110,14 @@ def backup_database(
         shutil.copytree(source, data / database, symlinks=False)
         _chown_tree(data / database, uid, gid)
         server = SandboxMysql(
-            data, work / "s.sock", None, work / "mysqld.pid", runner, log_file=work / "mariadbd.err", user=SERVER_USER
+            data,
+            work / "s.sock",
+            None,
+            work / "mysqld.pid",
+            runner,
+            LocalConnection("/"),
+            log_file=work / "mariadbd.err",
+            user=SERVER_USER,
         )
         server.start(["--skip-grant-tables", "--skip-networking", f"--tmpdir={tmp}"])
         conn = server.connect("root", None, database)

@@ -233,7 +233,7 @@ def check_conf_login(ctx: Context, conf: IspcpConf, files: dict[str, KeyFile]) -
         return False, f"keys: {', '.join(good)} decrypt DATABASE_PASSWORD, but {'; '.join(why)}"
     if ctx.mysql is None or not ctx.mysql.status():
         return False, "login: the MySQL server is not running, so the login cannot be tried"
-    reason = ctx.mysql.can_login(user, results[good[0]], database)
+    reason = ctx.mysql.login_error(user, results[good[0]], database)
     if reason is not None:
         return False, ctx.secrets.redact(
             f"login: the keys decrypt DATABASE_PASSWORD, but MySQL refuses {user} on database {database}: {reason}"

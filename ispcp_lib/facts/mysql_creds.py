@@ -71,6 +71,6 @@ def working_admin(ctx: Context) -> Login | None:
     if ctx.mysql is None or not ctx.mysql.status():
         return None
     for login in (target_admin(ctx), backup_admin(ctx), secrets_file_admin(ctx)):
-        if login is not None and ctx.mysql.can_login(login.user, login.password) is None:
+        if login is not None and ctx.mysql.login_error(login.user, login.password) is None:
             return login
     return None

@@ -326,10 +326,10 @@ def reset_accounts(
     if sql:
         refused, no_db = [], []
         for row, password, _ in sql:
-            reason = ctx.mysql.can_login(row.account, password)
+            reason = ctx.mysql.login_error(row.account, password)
             if reason is not None:
                 refused.append(f"{row.account}: {reason}")
-            elif row.database and (reason := ctx.mysql.can_login(row.account, password, row.database)) is not None:
+            elif row.database and (reason := ctx.mysql.login_error(row.account, password, row.database)) is not None:
                 no_db.append(f"{row.account}: {reason}")  # e.g. its database is not restored (customer_databases)
         detail = f"{len(sql) - len(refused)} of {len(sql)} log in with the new password"
         if refused:

@@ -47,7 +47,7 @@ def require_login(ctx: Context, result: Result, user: str, password: str, databa
         problem = "is not running, so the decrypted DATABASE_PASSWORD cannot be tried"
         fix = "start MySQL with the restored databases (the mysql_restore step leaves it running)"
     else:
-        reason = ctx.mysql.can_login(user, password, database)
+        reason = ctx.mysql.login_error(user, password, database)
         if reason is None:
             return True
         item = f"MySQL login as {user}"

@@ -98,7 +98,7 @@ def admin_login(ctx: Context) -> Login | None:
     """The first admin login the running server accepts, None when it is down or refuses them all."""
     if ctx.mysql is None or not ctx.mysql.status():
         return None
-    return next((lg for lg in admin_logins(ctx) if ctx.mysql.can_login(lg.user, lg.password) is None), None)
+    return next((lg for lg in admin_logins(ctx) if ctx.mysql.login_error(lg.user, lg.password) is None), None)
 
 
 def implied_logins(ctx: Context, own_grants_kept: bool) -> list[Login]:
@@ -119,7 +119,7 @@ def implied_logins(ctx: Context, own_grants_kept: bool) -> list[Login]:
 
 
 def first_working(ctx: Context, logins: list[Login]) -> Login | None:
-    return next((lg for lg in logins if ctx.mysql.can_login(lg.user, lg.password) is None), None)
+    return next((lg for lg in logins if ctx.mysql.login_error(lg.user, lg.password) is None), None)
 
 
 @contextmanager
@@ -245,14 +245,14 @@ def carried_logins(ctx: Context) -> list[Login]:
     """Logins that work now and live in files of the target (debian.cnf, the saved root login)."""
     out = []
     for login in (mysql_creds.target_admin(ctx), saved_root(ctx)):
-        if login is not None and ctx.mysql.can_login(login.user, login.password) is None:
+        if login is not None and ctx.mysql.login_error(login.user, login.password) is None:
             out.append(login)
     return out
 
 
 def lost_logins(ctx: Context, logins: list[Login]) -> list[Login]:
     """Those of the logins the running server refuses."""
-    return [lg for lg in logins if ctx.mysql.can_login(lg.user, lg.password) is not None]
+    return [lg for lg in logins if ctx.mysql.login_error(lg.user, lg.password) is not None]
 
 
 def reset_passwords(ctx: Context, logins: list[Login]) -> list[str]:

@@ -59,7 +59,7 @@ def open_run(
     )
     if secrets_file:
         load_secrets_file(ctx, Path(secrets_file))
-    ctx.mysql = mysql_service.from_params(mysql or {}, target, runner)
+    ctx.mysql = mysql_service.from_params(mysql or {}, ctx.target, runner)
     ctx.log(f"run {ctx.run_id}: {'APPLY' if apply else 'dry run (nothing changes)'}; backup {backup}, target {target}")
     return ctx
 

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.errors import CommandFailed, PreconditionFailed
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.mysql.service import SandboxMysql
@@ -145,7 +146,7 @@ def instance(
     check_socket_path(sock)
     make_mysql_dir(sock.parent)
     prepare_log(log_file)
-    return SandboxMysql(datadir, sock, port, pid_file, runner or Runner(), log_file=log_file)
+    return SandboxMysql(datadir, sock, port, pid_file, runner or Runner(), LocalConnection("/"), log_file=log_file)
 
 
 def start(srv: SandboxMysql, tmpdir: Path) -> None:
@@ -155,7 +156,8 @@ def start(srv: SandboxMysql, tmpdir: Path) -> None:
     of servers in different PID namespaces collide, and one server deletes the other's files.
     """
     make_mysql_dir(tmpdir, 0o700)
-    paths = [srv.datadir, srv.socket.parent, srv.effective_pid_file().parent, srv.error_log().parent, tmpdir]
+    files = (srv.socket, srv.effective_pid_file(), srv.error_log() or srv.socket)
+    paths = [Path(srv.datadir), *(Path(f).parent for f in files), tmpdir]
     with_reachable(lambda: srv.start([f"--tmpdir={tmpdir}"]), paths)
 
 

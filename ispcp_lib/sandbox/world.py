@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.runner import Runner
@@ -133,6 +134,7 @@ class World:
                 int(p["port"]),
                 Path(p["pid_file"]),
                 Runner(),
+                LocalConnection("/"),
                 log_file=Path(p["log_file"]),
             )
         return self._mysql

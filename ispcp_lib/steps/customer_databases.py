@@ -377,7 +377,7 @@ def _verify_logins(ctx: Context, result: Result, listing: customer_dbs.Listing, 
             continue
         password, which = plain
         ctx.secrets.add(password, f"SQL password of {u.name}")
-        reason = ctx.mysql.can_login(u.name, password, u.database)
+        reason = ctx.mysql.login_error(u.name, password, u.database)
         if reason is not None:
             rows.append({**row, "login": "REFUSED", "reads its database": "", "detail": ctx.secrets.redact(reason)})
             failed.append(f"{u.name}: {ctx.secrets.redact(reason)}")

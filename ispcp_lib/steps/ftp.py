@@ -219,7 +219,7 @@ def _fix_vftp(ctx: Context, result: Result, info: proftpd.SqlConnect, rows: list
         result.warn("no working MySQL admin login: cannot plan the vftp password change (dry run)")
         return False, "not fixed (dry run)"
     user = info.user or "vftp"
-    login_fails = ctx.mysql.can_login(user, info.password) is not None  # password, not grants
+    login_fails = ctx.mysql.login_error(user, info.password) is not None  # password, not grants
     with ctx.mysql.connect(admin.user, admin.password) as conn:
         fix = plan_fix(result, info, accounts.user_hosts(conn, user), login_fails)
     if not ctx.apply:

@@ -593,7 +593,7 @@ def _hosts_to_reset(ctx: Context, result: Result, admin: Login | None, user: str
             raise PreconditionFailed(f"MySQL account {user}", problem, fix)
         result.warn(f"MySQL account {user} {problem}. Fix: {fix}")
         return []
-    return [] if ctx.mysql.can_login(user, password) is None else hosts
+    return [] if ctx.mysql.login_error(user, password) is None else hosts
 
 
 def _set_password(ctx: Context, admin: Login, user: str, hosts: list[str], password: str) -> None:

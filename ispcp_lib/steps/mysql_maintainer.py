@@ -82,8 +82,8 @@ def run(ctx: Context, result: Result) -> None:
 
     backup_login = mysql_creds.backup_admin(ctx)
     target_login = mysql_creds.target_admin(ctx)
-    backup_ok = backup_login is not None and ctx.mysql.can_login(backup_login.user, backup_login.password) is None
-    target_ok = target_login is not None and ctx.mysql.can_login(target_login.user, target_login.password) is None
+    backup_ok = backup_login is not None and ctx.mysql.login_error(backup_login.user, backup_login.password) is None
+    target_ok = target_login is not None and ctx.mysql.login_error(target_login.user, target_login.password) is None
     who = backup_login.user if backup_login else MAINT_USER
     rows.append(_login_row(who, "backup's debian.cnf", _outcome(backup_login, backup_ok)))
     who = target_login.user if target_login else MAINT_USER
@@ -106,7 +106,7 @@ def run(ctx: Context, result: Result) -> None:
     root_path = accounts.root_cnf_path(ctx)
     if ctx.param("mysql_reset_root"):
         saved = accounts.saved_root(ctx)
-        if saved is not None and ctx.mysql.can_login(saved.user, saved.password) is None:
+        if saved is not None and ctx.mysql.login_error(saved.user, saved.password) is None:
             rows.append(_login_row("root", root_path, "works"))
         else:
             rows.append(_login_row("root", root_path, "absent" if saved is None else "refused"))
@@ -143,7 +143,7 @@ def _reset(ctx: Context, result: Result, users: list[str], socket: str, rows: li
     changed_hosts = _set_in_grantless_session(ctx, passwords, socket)
     proofs = []
     for user, password in passwords.items():
-        reason = ctx.mysql.can_login(user, password)
+        reason = ctx.mysql.login_error(user, password)
         if reason is not None:
             raise PreconditionFailed(
                 f"MySQL login {user}",

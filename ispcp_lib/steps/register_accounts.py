@@ -114,7 +114,7 @@ def database_login(ctx: Context) -> Login:
     login = ispcp_login(ctx)
     if login is not None:
         ctx.secrets.add(login.password, "ispCP database password")
-        if ctx.mysql.can_login(login.user, login.password) is None:
+        if ctx.mysql.login_error(login.user, login.password) is None:
             return login
     admin = mysql_creds.working_admin(ctx)
     if admin is None:

@@ -41,7 +41,7 @@ def query(world: World, sql: str, database: str | None = None) -> list[tuple]:
 
 def counts(world: World, database: str) -> dict[str, int]:
     tables = [r[0] for r in query(world, f"SHOW TABLES FROM `{database}`")]
-    return {t: query(world, f"SELECT COUNT(*) FROM `{database}`.`{t}`")[0][0] for t in tables}
+    return {t: int(query(world, f"SELECT COUNT(*) FROM `{database}`.`{t}`")[0][0]) for t in tables}
 
 
 def databases(world: World) -> set[str]:
@@ -303,7 +303,7 @@ def test_whole_datadir_restore_keeps_the_maintainer_login(full: World) -> None:
     (world.backup_root / "etc/mysql/debian.cnf").unlink()
     guide_restore(world)
     cnf = read_cnf(world.target_root / "etc/mysql/debian.cnf")
-    assert cnf is not None and world.target_mysql().can_login(cnf.user, cnf.password) is None
+    assert cnf is not None and world.target_mysql().login_error(cnf.user, cnf.password) is None
 
     before = stable_fingerprint(world)
     ctx = ctx_for(world, customer_databases_whole_datadir="always")
@@ -318,12 +318,12 @@ def test_whole_datadir_restore_keeps_the_maintainer_login(full: World) -> None:
     assert done.status == "done", done.errors
     for (database, table), n in ROWS.items():
         assert counts(world, database)[table] == n
-    assert world.target_mysql().can_login(cnf.user, cnf.password) is None  # set again after the swap
+    assert world.target_mysql().login_error(cnf.user, cnf.password) is None  # set again after the swap
     assert any("set the password of debian-sys-maint again" in c for c in done.changes)
     kept = work_dirs(world)[0] / "kept" / "datadir"
     assert (kept / "ibdata1").is_file() and (kept / "ispcp").is_dir() and str(kept) in done.backups
     assert all(r["login"] == "works" for r in logins_of(done).values())
-    assert query(world, "SELECT COUNT(*) FROM domain", "ispcp")[0][0] == len(world.domains)
+    assert int(query(world, "SELECT COUNT(*) FROM domain", "ispcp")[0][0]) == len(world.domains)
 
     assert customer_databases.run(ctx).status == "noop"
     assert mysql_restore.run(ctx_for(world, apply=True)).status == "noop"  # its record still holds

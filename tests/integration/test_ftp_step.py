@@ -22,7 +22,7 @@ WORKING = "etc/ispcp/proftpd/working/proftpd.conf"
 
 def login_works(world, password: str) -> bool:
     srv = world.target_mysql()
-    return srv.can_login("vftp", password, "ispcp") is None
+    return srv.login_error("vftp", password, "ispcp") is None
 
 
 def test_restore_path(recovered) -> None:

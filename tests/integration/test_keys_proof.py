@@ -141,7 +141,7 @@ def test_damaged_rows_are_named_and_reset_on_request(restored: World) -> None:
     creds = encrypted_columns.read_credentials(ctx)
     assert set(creds) == {("mailbox", "info@example-001.test"), ("sql", "ex002blog")}
     new_sql = creds[("sql", "ex002blog")][1]
-    assert world.target_mysql().can_login("ex002blog", new_sql) is None
+    assert world.target_mysql().login_error("ex002blog", new_sql) is None
     cipher, status = sql(world, "SELECT mail_pass, status FROM mail_users WHERE mail_id = 1")[0]
     keys_now = old_keys(world)
     assert decrypt_db_password(cipher, keys_now.key, keys_now.iv) == creds[("mailbox", "info@example-001.test")][1]
@@ -151,7 +151,8 @@ def test_damaged_rows_are_named_and_reset_on_request(restored: World) -> None:
     shop_cipher = sql(world, "SELECT sqlu_pass FROM sql_user WHERE sqlu_id = 1")[0][0]
     # the account whose password decrypts keeps it
     assert (
-        world.target_mysql().can_login("ex001shop", decrypt_db_password(shop_cipher, keys_now.key, keys_now.iv)) is None
+        world.target_mysql().login_error("ex001shop", decrypt_db_password(shop_cipher, keys_now.key, keys_now.iv))
+        is None
     )
 
     again = keys.run(ctx)
@@ -222,8 +223,8 @@ def test_lost_keys_reset_gives_every_account_a_new_password(restored: World) -> 
     for user, c in old_sql.items():
         database, password = creds[("sql", user)]
         assert database == c["name"]
-        assert world.target_mysql().can_login(user, password, database) is None  # logs in, opens its database
-        assert world.target_mysql().can_login(user, old_passwords[user]) is not None  # the old one is gone
+        assert world.target_mysql().login_error(user, password, database) is None  # logs in, opens its database
+        assert world.target_mysql().login_error(user, old_passwords[user]) is not None  # the old one is gone
     for mail_id, addr, cipher in sql(
         world, "SELECT mail_id, mail_addr, mail_pass FROM mail_users WHERE mail_pass <> '_no_'"
     ):

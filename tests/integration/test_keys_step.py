@@ -236,7 +236,7 @@ def test_keys_lost_reset_end_to_end(restored: World) -> None:
     assert stable_fingerprint(world) == before
     hosts = [c for c in planned.changes if c.startswith("set a new random password for MySQL account 'root'@")]
     assert len(hosts) >= 2  # every host row of root, not only localhost
-    assert world.target_mysql().can_login("root", old_root, "ispcp") is None
+    assert world.target_mysql().login_error("root", old_root, "ispcp") is None
 
     ctx.default_apply = True
     done = keys.run(ctx)
@@ -249,8 +249,8 @@ def test_keys_lost_reset_end_to_end(restored: World) -> None:
     assert fresh not in (old_keys(world), new_keys(world))
     login = ispcp_login.ispcp_login(ctx, "target")
     assert login is not None and login.user == "root"
-    assert world.target_mysql().can_login("root", login.password, "ispcp") is None
-    assert world.target_mysql().can_login("root", old_root, "ispcp") is not None
+    assert world.target_mysql().login_error("root", login.password, "ispcp") is None
+    assert world.target_mysql().login_error("root", old_root, "ispcp") is not None
     # ispcp.old.conf is the old config with the new login: ispcp-update must not try the lost one.
     old_conf = IspcpConf.load(world.target_root / "etc/ispcp/ispcp.old.conf")
     backup_conf = IspcpConf.load(world.backup_root / "etc/ispcp/ispcp.conf")
@@ -280,7 +280,7 @@ def test_keys_lost_reset_refused_while_a_key_file_exists(restored: World) -> Non
         backup_key(world, layout).unlink()
     result = keys.run(ctx_for(world, apply=True, keys_lost_reset=True))
     assert result.data["path"] == "backup_keys"  # the surviving file is used; nothing is reset
-    assert world.target_mysql().can_login("root", world.credentials["old"]["root_password"], "ispcp") is None
+    assert world.target_mysql().login_error("root", world.credentials["old"]["root_password"], "ispcp") is None
 
 
 def test_keys_journal_is_valid_and_redacted(restored: World) -> None:

@@ -58,7 +58,7 @@ def test_the_backups_debian_cnf_comes_back_and_a_second_apply_is_a_noop(mysql_re
     assert_private(target)
     assert len(result.backups) == 1 and Path(result.backups[0]).read_bytes() != target.read_bytes()
     login = read_cnf(target)
-    assert mysql_restored.target_mysql().can_login(login.user, login.password) is None
+    assert mysql_restored.target_mysql().login_error(login.user, login.password) is None
     again = mysql_maintainer.run(ctx)
     assert again.status == "noop" and "is the backup's and logs in" in again.noop_reason
 
@@ -67,7 +67,7 @@ def test_reset_when_the_backup_has_no_debian_cnf(mysql_restored: World) -> None:
     (mysql_restored.backup_root / DEBIAN_CNF).unlink()
     target = mysql_restored.target_root / DEBIAN_CNF
     stale = read_cnf(target)  # the new server's file: its password fits the replaced grants no more
-    assert mysql_restored.target_mysql().can_login(stale.user, stale.password) is not None
+    assert mysql_restored.target_mysql().login_error(stale.user, stale.password) is not None
     ctx = ctx_for(mysql_restored, apply=True)
     known = set(ctx.secrets.values())
     result = mysql_maintainer.run(ctx)
@@ -80,14 +80,14 @@ def test_reset_when_the_backup_has_no_debian_cnf(mysql_restored: World) -> None:
     assert_private(target)
     login = read_cnf(target)
     assert login.user == "debian-sys-maint" and login.password != stale.password
-    assert mysql_restored.target_mysql().can_login(login.user, login.password) is None
+    assert mysql_restored.target_mysql().login_error(login.user, login.password) is None
     assert login.password in ctx.secrets and login.password not in known
     assert_no_secret(ctx, result, [login.password])
     logins = next(t.frame for t in result.tables if t.title == "MySQL logins")
     assert "proven with the client as debian-sys-maint@localhost" in " ".join(logins["result"])
     # Back to normal: networking on, grant tables enforced.
     socket.create_connection(("127.0.0.1", int(mysql_restored.mysql_params["port"])), timeout=5).close()
-    assert mysql_restored.target_mysql().can_login("root", "") is not None
+    assert mysql_restored.target_mysql().login_error("root", "") is not None
 
     again = mysql_maintainer.run(ctx)
     assert again.status == "noop" and "the target's debian.cnf logs in" in again.noop_reason
@@ -103,7 +103,7 @@ def test_lost_root_password_is_reset_with_the_same_mechanism(mysql_restored: Wor
     root = read_cnf(saved)
     assert root.user == "root" and root.password != old_root
     srv = mysql_restored.target_mysql()
-    assert srv.can_login("root", root.password) is None and srv.can_login("root", old_root) is not None
+    assert srv.login_error("root", root.password) is None and srv.login_error("root", old_root) is not None
     assert any("DATABASE_USER" in w for w in result.warnings)
     backup_cnf = (mysql_restored.backup_root / DEBIAN_CNF).read_bytes()
     assert (mysql_restored.target_root / DEBIAN_CNF).read_bytes() == backup_cnf
@@ -164,8 +164,8 @@ def test_a_failed_grantless_start_ends_in_a_normal_server(
     assert "did not come up" in info.value.result.errors[0]
     srv = mysql_restored.target_mysql()
     assert srv.status()
-    assert srv.can_login("root", "") is not None  # grant tables in force, not a --skip-grant-tables server
-    assert srv.can_login("root", mysql_restored.credentials["old"]["root_password"]) is None
+    assert srv.login_error("root", "") is not None  # grant tables in force, not a --skip-grant-tables server
+    assert srv.login_error("root", mysql_restored.credentials["old"]["root_password"]) is None
     assert (mysql_restored.target_root / DEBIAN_CNF).read_bytes() == target_cnf
 
 
@@ -188,6 +188,6 @@ def test_root_without_a_local_account_is_refused_before_any_password_changes(mys
         mysql_maintainer.run(ctx)
     assert "MySQL root" in info.value.result.errors[0] and "no local account" in info.value.result.errors[0]
     # Nothing changed: the maintainer still has its old password, no file holds a password MySQL lacks.
-    assert srv.status() and srv.can_login("debian-sys-maint", old["debian_sys_maint"]) is None
+    assert srv.status() and srv.login_error("debian-sys-maint", old["debian_sys_maint"]) is None
     assert (mysql_restored.target_root / DEBIAN_CNF).read_bytes() == target_cnf
     assert not (ctx.state_dir / accounts.ROOT_CNF).exists()

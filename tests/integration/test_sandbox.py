@@ -155,13 +155,13 @@ def test_target_instance_starts_and_new_credentials_work(world: World) -> None:
     new, old = world.credentials["new"], world.credentials["old"]
     mysql = world.target_mysql()
     assert mysql.status()
-    assert mysql.can_login("root", new["root_password"]) is None
-    assert mysql.can_login("root", old["root_password"]) is not None
+    assert mysql.login_error("root", new["root_password"]) is None
+    assert mysql.login_error("root", old["root_password"]) is not None
     cnf = (world.target_root / "etc/mysql/debian.cnf").read_text()
     assert f"password = {new['debian_sys_maint']}\n" in cnf
-    assert mysql.can_login("debian-sys-maint", new["debian_sys_maint"]) is None
+    assert mysql.login_error("debian-sys-maint", new["debian_sys_maint"]) is None
     assert f"vftp {new['vftp']}\n" in (world.target_root / "etc/ispcp/proftpd/working/proftpd.conf").read_text()
-    assert fetch(world, "vftp", new["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(0,)]
+    assert fetch(world, "vftp", new["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [("0",)]
     assert fetch(
         world, "root", new["root_password"], "SELECT value FROM ispcp.config WHERE name = 'DATABASE_REVISION'"
     ) == [("29",)]
@@ -180,12 +180,12 @@ def test_backup_database_restores_on_target_with_old_credentials(stopped_world: 
     w.start()
     old = w.credentials["old"]
     n = len(w.domains)
-    assert fetch(w, "root", old["root_password"], "SELECT COUNT(*) FROM ispcp.domain") == [(n,)]
-    assert fetch(w, "vftp", old["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [(3,)]
-    assert w.target_mysql().can_login("debian-sys-maint", old["debian_sys_maint"]) is None
+    assert fetch(w, "root", old["root_password"], "SELECT COUNT(*) FROM ispcp.domain") == [(str(n),)]
+    assert fetch(w, "vftp", old["vftp"], "SELECT COUNT(*) FROM ftp_users", "ispcp") == [("3",)]
+    assert w.target_mysql().login_error("debian-sys-maint", old["debian_sys_maint"]) is None
     assert fetch(
         w, "ex001shop", _customer_password(w, "ex001shop"), "SELECT COUNT(*) FROM products", "example001_shop"
-    ) == [(20,)]
+    ) == [("20",)]
     for table in INNODB_SYSTEM_TABLES:
         fetch(w, "root", old["root_password"], f"SELECT COUNT(*) FROM mysql.{table}")
     new_log = log.read_text()[before:]
@@ -206,7 +206,7 @@ def test_whole_mysql_dir_copy_breaks_innodb_stats_and_lone_innodb_db(stopped_wor
     before = log.stat().st_size
     w.start()
     root = w.credentials["old"]["root_password"]
-    assert fetch(w, "root", root, "SELECT COUNT(*) FROM ispcp.domain") == [(len(w.domains),)]
+    assert fetch(w, "root", root, "SELECT COUNT(*) FROM ispcp.domain") == [(str(len(w.domains)),)]
     with pytest.raises(pymysql.MySQLError) as stats:
         fetch(w, "root", root, "SELECT COUNT(*) FROM mysql.innodb_table_stats")
     assert stats.value.args[0] == 1877  # ER_TABLE_CORRUPT
@@ -254,7 +254,7 @@ def test_clone_has_own_paths_and_port(stopped_world: World, sandbox_dir: Path) -
         assert World.load(sandbox_dir / "c").mysql_params == c.mysql_params
         c.start()
         w.start()  # both at once: nothing shared
-        assert c.target_mysql().can_login("root", c.credentials["new"]["root_password"]) is None
+        assert c.target_mysql().login_error("root", c.credentials["new"]["root_password"]) is None
     finally:
         c.stop()
         w.stop()
@@ -329,4 +329,4 @@ def test_start_moves_to_a_free_port_when_its_port_is_taken(stopped_world: World)
         w.start()
     assert w.mysql_params["port"] != taken
     assert World.load(w.workdir).mysql_params["port"] == w.mysql_params["port"]
-    assert w.target_mysql().can_login("root", w.credentials["new"]["root_password"]) is None
+    assert w.target_mysql().login_error("root", w.credentials["new"]["root_password"]) is None
