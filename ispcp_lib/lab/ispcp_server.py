@@ -106,6 +106,16 @@ def _literal(old: str, new: str) -> Callable[[str], str]:
     return fix
 
 
+def _regex(pattern: str, new: str) -> Callable[[str], str]:
+    def fix(text: str) -> str:
+        out, n = re.subn(pattern, new, text)
+        if not n:
+            raise LabError(f"patch does not apply: /{pattern}/ not found")
+        return out
+
+    return fix
+
+
 def _prepend_include(header: str) -> Callable[[str], str]:
     def fix(text: str) -> str:
         return text if f"#include <{header}>" in text else f"#include <{header}>\n" + text
@@ -149,7 +159,7 @@ SOURCE_PATCHES: tuple[SourcePatch, ...] = (
         "setup dies: 'regenerate_key' is not a recognized argument (Crypt::CBC 3.x); literal_key keeps the "
         "ciphertexts byte-identical to the GUI's",
         ("engine/ispcp_common_methods.pl", "engine/messenger/ispcp-arpl-msgr"),
-        _literal("'regenerate_key' => 0", "'literal_key' => 1"),
+        _regex(r"'regenerate_key'\s*=>\s*0", "'literal_key' => 1"),  # 1.0.5 aligns with two blanks
     ),
     SourcePatch(
         "Apache 2.4 refuses 'Either all Options must start with + or -, or no Option may'",
@@ -353,7 +363,8 @@ def start_services(host: NamespaceHost, services: tuple[str, ...] = SERVICES) ->
 def stop_mariadb(host: NamespaceHost) -> None:
     """A clean MariaDB shutdown before a snapshot (the rest may be killed)."""
     host.sh(
-        "mariadb-admin shutdown 2>/dev/null || true; for i in $(seq 100); do pgrep -x mariadbd >/dev/null || exit 0; sleep 0.1; done"
+        "mariadb-admin shutdown 2>/dev/null || true; "
+        "for i in $(seq 100); do pgrep -x mariadbd >/dev/null || exit 0; sleep 0.1; done"
     )
 
 

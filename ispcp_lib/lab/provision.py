@@ -9,7 +9,6 @@ databases) is done as the GUI does it. The plan (`Plan`) is the truth the judge 
 
 from __future__ import annotations
 
-import crypt  # noqa: F401 - imported lazily below too; kept for the deprecation filter
 import hashlib
 import json
 import random
