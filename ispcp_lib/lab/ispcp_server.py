@@ -95,6 +95,7 @@ class SourcePatch:
     symptom: str
     paths: tuple[str, ...]  # globs relative to the release's top folder
     apply: Callable[[str], str]
+    optional: bool = False  # the files are not in every release (1.0.5 has no ispCP/Registry.php)
 
 
 def _literal(old: str, new: str) -> Callable[[str], str]:
@@ -174,8 +175,26 @@ SOURCE_PATCHES: tuple[SourcePatch, ...] = (
             "daemon_directory             = /usr/lib/postfix/sbin\n",
         ),
     ),
+    # ispcp-update runs engine/setup/updDB.php, which loads the PHP 5 GUI library under PHP 8.2:
+    SourcePatch(
+        "update: 'Update ispCP database schema ... Failed': array_key_exists() on an object (PHP 8)",
+        ("gui/include/ispCP/Registry.php",),
+        _literal("array_key_exists($index, self::getInstance())", "property_exists(self::getInstance(), $index)"),
+        optional=True,
+    ),
+    SourcePatch(
+        "update: updDB.php fails to compile: string offsets with braces $s{$i} were removed in PHP 8",
+        ("gui/include/net_idna/idna_convert.class.php",),
+        _regex(r"(\$\w+)\{(\$[^{}]*)\}", r"\1[\2]"),
+    ),
+    SourcePatch(
+        "update: updDB.php fails to compile: '=& new' is a parse error since PHP 7",
+        ("gui/include/Net_DNS/DNS/RR.php",),
+        _regex(r"=\s*&\s*new\b", "= new"),
+        optional=True,
+    ),
 )
-PATCH_RECIPE = "1"
+PATCH_RECIPE = "2"
 
 
 def patch_tree(top: Path) -> list[str]:
@@ -183,6 +202,8 @@ def patch_tree(top: Path) -> list[str]:
     done = []
     for patch in SOURCE_PATCHES:
         files = sorted({p for g in patch.paths for p in top.glob(g)})
+        if not files and patch.optional:
+            continue
         if not files:
             raise LabError(f"no file for patch: {patch.symptom}")
         for path in files:

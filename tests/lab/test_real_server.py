@@ -142,3 +142,17 @@ def test_the_adaptations_apply_to_1_0_5_too(tarball_107: Path, tmp_path: Path) -
     assert any("ispcp_common_methods.pl" in line for line in changed)
     assert any("postfix/main.cf" in line for line in changed)
     shutil.rmtree(top)
+
+
+def test_lab_cli_start_list_stop(tarball_107: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ispcp_lib.runbook.cli import main
+
+    assert main(["lab", "start", "cli-srv", "--source", str(tarball_107)]) == 0
+    out = capsys.readouterr().out
+    assert "ssh -p" in out and "StrictHostKeyChecking=yes" in out
+    assert main(["lab", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^cli-srv\s+srv01\.ispcp\.test\s+127\.0\.0\.2\s.*running$", listing, re.M), listing
+    assert main(["lab", "stop", "cli-srv"]) == 0
+    assert main(["lab", "list"]) == 0
+    assert "cli-srv" not in capsys.readouterr().out
