@@ -25,9 +25,11 @@ from ispcp_lib.lab.images import ImageSpec, ensure_image, log
 # -- packages ---------------------------------------------------------------------------------------
 # docs/Debian/debian-packages-squeeze, with bookworm's names. Left out (ispcp-setup tolerates their
 # absence): apache2-mpm-worker, libapache2-mod-fastcgi (not packaged; fcgid is used), awstats
-# (answered "no"), rkhunter, chkrootkit, php5-mcrypt and php5-adodb (no PHP 8 package), and the
+# (answered "no"), rkhunter, chkrootkit, php5-adodb (no PHP 8 package), and the
 # library/version packages folded into others (apache2.2-common, libperl5.10, perl-modules,
 # libmysqlclient16, libdigest-md5-perl: part of perl).
+# php-mcrypt (PECL) stands in for php5-mcrypt: updDB.php (ispcp-update) stops with "PHP extension
+# 'mcrypt' not loaded!" without it, as the GUI's decrypt_db_password() needs it.
 ISPCP_PACKAGES = tuple(
     """
     apache2 apache2-suexec-pristine apache2-utils libapache2-mod-fcgid bash bind9 dnsutils bzip2
@@ -41,7 +43,7 @@ ISPCP_PACKAGES = tuple(
     libterm-readpassword-perl libhtml-parser-perl libtimedate-perl
     locales lsb-base lsb-release lynx xz-utils original-awk perl perl-base
     mariadb-client mariadb-server mysql-common
-    php-pear php-cli php-cgi php-mysql php-gd
+    php-pear php-cli php-cgi php-mysql php-gd php-mcrypt
     policyd-weight postfix postgrey procmail proftpd-basic proftpd-mod-mysql sasl2-bin
     openssh-server openssh-client rsync tar wget net-tools cron rsyslog procps iproute2 passwd findutils
     """.split()
@@ -480,3 +482,47 @@ def start_server(
 
 def shell_quote(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# The INSTALL "Update" procedure (docs/Debian/INSTALL, section 5, steps 4-8), for a release tree
+# already under /usr/local/src (the install layer keeps it there).
+UPDATE_PREPARE = r"""
+set -e
+cd "$1"
+/etc/init.d/ispcp_daemon stop || true
+make install >/dev/null
+cp -v /var/www/ispcp/engine/ispcp-db-keys.pl /tmp/ispcp/var/www/ispcp/engine/
+cp -v /var/www/ispcp/engine/messenger/ispcp-db-keys.pl /tmp/ispcp/var/www/ispcp/engine/messenger/
+cp -v /var/www/ispcp/gui/include/ispcp-db-keys.php /tmp/ispcp/var/www/ispcp/gui/include/
+cp -TRv /var/www/ispcp/gui/domain_default_page /tmp/ispcp/var/www/ispcp/gui/domain_default_page
+rm -Rf /var/www/ispcp/engine/
+rm -Rf /var/www/ispcp/gui/admin /var/www/ispcp/gui/client /var/www/ispcp/gui/include \
+  /var/www/ispcp/gui/orderpanel /var/www/ispcp/gui/themes /var/www/ispcp/gui/reseller
+rm -Rf /var/www/ispcp/gui/tools/pma/ /var/www/ispcp/gui/tools/filemanager/ /var/www/ispcp/gui/tools/webmail/ \
+  /var/www/ispcp/gui/tools/index.php
+rm -Rf /var/www/ispcp/gui/*.php /var/www/ispcp/gui/favicon.ico /var/www/ispcp/gui/robots.txt
+cp -R /tmp/ispcp/usr/* /usr/
+cp -R /tmp/ispcp/var/* /var/
+mv /etc/ispcp/ispcp.conf /etc/ispcp/ispcp.old.conf
+cp -R /tmp/ispcp/etc/* /etc/
+"""
+
+
+def run_update(host: NamespaceHost, timeout: float = 900) -> str:
+    """The release's own ispcp-update after INSTALL's update steps; returns the transcript.
+
+    Only for an update of a healthy lab server (same identity): a recovery answers from its backup.
+    """
+    from ispcp_lib.lab.pty_driver import drive
+
+    top = next((host.root / "usr/local/src").glob("ispcp-omega-*"))
+    host.exec(["/bin/sh", "-c", UPDATE_PREPARE, "update", f"/usr/local/src/{top.name}"], timeout=300)
+    argv = host.exec_argv(
+        ["perl", "ispcp-update"], env={"PERL_USE_UNSAFE_INC": "1", "TERM": "xterm"}, cwd="/var/www/ispcp/engine/setup"
+    )
+    return drive(
+        argv,
+        [("Do you want to continue ?", "Y"), ("Please, type 'Enter' to continue", "")],
+        success="Congratulations, you updated ispCP",
+        timeout=timeout,
+    )

@@ -154,5 +154,19 @@ def test_lab_cli_start_list_stop(tarball_107: Path, capsys: pytest.CaptureFixtur
     listing = capsys.readouterr().out
     assert re.search(r"^cli-srv\s+srv01\.ispcp\.test\s+127\.0\.0\.2\s.*running$", listing, re.M), listing
     assert main(["lab", "stop", "cli-srv"]) == 0
+    assert "stopped" in capsys.readouterr().out
     assert main(["lab", "list"]) == 0
     assert "cli-srv" not in capsys.readouterr().out
+
+
+def test_the_real_update_runs_to_congratulations(tarball_107: Path) -> None:
+    """INSTALL's update procedure and the release's own ispcp-update, with the bookworm adaptations."""
+    from ispcp_lib.lab.ispcp_server import run_update
+
+    host = start_server(tarball_107, DEAD, name="lab-update")
+    try:
+        transcript = run_update(host)
+        assert "Congratulations, you updated ispCP" in transcript
+        assert (host.root / "etc/ispcp/ispcp.old.conf").exists()
+    finally:
+        host.stop()
