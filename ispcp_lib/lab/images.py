@@ -36,10 +36,9 @@ SUITE = "bookworm"
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 # Nothing in a lab image may start a service while packages install: the servers start their own.
 POLICY_RC_D = "#!/bin/sh\nexit 101\n"
-# Documentation and translations are never read in the lab; leaving them out makes every layer smaller.
-DPKG_EXCLUDES = (
-    "path-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n"
-)
+# Translations are never read in the lab; leaving them out makes every layer smaller. (Man pages stay:
+# maildrop's postinst registers man pages as update-alternatives slaves and fails without them.)
+DPKG_EXCLUDES = "path-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n"
 
 
 def cache_dir() -> Path:
@@ -63,6 +62,10 @@ class ImageSpec:
     # Runs inside the building host after the packages; its behaviour is keyed by `recipe`.
     post: Callable[[NamespaceHost], None] | None = field(default=None, compare=False)
     recipe: str = "1"
+    # A layer built with services running (ispcp-setup) gets a private network with this address;
+    # package layers keep the host's network, which apt needs.
+    address: str = ""
+    hostname: str = "srv01.ispcp.test"
 
     def key(self) -> str:
         data = {
@@ -70,6 +73,8 @@ class ImageSpec:
             "packages": sorted(self.packages),
             "preseed": list(self.preseed),
             "recipe": self.recipe,
+            "address": self.address,
+            "hostname": self.hostname,
             "parent": self.parent.key() if self.parent else base_key(),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -90,7 +95,7 @@ def mirror() -> str:
 
 
 def base_key() -> str:
-    return hashlib.sha256(f"minbase|{SUITE}|{mirror()}|2".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"minbase|{SUITE}|{mirror()}|{DPKG_EXCLUDES}|3".encode()).hexdigest()[:12]
 
 
 @contextmanager
@@ -186,7 +191,14 @@ def _build_layer(spec: ImageSpec, lower: list[Path], final: Path) -> None:
     started = time.monotonic()
     log(f"building image layer {spec.dirname()} ({len(spec.packages)} packages)")
     # Built with the host's network (apt needs the mirror), in its own pid, mount and UTS namespaces.
-    host = NamespaceHost.start(lower, name=f"build-{spec.name}", network=False, state_dir=tmp)
+    host = NamespaceHost.start(
+        lower,
+        name=f"build-{spec.name}",
+        network=bool(spec.address),
+        address=spec.address or "127.0.0.2",
+        hostname=spec.hostname,
+        state_dir=tmp,
+    )
     try:
         if spec.preseed:
             host.exec(["debconf-set-selections"], input="\n".join(spec.preseed) + "\n")

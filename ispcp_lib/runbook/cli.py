@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ispcp_lib.core.context import DEFAULT_STATE_DIR
+from ispcp_lib.lab.cli import add_lab_parser
 from ispcp_lib.runbook import decrypt_password
 from ispcp_lib.runbook.notebook_build import NOTEBOOK
 from ispcp_lib.runbook.session import write_private
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decrypt_password.add_arguments(dp)
     dp.set_defaults(func=decrypt_password.cmd_decrypt_password)
+    add_lab_parser(sub)
     return parser
 
 
