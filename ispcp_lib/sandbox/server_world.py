@@ -45,13 +45,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ispcp_lib.core.connection import SshConnection
+from ispcp_lib.core.connection import LocalConnection, SshConnection
 from ispcp_lib.core.connection import SshTarget as ConnSshTarget
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.lab.host import NamespaceHost, SshServer, SshTarget
-from ispcp_lib.mysql.service import SandboxMysql, handshake_version
+from ispcp_lib.mysql.service import SandboxMysql, server_version
 from ispcp_lib.sandbox import accounts, dns, postfix, private_mysql
 from ispcp_lib.sandbox.files import put_file
 
@@ -239,7 +239,7 @@ def start_mysql(world: World) -> None:
         _start_host_mysql(world)
         return
     host_of(world).exec(["/etc/init.d/mariadb", "start"], timeout=START_TIMEOUT + 30)
-    _wait(lambda: handshake_version(_socket(world)) is not None, "MariaDB inside the server", world)
+    _wait(lambda: _greeting(world) is not None, "MariaDB inside the server", world)
 
 
 def _start_host_mysql(world: World) -> None:
@@ -257,15 +257,15 @@ def _start_host_mysql(world: World) -> None:
 def stop_mysql(world: World) -> None:
     if world._mysql is not None or connection_of(world) == "local":
         host_mysql(world).stop()
-    if handshake_version(_socket(world)) is None:
+    if _greeting(world) is None:
         return
     # The runbook may have restarted it through the connection; the init script finds it either way.
     host_of(world).exec(["/etc/init.d/mariadb", "stop"], timeout=180, check=False)
-    _wait(lambda: handshake_version(_socket(world)) is None, "MariaDB inside the server to stop", world)
+    _wait(lambda: _greeting(world) is None, "MariaDB inside the server to stop", world)
 
 
 def mysql_running(world: World) -> bool:
-    return handshake_version(_socket(world)) is not None
+    return _greeting(world) is not None
 
 
 def _wait(condition: Any, what: str, world: World, timeout: float = START_TIMEOUT) -> None:
@@ -497,3 +497,8 @@ def ssh_connection(target: SshTarget) -> SshConnection:
             ssh_options=list(target.ssh_options),
         )
     )
+
+
+def _greeting(world: World) -> str | None:
+    """The version the server inside greets with on its socket (read from this machine), None if silent."""
+    return server_version(LocalConnection("/"), str(_socket(world)))
