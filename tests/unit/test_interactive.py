@@ -72,7 +72,9 @@ def _session(ctx: Context) -> tuple[interactive.InteractiveSession, list]:
 
 
 def _journal(ctx: Context) -> list[dict]:
-    return [json.loads(line) for line in ctx.journal_path.read_text().splitlines()]
+    """The step records (operation records of the write-ahead log left out)."""
+    records = [json.loads(line) for line in ctx.journal_path.read_text().splitlines()]
+    return [r for r in records if "name" in r]
 
 
 # -- the apply gate ------------------------------------------------------------------------------
