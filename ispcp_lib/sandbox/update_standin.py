@@ -433,7 +433,7 @@ class Update:
 
     # -- customers -----------------------------------------------------------------------------
     def manager_sleeps(self, manager: str) -> bool:
-        from ispcp_lib.steps.engine_speedup import find_sleep_lines
+        from ispcp_lib.ispcp.engine_sleep import find_sleep_lines
 
         path = self.path(f"{self.conf.get('ROOT_DIR') or '/var/www/ispcp'}/engine/{manager}")
         if not path.is_file():

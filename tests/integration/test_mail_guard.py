@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from ispcp_lib.core.action import StepFailed, action
-from ispcp_lib.core.context import Context
 from ispcp_lib.core.connection import LocalConnection
+from ispcp_lib.core.context import Context
 from ispcp_lib.core.result import Result, render_html
 from ispcp_lib.facts import postfix as pf
 from ispcp_lib.runbook.session import open_run
