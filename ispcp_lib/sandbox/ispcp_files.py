@@ -143,7 +143,7 @@ def request_manager() -> str:
         f"#!{sys.executable}\n"
         "# ispCP (OMEGA) a Virtual Hosting Control Panel - ispcp-rqst-mngr\n"
         "# SANDBOX STAND-IN written by ispcp_lib.sandbox for tests: NOT the real ispCP engine.\n"
-        "# It runs only with ISPCP_SANDBOX_ROOT set to a sandbox target root.\n\n"
+        "# It runs only inside a sandbox world's target tree.\n\n"
         "import sys\n\n"
         "from ispcp_lib.sandbox.update_standin import request_manager_main\n\n"
         "sys.exit(request_manager_main())\n"
