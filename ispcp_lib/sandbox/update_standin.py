@@ -40,6 +40,8 @@ WORLD_MANIFEST = "world.json"  # ispcp_lib.sandbox.world.MANIFEST, beside the ta
 ENV_SCALE = "ISPCP_SANDBOX_SLEEP_SCALE"
 DEFAULT_OLD_CONF = "/etc/ispcp/ispcp.old.conf"
 BACKUP_LOCK = "/tmp/ispcp-backup-all.lock"
+# The stand-ins run this checkout's code, whichever ispcp_lib the interpreter has installed.
+PACKAGE_PATH = f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})"
 
 HEADER = """\
 # =====================================================================================
@@ -114,6 +116,7 @@ def install(target_root: Path, world: Any = None) -> Path:
     path.write_text(
         f"#!{sys.executable}\n{HEADER}\n"
         "import sys\n\n"
+        f"{PACKAGE_PATH}\n"
         "from ispcp_lib.sandbox.update_standin import main\n\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -173,7 +176,7 @@ class Update:
 
     def query(self, text: str, secret: bool = False) -> str:
         """Query.pm's pr(): the question wrapped at 72 columns with a tab in front of each line (Query.pm:169)."""
-        lines = textwrap.wrap(text.rstrip(), width=64, expand_tabs=False, break_on_hyphens=False)
+        lines = textwrap.wrap(text.rstrip(), width=63, break_on_hyphens=False)  # 71 columns minus the tab
         self.out("\n")  # spacer(), Query.pm:125
         return self.ask("\t" + "\n\t".join(lines) + " ", secret)
 

@@ -148,6 +148,9 @@ RECOVERY_PROMPTS: tuple[tuple[str, str], ...] = (
     ),
 )
 SETTING_SOURCES = "ispcp.old.conf on the target, the backup's ispcp.conf, the target's ispcp.conf"
+# Every recovery question but this one offers a default (the setup's own: hostname -f, the first
+# address, admin.<hostname>, …): an empty answer takes it when no config holds the setting.
+NO_DEFAULT = ("DEFAULT_ADMIN_ADDRESS",)
 
 DB_LOGIN = "database login failed"
 DB_DOWN = FailurePattern(
@@ -399,7 +402,8 @@ def skipped_prechecks(ctx: Context) -> set[str]:
 
 
 def setting_answers(ctx: Context, conf: IspcpConf) -> dict[str, str]:
-    """The recovery-mode answers: each setting's first non-empty value in SETTING_SOURCES."""
+    """The recovery-mode answers: each setting's first non-empty value in SETTING_SOURCES, else the
+    script's default (an empty answer) where it offers one."""
     configs = [update_env.load_conf(ctx, update_env.old_conf_path(conf))]
     try:
         configs.append(bl.load_old_conf(ctx))
@@ -412,6 +416,8 @@ def setting_answers(ctx: Context, conf: IspcpConf) -> dict[str, str]:
         if value is not None:
             # ask_resolver takes y/n (ispcp-setup-methods.pl:468); ispcp.conf says yes/no.
             out[key] = {"yes": "y", "no": "n"}.get(value.lower(), value) if key == "LOCAL_DNS_RESOLVER" else value
+        elif key not in NO_DEFAULT:
+            out[key] = ""
     return out
 
 
