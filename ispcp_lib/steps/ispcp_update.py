@@ -18,8 +18,7 @@ from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import CommandRecord, Result
-from ispcp_lib.facts import backup_layout as bl
-from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
+from ispcp_lib.facts import backup_layout, ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
 from ispcp_lib.ispcp import health, update_env
 from ispcp_lib.ispcp.keyfiles import layout_paths
@@ -406,7 +405,7 @@ def setting_answers(ctx: Context, conf: IspcpConf) -> dict[str, str]:
     script's default (an empty answer) where it offers one."""
     configs = [update_env.load_conf(ctx, update_env.old_conf_path(conf))]
     try:
-        configs.append(bl.load_old_conf(ctx))
+        configs.append(backup_layout.load_old_conf(ctx))
     except InputError:
         pass  # an unreadable backup config is inventory's business; the others may still answer
     configs.append(conf)

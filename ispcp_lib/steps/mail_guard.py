@@ -21,10 +21,7 @@ from ispcp_lib.core.action import action, last_applied
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import GuardBroken, InputError, PreconditionFailed
 from ispcp_lib.core.result import Diff, Result
-from ispcp_lib.facts import backup_layout as bl
-from ispcp_lib.facts import dns_table as dt_facts
-from ispcp_lib.facts import mysql_creds
-from ispcp_lib.facts import postfix as pf
+from ispcp_lib.facts import backup_layout, dns_table, mysql_creds, postfix
 from ispcp_lib.facts.backup_db_reader import read_backup_database
 from ispcp_lib.ispcp import update_env
 from ispcp_lib.system import postfix_guard as guard
@@ -147,7 +144,7 @@ def settings(ctx: Context) -> Settings:
     if mode not in MODES:
         raise InputError("mail_guard_mode", f"is {mode!r}", f"use one of {', '.join(MODES)}")
     try:
-        dt_facts.parse_nameserver(ctx.param("dns_nameserver"))
+        dns_table.parse_nameserver(ctx.param("dns_nameserver"))
     except ValueError as exc:
         raise InputError(
             "dns_nameserver",
@@ -174,7 +171,7 @@ def settings(ctx: Context) -> Settings:
 def run(ctx: Context, result: Result) -> None:
     s = settings(ctx)
     cfg = s.config_dir
-    installed = pf.installed(ctx.target, cfg)
+    installed = postfix.installed(ctx.target, cfg)
     if not installed and s.mode == "soft_bounce":
         raise PreconditionFailed(
             "Postfix",
@@ -184,7 +181,7 @@ def run(ctx: Context, result: Result) -> None:
             path=f"{cfg}/main.cf",
         )
     if installed:
-        error = pf.config_error(ctx.target, cfg)
+        error = postfix.config_error(ctx.target, cfg)
         if error:
             raise InputError(
                 "Postfix main.cf",
@@ -204,7 +201,7 @@ def run(ctx: Context, result: Result) -> None:
 
     names, source = _hosted_names(ctx, result)
     probe_address = f"postmaster@{names[0].domain}" if names else None
-    before = pf.smtp_rcpt_answer(ctx.target, probe_address, s.smtp_port) if probe_address else None
+    before = postfix.smtp_rcpt_answer(ctx.target, probe_address, s.smtp_port) if probe_address else None
 
     if s.mode == "soft_bounce":
         _guard_soft_bounce(ctx, result, s, state)
@@ -222,7 +219,7 @@ def run(ctx: Context, result: Result) -> None:
 
     after = None
     if probe_address and ctx.apply and result.changed:
-        after = pf.smtp_rcpt_answer(ctx.target, probe_address, s.smtp_port)
+        after = postfix.smtp_rcpt_answer(ctx.target, probe_address, s.smtp_port)
     _probe_table(result, before, after, s.smtp_port)
     if before is not None and installed:
         _probe_source_note(ctx, result, cfg)
@@ -252,10 +249,10 @@ def run(ctx: Context, result: Result) -> None:
 def _guard_soft_bounce(ctx: Context, result: Result, s: Settings, state: dict[str, Any] | None) -> None:
     cfg = s.config_dir
     main_cf = f"{cfg}/main.cf"
-    current = pf.effective_value(ctx.target, cfg, "soft_bounce")
-    explicit = pf.explicit_setting(ctx.target, cfg, "soft_bounce")
-    queue = pf.queue_directory(ctx.target, cfg)
-    running = pf.master_pid(ctx.target, queue)
+    current = postfix.effective_value(ctx.target, cfg, "soft_bounce")
+    explicit = postfix.explicit_setting(ctx.target, cfg, "soft_bounce")
+    queue = postfix.queue_directory(ctx.target, cfg)
+    running = postfix.master_pid(ctx.target, queue)
     if current == "yes" and state is not None:
         result.noop_reason = f"soft_bounce is already yes (guard set {state.get('set_at', '?')})"
         return
@@ -288,7 +285,7 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: Settings, state: dict[st
         ctx.keep(main_cf)
         ctx.state.mkdir(guard.copy_dir(ctx), mode=0o700)
         ctx.state.write_atomic(copy, old_bytes, mode=0o600)
-    exe = pf.binary(ctx.target, "postconf") or "postconf"
+    exe = postfix.binary(ctx.target, "postconf") or "postconf"
     ctx.runner.run([exe, "-c", ctx.target.path(cfg), "-e", "soft_bounce=yes"], mutates=True)
     if ctx.apply:
         new_bytes = ctx.target.read_bytes(main_cf) or b""
@@ -308,11 +305,11 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: Settings, state: dict[st
 
 def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any] | None, installed: bool) -> None:
     cfg, port = s.config_dir, s.smtp_port
-    queue = pf.queue_directory(ctx.target, cfg) if installed else None
-    pid = pf.master_pid(ctx.target, queue)
+    queue = postfix.queue_directory(ctx.target, cfg) if installed else None
+    pid = postfix.master_pid(ctx.target, queue)
     policy_here = ctx.target.stat(guard.POLICY_RC_D) is not None
     ours = guard.is_ours(ctx, guard.POLICY_RC_D)
-    systemd = pf.systemd_running(ctx.target)
+    systemd = postfix.systemd_running(ctx.target)
     masked = {u: guard.unit_masked(ctx, u) for u in SYSTEMD_UNITS} if systemd else {}
     previous = (state or {}).get("previous") or {
         "master_running": pid is not None,
@@ -329,7 +326,7 @@ def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any]
         ctx.runner.run(guard.service_argv(ctx, cfg, "stop"), mutates=True)
         if ctx.apply:
             _wait_stopped(ctx, queue, port)
-    elif pf.port_answers(ctx.target, port):
+    elif postfix.port_answers(ctx.target, port):
         raise PreconditionFailed(
             f"SMTP port {port}",
             f"answers, but no Postfix master of {cfg} runs: another mail server listens",
@@ -380,7 +377,7 @@ def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any]
 def _wait_stopped(ctx: Context, queue: str | None, port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pf.master_pid(ctx.target, queue) is None and not pf.port_answers(ctx.target, port):
+        if postfix.master_pid(ctx.target, queue) is None and not postfix.port_answers(ctx.target, port):
             return
         time.sleep(0.1)
 
@@ -405,7 +402,7 @@ def in_mynetworks(value: str, address: str = PROBE_SOURCE) -> str | None:
 
 def _probe_source_note(ctx: Context, result: Result, cfg: str) -> None:
     """Say so when the probe comes from an address Postfix trusts: then it does not show what outsiders get."""
-    value = pf.effective_value(ctx.target, cfg, "mynetworks")
+    value = postfix.effective_value(ctx.target, cfg, "mynetworks")
     entry = in_mynetworks(value) if value else None
     if result.data.get("smtp_probe") is not None:
         result.data["smtp_probe"]["source_in_mynetworks"] = entry
@@ -418,7 +415,9 @@ def _probe_source_note(ctx: Context, result: Result, cfg: str) -> None:
         )
 
 
-def _probe_table(result: Result, before: pf.ProbeAnswer | None, after: pf.ProbeAnswer | None, port: int) -> None:
+def _probe_table(
+    result: Result, before: postfix.ProbeAnswer | None, after: postfix.ProbeAnswer | None, port: int
+) -> None:
     if before is None:
         result.note("SMTP probe: no hosted domain is known, so there is no address to probe.")
         return
@@ -458,16 +457,16 @@ def _probe_table(result: Result, before: pf.ProbeAnswer | None, after: pf.ProbeA
 def _guard_frame(ctx: Context, s: Settings, installed: bool) -> Any:
     cfg = s.config_dir
     state = guard.guard_state(ctx)
-    queue = pf.queue_directory(ctx.target, cfg) if installed else None
-    pid = pf.master_pid(ctx.target, queue)
+    queue = postfix.queue_directory(ctx.target, cfg) if installed else None
+    pid = postfix.master_pid(ctx.target, queue)
     rows = [
         ("guard recorded", f"{state.get('mode')} since {state.get('set_at')}" if state else "no"),
         ("Postfix config", f"{cfg} ({'installed' if installed else 'not installed'})"),
         ("Postfix master", f"running, pid {pid}" if pid else "not running"),
-        (f"SMTP port {s.smtp_port}", "answers" if pf.port_answers(ctx.target, s.smtp_port) else "closed"),
+        (f"SMTP port {s.smtp_port}", "answers" if postfix.port_answers(ctx.target, s.smtp_port) else "closed"),
     ]
     if installed:
-        rows.append(("soft_bounce", pf.effective_value(ctx.target, cfg, "soft_bounce") or "?"))
+        rows.append(("soft_bounce", postfix.effective_value(ctx.target, cfg, "soft_bounce") or "?"))
     if guard.is_ours(ctx, guard.POLICY_RC_D):
         policy = "the guard's (blocks postfix)"
     else:
@@ -482,10 +481,10 @@ def _guard_frame(ctx: Context, s: Settings, installed: bool) -> Any:
 # --- the DNS table -----------------------------------------------------------------------------------
 
 
-def _hosted_names(ctx: Context, result: Result) -> tuple[list[dt_facts.HostedName], str]:
+def _hosted_names(ctx: Context, result: Result) -> tuple[list[dns_table.HostedName], str]:
     """Names from the restored database when it answers (after mysql_restore), else the backup's copy."""
     try:
-        conf = bl.load_old_conf(ctx)
+        conf = backup_layout.load_old_conf(ctx)
     except InputError as exc:
         result.warn(f"the backup's ispcp.conf is unreadable ({exc}); assuming database 'ispcp' in /var/lib/mysql")
         conf = None
@@ -496,7 +495,7 @@ def _hosted_names(ctx: Context, result: Result) -> tuple[list[dt_facts.HostedNam
         if login is not None:
             try:
                 with ctx.mysql.connect(login.user, login.password, dbname) as conn:
-                    return dt_facts.hosted_names(conn), f"the restored database '{dbname}' on the target"
+                    return dns_table.hosted_names(conn), f"the restored database '{dbname}' on the target"
             except Exception as exc:
                 result.warn(
                     f"the restored database did not answer ({type(exc).__name__}: {exc}); "
@@ -509,7 +508,7 @@ def _hosted_names(ctx: Context, result: Result) -> tuple[list[dt_facts.HostedNam
         if escaped is not None:
             raise InputError("backup database", f"leads to {escaped}, outside the backup", "copy it into the backup")
         # The throwaway server runs on this machine: it reads the backup where this machine sees it.
-        names = read_backup_database(Path(ctx.backup.path(datadir)), dbname, dt_facts.hosted_names)
+        names = read_backup_database(Path(ctx.backup.path(datadir)), dbname, dns_table.hosted_names)
         return names, f"the backup's copy of '{dbname}' (read by a throwaway MariaDB on a copy)"
     except Exception as exc:  # the guard matters more than the table: warn and go on
         result.warn(f"cannot read the hosted names from the backup's database: {exc}")
@@ -520,7 +519,7 @@ def _ips(ctx: Context) -> tuple[str | None, str | None]:
     old_ip = ctx.param("old_server_ip")
     if not old_ip:
         try:
-            conf = bl.load_old_conf(ctx)
+            conf = backup_layout.load_old_conf(ctx)
         except InputError:
             conf = None
         old_ip = conf.get("BASE_SERVER_IP") if conf else None
@@ -532,15 +531,15 @@ def _ips(ctx: Context) -> tuple[str | None, str | None]:
 
 
 def _dns_table(
-    ctx: Context, result: Result, s: Settings, names: list[dt_facts.HostedName], source: str
-) -> dt_facts.DnsTable | None:
+    ctx: Context, result: Result, s: Settings, names: list[dns_table.HostedName], source: str
+) -> dns_table.DnsTable | None:
     if not names:
         result.warn("DNS table: no hosted names to look up")
         return None
     old_ip, new_ip = _ips(ctx)
     ctx.log(f"DNS table: {len(names)} names from {source}")
     try:
-        table = dt_facts.resolve_all(
+        table = dns_table.resolve_all(
             names,
             nameserver=s.nameserver,
             timeout=s.dns_timeout,
@@ -555,13 +554,13 @@ def _dns_table(
     result.note(f"DNS table: {len(names)} hosted names from {source}. {table.summary()}.")
     if old_ip and new_ip and old_ip == new_ip:
         result.note("The new server has the old server's IP: every name that points at it sends its mail HERE.")
-    if table.counts.get(dt_facts.TIMEOUT):
-        result.warn(f"DNS table: {table.counts[dt_facts.TIMEOUT]} names timed out (nameserver {table.nameserver})")
+    if table.counts.get(dns_table.TIMEOUT):
+        result.warn(f"DNS table: {table.counts[dns_table.TIMEOUT]} names timed out (nameserver {table.nameserver})")
     result.table("DNS verdicts", table.counts_frame())
     if len(table.rows) <= FULL_TABLE_ROWS:
         result.table("DNS table: where each hosted name's mail goes", table.frame())
     else:
-        keep = [r for r in table.rows if r["mail_to"] != dt_facts.NEW][:FULL_TABLE_ROWS]
+        keep = [r for r in table.rows if r["mail_to"] != dns_table.NEW][:FULL_TABLE_ROWS]
         result.table(
             f"DNS table: the {len(keep)} first names whose mail does not go to the new IP "
             f"(of {len(table.rows)}; all rows are in result.data['dns_table'])",

@@ -22,7 +22,7 @@ from ispcp_lib.core.action import WATCHDOGS
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import GuardBroken
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts import postfix as pf
+from ispcp_lib.facts import postfix
 
 STATE_FILE = "mail_guard.json"
 DEFAULT_CONFIG_DIR = "/etc/postfix"
@@ -90,15 +90,15 @@ def _check_stopped(ctx: Context, state: dict[str, Any]) -> tuple[bool, str]:
     cfg = state["config_dir"]
     port = int(state.get("smtp_port") or 25)
     queue = state.get("queue_directory")
-    if queue is None and pf.installed(ctx.target, cfg):  # Postfix was installed after the guard was set
-        queue = pf.queue_directory(ctx.target, cfg)
-    pid = pf.master_pid(ctx.target, queue)
+    if queue is None and postfix.installed(ctx.target, cfg):  # Postfix was installed after the guard was set
+        queue = postfix.queue_directory(ctx.target, cfg)
+    pid = postfix.master_pid(ctx.target, queue)
     if pid is not None:
         return False, (
             f"Postfix is RUNNING (master pid {pid}, config {cfg}) although the guard is 'stop': "
             "it rejects mail for the hosted domains with hard errors"
         )
-    if pf.port_answers(ctx.target, port):
+    if postfix.port_answers(ctx.target, port):
         return False, (
             f"something ANSWERS on SMTP port {port} although the guard is 'stop': mail for the "
             "hosted domains can be rejected for good"
@@ -115,7 +115,7 @@ def _check_soft_bounce(ctx: Context, cfg: str) -> tuple[bool, str]:
     main_cf = f"{cfg}/main.cf"
     if not ctx.target.is_file(main_cf):
         return False, f"{main_cf} is gone, so soft_bounce is no longer set"
-    value = pf.effective_value(ctx.target, cfg, "soft_bounce")
+    value = postfix.effective_value(ctx.target, cfg, "soft_bounce")
     if value is None:
         return False, f"postconf cannot read {main_cf} any more, so soft_bounce cannot be confirmed"
     if value != "yes":
@@ -158,14 +158,14 @@ def register_watchdogs() -> None:
 
 def service_argv(ctx: Context, cfg: str, verb: str) -> list[str]:
     """Start/stop through systemd when it supervises the target's default Postfix, else `postfix -c DIR`."""
-    if cfg == DEFAULT_CONFIG_DIR and pf.systemd_running(ctx.target):
+    if cfg == DEFAULT_CONFIG_DIR and postfix.systemd_running(ctx.target):
         return ["systemctl", verb, "postfix.service"]
     return postfix_argv(ctx, cfg, verb)
 
 
 def postfix_argv(ctx: Context, cfg: str, verb: str) -> list[str]:
     """`postfix -c DIR verb` on the target (start, stop, reload)."""
-    return [pf.binary(ctx.target, "postfix") or "postfix", "-c", ctx.target.path(cfg), verb]
+    return [postfix.binary(ctx.target, "postfix") or "postfix", "-c", ctx.target.path(cfg), verb]
 
 
 def unit_masked(ctx: Context, unit: str) -> bool:
@@ -218,15 +218,15 @@ def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: 
         # Somebody (ispcp-update) rewrote main.cf since: only soft_bounce goes back, their changes stay.
         result.note(f"{main_cf} changed since the guard was set: only soft_bounce is put back.")
         changed = _put_back_soft_bounce(ctx, result, cfg, previous.get("soft_bounce_explicit"))
-    pid = pf.master_pid(ctx.target, pf.queue_directory(ctx.target, cfg))
+    pid = postfix.master_pid(ctx.target, postfix.queue_directory(ctx.target, cfg))
     if changed and pid is not None:
         result.change(f"reload Postfix (master pid {pid})")
         ctx.runner.run(postfix_argv(ctx, cfg, "reload"), mutates=True)
 
 
 def _put_back_soft_bounce(ctx: Context, result: Result, cfg: str, wanted: str | None) -> bool:
-    explicit_now = pf.explicit_setting(ctx.target, cfg, "soft_bounce")
-    exe = pf.binary(ctx.target, "postconf") or "postconf"
+    explicit_now = postfix.explicit_setting(ctx.target, cfg, "soft_bounce")
+    exe = postfix.binary(ctx.target, "postconf") or "postconf"
     if wanted is None and explicit_now is not None:
         result.change(f"remove soft_bounce from {cfg}/main.cf (it was not set before the guard)")
         ctx.runner.run([exe, "-c", ctx.target.path(cfg), "-X", "soft_bounce"], mutates=True)
@@ -255,7 +255,7 @@ def _lift_stop(ctx: Context, result: Result, cfg: str, previous: dict[str, Any])
         if not was_masked and unit_masked(ctx, unit):
             result.change(f"systemctl unmask {unit}")
             ctx.runner.run(["systemctl", "unmask", unit], mutates=True)
-    if previous.get("master_running") and pf.installed(ctx.target, cfg):
-        if pf.master_pid(ctx.target, pf.queue_directory(ctx.target, cfg)) is None:
+    if previous.get("master_running") and postfix.installed(ctx.target, cfg):
+        if postfix.master_pid(ctx.target, postfix.queue_directory(ctx.target, cfg)) is None:
             result.change("start Postfix again (it ran before the guard)")
             ctx.runner.run(service_argv(ctx, cfg, "start"), mutates=True)

@@ -14,7 +14,7 @@ from ispcp_lib.core.action import StepFailed, action
 from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.result import Result, render_html
-from ispcp_lib.facts import postfix as pf
+from ispcp_lib.facts import postfix
 from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox import dns as sdns
 from ispcp_lib.sandbox import postfix as spf
@@ -54,7 +54,7 @@ def later_step(ctx: Context, result: Result) -> None:
     result.change("would change something")
 
 
-def answer(params: dict[str, Any]) -> pf.ProbeAnswer:
+def answer(params: dict[str, Any]) -> postfix.ProbeAnswer:
     return spf.probe(params["postfix_smtp_port"], ADDRESS)
 
 
@@ -152,8 +152,8 @@ def test_watchdog_stops_later_steps_when_soft_bounce_is_switched_off(mail_world:
     lifted = lift_step(ctx_for(world, params, apply=True))
     assert lifted.status == "done", lifted.errors
     assert any("changed since the guard" in n for n in lifted.notes)
-    assert pf.explicit_setting(HOST, cfg, "soft_bounce") is None
-    assert pf.explicit_setting(HOST, cfg, "myorigin") == "rewritten-by-ispcp-update.test"
+    assert postfix.explicit_setting(HOST, cfg, "soft_bounce") is None
+    assert postfix.explicit_setting(HOST, cfg, "myorigin") == "rewritten-by-ispcp-update.test"
     assert answer(params).code == 554
 
 
@@ -182,19 +182,19 @@ def test_stop_mode_refuses_connections_blocks_starts_and_lifts(mail_world: tuple
 
     # Somebody starts Postfix behind the guard's back: the next changing step refuses.
     subprocess.run(["postfix", "-c", params["postfix_config_dir"], "start"], check=True, capture_output=True)
-    _wait(lambda: pf.port_answers(HOST, params["postfix_smtp_port"]))
+    _wait(lambda: postfix.port_answers(HOST, params["postfix_smtp_port"]))
     ok, message = guard.check_guard(ctx)
     assert not ok and "RUNNING" in message
     with pytest.raises(StepFailed, match="MAIL GUARD BROKEN"):
         later_step(ctx_for(world, params, apply=True))
     subprocess.run(["postfix", "-c", params["postfix_config_dir"], "stop"], check=True, capture_output=True)
-    _wait(lambda: not pf.port_answers(HOST, params["postfix_smtp_port"]))
+    _wait(lambda: not postfix.port_answers(HOST, params["postfix_smtp_port"]))
 
     lifted = lift_step(ctx_for(world, params, apply=True))
     assert lifted.status == "done", lifted.errors
     assert any("start Postfix again" in c for c in lifted.changes)  # it ran before the guard
     assert files(world) == original  # no policy-rc.d any more, as before
-    _wait(lambda: pf.port_answers(HOST, params["postfix_smtp_port"]))
+    _wait(lambda: postfix.port_answers(HOST, params["postfix_smtp_port"]))
     assert answer(params).code == 554
 
 
