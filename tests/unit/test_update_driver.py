@@ -293,3 +293,20 @@ def test_a_password_the_script_shows_is_masked(tmp_path: Path) -> None:
     path = script(tmp_path, "printf '\\t[NOTICE] PMA control user password set to: Gen3rated99\\n'; echo Gen3rated99\n")
     out = drive(path, [], secrets)
     assert "Gen3rated99" not in out.transcript and "Gen3rated99" in secrets.values()
+
+
+def test_the_terminal_command_carries_env_and_cwd_to_the_target(tmp_path: Path) -> None:
+    """Over SSH nothing crosses by itself: the remote command sets TERM and changes to engine/setup."""
+    import shlex
+
+    from ispcp_lib.core.connection import SshConnection, SshTarget
+
+    conn = SshConnection(SshTarget("srv.example.test"), control_dir=str(tmp_path))
+    script = "/var/www/ispcp/engine/setup/ispcp-update"
+    argv, env, cwd = conn.command([script], env={"TERM": "xterm"}, cwd="/var/www/ispcp/engine/setup", tty=True)
+    assert argv[0] == "ssh" and "-tt" in argv and env is None and cwd is None
+    remote = shlex.split(argv[-1])
+    assert remote[:3] == ["sh", "-c", 'cd "$1" && shift && exec "$@"']
+    assert remote[4:] == ["/var/www/ispcp/engine/setup", "env", "TERM=xterm", script]
+    local_argv, local_env, local_cwd = LocalConnection("/").command([script], env={"TERM": "xterm"}, cwd="/tmp")
+    assert local_argv == [script] and local_env["TERM"] == "xterm" and local_cwd == "/tmp"
