@@ -173,6 +173,22 @@ class Connection(ABC):
             raise CommandFailed(argv, done.rc, done.err or done.out)
         return done
 
+    def command(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        tty: bool = False,
+    ) -> tuple[list[str], dict[str, str] | None, str | None]:
+        """What to start on this machine to run argv on the target: (argv, local env, local cwd).
+
+        For a program that is not started through run() or popen() (the pexpect pseudo-terminal):
+        env and cwd travel inside the command for chroot and SSH, beside it for the local connection.
+        """
+        full = self.wrap(self._with_env_cwd([str(a) for a in argv], env, cwd), tty=tty)
+        return full, self._local_env(env), self._local_cwd(cwd)
+
     def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         """A streaming command on the target (find, rsync, chown): the caller reads its pipes."""
         kw.setdefault("start_new_session", True)

@@ -1,19 +1,22 @@
 """The services ispcp-update rebuilds, and the MySQL server the recovery works on.
 
 For every `CMD_*` service entry of ispcp.conf: does the named command exist, is the program behind it
-installed (binary, init script or systemd unit), and if not, which Debian package provides it. Paths
-are looked up under the target root first; on a sandbox target (target_root is not /) the host's own
-programs count too, because those are what the sandbox runs, and the result says where each was found.
+installed (binary, sysvinit script or systemd unit), and if not, which Debian package provides it.
+Paths are looked up on the target through its connection; in the built-in sandbox (`ctx.sandbox`) the
+controller's own programs count too, because those are what the sandbox runs, and the result says
+where each was found. Old releases are covered: sysvinit scripts, `mysqld`/`mysql` beside MariaDB's
+names, pid files and sockets under /var/run.
 """
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from ispcp_lib.core.connection import Connection, LocalConnection
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 
 if TYPE_CHECKING:
@@ -169,22 +172,45 @@ DEFAULT_COMMANDS = {
 ALTERNATIVES = (COURIER_IMAP, COURIER_POP, DOVECOT)
 
 
-@dataclass(frozen=True)
-class Roots:
-    """Where to look: the target root first, then (sandbox only) the host."""
+# Which of the paths ($@) exist (a dangling symlink counts: it names the target's own path).
+_EXISTING = r"""
+for p do
+    if [ -e "$p" ] || [ -L "$p" ]; then printf '%s\n' "$p"; fi
+done
+"""
 
-    target: Path
-    host: Path | None = None
+
+@dataclass
+class Roots:
+    """Where to look: the target first, then (sandbox only) this machine. Answers are cached per path."""
+
+    target: Connection
+    host: Connection | None = None
+    _known: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     @classmethod
-    def for_target(cls, target_root: Path) -> Roots:
-        target = Path(target_root)
-        return cls(target, None if target == Path("/") else Path("/"))
+    def for_context(cls, ctx: Context) -> Roots:
+        return cls(ctx.target, LocalConnection("/") if ctx.sandbox else None)
+
+    def places(self) -> list[tuple[str, Connection]]:
+        return [("target", self.target)] + ([("host", self.host)] if self.host is not None else [])
+
+    def prefetch(self, paths: Iterable[str]) -> None:
+        """Learn which of the paths exist: one command per place, whatever their number."""
+        for where, conn in self.places():
+            todo = sorted({p for p in paths if (where, p) not in self._known})
+            if not todo:
+                continue
+            seen = {conn.path(p): p for p in todo}
+            done = conn.sh(_EXISTING, *seen, timeout=60)
+            found = {seen[line] for line in done.out.splitlines() if line in seen}
+            self._known.update({(where, p): p in found for p in todo})
 
     def find(self, logical: str) -> tuple[str, str] | None:
         """(logical path, "target"|"host") of the first place the path exists; never follows links out."""
-        for where, root in (("target", self.target), ("host", self.host)):
-            if root is not None and os.path.lexists(root / logical.lstrip("/")):
+        self.prefetch([logical])
+        for where, _ in self.places():
+            if self._known.get((where, logical)):
                 return logical, where
         return None
 
@@ -210,13 +236,18 @@ class Presence:
         return ", ".join(f"{p} ({'target' if w == 'target' else 'host'})" for p, w in self.found[:3])
 
 
-def presence(program: Program, roots: Roots) -> Presence:
-    candidates = [
+def candidates(program: Program) -> list[str]:
+    """The paths that show a program is installed: binaries, sysvinit scripts, systemd units."""
+    return [
         *program.binaries,
         *(f"{INIT_DIR}/{s}" for s in program.init_scripts),
         *(f"{d}/{u}" for u in program.units for d in UNIT_DIRS),
     ]
-    found = [hit for c in candidates if (hit := roots.find(c)) is not None]
+
+
+def presence(program: Program, roots: Roots) -> Presence:
+    roots.prefetch(candidates(program))
+    found = [hit for c in candidates(program) if (hit := roots.find(c)) is not None]
     found.sort(key=lambda h: h[1] != "target")  # the target's own copies first
     return Presence(found)
 
@@ -313,14 +344,16 @@ def check_service(key: str, role: str, command: str, roots: Roots) -> ServiceChe
     )
 
 
-def check_services(conf: IspcpConf | None, target_root: Path, roots: Roots | None = None) -> list[ServiceCheck]:
+def check_services(conf: IspcpConf | None, roots: Roots) -> list[ServiceCheck]:
     """One check per service entry of the target's ispcp.conf (its shipped defaults when it lacks one)."""
-    roots = roots or Roots.for_target(target_root)
-    checks = []
-    for key, role in SERVICE_KEYS:
-        command = conf.get(key) if conf is not None and key in conf else DEFAULT_COMMANDS.get(key, "")
-        check = check_service(key, role, command or "", roots)
-        checks.append(check)
+    commands = {
+        key: (conf.get(key) if conf is not None and key in conf else DEFAULT_COMMANDS.get(key, "")) or ""
+        for key, _ in SERVICE_KEYS
+    }
+    programs = [p for c in commands.values() if (p := program_for(c)) is not None]
+    roots.prefetch([c for c in commands.values() if c.startswith("/")])
+    roots.prefetch(p for program in [*programs, *ALTERNATIVES] for p in candidates(program))
+    checks = [check_service(key, role, commands[key], roots) for key, role in SERVICE_KEYS]
     _note_alternatives(checks, roots)
     return checks
 
@@ -343,8 +376,14 @@ def _note_alternatives(checks: list[ServiceCheck], roots: Roots) -> None:
                 break
 
 
-def mysql_presence(target_root: Path, roots: Roots | None = None) -> Presence:
-    return presence(MARIADB, roots or Roots.for_target(target_root))
+def control_argv(conn: Connection, service: str, verb: str) -> list[str]:
+    """How to start/stop a service on the target: systemctl under systemd, else sysvinit's invoke-rc.d
+    (it asks policy-rc.d, as package scripts do), else the init script itself."""
+    if conn.is_dir("/run/systemd/system"):
+        return ["systemctl", verb, service]
+    if conn.which("invoke-rc.d") is not None:
+        return ["invoke-rc.d", service, verb]
+    return [f"{INIT_DIR}/{service}", verb]
 
 
 # --- the MySQL server ---------------------------------------------------------------------------
@@ -352,29 +391,27 @@ def mysql_presence(target_root: Path, roots: Roots | None = None) -> Presence:
 MY_CNF_FILES = ("/etc/mysql/my.cnf", "/etc/mysql/mariadb.cnf")
 MY_CNF_DIRS = ("/etc/mysql/conf.d", "/etc/mysql/mariadb.conf.d")
 SERVER_SECTIONS = {"mysqld", "server", "mariadb", "mariadbd", "mariadb-10.11", "mysqld_safe"}
-DEBIAN_DEFAULTS = {"datadir": "/var/lib/mysql", "socket": "/run/mysqld/mysqld.sock"}
+# /var/run is a directory on Lenny and Squeeze and a link to /run since: this path is right on both.
+DEBIAN_DEFAULTS = {"datadir": "/var/lib/mysql", "socket": "/var/run/mysqld/mysqld.sock"}
 _OPTION = re.compile(r"^([A-Za-z0-9_-]+)\s*(?:=\s*(.*?))?\s*$")
 
 
-def server_options_from_config(target_root: Path) -> dict[str, tuple[str, str]]:
+def server_options_from_config(conn: Connection) -> dict[str, tuple[str, str]]:
     """datadir/socket/pid-file/port from the server sections of the target's my.cnf family.
 
     Returns option -> (value, file it came from, as on the target). Later files win, as with mysqld's
     own reading order; `!include` lines are ignored because Debian's includes are the dirs read here.
     """
-    root = Path(target_root)
-    files = [root / f.lstrip("/") for f in MY_CNF_FILES]
+    files = list(MY_CNF_FILES)
     for d in MY_CNF_DIRS:
-        folder = root / d.lstrip("/")
-        if folder.is_dir():
-            files += sorted(p for p in folder.iterdir() if p.suffix == ".cnf")
+        files += [f"{d}/{n}" for n in conn.listdir(d) or [] if n.endswith(".cnf")]
     found: dict[str, tuple[str, str]] = {}
-    for path in files:
-        if not path.is_file():
+    for logical in files:
+        text = conn.read_text(logical)
+        if text is None:
             continue
-        logical = "/" + str(path.relative_to(root)) if root != Path("/") else str(path)
         section = ""
-        for raw in path.read_text(errors="replace").splitlines():
+        for raw in text.splitlines():
             line = raw.strip()
             if not line or line.startswith(("#", ";", "!")):
                 continue
@@ -411,25 +448,25 @@ def mysql_server(ctx: Context) -> MysqlServer:
     version = svc.version() if running and svc is not None else None
     if version and version.startswith("5.5.5-") and "mariadb" in version.lower():
         version = version[len("5.5.5-") :]  # MariaDB's greeting prefix for old clients, not its version
-    installed = mysql_presence(ctx.target_root)
+    installed = presence(MARIADB, Roots.for_context(ctx))
     if running and svc is not None:
         login = mysql_creds.working_admin(ctx)
         if login is not None:
             with svc.connect(login.user, login.password) as conn, conn.cursor() as cur:
                 cur.execute("SELECT @@datadir, @@socket, @@version, @@pid_file")
                 datadir, sock, full_version, pid = cur.fetchone()
-            source = f"the server's own variables (login {login.user} from {ctx.display_path(Path(login.source))})"
+            source = f"the server's own variables (login {login.user} from {ctx.display_path(login.source)})"
             return MysqlServer(
                 True,
                 full_version or version,
-                ctx.display_path(Path(datadir)).rstrip("/") or "/",
-                ctx.display_path(Path(sock)) if sock else None,
+                ctx.display_path(str(datadir)).rstrip("/") or "/",
+                ctx.display_path(str(sock)) if sock else None,
                 source,
-                ctx.display_path(Path(pid)) if pid else None,
+                ctx.display_path(str(pid)) if pid else None,
                 installed,
                 version_source="@@version",
             )
-    options = server_options_from_config(ctx.target_root)
+    options = server_options_from_config(ctx.target)
     notes = []
     if running:
         notes.append("the server runs but no admin login works (debian.cnf), so its variables are unread")

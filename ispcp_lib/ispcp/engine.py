@@ -6,15 +6,9 @@ from ispcp_lib.core.context import Context
 
 
 def engine_env(ctx: Context) -> dict[str, str]:
-    """Variables an engine script gets on top of the target's own environment.
+    """Variables an engine script gets on top of the target's own environment: a terminal type for its dialogs.
 
-    TERM for the scripts' dialogs; in the built-in sandbox, where its stand-in engine finds the
-    target's tree and MySQL socket (a real engine ignores these). A command on the local connection
-    inherits this machine's environment as well; a remote one gets only these (env(1)).
+    A command on the local connection inherits this machine's environment as well; a remote one gets
+    only these (env(1)). The sandbox's stand-ins find their tree from their own path.
     """
-    env = {"TERM": "xterm"}
-    if ctx.sandbox:
-        env["ISPCP_SANDBOX_ROOT"] = ctx.target.path("/").rstrip("/") or "/"
-        if ctx.mysql is not None:
-            env["ISPCP_SANDBOX_SOCKET"] = str(ctx.mysql.socket)
-    return env
+    return {"TERM": "xterm"}

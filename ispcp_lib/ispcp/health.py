@@ -6,21 +6,19 @@ and the next step when it failed.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ispcp_lib.core.context import Context
-from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.steps import mail_guard
+from ispcp_lib.ispcp.update_env import target_conf
+from ispcp_lib.system import postfix_guard as guard
 
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 MAX_LISTED = 5  # problems named per row; the rest are counted
+# Where Apache's master writes its pid: 2.4 (Debian 7 on) and 2.2 (Lenny, Squeeze), unless envvars says.
+APACHE_PID_FILES = ("/var/run/apache2/apache2.pid", "/var/run/apache2.pid")
 
 
 @dataclass
@@ -38,23 +36,10 @@ class Check:
         return {"check": self.check, "result": self.result, "detail": self.detail, "next step": self.next_step}
 
 
-def target_conf(ctx: Context) -> IspcpConf | None:
-    path = ctx.t(CONF_PATH)
-    if not path.is_file():
-        return None
-    try:
-        return IspcpConf.load(path)
-    except InputError:
-        return None
-
-
-def read_passwd(root: Path) -> dict[str, tuple[int, int]]:
-    """name -> (uid, gid) of root/etc/passwd; empty when it is missing."""
+def read_passwd(ctx: Context) -> dict[str, tuple[int, int]]:
+    """name -> (uid, gid) of the target's /etc/passwd; empty when it is missing."""
     out: dict[str, tuple[int, int]] = {}
-    path = root / "etc/passwd"
-    if not path.is_file():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
+    for line in (ctx.target.read_text("/etc/passwd") or "").splitlines():
         parts = line.split(":")
         if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
             out[parts[0]] = (int(parts[2]), int(parts[3]))
@@ -85,33 +70,52 @@ def check_vftp(ctx: Context, conf: IspcpConf | None) -> Check:
     return Check("vftp logs in (ProFTPd)", "ok" if ok else "FAIL", text, "" if ok else "run the ftp step")
 
 
+# Entries under $1 (total) and those not owned by uid $2 / gid $3 (count, then the first few paths):
+# the owner test runs on the target, so a mail tree of any size costs one round trip and a short answer.
+_OWNERS = r"""
+[ -d "$1" ] || exit 3
+total=$(find "$1" -mindepth 1 -printf . | wc -c)
+wrong=$(find "$1" -mindepth 1 \( ! -uid "$2" -o ! -gid "$3" \) -printf . | wc -c)
+echo "$total $wrong"
+find "$1" -mindepth 1 \( ! -uid "$2" -o ! -gid "$3" \) -printf '%P\n' | head -n "$4"
+"""
+
+
 def check_mail_dirs(ctx: Context, conf: IspcpConf | None) -> Check:
     name = "mail dirs owned by the mailbox user"
     mail_dir = (conf.get("MTA_VIRTUAL_MAIL_DIR") if conf else None) or "/var/mail/virtual"
     uid = int((conf.get("MTA_MAILBOX_UID") if conf else None) or 1004)
     gid = int((conf.get("MTA_MAILBOX_GID") if conf else None) or 8)
     user = (conf.get("MTA_MAILBOX_UID_NAME") if conf else None) or "vmail"
-    top = ctx.t(mail_dir)
-    if not top.is_dir():
+    done = ctx.target.sh(_OWNERS, ctx.target.path(mail_dir), str(uid), str(gid), str(MAX_LISTED), timeout=3600)
+    if done.rc == 3:
         return Check(name, "FAIL", f"{mail_dir} does not exist", "run the user_data step")
-    wrong: list[str] = []
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(top):
-        for entry in [*dirnames, *filenames]:
-            p = os.path.join(dirpath, entry)
-            st = os.lstat(p)
-            total += 1
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                wrong.append(ctx.display_path(Path(p)))
-    passwd = read_passwd(ctx.target_root)
+    first, *listed = done.out.splitlines() or ["0 0"]
+    total, wrong = (int(n) for n in first.split())
     problems = []
-    if passwd.get(user, (None,))[0] != uid:
+    if read_passwd(ctx).get(user, (None,))[0] != uid:
         problems.append(f"no user {user} with uid {uid} in /etc/passwd")
     if wrong:
-        problems.append(f"{len(wrong)} of {total} entries not {uid}:{gid}: {_listed(wrong)}")
+        shown = ", ".join(f"{mail_dir}/{p}" for p in listed)
+        more = f" and {wrong - len(listed)} more" if wrong > len(listed) else ""
+        problems.append(f"{wrong} of {total} entries not {uid}:{gid}: {shown}{more}")
     if problems:
         return Check(name, "FAIL", "; ".join(problems), "run the accounts and user_data steps")
     return Check(name, "ok", f"{total} entries under {mail_dir}, all {user} ({uid}:{gid})")
+
+
+def owners(ctx: Context, paths: list[str]) -> dict[str, int]:
+    """uid of each path that is a directory (symlinks followed), in one find on the target."""
+    if not paths:
+        return {}
+    seen = {ctx.target.path(p): p for p in paths}
+    done = ctx.target.run(["find", "-H", *seen, "-maxdepth", "0", "-type", "d", "-printf", "%U %p\\0"], timeout=600)
+    out = {}
+    for record in done.out.split("\0"):
+        uid, _, where = record.partition(" ")
+        if where in seen and uid.isdigit():
+            out[seen[where]] = int(uid)
+    return out
 
 
 def _domain_rows(ctx: Context, conf: IspcpConf | None) -> tuple[list[dict[str, Any]] | None, str]:
@@ -139,14 +143,15 @@ def check_domains(ctx: Context, conf: IspcpConf | None) -> Check:
         return Check(name, "FAIL", f"cannot read the domain table: {source}", "make ispCP's database login work")
     www = (conf.get("APACHE_WWW_DIR") if conf else None) or "/var/www/virtual"
     prefix = (conf.get("APACHE_SUEXEC_USER_PREF") if conf else None) or "vu"
-    passwd = read_passwd(ctx.target_root)
+    passwd = read_passwd(ctx)
+    uids = owners(ctx, [f"{www}/{d['name']}" for d in rows])
     no_dir, wrong_owner, no_user, bad_status = [], [], [], []
     for d in rows:
-        path = ctx.t(f"{www}/{d['name']}")
+        path = f"{www}/{d['name']}"
         user = f"{prefix}{d['uid']}"
-        if not path.is_dir():
+        if path not in uids:
             no_dir.append(d["name"])
-        elif path.stat().st_uid != int(d["uid"]):
+        elif uids[path] != int(d["uid"]):
             wrong_owner.append(d["name"])
         if passwd.get(user, (None,))[0] != int(d["uid"]):
             no_user.append(user)
@@ -176,8 +181,8 @@ def check_domains(ctx: Context, conf: IspcpConf | None) -> Check:
 def check_vhosts(ctx: Context, conf: IspcpConf | None) -> Check:
     name = "Apache vhosts written for every domain"
     sites = (conf.get("APACHE_SITES_DIR") if conf else None) or "/etc/apache2/sites-available"
-    path = ctx.t(f"{sites}/ispcp.conf")
-    if not path.is_file():
+    text = ctx.target.read_text(f"{sites}/ispcp.conf")
+    if text is None:
         return Check(
             name,
             "FAIL",
@@ -187,7 +192,6 @@ def check_vhosts(ctx: Context, conf: IspcpConf | None) -> Check:
     rows, source = _domain_rows(ctx, conf)
     if rows is None:
         return Check(name, "WARN", f"vhost file present, but the domain list is unreadable: {source}")
-    text = path.read_text(errors="replace")
     names = set(re.findall(r"^\s*ServerName\s+(\S+)", text, re.MULTILINE))
     missing = [d["name"] for d in rows if d["name"] not in names]
     if missing:
@@ -203,9 +207,9 @@ def check_vhosts(ctx: Context, conf: IspcpConf | None) -> Check:
 def check_mail_guard(ctx: Context, expect_held: bool = True) -> Check:
     name = "mail guard"
     if not expect_held:
-        state = mail_guard.guard_state(ctx)
+        state = guard.guard_state(ctx)
         return Check(name, "info", "no guard in place" if not state else _guard_text(state))
-    ok, text = mail_guard.check_guard(ctx)
+    ok, text = guard.check_guard(ctx)
     return Check(name, "ok" if ok else "FAIL", text, "" if ok else "run mail_guard before anything starts Postfix")
 
 
@@ -215,14 +219,12 @@ def _guard_text(state: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in shown.items()) or "guard state recorded"
 
 
-def check_apache(ctx: Context) -> Check:
+def check_apache(ctx: Context, conf: IspcpConf | None) -> Check:
     name = "Apache configuration test"
-    ctl = shutil.which("apache2ctl") or shutil.which("apache2ctl", path="/usr/sbin:/sbin")
-    if ctx.target_root != Path("/"):
-        return Check(name, "n/a", "not applicable in the sandbox (no Apache runs there)")
-    if ctl is None:
-        return Check(name, "n/a", "apache2ctl is not installed")
-    rec = ctx.runner.run([ctl, "configtest"], check=False, timeout=60)
+    ctl = (conf.get("CMD_HTTPD") if conf else None) or "/usr/sbin/apache2ctl"
+    if ctx.target.stat(ctl) is None:
+        return Check(name, "n/a", f"{ctl} is not installed on the target")
+    rec = ctx.runner.run([ctx.target.path(ctl), "configtest"], check=False, timeout=60)
     out = (rec.stderr or rec.stdout).strip().splitlines()
     if rec.rc == 0:
         return Check(name, "ok", out[-1] if out else "Syntax OK")
@@ -234,24 +236,29 @@ def check_apache(ctx: Context) -> Check:
     )
 
 
+def apache_pid_files(ctx: Context) -> list[str]:
+    """Where the master's pid may be: envvars' APACHE_PID_FILE first, then the 2.4 and 2.2 defaults."""
+    envvars = ctx.target.read_text("/etc/apache2/envvars") or ""
+    named = re.findall(r"^\s*export\s+APACHE_PID_FILE=(\S+)", envvars, re.MULTILINE)
+    given = [p.strip("\"'") for p in named if "$" not in p]
+    return [*given, *(p for p in APACHE_PID_FILES if p not in given)]
+
+
 def check_apache_running(ctx: Context) -> Check:
     name = "Apache runs"
-    if ctx.target_root != Path("/"):
-        return Check(name, "n/a", "not applicable in the sandbox (no Apache runs there)")
-    pid_file = Path("/var/run/apache2/apache2.pid")
-    if not Path("/usr/sbin/apache2").exists():
-        return Check(name, "n/a", "Apache is not installed")
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return Check(
-            name,
-            "FAIL",
-            f"no running Apache ({pid_file} missing or stale)",
-            "run register_accounts, then start Apache (systemctl start apache2) and read its error log",
-        )
-    return Check(name, "ok", f"master process {pid}")
+    if ctx.target.stat("/usr/sbin/apache2") is None:
+        return Check(name, "n/a", "Apache is not installed on the target")
+    tried = apache_pid_files(ctx)
+    for pid_file in tried:
+        pid = (ctx.target.read_text(pid_file) or "").strip()
+        if pid.isdigit() and ctx.target.sh('kill -0 "$1"', pid, timeout=30).rc == 0:
+            return Check(name, "ok", f"master process {pid} ({pid_file})")
+    return Check(
+        name,
+        "FAIL",
+        f"no running Apache ({' and '.join(tried)} missing or stale)",
+        "run register_accounts, then start Apache (/etc/init.d/apache2 start) and read its error log",
+    )
 
 
 def run_checks(ctx: Context, expect_guard: bool = True) -> list[Check]:
@@ -264,7 +271,7 @@ def run_checks(ctx: Context, expect_guard: bool = True) -> list[Check]:
         check_domains(ctx, conf),
         check_vhosts(ctx, conf),
         check_mail_guard(ctx, expect_guard),
-        check_apache(ctx),
+        check_apache(ctx, conf),
         check_apache_running(ctx),
     ]
 

@@ -5,6 +5,17 @@ terminal, so it needs a pty, not a pipe. This module answers the prompts it know
 prompt nobody expected instead of hanging, keeps a transcript (ANSI codes stripped, secrets
 redacted), enforces an overall timeout, kills the whole process group when it has to stop, and
 turns the known failure outputs into an explanation and the next action.
+
+The script runs on the target through the connection: pexpect starts `conn.command(argv, tty=True)`
+on this machine (the argv itself locally, `chroot ROOT …`, or `ssh -tt … 'cd DIR && exec …'`), with
+the environment and the working directory inside the command (no variable crosses ssh by itself).
+Stopping it kills the local process group. Locally and in a chroot that is the script's own group;
+over SSH it is the ssh client: its pseudo-terminal closes, and the server's sshd sends SIGHUP to the
+remote session (the script and its children), which is how a login session ends.
+
+Prompts are matched on the text of the question, not on one terminal line: ispCP's Query.pm wraps
+its questions at 72 columns (Text::Wrap), so a long one arrives as two lines. The lines since the
+last answer and the last blank line are joined with single spaces before matching.
 """
 
 from __future__ import annotations
@@ -20,11 +31,17 @@ from pathlib import Path
 
 import pexpect
 
+from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.secrets import SecretRegistry
 
 # CSI sequences (colours, clear screen, cursor moves), OSC titles, charset selections, keypad modes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][A-Za-z0-9]|\x1b[=>78cM]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+# A password the script made up and shows once ("ispCP ftp SQL user password set to: %s", Query.pm
+# $DB_FTP_PASSWORD_NOTICE / $DB_PMA_PASSWORD_NOTICE): masked from the line on.
+_PASSWORD_SHOWN = re.compile(r"password set to: (\S+)")
+PROMPT_LINES = 3  # a wrapped question spans at most this many lines
 
 # Linux syscall numbers of read(2): a process blocked in read() on the pty is waiting for an answer.
 _READ_SYSCALL = {"x86_64": {0}, "aarch64": {63}, "arm64": {63}, "i686": {3}, "i386": {3}, "armv7l": {3}}
@@ -52,8 +69,8 @@ class Prompt:
     secret: bool = False
     max_answers: int = 2  # asked more often than this: our answer is not being accepted
 
-    def matches(self, line: str) -> bool:
-        return re.search(self.pattern, line) is not None
+    def matches(self, text: str) -> bool:
+        return re.search(self.pattern, text) is not None
 
 
 @dataclass(frozen=True)
@@ -83,11 +100,13 @@ class Outcome:
     last_output: str = ""  # the last lines, for "where it hung"
     failure: FailurePattern | None = None
     spawn_error: str | None = None
+    succeeded: bool = True  # the success line was seen (True when none is required)
 
     @property
     def ok(self) -> bool:
         return (
             self.exit_status == 0
+            and self.succeeded
             and not self.timed_out
             and self.unexpected_prompt is None
             and self.refused_prompt is None
@@ -108,6 +127,8 @@ class Outcome:
             return f"stopped: the answer to {self.repeated_prompt!r} was not accepted (asked again)"
         if self.signal_status is not None:
             return f"killed by signal {self.signal_status}"
+        if self.exit_status == 0 and not self.succeeded:
+            return "exit status 0 without the success line"
         return f"exit status {self.exit_status}"
 
 
@@ -120,6 +141,7 @@ class Transcript:
         self.sink = sink
         self.lines: list[str] = []
         self.partial = ""  # text after the last newline (where a prompt sits)
+        self.question_from = 0  # index of the first line that may belong to the pending question
         self._notes: list[str] = []  # our remarks about the current line, written after it
         self._fh = None
         if path is not None:
@@ -162,7 +184,24 @@ class Transcript:
         for text in notes:
             self._emit(f"[ispcp-recovery] {text}")
 
+    def question(self) -> str:
+        """The pending question: the unfinished line with the lines of its paragraph since the last answer."""
+        if not self.partial.strip():
+            return ""
+        before: list[str] = []
+        for line in reversed(self.lines[max(self.question_from, len(self.lines) - PROMPT_LINES + 1) :]):
+            if not line.strip() or line.startswith("[ispcp-recovery]"):
+                break
+            before.insert(0, line)
+        return " ".join(part.strip() for part in [*before, self.partial] if part.strip())
+
+    def answered(self) -> None:
+        """The question is answered: the lines up to its own are no longer part of the next one."""
+        self.question_from = len(self.lines) + 1
+
     def _emit(self, line: str) -> None:
+        for shown in _PASSWORD_SHOWN.findall(line):
+            self.secrets.add(shown, "a password the script generated")
         line = self.secrets.redact(line.rstrip())
         self.lines.append(line)
         if self._fh is not None:
@@ -286,9 +325,10 @@ def _group_alive(pgid: int) -> bool:
 
 
 def run_interactive(
+    conn: Connection,
     argv: Sequence[str],
     *,
-    cwd: str | os.PathLike[str],
+    cwd: str,
     prompts: Sequence[Prompt],
     secrets: SecretRegistry,
     transcript_path: Path | None = None,
@@ -296,13 +336,20 @@ def run_interactive(
     timeout: float = 3600.0,
     silence: float = 10.0,
     failure_patterns: Sequence[FailurePattern] = (),
+    success: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Outcome:
-    """Run argv on a pty, answer `prompts`, and return the Outcome (never raises for the script's failures).
+    """Run argv on the target on a pty, answer `prompts`, and return the Outcome (never raises for the
+    script's failures). argv and cwd are as commands on the target see them.
 
     silence: seconds without output after which a pending unknown prompt is declared unexpected.
+    success: a pattern the transcript must contain for the run to count as a success (exit status 0
+    alone is not proof: ispcp-update exits 0 when it aborts, e.g. while a backup runs).
     """
     outcome = Outcome(argv=list(argv), transcript_path=transcript_path)
+    full, local_env, local_cwd = conn.command(argv, env=env, cwd=cwd, tty=True)
+    # The kernel tells who reads the terminal only when the script's processes are on this machine.
+    watch = conn.kind in ("local", "chroot")
     for p in prompts:
         if p.secret and p.answer:
             secrets.add(p.answer, f"answer to {p.label}")
@@ -310,10 +357,10 @@ def run_interactive(
     started = time.monotonic()
     try:
         child = pexpect.spawn(
-            argv[0],
-            list(argv[1:]),
-            cwd=str(cwd),
-            env=dict(env) if env is not None else None,
+            full[0],
+            full[1:],
+            cwd=local_cwd,
+            env=local_env,
             encoding="utf-8",
             codec_errors="replace",
             dimensions=(40, 160),
@@ -347,21 +394,23 @@ def run_interactive(
                     answered_this_line = False  # a new line began: whatever sits there now is a new question
                 last_output = time.monotonic()
             line = transcript.partial
-            if line and not answered_this_line:
-                prompt = next((p for p in prompts if p.matches(line)), None)
+            question = transcript.question()
+            if question and not answered_this_line:
+                prompt = next((p for p in prompts if p.matches(question)), None)
                 if prompt is not None:
                     if prompt.answer is None:
                         outcome.refused_prompt = prompt
-                        stop_reason = f"the script asks {line.strip()!r}; not answered on purpose"
+                        stop_reason = f"the script asks {question!r}; not answered on purpose"
                         break
                     count = answered_counts.get(prompt.label, 0)
                     if count >= prompt.max_answers:
-                        outcome.repeated_prompt = line.strip()
-                        stop_reason = f"the script asked {line.strip()!r} again after {count} answer(s)"
+                        outcome.repeated_prompt = question
+                        stop_reason = f"the script asked {question!r} again after {count} answer(s)"
                         break
                     answered_counts[prompt.label] = count + 1
                     time.sleep(0.05)  # let a noecho switch happen before we type
                     child.sendline(prompt.answer)
+                    transcript.answered()
                     answered_this_line = True
                     outcome.answered.append(prompt.label)
                     shown = "«secret»" if prompt.secret else repr(prompt.answer)
@@ -369,8 +418,8 @@ def run_interactive(
                     last_output = time.monotonic()
                     continue
             if not chunk and time.monotonic() - last_output >= silence and child.isalive():
-                pending = line.strip() or (transcript.lines[-1].strip() if transcript.lines else "")
-                waiting = waiting_for_input(child.pid)
+                pending = question or (transcript.lines[-1].strip() if transcript.lines else "")
+                waiting = waiting_for_input(child.pid) if watch else None
                 if waiting is True or (waiting is None and looks_like_prompt(line) and not answered_this_line):
                     outcome.unexpected_prompt = pending or "(no text: the script reads from the terminal)"
                     if answered_this_line:
@@ -400,6 +449,9 @@ def run_interactive(
         outcome.signal_status = child.signalstatus
         if not outcome.last_output:
             outcome.last_output = transcript.tail() + ("\n" + transcript.partial if transcript.partial else "")
+        transcript.flush_partial()
+        if success is not None:
+            outcome.succeeded = re.search(success, transcript.text()) is not None
         transcript.note(f"finished after {outcome.duration_s:.1f} s: {outcome.status_text()}")
         transcript.close()
         outcome.transcript = transcript.text()

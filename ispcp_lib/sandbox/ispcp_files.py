@@ -10,6 +10,7 @@ import sys
 
 from ispcp_lib.facts.ispcp_conf import IspcpConf, parse_version
 from ispcp_lib.ispcp.crypto import encrypt_db_password
+from ispcp_lib.sandbox import update_standin
 from ispcp_lib.sandbox.private_mysql import data_file
 
 ENGINE_MANAGERS = (
@@ -143,8 +144,9 @@ def request_manager() -> str:
         f"#!{sys.executable}\n"
         "# ispCP (OMEGA) a Virtual Hosting Control Panel - ispcp-rqst-mngr\n"
         "# SANDBOX STAND-IN written by ispcp_lib.sandbox for tests: NOT the real ispCP engine.\n"
-        "# It runs only with ISPCP_SANDBOX_ROOT set to a sandbox target root.\n\n"
+        "# It runs only inside a sandbox world's target tree.\n\n"
         "import sys\n\n"
+        f"{update_standin.PACKAGE_PATH}\n"
         "from ispcp_lib.sandbox.update_standin import request_manager_main\n\n"
         "sys.exit(request_manager_main())\n"
     )

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.facts import postfix as pf
@@ -31,6 +32,7 @@ from ispcp_lib.sandbox.accounts import host_ids
 from ispcp_lib.sandbox.private_mysql import free_port
 
 HOST_CONFIG_DIR = Path("/etc/postfix")
+HOST = LocalConnection("/")  # the sandbox's Postfix runs on this machine, from the host's installation
 LOCK_FILE = Path("/run/lock/ispcp-sandbox-postfix.lock")
 STATE_FILE = "postfix.json"  # in the world's workdir: lets stop_for_world work from another process
 START_TIMEOUT = 30.0
@@ -106,19 +108,19 @@ class PrivatePostfix:
         return main.is_file() and f"queue_directory = {self.queue_directory}\n" in main.read_text()
 
     def master_pid(self) -> int | None:
-        return pf.master_pid(self.queue_directory)
+        return pf.master_pid(HOST, str(self.queue_directory))
 
     def start(self) -> None:
-        if not pf.installed(HOST_CONFIG_DIR) or pf.binary("postfix") is None:
+        if not pf.installed(HOST, str(HOST_CONFIG_DIR)) or pf.binary(HOST, "postfix") is None:
             raise PreconditionFailed(
                 "sandbox Postfix", "Postfix is not installed on this machine", "apt-get install postfix"
             )
         register_alternate_dir(self.config_dir, self.runner)
         if self.master_pid() is None:
-            self.runner.run([pf.binary("postfix") or "postfix", "-c", str(self.config_dir), "start"], timeout=60)
+            self.runner.run([pf.binary(HOST, "postfix") or "postfix", "-c", str(self.config_dir), "start"], timeout=60)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if pf.port_answers(self.port):
+            if pf.port_answers(HOST, self.port):
                 return
             time.sleep(0.1)
         raise PreconditionFailed(
@@ -133,7 +135,9 @@ class PrivatePostfix:
         try:
             if self.master_pid() is not None:
                 self.runner.run(
-                    [pf.binary("postfix") or "postfix", "-c", str(self.config_dir), "stop"], check=False, timeout=60
+                    [pf.binary(HOST, "postfix") or "postfix", "-c", str(self.config_dir), "stop"],
+                    check=False,
+                    timeout=60,
                 )
             pid = self._wait_master_gone(10)
             if pid is not None:
@@ -174,13 +178,13 @@ def _host_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def alternate_dirs(runner: Runner) -> list[str]:
-    value = pf.explicit_setting(runner, HOST_CONFIG_DIR, "alternate_config_directories") or ""
+def alternate_dirs() -> list[str]:
+    value = pf.explicit_setting(HOST, str(HOST_CONFIG_DIR), "alternate_config_directories") or ""
     return [d for d in re.split(r"[\s,]+", value) if d]
 
 
 def _set_alternate_dirs(dirs: list[str], runner: Runner) -> None:
-    exe = pf.binary("postconf") or "postconf"
+    exe = pf.binary(HOST, "postconf") or "postconf"
     if dirs:
         runner.run([exe, "-c", str(HOST_CONFIG_DIR), "-e", "alternate_config_directories = " + " ".join(dirs)])
     else:  # leave the host's main.cf as it was before any sandbox: no line at all
@@ -190,7 +194,7 @@ def _set_alternate_dirs(dirs: list[str], runner: Runner) -> None:
 def register_alternate_dir(config_dir: Path, runner: Runner) -> None:
     """Add config_dir to the host's alternate_config_directories (idempotent; prunes vanished dirs)."""
     with _host_lock():
-        current = alternate_dirs(runner)
+        current = alternate_dirs()
         wanted = [d for d in current if Path(d).is_dir()]
         if str(config_dir) not in wanted:
             wanted.append(str(config_dir))
@@ -200,7 +204,7 @@ def register_alternate_dir(config_dir: Path, runner: Runner) -> None:
 
 def unregister_alternate_dir(config_dir: Path, runner: Runner) -> None:
     with _host_lock():
-        current = alternate_dirs(runner)
+        current = alternate_dirs()
         wanted = [d for d in current if d != str(config_dir) and Path(d).is_dir()]
         if wanted != current:
             _set_alternate_dirs(wanted, runner)
@@ -250,7 +254,7 @@ def stop_for_world(world: Any) -> None:
 
 def probe(port: int, address: str, timeout: float = 10.0) -> pf.ProbeAnswer:
     """The RCPT TO answer of the smtpd on 127.0.0.1:port for address (no mail is sent)."""
-    return pf.smtp_rcpt_answer(address, port, timeout=timeout)
+    return pf.smtp_rcpt_answer(HOST, address, port, timeout=timeout)
 
 
 def _read_state(world: Any) -> dict[str, Any]:

@@ -1,17 +1,21 @@
 """TEST SCAFFOLDING: a stand-in for ispCP Omega's engine/setup/ispcp-update. NOT ispCP.
 
 The sandbox cannot run the real Perl update (no Apache, Courier, BIND or PHP there, and Debian 12's
-Crypt::CBC rejects ispCP 1.0.x's options). This program behaves like it where the recovery can tell
-the difference: it clears the screen and prints colours, asks the real prompts in the real order,
-reads ispcp.old.conf, merges it into ispcp.conf as the real update does, decrypts DATABASE_PASSWORD
-with the key files, logs into MySQL, checks the vftp login (and asks for the vftp password when that
-fails), rebuilds every domain, subdomain, alias and mailbox through the engine managers, pausing one
-second per item in every manager whose `sleep(1);` line is still active, and fails with real-looking
-messages where the real one fails.
+Crypt::CBC rejects ispCP 1.0.x's options). This program behaves like ispCP 1.0.7's where the recovery
+can tell the difference: it clears the screen and prints colours, asks the real prompts in the real
+order with the real wording (each cites its line in the 1.0.7 source: engine/setup/ispcp-update,
+engine/setup/ispcp-setup-methods.pl, engine/setup/PerlLib/Dialog/Query.pm, which wraps questions at
+72 columns), reads ispcp.old.conf, merges it into ispcp.conf as the real update does, asks the
+recovery-mode questions for settings left empty, decrypts DATABASE_PASSWORD with the key files, logs
+into MySQL, checks the vftp login (and asks the FTP questions when that fails), rebuilds every
+domain, subdomain, alias and mailbox through the engine managers, pausing one second per item in
+every manager whose `sleep(1);` line is still active, and fails with the real messages where the
+real one fails. It says nothing the real script does not say.
 
-It only works inside a sandbox: ISPCP_SANDBOX_ROOT names the target root (every ispCP path lives
-below it) and ISPCP_SANDBOX_SOCKET the MariaDB socket. ISPCP_SANDBOX_SLEEP_SCALE scales the
-managers' one-second pause (tests use 0.01). A real ispcp-update ignores all three.
+It only works inside a sandbox world: its tree is the one it was installed into (its own path minus
+var/www/ispcp/engine/setup/ispcp-update), which must sit beside the world's manifest; the MariaDB
+socket is that tree's /run/mysqld/mysqld.sock. ISPCP_SANDBOX_SLEEP_SCALE scales the managers'
+one-second pause (tests use 0.01).
 
 Output the health checks can verify: one Apache vhost per domain, subdomain and alias in
 APACHE_SITES_DIR/ispcp.conf, domain web trees and FastCGI starters owned by their vu<uid> users
@@ -24,36 +28,63 @@ from __future__ import annotations
 import os
 import sys
 import termios
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 SCRIPT_REL = "var/www/ispcp/engine/setup/ispcp-update"
-ENV_ROOT = "ISPCP_SANDBOX_ROOT"
-ENV_SOCKET = "ISPCP_SANDBOX_SOCKET"
+MANAGER_REL = "var/www/ispcp/engine/ispcp-rqst-mngr"
+WORLD_MANIFEST = "world.json"  # ispcp_lib.sandbox.world.MANIFEST, beside the target tree
 ENV_SCALE = "ISPCP_SANDBOX_SLEEP_SCALE"
 DEFAULT_OLD_CONF = "/etc/ispcp/ispcp.old.conf"
+BACKUP_LOCK = "/tmp/ispcp-backup-all.lock"
+# The stand-ins run this checkout's code, whichever ispcp_lib the interpreter has installed.
+PACKAGE_PATH = f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})"
 
 HEADER = """\
 # =====================================================================================
 #  TEST SCAFFOLDING - NOT ispCP.
 #  A stand-in for ispCP Omega's engine/setup/ispcp-update, written into the sandbox's
 #  target by ispcp_lib.sandbox.update_standin for the recovery's tests and demo.
-#  It refuses to run unless ISPCP_SANDBOX_ROOT names a sandbox target root.
+#  It refuses to run outside a sandbox world's target tree.
 # =====================================================================================
 """
 
-# Values the update asks for when ispcp.old.conf leaves them empty (the real ask_* prompts).
+# The recovery dispatcher (ispcp-update:317-328): the settings it can ask for, with the ask_* query's
+# text (Query.pm:45-108) and the value an empty answer gives. Any other empty setting ends the run.
 ASK = {
-    "SERVER_HOSTNAME": "Please enter a fully qualified hostname. [{default}]: ",
-    "BASE_SERVER_IP": "Please enter system network address. [{default}]: ",
-    "DEFAULT_ADMIN_ADDRESS": "Please enter administrator e-mail address: ",
-    "DATABASE_HOST": "Please enter SQL server host. [localhost]: ",
-    "DATABASE_NAME": "Please enter system SQL database. [ispcp]: ",
-    "DATABASE_USER": "Please enter system SQL user. [root]: ",
+    "DEFAULT_ADMIN_ADDRESS": ("Please enter administrator e-mail address: ", None),  # Query.pm:84
+    "SERVER_HOSTNAME": ("Please enter a fully qualified hostname [{default}]: ", "{hostname}"),  # Query.pm:45
+    "BASE_SERVER_IP": ("Please enter the system network address [{default}]: ", "127.0.0.1"),  # Query.pm:50
+    "BASE_SERVER_VHOST": (  # Query.pm:53
+        "Please enter the domain name where ispCP OMEGA will be reachable on [{default}]: ",
+        "admin.{hostname}",
+    ),
+    "DATABASE_HOST": ("Please enter SQL server hostname [localhost]: ", "localhost"),  # Query.pm:56
+    "DATABASE_NAME": ("Please enter ispCP OMEGA SQL database name [ispcp]: ", "ispcp"),  # Query.pm:59
+    "DATABASE_USER": ("Please enter ispCP OMEGA SQL user name [root]: ", "root"),  # Query.pm:61
+    "PHP_FASTCGI": ("Please select a Fast CGI module: [f]cgid or fast[c]gi. [fcgid]: ", "fcgid"),  # Query.pm:105
+    "PHP_TIMEZONE": ("Please enter Server's Timezone [{default}]: ", "UTC"),  # Query.pm:108
+    "LOCAL_DNS_RESOLVER": (  # Query.pm:90
+        "Do you want allow the system resolver to use the local nameserver? [Y/n]: ",
+        "yes",
+    ),
 }
-ASK_DEFAULTS = {"DATABASE_HOST": "localhost", "DATABASE_NAME": "ispcp", "DATABASE_USER": "root"}
+# check_ispcp_cfg_file (ispcp-update:261-264): the settings that may stay empty.
+MAY_BE_EMPTY = (
+    "DATABASE_PASSWORD",
+    "SECONDARY_DNS",
+    "ISPCP_SUPPORT_SYSTEM_TARGET",
+    "MYSQL_PREFIX_TYPE",
+    "OTHER_ROOTKIT_LOG",
+)
+FATAL = (  # exit_msg, ispcp-setup-methods.pl:1204-1209
+    "\n\t{red}[FATAL] {reset}An error occurred during update process!\n"
+    "\tCorrect it and re-run this program.\n\n\tLog files are stored in /var/log/ispcp/setup\n"
+    "\tYou can also find help at http://isp-control.net/forum\n\n"
+)
 NOT_MERGED = ("BuildDate", "Version", "CodeName")
 
 # The managers in ispcp-rqst-mngr's order: (manager, table, status column, what it rebuilds).
@@ -85,6 +116,7 @@ def install(target_root: Path, world: Any = None) -> Path:
     path.write_text(
         f"#!{sys.executable}\n{HEADER}\n"
         "import sys\n\n"
+        f"{PACKAGE_PATH}\n"
         "from ispcp_lib.sandbox.update_standin import main\n\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -110,7 +142,7 @@ class Update:
         self.scale = scale
         self.conf_path = root / "etc/ispcp/ispcp.conf"
         if not self.conf_path.is_file():
-            raise Failed(f"{RED}[ERROR]{RESET} Unable to open /etc/ispcp/ispcp.conf: No such file or directory")
+            raise Failed("FATAL: Can't load the ispcp.conf file")  # ispcp_common_code.pl:53
         self.conf = IspcpConf.load(self.conf_path)
         self.debug = (self.conf.get("DEBUG") or "0").strip() == "1"
         self.db: Any = None
@@ -138,9 +170,15 @@ class Update:
             if old is not None:
                 termios.tcsetattr(fd, termios.TCSADRAIN, old)
                 self.out("\n")
-        if line == "":
-            raise Failed(f"\n{RED}[ERROR]{RESET} Unexpected end of input", 1)
+        if line == "":  # Perl's <STDIN> at end of input: chomp(undef), the script stops on its error
+            raise Failed(FATAL.format(red=RED, reset=RESET), 1)
         return line.rstrip("\n")
+
+    def query(self, text: str, secret: bool = False) -> str:
+        """Query.pm's pr(): the question wrapped at 72 columns with a tab in front of each line (Query.pm:169)."""
+        lines = textwrap.wrap(text.rstrip(), width=63, break_on_hyphens=False)  # 71 columns minus the tab
+        self.out("\n")  # spacer(), Query.pm:125
+        return self.ask("\t" + "\n\t".join(lines) + " ", secret)
 
     def clear(self) -> None:
         self.out("\x1b[H\x1b[2J")
@@ -169,52 +207,60 @@ class Update:
             f"\n\t{BOLD}{UNDERLINE}Welcome to ispCP '{self.conf.get('Version')}' Update Dialog.{RESET}\n\n"
             "\tThis program will update your current ispCP OMEGA installation on this\n"
             "\tserver.\n\tPlease make sure you did a backup of all your server data.\n\n"
-            f"\t{BLUE}[NOTICE]{RESET} During the migration process some or all services might require to\n"
+            f"\t{BLUE}[NOTICE] {RESET}During the migration process some or all services might require to\n"
             "\tbe shut down.\n\n"
-        )
-        self._yes_no("\tDo you want to continue [Y/n]: ")
+            f"\t{YELLOW}[WARNING] {RESET}Only services that are not marked with 'NO' in your ispcp.conf\n"
+            "\tconfiguration file will be processed by this program.\n\n"
+        )  # ispcp-update:109-122
+        self._yes_no("\tDo you want to continue ? [Y/n]: ")  # ispcp-update:125
         self.clear()
         self.out(
-            f"\n\t{BLUE}[NOTICE]{RESET} Make sure you have read and performed all steps from\n"
+            f"\n\t{BLUE}[NOTICE] {RESET}Make sure you have read and performed all steps from\n"
             "\tdocs/distro/INSTALL document (where distro is your linux distribution).\n\n"
-        )
+        )  # ispcp-update:151-154
         while True:
-            answer = self.ask("\tDo you want to continue [Y/n/?]: ").strip().lower()
-            if answer == "?":
-                self.out("\n\tOptions:\n\t\ty : Continue the update\n\t\tn : Abort and exit\n\n")
+            answer = self.ask("\tDo you want to continue ? [Y/n/?]: ").strip().lower()  # ispcp-update:162
+            if answer == "?":  # ispcp-update:157-160
+                self.out(
+                    "\n\tOptions:\n\t\ty : Continue the update\n\t\tn : Abort and exit\n"
+                    "\t\ts : Select specific tasks to perform (Not yet implemented)\n\n"
+                )
                 continue
             if answer in ("", "y", "yes"):
                 return
-            if answer in ("n", "no"):
-                raise Failed(f"\n\t{BLUE}[NOTICE]{RESET} The update process was aborted by user...", 0)
+            if answer in ("n", "no"):  # ispcp-update:169-172
+                raise Failed(f"\n\t{BLUE}[NOTICE] {RESET}The update process was aborted by user...", 0)
 
     def _yes_no(self, question: str) -> None:
         while True:
             answer = self.ask(question).strip().lower()
             if answer in ("", "y", "yes"):
                 return
-            if answer in ("n", "no"):
-                raise Failed(f"\n\t{BLUE}[NOTICE]{RESET} The update process was aborted by user...", 0)
+            if answer in ("n", "no"):  # ispcp-update:132-135
+                raise Failed(f"\n\t{BLUE}[NOTICE] {RESET}The update process was aborted by user...", 0)
 
     # -- configuration -------------------------------------------------------------------------
     def load_old_conf(self) -> Any:
+        """load_old_ispcp_cfg (ispcp-update:182-206): the default path, asked for only when it cannot be loaded."""
+        from ispcp_lib.core.errors import InputError
         from ispcp_lib.facts.ispcp_conf import IspcpConf
 
         self.subtitle("Loading old ispCP configuration file:")
-        self.out("\n")
-        for _attempt in range(5):  # the real one asks forever
-            answer = self.ask(f"\n\n\tPlease enter path to your ispcp.old.conf [{DEFAULT_OLD_CONF}]: ").strip()
-            logical = answer or DEFAULT_OLD_CONF
-            real = Path(logical)
-            if not (real.is_absolute() and str(real).startswith(str(self.root) + "/")):
-                real = self.path(logical)
-            if real.is_file():
-                self.old_conf_path = real
-                self.out("\t" + " " * 60)
-                self.status(True)
-                return IspcpConf.load(real)
-            self.out(f"\n\t{RED}[ERROR]{RESET} Unable to open {logical}: No such file or directory\n")
-        raise Failed(f"\t{RED}[ERROR]{RESET} ispcp.old.conf not found: cannot update without the old configuration")
+        logical = DEFAULT_OLD_CONF
+        while True:
+            real = self.path(logical) if logical.startswith("/") else self.root / "var/www/ispcp/engine/setup" / logical
+            try:
+                if real.is_file():
+                    self.old_conf_path = real
+                    self.status(True)
+                    return IspcpConf.load(real)
+            except InputError:
+                pass
+            # get_file's error, shown only with DEBUG (ispcp_common_methods.pl:483)
+            self.dbg(f"push_el() sub_name: get_file(), msg: [ERROR] File '{logical}' does not exist !")
+            logical = self.ask(  # ispcp-update:194-195
+                "\n\n\tPlease enter path to your ispcp.old.conf [/etc/ispcp/ispcp.old.conf]: "
+            ).strip()
 
     def merge(self, old: Any) -> None:
         """The real update_ispcp_cfg: old values win for every key the new file has, except the version keys."""
@@ -233,49 +279,54 @@ class Update:
         atomic_write(self.conf_path, self.conf.text())
 
     def check_conf(self) -> None:
+        """check_ispcp_cfg_file and cfg_recovery_process (ispcp-update:257-427)."""
         self.subtitle("Check ispCP configuration file:")
-        empty = [
-            k
-            for k in (
-                "SERVER_HOSTNAME",
-                "BASE_SERVER_IP",
-                "DEFAULT_ADMIN_ADDRESS",
-                "DATABASE_HOST",
-                "DATABASE_NAME",
-                "DATABASE_USER",
-            )
-            if not self.conf.get(k)
-        ]
+        empty = sorted(k for k, v in self.conf.values.items() if (v or "") == "" and k not in MAY_BE_EMPTY)
         if not empty:
             self.status(True)
             return
-        self.out("\n")
         if len(empty) >= 3:
             self.out(
-                f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file several settings are set\n"
+                f"\n\n\t{YELLOW}[WARNING] {RESET}Your ispCP configuration file has several settings set\n"
                 "\tto an empty value!\n"
-            )
-            answer = self.ask("\n\tAre you sure you have installed ispCP ? [Y/n]: ").strip().lower()
+            )  # ispcp-update:333-335
+            answer = self.ask("\n\tAre you sure you have installed ispCP ? [Y/n]: ").strip().lower()  # :338
             if answer == "n":
                 raise Failed(
-                    f"\n\t{BLUE}[NOTICE]{RESET} The update program ends now!\n\tPlease, run "
-                    f"'{self.conf.get('ROOT_DIR')}/engine/setup/ispcp-setup' instead!"
-                )
+                    f"\n\t{BLUE}[NOTICE] {RESET}The program ends now!\n\tPlease, run "
+                    f"'{self.conf.get('ROOT_DIR')}/engine/setup/ispcp-setup' instead!\n"
+                    + FATAL.format(red=RED, reset=RESET)
+                )  # ispcp-update:342-346
         self.out(
-            f"\n\n\t{YELLOW}[WARNING]{RESET} In your ispCP configuration file are some new or unset "
-            "parameters!\n\tThe update script will switch to upgrade mode now...\n"
-        )
-        self._yes_no("\n\tDo you want to continue [Y/n]: ")
+            f"\n\n\t{YELLOW}[WARNING] {RESET}Your ispCP configuration file has missing parameters!\n"
+            "\tThe update script will switch to recovery/upgrade mode now...\n"
+        )  # ispcp-update:349-351
+        self._yes_no("\n\tDo you want to continue [Y/n]: ")  # ispcp-update:354
+        hostname = self.conf.get("SERVER_HOSTNAME") or "localhost"
         for key in empty:
-            default = self.conf.get(key) or ASK_DEFAULTS.get(key, "")
-            value = self.ask("\n\t" + ASK[key].format(default=default)).strip() or ASK_DEFAULTS.get(key, "")
-            self.conf.set(key, value)
+            if key not in ASK:
+                self._store_conf()
+                raise Failed(
+                    f"\n\t{BLUE}[NOTICE] {RESET}The setting '{key}' can't be handle by\n\tthe recovery process!"
+                    f"\n\n\tPlease, set it manually in your {DEFAULT_OLD_CONF}and\n\tre-run this script.\n\n"
+                    "\tThe program will end now !\n" + FATAL.format(red=RED, reset=RESET)
+                )  # ispcp-update:395-400
+            question, default = ASK[key]
+            shown = (default or "").format(hostname=hostname)
+            while True:
+                answer = self.query(question.format(default=shown)).strip() or shown
+                if answer:
+                    break
+                self.out(f"\n\t{RED}[ERROR] {RESET}E-mail address not valid!\n")  # Query.pm:85
+            if key == "LOCAL_DNS_RESOLVER":  # ask_resolver, ispcp-setup-methods.pl:468-469
+                answer = "no" if answer.lower() in ("n", "no") else "yes"
+            self.conf.set(key, answer)
         self._store_conf()
         self.out(
-            f"\n\t{BLUE}[NOTICE]{RESET} The upgrade process ended successfully!\n"
-            "\tThe update process will continue normally now...\n\n"
-        )
-        self.ask("\tPlease, type 'Enter' to continue...")
+            f"\n\t{BLUE}[NOTICE] {RESET} The recovery/upgrade process ended successfully!\n\tThe update "
+            "process will continue normally now...\n\n"
+        )  # ispcp-update:416-418
+        self.ask("\tPlease, type 'Enter' to continue...")  # ispcp-update:420
 
     # -- database ------------------------------------------------------------------------------
     def keys(self) -> Any:
@@ -293,10 +344,15 @@ class Update:
                 try:
                     return keyfiles.parse_keyfile(layout, real.read_text(errors="surrogateescape"), paths[layout])
                 except InputError:
-                    raise Failed(f"\t{RED}[ERROR]{RESET} KEY or IV has invalid length") from None
-        raise Failed(f"\t{RED}[ERROR]{RESET} Can't locate {paths['perl_engine']}: the ispCP key file is missing")
+                    self.dbg("push_el() sub_name: decrypt_db_password(), msg: [ERROR] KEY or IV has invalid length")
+                    raise Failed(FATAL.format(red=RED, reset=RESET), 255) from None
+        # require 'ispcp-db-keys.pl' (ispcp_common_code.pl:41) without the file: Perl's own message
+        root_dir = self.conf.get("ROOT_DIR") or "/var/www/ispcp"
+        raise Failed(f"Can't locate ispcp-db-keys.pl in @INC at {root_dir}/engine/ispcp_common_code.pl line 41.", 2)
 
     def connect(self) -> None:
+        """doSQL's connection (ispcp_common_methods.pl:259-269): on failure the DSN is pushed on the error
+        stack, printed only with DEBUG, and the step fails with exit_msg's FATAL text."""
         import pymysql
 
         from ispcp_lib.core.errors import InputError
@@ -309,30 +365,25 @@ class Update:
         try:
             password = crypto.decrypt_db_password(self.conf.get("DATABASE_PASSWORD") or "", ks.key, ks.iv, strict=False)
         except InputError as exc:
-            if "invalid length" in exc.problem:
-                raise Failed(f"\t{RED}[ERROR]{RESET} KEY or IV has invalid length") from None
+            if "invalid length" in exc.problem:  # ispcp_common_methods.pl:1772-1778
+                self.dbg("push_el() sub_name: decrypt_db_password(), msg: [ERROR] KEY or IV has invalid length")
+                self.status(False)
+                raise Failed(FATAL.format(red=RED, reset=RESET), 255) from None
             password = ""
-        self.dbg(f"doSQL(): DBI:mysql:{name}:{host} user {user} password '{password}'")
-        dsn = f"DBI connect('{name}:{host}','{user}',...) failed"
         try:
             self.db = pymysql.connect(
-                unix_socket=self.socket or "/var/run/mysqld/mysqld.sock",
+                unix_socket=self.socket,
                 user=user,
                 password=password.encode("utf-8", "surrogateescape"),
                 database=name,
                 autocommit=True,
                 connect_timeout=10,
             )
-        except pymysql.OperationalError as exc:
-            code = exc.args[0] if exc.args else 0
-            if code in (1045, 1044, 1698):
-                why = f"Access denied for user '{user}'@'{host}' (using password: {'YES' if password else 'NO'})"
-            elif code == 1049:
-                why = f"Unknown database '{name}'"
-            else:
-                why = "Can't connect to local MySQL server through socket '/var/run/mysqld/mysqld.sock' (2)"
+        except pymysql.MySQLError:
+            dsn = f"DBI:mysql:{name}:{host} {user} {password}"
+            self.dbg(f"push_el() sub_name: doSQL(), msg: [ERROR] Unable to connect SQL server with current DSN: {dsn}")
             self.status(False)
-            raise Failed(f"\t{RED}[ERROR]{RESET} {dsn}: {why} at ../ispcp_common_code.pl line 1082") from None
+            raise Failed(FATAL.format(red=RED, reset=RESET), 255) from None
 
     def sql(self, query: str, args: Any = None) -> list[tuple]:
         with self.db.cursor() as cur:
@@ -341,6 +392,8 @@ class Update:
 
     # -- services ------------------------------------------------------------------------------
     def ftp(self) -> None:
+        """setup_ftpd's update branch (ispcp-setup-methods.pl:2416-2476): the working file's login, checked;
+        when it fails, a warning and the FTP user and password questions."""
         from ispcp_lib.facts import proftpd
 
         self.subtitle("ispCP ProFTPd configuration file:")
@@ -348,31 +401,36 @@ class Update:
         working = f"{conf_dir}/proftpd/working/proftpd.conf"
         path = self.path(working)
         info = proftpd.parse(path.read_text(errors="replace")) if path.is_file() else None
-        if info is not None and self._vftp_ok(info.user or "vftp", info.password or ""):
-            self.status(True)
-            return
-        self.out(
-            f"\n\t{YELLOW}[WARNING]{RESET} Unable to log into the database as "
-            f"{(info.user if info else None) or 'vftp'} with the password from {working}\n"
-        )
-        for _attempt in range(3):
-            first = self.ask("\n\tPlease enter ispCP ftp SQL user password. [auto generate]: ", secret=True)
-            if first == "":
-                self._new_vftp_password(info, path)
-                return
-            second = self.ask("\tPlease repeat ispCP ftp SQL user password: ", secret=True)
-            if first != second:
-                self.out(f"\n\t{RED}ERROR:{RESET} Passwords do not match!\n")
-                continue
-            if self._vftp_ok((info.user if info else None) or "vftp", first):
-                self.out("\t" + " " * 60)
+        if info is not None:
+            dsn = f"DBI:mysql:{self.conf.get('DATABASE_NAME') or 'ispcp'}:localhost {info.user} {info.password}"
+            self.dbg(  # check_sql_connection, ispcp-setup-methods.pl:1000-1003
+                "push_el() sub_name: check_sql_connection(), msg: Checking MySQL server connection with the "
+                f"following DSN: {dsn}"
+            )
+            if self._vftp_ok(info.user or "vftp", info.password or ""):
                 self.status(True)
                 return
-            raise Failed(
-                f"\t{RED}[ERROR]{RESET} DBI connect('{self.conf.get('DATABASE_NAME')}:localhost','vftp',...) "
-                "failed: Access denied for user 'vftp'@'localhost' (using password: YES)"
-            )
-        raise Failed(f"\t{RED}[ERROR]{RESET} The ispCP ftp SQL user password could not be set")
+            self.out(
+                "\n\t[WARNING] Unable to connect to the database with authentication information\n\tfound in "
+                "your proftpd.conf file! We will create a new Ftpd Sql account.\n"
+            )  # ispcp-setup-methods.pl:2444-2446
+        else:
+            self.out(
+                f"\n\t{YELLOW}[WARNING] {RESET}Unable to find the Proftpd configuration file!"
+                "\n\tThe program will create a new."
+            )  # ispcp-setup-methods.pl:2451-2453
+        user = self.query("Please enter ispCP FTP SQL user [vftp]: ").strip() or "vftp"  # Query.pm:67
+        while True:
+            first = self.query("Please enter ispCP OMEGA FTP SQL user password [auto generate]: ", True)  # Query.pm:70
+            if first == "":
+                self._new_vftp_password(user, info, path)
+                return
+            second = self.query("Please repeat ispCP OMEGA ftp SQL user password: ", True)  # Query.pm:71
+            if first == second:
+                self._set_vftp_password(user, first, info, path)
+                self.status(True)
+                return
+            self.out(f"\n\t{RED}[ERROR] {RESET}Passwords do not match!\n")  # Query.pm:73
 
     def _vftp_ok(self, user: str, password: str) -> bool:
         import pymysql
@@ -396,24 +454,26 @@ class Update:
         finally:
             conn.close()
 
-    def _new_vftp_password(self, info: Any, working: Path) -> None:
-        """[auto generate]: a new password in MySQL and in both ProFTPd configs, as the real setup does."""
+    def _new_vftp_password(self, user: str, info: Any, working: Path) -> None:
+        """[auto generate] (ispcp-setup-methods.pl:316-320): a new password, shown once by printNotice."""
         import secrets as rnd
         import string
 
+        password = "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(18))
+        self.out(f"\n\t{BLUE}[NOTICE] {RESET}ispCP ftp SQL user password set to: {password}\n")  # Query.pm:72
+        self._set_vftp_password(user, password, info, working)
+
+    def _set_vftp_password(self, user: str, password: str, info: Any, working: Path) -> None:
+        """The new SQL account and both ProFTPd configs, as the real setup writes them."""
+        from ispcp_lib.core.fileops import atomic_write
         from ispcp_lib.facts import proftpd
 
-        password = "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(18))
-        user = (info.user if info else None) or "vftp"
         for (host,) in self.sql("SELECT host FROM mysql.user WHERE user = %s", (user,)):
             self.sql("SET PASSWORD FOR %s@%s = PASSWORD(%s)", (user, host, password))
-        from ispcp_lib.core.fileops import atomic_write
-
         ftpd = self.path(self.conf.get("FTPD_CONF_FILE") or "/etc/proftpd.conf")
         for path in (working, ftpd):
             if path.is_file() and proftpd.parse(path.read_text(errors="replace")) is not None:
                 atomic_write(path, proftpd.with_password(path.read_text(errors="replace"), password))
-        self.out(f"\tispCP ftp SQL user password set to: {password}\n")
 
     def services(self) -> None:
         self.title("Rebuilding all services configuration files")
@@ -433,7 +493,7 @@ class Update:
 
     # -- customers -----------------------------------------------------------------------------
     def manager_sleeps(self, manager: str) -> bool:
-        from ispcp_lib.steps.engine_speedup import find_sleep_lines
+        from ispcp_lib.ispcp.engine_sleep import find_sleep_lines
 
         path = self.path(f"{self.conf.get('ROOT_DIR') or '/var/www/ispcp'}/engine/{manager}")
         if not path.is_file():
@@ -592,6 +652,8 @@ class Update:
 
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> None:
+        if self.path(BACKUP_LOCK).exists():  # update_startup, ispcp-update:649-654: exit_msg(0, …)
+            raise Failed(f"\n\t{BLUE}[NOTICE] {RESET}Backup engine is currently running. Aborting...\n", 0)
         self.dialog()
         self.clear()
         self.title("Starting ispCP update")
@@ -619,10 +681,10 @@ class Update:
         self.subtitle("Starting services: ")
         self.status(True)
         self.out(
-            f"\n\t{BOLD}{UNDERLINE}Congratulations, you updated ispCP OMEGA '{self.conf.get('Version')}' "
-            f"successfully!{RESET}\n\n\tType http://{self.conf.get('BASE_SERVER_VHOST') or 'admin'} into "
-            "your browser to log in\n\tto your panel.\n\n"
-        )
+            f"{BOLD}{UNDERLINE}\n\tCongratulations, you updated ispCP OMEGA'{self.conf.get('Version')}' "
+            f"successfully!\n\n{RESET}\tType http://{self.conf.get('BASE_SERVER_VHOST')} into your browser to "
+            "log in\n\tto your panel.\n\n"
+        )  # update_shutdown, ispcp-update:795-800
 
 
 def _read_ids(path: Path) -> dict[str, int]:
@@ -665,57 +727,43 @@ def _vhost(name: str, ip: str, docroot: str, user: str, group: str, kind: str) -
     )
 
 
-def request_manager_main() -> int:
-    """The sandbox's ispcp-rqst-mngr: process the pending requests (rows in status 'change')."""
-    root = os.environ.get(ENV_ROOT)
-    if not root or not Path(root, "etc/ispcp").is_dir():
-        sys.stderr.write(
-            "This is the sandbox's ispcp-rqst-mngr stand-in (TEST SCAFFOLDING, not ispCP).\n"
-            f"It only runs with {ENV_ROOT} set to a sandbox target root.\n"
-        )
-        return 2
-    try:
-        scale = float(os.environ.get(ENV_SCALE, "1.0"))
-    except ValueError:
-        scale = 1.0
-    update = None
-    try:
-        update = Update(Path(root), os.environ.get(ENV_SOCKET), scale)
-        update.connect()
-        update.process_requests()
-    except Failed as exc:
-        sys.stdout.write(f"\n{exc}\n")
-        sys.stdout.flush()
-        return exc.code
-    finally:
-        if update is not None and update.db is not None:
-            update.db.close()
-    return 0
+def sandbox_root(script: str, rel: str) -> Path | None:
+    """The sandbox target tree a stand-in was installed into (its path minus rel); None outside a world."""
+    path = Path(script).absolute()
+    root = path.parents[len(Path(rel).parts) - 1]
+    if path != root / rel or root == Path("/") or not (root.parent / WORLD_MANIFEST).is_file():
+        return None
+    return root if (root / "etc/ispcp").is_dir() else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    root = os.environ.get(ENV_ROOT)
-    if not root or not Path(root, "etc/ispcp").is_dir():
-        sys.stderr.write(
-            "This is the sandbox's ispcp-update stand-in (TEST SCAFFOLDING, not ispCP).\n"
-            f"It only runs with {ENV_ROOT} set to a sandbox target root.\n"
-        )
-        return 2
-    script_dir = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else None
-    if script_dir is not None and script_dir.name == "setup" and Path.cwd().resolve() != script_dir:
-        sys.stderr.write(
-            f"{RED}[ERROR]{RESET} ispcp-update must be started from its own directory:\n"
-            "\tcd /var/www/ispcp/engine/setup && ./ispcp-update\n"
-        )
-        return 2
+def _refusal(what: str) -> int:
+    sys.stderr.write(
+        f"This is the sandbox's {what} stand-in (TEST SCAFFOLDING, not ispCP).\n"
+        "It only runs inside a sandbox world's target tree.\n"
+    )
+    return 2
+
+
+def _scale() -> float:
     try:
-        scale = float(os.environ.get(ENV_SCALE, "1.0"))
+        return float(os.environ.get(ENV_SCALE, "1.0"))
     except ValueError:
-        scale = 1.0
+        return 1.0
+
+
+def _socket(root: Path) -> str:
+    """The tree's MariaDB socket, where Debian's client looks by default."""
+    for rel in ("var/run/mysqld/mysqld.sock", "run/mysqld/mysqld.sock"):
+        if (root / rel).exists():
+            return str(root / rel)
+    return str(root / "run/mysqld/mysqld.sock")
+
+
+def _finish(work: Callable[[Update], None], root: Path) -> int:
     update = None
     try:
-        update = Update(Path(root), os.environ.get(ENV_SOCKET), scale)
-        update.run()
+        update = Update(root, _socket(root), _scale())
+        work(update)
     except Failed as exc:
         sys.stdout.write(f"\n{exc}\n")
         sys.stdout.flush()
@@ -726,6 +774,33 @@ def main(argv: list[str] | None = None) -> int:
         if update is not None and update.db is not None:
             update.db.close()
     return 0
+
+
+def request_manager_main() -> int:
+    """The sandbox's ispcp-rqst-mngr: process the pending requests (rows in status 'change')."""
+    root = sandbox_root(sys.argv[0] if sys.argv else "", MANAGER_REL)
+    if root is None:
+        return _refusal("ispcp-rqst-mngr")
+
+    def work(update: Update) -> None:
+        update.connect()
+        update.process_requests()
+
+    return _finish(work, root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = sandbox_root(sys.argv[0] if sys.argv else "", SCRIPT_REL)
+    if root is None:
+        return _refusal("ispcp-update")
+    script_dir = root / Path(SCRIPT_REL).parent
+    if Path.cwd().resolve() != script_dir.resolve():  # the guide: always start it from engine/setup
+        sys.stderr.write(
+            f"{RED}[ERROR]{RESET} ispcp-update must be started from its own directory:\n"
+            "\tcd /var/www/ispcp/engine/setup && ./ispcp-update\n"
+        )
+        return 2
+    return _finish(Update.run, root)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ispcp_lib.system.postfix_guard import register_watchdogs
+
 STEP_ORDER: tuple[str, ...] = (
     "inventory",
     "preflight",
@@ -28,6 +30,9 @@ STEP_ORDER: tuple[str, ...] = (
     "register_accounts",
     "cleanup",
 )
+
+# Every changing step first checks that the mail guard still holds (ispcp_lib.core.action.WATCHDOGS).
+register_watchdogs()
 
 
 def load(name: str) -> ModuleType:

@@ -12,12 +12,14 @@ from ispcp_lib.core.action import action, read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.ispcp import health
 from ispcp_lib.ispcp.encrypted_columns import CREDENTIALS_FILE
-from ispcp_lib.steps import STEP_ORDER, ispcp_update, mail_guard, register_accounts
-from ispcp_lib.steps.engine_speedup import restore_sleep_lines
-from ispcp_lib.steps.mysql_maintainer import ROOT_CNF
+from ispcp_lib.ispcp.engine_sleep import restore_sleep_lines
+from ispcp_lib.ispcp.root_mycnf import remove_root_mycnf
+from ispcp_lib.ispcp.update_env import CONF_PATH, load_conf, old_conf_path, update_verdict
+from ispcp_lib.mysql.accounts import ROOT_CNF
+from ispcp_lib.steps import STEP_ORDER
+from ispcp_lib.system import postfix_guard as guard
 
 TITLE = "Clean up and check the result"
 GUIDE = "the closing remark that some clean-up work remains after a successful update"
@@ -54,7 +56,6 @@ PARAMETERS: dict[str, tuple[object, str]] = {
 }
 LIFT_GUARD = ("after_update", "always", "never")
 
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 # Credential files other steps leave in the state dir for the admin; cleanup names them, never removes them.
 REMAINING_CREDENTIALS = {
     ROOT_CNF: "MySQL's new root password (mysql_reset_root)",
@@ -64,23 +65,17 @@ REMAINING_CREDENTIALS = {
 
 def reset_debug(ctx: Context, result: Result) -> str:
     """DEBUG = 0 in ispcp.conf, and in ispcp.old.conf where ispcp_update set it to 1 for the merge."""
-    path = ctx.t(CONF_PATH)
-    if not path.is_file():
+    conf = load_conf(ctx)
+    if conf is None:
         result.warn(f"{CONF_PATH} not found: DEBUG could not be reset")
         return "no ispcp.conf"
-    conf = IspcpConf.load(path, display=CONF_PATH)
     done = []
-    old_logical = f"{(conf.get('CONF_DIR') or '/etc/ispcp').rstrip('/')}/ispcp.old.conf"
-    for logical, c in ((CONF_PATH, conf), (old_logical, None)):
-        p = ctx.t(logical)
-        if c is None:
-            if not p.is_file():
-                continue
-            c = IspcpConf.load(p, display=logical)
-        if "DEBUG" in c and (c.get("DEBUG") or "0").strip() != "0":
+    for path in (CONF_PATH, old_conf_path(conf)):
+        c = conf if path == CONF_PATH else load_conf(ctx, path)
+        if c is not None and "DEBUG" in c and (c.get("DEBUG") or "0").strip() != "0":
             c.set("DEBUG", "0")
-            ctx.write_file(p, c.text(), what=f"set DEBUG = 0 in {logical}")
-            done.append(logical)
+            ctx.write_file(path, c.text(), what=f"set DEBUG = 0 in {path}")
+            done.append(path)
     return f"set to 0 in {', '.join(done)}" if done else "already 0"
 
 
@@ -88,9 +83,10 @@ def remaining_credentials(ctx: Context, result: Result) -> list[str]:
     """Name the credential files that stay in the state dir for the admin to hand out and delete."""
     found = []
     for name, what in REMAINING_CREDENTIALS.items():
-        path = ctx.state_dir / name
-        if path.is_file():
-            mode = path.stat().st_mode & 0o777
+        path = f"{ctx.state_dir}/{name}"
+        st = ctx.state.stat(path)
+        if st is not None and st.is_file:
+            mode = st.mode & 0o777
             found.append(name)
             result.warn(
                 f"{path} (mode {mode:04o}) holds {what}: hand the passwords out, then delete the file"
@@ -99,24 +95,13 @@ def remaining_credentials(ctx: Context, result: Result) -> list[str]:
     return found
 
 
-def update_verdict(ctx: Context) -> tuple[bool, str]:
-    """Whether ispcp_update's last attempt succeeded, from its records in the state dir, and why."""
-    done = ispcp_update.last_success(ctx)
-    last = ispcp_update.next_attempt(ctx) - 1
-    if done is None:
-        return False, (f"none of ispcp_update's {last} attempt(s) succeeded" if last else "ispcp_update never ran")
-    if last > int(done.get("attempt") or 0):
-        return False, f"ispcp_update's last attempt ({last}) failed after attempt {done.get('attempt')} had succeeded"
-    return True, f"ispcp_update attempt {done.get('attempt')} succeeded ({done.get('ts')})"
-
-
 def lift_guard(ctx: Context, result: Result) -> str:
     """Lift the mail guard when it is safe (or forced); otherwise keep it and warn. The clean-up table's outcome."""
     mode = ctx.param("cleanup_lift_guard", "after_update") or "after_update"
     if mode not in LIFT_GUARD:
         raise InputError("cleanup_lift_guard", f"is {mode!r}", f"use one of {', '.join(LIFT_GUARD)}")
-    if mail_guard.guard_state(ctx) is None:
-        return _outcome(ctx, result, mail_guard.lift)
+    if guard.guard_state(ctx) is None:
+        return _outcome(ctx, result, guard.lift)
     succeeded, why = update_verdict(ctx)
     if mode == "never":
         result.note(
@@ -136,7 +121,7 @@ def lift_guard(ctx: Context, result: Result) -> str:
             f"The mail guard is lifted although {why} (cleanup_lift_guard = always): check that Postfix "
             "knows the hosted domains, or their mail bounces for good."
         )
-    return _outcome(ctx, result, mail_guard.lift)
+    return _outcome(ctx, result, guard.lift)
 
 
 def _outcome(ctx: Context, result: Result, undo: Callable[[Context, Result], None]) -> str:
@@ -212,9 +197,7 @@ def run(ctx: Context, result: Result) -> None:
     else:
         actions.append({"task": "restore the sleep(1) lines", "outcome": "kept out (cleanup_restore_sleep = False)"})
     actions.append({"task": "lift the mail guard", "outcome": lift_guard(ctx, result)})
-    actions.append(
-        {"task": "remove root's ~/.my.cnf", "outcome": _outcome(ctx, result, register_accounts.remove_root_mycnf)}
-    )
+    actions.append({"task": "remove root's ~/.my.cnf", "outcome": _outcome(ctx, result, remove_root_mycnf)})
     left = remaining_credentials(ctx, result)
     actions.append(
         {
@@ -235,5 +218,5 @@ def run(ctx: Context, result: Result) -> None:
     if result.changed:
         result.summary = f"{result.changed} clean-up change(s); {healthy}"
     else:
-        guard = "the mail guard is kept (see above)" if mail_guard.guard_state(ctx) else "no mail guard"
-        result.noop_reason = f"nothing left to clean up (DEBUG is 0, {guard}, no ~/.my.cnf of ours); {healthy}"
+        kept = "the mail guard is kept (see above)" if guard.guard_state(ctx) else "no mail guard"
+        result.noop_reason = f"nothing left to clean up (DEBUG is 0, {kept}, no ~/.my.cnf of ours); {healthy}"

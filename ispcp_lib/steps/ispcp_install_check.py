@@ -12,7 +12,7 @@ from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_install as ii
 from ispcp_lib.facts import services as sv
-from ispcp_lib.steps import mail_guard
+from ispcp_lib.system import postfix_guard as guard
 
 TITLE = "Check the fresh ispCP install"
 GUIDE = 'the section on installing MySQL and a "dummy" ispCP before the databases come back'
@@ -55,7 +55,7 @@ def run(ctx: Context, result: Result) -> None:
     result.table("ispCP on the target", pd.DataFrame(_install_rows(ctx, install, result)))
     verdict, why = _compare(install, old)
     result.table("Target against the backup", pd.DataFrame(_release_rows(install, old, verdict, why)))
-    checks = sv.check_services(install.conf if install else None, ctx.target_root)
+    checks = sv.check_services(install.conf if install else None, sv.Roots.for_context(ctx))
     result.table("Services that ispcp-update rebuilds", pd.DataFrame([c.row() for c in checks]))
     result.table("MySQL server", pd.DataFrame(_mysql_rows(ctx, mysql, install, result)))
     _service_warnings(checks, result)
@@ -108,7 +108,7 @@ def _install_rows(ctx: Context, inst: ii.TargetInstall | None, result: Result) -
     rows = [
         _row(
             "ispcp.conf",
-            "found" if conf else "invalid" if ctx.t(ii.CONF_PATH).exists() else "missing",
+            "found" if conf else "invalid" if ctx.target.exists(ii.CONF_PATH) else "missing",
             ii.CONF_PATH,
             inst.conf_problem or "",
         ),
@@ -279,13 +279,13 @@ def _service_warnings(checks: list[sv.ServiceCheck], result: Result) -> None:
 
 def _mail_guard(ctx: Context, result: Result) -> None:
     """Confirm that the mail guard, when set, survived the install."""
-    if mail_guard.guard_state(ctx) is None:
+    if guard.guard_state(ctx) is None:
         result.warn(
             "the mail guard is not set: installers start Postfix, which then rejects mail for the "
             "hosted domains for good. Run the mail_guard step before going on"
         )
         return
-    ok, message = mail_guard.check_guard(ctx)
+    ok, message = guard.check_guard(ctx)
     result.data["mail_guard"] = {"ok": bool(ok), "message": message}
     if ok:
         result.note(f"Mail guard still holds after the install: {message}")

@@ -64,7 +64,7 @@ _FIXES = {
 
 
 def _distribution(ctx: Context, result: Result) -> dict[str, str]:
-    old, new = system.distribution(backup_layout.backup(ctx)), system.distribution(ctx.target)
+    old, new = system.os_release(backup_layout.backup(ctx)), system.os_release(ctx.target)
     if old is None:
         result.warn("the backup has neither os-release nor debian_version: cannot compare distributions")
         return _row("distribution", "unknown", "no /etc/os-release or /etc/debian_version in the backup")
@@ -129,7 +129,7 @@ def _mysql_versions(ctx: Context, result: Result) -> dict[str, str]:
 
 
 def _crypt_cbc(ctx: Context, result: Result) -> dict[str, str]:
-    version = system.perl_module_version(ctx.target, "Crypt::CBC")
+    version = system.perl_module_version("Crypt::CBC", ctx.target)
     if version is None:
         return _row("Perl Crypt::CBC", "WARN", "not installed: ispCP's engine needs it (libcrypt-cbc-perl)")
     if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:

@@ -19,11 +19,9 @@ from ispcp_lib.facts.ispcp_login import ispcp_login
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.ispcp.domain_layout import DomainLayout, Owners, Places, domain_layout
 from ispcp_lib.ispcp.engine import engine_env
-from ispcp_lib.ispcp.root_mycnf import MARKER, MY_CNF, remove_root_mycnf, write_root_mycnf
+from ispcp_lib.ispcp.root_mycnf import write_root_mycnf
 from ispcp_lib.system import ownership
 from ispcp_lib.system.accounts_files import FILE_NAMES, AccountFiles
-
-__all__ = ["MARKER", "MY_CNF", "remove_root_mycnf", "run"]  # cleanup calls remove_root_mycnf
 
 TITLE = "Register the domains' system accounts"
 GUIDE = "the closing section on Apache not starting after the update, and its groups.sh script"

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.ispcp import engine_sleep, update_env
 from ispcp_lib.sandbox import dns as sdns
 from ispcp_lib.sandbox import postfix as spf
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import cleanup, engine_speedup, ispcp_update, mail_guard
+from ispcp_lib.system import postfix_guard as guard
 from tests.integration.recovered_world import (  # noqa: F401 (fixtures)
     FAST,
     open_ctx,
@@ -33,7 +35,7 @@ def test_cleanup_restores_the_previous_state(recovered, monkeypatch: pytest.Monk
     monkeypatch.setenv("ISPCP_SANDBOX_SLEEP_SCALE", str(FAST))
     world = recovered
     sync_proftpd(world)
-    managers = {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_speedup.MANAGERS}
+    managers = {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_sleep.MANAGERS}
     ctx = open_ctx(world, apply=True, cleanup_restore_sleep=True)
     speed = engine_speedup.run(ctx)
     update = ispcp_update.run(ctx)
@@ -56,7 +58,7 @@ def test_cleanup_restores_the_previous_state(recovered, monkeypatch: pytest.Monk
     done = cleanup.run(ctx)
     assert done.status == "done", done.errors
     assert debug_values(world) == ("0", "0")
-    assert {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_speedup.MANAGERS} == managers
+    assert {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_sleep.MANAGERS} == managers
     # The admin still needs the new root password: the file stays, and the report says where and what it is.
     assert root_cnf.read_text() == "[client]\nuser=root\npassword=x\n"
     assert any(str(root_cnf) in w and "mode 0600" in w and "delete the file" in w for w in done.warnings)
@@ -82,9 +84,9 @@ def test_cleanup_keeps_the_sleep_lines_out_by_default(recovered) -> None:
     world = recovered
     ctx = open_ctx(world, apply=True)
     engine_speedup.run(ctx)
-    commented = {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_speedup.MANAGERS}
+    commented = {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_sleep.MANAGERS}
     done = cleanup.run(ctx)
-    assert {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_speedup.MANAGERS} == commented
+    assert {n: (world.target_root / ENGINE / n).read_bytes() for n in engine_sleep.MANAGERS} == commented
     tasks = {r["task"]: r["outcome"] for r in done.tables[0].frame.to_dict("records")}
     assert "kept out" in tasks["restore the sleep(1) lines"]
     # the update has not run here: the health table says so instead of pretending
@@ -120,12 +122,12 @@ def guarded(recovered: World) -> Iterator[tuple[World, dict[str, Any]]]:
 
 def _attempts(world: World, numbers: list[int], succeeded: int | None) -> None:
     """ispcp_update's records as it leaves them: one transcript per attempt, the last success's record."""
-    logs = world.state_dir / ispcp_update.LOG_DIR
+    logs = world.state_dir / update_env.LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
     for n in numbers:
         (logs / f"attempt-{n:03d}-run.log").write_text("transcript\n")
     if succeeded is not None:
-        (logs / ispcp_update.SUCCESS_FILE).write_text(
+        (logs / update_env.SUCCESS_FILE).write_text(
             json.dumps({"attempt": succeeded, "ts": "2026-01-01T00:00:00", "run_id": "run", "inputs": "x"})
         )
 
@@ -143,8 +145,8 @@ def test_the_guard_stays_while_the_update_has_not_succeeded(guarded, history: st
         _attempts(world, [1, 2], 1)
     main_cf = (world.target_root / "etc/postfix/main.cf").read_bytes()
     done = cleanup.run(open_ctx(world, apply=True, **params))
-    assert mail_guard.guard_state(open_ctx(world)) is not None
-    assert mail_guard.check_guard(open_ctx(world, **params))[0]
+    assert guard.guard_state(open_ctx(world)) is not None
+    assert guard.check_guard(open_ctx(world, **params))[0]
     assert (world.target_root / "etc/postfix/main.cf").read_bytes() == main_cf
     assert _guard_outcome(done).startswith("kept")
     expected = {
@@ -160,7 +162,7 @@ def test_the_guard_is_lifted_after_a_successful_update(guarded) -> None:
     _attempts(world, [1, 2], 2)
     done = cleanup.run(open_ctx(world, apply=True, **params))
     assert _guard_outcome(done) == "done"
-    assert mail_guard.guard_state(open_ctx(world)) is None
+    assert guard.guard_state(open_ctx(world)) is None
     assert not any("MAIL GUARD" in w for w in done.warnings)
 
 
@@ -168,11 +170,11 @@ def test_the_guard_lift_can_be_forced_or_refused(guarded) -> None:
     world, params = guarded
     kept = cleanup.run(open_ctx(world, apply=True, cleanup_lift_guard="never", **params))
     assert _guard_outcome(kept) == "kept (cleanup_lift_guard = never)"
-    assert mail_guard.guard_state(open_ctx(world)) is not None
+    assert guard.guard_state(open_ctx(world)) is not None
 
     forced = cleanup.run(open_ctx(world, apply=True, cleanup_lift_guard="always", **params))
     assert _guard_outcome(forced) == "done"
-    assert mail_guard.guard_state(open_ctx(world)) is None
+    assert guard.guard_state(open_ctx(world)) is None
     assert any("lifted although ispcp_update never ran" in w for w in forced.warnings)
 
 

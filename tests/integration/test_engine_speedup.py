@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ispcp_lib.core.action import StepFailed
+from ispcp_lib.ispcp import engine_sleep
 from ispcp_lib.sandbox import ispcp_files
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import engine_speedup
@@ -39,7 +40,7 @@ sleep(1);
 
 
 def managers(world) -> dict[str, str]:
-    return {n: (world.target_root / ENGINE / n).read_text() for n in engine_speedup.MANAGERS}
+    return {n: (world.target_root / ENGINE / n).read_text() for n in engine_sleep.MANAGERS}
 
 
 def test_dry_run_apply_and_apply_again(stopped_world) -> None:
@@ -51,7 +52,7 @@ def test_dry_run_apply_and_apply_again(stopped_world) -> None:
     assert dry.status == "planned" and dry.changed == 7
     assert stable_fingerprint(world) == before
     table = dry.tables[0].frame
-    assert set(table["manager"]) == set(engine_speedup.MANAGERS)
+    assert set(table["manager"]) == set(engine_sleep.MANAGERS)
     assert set(table["state"]) == {"to comment out"}
 
     done = engine_speedup.run(open_ctx(world, apply=True))
@@ -69,8 +70,8 @@ def test_dry_run_apply_and_apply_again(stopped_world) -> None:
     for copy in done.backups:
         name = Path(copy).name
         assert Path(copy).read_text() == before_text[name]
-    record = json.loads((world.state_dir / engine_speedup.STATE_FILE).read_text())
-    assert {k.rsplit("/", 1)[1] for k in record} == set(engine_speedup.MANAGERS)
+    record = json.loads((world.state_dir / engine_sleep.STATE_FILE).read_text())
+    assert {k.rsplit("/", 1)[1] for k in record} == set(engine_sleep.MANAGERS)
 
     again = engine_speedup.run(open_ctx(world, apply=True))
     assert again.status == "noop" and again.changed == 0
@@ -80,7 +81,7 @@ def test_dry_run_apply_and_apply_again(stopped_world) -> None:
 
 def test_ispcp_107_has_no_sleep_lines(stopped_world) -> None:
     world = stopped_world
-    for name in engine_speedup.MANAGERS:
+    for name in engine_sleep.MANAGERS:
         (world.target_root / ENGINE / name).write_text(ispcp_files.engine_manager(name, "1.0.7 OMEGA"))
     before = stable_fingerprint(world)
     res = engine_speedup.run(open_ctx(world, apply=True))
@@ -107,7 +108,7 @@ def test_missing_managers_warn_and_a_missing_engine_fails(stopped_world) -> None
     assert any("ispcp-htusers-mngr" in w for w in res.warnings)
     assert res.changed == 6
 
-    for name in engine_speedup.MANAGERS:
+    for name in engine_sleep.MANAGERS:
         (world.target_root / ENGINE / name).unlink(missing_ok=True)
     with pytest.raises(StepFailed) as info:
         engine_speedup.run(open_ctx(world, apply=True))
@@ -126,8 +127,8 @@ def test_restore_puts_back_exactly_what_was_commented(stopped_world) -> None:
 
     result = Result(step="cleanup", apply=True)
     ctx.current = result
-    changes = engine_speedup.restore_sleep_lines(ctx, result)
+    changes = engine_sleep.restore_sleep_lines(ctx, result)
     ctx.current = None
     assert len(changes) == 7
     assert managers(world) == original
-    assert not (world.state_dir / engine_speedup.STATE_FILE).exists()
+    assert not (world.state_dir / engine_sleep.STATE_FILE).exists()

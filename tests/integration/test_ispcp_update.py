@@ -24,6 +24,7 @@ from tests.integration.recovered_world import (  # noqa: F401 (fixtures)
 )
 
 OLD_CONF = "etc/ispcp/ispcp.old.conf"
+CONF = "etc/ispcp/ispcp.conf"
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +70,9 @@ def test_success_dry_run_apply_and_apply_again(ready) -> None:
     for secret in world.secrets:  # DEBUG = 1 makes the stand-in print the database password
         assert secret not in text, "a sandbox secret reached the transcript"
         assert secret not in done._repr_html_()
-    assert "password '«redacted»'" in text
+    assert "with the following DSN: DBI:mysql:" in text and "«redacted»" in text  # vftp's password, masked
+    # The sandbox's configs leave BASE_SERVER_VHOST empty: recovery mode asks for it, the script's default is taken.
+    assert "answered 'recovery: BASE_SERVER_VHOST' with ''" in text
     health = {r["check"]: r["result"] for r in done.tables[-1].frame.to_dict("records")}
     assert health["every domain has its web dir and system user"] == "ok"
     assert health["Apache vhosts written for every domain"] == "ok"
@@ -126,7 +129,7 @@ def test_wrong_keys(ready) -> None:
     err = failing(world, ispcp_update_skip_prechecks=["database_login"])
     assert err.result.data["failure"]["pattern"] == "wrong database password"
     assert "run the keys step" in err.result.errors[0]
-    assert "Access denied for user 'root'" in transcripts(world)[0].read_text()
+    assert "Unable to connect SQL server with current DSN" in transcripts(world)[0].read_text()
 
 
 def test_mysql_stopped(ready) -> None:
@@ -140,7 +143,7 @@ def test_mysql_stopped(ready) -> None:
     assert err.result.data["failure"]["pattern"] == "database connection refused"
     assert "start MySQL" in err.result.data["failure"]["next_action"]
     text = transcripts(world)[-1].read_text()
-    assert "password '«redacted»'" in text  # DEBUG = 1 prints the DSN; the step registered it anyway
+    assert "current DSN: DBI:mysql:ispcp:localhost root «redacted»" in text  # DEBUG = 1 prints the password
     assert not [s for s in world.secrets if s in text]
 
 
@@ -155,7 +158,8 @@ def test_vftp_password_changed(ready) -> None:
     err = failing(world, ispcp_update_skip_prechecks=["vftp"])
     assert err.result.data["failure"]["pattern"] == "vftp password requested"
     text = transcripts(world)[0].read_text()
-    assert "Please enter ispCP ftp SQL user password" in text and "set to:" not in text  # never auto-generated
+    assert "Unable to connect to the database with authentication information" in text
+    assert "Please enter ispCP FTP SQL user [vftp]:" in text and "set to:" not in text  # never auto-generated
 
 
 def test_no_old_conf(ready) -> None:
@@ -166,21 +170,41 @@ def test_no_old_conf(ready) -> None:
     err = failing(world, ispcp_update_skip_prechecks=["old_conf", "database_login"])
     assert err.result.data["failure"]["pattern"] == "missing ispcp.old.conf"
     assert "was not accepted (asked again)" in err.result.errors[0]
-    assert "Unable to open" in transcripts(world)[0].read_text()
+    assert "File '/etc/ispcp/ispcp.old.conf' does not exist !" in transcripts(world)[0].read_text()
+
+
+def set_value(path: Path, key: str, value: str) -> None:
+    conf = IspcpConf.load(path)
+    conf.set(key, value)
+    path.write_text(conf.text())
+
+
+def test_recovery_mode_questions_are_answered_from_the_configs(ready) -> None:
+    world = ready
+    set_value(
+        world.target_root / OLD_CONF, "SERVER_HOSTNAME", ""
+    )  # ispcp.old.conf lacks it: the backup's ispcp.conf has it
+    err = failing(world)  # the pre-check sees the gap
+    assert "lacks SERVER_HOSTNAME" in err.result.errors[0]
+    done = ispcp_update.run(open_ctx(world, apply=True, ispcp_update_skip_prechecks=["old_conf"]))
+    assert done.status == "done", done.errors
+    text = transcripts(world)[-1].read_text()
+    assert "switch to recovery/upgrade mode" in text and "Please enter a fully qualified hostname [" in text
+    assert f"answered 'recovery: SERVER_HOSTNAME' with '{world.manifest['old']['hostname']}'" in text
+    conf = IspcpConf.load(world.target_root / "etc/ispcp/ispcp.conf")
+    assert conf.get("SERVER_HOSTNAME") == world.manifest["old"]["hostname"]
 
 
 def test_an_unexpected_prompt_is_quoted(ready) -> None:
     world = ready
-    old = IspcpConf.load(world.target_root / OLD_CONF)
-    old.set("SERVER_HOSTNAME", "")
-    (world.target_root / OLD_CONF).write_text(old.text())
-    err = failing(world)  # the pre-check sees the gap
-    assert "lacks SERVER_HOSTNAME" in err.result.errors[0]
+    # A setting no config holds and the script offers no default for: nobody knows the answer.
+    for path in (world.target_root / OLD_CONF, world.target_root / CONF, world.backup_root / CONF):
+        set_value(path, "DEFAULT_ADMIN_ADDRESS", "")
     err = failing(world, ispcp_update_skip_prechecks=["old_conf"], ispcp_update_prompt_silence=1)
     # Stopped at the prompt itself, not by the overall timeout.
     assert "no answer is configured for" in err.result.data["failure"]["explanation"]
     assert "timed out" not in err.result.errors[0]
-    assert "Please enter a fully qualified hostname." in err.result.errors[0]
+    assert "Please enter administrator e-mail address:" in err.result.errors[0]
     assert "ispcp_update_answers" in err.result.errors[0]
     # the operator answers it through the parameter, the value drawn from the secrets_file
     # ({secret:NAME}); the next attempt gets through and the value stays masked.
@@ -190,32 +214,46 @@ def test_an_unexpected_prompt_is_quoted(ready) -> None:
         world,
         apply=True,
         ispcp_update_skip_prechecks=["old_conf"],
-        ispcp_update_answers={r"fully qualified hostname": "{secret:typed_hostname}"},
+        ispcp_update_answers={r"administrator e-mail address": "{secret:typed_address}"},
     )
     secrets_file = world.workdir / "answers.yaml"
-    secrets_file.write_text("typed_hostname: Typed-by-the-admin.test\n")
+    secrets_file.write_text("typed_address: typed-by-the-admin@example.test\n")
     secrets_file.chmod(0o600)
     load_secrets_file(ctx, secrets_file)
     done = ispcp_update.run(ctx)
     assert done.status == "done"
     transcript = transcripts(world)[-1].read_text()
-    assert "answered 'answer for /fully qualified hostname/' with «secret»" in transcript
-    assert "Typed-by-the-admin.test" not in transcript
-    assert "Typed-by-the-admin.test" not in done._repr_html_() + ctx.journal_path.read_text()
+    assert "answered 'answer for /administrator e-mail address/' with «secret»" in transcript
+    assert "typed-by-the-admin@example.test" not in transcript
+    assert "typed-by-the-admin@example.test" not in done._repr_html_() + ctx.journal_path.read_text()
+
+
+def test_exit_status_0_while_a_backup_runs_is_not_a_success(ready) -> None:
+    world = ready
+    lock = world.target_root / "tmp/ispcp-backup-all.lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_text("")
+    err = failing(world)
+    assert (
+        err.result.data["attempt"]["exit_status"] == 0
+        and err.result.data["failure"]["pattern"] == "backup engine running"
+    )
+    assert "without the success line" in err.result.errors[0]
+    assert "/tmp/ispcp-backup-all.lock" in err.result.data["failure"]["next_action"]
 
 
 def test_an_answer_naming_a_missing_secret_is_refused(ready) -> None:
     err = failing(
         ready,
         ispcp_update_skip_prechecks=["old_conf"],
-        ispcp_update_answers={r"fully qualified hostname": "{secret:nowhere}"},
+        ispcp_update_answers={r"administrator e-mail address": "{secret:nowhere}"},
     )
     assert "{secret:nowhere}" in err.result.errors[0] and "secrets_file" in err.result.errors[0]
 
 
-def test_a_hanging_script_is_killed_and_the_report_says_where(ready, tmp_path: Path) -> None:
+def test_a_hanging_script_is_killed_and_the_report_says_where(ready) -> None:
     world = ready
-    engine = tmp_path / "engine/setup"
+    engine = world.target_root / "opt/fake/engine/setup"  # a script of the target, named by its own path
     engine.mkdir(parents=True)
     fake = engine / "ispcp-update"
     fake.write_text(
@@ -225,7 +263,12 @@ def test_a_hanging_script_is_killed_and_the_report_says_where(ready, tmp_path: P
         "printf '\\tPlease wait, this may take some time:'\nwait\n"
     )
     fake.chmod(0o700)
-    err = failing(world, ispcp_update_script=str(fake), ispcp_update_timeout=2, ispcp_update_prompt_silence=30)
+    err = failing(
+        world,
+        ispcp_update_script="/opt/fake/engine/setup/ispcp-update",
+        ispcp_update_timeout=2,
+        ispcp_update_prompt_silence=30,
+    )
     message = err.result.errors[0]
     assert "timed out after" in message and "process group was killed" in message
     assert "Please wait, this may take some time" in message  # where it hung
@@ -248,17 +291,19 @@ def test_mail_guard_is_required_by_default(ready) -> None:
     assert "mail guard" in err.result.errors[0] and "mail_guard step" in err.result.errors[0]
 
 
-def test_the_standin_is_labelled_and_refuses_outside_the_sandbox(ready) -> None:
+def test_the_standin_is_labelled_and_refuses_outside_the_sandbox(ready, tmp_path: Path) -> None:
+    import shutil
     import subprocess
 
     world = ready
     script = world.target_root / "var/www/ispcp/engine/setup/ispcp-update"
     assert "TEST SCAFFOLDING - NOT ispCP" in script.read_text()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISPCP_SANDBOX")}
-    outside = subprocess.run([str(script)], cwd=script.parent, env=env, capture_output=True, text=True, timeout=60)
+    # A copy in a tree that is not a sandbox world's target refuses to touch it.
+    elsewhere = tmp_path / "var/www/ispcp/engine/setup/ispcp-update"
+    elsewhere.parent.mkdir(parents=True)
+    (tmp_path / "etc/ispcp").mkdir(parents=True)
+    shutil.copy2(script, elsewhere)
+    outside = subprocess.run([str(elsewhere)], cwd=elsewhere.parent, capture_output=True, text=True, timeout=60)
     assert outside.returncode == 2 and "TEST SCAFFOLDING" in outside.stderr
-    env["ISPCP_SANDBOX_ROOT"] = str(world.target_root)
-    elsewhere = subprocess.run(
-        [str(script)], cwd=world.target_root, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert elsewhere.returncode == 2 and "cd /var/www/ispcp/engine/setup" in elsewhere.stderr
+    wrong_dir = subprocess.run([str(script)], cwd=world.target_root, capture_output=True, text=True, timeout=60)
+    assert wrong_dir.returncode == 2 and "cd /var/www/ispcp/engine/setup" in wrong_dir.stderr

@@ -11,18 +11,20 @@ from typing import Any
 import pytest
 
 from ispcp_lib.core.action import StepFailed, action
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.result import Result, render_html
-from ispcp_lib.core.runner import Runner
-from ispcp_lib.facts import postfix as pf
+from ispcp_lib.facts import postfix
 from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox import dns as sdns
 from ispcp_lib.sandbox import postfix as spf
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mail_guard
+from ispcp_lib.system import postfix_guard as guard
 
 ADDRESS = "info@example-001.test"
 HOST_POLICY = Path("/usr/sbin/policy-rc.d")
+HOST = LocalConnection("/")
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def ctx_for(world: World, params: dict[str, Any], apply: bool, **options: Any) -
 @action("cleanup")
 def lift_step(ctx: Context, result: Result) -> None:
     """What the cleanup step does for the guard (its other work is not tested here)."""
-    mail_guard.lift(ctx, result)
+    guard.lift(ctx, result)
 
 
 @action("accounts")
@@ -52,7 +54,7 @@ def later_step(ctx: Context, result: Result) -> None:
     result.change("would change something")
 
 
-def answer(params: dict[str, Any]) -> pf.ProbeAnswer:
+def answer(params: dict[str, Any]) -> postfix.ProbeAnswer:
     return spf.probe(params["postfix_smtp_port"], ADDRESS)
 
 
@@ -84,7 +86,7 @@ def test_soft_bounce_dry_run_apply_again_and_lift(mail_world: tuple[World, dict[
     assert any("soft_bounce = yes" in c for c in dry.changes)
     assert any(c.planned and "soft_bounce=yes" in c.argv for c in dry.commands)
     assert stable_fingerprint(world) == fp and files(world) == original
-    assert mail_guard.guard_state(ctx_for(world, params, apply=False)) is None
+    assert guard.guard_state(ctx_for(world, params, apply=False)) is None
     assert answer(params).code == 554
     assert dry.data["smtp_probe"]["before"]["code"] == 554
 
@@ -98,10 +100,10 @@ def test_soft_bounce_dry_run_apply_again_and_lift(mail_world: tuple[World, dict[
     html = render_html(done)
     assert "554" in html and "454" in html  # the report shows the probe before and after
     assert "+soft_bounce = yes" in done.diffs[0].text
-    state = mail_guard.guard_state(ctx)
+    state = guard.guard_state(ctx)
     assert state["mode"] == "soft_bounce" and state["previous"]["soft_bounce"] == "no"
     assert state["previous"]["soft_bounce_explicit"] is None  # it was the default
-    assert mail_guard.check_guard(ctx)[0]
+    assert guard.check_guard(ctx)[0]
     assert (world.state_dir / "mail_guard.json").stat().st_mode & 0o777 == 0o600
     assert done.data["dns_summary"]["names"] == 11
 
@@ -112,13 +114,13 @@ def test_soft_bounce_dry_run_apply_again_and_lift(mail_world: tuple[World, dict[
     guarded = files(world)
     planned = lift_step(ctx_for(world, params, apply=False))
     assert planned.status == "planned" and any("restore" in c for c in planned.changes)
-    assert files(world) == guarded and mail_guard.guard_state(ctx) is not None
+    assert files(world) == guarded and guard.guard_state(ctx) is not None
 
     lifted = lift_step(ctx_for(world, params, apply=True))
     assert lifted.status == "done", lifted.errors
     assert files(world) == original  # byte for byte what was there before
     assert (world.target_root / "etc/postfix/main.cf").stat().st_mode & 0o777 == 0o644
-    assert mail_guard.guard_state(ctx) is None
+    assert guard.guard_state(ctx) is None
     assert answer(params).code == 554
 
 
@@ -130,7 +132,7 @@ def test_watchdog_stops_later_steps_when_soft_bounce_is_switched_off(mail_world:
 
     cfg = params["postfix_config_dir"]
     subprocess.run(["postconf", "-c", cfg, "-e", "soft_bounce=no"], check=True)
-    ok, message = mail_guard.check_guard(ctx)
+    ok, message = guard.check_guard(ctx)
     assert not ok and "soft_bounce is 'no'" in message
     with pytest.raises(StepFailed) as failed:
         later_step(ctx_for(world, params, apply=True))
@@ -142,16 +144,16 @@ def test_watchdog_stops_later_steps_when_soft_bounce_is_switched_off(mail_world:
     # Re-running mail_guard is allowed (the watchdog lets it through) and repairs the guard.
     repaired = mail_guard.run(ctx_for(world, params, apply=True))
     assert repaired.status == "done"
-    assert mail_guard.check_guard(ctx)[0]
-    assert mail_guard.guard_state(ctx)["previous"]["soft_bounce_explicit"] is None  # the ORIGINAL previous value
+    assert guard.check_guard(ctx)[0]
+    assert guard.guard_state(ctx)["previous"]["soft_bounce_explicit"] is None  # the ORIGINAL previous value
 
     # ispcp-update rewrites main.cf while the guard stands: lifting keeps its work, takes back only soft_bounce.
     subprocess.run(["postconf", "-c", cfg, "-e", "myorigin = rewritten-by-ispcp-update.test"], check=True)
     lifted = lift_step(ctx_for(world, params, apply=True))
     assert lifted.status == "done", lifted.errors
     assert any("changed since the guard" in n for n in lifted.notes)
-    assert pf.explicit_setting(Runner(), Path(cfg), "soft_bounce") is None
-    assert pf.explicit_setting(Runner(), Path(cfg), "myorigin") == "rewritten-by-ispcp-update.test"
+    assert postfix.explicit_setting(HOST, cfg, "soft_bounce") is None
+    assert postfix.explicit_setting(HOST, cfg, "myorigin") == "rewritten-by-ispcp-update.test"
     assert answer(params).code == 554
 
 
@@ -175,24 +177,24 @@ def test_stop_mode_refuses_connections_blocks_starts_and_lifts(mail_world: tuple
     assert subprocess.run(["sh", str(policy), "--quiet", "postfix.service", "start"]).returncode == 101
     assert subprocess.run(["sh", str(policy), "apache2", "start"]).returncode == 0
     assert host_policy() == host_before  # the host's own policy-rc.d is never touched
-    assert mail_guard.check_guard(ctx)[0]
+    assert guard.check_guard(ctx)[0]
     assert mail_guard.run(ctx_for(world, params, apply=True, mail_guard_mode="stop")).status == "noop"
 
     # Somebody starts Postfix behind the guard's back: the next changing step refuses.
     subprocess.run(["postfix", "-c", params["postfix_config_dir"], "start"], check=True, capture_output=True)
-    _wait(lambda: pf.port_answers(params["postfix_smtp_port"]))
-    ok, message = mail_guard.check_guard(ctx)
+    _wait(lambda: postfix.port_answers(HOST, params["postfix_smtp_port"]))
+    ok, message = guard.check_guard(ctx)
     assert not ok and "RUNNING" in message
     with pytest.raises(StepFailed, match="MAIL GUARD BROKEN"):
         later_step(ctx_for(world, params, apply=True))
     subprocess.run(["postfix", "-c", params["postfix_config_dir"], "stop"], check=True, capture_output=True)
-    _wait(lambda: not pf.port_answers(params["postfix_smtp_port"]))
+    _wait(lambda: not postfix.port_answers(HOST, params["postfix_smtp_port"]))
 
     lifted = lift_step(ctx_for(world, params, apply=True))
     assert lifted.status == "done", lifted.errors
     assert any("start Postfix again" in c for c in lifted.changes)  # it ran before the guard
     assert files(world) == original  # no policy-rc.d any more, as before
-    _wait(lambda: pf.port_answers(params["postfix_smtp_port"]))
+    _wait(lambda: postfix.port_answers(HOST, params["postfix_smtp_port"]))
     assert answer(params).code == 554
 
 
@@ -237,7 +239,7 @@ def test_postfix_not_installed(world: World) -> None:
     assert any("not installed" in n for n in done.notes)
     policy = world.target_root / "usr/sbin/policy-rc.d"
     assert subprocess.run(["sh", str(policy), "postfix", "start"]).returncode == 101
-    assert mail_guard.check_guard(ctx)[0]
+    assert guard.check_guard(ctx)[0]
 
 
 def test_broken_main_cf_is_refused_with_postconf_error(mail_world: tuple[World, dict[str, Any]]) -> None:
@@ -251,7 +253,7 @@ def test_broken_main_cf_is_refused_with_postconf_error(mail_world: tuple[World, 
     assert "postconf rejects it" in error and "missing '='" in error and "line" in error
     assert main_cf.read_bytes() == before  # postconf -e would have rewritten it: it never ran
     assert stable_fingerprint(world) == fp
-    assert mail_guard.guard_state(ctx_for(world, params, apply=False)) is None
+    assert guard.guard_state(ctx_for(world, params, apply=False)) is None
 
 
 def test_unreachable_nameserver_does_not_hang_the_step(mail_world: tuple[World, dict[str, Any]]) -> None:

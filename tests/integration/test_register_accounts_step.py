@@ -13,6 +13,7 @@ import pytest
 from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.fileops import fingerprint_diff
 from ispcp_lib.core.result import Result
+from ispcp_lib.ispcp import root_mycnf
 from ispcp_lib.runbook.session import open_run
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import accounts, register_accounts
@@ -171,7 +172,7 @@ def test_cleanup_removes_our_my_cnf_or_restores_roots_own(restored: World) -> No
     ctx = ctx_for(world, apply=True)
     result = Result("cleanup", apply=True, secrets=ctx.secrets)
     ctx.current = result
-    register_accounts.remove_root_mycnf(ctx, result)
+    root_mycnf.remove_root_mycnf(ctx, result)
     assert result.changed == 1 and own.read_text().endswith("password = roots-own-secret\n")
     assert own.stat().st_mode & 0o777 == 0o640
 
@@ -181,12 +182,12 @@ def test_our_earlier_my_cnf_is_replaced_without_a_copy(restored: World) -> None:
     world = restored
     cnf = world.target_root / MY_CNF
     cnf.parent.mkdir(exist_ok=True)
-    cnf.write_text(register_accounts.MARKER + '\n[client]\nuser = "root"\npassword = "earlier-ours-secret"\n')
+    cnf.write_text(root_mycnf.MARKER + '\n[client]\nuser = "root"\npassword = "earlier-ours-secret"\n')
     cnf.chmod(0o600)
     ctx = ctx_for(world, apply=True, register_accounts_mode="always")
     done = register_accounts.run(ctx)
     assert done.status == "done", done.errors
-    assert cnf.read_text().startswith(register_accounts.MARKER) and "earlier-ours-secret" not in cnf.read_text()
+    assert cnf.read_text().startswith(root_mycnf.MARKER) and "earlier-ours-secret" not in cnf.read_text()
     assert cnf.stat().st_mode & 0o777 == 0o600
     assert any(".my.cnf" in c for c in done.changes)
     assert not [b for b in done.backups if "my.cnf" in b]
@@ -204,7 +205,7 @@ def test_cleanup_removes_our_my_cnf_when_root_had_none(restored: World) -> None:
         ctx = ctx_for(world, apply=apply)
         result = Result("cleanup", apply=apply, secrets=ctx.secrets)
         ctx.current = result
-        register_accounts.remove_root_mycnf(ctx, result)
+        root_mycnf.remove_root_mycnf(ctx, result)
         assert result.changed == 1 and cnf.exists() is not apply
     assert not any(world.state_dir.rglob("*my.cnf*"))  # no copy of the password left behind
 

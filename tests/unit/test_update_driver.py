@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.secrets import SecretRegistry
 from ispcp_lib.ispcp.update_driver import (
     FailurePattern,
@@ -35,10 +36,11 @@ def drive(path: Path, prompts: list[Prompt], secrets: SecretRegistry | None = No
     kw.setdefault("silence", 1.0)
     kw.setdefault("timeout", 30.0)
     return run_interactive(
+        LocalConnection("/"),
         [str(path)],
-        cwd=path.parent,
+        cwd=str(path.parent),
         prompts=prompts,
-        secrets=secrets or SecretRegistry(),
+        secrets=secrets if secrets is not None else SecretRegistry(),
         transcript_path=path.parent / "transcript.log",
         **kw,
     )
@@ -169,12 +171,13 @@ def test_a_prompt_that_must_not_be_answered(tmp_path: Path) -> None:
     path = script(
         tmp_path,
         r"""
-echo "[WARNING] Unable to log into the database as vftp"
-printf 'Please enter ispCP ftp SQL user password. [auto generate]: '; read pw
+printf '\n\t[WARNING] Unable to connect to the database with authentication information\n'
+printf '\tfound in your proftpd.conf file! We will create a new Ftpd Sql account.\n'
+printf '\n\tPlease enter ispCP OMEGA FTP SQL user password [auto generate]: '; read pw
 echo "generated a new password"
 """,
     )
-    out = drive(path, [Prompt("vftp password", r"ftp SQL user password", None, secret=True)], failure_patterns=FAILURES)
+    out = drive(path, [Prompt("vftp password", r"FTP SQL user password", None, secret=True)], failure_patterns=FAILURES)
     assert out.refused_prompt is not None and out.refused_prompt.label == "vftp password"
     assert "generated" not in out.transcript
     assert out.failure is not None and out.failure.name == "vftp password requested"
@@ -186,7 +189,7 @@ def test_the_same_prompt_again_means_the_answer_was_refused(tmp_path: Path) -> N
         r"""
 for i in 1 2 3 4 5; do
   printf '\n\n\tPlease enter path to your ispcp.old.conf [/etc/ispcp/ispcp.old.conf]: '; read p
-  echo "[ERROR] Unable to open $p: No such file or directory"
+  echo "[DEBUG] push_el() sub_name: get_file(), msg: [ERROR] File '$p' does not exist !"
 done
 """,
     )
@@ -202,12 +205,16 @@ done
 
 def test_exit_status_and_a_missing_program(tmp_path: Path) -> None:
     out = drive(
-        script(tmp_path, 'echo "DBI connect failed: Can\'t connect to local MySQL server"; exit 3\n'),
+        script(
+            tmp_path,
+            "echo '[DEBUG] push_el() sub_name: doSQL(), msg: [ERROR] Unable to connect SQL server with current DSN: "
+            "DBI:mysql:ispcp:localhost root secret'; exit 255\n",
+        ),
         [],
         failure_patterns=FAILURES,
     )
-    assert out.exit_status == 3 and not out.ok
-    assert out.failure is not None and out.failure.name == "database connection refused"
+    assert out.exit_status == 255 and not out.ok
+    assert out.failure is not None and out.failure.name == "database login failed"
     (tmp_path / "transcript.log").unlink()
     missing = drive(tmp_path / "no-such-script", [])
     assert missing.spawn_error and not missing.ok
@@ -216,18 +223,21 @@ def test_exit_status_and_a_missing_program(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "name"),
     [
+        # the real messages of ispCP 1.0.7 (1.0.5 where it differs), as DEBUG = 1 prints them
         (
-            "DBI connect('ispcp:localhost','root',...) failed: Access denied for user 'root'@'localhost' "
-            "(using password: YES)",
-            "wrong database password",
+            "[DEBUG] push_el() sub_name: doSQL(), msg: [ERROR] Unable to connect SQL server with current DSN: "
+            "DBI:mysql:ispcp:localhost root x",
+            "database login failed",
         ),
-        ("failed: Access denied for user 'vftp'@'localhost' (using password: YES)", "vftp password requested"),
-        (
-            "Can't connect to local MySQL server through socket '/var/run/mysqld/mysqld.sock' (2)",
-            "database connection refused",
-        ),
-        ("[ERROR] KEY or IV has invalid length", "key length"),
-        ("[ERROR] Unable to open /etc/ispcp/ispcp.old.conf: No such file or directory", "missing ispcp.old.conf"),
+        ("ERROR: Unable to connect SQL server !", "database login failed"),
+        ("\t[WARNING] Unable to connect to the database with authentication information", "vftp password requested"),
+        ("\tPlease enter ispCP FTP SQL user [vftp]: ", "vftp password requested"),
+        ("[DEBUG] push_el() sub_name: decrypt_db_password(), msg: [ERROR] KEY or IV has invalid length", "key length"),
+        ("Can't locate ispcp-db-keys.pl in @INC (@INC contains: ..)", "key length"),
+        ("\tPlease enter path to your ispcp.old.conf [/etc/ispcp/ispcp.old.conf]: ", "missing ispcp.old.conf"),
+        ("\t[NOTICE] Backup engine is currently running. Aborting...", "backup engine running"),
+        ("\t[NOTICE] The setting 'SOME_SETTING' can't be handle by", "setting the recovery cannot ask for"),
+        ("\t * Update ispCP database schema:              [ Failed ]", "database schema update"),
         ("all fine", None),
     ],
 )
@@ -248,3 +258,55 @@ def test_transcript_file_is_never_overwritten(tmp_path: Path) -> None:
         drive(path, [])
     assert (tmp_path / "transcript.log").read_text() == "an earlier attempt\n"
     assert os.path.exists(path)
+
+
+def test_a_question_wrapped_by_query_pm_is_matched_on_its_joined_text(tmp_path: Path) -> None:
+    # Query.pm wraps at 72 columns: the question's start is on a finished line, its end on the prompt line.
+    path = script(
+        tmp_path,
+        r"""
+printf '\tDo you want to continue ? [Y/n]: '; read a
+printf '\n\tPlease enter the domain name where ispCP OMEGA will be reachable on\n\t[admin.srv01.ispcp.test]: '
+read v; echo "vhost=$v"
+""",
+    )
+    vhost = Prompt("vhost", r"will be reachable on \[[^\]]*\]:\s*$", "admin.example.test")
+    out = drive(path, [Prompt("continue", r"continue \? \[Y/n\]:\s*$", "Y"), vhost])
+    assert out.ok, out.status_text()
+    assert out.answered == ["continue", "vhost"] and "vhost=admin.example.test" in out.transcript
+
+
+def test_exit_status_0_without_the_success_line_is_a_failure(tmp_path: Path) -> None:
+    # ispCP 1.0.7 exits 0 when /tmp/ispcp-backup-all.lock exists (ispcp-update:649-654).
+    path = script(tmp_path, "printf '\\n\\t[NOTICE] Backup engine is currently running. Aborting...\\n' >&2\n")
+    out = drive(path, [], failure_patterns=FAILURES, success=r"Congratulations, you updated ispCP")
+    assert out.exit_status == 0 and not out.ok
+    assert out.status_text() == "exit status 0 without the success line"
+    assert out.failure is not None and out.failure.name == "backup engine running"
+    (tmp_path / "transcript.log").unlink()
+    good = script(tmp_path, "echo \"Congratulations, you updated ispCP OMEGA'1.0.7 OMEGA' successfully!\"\n")
+    assert drive(good, [], success=r"Congratulations, you updated ispCP").ok
+
+
+def test_a_password_the_script_shows_is_masked(tmp_path: Path) -> None:
+    secrets = SecretRegistry()
+    path = script(tmp_path, "printf '\\t[NOTICE] PMA control user password set to: Gen3rated99\\n'; echo Gen3rated99\n")
+    out = drive(path, [], secrets)
+    assert "Gen3rated99" not in out.transcript and "Gen3rated99" in secrets.values()
+
+
+def test_the_terminal_command_carries_env_and_cwd_to_the_target(tmp_path: Path) -> None:
+    """Over SSH nothing crosses by itself: the remote command sets TERM and changes to engine/setup."""
+    import shlex
+
+    from ispcp_lib.core.connection import SshConnection, SshTarget
+
+    conn = SshConnection(SshTarget("srv.example.test"), control_dir=str(tmp_path))
+    script = "/var/www/ispcp/engine/setup/ispcp-update"
+    argv, env, cwd = conn.command([script], env={"TERM": "xterm"}, cwd="/var/www/ispcp/engine/setup", tty=True)
+    assert argv[0] == "ssh" and "-tt" in argv and env is None and cwd is None
+    remote = shlex.split(argv[-1])
+    assert remote[:3] == ["sh", "-c", 'cd "$1" && shift && exec "$@"']
+    assert remote[4:] == ["/var/www/ispcp/engine/setup", "env", "TERM=xterm", script]
+    local_argv, local_env, local_cwd = LocalConnection("/").command([script], env={"TERM": "xterm"}, cwd="/tmp")
+    assert local_argv == [script] and local_env["TERM"] == "xterm" and local_cwd == "/tmp"
