@@ -10,6 +10,7 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.secrets import MASK
 from ispcp_lib.facts import backup_layout as bl
@@ -37,13 +38,23 @@ a group member that does not exist) stops the step until the parameter `accounts
 what to do with that entry: `skip` it, `take_old` (the old entry wins), or `keep_target`.
 Password hashes never appear in the report; the diffs of `shadow` and `gshadow` show them masked.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "accounts_resolutions": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "accounts_resolutions",
+        dict,
         {},
-        "per-account answers to collisions, e.g. {'user:vu2001': 'skip'}; each value is skip, take_old or keep_target",
+        "per-account answers to collisions, e.g. {'user:vu2001': 'skip'}",
+        choices=accounts_db.RESOLUTIONS,
+        example="{'user:vu2001': 'skip', 'group:mail': 'keep_target'}",
     ),
-    "accounts_lock_timeout": (15, "seconds to wait for /etc/.pwd.lock when another useradd/passwd holds it"),
-}
+    Param(
+        "accounts_lock_timeout",
+        float,
+        15,
+        "seconds to wait for /etc/.pwd.lock when another useradd/passwd holds it",
+        minimum=0,
+    ),
+)
 
 FILES = accounts_db.FILE_NAMES
 # Writing passwd and group before shadow and gshadow: an interruption leaves a user without a shadow
@@ -132,14 +143,7 @@ def _read_target(ctx: Context) -> AccountFiles:
 
 
 def _resolutions(ctx: Context) -> dict[str, str]:
-    value = ctx.param("accounts_resolutions") or {}
-    if not isinstance(value, dict):
-        raise InputError(
-            "accounts_resolutions",
-            f"is a {type(value).__name__}, not a mapping",
-            "write it as {'user:vu2001': 'skip', 'group:mail': 'keep_target'}",
-        )
-    return {str(k): str(v) for k, v in value.items()}
+    return dict(ctx.param("accounts_resolutions"))
 
 
 def masked(data: bytes) -> str:
@@ -197,7 +201,7 @@ def run(ctx: Context, result: Result) -> None:
     if plan.new.changed() and ctx.apply:
         # The lock is taken only to write (creating /etc/.pwd.lock is itself a change), and the plan is
         # made again under it, so no useradd can slip in between reading and writing.
-        timeout = float(ctx.param("accounts_lock_timeout", 15) or 15)
+        timeout = ctx.param("accounts_lock_timeout")
         with accounts_db.pwd_lock(ctx.t("/etc"), timeout=timeout):
             target, plan = _plan(ctx, old, selection, resolutions, result)
             assert plan.new is not None

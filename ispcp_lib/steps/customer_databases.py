@@ -18,6 +18,7 @@ import pymysql
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result, Table
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import mysql_creds, system
@@ -74,28 +75,34 @@ tried: its password, decrypted with the restored keys (or the backup's, before t
 in and read its database. A login that fails is listed with the server's reason. A marker in the state
 directory records what was restored from which files, so running the step again changes nothing.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "customer_databases_prefer": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "customer_databases_prefer",
+        str,
         "binary",
-        "binary | dump: what a customer database is restored from when the "
-        "backup holds both its folder and a dump (the other is the fallback)",
+        "what a customer database is restored from when the backup holds both its folder and a dump "
+        "(the other is the fallback)",
+        choices=cdb.PREFERENCES,
     ),
-    "customer_databases_whole_datadir": (
+    Param(
+        "customer_databases_whole_datadir",
+        str,
         "auto",
-        "auto | always | never: replace the target's datadir with the "
-        "backup's complete one (auto: only when a database has no other way "
-        "back)",
+        "replace the target's datadir with the backup's complete one (auto: only when a database has no "
+        "other way back)",
+        choices=("auto", "always", "never"),
     ),
-    "customer_databases_include_unlisted": (
+    Param(
+        "customer_databases_include_unlisted",
+        bool,
         True,
         "also restore databases the backup holds that sql_database does not list (created outside the panel)",
     ),
-    "customer_databases_skip": ([], "names of customer databases to leave out"),
-    "customer_databases_dump_dirs": ([], "more folders (paths on the old server) to look for mysqldumps in"),
-}
+    Param("customer_databases_skip", list, [], "names of customer databases to leave out"),
+    Param("customer_databases_dump_dirs", list, [], "more folders (paths on the old server) to look for mysqldumps in"),
+)
 
 MARKER = "customer_databases.json"
-WHOLE_MODES = ("auto", "always", "never")
 _FAILURES = (CommandFailed, PreconditionFailed, InputError, OSError, pymysql.MySQLError)
 
 
@@ -188,13 +195,8 @@ def run(ctx: Context, result: Result) -> None:
             "is not running, so no database can be restored into it",
             "run mysql_restore first (it leaves the server running), or start MySQL",
         )
-    whole_mode = ctx.param("customer_databases_whole_datadir", "auto") or "auto"
-    if whole_mode not in WHOLE_MODES:
-        raise InputError(
-            "customer_databases_whole_datadir", f"is {whole_mode!r}", f"use one of {', '.join(WHOLE_MODES)}"
-        )
-    skip = ctx.param("customer_databases_skip") or []
-    skip = {skip} if isinstance(skip, str) else set(skip)
+    whole_mode = ctx.param("customer_databases_whole_datadir")
+    skip = set(ctx.param("customer_databases_skip"))
     login = cdb.admin_login(ctx)
     if login is None:
         raise PreconditionFailed(

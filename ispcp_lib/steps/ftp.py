@@ -9,6 +9,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import mysql_creds, proftpd
@@ -30,7 +31,7 @@ when there is one, makes every copy agree on the password (the backup's wins), s
 a diff with the password masked, and then proves that vftp logs in and can read `ftp_users`. Only if
 it cannot does it set vftp's password in MySQL, for every host entry of that user.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {}
+PARAMETERS: tuple[Param, ...] = ()
 
 CONF_PATH = "/etc/ispcp/ispcp.conf"
 # What ispCP's installer grants vftp (ispcp-reference: "vftp grants").

@@ -9,6 +9,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts.ispcp_conf import IspcpConf
@@ -34,7 +35,7 @@ listed in ispCP's `sql_database` table) matter just as much. A second table list
 the backup holds for it (a directory, a dump), its storage engines, and whether and how it can be
 restored: InnoDB tables cannot travel as a lone directory.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {}
+PARAMETERS: tuple[Param, ...] = ()
 
 
 def _conf_item(ctx: Context) -> tuple[bl.Item, IspcpConf | None]:

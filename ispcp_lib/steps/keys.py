@@ -11,6 +11,7 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import ispcp_login as il
 from ispcp_lib.facts import mysql_creds
@@ -58,25 +59,31 @@ keys in ispCP's database (mailboxes are marked for the engine to rebuild) and, f
 for every host of the account. The new passwords go into `account-passwords.txt` in the state directory
 (mode 0600) for the admin to hand out; they never appear in the report.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "keys_lost_reset": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "keys_lost_reset",
+        bool,
         False,
         "only when every key file is missing from the backup: generate new keys and set a "
         "new random password for ispCP's DATABASE_USER (mailbox and customer SQL "
         "passwords stay unreadable)",
     ),
-    "keys_reset_account_passwords": (
+    Param(
+        "keys_reset_account_passwords",
+        bool,
         False,
         "give every mailbox and customer SQL user whose password does not "
         "decrypt (all of them when the keys are lost) a new random password, "
         "listed in <state_dir>/account-passwords.txt (mode 0600)",
     ),
-    "keys_source": (
+    Param(
+        "keys_source",
+        str,
         None,
-        "the backup key file to trust when the key files disagree: php, perl_engine, "
-        "perl_messenger or keys_conf (default: refuse and say which one decrypts)",
+        "the backup key file to trust when the key files disagree (default: refuse and say which one decrypts)",
+        choices=keyfiles.LAYOUTS,
     ),
-}
+)
 
 
 def required_confs(ctx: Context, why_backup: str) -> tuple[IspcpConf, IspcpConf]:
@@ -136,7 +143,7 @@ def run(ctx: Context, result: Result) -> None:
         )
     login_ok = check_login(ctx, result, user, password, database)  # before anything changes
     db_login = Login(user, password, "the backup's ispcp.conf (DATABASE_USER, decrypted)")
-    reset = bool(ctx.param("keys_reset_account_passwords"))
+    reset = ctx.param("keys_reset_account_passwords")
     encrypted = ec.load_rows(ctx, [db_login] if login_ok else [], database, _backup_datadir(ctx, old_conf))
     proof = ec.prove(encrypted, keyset) if encrypted is not None else None
     report_proof(ctx, result, proof, reset)  # wrong keys stop here, before anything is written
@@ -469,7 +476,7 @@ def run_reset(
 
     admin = mysql_creds.working_admin(ctx)
     hosts = _hosts_to_reset(ctx, result, admin, user, password)
-    reset = bool(ctx.param("keys_reset_account_passwords"))
+    reset = ctx.param("keys_reset_account_passwords")
     lost = _lost_accounts(ctx, result, admin, database, old_conf, keyset, reset)
 
     # Files first: the new password must be recoverable from disk before MySQL accepts only it.

@@ -22,6 +22,7 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts import ispcp_login as il
@@ -81,20 +82,24 @@ into a fresh database, the target's folder kept the same way; the old row counts
 the dump's INSERT statements. A marker in the state directory records what was restored from which
 files, so running the step again changes nothing.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "mysql_restore_source": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "mysql_restore_source",
+        str,
         "auto",
-        "auto | binary | dump: restore from the binary database folders (auto: when present) or from SQL dumps",
+        "restore from the binary database folders (auto: when present) or from SQL dumps",
+        choices=("auto", "binary", "dump"),
     ),
-    "mysql_restore_mysql_dump": (
+    Param(
+        "mysql_restore_mysql_dump",
+        str,
         None,
         "path in the backup of a mysqldump of the `mysql` database (default: looked "
         "for in BACKUP_FILE_DIR, /var/backups/mysql, /var/backups and /root)",
     ),
-}
+)
 
 MARKER = "mysql_restore.json"
-SOURCES = ("auto", "binary", "dump")
 _FAILURE_KINDS = (PreconditionFailed, CommandFailed)
 
 
@@ -177,9 +182,7 @@ def _dump_dirs(ctx: Context, conf: Any) -> list[Path]:
 
 def choose_sources(ctx: Context, result: Result, conf: Any, db_name: str) -> list[Source]:
     """Per database: the binary folder, an SQL dump, or (mysql only, nothing in the backup) the target's own."""
-    mode = ctx.param("mysql_restore_source", "auto") or "auto"
-    if mode not in SOURCES:
-        raise InputError("mysql_restore_source", f"is {mode!r}", f"use one of {', '.join(SOURCES)}")
+    mode = ctx.param("mysql_restore_source")
     backup_dir = ctx.b((conf.get("BACKUP_FILE_DIR") if conf else None) or "/var/www/ispcp/backups")
 
     ispcp_dir = _database_folder(ctx, conf, db_name)

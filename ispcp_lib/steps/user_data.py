@@ -33,6 +33,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import CommandRecord, Result
 from ispcp_lib.facts import backup_layout as bl
 from ispcp_lib.facts.ispcp_conf import IspcpConf
@@ -64,15 +65,29 @@ A dry run lists the method for every domain, and what rsync would transfer where
 FastCGI starter directory (`/var/www/fcgi`) is not copied: ispCP writes every starter again from its
 templates.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "user_data_bwlimit": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "user_data_bwlimit",
+        int,
         0,
         "limit the user-data copy to this many KiB/s (every domain then goes through rsync "
         "--bwlimit; 0 means no limit)",
+        minimum=0,
     ),
-    "user_data_allow_newline_names": (False, "copy files whose names contain a newline instead of refusing them"),
-    "user_data_progress_interval": (5, "seconds between the plain progress lines of the user-data copy"),
-}
+    Param(
+        "user_data_allow_newline_names",
+        bool,
+        False,
+        "copy files whose names contain a newline instead of refusing them",
+    ),
+    Param(
+        "user_data_progress_interval",
+        float,
+        5,
+        "seconds between the plain progress lines of the user-data copy",
+        minimum=0.1,
+    ),
+)
 
 DEFAULT_WWW = "/var/www/virtual"
 DEFAULT_MAIL = "/var/mail/virtual"
@@ -241,7 +256,7 @@ def _refuse_newline_names(ctx: Context, trees: list[Tree], result: Result) -> No
     if not odd:
         return
     listed = "; ".join(f"{t.logical}/{tree_scan.show(e.rel)}" for t, e in odd[:10])
-    if ctx.param("user_data_allow_newline_names", False):
+    if ctx.param("user_data_allow_newline_names"):
         result.warn(
             f"{len(odd)} name(s) with a newline are copied as they are (allowed by "
             f"user_data_allow_newline_names): {listed}"
@@ -757,7 +772,7 @@ def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> N
     _list_backup(trees)
     _refuse_newline_names(ctx, trees, result)
     _warn_links(trees, result)
-    bwlimit = int(ctx.param("user_data_bwlimit", 0) or 0)
+    bwlimit = ctx.param("user_data_bwlimit")
     units = [u for t in trees for u in _plan_tree(ctx, t, bwlimit, result)]
     extra_before = _list_present(trees, units)
     _check_space(ctx, trees, units, result)
@@ -894,7 +909,7 @@ def _ticker(
 ) -> Callable[[], None]:
     """Called by run_jobs a few times a second: the hook, a bar in JupyterLab, a plain line every interval."""
     files_total, bytes_total = _file_totals(e for u in units for e in u.entries)
-    interval = float(ctx.param("user_data_progress_interval", 5) or 5)
+    interval = ctx.param("user_data_progress_interval")
     bar = None
     if getattr(ctx, "interactive_session", None) is not None:
         from ispcp_lib.runbook.interactive import progress_bar
