@@ -51,6 +51,8 @@ class Param:
     _: KW_ONLY
     # Allowed values; for a list: of its items; for a mapping without fields: of its values.
     choices: tuple[Any, ...] = ()
+    # What the choices are, when there are too many to list in the README ("step names").
+    choices_name: str = ""
     # A secret: an entry of the secrets file, never a parameter.
     secret: bool = False
     # Whether null is allowed; None: exactly when the default is null.
@@ -170,14 +172,14 @@ class Param:
 
     def type_text(self) -> str:
         """The type in words, for the README and error messages."""
-        choices = ", ".join(str(c) for c in self.choices)
+        choices = self.choices_name or ", ".join(str(c) for c in self.choices)
         if self.type is list:
-            text = f"a list of: {choices}" if self.choices else f"a list of {_TYPE_WORDS[self.item]}s"
+            text = f"a list of {choices if self.choices else _PLURAL[self.item]}"
         elif self.type is dict and self.fields:
             text = f"a mapping with keys {', '.join(f.name for f in self.fields)}"
         elif self.type is dict:
-            keys = f"keys from {', '.join(self.keys)}" if self.keys else "names"
-            values = f"one of {choices}" if self.choices else _TYPE_WORDS[self.item]
+            keys = self.choices_name if self.keys and self.choices_name else ", ".join(self.keys) or "names"
+            values = f"one of {choices}" if self.choices else _PLURAL[self.item]
             text = f"a mapping of {keys} to {values}"
         elif self.choices:
             text = f"one of {choices}"
@@ -207,6 +209,7 @@ class Param:
 
 _TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
 _TYPE_WORDS[dict] = "a mapping"
+_PLURAL = {bool: "true or false", int: "whole numbers", float: "numbers", str: "strings"}
 
 
 def _num(value: float) -> str:
