@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
@@ -611,18 +610,6 @@ def test_useradd_root_waits_for_the_lock(tmp_path):
     # --root chroots and calls glibc lckpwdf(): the fcntl lock on <root>/etc/.pwd.lock.
     etc = make_root(tmp_path)
     useradd_blocks(etc, [str(USERADD), "--root", str(etc.parent), "-M", "vu2001"])
-
-
-def test_lockf_probe_sanity(tmp_path):
-    # The probe above relies on fcntl locks being per process: the same process may relock.
-    path = tmp_path / "f"
-    path.touch()
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
 
 
 def test_prefix_selects_only_prefix_plus_digits():
