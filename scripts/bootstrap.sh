@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(mariadb-server mariadb-client rsync postfix dnsmasq-base libcrypt-cbc-perl
+DEB_PACKAGES=(mariadb-server mariadb-client rsync openssh-client postfix dnsmasq-base libcrypt-cbc-perl
               libcrypt-blowfish-perl passwd procps bzip2 gzip python3-venv chromium)
 
 missing=()

@@ -222,3 +222,15 @@ def test_readme_tables_list_every_parameter() -> None:
 def test_validate_refuses_unknown_names_in_any_spec() -> None:
     with pytest.raises(InputError, match="parameter b: is not a known parameter"):
         validate((Param("a", int, 1, ""),), {"b": 2})
+
+
+def test_the_example_params_file_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # its known_hosts is ~/.ssh/known_hosts
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "known_hosts").write_text("")
+    example = notebook_build.ROOT / "runbooks" / "params" / "example-real-server.yaml"
+    values = validate_run(yaml.safe_load(example.read_text()))
+    assert values["target"]["connection"] == "ssh" and values["backup_location"] == "target"
+    assert values["apply"] is False and values["mysql"]["service"] == "sysv"
