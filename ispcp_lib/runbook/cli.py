@@ -19,8 +19,8 @@ from ispcp_lib.core.context import new_run_id
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.runbook import decrypt_password
 from ispcp_lib.runbook.notebook_build import runbook_notebook
-from ispcp_lib.runbook.parameters import validate_run
-from ispcp_lib.runbook.session import SSH_PASSWORD, open_target, read_secrets_file, state_dir, write_private
+from ispcp_lib.runbook.parameters import SSH_PASSWORD, validate_run
+from ispcp_lib.runbook.session import open_target, read_secrets_file, state_dir, write_private
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
 # Where reports/, build/ and docs/ go by default: the checkout when run from one, else the current directory.

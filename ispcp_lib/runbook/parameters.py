@@ -144,9 +144,11 @@ RUN_PARAMETERS = (
     ),
 )
 
+# The secrets-file entry that answers ssh's password or key passphrase prompt.
+SSH_PASSWORD = "ssh_password"
 # Entries of the secrets file the tool itself reads (more may be there, for {secret:NAME} answers).
 SECRETS = (
-    Param("ssh_password", str, None, "the SSH password, or the passphrase of target.identity_file", secret=True),
+    Param(SSH_PASSWORD, str, None, "the SSH password, or the passphrase of target.identity_file", secret=True),
     Param("mysql_admin_user", str, None, "the MySQL admin login when no debian.cnf works (default root)", secret=True),
     Param("mysql_admin_password", str, None, "its password", secret=True),
 )

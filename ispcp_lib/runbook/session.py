@@ -24,11 +24,8 @@ from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.core.secrets import REGISTRY
 from ispcp_lib.mysql import service as mysql_service
-from ispcp_lib.runbook.parameters import validate_run
+from ispcp_lib.runbook.parameters import SSH_PASSWORD, validate_run
 from ispcp_lib.steps import STEP_ORDER
-
-# The secrets-file entry that answers ssh's password or key passphrase prompt (runbook.parameters.SECRETS).
-SSH_PASSWORD = "ssh_password"
 
 
 def open_run(*, options: Mapping[str, Any] | None = None, **params: Any) -> Context:
