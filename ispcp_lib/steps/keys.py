@@ -190,13 +190,7 @@ def choose_keys(ctx: Context, result: Result, conf: IspcpConf, files: dict[str, 
     """The backup layout whose keys decrypt DATABASE_PASSWORD: (layout, keys, password). Raises on doubt."""
     readable = {layout: kf.keys for layout, kf in files.items() if kf.keys is not None}
     damaged = {layout: kf for layout, kf in files.items() if kf.state in ("placeholder", "invalid")}
-    wanted = ctx.param("keys_source")
-    if wanted is not None and wanted not in keyfiles.LAYOUTS:
-        raise InputError(
-            "keys_source",
-            f"is {wanted!r}, not a key file layout",
-            f"use one of {', '.join(keyfiles.LAYOUTS)}, or leave it unset",
-        )
+    wanted = ctx.param("keys_source")  # one of keyfiles.LAYOUTS or None: the parameter spec checks it
     if not readable:
         layout, kf = next(iter(damaged.items()))
         raise InputError(
