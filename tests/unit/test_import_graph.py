@@ -56,7 +56,6 @@ def test_the_checker_sees_every_form_of_import(tmp_path: Path, monkeypatch: pyte
     assert step_imports(fake) == {f"ispcp_lib.steps.{n}" for n in expected}
 
 
-@pytest.mark.xfail(reason="until the step ports land", strict=False)
 def test_no_step_imports_another_step() -> None:
     offenders = {}
     for name in STEP_ORDER:
@@ -67,7 +66,6 @@ def test_no_step_imports_another_step() -> None:
     assert offenders == {}
 
 
-@pytest.mark.xfail(reason="until the step ports land", strict=False)
 def test_no_library_module_imports_a_step() -> None:
     offenders = {}
     for path in sorted(PACKAGE.rglob("*.py")):
