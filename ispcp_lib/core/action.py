@@ -100,6 +100,8 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
             started = time.monotonic()
             failure: BaseException | None = None
             try:
+                if mutating and result.apply and ctx.lock is not None and not ctx.lock.held:
+                    ctx.lock.acquire(break_lock=bool(ctx.param("break_lock", False)))
                 if mutating:
                     for check in WATCHDOGS:
                         check(ctx, result)

@@ -20,6 +20,7 @@ from ispcp_lib.core.runner import Runner
 from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
 
 if TYPE_CHECKING:
+    from ispcp_lib.core.run_lock import RunLock
     from ispcp_lib.mysql.service import MysqlService
 
 DEFAULT_STATE_DIR = "/var/lib/ispcp-recovery"
@@ -55,6 +56,8 @@ class Context:
     # an Apply button. None headless.
     interactive_session: InteractiveGate | None = None
     executor: Executor = field(init=False, repr=False)
+    # The target's recovery lock, held from open_run to the summary (ispcp_lib.core.run_lock).
+    lock: RunLock | None = None
     default_apply: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     secrets: SecretRegistry = field(default=REGISTRY)

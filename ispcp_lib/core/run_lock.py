@@ -32,11 +32,11 @@ class LockOwner:
 
 
 def _me(run_id: str) -> LockOwner:
-    return LockOwner(run_id, socket.getfqdn(), os.getpid(), dt.datetime.now().isoformat(timespec="seconds"))
+    return LockOwner(run_id, socket.gethostname(), os.getpid(), dt.datetime.now().isoformat(timespec="seconds"))
 
 
 def _alive_here(owner: LockOwner) -> bool:
-    if owner.controller != socket.getfqdn():
+    if owner.controller != socket.gethostname():
         return True  # another machine: assume it runs
     try:
         os.kill(owner.pid, 0)
@@ -73,8 +73,10 @@ class RunLock:
                 self.held = True
                 return
             holder = self.holder()
-            if holder is not None and holder.run_id == self.owner.run_id and holder.pid == self.owner.pid:
-                self.held = True  # this very process opened the run again (a notebook's setup cell re-run)
+            if holder is not None and (holder.controller, holder.pid) == (self.owner.controller, self.owner.pid):
+                # This very process opened a run again (a notebook's setup cell re-run): it is ours.
+                self.conn.write_atomic(self.dir + "/owner", json.dumps(self.owner.__dict__) + "\n", mode=0o600)
+                self.held = True
                 return
             stale = holder is None or not _alive_here(holder)
             if not (stale or break_lock):
@@ -92,7 +94,7 @@ class RunLock:
         if not self.held:
             return
         holder = self.holder()
-        if holder is None or (holder.run_id, holder.pid) == (self.owner.run_id, self.owner.pid):
+        if holder is None or (holder.controller, holder.pid) == (self.owner.controller, self.owner.pid):
             self.conn.remove(self.dir, tree=True)
         self.held = False
 

@@ -117,6 +117,12 @@ RUN_PARAMETERS = (
     ),
     Param("resume", bool, True, "skip changing steps that the journal shows applied already"),
     Param(
+        "break_lock",
+        bool,
+        False,
+        "take over the target's recovery lock held by a run on another admin machine (only when that run is dead)",
+    ),
+    Param(
         "force_steps",
         list,
         [],

@@ -21,6 +21,7 @@ from ispcp_lib.core.connection import (
 )
 from ispcp_lib.core.context import DEFAULT_STATE_DIR, Context, new_run_id
 from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.run_lock import RunLock
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.core.secrets import REGISTRY
 from ispcp_lib.mysql import service as mysql_service
@@ -69,6 +70,8 @@ def open_run(*, options: Mapping[str, Any] | None = None, **params: Any) -> Cont
     if secrets:
         ctx.params["secrets"] = secrets
     ctx.mysql = mysql_service.from_params(mysql or {}, ctx.target, runner)
+    # One applying run per target: taken by the first step that changes something, released by summary().
+    ctx.lock = RunLock(ctx.state, str(ctx.state_dir), ctx.run_id)
     mode = "APPLY" if ctx.default_apply else "dry run (nothing changes)"
     backup = ctx.backup.describe() if ctx.backup else None
     ctx.log(f"run {ctx.run_id}: {mode}; backup {backup}, target {connection.describe()}")
@@ -230,6 +233,8 @@ def summary(ctx: Context, summary_path: str | None = None) -> Any:
     import pandas as pd
 
     data = summary_dict(ctx)
+    if ctx.lock is not None:
+        ctx.lock.release()
     if summary_path:
         write_private(Path(summary_path), json.dumps(data, indent=2))
     frame = pd.DataFrame(

@@ -66,3 +66,38 @@ def test_lock_from_another_machine_needs_break_lock(conn_state) -> None:
 def test_run_ids_differ_within_one_second() -> None:
     ids = {new_run_id() for _ in range(50)}
     assert len(ids) == 50
+
+
+def test_the_first_applying_step_takes_the_lock_and_a_second_run_is_refused(tmp_path: Path) -> None:
+    from ispcp_lib.core.action import StepFailed, action
+    from ispcp_lib.core.context import Context
+    from ispcp_lib.core.run_lock import LockOwner
+    from ispcp_lib.core.runner import Runner
+
+    def ctx_for(run_id: str, apply: bool) -> Context:
+        (tmp_path / "target").mkdir(exist_ok=True)
+        ctx = Context(tmp_path / "target", None, tmp_path / "state", run_id, default_apply=apply, runner=Runner(apply))
+        ctx.lock = RunLock(ctx.state, str(ctx.state_dir), run_id)
+        return ctx
+
+    @action("demo_lock")
+    def change(ctx: Context, result) -> None:
+        ctx.write_file("/f", run_id_of(ctx))
+
+    def run_id_of(ctx: Context) -> str:
+        return ctx.run_id
+
+    dry = ctx_for("dry", apply=False)
+    change(dry)
+    assert not dry.lock.held and not (tmp_path / "state" / "lock").exists()  # a dry run takes no lock
+
+    first = ctx_for("first", apply=True)
+    change(first)
+    assert first.lock.held and first.lock.holder().run_id == "first"
+
+    second = ctx_for("second", apply=True)
+    second.resume = False  # else the journal says the step is done and it is skipped
+    second.lock.owner = LockOwner("second", second.lock.owner.controller, os.getppid(), "now")  # another process
+    with pytest.raises(StepFailed, match="run first"):
+        change(second)
+    assert (tmp_path / "target" / "f").read_text() == "first"
