@@ -71,8 +71,8 @@ def _distribution(ctx: Context, result: Result) -> dict[str, str]:
         return _row("distribution", "unknown", "no /etc/os-release or /etc/debian_version in the backup")
     if new is None:
         return _row("distribution", "unknown", "no /etc/os-release or /etc/debian_version on the target")
-    o = f"{old.get('ID', '?')} {old.get('VERSION_ID', '?')}"
-    n = f"{new.get('ID', '?')} {new.get('VERSION_ID', '?')}"
+    o = f"{old.get('ID', '?')} {_release(old)}"
+    n = f"{new.get('ID', '?')} {_release(new)}"
     same = (
         old.get("ID") == new.get("ID")
         and old.get("VERSION_ID", "").split(".")[0] == new.get("VERSION_ID", "").split(".")[0]
@@ -80,6 +80,11 @@ def _distribution(ctx: Context, result: Result) -> dict[str, str]:
     if not same:
         result.warn(f"distribution differs: old {o}, new {n}. Possible, but expect different paths and service names")
     return _row("distribution", "ok" if same else "WARN", f"old {o}, new {n}")
+
+
+def _release(found: dict[str, str]) -> str:
+    """The release as precisely as the system tells it: /etc/debian_version's "6.0.10" over os-release's "6"."""
+    return found.get("DEBIAN_VERSION") or found.get("VERSION_ID", "?")
 
 
 def _existing_ispcp(ctx: Context, result: Result) -> dict[str, str]:

@@ -174,7 +174,7 @@ def test_waits_for_the_shadow_utils_lock(stopped_world: World) -> None:
     done = accounts.run(ctx_for(world, apply=True))
     assert done.status == "done"
     records = [json.loads(x) for x in (world.state_dir / "journal.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in records if r["name"] == "accounts"] == ["failed", "done"]
+    assert [r["status"] for r in records if r.get("name") == "accounts"] == ["failed", "done"]
 
 
 def test_a_change_made_meanwhile_is_merged_not_lost(stopped_world: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,11 +96,12 @@ def test_cleanup_keeps_the_sleep_lines_out_by_default(recovered) -> None:
 
 
 def test_cleanup_removes_root_mycnf_written_by_register_accounts(recovered) -> None:
-    ra = pytest.importorskip("ispcp_lib.steps.register_accounts")
+    from ispcp_lib.ispcp import root_mycnf
+
     world = recovered
     mycnf = world.target_root / "root/.my.cnf"
     mycnf.parent.mkdir(exist_ok=True)
-    mycnf.write_text(ra.MARKER + "\n[client]\nuser=root\npassword=Xyz123\n")
+    mycnf.write_text(root_mycnf.MARKER + "\n[client]\nuser=root\npassword=Xyz123\n")
     mycnf.chmod(0o600)
     done = cleanup.run(open_ctx(world, apply=True))
     assert not mycnf.exists()

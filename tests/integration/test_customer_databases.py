@@ -382,9 +382,8 @@ def test_show_reads_the_backup_before_any_restore(stopped_world: World) -> None:
     assert frame.loc[BLOG, "folder in backup"] == "yes" and frame.loc[BLOG, "dumps"] == f"{BLOG}.sql (dump)"
     assert any("Customer databases listed in sql_database: 2" in n for n in result.notes)
     assert found is not None and not found.datadir_complete
-    broken = Result("inventory")
-    assert customer_dbs.show(ctx_for(world, customer_databases_prefer="tape"), broken) is None
-    assert broken.warnings and "customer databases could not be listed" in broken.warnings[0]
+    with pytest.raises(InputError, match="customer_databases_prefer"):  # refused before anything reads the backup
+        ctx_for(world, customer_databases_prefer="tape")
 
 
 def test_failing_logins_are_listed_with_the_reason(restored: World) -> None:

@@ -45,14 +45,14 @@ def server_ips(world: World) -> list[tuple]:
     conn = world.target_mysql().connect("debian-sys-maint", world.credentials["old"]["debian_sys_maint"], "ispcp")
     with conn, conn.cursor() as cur:
         cur.execute("SELECT ip_id, ip_number, ip_domain, ip_alias FROM server_ips ORDER BY ip_id")
-        return list(cur.fetchall())
+        return [(int(row[0]), *row[1:]) for row in cur.fetchall()]  # the client returns strings
 
 
 def domain_ip_ids(world: World) -> set[int]:
     conn = world.target_mysql().connect("debian-sys-maint", world.credentials["old"]["debian_sys_maint"], "ispcp")
     with conn, conn.cursor() as cur:
         cur.execute("SELECT DISTINCT domain_ip_id FROM domain UNION SELECT DISTINCT alias_ip_id FROM domain_aliasses")
-        return {r[0] for r in cur.fetchall()}
+        return {int(r[0]) for r in cur.fetchall()}  # the client returns strings
 
 
 def fails(world: World, apply: bool = True, **options) -> str:
