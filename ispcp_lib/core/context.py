@@ -83,26 +83,6 @@ class Context:
         self.runner.executor = self.executor
 
     # -- where things are ------------------------------------------------------------------
-    def t(self, path: str) -> Path:
-        """An absolute path of the target system, under target_root."""
-        return self.target_root / str(path).lstrip("/")
-
-    def b(self, path: str) -> Path:
-        """An absolute path of the old server inside the backup; refuses escapes via symlinks."""
-        if self.backup_root is None:
-            raise InputError("backup_root", "is not set", "set the backup_root parameter")
-        p = self.backup_root / str(path).lstrip("/")
-        real = Path(os.path.realpath(p))
-        root = Path(os.path.realpath(self.backup_root))
-        if real != root and root not in real.parents:
-            raise InputError(
-                "backup file",
-                f"resolves to {real}, outside the backup root (a symlink escapes it)",
-                "replace the symlink with the file it should hold, or remove it from the backup",
-                path=str(p),
-            )
-        return p
-
     @property
     def apply(self) -> bool:
         """Whether the running action may change the target (a per-step override can say no)."""

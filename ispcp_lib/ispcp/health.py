@@ -12,7 +12,7 @@ from typing import Any
 
 from ispcp_lib.core.context import Context
 from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME, IspcpConf
 from ispcp_lib.ispcp.update_env import target_conf
 from ispcp_lib.system import postfix_guard as guard
 
@@ -123,7 +123,7 @@ def _domain_rows(ctx: Context, conf: IspcpConf | None) -> tuple[list[dict[str, A
     if ctx.mysql is None or not ctx.mysql.status():
         return None, "MySQL is not running"
     logins = [ispcp_login.ispcp_login(ctx), mysql_creds.working_admin(ctx)]
-    database = (conf.get("DATABASE_NAME") if conf else None) or "ispcp"
+    database = conf.database_name if conf else DEFAULT_DATABASE_NAME
     for login in logins:
         if login is None:
             continue

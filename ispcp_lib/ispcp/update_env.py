@@ -14,9 +14,8 @@ from typing import Any
 
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 LOG_DIR = "ispcp-update"  # under the state dir: one transcript per attempt, plus the last success
 SUCCESS_FILE = "last-success.json"
 _ATTEMPT = re.compile(r"attempt-(\d+)-")

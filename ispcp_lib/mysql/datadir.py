@@ -17,6 +17,7 @@ from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_state
+from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
 
 DEFAULT_DATADIR = "/var/lib/mysql"
 
@@ -28,7 +29,7 @@ def old_datadir(conf: Any) -> str:
 
 def ispcp_database(conf: Any) -> str:
     """The name of ispCP's own database."""
-    return (conf.get("DATABASE_NAME") if conf is not None else None) or "ispcp"
+    return conf.database_name if conf is not None else DEFAULT_DATABASE_NAME
 
 
 def live_datadir(ctx: Context) -> str:

@@ -14,7 +14,7 @@ from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.secrets import MASK
 from ispcp_lib.facts import backup_layout
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.system import account_install
 from ispcp_lib.system.account_install import FilesChanged, NewFile
 from ispcp_lib.system.accounts_files import (
@@ -67,7 +67,6 @@ PARAMETERS: tuple[Param, ...] = (
     ),
 )
 
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 SECRET_FILES = ("shadow", "gshadow")
 MAILBOX_KEYS = (
     "APACHE_SUEXEC_USER_PREF",

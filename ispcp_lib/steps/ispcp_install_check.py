@@ -51,7 +51,7 @@ def run(ctx: Context, result: Result) -> None:
     install = ii.target_install(ctx)
     old = _backup_release(ctx, result)
     if install is not None and install.conf is not None:
-        install.database = ii.target_database(ctx, install.conf.get("DATABASE_NAME") or "ispcp")
+        install.database = ii.target_database(ctx, install.conf.database_name)
     mysql = sv.mysql_server(ctx)
     result.table("ispCP on the target", pd.DataFrame(_install_rows(ctx, install, result)))
     verdict, why = _compare(install, old)

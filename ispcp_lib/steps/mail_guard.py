@@ -24,6 +24,7 @@ from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import backup_layout, dns_table, mysql_creds, postfix
 from ispcp_lib.facts.backup_db_reader import read_backup_database
+from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
 from ispcp_lib.ispcp import update_env
 from ispcp_lib.system import postfix_guard as guard
 
@@ -515,7 +516,7 @@ def _hosted_names(ctx: Context, result: Result) -> tuple[list[dns_table.HostedNa
     except InputError as exc:
         result.warn(f"the backup's ispcp.conf is unreadable ({exc}); assuming database 'ispcp' in /var/lib/mysql")
         conf = None
-    dbname = (conf.get("DATABASE_NAME") if conf else None) or "ispcp"
+    dbname = conf.database_name if conf else DEFAULT_DATABASE_NAME
     datadir = (conf.get("DATABASE_DIR") if conf else None) or "/var/lib/mysql"
     if last_applied(ctx, "mysql_restore") and ctx.mysql is not None and ctx.mysql.status():
         login = mysql_creds.working_admin(ctx)

@@ -15,7 +15,7 @@ from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_creds
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.facts.ispcp_login import ispcp_login
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.ispcp.domain_layout import DomainLayout, Owners, Places, domain_layout
@@ -68,7 +68,6 @@ PARAMETERS: tuple[Param, ...] = (
 )
 
 MODES = ("auto", "always", "never", "ispcp_rebuild")
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
 # engine/ispcp_common_methods.pl add_dmn_suexec_user(): useradd -c virtual-user -s /bin/false.
 GECOS = "virtual-user"
@@ -241,7 +240,7 @@ def run(ctx: Context, result: Result) -> None:
     conf = target_conf(ctx)
     prefix = conf.get("APACHE_SUEXEC_USER_PREF") or "vu"
     login = database_login(ctx)
-    database = conf.get("DATABASE_NAME") or "ispcp"
+    database = conf.database_name
     domains = read_domains(ctx, login, database)
     accounts = read_accounts(ctx)
     result.table(f"Domains in the {database} database", pd.DataFrame(_rows(domains, accounts, prefix)))

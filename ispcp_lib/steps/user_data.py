@@ -19,7 +19,7 @@ from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout
-from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.system import ownership, rsync_copy, tree_copy, tree_scan
 from ispcp_lib.system.rsync_copy import STAGING_DIR, Capabilities, Items, Progress, ProgressHook, Route, human
 from ispcp_lib.system.tree_copy import LOOSE, JobDone, Tree, Unit, Worker, file_totals, shown_key, wrong_owner
@@ -75,7 +75,6 @@ PARAMETERS: tuple[Param, ...] = (
     ),
 )
 
-CONF_PATH = "/etc/ispcp/ispcp.conf"
 DEFAULT_WWW = "/var/www/virtual"
 DEFAULT_MAIL = "/var/mail/virtual"
 

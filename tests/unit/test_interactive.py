@@ -24,7 +24,7 @@ from ispcp_lib.steps import STEP_ORDER
 
 @action("test_write")
 def write_conf(ctx: Context, result: Result, text: str = "wanted\n") -> None:
-    changed = ctx.write_file(ctx.t("/etc/test.conf"), text, mode=0o644)
+    changed = ctx.write_file("/etc/test.conf", text, mode=0o644)
     result.summary = "test.conf written" if changed else "test.conf as wanted"
     if not changed:
         result.noop_reason = "test.conf already holds the wanted text"
@@ -35,8 +35,8 @@ def long_copy(ctx: Context, result: Result) -> None:
     tick = progress_bar(ctx, 3, "copying")
     for n in range(1, 4):
         if ctx.apply:
-            (ctx.t("/srv") / f"f{n}").parent.mkdir(parents=True, exist_ok=True)
-            (ctx.t("/srv") / f"f{n}").write_text("x")
+            (Path(ctx.target.path("/srv")) / f"f{n}").parent.mkdir(parents=True, exist_ok=True)
+            (Path(ctx.target.path("/srv")) / f"f{n}").write_text("x")
         result.change(f"copy f{n}")
         tick(n, f"f{n}")
 
@@ -90,7 +90,7 @@ def test_button_gates_the_change(tmp_path: Path) -> None:
 
     assert isinstance(gate, StepGate)
     assert fingerprint(ctx.target_root, exclude=[ctx.state_dir]) == before, "the dry run changed the target"
-    assert (ctx.t("/etc/test.conf")).read_text() == "old\n"
+    assert Path(ctx.target.path("/etc/test.conf")).read_text() == "old\n"
     assert gate.status == "planned" and gate.changed == 1 and gate.apply is False
     assert gate.dry.diffs and "+wanted" in gate.dry.diffs[0].text  # the plan shows the diff
     assert not gate.button.disabled and gate.button.description == "Apply this step"
@@ -101,7 +101,7 @@ def test_button_gates_the_change(tmp_path: Path) -> None:
 
     gate.button.click()
 
-    assert (ctx.t("/etc/test.conf")).read_text() == "wanted\n"
+    assert Path(ctx.target.path("/etc/test.conf")).read_text() == "wanted\n"
     assert gate.applied is not None and gate.status == "done" and gate.apply is True
     assert gate.button.disabled and gate.button.description == "Applied"
     assert session.panel.state("test_write") == "done"
@@ -132,7 +132,7 @@ def test_gate_renders_plan_then_button(tmp_path: Path) -> None:
 
 def test_noop_and_resume_skip_need_no_button(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
-    ctx.t("/etc/test.conf").write_text("wanted\n")
+    Path(ctx.target.path("/etc/test.conf")).write_text("wanted\n")
     session, _ = _session(ctx)
     result = write_conf(ctx)
     assert isinstance(result, Result) and result.status == "noop"
@@ -147,7 +147,7 @@ def test_apply_steps_exclusion_disables_the_button(tmp_path: Path) -> None:
     assert gate.button.disabled and "excludes" in gate.note.value
     gate.button.click()
     gate.press()
-    assert ctx.t("/etc/test.conf").read_text() == "old\n"
+    assert Path(ctx.target.path("/etc/test.conf")).read_text() == "old\n"
     assert session.panel.state("test_write") == "planned"
     assert ctx.apply_steps == {"test_write": False}
 
@@ -179,7 +179,7 @@ def test_panel_states_over_a_run(tmp_path: Path) -> None:
     skipped = write_conf(ctx)  # not in the steps parameter
     states = {r["step"]: r["state"] for r in session.panel.rows()}
     assert states["test_observe"] == "done" and states["test_write"] == "skipped"
-    assert skipped.status == "skipped" and ctx.t("/etc/test.conf").read_text() == "old\n"
+    assert skipped.status == "skipped" and Path(ctx.target.path("/etc/test.conf")).read_text() == "old\n"
     html = session.panel.widget.value
     assert "test_observe" in html and "skipped" in html and "dry run" in html
     assert next(r for r in session.panel.rows() if r["step"] == "test_observe")["duration_s"] is not None
@@ -195,9 +195,9 @@ def test_nested_action_is_part_of_the_outer_step(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     _session(ctx)
     gate = outer(ctx)
-    assert isinstance(gate, StepGate) and ctx.t("/etc/test.conf").read_text() == "old\n"
+    assert isinstance(gate, StepGate) and Path(ctx.target.path("/etc/test.conf")).read_text() == "old\n"
     gate.press()
-    assert ctx.t("/etc/test.conf").read_text() == "wanted\n"
+    assert Path(ctx.target.path("/etc/test.conf")).read_text() == "wanted\n"
 
 
 # -- progress --------------------------------------------------------------------------------------
@@ -209,9 +209,9 @@ def test_progress_bar_in_a_gated_apply(tmp_path: Path) -> None:
     gate = long_copy(ctx)
     dry_bar = [o for o in shown if type(o).__name__ == "HBox"]
     assert len(dry_bar) == 1 and dry_bar[0].children[0].value == 3  # the dry run's bar, in its cell
-    assert not ctx.t("/srv").exists()
+    assert not Path(ctx.target.path("/srv")).exists()
     gate.press()
-    assert sorted(p.name for p in ctx.t("/srv").iterdir()) == ["f1", "f2", "f3"]
+    assert sorted(p.name for p in Path(ctx.target.path("/srv")).iterdir()) == ["f1", "f2", "f3"]
     outputs = gate.output.outputs
     bars = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert bars, "the applying run's progress bar goes under its button"
@@ -240,7 +240,7 @@ def test_headless_run_has_no_gate(tmp_path: Path) -> None:
     result = write_conf(ctx)
     assert isinstance(result, Result) and result.status == "planned"  # apply=False decides
     ctx.default_apply = True
-    assert write_conf(ctx).status == "done" and ctx.t("/etc/test.conf").read_text() == "wanted\n"
+    assert write_conf(ctx).status == "done" and Path(ctx.target.path("/etc/test.conf")).read_text() == "wanted\n"
 
 
 # -- detection in a real kernel ----------------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_session_on_the_world_with_real_steps(world, tmp_path: Path) -> None:
     assert states["inventory"] == "done" and states["preflight"] == "done" and states["test_write"] == "planned"
     assert states["mysql_restore"] == "not run"
     gate.press()
-    assert ctx.t("/etc/test.conf").read_text() == "wanted\n"
+    assert Path(ctx.target.path("/etc/test.conf")).read_text() == "wanted\n"
     assert stable_fingerprint(world) != before
     assert session.panel.state("test_write") == "done"
 
