@@ -20,21 +20,14 @@ from ispcp_lib.core.errors import CommandFailed, InputError, IspcpError
 from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, DEFAULT_DATABASE_NAME, IspcpConf, parse_version
 from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp.engine_sleep import MANAGERS as SLEEPING_MANAGERS
 from ispcp_lib.mysql import accounts
 
 if TYPE_CHECKING:
     from ispcp_lib.core.context import Context
 
-ENGINE_MANAGERS = (
-    "ispcp-als-mngr",
-    "ispcp-alssub-mngr",
-    "ispcp-dmn-mngr",
-    "ispcp-htgroups-mngr",
-    "ispcp-htusers-mngr",
-    "ispcp-mbox-mngr",
-    "ispcp-sub-mngr",
-    "ispcp-rqst-mngr",
-)
+# Every manager the engine dispatches to: the seven with a sleep(1) per item, and the request manager.
+ENGINE_MANAGERS = (*SLEEPING_MANAGERS, "ispcp-rqst-mngr")
 UPDATE_SCRIPT = "engine/setup/ispcp-update"
 DEFAULT_ROOT_DIR = "/var/www/ispcp"
 REVISION_KEY = "DATABASE_REVISION"

@@ -13,15 +13,6 @@ from ispcp_lib.ispcp.crypto import encrypt_db_password
 from ispcp_lib.sandbox import update_standin
 from ispcp_lib.sandbox.private_mysql import data_file
 
-ENGINE_MANAGERS = (
-    "ispcp-als-mngr",
-    "ispcp-alssub-mngr",
-    "ispcp-dmn-mngr",
-    "ispcp-htgroups-mngr",
-    "ispcp-htusers-mngr",
-    "ispcp-mbox-mngr",
-    "ispcp-sub-mngr",
-)
 SLEEP_LINE = "\tsleep(1);"
 # A decoy for the engine_speedup step: it must change only the exact statement line.
 DECOY_COMMENT = "\t# sleep(1) here would be wrong: the request row is still locked"

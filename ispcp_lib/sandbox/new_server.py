@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ispcp_lib.core.runner import Runner
+from ispcp_lib.ispcp import engine_sleep
 from ispcp_lib.ispcp.keyfiles import LAYOUTS, KeySet, render_keyfile
 from ispcp_lib.sandbox import accounts, ispcp_files, private_mysql
 from ispcp_lib.sandbox.files import put_file
@@ -69,7 +70,7 @@ def write_dummy_ispcp(target: Path, sc: Scenario, version: str) -> None:
     proftpd = ispcp_files.proftpd_conf(sc.new_hostname, new.vftp)
     put_file(target, "/etc/proftpd.conf", proftpd, 0o600)
     put_file(target, "/etc/ispcp/proftpd/working/proftpd.conf", proftpd, 0o600)
-    for name in ispcp_files.ENGINE_MANAGERS:
+    for name in engine_sleep.MANAGERS:
         put_file(target, f"{ENGINE_DIR}/{name}", ispcp_files.engine_manager(name, version), 0o700)
     put_file(target, f"{ENGINE_DIR}/ispcp-rqst-mngr", ispcp_files.request_manager(), 0o700)
     (target / ENGINE_DIR.lstrip("/") / "setup").mkdir(parents=True, exist_ok=True)

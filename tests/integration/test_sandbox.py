@@ -16,9 +16,9 @@ import pytest
 
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.ispcp import engine_sleep
 from ispcp_lib.ispcp.crypto import decrypt_db_password
 from ispcp_lib.ispcp.keyfiles import LAYOUTS, parse_keyfile
-from ispcp_lib.sandbox import ispcp_files
 from ispcp_lib.sandbox.scenario import SCALES, make_scenario
 from ispcp_lib.sandbox.world import World, build_world, mariadbd_pids_under, stable_fingerprint
 from tests.helpers import fetch
@@ -141,7 +141,7 @@ def test_target_has_no_customer_accounts_and_host_service_ids(world_template: Wo
 
 def test_target_engine_managers_carry_the_sleep_line(world_template: World) -> None:
     engine = world_template.target_root / "var/www/ispcp/engine"
-    for name in ispcp_files.ENGINE_MANAGERS:
+    for name in engine_sleep.MANAGERS:
         lines = (engine / name).read_text().splitlines()
         assert lines[0] == "#!/usr/bin/perl"
         assert lines.count("\tsleep(1);") == 1, name
