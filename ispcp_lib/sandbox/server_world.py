@@ -30,6 +30,8 @@ connection acts on them differently:
   the sandbox's private one (config in the root, queue in the workdir): stopping an in-server service
   from this machine by pid would reach the wrong pid namespace, and `postfix` run here would use this
   machine's queue.
+The stand-ins for ispcp-update and ispcp-rqst-mngr are Python, which the server lacks: the world has
+Perl shims at their paths, and services() runs their relay here (standin_relay), for every connection.
 DNS: dnsmasq always runs here. It stands for the internet's DNS, which the controller asks (the
 DNS table resolves on the controller with dnspython); the recovered server is not a DNS server.
 """
@@ -52,7 +54,7 @@ from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.lab.host import NamespaceHost, SshServer, SshTarget
 from ispcp_lib.mysql.service import SandboxMysql, server_version
-from ispcp_lib.sandbox import accounts, dns, postfix, private_mysql
+from ispcp_lib.sandbox import accounts, dns, postfix, private_mysql, standin_relay
 from ispcp_lib.sandbox.files import put_file
 
 if TYPE_CHECKING:
@@ -290,7 +292,9 @@ def services(world: World) -> Iterator[dict[str, Any]]:
     """Postfix (inside the server, or the private one for local runs) and dnsmasq (here); yields their params."""
     params: dict[str, Any] = {}
     started: list[str] = []
+    relay = standin_relay.Relay(_root(world))
     try:
+        relay.start()  # the stand-ins' shims in the server call it, whichever connection runs them
         if connection_of(world) == "local":
             params.update(postfix.start_for_world(world))
         else:
@@ -310,6 +314,7 @@ def services(world: World) -> Iterator[dict[str, Any]]:
                 postfix.stop_for_world(world)
             else:
                 host_of(world).exec(["/etc/init.d/postfix", "stop"], timeout=120, check=False)
+        relay.stop()
 
 
 # -- the runbook's parameters ----------------------------------------------------------------------------
