@@ -173,7 +173,7 @@ class Session:
         self.root = root
         self.proc: subprocess.Popen[bytes] | None = None
         self.master: int | None = None  # the stand-in's pseudo-terminal, this side
-        self.thread = threading.Thread(target=self.serve, name="standin-relay-session", daemon=True)
+        self.thread = threading.Thread(target=self.serve, name=f"standin-relay session {root}", daemon=True)
 
     def host_dir(self, req: Request) -> Path:
         """The shim's working directory as this machine sees it (the tree's root when it is not there)."""
@@ -347,7 +347,7 @@ class Relay:
         listener.listen(8)
         listener.settimeout(0.2)
         self._listener = listener
-        self._thread = threading.Thread(target=self._accept, name="standin-relay", daemon=True)
+        self._thread = threading.Thread(target=self._accept, name=f"standin-relay {self.root}", daemon=True)
         self._thread.start()
         return self
 
