@@ -20,7 +20,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from ispcp_lib.core.connection import ChrootConnection, Connection, SshConnection, SshTarget
+from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, SshConnection, SshTarget
 from ispcp_lib.core.secrets import SecretRegistry
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.ispcp.update_driver import Outcome, Prompt, run_interactive
@@ -158,6 +158,23 @@ def test_update_over_ssh_on_a_terminal(relayed: Relayed) -> None:
 
 def test_update_through_chroot(relayed: Relayed) -> None:
     _check_update(relayed, _update(ChrootConnection(relayed.root), "admin.in-chroot.test"), "admin.in-chroot.test")
+
+
+def test_update_on_the_local_connection(relayed: Relayed) -> None:
+    """The shim run on this machine finds the relay from its own path (the server's root here)."""
+    conn = LocalConnection(relayed.root)
+    outcome = run_interactive(
+        conn,
+        [conn.path(UPDATE)],
+        cwd=conn.path(SETUP),
+        prompts=_prompts("admin.local.test"),
+        secrets=SecretRegistry(),
+        env={"TERM": "xterm"},
+        timeout=180,
+        silence=20,
+        success=SUCCESS,
+    )
+    _check_update(relayed, outcome, "admin.local.test")
 
 
 def test_exit_status_and_streams_cross(relayed: Relayed) -> None:
