@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(mariadb-server mariadb-client rsync postfix dnsmasq-base libcrypt-cbc-perl
+DEB_PACKAGES=(mariadb-server mariadb-client rsync openssh-client postfix dnsmasq-base libcrypt-cbc-perl
               libcrypt-blowfish-perl passwd procps bzip2 gzip python3-venv chromium
-              debootstrap openssh-client zstd iproute2)  # the last four: the lab servers (ispcp_lib/lab)
+              debootstrap zstd iproute2)  # the last three: the lab servers (ispcp_lib/lab)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

@@ -14,6 +14,7 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, RootedView, SshConnection
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.operations import Executor, KeepCopy, WriteFile
+from ispcp_lib.core.params import Param, settings
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
@@ -117,6 +118,10 @@ class Context:
 
     def param(self, name: str, default: Any = None) -> Any:
         return self.params.get(name, default)
+
+    def step_params(self, spec: Sequence[Param]) -> Any:
+        """A step's parameters (spec: its PARAMETERS) as a frozen dataclass: validated, defaults filled in."""
+        return settings(spec, self.params)
 
     # -- acting ----------------------------------------------------------------------------
     def log(self, message: str) -> None:

@@ -21,7 +21,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-# The verdicts of the table (the mail_guard row of DESIGN.md).
+# The verdicts of the table (the mail_guard row of the README's step table).
 OLD = "old IP"
 NEW = "new IP"
 ELSEWHERE = "elsewhere"

@@ -8,19 +8,24 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ispcp_lib.core.context import DEFAULT_STATE_DIR
+from ispcp_lib.core.context import new_run_id
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.lab.cli import add_lab_parser
 from ispcp_lib.runbook import decrypt_password
-from ispcp_lib.runbook.notebook_build import NOTEBOOK
-from ispcp_lib.runbook.session import write_private
+from ispcp_lib.runbook.notebook_build import runbook_notebook
+from ispcp_lib.runbook.parameters import SSH_PASSWORD, validate_run
+from ispcp_lib.runbook.session import open_target, read_secrets_file, state_dir, write_private
 
-REPO = Path(__file__).resolve().parents[2]
+_CHECKOUT = Path(__file__).resolve().parents[2]
+# Where reports/, build/ and docs/ go by default: the checkout when run from one, else the current directory.
+REPO = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def _parse_value(text: str) -> Any:
@@ -35,28 +40,31 @@ def run_runbook(
 
     Headless by construction: ISPCP_HEADLESS=1 is in the kernel's environment and interactive=False
     is passed, so no widget or apply button appears and the `apply` parameter alone decides.
+    The parameters are validated first (InputError): a bad one stops the run before a kernel starts.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     from ispcp_lib.runbook.interactive import HEADLESS_ENV
-    from ispcp_lib.runbook.report import html_report, summary_from_journal
+    from ispcp_lib.runbook.report import html_report
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(report_dir).resolve()
     base = report_dir / f"{stamp}-ispcp-recovery"
     executed, html_path, json_path = (base.with_suffix(s) for s in (".ipynb", ".html", ".json"))
     params = dict(params)
-    params.setdefault("run_id", stamp)
+    params.setdefault("run_id", new_run_id())
     params["summary_path"] = str(json_path)
     params["interactive"] = False
+    values = validate_run(params)
     report_dir.mkdir(parents=True, exist_ok=True)
     write_private(executed, "")
     failed = False
-    with _environ(HEADLESS_ENV, "1"):  # the kernel papermill starts inherits this environment
+    # The kernel papermill starts inherits this environment.
+    with _environ(HEADLESS_ENV, "1"), runbook_notebook() as notebook:
         try:
             papermill.execute_notebook(
-                str(NOTEBOOK),
+                str(notebook),
                 str(executed),
                 parameters=params,
                 log_output=log_output,
@@ -72,9 +80,7 @@ def run_runbook(
             print(f"the run stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
             _ensure_notebook(executed, f"The run stopped before the runbook finished: {type(exc).__name__}: {exc}")
     executed.chmod(0o600)
-    target = Path(params.get("target_root") or "/")
-    state_dir = Path(params["state_dir"]) if params.get("state_dir") else target / DEFAULT_STATE_DIR.lstrip("/")
-    summary = summary_from_journal(state_dir, params["run_id"], bool(params.get("apply")), params.get("steps"))
+    summary = run_summary(values)
     if failed:
         summary["status"] = "failed"
     write_private(json_path, json.dumps(summary, indent=2))
@@ -82,6 +88,33 @@ def run_runbook(
     print(f"summary: {json_path}")
     print(html_path)
     return (1 if summary["status"] == "failed" else 0), html_path
+
+
+def run_summary(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary JSON from the run's journal, which lives in the state dir on the target."""
+    from ispcp_lib.runbook.report import summary_from_journal
+
+    try:
+        journal = _journal_text(values)
+    except InputError as exc:  # the target went away during the run: the report says so
+        print(f"the journal could not be read: {exc}", file=sys.stderr)
+        journal = None
+    with tempfile.TemporaryDirectory(prefix="ispcp-journal-") as folder:
+        if journal is not None:
+            write_private(Path(folder) / "journal.jsonl", journal)
+        return summary_from_journal(Path(folder), values["run_id"], values["apply"], values["steps"])
+
+
+def _journal_text(values: Mapping[str, Any]) -> str | None:
+    if values["target"]["connection"] == "local":
+        path = Path(state_dir(values)) / "journal.jsonl"
+        return path.read_text() if path.is_file() else None
+    secrets = read_secrets_file(Path(values["secrets_file"])) if values["secrets_file"] else {}
+    connection = open_target(values, secrets.get(SSH_PASSWORD))
+    try:
+        return connection.read_text(f"{state_dir(values)}/journal.jsonl")
+    finally:
+        connection.close()
 
 
 def _ensure_notebook(path: Path, message: str) -> None:
@@ -121,8 +154,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, value in args.param or []:
         params[name] = _parse_value(value)
     if args.steps:
-        params["steps"] = [s.strip() for s in args.steps.split(",") if s.strip()]
-    rc, _ = run_runbook(params, Path(args.report_dir), no_input=args.no_input)
+        params["steps"] = args.steps  # a comma-separated list, as the parameter itself accepts
+    try:
+        rc, _ = run_runbook(params, Path(args.report_dir), no_input=args.no_input)
+    except InputError as exc:
+        print(f"ispcp-recover run: {exc}", file=sys.stderr)
+        return 2
     return rc
 
 

@@ -1,51 +1,46 @@
 """Builds runbooks/ispcp_recovery.ipynb from the step modules, so that the notebook holds no logic
 and its text lives next to the code it explains. It also writes runbooks/ispcp_recovery.md, the same
-notebook as jupytext markdown, so that a change to the runbook can be reviewed as a plain text diff.
-`python -m ispcp_lib.runbook.notebook_build --check` fails when either file (or the README's parameter
-table) is out of date."""
+notebook as jupytext markdown, so that a change to the runbook can be reviewed as a plain text diff,
+and the README's parameter tables, from the same parameter spec as the notebook's parameters cell.
+`python -m ispcp_lib.runbook.notebook_build --check` fails when any of them is out of date.
+
+The package ships the notebook as `ispcp_lib/runbook/ispcp_recovery.ipynb`, a link to the one in
+runbooks/ (the copy in the wheel is a plain file): `runbook_notebook()` finds it in a checkout and in
+an installed package alike.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.resources
+import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from ispcp_lib.core.params import Param
+from ispcp_lib.runbook.parameters import RUN_PARAMETERS, SECRETS, all_parameters
 from ispcp_lib.steps import STEP_ORDER, load
+from ispcp_lib.steps import parameters as step_parameters
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "runbooks" / "ispcp_recovery.ipynb"
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK = ROOT / "runbooks" / "ispcp_recovery.ipynb"
 NOTEBOOK_TEXT = NOTEBOOK.with_suffix(".md")  # jupytext markdown of the same cells, for review
-README = Path(__file__).resolve().parents[2] / "README.md"
-_README_START, _README_END = "<!-- step-parameters:start -->", "<!-- step-parameters:end -->"
+PACKAGED_NAME = "ispcp_recovery.ipynb"
+PACKAGED = Path(__file__).parent / PACKAGED_NAME  # a symlink to NOTEBOOK in the checkout
+README = ROOT / "README.md"
 
-# name -> (default, description): the run-wide parameters of DESIGN.md's contract.
-CORE_PARAMETERS: dict[str, tuple[Any, str]] = {
-    "backup_root": (None, "the old server's files at their original absolute paths"),
-    "target_root": ("/", "the new system's root (/ on a real server)"),
-    "apply": (False, "False = dry run: plan and show, change nothing"),
-    "steps": (None, "None = every step in guide order, or a list of step names"),
-    "state_dir": (None, "journal and safety copies; None = /var/lib/ispcp-recovery under target_root"),
-    "secrets_file": (None, "YAML name: value file (mode 0600) for secrets found on neither system"),
-    "mysql": (
-        {"service": "systemd", "datadir": "/var/lib/mysql", "socket": "/run/mysqld/mysqld.sock", "port": 3306},
-        "how to reach and control MySQL: service systemd|sysv|sandbox, datadir, socket, port, optional pid_file",
-    ),
-    "run_id": (None, "None = a timestamp; names safety copies and journal records"),
-    "resume": (True, "skip changing steps that the journal shows applied already"),
-    "force_steps": ([], "steps to run again even though the journal shows them applied"),
-    "apply_steps": ({}, "per-step override of apply, e.g. {'user_data': False}"),
-    "summary_path": (None, "where the summary JSON goes (the CLI sets it)"),
-    "interactive": (
-        None,
-        "None = status panel and Apply buttons only in a live JupyterLab (not when "
-        "ISPCP_HEADLESS is set); plain papermill runs pass -p interactive False",
-    ),
-}
-# Parameters the setup cell uses itself instead of passing them to open_run.
-_NOT_FOR_OPEN_RUN = ("summary_path", "interactive")
+
+@contextlib.contextmanager
+def runbook_notebook() -> Iterator[Path]:
+    """The notebook to execute, as a file path, wherever the package is installed."""
+    with importlib.resources.as_file(importlib.resources.files(__package__) / PACKAGED_NAME) as path:
+        yield path
+
 
 INTRO = """# ispCP disaster recovery runbook
 
@@ -80,52 +75,91 @@ SETUP = """from ispcp_lib.runbook.interactive import start_interactive
 from ispcp_lib.runbook.session import open_run, summary
 from ispcp_lib.steps import {modules}
 
+# Every parameter is checked here (type, allowed values, the target's settings) and the target is
+# reached once: bad input stops the run before anything changes.
 ctx = open_run(
 {args}
 )
 # In JupyterLab: the status panel, and an "Apply this step" button under every changing step.
 # Headless (ispcp-recover run, papermill -p interactive False): nothing interactive; `apply` decides.
-session = start_interactive(ctx, interactive)"""
+session = start_interactive(ctx, ctx.param("interactive"))"""
 
 
-def _literal(value: Any) -> str:
-    return repr(value)
+def _comment(p: Param) -> str:
+    text = p.description
+    if p.choices and p.type is str:
+        text = f"{' | '.join(p.choices)}: {text}"
+    if p.fields:
+        text = f"{text}; keys: {', '.join(f.name for f in p.fields)}"
+    # papermill skips any parameter line with a second "=", even in its comment.
+    return text.replace(" = ", ": ").replace("=", ":")
 
 
-def parameter_cell_source(step_params: dict[str, tuple[Any, str]]) -> str:
+def parameter_cell_source() -> str:
     lines = ["# Parameters (papermill overrides these). Never put a password here: use secrets_file."]
-    for name, (default, doc) in {**CORE_PARAMETERS, **step_params}.items():
-        # papermill skips any parameter line with a second "=", even in its comment.
-        lines.append(f"{name} = {_literal(default)}  # {doc.replace(' = ', ': ').replace('=', ':')}")
+    lines += [f"{p.name} = {p.default!r}  # {_comment(p)}" for p in all_parameters()]
     return "\n".join(lines)
 
 
-def collect_step_parameters(with_step: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in STEP_ORDER:
-        module = load(name)
-        for pname, spec in getattr(module, "PARAMETERS", {}).items():
-            if pname in out or pname in CORE_PARAMETERS:
-                raise ValueError(f"parameter {pname} declared twice (step {name})")
-            out[pname] = (*spec, name) if with_step else spec
-    return out
+def setup_cell_source() -> str:
+    args = [f"    {p.name}={p.name}," for p in RUN_PARAMETERS]
+    options = "".join(f"        {p.name}={p.name},\n" for _, p in step_parameters())
+    args.append("    options=dict(\n" + options + "    ),")
+    return SETUP.format(args="\n".join(args), modules=", ".join(STEP_ORDER))
+
+
+# -- the README's tables --------------------------------------------------------------------------------
+
+
+def _default(p: Param) -> str:
+    return "see below" if p.fields else f"`{p.default!r}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def run_table() -> list[str]:
+    rows = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
+    for p in RUN_PARAMETERS:
+        rows.append(f"| `{p.name}` | {_cell(p.type_text())} | {_default(p)} | {_cell(p.description)} |")
+        for f in p.fields:
+            name = f"{p.name}.{f.name}"
+            rows.append(f"| `{name}` | {_cell(f.type_text())} | {_default(f)} | {_cell(f.description)} |")
+    return rows
+
+
+def step_table() -> list[str]:
+    rows = ["| parameter | type | default | step | meaning |", "|---|---|---|---|---|"]
+    for step, p in step_parameters():
+        rows.append(f"| `{p.name}` | {_cell(p.type_text())} | {_default(p)} | {step} | {_cell(p.description)} |")
+    return rows
+
+
+def secrets_table() -> list[str]:
+    rows = ["| entry | meaning |", "|---|---|"]
+    rows += [f"| `{p.name}` | {_cell(p.description)} |" for p in SECRETS]
+    return rows
+
+
+README_TABLES: dict[str, Callable[[], list[str]]] = {
+    "run-parameters": run_table,
+    "step-parameters": step_table,
+    "secrets": secrets_table,
+}
 
 
 def readme_text(current: str) -> str:
-    """README.md with its step-parameter table regenerated from the step modules."""
-    rows = ["| parameter | default | step | meaning |", "|---|---|---|---|"]
-    for pname, (default, doc, step) in collect_step_parameters(with_step=True).items():
-        rows.append(f"| `{pname}` | `{default!r}` | {step} | {doc} |")
-    head, rest = current.split(_README_START, 1)
-    _, tail = rest.split(_README_END, 1)
-    return head + _README_START + "\n" + "\n".join(rows) + "\n" + _README_END + tail
+    """README.md with its tables regenerated from the parameter spec."""
+    for marker, table in README_TABLES.items():
+        start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+        head, rest = current.split(start, 1)
+        _, tail = rest.split(end, 1)
+        current = head + start + "\n" + "\n".join(table()) + "\n" + end + tail
+    return current
 
 
 def build() -> nbformat.NotebookNode:
-    step_params = collect_step_parameters()
-    core_args = [n for n in CORE_PARAMETERS if n not in _NOT_FOR_OPEN_RUN]
-    args = [f"    {n}={n}," for n in core_args]
-    args.append("    options=dict(\n" + "".join(f"        {n}={n},\n" for n in step_params) + "    ),")
     nb = new_notebook()
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ispcp-recovery)", "language": "python"},
@@ -133,8 +167,8 @@ def build() -> nbformat.NotebookNode:
     }
     cells = [
         _md("intro", INTRO, []),
-        _code("parameters", parameter_cell_source(step_params), ["parameters"]),
-        _code("setup", SETUP.format(args="\n".join(args), modules=", ".join(STEP_ORDER)), ["setup"]),
+        _code("parameters", parameter_cell_source(), ["parameters"]),
+        _code("setup", setup_cell_source(), ["setup"]),
     ]
     for number, name in enumerate(STEP_ORDER, start=1):
         module = load(name)
@@ -150,7 +184,7 @@ def build() -> nbformat.NotebookNode:
             ["summary"],
         )
     )
-    cells.append(_code("summary", "summary(ctx, summary_path)", ["summary"]))
+    cells.append(_code("summary", 'summary(ctx, ctx.param("summary_path"))', ["summary"]))
     nb.cells = cells
     return nb
 
@@ -167,10 +201,6 @@ def _code(cell_id: str, source: str, tags: list[str]) -> nbformat.NotebookNode:
     cell.id = cell_id
     cell.metadata = {"tags": tags}
     return cell
-
-
-def render() -> str:
-    return nbformat.writes(build()) + "\n"
 
 
 def render_text(nb: nbformat.NotebookNode | None = None) -> str:
@@ -190,6 +220,10 @@ def render_text(nb: nbformat.NotebookNode | None = None) -> str:
     return jupytext.writes(nb, fmt="md")
 
 
+def _packaged_link_ok() -> bool:
+    return PACKAGED.is_symlink() and PACKAGED.resolve() == NOTEBOOK.resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the committed notebook is stale")
@@ -204,16 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         stale = [p for p, want in wanted.items() if not p.exists() or p.read_text() != want]
         for p in stale:
             print(f"{p} is out of date: run python -m ispcp_lib.runbook.notebook_build", file=sys.stderr)
-        if not stale:
-            print(
-                f"{NOTEBOOK.name}, {NOTEBOOK_TEXT.name} and the README's parameter table are in sync "
-                "with ispcp_lib/steps"
-            )
-        return 1 if stale else 0
+        if not _packaged_link_ok():
+            print(f"{PACKAGED} must be a link to {NOTEBOOK}: run python -m ispcp_lib.runbook.notebook_build")
+        if not stale and _packaged_link_ok():
+            print(f"{NOTEBOOK.name}, {NOTEBOOK_TEXT.name} and the README's tables are in sync with the code")
+        return 1 if stale or not _packaged_link_ok() else 0
     NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
     for path, text in wanted.items():
         path.write_text(text)
-    print(f"wrote {NOTEBOOK}, {NOTEBOOK_TEXT} and the README's parameter table")
+    if not _packaged_link_ok():
+        PACKAGED.unlink(missing_ok=True)
+        PACKAGED.symlink_to(os.path.relpath(NOTEBOOK, PACKAGED.parent))
+    print(f"wrote {NOTEBOOK}, {NOTEBOOK_TEXT} and the README's tables")
     return 0
 
 

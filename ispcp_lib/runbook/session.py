@@ -2,70 +2,200 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ispcp_lib.core.connection import (
+    ChrootConnection,
+    Connection,
+    LocalConnection,
+    RootedView,
+    SshConnection,
+    SshTarget,
+)
 from ispcp_lib.core.context import DEFAULT_STATE_DIR, Context, new_run_id
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.core.secrets import REGISTRY
 from ispcp_lib.mysql import service as mysql_service
+from ispcp_lib.runbook.parameters import SSH_PASSWORD, validate_run
 from ispcp_lib.steps import STEP_ORDER
 
 
-def open_run(
-    *,
-    backup_root: str | None,
-    target_root: str = "/",
-    apply: bool = False,
-    steps: list[str] | None = None,
-    state_dir: str | None = None,
-    secrets_file: str | None = None,
-    mysql: dict[str, Any] | None = None,
-    run_id: str | None = None,
-    resume: bool = True,
-    force_steps: list[str] | None = None,
-    apply_steps: dict[str, bool] | None = None,
-    options: dict[str, Any] | None = None,
-) -> Context:
-    """Validate the parameters and build the Context; nothing on the target changes here."""
-    for name in [*(steps or []), *(force_steps or []), *(apply_steps or {})]:
-        if name not in STEP_ORDER:
-            raise InputError("parameter", f"names an unknown step {name!r}", f"use one of {', '.join(STEP_ORDER)}")
-    target = Path(target_root)
-    if not target.is_dir():
+def open_run(*, options: Mapping[str, Any] | None = None, **params: Any) -> Context:
+    """Validate the parameters, reach the target and build the Context; nothing on the target changes.
+
+    params are the run-wide parameters, options the steps' (both may hold either; a name given in
+    both is refused). Every value is typed and defaulted from the spec (`runbook.parameters` and each
+    step's PARAMETERS) and lands in `ctx.params`. The connection is checked at once: a target that
+    cannot be reached fails here, with the fix, before any step runs.
+    """
+    both = set(params) & set(options or {})
+    if both:
         raise InputError(
-            "target_root", "is not a directory", "point target_root at the new system's root", path=str(target)
+            f"parameter {sorted(both)[0]}", "is given twice (as a parameter and in options)", "give it once"
         )
-    backup = Path(backup_root) if backup_root else None
-    runner = Runner(apply=apply)
+    values = validate_run({**params, **(options or {})})
+    secrets = read_secrets_file(Path(values["secrets_file"])) if values["secrets_file"] else {}
+    for key, value in secrets.items():
+        REGISTRY.add(value, label=key)
+    connection = open_target(values, secrets.get(SSH_PASSWORD))
+    target = Path(values["target_root"])
+    mysql = values["mysql"]
+    runner = Runner(apply=values["apply"])
     ctx = Context(
         target_root=target,
-        backup_root=backup,
-        state_dir=Path(state_dir) if state_dir else target / DEFAULT_STATE_DIR.lstrip("/"),
-        run_id=run_id or new_run_id(),
-        default_apply=bool(apply),
-        params=dict(options or {}),
+        backup_root=Path(values["backup_root"]) if values["backup_root"] else None,
+        state_dir=Path(state_dir(values)),
+        run_id=values["run_id"] or new_run_id(),
+        target=connection,
+        backup=backup_view(values, connection),
+        sandbox=values["sandbox"],
+        default_apply=values["apply"],
+        params=values,
         secrets=REGISTRY,
         runner=runner,
-        resume=resume,
-        steps=list(steps) if steps else None,
-        force_steps=set(force_steps or ()),
-        apply_steps=dict(apply_steps or {}),
+        resume=values["resume"],
+        steps=values["steps"] or None,
+        force_steps=set(values["force_steps"]),
+        apply_steps=dict(values["apply_steps"]),
     )
-    if secrets_file:
-        load_secrets_file(ctx, Path(secrets_file))
+    if secrets:
+        ctx.params["secrets"] = secrets
     ctx.mysql = mysql_service.from_params(mysql or {}, ctx.target, runner)
-    ctx.log(f"run {ctx.run_id}: {'APPLY' if apply else 'dry run (nothing changes)'}; backup {backup}, target {target}")
+    mode = "APPLY" if ctx.default_apply else "dry run (nothing changes)"
+    backup = ctx.backup.describe() if ctx.backup else None
+    ctx.log(f"run {ctx.run_id}: {mode}; backup {backup}, target {connection.describe()}")
     return ctx
 
 
+def state_dir(values: Mapping[str, Any]) -> str:
+    """Where the journal and safety copies go: on the target; under target_root for the local connection."""
+    if values["state_dir"]:
+        return values["state_dir"]
+    if values["target"]["connection"] == "local":
+        return str(Path(values["target_root"]) / DEFAULT_STATE_DIR.lstrip("/"))
+    return DEFAULT_STATE_DIR
+
+
+def open_target(values: Mapping[str, Any], password: str | None = None) -> Connection:
+    """The connection the `target` parameter asks for, proven by one `true` through it."""
+    t = values["target"]
+    if t["connection"] == "local":
+        root = Path(values["target_root"])
+        if not root.is_dir():
+            raise InputError(
+                "target_root", "is not a directory", "point target_root at the new system's root", path=str(root)
+            )
+        connection: Connection = LocalConnection(root)
+    elif t["connection"] == "chroot":
+        connection = ChrootConnection(t["root"])
+    else:
+        connection = SshConnection(ssh_target(t), askpass_secret=password)
+        atexit.register(connection.close)  # the master connection ends with the kernel
+    check_connection(connection)
+    return connection
+
+
+def ssh_target(t: Mapping[str, Any]) -> SshTarget:
+    def home(path: str | None) -> str | None:
+        return os.path.expanduser(path) if path else None
+
+    return SshTarget(
+        host=t["host"],
+        port=t["port"],
+        user=t["user"],
+        identity_file=home(t["identity_file"]),
+        known_hosts=home(t["known_hosts"]),
+        ssh_options=list(t["ssh_options"]),
+        argv_prefix=list(t["argv_prefix"]),
+    )
+
+
+def check_connection(connection: Connection) -> None:
+    """One `true` on the target; a failure becomes an InputError that says what to do."""
+    done = connection.run(["true"], timeout=60)
+    if done.rc == 0:
+        return
+    connection.close()
+    if isinstance(connection, SshConnection):
+        raise ssh_failure(connection.target, done.err)
+    raise InputError(
+        f"target ({connection.describe()})",
+        f"does not run commands: {done.err.strip() or f'exit {done.rc}'}",
+        "run as root, and point target.root at a system tree with /bin/sh and coreutils",
+    )
+
+
+def ssh_failure(t: SshTarget, stderr: str) -> InputError:
+    """What an ssh client's failure means, and the fix, from its own messages."""
+    where = f"ssh {t.user}@{t.host} port {t.port}"
+    known = t.known_hosts or "~/.ssh/known_hosts"
+    text = stderr.lower()
+    check_key = (
+        f"compare the key's fingerprint with the server's own (on its console: ssh-keygen -lf "
+        f"/etc/ssh/ssh_host_rsa_key.pub); ssh-keyscan -p {t.port} {t.host} > /tmp/{t.host}.key; "
+        f"ssh-keygen -lf /tmp/{t.host}.key; when they match, append /tmp/{t.host}.key to {known}"
+    )
+    causes = (
+        (
+            "remote host identification has changed",
+            f"the server's host key differs from the one in {known}",
+            f"if the server was reinstalled, remove the old key (ssh-keygen -R {t.host} -f {known}), then " + check_key,
+        ),
+        ("host key verification failed", f"the server's host key is not in {known}", check_key),
+        ("could not resolve hostname", "the host name does not resolve", "check target.host (or use its address)"),
+        ("connection refused", "nothing listens on that port", "start sshd on the server, or correct target.port"),
+        ("timed out", "the server does not answer", "check the address, the port and the firewalls between"),
+        ("no route to host", "the server cannot be reached", "check the address and the network"),
+        ("network is unreachable", "the server cannot be reached", "check the address and the network"),
+        (
+            "unable to negotiate",
+            "the server offers only algorithms this ssh client no longer enables",
+            "add the legacy options to target.ssh_options, e.g. for a Squeeze server: "
+            "-oHostKeyAlgorithms=+ssh-rsa -oPubkeyAcceptedAlgorithms=+ssh-rsa "
+            "-oKexAlgorithms=+diffie-hellman-group14-sha1 -oCiphers=+aes128-cbc (README)",
+        ),
+        (
+            "permission denied",
+            "the login was refused",
+            "check target.user and target.identity_file (or your ssh agent); a password or key "
+            f"passphrase goes into the secrets_file as {SSH_PASSWORD}",
+        ),
+    )
+    for needle, problem, fix in causes:
+        if needle in text:
+            return InputError(where, problem, fix)
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+    return InputError(where, f"the connection failed ({last})", f"try ssh -p {t.port} {t.user}@{t.host} true by hand")
+
+
+def backup_view(values: Mapping[str, Any], connection: Connection) -> RootedView | None:
+    """The backup at its original paths, on the machine backup_location names."""
+    root = values["backup_root"]
+    if not root:
+        return None
+    if values["backup_location"] == "target":
+        return RootedView(connection, root)
+    return RootedView(LocalConnection("/"), str(Path(root).resolve()))
+
+
 def load_secrets_file(ctx: Context, path: Path) -> None:
-    """A YAML mapping of secrets that cannot be found on either system; every value is registered."""
+    """Register every value of the secrets file with the run, for masking and for the steps."""
+    secrets = read_secrets_file(path)
+    for key, value in secrets.items():
+        ctx.secrets.add(value, label=key)
+    ctx.params.setdefault("secrets", {}).update(secrets)
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """A YAML mapping of secrets that cannot be found on either system (name: value, mode 0600)."""
     if not path.is_file():
         raise InputError(
             "secrets_file", "does not exist", "create it (mode 0600) or unset the parameter", path=str(path)
@@ -92,9 +222,7 @@ def load_secrets_file(ctx: Context, path: Path) -> None:
             "write one name: value per line",
             path=str(path),
         )
-    for key, value in data.items():
-        ctx.secrets.add(str(value), label=str(key))
-    ctx.params.setdefault("secrets", {}).update({str(k): str(v) for k, v in data.items()})
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def summary(ctx: Context, summary_path: str | None = None) -> Any:
@@ -120,7 +248,7 @@ def summary(ctx: Context, summary_path: str | None = None) -> Any:
 
 
 def summary_dict(ctx: Context) -> dict[str, Any]:
-    """The Summary JSON contract of DESIGN.md, from the results of this kernel's run."""
+    """The summary JSON (docs/architecture.md, "Contracts"), from the results of this kernel's run."""
     rows = []
     for name in STEP_ORDER:
         r = ctx.results.get(name)

@@ -181,6 +181,7 @@ class World:
             "target_root": str(self.target_root),
             "state_dir": str(self.state_dir),
             "mysql": {**self.mysql_params, "tmpdir": str(self.mysql_tmpdir)},
+            "sandbox": True,
         }
 
     def clone(self, dest: Path) -> World:

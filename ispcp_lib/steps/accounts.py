@@ -10,13 +10,22 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.secrets import MASK
 from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.system import account_install
 from ispcp_lib.system.account_install import FilesChanged, NewFile
-from ispcp_lib.system.accounts_files import FILE_NAMES, AccountFiles, MergePlan, Selection, plan_merge, select_entries
+from ispcp_lib.system.accounts_files import (
+    FILE_NAMES,
+    RESOLUTIONS,
+    AccountFiles,
+    MergePlan,
+    Selection,
+    plan_merge,
+    select_entries,
+)
 
 TITLE = "Restore the system accounts"
 GUIDE = "the paragraph on restoring users from /etc/passwd, shadow, group and gshadow"
@@ -40,13 +49,23 @@ name already has, a group member that does not exist) stops the step until the p
 or `keep_target`. Password hashes never appear in the report; the diffs of `shadow` and `gshadow`
 show them masked.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "accounts_resolutions": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "accounts_resolutions",
+        dict,
         {},
-        "per-account answers to collisions, e.g. {'user:vu2001': 'skip'}; each value is skip, take_old or keep_target",
+        "per-account answers to collisions, e.g. {'user:vu2001': 'skip'}",
+        choices=RESOLUTIONS,
+        example="{'user:vu2001': 'skip', 'group:mail': 'keep_target'}",
     ),
-    "accounts_lock_timeout": (15, "seconds to wait for /etc/.pwd.lock when another useradd/passwd holds it"),
-}
+    Param(
+        "accounts_lock_timeout",
+        float,
+        15,
+        "seconds to wait for /etc/.pwd.lock when another useradd/passwd holds it",
+        minimum=0,
+    ),
+)
 
 CONF_PATH = "/etc/ispcp/ispcp.conf"
 SECRET_FILES = ("shadow", "gshadow")
@@ -133,14 +152,7 @@ def _read_target(ctx: Context) -> tuple[dict[str, bytes | None], AccountFiles]:
 
 
 def _resolutions(ctx: Context) -> dict[str, str]:
-    value = ctx.param("accounts_resolutions") or {}
-    if not isinstance(value, dict):
-        raise InputError(
-            "accounts_resolutions",
-            f"is a {type(value).__name__}, not a mapping",
-            "write it as {'user:vu2001': 'skip', 'group:mail': 'keep_target'}",
-        )
-    return {str(k): str(v) for k, v in value.items()}
+    return dict(ctx.param("accounts_resolutions"))
 
 
 def masked(data: bytes) -> str:

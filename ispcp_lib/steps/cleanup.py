@@ -10,7 +10,7 @@ import pandas as pd
 
 from ispcp_lib.core.action import action, read_journal
 from ispcp_lib.core.context import Context
-from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.ispcp import health
 from ispcp_lib.ispcp.encrypted_columns import CREDENTIALS_FILE
@@ -46,15 +46,22 @@ Then the health checks run once more, and a final table lists every step of this
 how many changes it made, how long it took, and where the safety copies of everything it replaced are
 kept.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "cleanup_restore_sleep": (False, "put the engine managers' sleep(1) lines back (they only slow the engine down)"),
-    "cleanup_lift_guard": (
-        "after_update",
-        "after_update | always | never: lift the mail guard only when "
-        "ispcp_update's last attempt succeeded, in any case, or not at all",
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "cleanup_restore_sleep",
+        bool,
+        False,
+        "put the engine managers' sleep(1) lines back (they only slow the engine down)",
     ),
-}
-LIFT_GUARD = ("after_update", "always", "never")
+    Param(
+        "cleanup_lift_guard",
+        str,
+        "after_update",
+        "lift the mail guard only when ispcp_update's last attempt succeeded (after_update), in any case "
+        "(always), or not at all (never)",
+        choices=("after_update", "always", "never"),
+    ),
+)
 
 # Credential files other steps leave in the state dir for the admin; cleanup names them, never removes them.
 REMAINING_CREDENTIALS = {
@@ -97,9 +104,7 @@ def remaining_credentials(ctx: Context, result: Result) -> list[str]:
 
 def lift_guard(ctx: Context, result: Result) -> str:
     """Lift the mail guard when it is safe (or forced); otherwise keep it and warn. The clean-up table's outcome."""
-    mode = ctx.param("cleanup_lift_guard", "after_update") or "after_update"
-    if mode not in LIFT_GUARD:
-        raise InputError("cleanup_lift_guard", f"is {mode!r}", f"use one of {', '.join(LIFT_GUARD)}")
+    mode = ctx.step_params(PARAMETERS).cleanup_lift_guard
     if guard.guard_state(ctx) is None:
         return _outcome(ctx, result, guard.lift)
     succeeded, why = update_verdict(ctx)
@@ -186,7 +191,7 @@ def _where(backups: list[str]) -> str:
 @action("cleanup")
 def run(ctx: Context, result: Result) -> None:
     actions = [{"task": "DEBUG back to 0", "outcome": reset_debug(ctx, result)}]
-    if ctx.param("cleanup_restore_sleep", False):
+    if ctx.step_params(PARAMETERS).cleanup_restore_sleep:
         restored = restore_sleep_lines(ctx, result)
         actions.append(
             {

@@ -11,6 +11,7 @@ import pymysql
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result, Table
 from ispcp_lib.facts import backup_layout, mysql_state
 from ispcp_lib.facts.mysql_creds import Login
@@ -64,25 +65,32 @@ tried: its password, decrypted with the restored keys (or the backup's, before t
 in and read its database. A login that fails is listed with the server's reason. A marker in the state
 directory records what was restored from which files, so running the step again changes nothing.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "customer_databases_prefer": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "customer_databases_prefer",
+        str,
         "binary",
-        "binary | dump: what a customer database is restored from when the "
-        "backup holds both its folder and a dump (the other is the fallback)",
+        "what a customer database is restored from when the backup holds both its folder and a dump "
+        "(the other is the fallback)",
+        choices=customer_dbs.PREFERENCES,
     ),
-    "customer_databases_whole_datadir": (
+    Param(
+        "customer_databases_whole_datadir",
+        str,
         "auto",
-        "auto | always | never: replace the target's datadir with the "
-        "backup's complete one (auto: only when a database has no other way "
-        "back)",
+        "replace the target's datadir with the backup's complete one (auto: only when a database has no "
+        "other way back)",
+        choices=("auto", "always", "never"),
     ),
-    "customer_databases_include_unlisted": (
+    Param(
+        "customer_databases_include_unlisted",
+        bool,
         True,
         "also restore databases the backup holds that sql_database does not list (created outside the panel)",
     ),
-    "customer_databases_skip": ([], "names of customer databases to leave out"),
-    "customer_databases_dump_dirs": ([], "more folders (paths on the old server) to look for mysqldumps in"),
-}
+    Param("customer_databases_skip", list, [], "names of customer databases to leave out"),
+    Param("customer_databases_dump_dirs", list, [], "more folders (paths on the old server) to look for mysqldumps in"),
+)
 
 WHOLE_MODES = ("auto", "always", "never")
 _VERDICTS = {

@@ -7,6 +7,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.ispcp.engine_sleep import MANAGERS, comment_out, engine_dir, read_text, record_state, scan
 
@@ -26,7 +27,7 @@ embedded documentation is left alone. The guide's `ispcp-*-mgr` pattern is a typ
 ispCP 1.0.7 and later no longer have the line; then nothing changes. The `cleanup` step can put the
 lines back (`cleanup_restore_sleep`).
 """
-PARAMETERS: dict[str, tuple[object, str]] = {}
+PARAMETERS: tuple[Param, ...] = ()
 
 
 @action("engine_speedup")

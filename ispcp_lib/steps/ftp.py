@@ -9,6 +9,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, proftpd
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
@@ -31,7 +32,7 @@ when there is one, makes every copy agree on the password (the backup's wins), s
 a diff with the password masked, and then proves that vftp logs in and can read `ftp_users`. Only if
 it cannot does it set vftp's password in MySQL, for every host entry of that user.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {}
+PARAMETERS: tuple[Param, ...] = ()
 
 # What ispCP's installer grants vftp (ispcp-reference: "vftp grants").
 VFTP_TABLES = ("ftp_group", "ftp_users", "quotalimits", "quotatallies")

@@ -10,6 +10,7 @@ from ispcp_lib.core.action import action
 from ispcp_lib.core.connection import RootedView
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, ispcp_login
 from ispcp_lib.facts.backup_db_reader import read_backup_database
@@ -42,7 +43,7 @@ that is the system's own (`/`, `/etc`, `/usr`, the MySQL datadir, …) or that o
 domain name in the old database that is no DNS name (`../../etc`), are refused here, before anything
 changes, with the setting, its value and the fix.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {}
+PARAMETERS: tuple[Param, ...] = ()
 
 
 def _conf_item(ctx: Context) -> tuple[Item, IspcpConf | None]:

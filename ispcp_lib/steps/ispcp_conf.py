@@ -14,6 +14,7 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import ispcp_login
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, REQUIRED_KEYS, IspcpConf
@@ -47,13 +48,17 @@ domains and aliases reference that row by id, so they follow without being touch
 gets the new `BASE_SERVER_IP` and `SERVER_HOSTNAME`. The new values are taken from the dummy install's
 `ispcp.conf` (or `/etc/hostname`) unless given as parameters; the plan is shown as a table.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "new_server_ip": (None, "the new server's IPv4 address (default: BASE_SERVER_IP of the target's ispcp.conf)"),
-    "new_server_hostname": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "new_server_ip", str, None, "the new server's IPv4 address (default: BASE_SERVER_IP of the target's ispcp.conf)"
+    ),
+    Param(
+        "new_server_hostname",
+        str,
         None,
         "the new server's host name (default: SERVER_HOSTNAME of the target's ispcp.conf, else /etc/hostname)",
     ),
-}
+)
 
 DB_KEYS = ("DATABASE_HOST", "DATABASE_NAME", "DATABASE_USER", "DATABASE_PASSWORD")
 _HOSTNAME = re.compile(

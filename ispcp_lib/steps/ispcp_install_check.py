@@ -9,6 +9,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_install as ii
 from ispcp_lib.facts import services as sv
@@ -38,7 +39,7 @@ It also reads the MySQL server's own idea of its data directory and socket, whic
 is about to replace, and the backup's schema revision (from a throwaway copy of its `config` table,
 never from the target's server).
 """
-PARAMETERS: dict[str, tuple[object, str]] = {}
+PARAMETERS: tuple[Param, ...] = ()
 
 
 def _row(item: str, state: str, value: str, detail: str = "") -> dict[str, str]:

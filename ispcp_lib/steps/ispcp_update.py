@@ -17,6 +17,7 @@ from ispcp_lib.core.action import action
 from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import CommandRecord, Result
 from ispcp_lib.facts import backup_layout, ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
@@ -49,27 +50,52 @@ directory, one file per attempt. Known failures (database refused, wrong passwor
 asked, no `ispcp.old.conf`) are explained with the next thing to do. Afterwards the health checks
 show what works; if Apache would not start, the next step is `register_accounts`.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "ispcp_update_timeout": (3600, "seconds the update may run before it is stopped (its process group killed)"),
-    "ispcp_update_answers": (
+PRECHECKS = ("mysql", "old_conf", "database_login", "vftp", "debug", "mail_guard")
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "ispcp_update_timeout",
+        float,
+        3600,
+        "seconds the update may run before it is stopped (its process group killed)",
+        minimum=1,
+    ),
+    Param(
+        "ispcp_update_answers",
+        dict,
         {},
         "extra answers: mapping of prompt regex -> answer; {old_conf}, "
         "{vftp_password} and {secret:NAME} (a value of the secrets_file) are filled "
         "in; they take precedence over the built-in ones. Never write a password "
         "here (parameters are copied into the report): use {secret:NAME}",
+        example="{'Please enter a fully qualified hostname': 'new.example.com'}",
     ),
-    "ispcp_update_prompt_silence": (10, "seconds of silence at an unanswered prompt before it counts as unexpected"),
-    "ispcp_update_script": (
+    Param(
+        "ispcp_update_prompt_silence",
+        float,
+        10,
+        "seconds of silence at an unanswered prompt before it counts as unexpected",
+        minimum=0.1,
+    ),
+    Param(
+        "ispcp_update_script",
+        str,
         None,
         "path of the update script on the target (default ROOT_DIR/engine/setup/ispcp-update)",
     ),
-    "ispcp_update_skip_prechecks": (
+    Param(
+        "ispcp_update_skip_prechecks",
+        list,
         [],
-        "pre-checks to skip (mysql, old_conf, database_login, vftp, debug, "
-        "mail_guard): only when you know better than the check",
+        "pre-checks to skip (all: every one): only when you know better than the check",
+        choices=(*PRECHECKS, "all"),
     ),
-    "ispcp_update_require_mail_guard": (True, "stop when the mail guard is not in place (the update restarts Postfix)"),
-}
+    Param(
+        "ispcp_update_require_mail_guard",
+        bool,
+        True,
+        "stop when the mail guard is not in place (the update restarts Postfix)",
+    ),
+)
 
 PRECHECKS = ("mysql", "old_conf", "database_login", "vftp", "debug", "mail_guard")
 # Success is this line, never the exit status alone: 1.0.7 exits 0 when it aborts (a running backup,
@@ -357,7 +383,7 @@ def precheck_debug(conf: IspcpConf) -> Precheck:
 
 def precheck_mail_guard(ctx: Context) -> Precheck:
     name = "mail guard holds"
-    required = bool(ctx.param("ispcp_update_require_mail_guard", True))
+    required = ctx.param("ispcp_update_require_mail_guard")
     optional = " (not required: ispcp_update_require_mail_guard = False)"
     fix = "run the mail_guard step: the update restarts the services, Postfix included"
     if guard.guard_state(ctx) is None:
@@ -384,7 +410,7 @@ def run_prechecks(ctx: Context, conf: IspcpConf) -> tuple[list[Precheck], proftp
 
 
 def skipped_prechecks(ctx: Context) -> set[str]:
-    value = ctx.param("ispcp_update_skip_prechecks") or []
+    value = ctx.param("ispcp_update_skip_prechecks")
     names = {value} if isinstance(value, str) else set(value)
     if "all" in names:
         return set(PRECHECKS)
@@ -450,7 +476,7 @@ def build_prompts(
             )
         return given[m.group(1)]  # registered as a secret when the file was loaded
 
-    extra = ctx.param("ispcp_update_answers") or {}
+    extra = ctx.param("ispcp_update_answers")
     if not isinstance(extra, dict):
         raise InputError(
             "ispcp_update_answers",

@@ -15,6 +15,7 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import backup_layout, ispcp_login
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
@@ -61,25 +62,31 @@ keys in ispCP's database (mailboxes are marked for the engine to rebuild) and, f
 for every host of the account. The new passwords go into `account-passwords.txt` in the state directory
 (mode 0600) for the admin to hand out; they never appear in the report.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "keys_lost_reset": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "keys_lost_reset",
+        bool,
         False,
         "only when every key file is missing from the backup: generate new keys and set a "
         "new random password for ispCP's DATABASE_USER (mailbox and customer SQL "
         "passwords stay unreadable)",
     ),
-    "keys_reset_account_passwords": (
+    Param(
+        "keys_reset_account_passwords",
+        bool,
         False,
         "give every mailbox and customer SQL user whose password does not "
         "decrypt (all of them when the keys are lost) a new random password, "
         "listed in <state_dir>/account-passwords.txt (mode 0600)",
     ),
-    "keys_source": (
+    Param(
+        "keys_source",
+        str,
         None,
-        "the backup key file to trust when the key files disagree: php, perl_engine, "
-        "perl_messenger or keys_conf (default: refuse and say which one decrypts)",
+        "the backup key file to trust when the key files disagree (default: refuse and say which one decrypts)",
+        choices=keyfiles.LAYOUTS,
     ),
-}
+)
 
 
 @action("keys")
@@ -168,13 +175,7 @@ def choose_keys(
     """The backup layout whose keys decrypt DATABASE_PASSWORD: (layout, keys, password). Raises on doubt."""
     readable = {layout: kf.keys for layout, kf in files.items() if kf.keys is not None}
     damaged = {layout: kf for layout, kf in files.items() if kf.state in ("placeholder", "invalid")}
-    wanted = ctx.param("keys_source")
-    if wanted is not None and wanted not in keyfiles.LAYOUTS:
-        raise InputError(
-            "keys_source",
-            f"is {wanted!r}, not a key file layout",
-            f"use one of {', '.join(keyfiles.LAYOUTS)}, or leave it unset",
-        )
+    wanted = ctx.param("keys_source")  # one of keyfiles.LAYOUTS or None: the parameter spec checks it
     if not readable:
         layout, kf = next(iter(damaged.items()))
         raise InputError(
@@ -428,7 +429,7 @@ def run_reset(
 
     admin = accounts.admin_login(ctx)
     hosts = _hosts_to_reset(ctx, result, admin, user, password)
-    reset = bool(ctx.param("keys_reset_account_passwords"))
+    reset = ctx.param("keys_reset_account_passwords")
     lost = _lost_accounts(ctx, result, admin, database, old_conf, keyset, reset)
 
     # Files first: the new password must be recoverable from disk before MySQL accepts only it.

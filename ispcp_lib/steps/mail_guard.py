@@ -20,6 +20,7 @@ from ispcp_lib.core import fileops
 from ispcp_lib.core.action import action, last_applied
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import GuardBroken, InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import backup_layout, dns_table, mysql_creds, postfix
 from ispcp_lib.facts.backup_db_reader import read_backup_database
@@ -70,21 +71,48 @@ mail depends on the old address (or on this server, if it took the old IP over).
 parallel with a bound, a timeout per query and a bound on the whole table, so a dead nameserver shows
 up as timeouts instead of hanging the run.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "mail_guard_mode": (
-        "soft_bounce",
-        "soft_bounce | stop | none: how mail_guard keeps Postfix from bouncing mail for good until ispCP configured it",
-    ),
-    "postfix_config_dir": (None, "Postfix config dir (postconf -c); None = /etc/postfix on the target"),
-    "postfix_smtp_port": (25, "the SMTP port the guard watches and the SMTP probe asks"),
-    "dns_nameserver": (None, "nameserver for the DNS table, 'IP' or 'IP:port'; None = the system resolver"),
-    "dns_timeout": (3.0, "seconds one DNS query may take (the DNS table shows 'timeout' after that)"),
-    "dns_total_timeout": (120.0, "seconds the whole DNS table may take; unfinished names show as timeouts"),
-    "dns_concurrency": (32, "DNS queries in flight at once"),
-    "old_server_ip": (None, "the old server's IP for the DNS table; None = BASE_SERVER_IP of the backup's ispcp.conf"),
-}
-
 MODES = ("soft_bounce", "stop", "none")
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "mail_guard_mode",
+        str,
+        "soft_bounce",
+        "how mail_guard keeps Postfix from bouncing mail for good until ispCP configured it",
+        choices=MODES,
+    ),
+    Param("postfix_config_dir", str, None, "Postfix config dir (postconf -c); None = /etc/postfix on the target"),
+    Param(
+        "postfix_smtp_port",
+        int,
+        25,
+        "the SMTP port the guard watches and the SMTP probe asks",
+        minimum=1,
+        maximum=65535,
+    ),
+    Param("dns_nameserver", str, None, "nameserver for the DNS table, 'IP' or 'IP:port'; None = the system resolver"),
+    Param(
+        "dns_timeout",
+        float,
+        3.0,
+        "seconds one DNS query may take (the DNS table shows 'timeout' after that)",
+        minimum=0.01,
+    ),
+    Param(
+        "dns_total_timeout",
+        float,
+        120.0,
+        "seconds the whole DNS table may take; unfinished names show as timeouts",
+        minimum=0.01,
+    ),
+    Param("dns_concurrency", int, 32, "DNS queries in flight at once", minimum=1),
+    Param(
+        "old_server_ip",
+        str,
+        None,
+        "the old server's IP for the DNS table; None = BASE_SERVER_IP of the backup's ispcp.conf",
+    ),
+)
+
 SYSTEMD_UNITS = ("postfix.service", "postfix@-.service")
 FULL_TABLE_ROWS = 200  # larger DNS tables show the rows that matter; all rows stay in result.data
 
@@ -125,8 +153,7 @@ class Settings:
 
 
 def _param(ctx: Context, name: str) -> Any:
-    value = ctx.param(name)
-    return PARAMETERS[name][0] if value is None else value
+    return getattr(ctx.step_params(PARAMETERS), name)
 
 
 def _number(ctx: Context, name: str, kind: type, low: float) -> Any:

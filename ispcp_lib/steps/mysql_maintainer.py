@@ -7,6 +7,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_login, mysql_creds
 from ispcp_lib.facts.mysql_creds import DEBIAN_CNF, Login
@@ -42,13 +43,15 @@ service scripts start failing in ways that look unrelated.
 New passwords are registered as secrets at once and appear nowhere in the report. Run again, the step
 finds the login working and changes nothing.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "mysql_reset_root": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "mysql_reset_root",
+        bool,
         False,
         "also give MySQL's root a new random password (saved to <state_dir>/mysql-root.cnf, "
         "mode 0600) when its old one is lost",
     ),
-}
+)
 
 
 def _login_row(who: str, source: str, outcome: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ import pymysql
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, mysql_creds, mysql_state
 from ispcp_lib.facts.mysql_creds import Login
@@ -69,17 +70,22 @@ into a fresh database, the target's folder kept the same way; the old row counts
 the dump's INSERT statements. A marker in the state directory records what was restored from which
 files, so running the step again changes nothing.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "mysql_restore_source": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "mysql_restore_source",
+        str,
         "auto",
-        "auto | binary | dump: restore from the binary database folders (auto: when present) or from SQL dumps",
+        "restore from the binary database folders (auto: when present) or from SQL dumps",
+        choices=("auto", "binary", "dump"),
     ),
-    "mysql_restore_mysql_dump": (
+    Param(
+        "mysql_restore_mysql_dump",
+        str,
         None,
         "path in the backup of a mysqldump of the `mysql` database (default: looked "
         "for in BACKUP_FILE_DIR, /var/backups/mysql, /var/backups and /root)",
     ),
-}
+)
 
 _FAILURE_KINDS = (PreconditionFailed, CommandFailed)
 

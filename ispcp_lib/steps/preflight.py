@@ -7,6 +7,7 @@ import pandas as pd
 from ispcp_lib.core.action import action, last_applied
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, system
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
@@ -25,9 +26,9 @@ The step also compares the MySQL server versions, because binary database files 
 server that can read them, and it warns when Perl's `Crypt::CBC` is 3.x: ispCP 1.0.x passes an option
 that 3.x rejects, so the old engine cannot decrypt passwords on a current Perl.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "allow_existing_ispcp": (False, "let preflight pass although the target already hosts ispCP domains"),
-}
+PARAMETERS: tuple[Param, ...] = (
+    Param("allow_existing_ispcp", bool, False, "let preflight pass although the target already hosts ispCP domains"),
+)
 
 
 def _row(check: str, state: str, detail: str, fix: str = "") -> dict[str, str]:

@@ -12,6 +12,7 @@ import pandas as pd
 from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import IspcpConf
@@ -55,13 +56,16 @@ The marked domains are recorded in the state directory, so a second run does not
 Before the first `groupadd`/`useradd`, `passwd`, `group`, `shadow` and `gshadow` are kept as safety
 copies.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "register_accounts_mode": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "register_accounts_mode",
+        str,
         "auto",
-        "auto (only when a domain's user or group is missing), always, never, or "
-        "ispcp_rebuild (always, then ispCP's status-driven rebuild of every domain's configuration)",
+        "auto: only when a domain's user or group is missing; always; never; "
+        "ispcp_rebuild: ispCP's status-driven rebuild instead of useradd",
+        choices=("auto", "always", "never", "ispcp_rebuild"),
     ),
-}
+)
 
 MODES = ("auto", "always", "never", "ispcp_rebuild")
 CONF_PATH = "/etc/ispcp/ispcp.conf"
@@ -230,9 +234,7 @@ def _places(conf: IspcpConf) -> Places:
 
 @action("register_accounts")
 def run(ctx: Context, result: Result) -> None:
-    mode = str(ctx.param("register_accounts_mode", "auto") or "auto")
-    if mode not in MODES:
-        raise InputError("register_accounts_mode", f"is {mode!r}", f"use one of {', '.join(MODES)}")
+    mode = ctx.step_params(PARAMETERS).register_accounts_mode
     if mode == "never":
         result.noop_reason = "register_accounts_mode is 'never'"
         return

@@ -16,6 +16,7 @@ from ispcp_lib.core.action import action
 from ispcp_lib.core.connection import ChrootConnection, LocalConnection, SshConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.ispcp_conf import IspcpConf
@@ -50,15 +51,29 @@ A dry run lists the method for every domain, and what rsync would transfer where
 FastCGI starter directory (`/var/www/fcgi`) is not copied: ispCP writes every starter again from its
 templates.
 """
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "user_data_bwlimit": (
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "user_data_bwlimit",
+        int,
         0,
         "limit the user-data copy to this many KiB/s (every domain then goes through rsync "
         "--bwlimit; 0 means no limit)",
+        minimum=0,
     ),
-    "user_data_allow_newline_names": (False, "copy files whose names contain a newline instead of refusing them"),
-    "user_data_progress_interval": (5, "seconds between the plain progress lines of the user-data copy"),
-}
+    Param(
+        "user_data_allow_newline_names",
+        bool,
+        False,
+        "copy files whose names contain a newline instead of refusing them",
+    ),
+    Param(
+        "user_data_progress_interval",
+        float,
+        5,
+        "seconds between the plain progress lines of the user-data copy",
+        minimum=0.1,
+    ),
+)
 
 CONF_PATH = "/etc/ispcp/ispcp.conf"
 DEFAULT_WWW = "/var/www/virtual"
@@ -154,7 +169,7 @@ def _refuse_newline_names(ctx: Context, trees: list[Tree], result: Result) -> No
     if not odd:
         return
     listed = "; ".join(f"{t.logical}/{tree_scan.show(e.rel)}" for t, e in odd[:10])
-    if ctx.param("user_data_allow_newline_names", False):
+    if ctx.param("user_data_allow_newline_names"):
         result.warn(
             f"{len(odd)} name(s) with a newline are copied as they are (allowed by "
             f"user_data_allow_newline_names): {listed}"

@@ -179,11 +179,8 @@ def test_the_guard_lift_can_be_forced_or_refused(guarded) -> None:
 
 
 def test_an_unknown_lift_mode_is_refused(recovered) -> None:
-    from ispcp_lib.core.action import StepFailed
+    from ispcp_lib.core.errors import InputError
 
-    with pytest.raises(StepFailed) as info:
-        cleanup.run(open_ctx(recovered, apply=True, cleanup_lift_guard="sometimes"))
-    assert (
-        "cleanup_lift_guard" in info.value.result.errors[0]
-        and "after_update, always, never" in info.value.result.errors[0]
-    )
+    with pytest.raises(InputError) as info:  # refused when the run opens, before any step
+        open_ctx(recovered, apply=True, cleanup_lift_guard="sometimes")
+    assert "cleanup_lift_guard" in str(info.value) and "after_update, always, never" in str(info.value)

@@ -17,6 +17,7 @@ import pytest
 
 from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
 from ispcp_lib.core.result import Result
 from ispcp_lib.mysql import customer_dbs
@@ -257,10 +258,10 @@ def test_unlisted_databases_and_skip(restored: World) -> None:
 
 def test_bad_parameters_and_a_stopped_server(restored: World) -> None:
     world = restored
-    with pytest.raises(StepFailed, match="customer_databases_whole_datadir"):
-        customer_databases.run(ctx_for(world, customer_databases_whole_datadir="sometimes"))
-    with pytest.raises(StepFailed, match="customer_databases_prefer.*binary, dump"):
-        customer_databases.run(ctx_for(world, customer_databases_prefer="tape"))
+    with pytest.raises(InputError, match="customer_databases_whole_datadir"):  # refused when the run opens
+        ctx_for(world, customer_databases_whole_datadir="sometimes")
+    with pytest.raises(InputError, match="customer_databases_prefer.*binary, dump"):
+        ctx_for(world, customer_databases_prefer="tape")
     world.stop()
     before = stable_fingerprint(world)
     with pytest.raises(StepFailed, match="MySQL server.*is not running.*run mysql_restore first"):

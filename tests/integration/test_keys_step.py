@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.facts import ispcp_login
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.ispcp import keyfiles
@@ -173,7 +174,8 @@ def test_keys_source_that_does_not_decrypt_is_refused(restored: World) -> None:
     backup_key(world, "php").write_text(keyfiles.render_keyfile("php", OTHER))
     error = fails(world, keys_source="php")
     assert "keys_source" in error and "do not decrypt" in error and "perl_engine" in error
-    assert "not a key file layout" in fails(world, keys_source="php-file")
+    with pytest.raises(InputError, match="keys_source: is 'php-file', not one of php, perl_engine"):
+        ctx_for(world, keys_source="php-file")  # refused when the run opens, before any step
 
 
 def test_keys_conf_with_an_empty_or_no_database_password(restored: World) -> None:

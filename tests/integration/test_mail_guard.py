@@ -13,6 +13,7 @@ import pytest
 from ispcp_lib.core.action import StepFailed, action
 from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.context import Context
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.result import Result, render_html
 from ispcp_lib.facts import postfix
 from ispcp_lib.runbook.session import open_run
@@ -278,7 +279,7 @@ def test_unreachable_nameserver_does_not_hang_the_step(mail_world: tuple[World, 
     [
         ({"mail_guard_mode": "sometimes"}, "mail_guard_mode.*soft_bounce, stop, none"),
         ({"dns_nameserver": "ns1.example.com"}, "dns_nameserver.*IP address"),
-        ({"postfix_smtp_port": "smtp"}, "postfix_smtp_port.*not a number"),
+        ({"postfix_smtp_port": "smtp"}, "postfix_smtp_port.*not a whole number"),
         ({"dns_timeout": 0}, "dns_timeout.*out of range"),
     ],
 )
@@ -287,7 +288,8 @@ def test_bad_parameters_fail_before_anything(
 ) -> None:
     world, params = mail_world
     fp = stable_fingerprint(world)
-    with pytest.raises(StepFailed, match=match):
+    # Refused when the run opens (the parameter spec) or by the step's own checks, before any change.
+    with pytest.raises((InputError, StepFailed), match=match):
         mail_guard.run(ctx_for(world, params, apply=True, **options))
     assert stable_fingerprint(world) == fp
     assert answer(params).code == 554

@@ -17,6 +17,7 @@ import pytest
 
 from ispcp_lib.core.action import StepFailed
 from ispcp_lib.core.connection import LocalConnection
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.fileops import fingerprint, fingerprint_diff
 from ispcp_lib.facts import mysql_state as ms
 from ispcp_lib.facts.mysql_creds import Login
@@ -186,9 +187,9 @@ def test_bad_backup_is_refused_before_anything_changes(world: World, case: str) 
 
 
 def test_unknown_source_parameter(world: World) -> None:
-    with pytest.raises(StepFailed) as info:
-        mysql_restore.run(ctx_for(world, apply=True, mysql_restore_source="tape"))
-    assert "mysql_restore_source" in info.value.result.errors[0] and "auto, binary, dump" in info.value.result.errors[0]
+    with pytest.raises(InputError) as info:  # refused when the run opens, before any step
+        ctx_for(world, apply=True, mysql_restore_source="tape")
+    assert "mysql_restore_source" in str(info.value) and "auto, binary, dump" in str(info.value)
 
 
 def test_read_only_datadir_is_refused(world: World) -> None:

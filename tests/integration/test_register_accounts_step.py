@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ispcp_lib.core.action import StepFailed
+from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.fileops import fingerprint_diff
 from ispcp_lib.core.result import Result
 from ispcp_lib.ispcp import root_mycnf
@@ -289,9 +290,9 @@ def domain_statuses(world: World) -> set[str]:
 def test_never_and_bad_mode(restored: World) -> None:
     world = restored
     assert register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="never")).status == "noop"
-    with pytest.raises(StepFailed) as info:
-        register_accounts.run(ctx_for(world, apply=True, register_accounts_mode="sometimes"))
-    assert "register_accounts_mode" in info.value.result.errors[0]
+    with pytest.raises(InputError) as info:  # refused when the run opens, before any step
+        ctx_for(world, apply=True, register_accounts_mode="sometimes")
+    assert "register_accounts_mode" in str(info.value)
 
 
 def test_server_down_is_a_clear_precondition(stopped_world: World) -> None:

@@ -33,3 +33,25 @@ def test_existing_notebook_is_kept(tmp_path: Path) -> None:
 def test_param_values_are_yaml() -> None:
     assert _parse_value("true") is True and _parse_value("3") == 3
     assert _parse_value("[a, b]") == ["a", "b"] and _parse_value("{user_data: false}") == {"user_data": False}
+
+
+def test_bad_parameters_stop_the_run_before_a_kernel_starts(tmp_path: Path, capsys) -> None:
+    from ispcp_lib.runbook.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("apply: maybe\n")
+    reports = tmp_path / "reports"
+    assert main(["run", "-f", str(params), "--report-dir", str(reports)]) == 2
+    assert "parameter apply: is the string 'maybe', not true or false" in capsys.readouterr().err
+    assert main(["run", "-p", "aply", "true", "--report-dir", str(reports)]) == 2
+    assert "did you mean apply?" in capsys.readouterr().err
+    assert not reports.exists()  # nothing started, nothing written
+
+
+def test_the_package_finds_its_notebook() -> None:
+    from ispcp_lib.runbook.notebook_build import NOTEBOOK, runbook_notebook
+
+    with runbook_notebook() as path:
+        nb = nbformat.read(path, as_version=4)
+        assert path.read_bytes() == NOTEBOOK.read_bytes()
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)

@@ -17,6 +17,7 @@ from ispcp_lib import __version__
 from ispcp_lib.core.result import Result
 from ispcp_lib.core.secrets import REGISTRY
 from ispcp_lib.runbook import notebook_build
+from ispcp_lib.runbook.parameters import all_parameters
 from ispcp_lib.runbook.report import (
     MASK,
     collapse_long_streams,
@@ -264,6 +265,8 @@ def test_notebook_check_flags_a_stale_text_form(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(notebook_build, "NOTEBOOK", nb_path)
     monkeypatch.setattr(notebook_build, "NOTEBOOK_TEXT", md_path)
     monkeypatch.setattr(notebook_build, "README", readme)
+    monkeypatch.setattr(notebook_build, "PACKAGED", tmp_path / "package" / "rb.ipynb")
+    (tmp_path / "package").mkdir()
     assert notebook_build.main([]) == 0 and notebook_build.main(["--check"]) == 0
     md_path.write_text(md_path.read_text().replace("inventory.run(ctx)", "inventory.run(ctx, hacked=True)"))
     assert notebook_build.main(["--check"]) == 1
@@ -274,10 +277,10 @@ def test_papermill_sees_every_parameter_and_interactive_defaults_to_auto(tmp_pat
     nb = notebook_build.build()
     nbformat.write(nb, path)
     inferred = papermill.inspect_notebook(str(path))
-    assert set(inferred) == set(notebook_build.CORE_PARAMETERS) | set(notebook_build.collect_step_parameters())
+    assert set(inferred) == {p.name for p in all_parameters()}
     assert inferred["interactive"]["default"] == "None" and inferred["apply"]["default"] == "False"
     setup = next(c for c in nb.cells if "setup" in c.metadata.get("tags", []))
-    assert "start_interactive(ctx, interactive)" in setup.source
+    assert 'start_interactive(ctx, ctx.param("interactive"))' in setup.source
     assert nb.metadata["kernelspec"]["name"] == "python3"
     ids = [c.id for c in nb.cells]
     assert len(ids) == len(set(ids)) and "parameters" in ids
