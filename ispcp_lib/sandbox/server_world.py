@@ -465,12 +465,10 @@ def connection_ports_missing() -> str | None:
     import inspect
 
     from ispcp_lib.mysql import service as mysql_service
-    from ispcp_lib.runbook import notebook_build, session
+    from ispcp_lib.runbook.parameters import RUN_PARAMETERS
 
-    if "target" not in inspect.signature(session.open_run).parameters:
-        return "session.open_run has no target parameter"
-    if "target" not in notebook_build.CORE_PARAMETERS:
-        return "the notebook has no target parameter"
+    if "target" not in {p.name for p in RUN_PARAMETERS}:
+        return "the runbook has no target parameter"
     if not {"connection", "target"} & set(inspect.signature(mysql_service.from_params).parameters):
         return "MySQL service control does not go through the connection"
     return None
