@@ -374,8 +374,11 @@ class SystemMysql(MysqlService):
 
     def _sysv(self, action: str) -> None:
         # invoke-rc.d where Debian has it; the script itself when a policy-rc.d forbids (101), as in chroots.
+        # Without --disclose-deny invoke-rc.d exits 0 on a refusal, and nothing would have started.
         if self.target.which("invoke-rc.d"):
-            done = self.runner.run(["invoke-rc.d", self.unit, action], check=False, ok_codes=(0, 101))
+            done = self.runner.run(
+                ["invoke-rc.d", "--disclose-deny", self.unit, action], check=False, ok_codes=(0, 101)
+            )
             if done.rc != 101:
                 return
         self.runner.run([f"/etc/init.d/{self.unit}", action], check=action == "start")
