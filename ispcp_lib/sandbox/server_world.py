@@ -225,12 +225,12 @@ def host_mysql(world: World) -> SandboxMysql:
         uid, _gid = root_ids(_root(world), "mysql")
         p = world.mysql_params
         world._mysql = SandboxMysql(
-            Path(p["datadir"]),
-            Path(p["socket"]),
+            str(p["datadir"]),
+            str(p["socket"]),
             None,
-            Path(p["pid_file"]),
+            str(p["pid_file"]),
             Runner(),
-            log_file=Path(p["log_file"]),
+            log_file=str(p["log_file"]),
             user=str(uid),
         )
     return world._mysql
@@ -250,9 +250,10 @@ def _start_host_mysql(world: World) -> None:
     tmpdir = world.mysql_tmpdir
     tmpdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     subprocess.run(["chown", f"{uid}:{gid}", str(tmpdir)], check=True)
-    private_mysql.prepare_log(srv.error_log())
-    subprocess.run(["chown", f"{uid}:{gid}", str(srv.error_log())], check=True)
-    paths = [srv.datadir, srv.socket.parent, srv.error_log().parent, tmpdir]
+    log = Path(world.mysql_params["log_file"])  # the service's paths are the target's strings
+    private_mysql.prepare_log(log)
+    subprocess.run(["chown", f"{uid}:{gid}", str(log)], check=True)
+    paths = [Path(srv.datadir), Path(srv.socket).parent, log.parent, tmpdir]
     private_mysql.with_reachable(lambda: srv.start([f"--tmpdir={tmpdir}"]), paths)
 
 
