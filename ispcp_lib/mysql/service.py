@@ -395,7 +395,15 @@ def from_params(mysql: dict[str, Any], connection: Connection, runner: Runner) -
         # The sandbox's paths are this machine's own (its logs lie outside the target tree).
         where = LocalConnection("/") if connection.kind == "local" else connection
         return SandboxMysql(
-            datadir, sock, port, pid, runner, where, log_file=mysql.get("log_file"), tmpdir=mysql.get("tmpdir")
+            datadir,
+            sock,
+            port,
+            pid,
+            runner,
+            where,
+            log_file=mysql.get("log_file"),
+            tmpdir=mysql.get("tmpdir"),
+            user=str(mysql.get("user") or "mysql"),
         )
     if kind in ("systemd", "sysv"):
         unit = mysql.get("unit") or ("mariadb" if kind == "systemd" else "mysql")
