@@ -341,7 +341,9 @@ def runbook_params(world: World, connection: str | None = None, backup_location:
     common = {"backup_root": backup, "backup_location": backup_location, "sandbox": True}
     if connection == "local":
         uid, _gid = root_ids(_root(world), "mysql")
-        mysql = {**world.mysql_params, "port": None, "tmpdir": str(world.mysql_tmpdir), "user": str(uid)}
+        # A free loopback port: the parameter spec wants one, and the image's 3306 may be taken here.
+        port = private_mysql.free_port()
+        mysql = {**world.mysql_params, "port": port, "tmpdir": str(world.mysql_tmpdir), "user": str(uid)}
         return {
             **common,
             "target": {"connection": "local"},
