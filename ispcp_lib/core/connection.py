@@ -516,8 +516,10 @@ class ShellConnection(Connection):
             raise CommandFailed(["append", path], done.rc, done.err)
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
+        # Five octal digits: GNU chmod keeps a directory's inherited setgid bit unless the mode has a leading 0.
+        script = '[ -d "$1" ] || { mkdir -p -- "$1" && chmod "$2" "$1"; }'
         self.run(
-            ["sh", "-c", '[ -d "$1" ] || { mkdir -p -- "$1" && chmod "$2" "$1"; }', "sh", self.path(path), f"{mode:o}"],
+            ["sh", "-c", script, "sh", self.path(path), f"{mode:05o}"],
             check=True,
             timeout=60,
         )

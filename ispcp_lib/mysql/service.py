@@ -374,8 +374,11 @@ class SystemMysql(MysqlService):
 
     def _sysv(self, action: str) -> None:
         # invoke-rc.d where Debian has it; the script itself when a policy-rc.d forbids (101), as in chroots.
+        # Without --disclose-deny invoke-rc.d exits 0 on a refusal, and nothing would have started.
         if self.target.which("invoke-rc.d"):
-            done = self.runner.run(["invoke-rc.d", self.unit, action], check=False, ok_codes=(0, 101))
+            done = self.runner.run(
+                ["invoke-rc.d", "--disclose-deny", self.unit, action], check=False, ok_codes=(0, 101)
+            )
             if done.rc != 101:
                 return
         self.runner.run([f"/etc/init.d/{self.unit}", action], check=action == "start")
@@ -392,7 +395,15 @@ def from_params(mysql: dict[str, Any], connection: Connection, runner: Runner) -
         # The sandbox's paths are this machine's own (its logs lie outside the target tree).
         where = LocalConnection("/") if connection.kind == "local" else connection
         return SandboxMysql(
-            datadir, sock, port, pid, runner, where, log_file=mysql.get("log_file"), tmpdir=mysql.get("tmpdir")
+            datadir,
+            sock,
+            port,
+            pid,
+            runner,
+            where,
+            log_file=mysql.get("log_file"),
+            tmpdir=mysql.get("tmpdir"),
+            user=str(mysql.get("user") or "mysql"),
         )
     if kind in ("systemd", "sysv"):
         unit = mysql.get("unit") or ("mariadb" if kind == "systemd" else "mysql")

@@ -60,6 +60,7 @@ MYSQL_FIELDS = (
     Param("pid_file", str, None, "default: the running server's @@pid_file, else <datadir>/mysqld.pid"),
     Param("log_file", str, None, "sandbox: the private server's error log"),
     Param("tmpdir", str, None, "sandbox: the private server's tmpdir"),
+    Param("user", str, None, "sandbox: the account the private server runs as (default mysql)"),
 )
 
 RUN_PARAMETERS = (

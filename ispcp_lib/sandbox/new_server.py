@@ -14,7 +14,7 @@ from typing import Any
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.ispcp import engine_sleep
 from ispcp_lib.ispcp.keyfiles import LAYOUTS, KeySet, render_keyfile
-from ispcp_lib.sandbox import accounts, ispcp_files, private_mysql
+from ispcp_lib.sandbox import accounts, ispcp_files, private_mysql, standin_relay
 from ispcp_lib.sandbox.files import put_file
 from ispcp_lib.sandbox.scenario import Scenario
 
@@ -54,8 +54,10 @@ def write_system_files(target: Path, sc: Scenario, system_root: bool = False) ->
         os.chown(path, 0, 0)
 
 
-def write_dummy_ispcp(target: Path, sc: Scenario, version: str) -> None:
-    """The fresh ispCP install's files: config, key files, ProFTPd config and engine managers."""
+def write_dummy_ispcp(target: Path, sc: Scenario, version: str, system_root: bool = False) -> None:
+    """The fresh ispCP install's files: config, key files, ProFTPd config and engine managers.
+
+    In a system root (a lab server, no Python there) the request manager is standin_relay's Perl shim."""
     new = sc.new
     put_file(
         target,
@@ -72,7 +74,10 @@ def write_dummy_ispcp(target: Path, sc: Scenario, version: str) -> None:
     put_file(target, "/etc/ispcp/proftpd/working/proftpd.conf", proftpd, 0o600)
     for name in engine_sleep.MANAGERS:
         put_file(target, f"{ENGINE_DIR}/{name}", ispcp_files.engine_manager(name, version), 0o700)
-    put_file(target, f"{ENGINE_DIR}/ispcp-rqst-mngr", ispcp_files.request_manager(), 0o700)
+    if system_root:
+        standin_relay.install_shim(target, "ispcp-rqst-mngr")
+    else:
+        put_file(target, f"{ENGINE_DIR}/ispcp-rqst-mngr", ispcp_files.request_manager(), 0o700)
     (target / ENGINE_DIR.lstrip("/") / "setup").mkdir(parents=True, exist_ok=True)
 
 

@@ -30,6 +30,8 @@ connection acts on them differently:
   the sandbox's private one (config in the root, queue in the workdir): stopping an in-server service
   from this machine by pid would reach the wrong pid namespace, and `postfix` run here would use this
   machine's queue.
+The stand-ins for ispcp-update and ispcp-rqst-mngr are Python, which the server lacks: the world has
+Perl shims at their paths, and services() runs their relay here (standin_relay), for every connection.
 DNS: dnsmasq always runs here. It stands for the internet's DNS, which the controller asks (the
 DNS table resolves on the controller with dnspython); the recovered server is not a DNS server.
 """
@@ -52,7 +54,7 @@ from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.lab.host import NamespaceHost, SshServer, SshTarget
 from ispcp_lib.mysql.service import SandboxMysql, server_version
-from ispcp_lib.sandbox import accounts, dns, postfix, private_mysql
+from ispcp_lib.sandbox import accounts, dns, postfix, private_mysql, standin_relay
 from ispcp_lib.sandbox.files import put_file
 
 if TYPE_CHECKING:
@@ -89,9 +91,14 @@ VOLATILE_SYSTEM_PATHS = (
     "var/lib/postfix",
     "root/.ssh",
     "etc/ssh",
+    "etc/hosts",  # the lab writes the server's own address there at each start
     BACKUP_ON_TARGET.lstrip("/"),
     STATE_ON_TARGET.lstrip("/"),
 )
+# Datadir files whose bytes hold the server's own state, whichever statements ran: MyISAM and Aria index
+# headers (open and write counters), InnoDB's persistent statistics (last update times). The rows are in
+# .MYD/.MAD and the tables' own .ibd, compared byte for byte.
+SERVER_STATE_FILES = ("*.MYI", "*.MAI", "*/mysql/innodb_index_stats.ibd", "*/mysql/innodb_table_stats.ibd")
 # Postfix settings that only say where an instance keeps its files and listens: the local run's
 # private instance differs there by design, nothing the recovery changes.
 POSTFIX_LAYOUT_KEYS = (
@@ -223,12 +230,12 @@ def host_mysql(world: World) -> SandboxMysql:
         uid, _gid = root_ids(_root(world), "mysql")
         p = world.mysql_params
         world._mysql = SandboxMysql(
-            Path(p["datadir"]),
-            Path(p["socket"]),
+            str(p["datadir"]),
+            str(p["socket"]),
             None,
-            Path(p["pid_file"]),
+            str(p["pid_file"]),
             Runner(),
-            log_file=Path(p["log_file"]),
+            log_file=str(p["log_file"]),
             user=str(uid),
         )
     return world._mysql
@@ -248,9 +255,10 @@ def _start_host_mysql(world: World) -> None:
     tmpdir = world.mysql_tmpdir
     tmpdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     subprocess.run(["chown", f"{uid}:{gid}", str(tmpdir)], check=True)
-    private_mysql.prepare_log(srv.error_log())
-    subprocess.run(["chown", f"{uid}:{gid}", str(srv.error_log())], check=True)
-    paths = [srv.datadir, srv.socket.parent, srv.error_log().parent, tmpdir]
+    log = Path(world.mysql_params["log_file"])  # the service's paths are the target's strings
+    private_mysql.prepare_log(log)
+    subprocess.run(["chown", f"{uid}:{gid}", str(log)], check=True)
+    paths = [Path(srv.datadir), Path(srv.socket).parent, log.parent, tmpdir]
     private_mysql.with_reachable(lambda: srv.start([f"--tmpdir={tmpdir}"]), paths)
 
 
@@ -290,7 +298,9 @@ def services(world: World) -> Iterator[dict[str, Any]]:
     """Postfix (inside the server, or the private one for local runs) and dnsmasq (here); yields their params."""
     params: dict[str, Any] = {}
     started: list[str] = []
+    relay = standin_relay.Relay(_root(world))
     try:
+        relay.start()  # the stand-ins' shims in the server call it, whichever connection runs them
         if connection_of(world) == "local":
             params.update(postfix.start_for_world(world))
         else:
@@ -310,6 +320,7 @@ def services(world: World) -> Iterator[dict[str, Any]]:
                 postfix.stop_for_world(world)
             else:
                 host_of(world).exec(["/etc/init.d/postfix", "stop"], timeout=120, check=False)
+        relay.stop()
 
 
 # -- the runbook's parameters ----------------------------------------------------------------------------
@@ -335,7 +346,9 @@ def runbook_params(world: World, connection: str | None = None, backup_location:
     common = {"backup_root": backup, "backup_location": backup_location, "sandbox": True}
     if connection == "local":
         uid, _gid = root_ids(_root(world), "mysql")
-        mysql = {**world.mysql_params, "port": None, "tmpdir": str(world.mysql_tmpdir), "user": str(uid)}
+        # A free loopback port: the parameter spec wants one, and the image's 3306 may be taken here.
+        port = private_mysql.free_port()
+        mysql = {**world.mysql_params, "port": port, "tmpdir": str(world.mysql_tmpdir), "user": str(uid)}
         return {
             **common,
             "target": {"connection": "local"},
@@ -378,6 +391,9 @@ def stable_system_fingerprint(world: World) -> dict[str, tuple]:
             str(Path(k).parent) == datadir and any(fnmatch.fnmatch(Path(k).name, p) for p in VOLATILE_DATADIR_FILES)
         )
     }
+    for name in out:  # present, with owner and mode, but not by content
+        if name.startswith(datadir + "/") and any(fnmatch.fnmatch(name, p) for p in SERVER_STATE_FILES):
+            out[name] = out[name][:-1]
     for name in ("etc/postfix/main.cf", "etc/postfix/master.cf"):
         if name in out:
             out[name] = (*out[name][:-1], _postfix_settings(root / name))
@@ -460,12 +476,10 @@ def connection_ports_missing() -> str | None:
     import inspect
 
     from ispcp_lib.mysql import service as mysql_service
-    from ispcp_lib.runbook import notebook_build, session
+    from ispcp_lib.runbook.parameters import RUN_PARAMETERS
 
-    if "target" not in inspect.signature(session.open_run).parameters:
-        return "session.open_run has no target parameter"
-    if "target" not in notebook_build.CORE_PARAMETERS:
-        return "the notebook has no target parameter"
+    if "target" not in {p.name for p in RUN_PARAMETERS}:
+        return "the runbook has no target parameter"
     if not {"connection", "target"} & set(inspect.signature(mysql_service.from_params).parameters):
         return "MySQL service control does not go through the connection"
     return None

@@ -13,9 +13,10 @@ every manager whose `sleep(1);` line is still active, and fails with the real me
 real one fails. It says nothing the real script does not say.
 
 It only works inside a sandbox world: its tree is the one it was installed into (its own path minus
-var/www/ispcp/engine/setup/ispcp-update), which must sit beside the world's manifest; the MariaDB
-socket is that tree's /run/mysqld/mysqld.sock. ISPCP_SANDBOX_SLEEP_SCALE scales the managers'
-one-second pause (tests use 0.01).
+var/www/ispcp/engine/setup/ispcp-update), which must sit beside the world's manifest, or, for a world
+inside a lab server (no Python there), the server's root that standin_relay gives it when the server's
+Perl shim asks; the MariaDB socket is that tree's /run/mysqld/mysqld.sock. ISPCP_SANDBOX_SLEEP_SCALE
+scales the managers' one-second pause (tests use 0.01).
 
 Output the health checks can verify: one Apache vhost per domain, subdomain and alias in
 APACHE_SITES_DIR/ispcp.conf, domain web trees and FastCGI starters owned by their vu<uid> users
@@ -776,9 +777,12 @@ def _finish(work: Callable[[Update], None], root: Path) -> int:
     return 0
 
 
-def request_manager_main() -> int:
-    """The sandbox's ispcp-rqst-mngr: process the pending requests (rows in status 'change')."""
-    root = sandbox_root(sys.argv[0] if sys.argv else "", MANAGER_REL)
+def request_manager_main(root: Path | None = None) -> int:
+    """The sandbox's ispcp-rqst-mngr: process the pending requests (rows in status 'change').
+
+    root: the tree, given by the relay of a world inside a lab server (standin_relay); else found from
+    the program's own path."""
+    root = root or sandbox_root(sys.argv[0] if sys.argv else "", MANAGER_REL)
     if root is None:
         return _refusal("ispcp-rqst-mngr")
 
@@ -789,8 +793,9 @@ def request_manager_main() -> int:
     return _finish(work, root)
 
 
-def main(argv: list[str] | None = None) -> int:
-    root = sandbox_root(sys.argv[0] if sys.argv else "", SCRIPT_REL)
+def main(argv: list[str] | None = None, root: Path | None = None) -> int:
+    """The sandbox's ispcp-update; root as for request_manager_main."""
+    root = root or sandbox_root(sys.argv[0] if sys.argv else "", SCRIPT_REL)
     if root is None:
         return _refusal("ispcp-update")
     script_dir = root / Path(SCRIPT_REL).parent

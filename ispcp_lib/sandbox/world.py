@@ -29,7 +29,7 @@ from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.mysql.service import SandboxMysql
-from ispcp_lib.sandbox import new_server, old_server, private_mysql, server_world, update_standin
+from ispcp_lib.sandbox import new_server, old_server, private_mysql, server_world, standin_relay, update_standin
 from ispcp_lib.sandbox.accounts import OLD_SERVICE_GROUPS, OLD_SERVICE_USERS
 from ispcp_lib.sandbox.private_mysql import free_port
 from ispcp_lib.sandbox.scenario import NEW_IP, Scenario, make_scenario
@@ -354,7 +354,7 @@ def build_world(
         server_world.adopt_datadir(target, params)
         server_world.write_service_config(target, sc.new_hostname)
     if dummy:
-        new_server.write_dummy_ispcp(target, sc, var["dummy_version"])
+        new_server.write_dummy_ispcp(target, sc, var["dummy_version"], system_root)
     timings["target"] = time.monotonic() - t
 
     manifest: dict[str, Any] = {
@@ -413,7 +413,9 @@ def build_world(
         mysql_params=dict(params),
         secrets=list(manifest["secrets"]),
     )
-    if dummy:
+    if dummy and system_root:  # a lab server has no Python: its shim asks this machine's relay
+        standin_relay.install_shim(world.target_root, "ispcp-update")
+    elif dummy:
         update_standin.install(world.target_root, world)
     timings["total"] = time.monotonic() - started
     world.save()

@@ -26,6 +26,7 @@ from tests.remote.conftest import FrozenWorld
 pytestmark = pytest.mark.xfail(strict=False, reason="needs the connection ports")
 
 ADDRESSES = {"ssh": "127.0.0.7", "chroot": "127.0.0.8", "local": "127.0.0.10"}
+RUN_ID = "e2e-same-run"
 
 
 @dataclass
@@ -66,7 +67,8 @@ def _recover(frozen: FrozenWorld, connection: str, workdir: Path, reports: Path)
     try:
         world.start()
         try:
-            _rc, summary = server_world.run_recovery(world, reports)
+            # One run id for all three: the safety folders it names (mysql.restore-<run id>) are compared too.
+            _rc, summary = server_world.run_recovery(world, reports, run_id=RUN_ID)
             dump = _dump_ispcp(host)
         finally:
             world.stop()

@@ -91,7 +91,7 @@ def test_sysvinit_service_uses_invoke_rc_d_and_the_old_pid_file() -> None:
     srv = from_params({"service": "sysv"}, target, Runner(apply=True, connection=target))
     assert isinstance(srv, SystemMysql) and srv.unit == "mysql"
     srv._start([])
-    assert ["invoke-rc.d", "mysql", "start"] in target.calls
+    assert ["invoke-rc.d", "--disclose-deny", "mysql", "start"] in target.calls
     assert "/var/run/mysqld/mysqld.pid" in srv.pid_files()
     assert srv.server_binary() == "/usr/sbin/mysqld" and srv.client_binary() == "/usr/sbin/mysql"
     assert srv._pid() == 4242

@@ -119,6 +119,7 @@ def test_defaults_are_filled_in_and_never_shared() -> None:
         "pid_file": None,
         "log_file": None,
         "tmpdir": None,
+        "user": None,
     }
     first["force_steps"].append("inventory")
     first["mysql"]["port"] = 1
