@@ -300,8 +300,12 @@ class SandboxMysql(MysqlService):
             *tmp,
             *extra_args,
         ]
+        # umask 007 as Debian's mysqld_safe sets it: new table files are 0660, as on a real server.
         self._proc = self.target.popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            ["sh", "-c", 'umask 007; exec "$@"', "sh", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     def _died(self) -> bool:

@@ -97,8 +97,16 @@ VOLATILE_SYSTEM_PATHS = (
 )
 # Datadir files whose bytes hold the server's own state, whichever statements ran: MyISAM and Aria index
 # headers (open and write counters), InnoDB's persistent statistics (last update times). The rows are in
-# .MYD/.MAD and the tables' own .ibd, compared byte for byte.
-SERVER_STATE_FILES = ("*.MYI", "*.MAI", "*/mysql/innodb_index_stats.ibd", "*/mysql/innodb_table_stats.ibd")
+# .MYD/.MAD and the tables' own .ibd, compared byte for byte. A .frm written by CREATE TABLE (the
+# tablespace import re-creates InnoDB tables) carries a fresh table-definition UUID (MariaDB's
+# tabledef_version), so two identical runs never write the same bytes there.
+SERVER_STATE_FILES = (
+    "*.MYI",
+    "*.MAI",
+    "*.frm",
+    "*/mysql/innodb_index_stats.ibd",
+    "*/mysql/innodb_table_stats.ibd",
+)
 # Postfix settings that only say where an instance keeps its files and listens: the local run's
 # private instance differs there by design, nothing the recovery changes.
 POSTFIX_LAYOUT_KEYS = (
