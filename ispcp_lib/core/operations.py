@@ -70,9 +70,6 @@ class Executor:
         self.ctx = ctx
         self.counts: dict[str, int] = {}
 
-    def planned(self) -> bool:
-        return not self.ctx.apply
-
     def begin(self, op: Operation) -> int:
         """Journal the intent of op (apply only); returns its number within the step."""
         step = self._step()

@@ -1,6 +1,6 @@
 """SQL through the `mysql` command-line client on the target, with a DB-API-like face.
 
-    with client.connect(target, program, socket, user, password, db, charset) as conn, conn.cursor() as cur:
+    with client.ClientConnection(target, program, socket, user, password, db, charset) as conn, conn.cursor() as cur:
         cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (user,))
         hosts = [r[0] for r in cur.fetchall()]
 
@@ -431,19 +431,4 @@ class Cursor:
         self.close()
 
 
-def connect(
-    target: Connection,
-    program: str,
-    socket: str,
-    user: str,
-    password: str | None,
-    database: str | None = None,
-    charset: str = "utf8mb4",
-    secret_dir: str = "/tmp",
-    connect_timeout: float = CONNECT_TIMEOUT,
-) -> ClientConnection:
-    """A session through the client `program` on the target, over `socket`; raises pymysql errors."""
-    return ClientConnection(target, program, socket, user, password, database, charset, secret_dir, connect_timeout)
-
-
-__all__: Sequence[str] = ["ClientConnection", "Cursor", "ResultSet", "connect", "mysql_error", "parse_xml"]
+__all__: Sequence[str] = ["ClientConnection", "Cursor", "ResultSet", "mysql_error", "parse_xml"]

@@ -162,7 +162,7 @@ class MysqlService(ABC):
     # -- SQL -----------------------------------------------------------------------------------
     def connect(self, user: str, password: str | None, database: str | None = None) -> client.ClientConnection:
         """A session through the target's own client; pymysql's exceptions on failure."""
-        return client.connect(
+        return client.ClientConnection(
             self.target,
             self.client_binary(),
             self.socket,

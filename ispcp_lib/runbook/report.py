@@ -401,7 +401,7 @@ def summary_from_journal(state_dir: Path, run_id: str, apply: bool, steps: list[
 # -- screenshots for the documentation -------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
-_CHROMIUM_FLAGS = (
+CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -422,7 +422,7 @@ def screenshot(html_path: Path, png: Path, width: int = 1280, height: int = 1600
         subprocess.run(
             [
                 CHROMIUM,
-                *_CHROMIUM_FLAGS,
+                *CHROMIUM_FLAGS,
                 f"--user-data-dir={profile}",
                 f"--screenshot={png}",
                 f"--window-size={width},{height}",

@@ -19,6 +19,7 @@ import pytest
 
 from ispcp_lib import __version__
 from ispcp_lib.runbook.cli import run_runbook
+from ispcp_lib.runbook.report import CHROMIUM_FLAGS
 from ispcp_lib.sandbox.demo import world_services
 from ispcp_lib.sandbox.world import World
 from ispcp_lib.steps import STEP_ORDER, load
@@ -27,16 +28,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_TIMEOUT = 120
 # Chromium's own background traffic (update checks, account probes) is not the page's; page requests
 # carry the page's origin (file://) in their network isolation key. No name resolves, so nothing leaves.
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-]
+FLAGS = list(CHROMIUM_FLAGS)
 
 
 def _chromium(tmp: Path, name: str, url: str, *extra: str) -> tuple[str, list[str]]:
