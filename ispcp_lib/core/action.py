@@ -18,6 +18,11 @@ from ispcp_lib.core.result import Result
 
 # Checks run before every changing step (the mail guard registers its watchdog here).
 WATCHDOGS: list[Callable[[Context, Result], None]] = []
+# Called with (ctx, step name) before a step that no other step called runs (headless, the runbook shows
+# where the recovery stands above the step's output).
+STEP_START: list[Callable[[Context, str], None]] = []
+# Called with a failed step's exception; a text returned is appended to its error (e.g. the fix for a full disk).
+FAILURE_ADVICE: list[Callable[[Context, BaseException], str | None]] = []
 
 
 class StepFailed(Exception):
@@ -29,13 +34,18 @@ class StepFailed(Exception):
 
 
 def read_journal(ctx: Context) -> list[dict[str, Any]]:
-    text = ctx.state.read_text(str(ctx.journal_path))
-    if text is None:
-        return []
+    return parse_journal(ctx.state.read_text(str(ctx.journal_path)))
+
+
+def parse_journal(text: str | None) -> list[dict[str, Any]]:
+    """The records of a journal's text (None: no journal yet); a torn last line (a killed run) is left out."""
     out = []
-    for line in text.splitlines():
+    for line in (text or "").splitlines():
         if line.strip():
-            out.append(json.loads(line))
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return out
 
 
@@ -71,6 +81,9 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
         def wrapper(ctx: Context, **kw: Any) -> Any:
             # In a live JupyterLab session (ispcp_lib.runbook.interactive) the session decides how the step
             # runs: a changing step as a dry run first, applied only when the operator presses a button.
+            if ctx.current is None:
+                for hook in STEP_START:
+                    hook(ctx, name)
             session = ctx.interactive_session
             if session is not None:
                 return session.run_step(run_step, ctx, name, mutating, kw)
@@ -108,10 +121,10 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
                 fn(ctx, result, **kw)
             except (IspcpError, CommandFailed) as exc:
                 failure = exc
-                result.errors.append(ctx.secrets.redact(str(exc)))
+                result.errors.append(ctx.secrets.redact(str(exc) + _advice(ctx, exc)))
             except Exception as exc:  # an unexpected bug still leaves a record
                 failure = exc
-                result.errors.append(ctx.secrets.redact(f"{type(exc).__name__}: {exc}"))
+                result.errors.append(ctx.secrets.redact(f"{type(exc).__name__}: {exc}" + _advice(ctx, exc)))
             finally:
                 result.duration_s = time.monotonic() - started
                 ctx.current = previous
@@ -132,6 +145,11 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
         return wrapper
 
     return deco
+
+
+def _advice(ctx: Context, exc: BaseException) -> str:
+    texts = [text for advise in FAILURE_ADVICE if (text := advise(ctx, exc))]
+    return "".join(f"\n{text}" for text in texts)
 
 
 def _status(result: Result, mutating: bool, failure: BaseException | None) -> str:

@@ -586,8 +586,28 @@ class SshConnection(ShellConnection):
         self.target = target
         self._control_dir = control_dir or tempfile.mkdtemp(prefix="ispcp-ssh-")
         os.chmod(self._control_dir, 0o700)
-        self._askpass_secret = askpass_secret
-        self._master_checked = False
+        # Words put before `ssh` in every argv (run, popen, the pseudo-terminal, rsync's -e, close):
+        # each ssh this connection starts can then answer a prompt when the master must log in again.
+        self._askpass_env = self._write_askpass(askpass_secret) if askpass_secret is not None else []
+
+    def _write_askpass(self, secret: str) -> list[str]:
+        """ssh's SSH_ASKPASS program: a 0700 script printing a 0600 file, both in the 0700 control dir.
+
+        The secret reaches ssh only through that file (never an argv, never the environment), and
+        close() removes the folder. SSH_ASKPASS_REQUIRE=force (OpenSSH 8.4+) makes ssh ask the
+        program for a password or key passphrase without a display and without a terminal.
+        """
+        secret_file = os.path.join(self._control_dir, "secret")
+        script = os.path.join(self._control_dir, "askpass")
+        for path, mode, text in (
+            (secret_file, 0o600, secret + "\n"),
+            (script, 0o700, f"#!/bin/sh\nexec cat -- {shlex.quote(secret_file)}\n"),
+        ):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, mode)
+                f.write(text)
+        return ["env", f"SSH_ASKPASS={script}", "SSH_ASKPASS_REQUIRE=force"]
 
     def describe(self) -> str:
         return f"ssh {self.target.user}@{self.target.host}:{self.target.port}"
@@ -595,9 +615,10 @@ class SshConnection(ShellConnection):
     def base_argv(self, *, tty: bool = False) -> list[str]:
         """The ssh client argv up to (not including) the remote command."""
         t = self.target
-        argv = [*t.argv_prefix, "ssh", "-T" if not tty else "-tt", "-p", str(t.port), "-l", t.user]
+        argv = [*t.argv_prefix, *self._askpass_env, "ssh", "-T" if not tty else "-tt", "-p", str(t.port), "-l", t.user]
         argv += [
-            "-o", "BatchMode=" + ("no" if self._askpass_secret else "yes"),
+            # Batch mode forbids every prompt, the askpass program's too.
+            "-o", "BatchMode=" + ("no" if self._askpass_env else "yes"),
             "-o", "StrictHostKeyChecking=yes",  # never accept an unknown host key silently
             "-o", "ControlMaster=auto",
             "-o", f"ControlPath={self._control_dir}/%C",
@@ -617,7 +638,7 @@ class SshConnection(ShellConnection):
         return [*self.base_argv(tty=tty), "--", self.target.host, shlex.join(str(a) for a in argv)]
 
     def rsync_remote_shell(self) -> str:
-        """rsync's -e value: this connection's ssh, reusing its master (argv_prefix excluded)."""
+        """rsync's -e value: this connection's ssh, reusing its master (argv_prefix excluded, askpass kept)."""
         return shlex.join(self.base_argv()[len(self.target.argv_prefix) :])
 
     def close(self) -> None:

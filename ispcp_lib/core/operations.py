@@ -121,3 +121,14 @@ def unfinished(journal: list[dict[str, Any]], step: str) -> list[dict[str, Any]]
     last_run = ops[-1]["run_id"]
     done = {r["seq"] for r in ops if r["run_id"] == last_run and r["phase"] == "done"}
     return [r for r in ops if r["run_id"] == last_run and r["phase"] == "intent" and r["seq"] not in done]
+
+
+def killed_run(journal: list[dict[str, Any]], step: str, current: str) -> str | None:
+    """The newest run (not `current`) whose operations of step started but whose step record is missing:
+    it was killed in that step."""
+    ops = [r for r in operation_records(journal) if r.get("step") == step and r.get("run_id") != current]
+    if not ops:
+        return None
+    run = ops[-1]["run_id"]
+    ended = any(r.get("name") == step and r.get("run_id") == run for r in journal if r.get("type") != "operation")
+    return None if ended else run

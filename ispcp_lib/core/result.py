@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,9 @@ class Result:
     errors: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Checks of the step's own that fail now and would stop it when applying (JupyterLab then offers
+    # no Apply button); each also has its warning or table row with the fix.
+    blocked: list[str] = field(default_factory=list)
     noop_reason: str | None = None
     status: str = "running"  # done | noop | planned | skipped | failed
     duration_s: float = 0.0
@@ -122,9 +126,9 @@ class Result:
         import copy
 
         clone = copy.copy(self)
-        for name in ("summary", "changes", "warnings", "errors", "notes", "noop_reason", "backups"):
+        for name in ("summary", "changes", "warnings", "errors", "notes", "blocked", "noop_reason", "backups"):
             setattr(clone, name, self.secrets.redact_obj(getattr(self, name)))
-        clone.diffs = [Diff(self.secrets.redact(d.path), self.secrets.redact(d.text)) for d in self.diffs]
+        clone.diffs = [Diff(self.secrets.redact(d.path), self.secrets.redact_keyed(d.text)) for d in self.diffs]
         clone.commands = [
             CommandRecord(
                 [self.secrets.redact(a) for a in c.argv],
@@ -166,6 +170,28 @@ def human_size(n: float | None) -> str:
     return f"{n} B"
 
 
+def plain_frame(frame: Any) -> Any:
+    """A table as people read it: whole numbers without ".0" and empty cells instead of NaN/None
+    (pandas turns a column of numbers with a gap into floats)."""
+    if not hasattr(frame, "columns"):
+        return frame
+    out = frame.copy()
+    for col in out.columns:
+        values = out[col]
+        numbers = [v for v in values if isinstance(v, float) and not math.isnan(v)]
+        whole = all(v.is_integer() for v in numbers)
+        out[col] = values.map(lambda v, whole=whole: _plain(v, whole)).astype(object)
+    return out
+
+
+def _plain(value: Any, whole: bool) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if whole and isinstance(value, float):
+        return int(value)
+    return value
+
+
 def esc(text: Any) -> str:
     # Redact before escaping: a key containing < or " would no longer match once escaped.
     return html.escape(REGISTRY.redact(str(text)), quote=True)
@@ -185,11 +211,18 @@ def collapsible(title: str, text: str, preview: int = PREVIEW_LINES) -> str:
     )
 
 
+def applied_marker(step: str) -> str:
+    """The attribute an applied result's HTML carries, so the report sees which applied results a notebook
+    shows (the others it fills in from the journal)."""
+    return f"data-applied-step='{html.escape(step, quote=True)}'"
+
+
 def render_html(r: Result) -> str:
     colour = STATUS_COLOURS.get(r.status, NEUTRAL_COLOUR)
     verb = "changes" if r.apply else "planned changes (dry run)"
+    marker = applied_marker(r.step) if r.apply and r.status not in ("skipped", "planned") else ""
     parts = [
-        f"<div class='ir-result' style='border-left:4px solid {colour};padding:4px 10px;margin:6px 0'>",
+        f"<div class='ir-result' {marker} style='border-left:4px solid {colour};padding:4px 10px;margin:6px 0'>",
         f"<div><b style='color:{colour}'>{esc(r.status.upper())}</b> <code>{esc(r.step)}</code>"
         f" · {r.changed} {esc(verb)} · {r.duration_s:.2f} s</div>",
     ]
@@ -201,17 +234,19 @@ def render_html(r: Result) -> str:
         parts.append(f"<p style='color:#cf222e;font-weight:bold'>✖ {esc(e)}</p>")
     for w in r.warnings:
         parts.append(f"<p style='color:#9a6700'>⚠ {esc(w)}</p>")
+    if r.blocked:
+        parts.append(f"<p style='color:#cf222e'>⛔ applying would stop at: {esc('; '.join(r.blocked))}</p>")
     for n in r.notes:
         parts.append(f"<p>{esc(n)}</p>")
     if r.changes:
         items = "".join(f"<li>{esc(c)}</li>" for c in r.changes)
         parts.append(f"<div class='ir-sub'>{esc(verb.capitalize())}</div><ul>{items}</ul>")
     for t in r.tables:
-        frame = r.secrets.redact_obj(t.frame)
+        frame = plain_frame(r.secrets.redact_obj(t.frame))
         body = frame.to_html(index=False, escape=True, border=0) if hasattr(frame, "to_html") else esc(frame)
         parts.append(f"<div class='ir-sub'>{esc(t.title)}</div>{body}")
     for d in r.diffs:
-        parts.append(collapsible(f"diff {d.path}", d.text, preview=20))
+        parts.append(collapsible(f"diff {d.path}", r.secrets.redact_keyed(d.text), preview=20))
     for c in r.commands:
         state = "planned (not run)" if c.planned else f"exit {c.rc}, {c.duration_s:.2f} s"
         out = (c.stdout + ("\n" + c.stderr if c.stderr else "")).strip()

@@ -6,6 +6,9 @@ parameters: papermill copies parameters into the executed notebook.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
 from typing import Any
 
@@ -16,6 +19,8 @@ class SecretRegistry:
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
         self._pattern: re.Pattern[str] | None = None
+        # For fingerprints that tell two redacted values apart; random per process, never stored.
+        self._key = os.urandom(32)
 
     def add(self, value: str | bytes | None, label: str = "secret") -> None:
         """Register a value; empty values are ignored (nothing to hide)."""
@@ -55,6 +60,20 @@ class SecretRegistry:
         if pattern is None:
             return text
         return pattern.sub(MASK, text)
+
+    def redact_keyed(self, text: str) -> str:
+        """Mask every registered value with a short keyed fingerprint («redacted #1a2b3c4d»), so a diff
+        says whether a secret changed without showing it: HMAC-SHA256 under a random key of this process,
+        so a fingerprint cannot be matched against guesses and differs between runs."""
+        pattern = self._compiled()
+        if pattern is None:
+            return text
+
+        def mark(m: re.Match[str]) -> str:
+            digest = hmac.new(self._key, m.group(0).encode(), hashlib.sha256).hexdigest()[:8]
+            return f"{MASK[:-1]} #{digest}»"
+
+        return pattern.sub(mark, text)
 
     def redact_obj(self, obj: Any) -> Any:
         """Redact strings inside dicts, lists, tuples and pandas frames."""

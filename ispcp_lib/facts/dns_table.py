@@ -13,13 +13,16 @@ import ipaddress
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+
+from ispcp_lib.ispcp import queries
+from ispcp_lib.mysql import dialect
 
 # The verdicts of the table (the mail_guard row of the README's step table).
 OLD = "old IP"
@@ -32,6 +35,9 @@ ERROR = "error"  # the server failed or refused (SERVFAIL, REFUSED), or the name
 NO_ADDRESS = "no address"  # MX hosts without A records, a null MX, or neither MX nor A
 NOWHERE = "nowhere"
 UNKNOWN = "unknown"
+
+# How often the caller hears how many names are resolved (its progress bar).
+PROGRESS_EVERY_S = 0.25
 
 VERDICTS = (OLD, NEW, ELSEWHERE, NO_MX, NXDOMAIN, TIMEOUT, ERROR, NO_ADDRESS)
 
@@ -54,26 +60,6 @@ class Lookup:
 
 # --- collecting names -------------------------------------------------------------------------------
 
-_QUERIES = (
-    ("domain", "SELECT domain_name, domain_name FROM domain ORDER BY domain_id"),
-    (
-        "alias",
-        "SELECT a.alias_name, COALESCE(d.domain_name, '') FROM domain_aliasses a "
-        "LEFT JOIN domain d ON d.domain_id = a.domain_id ORDER BY a.alias_id",
-    ),
-    (
-        "subdomain",
-        "SELECT CONCAT(s.subdomain_name, '.', d.domain_name), d.domain_name FROM subdomain s "
-        "JOIN domain d ON d.domain_id = s.domain_id ORDER BY s.subdomain_id",
-    ),
-    (
-        "alias subdomain",
-        "SELECT CONCAT(sa.subdomain_alias_name, '.', a.alias_name), a.alias_name "
-        "FROM subdomain_alias sa JOIN domain_aliasses a ON a.alias_id = sa.alias_id "
-        "ORDER BY sa.subdomain_alias_id",
-    ),
-)
-
 
 def hosted_names(conn: Any) -> list[HostedName]:
     """Every name ispCP hosts, in database order, lower-cased and without duplicates.
@@ -83,10 +69,10 @@ def hosted_names(conn: Any) -> list[HostedName]:
     """
     out: list[HostedName] = []
     seen: set[str] = set()
-    for kind, sql in _QUERIES:
+    for kind, query in queries.HOSTED_NAMES:
         with conn.cursor() as cur:
             try:
-                cur.execute(sql)
+                dialect.execute(cur, query)
             except Exception:
                 if kind == "domain":
                     raise
@@ -279,9 +265,12 @@ def resolve_all(
     concurrency: int = 32,
     old_ip: str | None = None,
     new_ip: str | None = None,
+    progress: Callable[[int, str], None] | None = None,
 ) -> DnsTable:
     """Resolve MX, the MX hosts' A records and each name's A record; classify every name.
 
+    progress(names resolved, text) is called from the caller's thread (where a notebook's widgets
+    live) a few times a second while the lookups run, and once at the end.
     Returns within about total_timeout (+ one query lifetime for cancellation), whatever the
     nameserver does. Raises ValueError for an unusable nameserver parameter and
     dns.resolver.NoResolverConfiguration when the system has no resolver configured.
@@ -301,6 +290,7 @@ def resolve_all(
     )
     started = time.monotonic()
     box: dict[str, Any] = {}
+    resolved = [0]  # names finished, counted by the worker's loop
 
     def worker() -> None:
         try:
@@ -313,6 +303,7 @@ def resolve_all(
                     max(1, int(concurrency)),
                     old_ip,
                     new_ip,
+                    resolved,
                 )
             )
         except BaseException as exc:  # handed to the caller's thread
@@ -320,7 +311,10 @@ def resolve_all(
 
     thread = threading.Thread(target=worker, name="dns-table", daemon=True)
     thread.start()
-    thread.join()
+    while thread.is_alive():
+        thread.join(PROGRESS_EVERY_S)
+        if progress is not None:
+            progress(resolved[0], "")
     if "error" in box:
         raise box["error"]
     rows, queries, cut = box["value"]
@@ -335,6 +329,7 @@ async def _resolve(
     concurrency: int,
     old_ip: str | None,
     new_ip: str | None,
+    resolved: list[int],
 ) -> tuple[list[dict[str, str]], int, int]:
     sem = asyncio.Semaphore(concurrency)
     host_lookups: dict[str, asyncio.Task[Lookup]] = {}
@@ -371,6 +366,7 @@ async def _resolve(
         hosts = sorted({h for _, h in mx.values if h not in (".", "")}) if mx.status == "ok" else []
         looked = await asyncio.gather(*(host_lookup(h) for h in hosts))
         mx_hosts = dict(zip(hosts, looked))
+        resolved[0] += 1
         return _row(hn, mx, a, mx_hosts, classify(mx, a, mx_hosts, old_ip, new_ip))
 
     tasks = [asyncio.ensure_future(one(hn)) for hn in names]

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.errors import CommandFailed, InputError, IspcpError
-from ispcp_lib.facts import backup_layout
+from ispcp_lib.facts import backup_db_reader, backup_layout
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, DEFAULT_DATABASE_NAME, IspcpConf, parse_version
-from ispcp_lib.ispcp import keyfiles
+from ispcp_lib.ispcp import keyfiles, queries
 from ispcp_lib.ispcp.engine_sleep import MANAGERS as SLEEPING_MANAGERS
-from ispcp_lib.mysql import accounts
+from ispcp_lib.mysql import accounts, dialect
 
 if TYPE_CHECKING:
     from ispcp_lib.core.context import Context
@@ -174,10 +174,10 @@ def target_database(ctx: Context, name: str) -> TargetDatabase:
         )
     try:
         with ctx.mysql.connect(login.user, login.password) as conn, conn.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
+            dialect.execute(cur, dialect.database_exists(name))
             if not int(cur.fetchone()[0]):
                 return TargetDatabase(name, False, None, "no such database: the installer did not create it")
-            cur.execute(f"SELECT value FROM `{name.replace('`', '``')}`.config WHERE name = %s", (REVISION_KEY,))
+            dialect.execute(cur, queries.config_value(REVISION_KEY, name))
             row = cur.fetchone()
     except pymysql.MySQLError as exc:
         return TargetDatabase(name, True, None, f"cannot read its config table: {exc.args[-1]}")
@@ -214,7 +214,7 @@ def backup_release(ctx: Context) -> BackupRelease:
     db_dir = backup_layout.local_path(ctx, backup_layout.checked(ctx, f"{datadir}/{dbname}", f"database {dbname}"))
     if db_dir is not None and (db_dir / "config.frm").is_file():
         try:
-            revision = revision_from_datadir(db_dir)
+            revision = revision_from_datadir(db_dir, backup_db_reader.scratch_dir(ctx))
             source = f"the binary copy {db_dir} served by a throwaway private MariaDB"
         except (IspcpError, CommandFailed, OSError, pymysql.MySQLError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -259,26 +259,24 @@ def _files_signature(db_dir: Path) -> tuple:
     return (str(db_dir.resolve()),) + tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
-def revision_from_datadir(db_dir: Path) -> int | None:
+def revision_from_datadir(db_dir: Path, scratch: Path | None = None) -> int | None:
     """DATABASE_REVISION from a binary copy of ispCP's database directory.
 
     The shared throwaway reader (facts.backup_db_reader) serves a temp copy with a private mariadbd
     (no networking, no grant tables) and deletes it afterwards; neither the target's server nor the
     backup's files are touched.
     """
-    from ispcp_lib.facts.backup_db_reader import read_backup_database
-
     key = _files_signature(db_dir)
     if key in _REVISION_CACHE:
         return _REVISION_CACHE[key]
 
     def query(conn: Any) -> int | None:
         with conn.cursor() as cur:
-            cur.execute("SELECT value FROM config WHERE name = %s", (REVISION_KEY,))
+            dialect.execute(cur, queries.config_value(REVISION_KEY))
             row = cur.fetchone()
         return _int(row[0]) if row else None
 
-    value = read_backup_database(db_dir.parent, db_dir.name, query)
+    value = backup_db_reader.read_backup_database(db_dir.parent, db_dir.name, query, scratch=scratch)
     _REVISION_CACHE[key] = value
     return value
 

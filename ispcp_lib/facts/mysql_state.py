@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ispcp_lib.core.connection import Connection, kill_group
+from ispcp_lib.mysql import dialect
 
 # What each file beside a table's .frm means.
 FILE_KINDS: dict[str, str] = {
@@ -588,16 +589,8 @@ class LiveTable:
 def live_tables(conn: Any, database: str) -> list[LiveTable]:
     """Tables and views of a database on a running server (empty list: no such database)."""
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT TABLE_NAME, ENGINE, TABLE_TYPE FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME",
-            (database,),
-        )
+        dialect.execute(cur, dialect.tables_of(database))
         return [LiveTable(r[0], r[1], r[2]) for r in cur.fetchall()]
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def check_tables(conn: Any, database: str, tables: Iterable[str]) -> dict[str, tuple[str, str]]:
@@ -607,7 +600,7 @@ def check_tables(conn: Any, database: str, tables: Iterable[str]) -> dict[str, t
     if not names:
         return out
     with conn.cursor() as cur:
-        cur.execute("CHECK TABLE " + ", ".join(f"{quote_ident(database)}.{quote_ident(n)}" for n in names))
+        dialect.execute(cur, dialect.check_tables(database, names))
         for full, _op, kind, text in cur.fetchall():
             name = str(full).split(".", 1)[1] if "." in str(full) else str(full)
             previous = out.get(name)
@@ -628,18 +621,16 @@ def count_rows(conn: Any, database: str, tables: Iterable[str]) -> dict[str, int
     names = list(tables)
     if not names:
         return {}
-    db = quote_ident(database)
-    union = " UNION ALL ".join(f"SELECT %s, COUNT(*) FROM {db}.{quote_ident(n)}" for n in names)
     with conn.cursor() as cur:
         try:
-            cur.execute(union, names)
+            dialect.execute(cur, dialect.count_rows_union(database, names))
             return {str(name): int(count) for name, count in cur.fetchall()}
         except Exception:  # pymysql raises per statement: find out which table it is
             pass
         out: dict[str, int | None] = {}
         for name in names:
             try:
-                cur.execute(f"SELECT COUNT(*) FROM {db}.{quote_ident(name)}")
+                dialect.execute(cur, dialect.count_rows(name, database))
                 out[name] = int(cur.fetchone()[0])
             except Exception:
                 out[name] = None

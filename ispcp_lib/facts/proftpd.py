@@ -14,6 +14,8 @@ from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.context import Context
 from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.ispcp import queries
+from ispcp_lib.mysql import dialect
 
 DEFAULT_FTPD_CONF = "/etc/proftpd.conf"
 DEFAULT_CONF_DIR = "/etc/ispcp"
@@ -239,7 +241,7 @@ def check_vftp(ctx: Context, info: SqlConnect | None) -> tuple[bool, str]:
         return False, f"login as {info.user} failed: {exc.args[-1] if exc.args else exc}"
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM ftp_users")
+            dialect.execute(cur, queries.FTP_USER_COUNT)
             (count,) = cur.fetchone()
     except pymysql.MySQLError as exc:
         return (

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ispcp_lib.core.connection import Connection, LocalConnection
 from ispcp_lib.facts.ispcp_conf import IspcpConf
+from ispcp_lib.mysql import dialect
 
 if TYPE_CHECKING:
     from ispcp_lib.core.context import Context
@@ -453,7 +454,7 @@ def mysql_server(ctx: Context) -> MysqlServer:
         login = mysql_creds.working_admin(ctx)
         if login is not None:
             with svc.connect(login.user, login.password) as conn, conn.cursor() as cur:
-                cur.execute("SELECT @@datadir, @@socket, @@version, @@pid_file")
+                dialect.execute(cur, dialect.SERVER_PATHS)
                 datadir, sock, full_version, pid = cur.fetchone()
             source = f"the server's own variables (login {login.user} from {ctx.display_path(login.source)})"
             return MysqlServer(

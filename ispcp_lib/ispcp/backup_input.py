@@ -9,6 +9,7 @@ and the fix.
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 
@@ -145,6 +146,50 @@ def check_old_conf(ctx: Context, old: IspcpConf, target: IspcpConf | None) -> li
         for key, value in settings.items()
         if key in TREE_SETTINGS and target.get(key) and target.get(key, "").rstrip("/") != value.rstrip("/")
     ]
+
+
+# Settings the later steps cannot do without, with the grammar their value must follow. A truncated
+# ispcp.conf lacks some of them: refused here rather than run on defaults.
+REQUIRED = {
+    "APACHE_WWW_DIR": (r"/.*", "an absolute folder"),
+    "MTA_VIRTUAL_MAIL_DIR": (r"/.*", "an absolute folder"),
+    "APACHE_SUEXEC_USER_PREF": (r"[a-z_][a-z0-9_-]{0,15}", "a user name prefix (ispCP's default: vu)"),
+    "MTA_MAILBOX_UID_NAME": (r"[a-z_][a-z0-9_-]{0,31}", "a user name (ispCP's default: vmail)"),
+    "MTA_MAILBOX_UID": (r"[0-9]{1,9}", "a numeric user ID"),
+    "MTA_MAILBOX_GID_NAME": (r"[a-z_][a-z0-9_-]{0,31}", "a group name (ispCP's default: mail)"),
+    "MTA_MAILBOX_GID": (r"[0-9]{1,9}", "a numeric group ID"),
+    "DATABASE_NAME": (r"[A-Za-z0-9_]{1,64}", "a database name of letters, digits and '_'"),
+    "DATABASE_USER": (r"[A-Za-z0-9_.@-]{1,80}", "a MySQL user name"),
+    "BASE_SERVER_IP": (r"[0-9.]{7,15}|[0-9A-Fa-f:]{2,39}", "an IP address"),
+}
+
+
+def check_required(conf: IspcpConf) -> None:
+    """Refuse an old ispcp.conf that lacks a setting the recovery needs, or holds one that is malformed."""
+    for key, (pattern, shape) in REQUIRED.items():
+        value = (conf.get(key) or "").strip()
+        if not value:
+            raise InputError(
+                key,
+                "is missing or empty in the backup's ispcp.conf (a truncated or edited file?)",
+                f"put the old server's line '{key} = ...' back into the backup's etc/ispcp/ispcp.conf",
+                path=conf.path,
+            )
+        if not re.fullmatch(pattern, value) or (shape == "an IP address" and not _is_ip(value)):
+            raise InputError(
+                f"{key} = {value}",
+                f"is not {shape}",
+                f"correct the line in the backup's etc/ispcp/ispcp.conf to the old server's value ({shape})",
+                path=conf.path,
+            )
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _refuse(key: str, value: str, problem: str, conf: IspcpConf) -> InputError:

@@ -25,10 +25,11 @@ from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_db_reader
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.facts.mysql_state import quote_ident
-from ispcp_lib.ispcp import crypto
+from ispcp_lib.ispcp import crypto, queries
 from ispcp_lib.ispcp.keyfiles import KeySet
+from ispcp_lib.mysql import accounts, dialect
 from ispcp_lib.mysql.accounts import set_user_password
+from ispcp_lib.mysql.dialect import Dialect, quote_ident
 
 MAILBOX = "mailbox passwords"
 SQL_USER = "customer SQL passwords"
@@ -67,22 +68,11 @@ class EncryptedRows:
 def read_rows(conn: Any, secrets: Any) -> EncryptedRows:
     """Every encrypted mailbox and SQL password from a connection with ispCP's database selected."""
     out = EncryptedRows("")
-    queries = (
-        (
-            MAILBOX,
-            "SELECT mail_id, mail_addr, mail_pass, NULL, status FROM mail_users "
-            f"WHERE mail_pass IS NULL OR mail_pass <> '{NO_PASSWORD}' ORDER BY mail_id",
-        ),
-        (
-            SQL_USER,
-            "SELECT u.sqlu_id, u.sqlu_name, u.sqlu_pass, d.sqld_name, NULL FROM sql_user u "
-            "LEFT JOIN sql_database d ON d.sqld_id = u.sqld_id ORDER BY u.sqlu_id",
-        ),
-    )
-    for column, sql in queries:
+    selects = ((MAILBOX, queries.mailbox_ciphers(NO_PASSWORD)), (SQL_USER, queries.SQL_USER_CIPHERS))
+    for column, select in selects:
         try:
             with conn.cursor() as cur:
-                cur.execute(sql)
+                dialect.execute(cur, select)
                 fetched = cur.fetchall()
         except pymysql.MySQLError:
             out.missing.append(column)
@@ -97,9 +87,7 @@ def read_rows(conn: Any, secrets: Any) -> EncryptedRows:
 def _holds_data(conn: Any) -> bool:
     """False for the dummy install's empty tables (nothing restored yet)."""
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT (SELECT COUNT(*) FROM domain) + (SELECT COUNT(*) FROM mail_users) + (SELECT COUNT(*) FROM sql_user)"
-        )
+        dialect.execute(cur, queries.DOMAINS_MAILBOXES_AND_SQL_USERS)
         return bool(int(cur.fetchone()[0] or 0))
 
 
@@ -124,7 +112,11 @@ def load_rows(ctx: Context, logins: list[Login], database: str, backup_datadir: 
         return None
     try:
         found = backup_db_reader.read_backup_database(
-            backup_datadir, database, lambda c: read_rows(c, ctx.secrets), runner=ctx.runner
+            backup_datadir,
+            database,
+            lambda c: read_rows(c, ctx.secrets),
+            runner=ctx.runner,
+            scratch=backup_db_reader.scratch_dir(ctx),
         )
     except (PreconditionFailed, CommandFailed, pymysql.MySQLError):
         return None
@@ -290,19 +282,17 @@ def reset_accounts(
         ]
     with ctx.mysql.connect(db_login.user, db_login.password, database) as conn, conn.cursor() as cur:
         for row, _, cipher in mail:
-            cur.execute(
-                "UPDATE mail_users SET mail_pass = %s, status = IF(status = 'ok', 'change', status) WHERE mail_id = %s",
-                (cipher, row.id),
-            )
+            dialect.execute(cur, queries.set_mailbox_cipher(row.id, cipher))
         for row, _, cipher in sql:
-            cur.execute("UPDATE sql_user SET sqlu_pass = %s WHERE sqlu_id = %s", (cipher, row.id))
+            dialect.execute(cur, queries.set_sql_user_cipher(row.id, cipher))
     who = admin or db_login
     created: list[str] = []
     try:
         with ctx.mysql.connect(who.user, who.password) as conn:
+            server = accounts.dialect(ctx)
             for row, password, _ in sql:
                 if not set_user_password(ctx, conn, row.account, password):
-                    _create_sql_user(conn, row, password)
+                    _create_sql_user(conn, server, row, password)
                     created.append(row.account)
     except pymysql.MySQLError as exc:
         raise PreconditionFailed(
@@ -348,10 +338,10 @@ def reset_accounts(
     return checks
 
 
-def _create_sql_user(session: Any, row: EncryptedRow, password: str) -> None:
+def _create_sql_user(session: Any, server: Dialect, row: EncryptedRow, password: str) -> None:
     """An SQL user without any MySQL account, created as ispCP creates them: localhost and %."""
+    grants = [f"ALL PRIVILEGES ON {quote_ident(row.database)}.*"] if row.database else []
     with session.cursor() as cur:
         for host in ("localhost", "%"):
-            cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (row.account, host, password))
-            if row.database:
-                cur.execute(f"GRANT ALL PRIVILEGES ON {quote_ident(row.database)}.* TO %s@%s", (row.account, host))
+            for statement in server.create_user_statements(row.account, host, password, grants):
+                dialect.execute(cur, statement)

@@ -13,7 +13,9 @@ from typing import Any
 from ispcp_lib.core.context import Context
 from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME, IspcpConf
+from ispcp_lib.ispcp import queries
 from ispcp_lib.ispcp.update_env import target_conf
+from ispcp_lib.mysql import dialect
 from ispcp_lib.system import postfix_guard as guard
 
 MAX_LISTED = 5  # problems named per row; the rest are counted
@@ -129,7 +131,7 @@ def _domain_rows(ctx: Context, conf: IspcpConf | None) -> tuple[list[dict[str, A
             continue
         try:
             with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
-                cur.execute("SELECT domain_name, domain_uid, domain_gid, domain_status FROM domain ORDER BY domain_id")
+                dialect.execute(cur, queries.DOMAIN_OWNERS)
                 return [dict(zip(("name", "uid", "gid", "status"), r)) for r in cur.fetchall()], login.source
         except Exception:  # try the next login
             continue
@@ -221,7 +223,8 @@ def _guard_text(state: dict[str, Any]) -> str:
 
 def check_apache(ctx: Context, conf: IspcpConf | None) -> Check:
     name = "Apache configuration test"
-    ctl = (conf.get("CMD_HTTPD") if conf else None) or "/usr/sbin/apache2ctl"
+    # CMD_HTTPD is the init script (it has no configtest on Debian); CMD_HTTPD_CTL is apache2ctl.
+    ctl = (conf.get("CMD_HTTPD_CTL") if conf else None) or "/usr/sbin/apache2ctl"
     if ctx.target.stat(ctl) is None:
         return Check(name, "n/a", f"{ctl} is not installed on the target")
     rec = ctx.runner.run([ctx.target.path(ctl), "configtest"], check=False, timeout=60)

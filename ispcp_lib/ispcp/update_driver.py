@@ -43,6 +43,20 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _PASSWORD_SHOWN = re.compile(r"password set to: (\S+)")
 PROMPT_LINES = 3  # a wrapped question spans at most this many lines
 
+# The headlines ispcp-update prints as it goes (its title lines, as the sandbox's stand-in cites the real
+# script), in order: how many of them the transcript has shown is how far the update is.
+UPDATE_PHASES = (
+    "Starting ispCP update",
+    "ispCP main configuration file",
+    "ispCP database",
+    "Rebuilding all services configuration files",
+    "Rebuilding all GUI configuration files",
+    "Rebuilding all customers configuration files",
+    "Additional tasks",
+    "Permissions setup",
+    "Finishing update",
+)
+
 # Linux syscall numbers of read(2): a process blocked in read() on the pty is waiting for an answer.
 _READ_SYSCALL = {"x86_64": {0}, "aarch64": {63}, "arm64": {63}, "i686": {3}, "i386": {3}, "armv7l": {3}}
 
@@ -224,6 +238,21 @@ class Transcript:
         return "\n".join(meaningful[-n:])
 
 
+def phase_counter(log: Callable[[str], None] | None, tick: Callable[[int, str], None]) -> Callable[[str], None]:
+    """A transcript sink: each line to log, and tick(phases seen, headline) at each new UPDATE_PHASES headline."""
+    seen: set[str] = set()
+
+    def sink(line: str) -> None:
+        if log is not None:
+            log(line)
+        headline = line.strip()
+        if headline in UPDATE_PHASES and headline not in seen:
+            seen.add(headline)
+            tick(len(seen), headline)
+
+    return sink
+
+
 def waiting_for_input(pid: int) -> bool | None:
     """True when a process in pid's session is blocked reading its terminal (a prompt is pending).
 
@@ -338,6 +367,7 @@ def run_interactive(
     failure_patterns: Sequence[FailurePattern] = (),
     success: str | None = None,
     log: Callable[[str], None] | None = None,
+    phases: Callable[[int, str], None] | None = None,
 ) -> Outcome:
     """Run argv on the target on a pty, answer `prompts`, and return the Outcome (never raises for the
     script's failures). argv and cwd are as commands on the target see them.
@@ -345,6 +375,7 @@ def run_interactive(
     silence: seconds without output after which a pending unknown prompt is declared unexpected.
     success: a pattern the transcript must contain for the run to count as a success (exit status 0
     alone is not proof: ispcp-update exits 0 when it aborts, e.g. while a backup runs).
+    phases: called with (how many of UPDATE_PHASES the output has shown, that headline) at each one.
     """
     outcome = Outcome(argv=list(argv), transcript_path=transcript_path)
     full, local_env, local_cwd = conn.command(argv, env=env, cwd=cwd, tty=True)
@@ -353,7 +384,7 @@ def run_interactive(
     for p in prompts:
         if p.secret and p.answer:
             secrets.add(p.answer, f"answer to {p.label}")
-    transcript = Transcript(transcript_path, secrets, log)
+    transcript = Transcript(transcript_path, secrets, phase_counter(log, phases) if phases else log)
     started = time.monotonic()
     try:
         child = pexpect.spawn(

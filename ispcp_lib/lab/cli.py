@@ -5,6 +5,7 @@ ispcp-recover lab start old1 [--role dead|dummy]                # a fresh server
 ispcp-recover lab list
 ispcp-recover lab shell old1                                    # a root shell inside
 ispcp-recover lab stop old1                                     # every process and mount gone
+ispcp-recover lab rehearse --backup DIR [--source TARBALL]      # recover DIR into a fresh real dummy
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def _find(name: str) -> Any:
     raise SystemExit(f"no running lab server named {name!r} (see `ispcp-recover lab list`)")
 
 
+def ssh_command(ssh: dict[str, Any]) -> str:
+    """The command that logs into a lab server as root, its host key checked."""
+    return (
+        f"ssh -p {ssh['port']} -i {ssh['identity_file']} -o UserKnownHostsFile={ssh['known_hosts']} "
+        f"-o StrictHostKeyChecking=yes root@{ssh['host']}"
+    )
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     return int(args.lab_func(args))
 
@@ -107,10 +116,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     host = start_server(source, ident, name=args.name, version_name=args.version_name, detach=True)
     ssh = host.state["ssh"]["modern"]
     print(f"{args.name}: {ident.hostname} at {ident.address}, root {host.root}")
-    print(
-        f"ssh -p {ssh['port']} -i {ssh['identity_file']} -o UserKnownHostsFile={ssh['known_hosts']} "
-        f"-o StrictHostKeyChecking=yes root@{ssh['host']}"
-    )
+    print(ssh_command(ssh))
     return 0
 
 
@@ -146,6 +152,27 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from ispcp_lib.lab.rehearse import rehearse
+
+    backup = Path(args.backup).resolve()
+    if not (backup / "etc/ispcp/ispcp.conf").is_file():
+        raise SystemExit(f"{backup} holds no etc/ispcp/ispcp.conf: give the folder with the old server's files")
+    source = _resolve_source(args.source, args.version_name)
+    done = rehearse(source, backup, Path(args.report_dir).resolve(), name=args.name, runs=args.runs)
+    for code, html in zip(done.exit_codes, done.reports):
+        print(f"runbook exit {code}: {html}")
+    if done.score is not None:
+        print(done.judge_text, end="")
+    ssh = done.host.state["ssh"]["modern"]
+    if args.keep:
+        print(f"{args.name} keeps running: {ssh_command(ssh)}")
+    else:
+        done.host.stop()
+    failed = any(done.exit_codes) or (done.score is not None and done.score[0] != done.score[1])
+    return 1 if failed else 0
+
+
 def add_lab_parser(subparsers: Any) -> None:
     """`lab` and its subcommands, for ispcp_lib/runbook/cli.py."""
     lab = subparsers.add_parser("lab", help="real ispCP servers from a release tarball, for rehearsals and tests")
@@ -171,6 +198,15 @@ def add_lab_parser(subparsers: Any) -> None:
     sh = sub.add_parser("shell", help="a root shell inside a server")
     sh.add_argument("name")
     sh.set_defaults(lab_func=cmd_shell)
+    r = sub.add_parser("rehearse", help="recover a backup into a fresh real dummy with the runbook, over SSH")
+    r.add_argument("--backup", required=True, help="the old server's files at their original absolute paths")
+    r.add_argument("--source", help="the release tarball of the dummy (default: the last one built)")
+    r.add_argument("--version-name")
+    r.add_argument("--name", default="rehearsal", help="the dummy's lab name")
+    r.add_argument("--report-dir", default="reports")
+    r.add_argument("--runs", type=int, default=1, help="apply runs (2: the second must change nothing)")
+    r.add_argument("--keep", action="store_true", help="leave the recovered dummy running to look at it")
+    r.set_defaults(lab_func=cmd_rehearse)
 
 
 def main(argv: list[str] | None = None) -> int:

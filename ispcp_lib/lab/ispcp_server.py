@@ -9,11 +9,13 @@ Every adaptation below names the symptom it fixes (measured facts: ../shared/isp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import shlex
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +121,15 @@ def _regex(pattern: str, new: str) -> Callable[[str], str]:
     return fix
 
 
+def _where_present(pattern: str, new: str) -> Callable[[str], str]:
+    """A regex fix for text that only some releases have (1.0.5's Makefiles test the Debian release)."""
+
+    def fix(text: str) -> str:
+        return re.sub(pattern, new, text)
+
+    return fix
+
+
 def _prepend_include(header: str) -> Callable[[str], str]:
     def fix(text: str) -> str:
         return text if f"#include <{header}>" in text else f"#include <{header}>\n" + text
@@ -177,6 +188,18 @@ SOURCE_PATCHES: tuple[SourcePatch, ...] = (
             "daemon_directory             = /usr/lib/postfix/sbin\n",
         ),
     ),
+    SourcePatch(
+        "1.0.5 setup: File '/etc/ispcp/apache/fastcgi_ispcp.conf' does not exist: its Makefiles install the "
+        "FastCGI and ProFTPd configs only for Debian releases up to squeeze (lsb_release -c); bookworm as squeeze",
+        ("configs/debian/apache/Makefile", "configs/debian/proftpd/Makefile"),
+        _where_present(r"\[ \$\(RELEASE\) = 'squeeze' \]", "[ $(RELEASE) = 'squeeze' ] || [ $(RELEASE) = 'bookworm' ]"),
+    ),
+    SourcePatch(
+        "1.0.5 engine: 'SocketPath cannot occur within <VirtualHost> section' (mod_fcgid 2.3): its vhost parts "
+        "include fcgid_ispcp.conf in every vhost; the module's own load already reads it (as 1.0.7's parts do)",
+        ("configs/debian/apache/parts/*_php2_entry.tpl",),
+        _where_present(r"\n[ \t]*Include \{MODS_DIR\}/fcgid_ispcp\.conf", ""),
+    ),
     # ispcp-update runs engine/setup/updDB.php, which loads the PHP 5 GUI library under PHP 8.2:
     SourcePatch(
         "update: 'Update ispCP database schema ... Failed': array_key_exists() on an object (PHP 8)",
@@ -196,7 +219,19 @@ SOURCE_PATCHES: tuple[SourcePatch, ...] = (
         optional=True,
     ),
 )
+# Bump when a patch changes what it writes without changing which files and symptoms it reports.
 PATCH_RECIPE = "2"
+
+
+@functools.cache
+def patch_digest(tarball: Path) -> str:
+    """What patch_tree does to this release (its report lines, hashed): the install layer's cache key, so a
+    patch for another release leaves this one's cached images alone."""
+    with tempfile.TemporaryDirectory(prefix="ispcp-lab-patch-") as tmp:
+        with tarfile.open(tarball) as tf:
+            tf.extractall(tmp, filter="fully_trusted")
+        lines = patch_tree(next(Path(tmp).glob("ispcp-omega-*")))
+    return hashlib.sha256("\n".join([PATCH_RECIPE, *lines]).encode()).hexdigest()[:8]
 
 
 def patch_tree(top: Path) -> list[str]:
@@ -257,7 +292,7 @@ def install_spec(tarball: Path, version_name: str | None = None) -> ImageSpec:
         name=f"ispcp-{version}-install",
         parent=ISPCP_BASE,
         post=post,
-        recipe=f"{_sha256(tarball)[:16]}-{PATCH_RECIPE}",
+        recipe=f"{_sha256(tarball)[:16]}-{patch_digest(tarball)}",
     )
 
 
@@ -309,6 +344,24 @@ def setup_answers(ident: ServerIdentity) -> list[tuple[str, str]]:
         ("Should AWStats be activated?", "no"),
         ("Would you really drop the current database?", "Y"),
         ("Do you want to continue?", "Y"),
+        # 1.0.5's wording (engine/setup/ispcp-setup-methods.pl:128-770), where it differs from 1.0.7's
+        ("Please enter system network address", ident.address),
+        ("Please enter SQL server host.", "localhost"),
+        ("Please enter system SQL database", "ispcp"),
+        ("Please enter system SQL user", "root"),
+        ("Please enter system SQL password", ident.sql_root_password),
+        ("Please repeat system SQL password", ident.sql_root_password),
+        ("Please enter ispCP ftp SQL user password", ident.vftp_password),
+        ("Please repeat ispCP ftp SQL user password", ident.vftp_password),
+        ("Please enter ispCP ftp SQL user", "vftp"),
+        ("Please enter the domain name where ispCP OMEGA will run on", ident.vhost),
+        ("IP of Secondary DNS", ""),
+        ("Use MySQL Prefix", ""),
+        ("Please enter ispCP phpMyAdmin Control user password", ident.pma_password),
+        ("Please repeat ispCP phpMyAdmin Control user password", ident.pma_password),
+        ("Please enter ispCP phpMyAdmin Control user", "pma"),
+        ("FastCGI Version", "f"),
+        ("Activate AWStats", "no"),
     ]
 
 

@@ -268,11 +268,14 @@ def provision(host: NamespaceHost, plan: Plan, seed: int = 2010) -> None:
     # Subdomains, the alias, mailboxes and protected-area users (client pages), one request for all.
     dom_ids = {r[0]: int(r[1]) for r in sql(host, "SELECT domain_name, domain_id FROM domain;")}
     stmts = []
+    # 1.0.7's client/subdomain_add.php writes subdomain_url_forward; 1.0.5's table has no such column.
+    forward = bool(sql(host, "SHOW COLUMNS FROM subdomain LIKE 'subdomain_url_forward';"))
     for full in plan.subdomains:
         label, d = full.split(".", 1)
+        columns, values = ("subdomain_url_forward, ", "'no', ") if forward else ("", "")
         stmts.append(
-            "INSERT INTO subdomain (domain_id, subdomain_name, subdomain_mount, subdomain_url_forward, "
-            f"subdomain_status) VALUES ({dom_ids[d]}, {q(label)}, {q('/' + label)}, 'no', 'toadd');"
+            f"INSERT INTO subdomain (domain_id, subdomain_name, subdomain_mount, {columns}subdomain_status) "
+            f"VALUES ({dom_ids[d]}, {q(label)}, {q('/' + label)}, {values}'toadd');"
         )
     for a in plan.aliases:
         stmts.append(

@@ -21,7 +21,7 @@ from ispcp_lib.core.result import Result
 from ispcp_lib.facts import ispcp_login, mysql_creds
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.mysql import dumps
-from ispcp_lib.mysql.dialect import FLUSH_PRIVILEGES, Dialect, Statement
+from ispcp_lib.mysql.dialect import CURRENT_USER, FLUSH_PRIVILEGES, SERVER_VERSION, Dialect, Statement, execute
 
 MAINT_USER = "debian-sys-maint"
 # mysql_maintainer's saved root login, in the state directory.
@@ -169,7 +169,7 @@ def prove_with_client(ctx: Context, cnf: str) -> str:
         "--batch",
         "--skip-column-names",
         "-e",
-        "SELECT CURRENT_USER()",
+        CURRENT_USER[0],
     ]
     return ctx.runner.run(argv, timeout=60).stdout.strip()
 
@@ -207,7 +207,7 @@ def dialect(ctx: Context) -> Dialect:
 
 def _execute(conn: Any, statement: Statement) -> Any:
     cur = conn.cursor()
-    cur.execute(statement[0], statement[1] or None)
+    execute(cur, statement)
     return cur
 
 
@@ -289,5 +289,5 @@ def set_user_password(
 
 
 def _server_version(session: Any) -> str:
-    with _execute(session, ("SELECT VERSION()", ())) as cur:
+    with _execute(session, SERVER_VERSION) as cur:
         return str(cur.fetchone()[0])

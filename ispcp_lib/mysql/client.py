@@ -45,6 +45,7 @@ import pymysql
 from pymysql.converters import escape_item
 
 from ispcp_lib.core.connection import Connection, kill_group
+from ispcp_lib.mysql.dialect import use_database
 
 CONNECT_TIMEOUT = 10
 CLOSE_TIMEOUT = 10
@@ -193,7 +194,7 @@ class ClientConnection:
         return self._exchange(body + b"\n;\n", deadline)
 
     def select_db(self, database: str) -> None:
-        self.query(f"USE `{database.replace('`', '``')}`")
+        self.query(use_database(database)[0])
 
     def commit(self) -> None:
         self.query("COMMIT")

@@ -21,7 +21,6 @@ import enum
 import posixpath
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,8 @@ from ispcp_lib.core.result import Result
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.facts import backup_db_reader, backup_layout, ispcp_login, mysql_state
 from ispcp_lib.facts.ispcp_conf import IspcpConf
-from ispcp_lib.ispcp import crypto, keyfiles
-from ispcp_lib.mysql import accounts, datadir, dumps
+from ispcp_lib.ispcp import crypto, keyfiles, queries
+from ispcp_lib.mysql import accounts, datadir, dialect, dumps
 from ispcp_lib.mysql.dumps import ALL_DATABASES, DumpRef
 
 # Databases of the server itself, never customer data.
@@ -122,13 +121,10 @@ class Listing:
 def read_listing(conn: Any) -> tuple[dict[str, ListedDb], list[SqlUser]]:
     """sql_database joined to domain, and sql_user, from a connection with ispCP's database selected."""
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT d.sqld_id, d.sqld_name, dm.domain_name FROM sql_database d "
-            "LEFT JOIN domain dm ON dm.domain_id = d.domain_id ORDER BY d.sqld_name"
-        )
+        dialect.execute(cur, queries.SQL_DATABASES)
         dbs = {str(name): ListedDb(int(i), str(name), dom) for i, name, dom in cur.fetchall()}
         by_id = {d.sqld_id: d.name for d in dbs.values()}
-        cur.execute("SELECT sqlu_id, sqld_id, sqlu_name, sqlu_pass FROM sql_user ORDER BY sqlu_id")
+        dialect.execute(cur, queries.SQL_USERS)
         users = [
             SqlUser(int(i), str(name), by_id.get(int(d)) if d is not None else None, str(pw or ""))
             for i, d, name, pw in cur.fetchall()
@@ -149,7 +145,7 @@ def target_listing(ctx: Context, db_name: str) -> Listing | None:
     try:
         with ctx.mysql.connect(login.user, login.password, db_name) as conn:
             with conn.cursor() as cur:
-                cur.execute("SELECT (SELECT COUNT(*) FROM domain) + (SELECT COUNT(*) FROM sql_database)")
+                dialect.execute(cur, queries.DOMAINS_AND_DATABASES)
                 if not int(cur.fetchone()[0]):
                     return None  # the dummy install's empty tables: nothing restored yet
             dbs, users = read_listing(conn)
@@ -176,7 +172,9 @@ def backup_listing(ctx: Context, backup_datadir: str, db_name: str) -> Listing:
             f"nowhere: the backup's {db_name} lies on the target and the target's is not restored yet", readable=False
         )
     try:
-        found = backup_db_reader.read_backup_database(Path(ctx.backup.path(backup_datadir)), db_name, read_listing)
+        found = backup_db_reader.read_backup_database(
+            Path(ctx.backup.path(backup_datadir)), db_name, read_listing, scratch=backup_db_reader.scratch_dir(ctx)
+        )
     except (PreconditionFailed, CommandFailed) as exc:
         first = str(exc).strip().splitlines()[0]
         return Listing(f"nowhere: the backup's {db_name} could not be read ({first})", readable=False)
@@ -366,7 +364,7 @@ def patch_frm_engine(frm: bytes, engine: str) -> bytes:
 
 def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
     """SHOW CREATE TABLE text of a scratch table, renamed to `name` and given `engine`."""
-    body = re.sub(r"^CREATE TABLE `(?:[^`]|``)+`", "CREATE TABLE " + mysql_state.quote_ident(name), create, count=1)
+    body = re.sub(r"^CREATE TABLE `(?:[^`]|``)+`", "CREATE TABLE " + dialect.quote_ident(name), create, count=1)
     at = body.rfind(") ENGINE=")
     if at < 0:
         return body + f" ENGINE={engine}"
@@ -375,7 +373,9 @@ def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
     return body[:at] + f") ENGINE={engine}" + body[at + m.end() :]
 
 
-def read_frm_definitions(frms: dict[str, bytes], runner: Runner | None = None) -> dict[str, str]:
+def read_frm_definitions(
+    frms: dict[str, bytes], runner: Runner | None = None, scratch: Path | None = None
+) -> dict[str, str]:
     """key -> `CREATE TABLE ... ENGINE=InnoDB` body (named `__t__`) read from the bytes of InnoDB .frm files.
 
     One throwaway server (backup_db_reader) reads all of them. A definition it cannot read is left out;
@@ -383,21 +383,22 @@ def read_frm_definitions(frms: dict[str, bytes], runner: Runner | None = None) -
     """
     if not frms:
         return {}
-    parent = Path(tempfile.mkdtemp(prefix="ispcp-frm-"))
+    parent = backup_db_reader.work_dir(scratch)  # the .frm copies: private, swept like the reader's
     try:
-        scratch = parent / "frmread"
-        scratch.mkdir()
+        folder = parent / "frmread"
+        folder.mkdir()
         keys = list(frms)
         for i, key in enumerate(keys):
             data = frms[key]
             try:
-                (scratch / f"m{i}.frm").write_bytes(patch_frm_engine(data, "MEMORY"))
-                (scratch / f"y{i}.frm").write_bytes(patch_frm_engine(data, "MyISAM"))
-                (scratch / f"y{i}.MYD").write_bytes(b"")
+                (folder / f"m{i}.frm").write_bytes(patch_frm_engine(data, "MEMORY"))
+                (folder / f"y{i}.frm").write_bytes(patch_frm_engine(data, "MyISAM"))
+                (folder / f"y{i}.MYD").write_bytes(b"")
             except InputError:
                 continue
         out: dict[str, str] = {}
-        with backup_db_reader.backup_database(parent, "frmread", runner=runner) as conn, conn.cursor() as cur:
+        reader = backup_db_reader.backup_database(parent, "frmread", runner=runner, scratch=scratch)
+        with reader as conn, conn.cursor() as cur:
             for i, key in enumerate(keys):
                 create = _show_create(cur, f"m{i}") or _show_create(cur, f"y{i}", repair=True)
                 if create is not None:
@@ -410,9 +411,9 @@ def read_frm_definitions(frms: dict[str, bytes], runner: Runner | None = None) -
 def _show_create(cur: Any, table: str, repair: bool = False) -> str | None:
     try:
         if repair:
-            cur.execute(f"REPAIR TABLE `{table}` USE_FRM")
+            dialect.execute(cur, dialect.repair_use_frm(table))
             cur.fetchall()
-        cur.execute(f"SHOW CREATE TABLE `{table}`")
+        dialect.execute(cur, dialect.show_create_table(table))
         row = cur.fetchone()
         return str(row[1]) if row else None
     except pymysql.MySQLError:  # this variant cannot open it

@@ -18,9 +18,9 @@ import pymysql
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
-from ispcp_lib.facts import mysql_state
+from ispcp_lib.facts import backup_db_reader
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import customer_dbs, datadir, dumps, records
+from ispcp_lib.mysql import customer_dbs, datadir, dialect, dumps, records
 from ispcp_lib.mysql.customer_dbs import Strategy
 from ispcp_lib.mysql.dialect import Dialect
 
@@ -145,7 +145,7 @@ def read_all_frm(ctx: Context, plans: list[Plan]) -> None:
     if not frms:
         return
     try:
-        read = customer_dbs.read_frm_definitions(frms, ctx.runner)
+        read = customer_dbs.read_frm_definitions(frms, ctx.runner, backup_db_reader.scratch_dir(ctx))
     except (PreconditionFailed, CommandFailed):
         return  # each database then tries on its own and reports why
     for p in plans:
@@ -329,29 +329,29 @@ def _tablespace_import(
     if ctx.apply:
         _set_aside(ctx, staged, side, stems)
     _place_folder(ctx, result, p, staged, layout)
-    db = mysql_state.quote_ident(p.name)
-    tables = {stem: f"{db}.{mysql_state.quote_ident(customer_dbs.table_name(stem))}" for stem in stems}
+    tables = {stem: customer_dbs.table_name(stem) for stem in stems}
     for stem, table in tables.items():
         result.change(
-            f"CREATE TABLE {table} (definition from its {p.db.binary.definitions[stem]}), "
+            f"CREATE TABLE {dialect.quote_ident(p.name)}.{dialect.quote_ident(table)} "
+            f"(definition from its {p.db.binary.definitions[stem]}), "
             "DISCARD TABLESPACE, copy the old .ibd in, IMPORT TABLESPACE"
         )
     if not ctx.apply:
         return
     aside = set(ctx.target.listdir(side) or [])
     with admin(ctx, login) as conn, conn.cursor() as cur:
-        cur.execute("SET SESSION foreign_key_checks = 0")
+        dialect.execute(cur, dialect.FOREIGN_KEY_CHECKS_OFF)
         for stem, table in tables.items():
-            cur.execute(p.definitions[stem].replace("CREATE TABLE ", f"CREATE TABLE {db}.", 1))
-            cur.execute(f"ALTER TABLE {table} DISCARD TABLESPACE")
+            dialect.execute(cur, dialect.create_table_in(p.name, p.definitions[stem]))
+            dialect.execute(cur, dialect.discard_tablespace(p.name, table))
             for part in (f"{stem}{x}" for x in _TABLESPACE_PARTS if f"{stem}{x}" in aside):
                 datadir.move(ctx, datadir.join(side, part), datadir.join(live, part))
-            cur.execute(f"ALTER TABLE {table} IMPORT TABLESPACE")
+            dialect.execute(cur, dialect.import_tablespace(p.name, table))
         late = sorted(n for n in aside if n.endswith(_LATE_SUFFIXES))
         for name in late:
             datadir.move(ctx, datadir.join(side, name), datadir.join(live, name))
         if late:
-            cur.execute(f"FLUSH TABLES {', '.join(tables.values())}" if tables else "FLUSH TABLES")
+            dialect.execute(cur, dialect.flush_tables(p.name, list(tables.values())))
     datadir.remove_if_empty(ctx, side)
 
 
@@ -367,10 +367,10 @@ def _load_dump(ctx: Context, result: Result, p: Plan, login: Login) -> None:
     if ctx.apply:
         p.created = True
     if not creates_db:
-        result.change(f"CREATE DATABASE {mysql_state.quote_ident(p.name)} (the dump does not create it)")
+        result.change(f"CREATE DATABASE {dialect.quote_ident(p.name)} (the dump does not create it)")
         if ctx.apply:
             with admin(ctx, login) as conn, conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE IF NOT EXISTS {mysql_state.quote_ident(p.name)}")
+                dialect.execute(cur, dialect.create_database(p.name))
     result.change(f"load {what}{p.dump.path} into {p.name} with the mariadb client")
     with dumps.defaults_file(ctx.target, login, str(ctx.mysql.socket), write=ctx.apply) as cnf:
         # A dump that creates its database must not name it on the command line: the client would USE it
@@ -386,7 +386,7 @@ def roll_back(ctx: Context, result: Result, p: Plan, layout: datadir.Layout, log
     if p.created:
         try:
             with admin(ctx, login) as conn, conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {mysql_state.quote_ident(p.name)}")
+                dialect.execute(cur, dialect.drop_database(p.name))
         except pymysql.MySQLError as exc:
             result.warn(f"{p.name}: DROP DATABASE during the roll-back failed ({exc}); its folder is moved aside")
         if ctx.target.exists(live):  # files the server did not know (DROP leaves them): ours, placed by this run

@@ -18,6 +18,8 @@ from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_state
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
+from ispcp_lib.system import disk_space
+from ispcp_lib.system.disk_space import Need
 
 DEFAULT_DATADIR = "/var/lib/mysql"
 
@@ -96,6 +98,35 @@ def check_writable(ctx: Context, paths: list[str]) -> None:
             "remount it read-write (mount -o remount,rw <mount point>)",
             path=ctx.logical_path(refused),
         )
+
+
+def check_space(
+    ctx: Context,
+    result: Result,
+    layout: Layout,
+    *,
+    staged: Sequence[str] = (),
+    moved_aside: Sequence[str] = (),
+    copied_aside: Sequence[str] = (),
+    dump_bytes: int = 0,
+) -> None:
+    """Refuse before the first change when the datadir's filesystem (or the run's folder's) lacks the room.
+
+    staged: backup folders copied into the staging folder; moved_aside / copied_aside: the target's
+    folders moved / copied into the kept folder (a move copies when the run's folder is on another
+    filesystem than the datadir); dump_bytes: SQL loaded into the server (about the dump's size).
+    """
+    beside = layout.work.startswith(layout.datadir.rstrip("/") + ".")  # same filesystem: moves are renames
+    size = disk_space.folder_bytes(ctx.backup, staged) if staged and ctx.backup is not None else 0
+    kept = disk_space.folder_bytes(ctx.target, [*copied_aside, *([] if beside else moved_aside)])
+    needs = [
+        Need(layout.staging, size, "the staged copies of the backup's databases"),
+        Need(layout.kept, kept, "the target's own databases kept as safety copies"),
+        Need(layout.datadir, dump_bytes, "the SQL dumps loaded (about their size)"),
+    ]
+    if not beside:
+        needs.append(Need(layout.datadir, size, "the staged copies moved into the datadir (another filesystem)"))
+    disk_space.check(ctx, result, needs, step_fix=f"run {result.step} again")
 
 
 # --- changes, through the runner ------------------------------------------------------------------
@@ -236,3 +267,40 @@ def first_line(exc: BaseException) -> str:
         return f"{posixpath.basename(exc.argv[0])} exited with {exc.rc}: {lines[-1] if lines else 'no message'}"
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def undo_killed(ctx: Context, result: Result, live: str, purpose: str, run: str, *, replace_live: bool) -> None:
+    """Undo what run (killed) left in its folder `<datadir>.<purpose>-<run>` (or its twin in the state dir).
+
+    `kept/` holds the target's own folders, moved aside. With replace_live (mysql_restore: its swap
+    must be whole) they all go back, and what the killed run had placed instead goes, with its copies
+    in `staging/`: the step then runs afresh from the target's own state. Without it (customer_databases:
+    each database is placed whole or not at all) only a kept folder whose place is empty goes back, and
+    the staged copies go; databases already placed stay, their kept originals beside them.
+    """
+    candidates = [f"{live.rstrip('/')}.{purpose}-{run}", ctx.logical_path(f"{ctx.state_dir}/mysql.{purpose}-{run}")]
+    work = next((c for c in candidates if ctx.target.is_dir(c)), None)
+    if work is None:
+        return
+    layout = Layout(live, work)
+    kept = sorted(ctx.target.listdir(layout.kept) or [])
+    back = [n for n in kept if replace_live or not ctx.target.exists(join(live, n))]
+    result.change(
+        f"undo what run {run} (killed) left half done: "
+        + (f"put the target's own {', '.join(back)} back from {layout.kept}, " if back else "")
+        + f"remove its copies of the backup in {layout.staging}"
+    )
+    if not ctx.apply:
+        return
+    if replace_live and back:
+        ctx.mysql.stop()
+    for name in back:
+        here = join(live, name)
+        if ctx.target.exists(here):  # the backup's copy the killed run placed (or a dump loaded on top)
+            move(ctx, here, join(layout.failed, name))
+        move(ctx, join(layout.kept, name), here)
+    remove_tree(ctx, work if replace_live else layout.staging)
+    remove_if_empty(ctx, layout.kept, work)
+    if replace_live and not ctx.mysql.status():
+        ctx.mysql.start()
+    result.note(f"Run {run} was killed in this step; what it had begun was undone before the step ran again.")

@@ -29,7 +29,106 @@ from typing import Any
 
 Statement = tuple[str, tuple[Any, ...]]
 
+# -- statements the same on every version (MySQL 5.0 to MariaDB 11) --------------------------------
 FLUSH_PRIVILEGES: Statement = ("FLUSH PRIVILEGES", ())
+SERVER_VERSION: Statement = ("SELECT VERSION()", ())
+CURRENT_USER: Statement = ("SELECT CURRENT_USER()", ())
+SHOW_TABLES: Statement = ("SHOW TABLES", ())
+# The running server's own account of itself: datadir, socket, version, pid file.
+SERVER_PATHS: Statement = ("SELECT @@datadir, @@socket, @@version, @@pid_file", ())
+FOREIGN_KEY_CHECKS_OFF: Statement = ("SET SESSION foreign_key_checks = 0", ())
+# Database name -> number of tables and views (information_schema exists from MySQL 5.0.2).
+DATABASE_TABLE_COUNTS: Statement = (
+    "SELECT s.SCHEMA_NAME, COUNT(t.TABLE_NAME) FROM information_schema.SCHEMATA s "
+    "LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME GROUP BY s.SCHEMA_NAME",
+    (),
+)
+
+
+def quote_ident(name: str) -> str:
+    """A database, table or column name as an SQL identifier (identifiers cannot be parameters)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _qualified(table: str, database: str | None) -> str:
+    return quote_ident(table) if database is None else f"{quote_ident(database)}.{quote_ident(table)}"
+
+
+def execute(cur: Any, statement: Statement) -> int:
+    """Run one statement on a cursor; one without arguments goes as it is (a literal % stays)."""
+    sql, args = statement
+    return cur.execute(sql, args or None)
+
+
+def tables_of(database: str) -> Statement:
+    """TABLE_NAME, ENGINE, TABLE_TYPE of each table and view of a database, by name."""
+    sql = (
+        "SELECT TABLE_NAME, ENGINE, TABLE_TYPE FROM information_schema.TABLES "
+        "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME"
+    )
+    return (sql, (database,))
+
+
+def database_exists(database: str) -> Statement:
+    """One row, one column: 1 when the database exists, else 0."""
+    return ("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (database,))
+
+
+def check_tables(database: str, tables: Sequence[str]) -> Statement:
+    """CHECK TABLE of the tables in one statement (rows: Table, Op, Msg_type, Msg_text)."""
+    return ("CHECK TABLE " + ", ".join(_qualified(t, database) for t in tables), ())
+
+
+def count_rows(table: str, database: str | None = None) -> Statement:
+    return (f"SELECT COUNT(*) FROM {_qualified(table, database)}", ())
+
+
+def count_rows_union(database: str, tables: Sequence[str]) -> Statement:
+    """Name and COUNT(*) of every table in one round trip (rows: name, count)."""
+    union = " UNION ALL ".join(f"SELECT %s, COUNT(*) FROM {_qualified(t, database)}" for t in tables)
+    return (union, tuple(tables))
+
+
+def show_create_table(table: str) -> Statement:
+    return (f"SHOW CREATE TABLE {quote_ident(table)}", ())
+
+
+def repair_use_frm(table: str) -> Statement:
+    """REPAIR TABLE … USE_FRM: a MyISAM table rebuilt from its .frm alone (the index file recreated)."""
+    return (f"REPAIR TABLE {quote_ident(table)} USE_FRM", ())
+
+
+def create_database(database: str) -> Statement:
+    return (f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}", ())
+
+
+def drop_database(database: str) -> Statement:
+    return (f"DROP DATABASE IF EXISTS {quote_ident(database)}", ())
+
+
+def create_table_in(database: str, create: str) -> Statement:
+    r"""A SHOW CREATE TABLE text (`CREATE TABLE \`t\` …`) run into another database."""
+    return (create.replace("CREATE TABLE ", f"CREATE TABLE {quote_ident(database)}.", 1), ())
+
+
+def discard_tablespace(database: str, table: str) -> Statement:
+    return (f"ALTER TABLE {_qualified(table, database)} DISCARD TABLESPACE", ())
+
+
+def import_tablespace(database: str, table: str) -> Statement:
+    return (f"ALTER TABLE {_qualified(table, database)} IMPORT TABLESPACE", ())
+
+
+def flush_tables(database: str, tables: Sequence[str]) -> Statement:
+    """FLUSH TABLES of the given tables (all tables when none are given)."""
+    if not tables:
+        return ("FLUSH TABLES", ())
+    return ("FLUSH TABLES " + ", ".join(_qualified(t, database) for t in tables), ())
+
+
+def use_database(database: str) -> Statement:
+    return (f"USE {quote_ident(database)}", ())
+
 
 _NUMBERS = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 

@@ -42,6 +42,10 @@ def read_live(conn: Any, databases: list[str], check: bool) -> LiveRead:
     return out
 
 
+# The verdict of a system table the target's own mariadb-upgrade removed as obsolete.
+UPGRADE_DROPPED = "dropped by mariadb-upgrade"
+
+
 def _match(checked: bool, in_live: bool, before: int | None, after: int | None) -> str:
     if not checked:
         return ""
@@ -56,10 +60,12 @@ def counts_frame(
     checks: dict[str, dict[str, tuple[str, str]]],
     engines: dict[str, dict[str, str]] | None = None,
     own: dict[str, set[str]] | None = None,
+    upgraded: bool = False,
 ) -> pd.DataFrame:
     """One row per table: old count, restored count, CHECK TABLE verdict and whether they agree.
 
-    own: tables the target keeps its own copy of (not compared).
+    own: tables the target keeps its own copy of (not compared). upgraded: mariadb-upgrade ran, and it
+    drops system tables its version no longer has (mysql.host since MariaDB 10.4): those are no failure.
     """
     engines, own = engines or {}, own or {}
     rows = []
@@ -72,8 +78,12 @@ def counts_frame(
             verdict, message = done.get(name, ("", ""))
             if checks and name not in done:
                 verdict, message = "missing", "not on the restored server"
+                if upgraded and database == "mysql":
+                    verdict, message = UPGRADE_DROPPED, ""
             match = _match(bool(checks), name in done, before, after)
-            if engine == "VIEW":
+            if verdict == UPGRADE_DROPPED:
+                match = "obsolete"
+            elif engine == "VIEW":
                 match = "view" if checks else ""
             elif name in own.get(database, set()):
                 match = "target's own"
@@ -114,7 +124,9 @@ def live_frame(
             _, before = old.get(name, {}).get(table, ("", None))
             after = found.counts.get(name, {}).get(table)
             verdict, message = found.checks.get(name, {}).get(table, ("", ""))
-            if engine == "VIEW":
+            if verdict == UPGRADE_DROPPED:
+                match = "obsolete"
+            elif engine == "VIEW":
                 match = "view"
             elif before is None or after is None:
                 match = ""
@@ -128,7 +140,7 @@ def live_frame(
 
 def failing(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows whose table does not open or whose count disagrees."""
-    return frame[(~frame["CHECK TABLE"].isin(["", "OK"])) | (frame["match"] == "NO")]
+    return frame[(~frame["CHECK TABLE"].isin(["", "OK", UPGRADE_DROPPED])) | (frame["match"] == "NO")]
 
 
 def verdict_frame(database: str, verdicts: list[mysql_state.ChkVerdict]) -> pd.DataFrame:

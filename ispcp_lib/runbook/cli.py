@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,15 @@ from ispcp_lib.core.errors import InputError
 from ispcp_lib.lab.cli import add_lab_parser
 from ispcp_lib.runbook import decrypt_password
 from ispcp_lib.runbook.notebook_build import runbook_notebook
-from ispcp_lib.runbook.parameters import SSH_PASSWORD, validate_run
-from ispcp_lib.runbook.session import open_target, read_secrets_file, state_dir, write_private
+from ispcp_lib.runbook.parameters import validate_run
+from ispcp_lib.runbook.session import journal_text, on_target, read_run_facts, write_private
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
 # Where reports/, build/ and docs/ go by default: the checkout when run from one, else the current directory.
 REPO = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
+
+
+IOPUB_TIMEOUT_S = 120
 
 
 def _parse_value(text: str) -> Any:
@@ -57,7 +59,7 @@ def run_runbook(
     params["summary_path"] = str(json_path)
     params["interactive"] = False
     values = validate_run(params)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new reports/ is private; an existing one stays
     write_private(executed, "")
     failed = False
     # The kernel papermill starts inherits this environment.
@@ -71,6 +73,9 @@ def run_runbook(
                 progress_bar=False,
                 kernel_name="python3",
                 cwd=os.getcwd(),
+                # A step that logs a lot (the update's transcript) may still be sending its output when it
+                # returns; nbclient's 4 s for that output failed a finished step on a busy machine.
+                iopub_timeout=IOPUB_TIMEOUT_S,
             )
         except PapermillExecutionError as exc:
             failed = True
@@ -92,29 +97,20 @@ def run_runbook(
 
 def run_summary(values: Mapping[str, Any]) -> dict[str, Any]:
     """The summary JSON from the run's journal, which lives in the state dir on the target."""
-    from ispcp_lib.runbook.report import summary_from_journal
+    from ispcp_lib.core.action import parse_journal
+    from ispcp_lib.runbook.record import summary_from_records
 
     try:
-        journal = _journal_text(values)
+        journal = journal_text(values)
+        # The report's run facts (hostnames, ispCP versions) describe the target, not this machine.
+        facts = on_target(values, read_run_facts)
     except InputError as exc:  # the target went away during the run: the report says so
         print(f"the journal could not be read: {exc}", file=sys.stderr)
-        journal = None
-    with tempfile.TemporaryDirectory(prefix="ispcp-journal-") as folder:
-        if journal is not None:
-            write_private(Path(folder) / "journal.jsonl", journal)
-        return summary_from_journal(Path(folder), values["run_id"], values["apply"], values["steps"])
-
-
-def _journal_text(values: Mapping[str, Any]) -> str | None:
-    if values["target"]["connection"] == "local":
-        path = Path(state_dir(values)) / "journal.jsonl"
-        return path.read_text() if path.is_file() else None
-    secrets = read_secrets_file(Path(values["secrets_file"])) if values["secrets_file"] else {}
-    connection = open_target(values, secrets.get(SSH_PASSWORD))
-    try:
-        return connection.read_text(f"{state_dir(values)}/journal.jsonl")
-    finally:
-        connection.close()
+        journal, facts = None, None
+    summary = summary_from_records(parse_journal(journal), values["run_id"], values["apply"], values["steps"])
+    if facts is not None:
+        summary["facts"] = facts
+    return summary
 
 
 def _ensure_notebook(path: Path, message: str) -> None:
@@ -177,14 +173,73 @@ def cmd_build_notebook(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The HTML report of a notebook run by hand in JupyterLab (or re-rendering a headless run's)."""
+    import nbformat
+
     from ispcp_lib.runbook.report import html_report
 
     executed = Path(args.notebook)
-    summary_path = Path(args.summary) if args.summary else executed.with_suffix(".json")
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    executed.chmod(0o600)  # JupyterLab saves 0644; the notebook holds the same record as the report
+    nb = nbformat.read(executed, as_version=4)
+    summary, journal = report_record(nb, executed, Path(args.summary) if args.summary else None)
     html_path = Path(args.output) if args.output else executed.with_suffix(".html")
-    print(html_report(executed, html_path, no_input=args.no_input, summary=summary))
+    print(html_report(executed, html_path, no_input=args.no_input, summary=summary, journal=journal))
     return 0
+
+
+def report_record(
+    nb: Any, executed: Path, summary_path: Path | None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """The summary and the journal records for a notebook's report; warnings go to stderr.
+
+    The journal is the record: the notebook's setup cell says which run it was and where its journal
+    is. A summary JSON (--summary, or one next to the notebook) is used only when the journal cannot be
+    read, or when it is named explicitly.
+    """
+    from ispcp_lib.core.action import parse_journal
+    from ispcp_lib.runbook.record import RUN_RECORD_KEYS, summary_from_records
+    from ispcp_lib.runbook.report import notebook_run_record, widget_state_missing
+
+    def warn(text: str) -> None:
+        print(f"ispcp-recover report: warning: {text}", file=sys.stderr)
+
+    record = notebook_run_record(nb)
+    journal = None
+    if record is None:
+        warn("the notebook does not record its run (its setup cell did not run, or it predates this version)")
+    else:
+        try:
+            values = validate_run({k: v for k, v in record.items() if v is not None and k in RUN_RECORD_KEYS})
+            text = journal_text(values)
+        except InputError as exc:
+            warn(f"the journal of run {record.get('run_id')} could not be read: {exc}")
+            text = None
+        if text is None:
+            warn(f"no journal at {record.get('state_dir')}/journal.jsonl")
+        else:
+            journal = parse_journal(text)
+    if widget_state_missing(nb):
+        warn(
+            "the notebook was saved without its widget state: the status panel, the progress bars and the "
+            "results under the Apply buttons are not in it"
+            + ("; the applied results are filled in from the journal" if journal is not None else "")
+        )
+    side = summary_path or executed.with_suffix(".json")
+    if journal is not None and record is not None and summary_path is None:
+        summary = summary_from_records(journal, record["run_id"], bool(record.get("apply")), record.get("steps"))
+        if _has_error_output(nb):
+            summary["status"] = "failed"
+    elif side.exists():
+        summary = json.loads(side.read_text())
+    else:
+        warn("no summary: the report has no summary table and cannot say whether anything changed")
+        summary = None
+    if summary is not None and record is not None and record.get("facts") and not summary.get("facts"):
+        summary["facts"] = record["facts"]  # read in the kernel, through the run's connection
+    return summary, journal
+
+
+def _has_error_output(nb: Any) -> bool:
+    return any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
 
 
 def cmd_screenshots(args: argparse.Namespace) -> int:
@@ -225,10 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report",
         help="write the HTML report of an executed notebook, e.g. one stepped "
-        "through in JupyterLab (save it with its widget state)",
+        "through in JupyterLab; the run's journal (found through the notebook) is the record",
     )
     rep.add_argument("notebook")
-    rep.add_argument("--summary", help="the summary JSON (default: next to the notebook, if there)")
+    rep.add_argument(
+        "--summary",
+        help="a summary JSON to use instead of the journal (default: the journal, else the JSON next to it)",
+    )
     rep.add_argument("-o", "--output", help="the HTML file (default: the notebook's name with .html)")
     rep.add_argument("--no-input", action="store_true", help="hide code cells")
     rep.set_defaults(func=cmd_report)

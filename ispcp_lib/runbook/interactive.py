@@ -16,15 +16,28 @@ ipywidgets is imported lazily: headless runs and the steps' progress calls never
 
 from __future__ import annotations
 
+import copy
+import functools
 import html
 import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ispcp_lib.core.action import STEP_START, read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
-from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, Result
+from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, Result, human_size
+from ispcp_lib.runbook.record import (
+    RUN_RECORD_MIME,
+    StepOutcome,
+    outcomes,
+    result_from_record,
+    run_record,
+    status_line,
+    step_states,
+)
+from ispcp_lib.runbook.session import read_run_facts
 from ispcp_lib.steps import STEP_ORDER
 
 if TYPE_CHECKING:
@@ -109,14 +122,84 @@ def start_interactive(
 ) -> InteractiveSession | None:
     """The setup cell's call: in JupyterLab, show the status panel and gate changing steps.
 
-    Returns None (and shows nothing) when headless.
+    Both ways it shows the run's record line (run id, state dir, connection: how `ispcp-recover report`
+    finds the journal) and makes a failed step's cell end with one line instead of a traceback (its
+    result box above says what failed and the fix). Returns None when headless.
     """
+    show = display or _ipython_display
+    show(RunRecord(ctx))
+    quiet_step_failures()
     if not detect(interactive):
+        show_status_lines(ctx, show)
         return None
     session = InteractiveSession(ctx, display=display)
     ctx.interactive_session = session
     session.display(session.panel.widget)
     return session
+
+
+def show_status_lines(ctx: Context, show: Callable[[Any], None]) -> None:
+    """Headless: the status line above every step's output too, from the journal (a session shows its own).
+
+    The hook answers for this run's Context only; a setup cell run again replaces it."""
+
+    def hook(step_ctx: Context, name: str) -> None:
+        if step_ctx is ctx and ctx.interactive_session is None:
+            states = step_states(read_journal(ctx), ctx.run_id, ctx.results)
+            show(StatusLine(status_line(states, ctx.steps, name, "planned, not applied")))
+
+    hook.status_lines = True  # type: ignore[attr-defined]
+    STEP_START[:] = [h for h in STEP_START if not getattr(h, "status_lines", False)] + [hook]
+
+
+class RunRecord:
+    """The setup cell's record of the run; kept in the saved notebook as an ordinary output.
+
+    It holds the run's facts (versions, hostnames) as read in the kernel through its connections:
+    `ispcp-recover report` on another machine then describes the target, not "unknown"."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.data = run_record(ctx.params, ctx.run_id, str(ctx.state_dir))
+        self.data["facts"] = read_run_facts(ctx.target, ctx.backup)
+        self.where = ctx.target.describe()
+
+    def text(self) -> str:
+        return f"run {self.data['run_id']} · journal in {self.data['state_dir']} on {self.where}"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {
+            RUN_RECORD_MIME: self.data,
+            "text/html": f"<div class='ir-run-record'><small>{_e(self.text())}</small></div>",
+            "text/plain": self.text(),
+        }
+
+
+def quiet_step_failures() -> None:
+    """In a kernel, a StepFailed ends its cell with one line: its result box above already shows the
+    error and the fix, a traceback through the tool's own frames would only bury it. The cell still
+    fails (papermill stops, the CLI exits non-zero)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from ispcp_lib.core.action import StepFailed
+
+    def one_line(_shell: Any, etype: type, value: BaseException, _tb: Any, tb_offset: Any = None) -> list[str]:
+        stb = [f"{etype.__name__}: {value} (the result above says what failed and the fix)"]
+        shell._showtraceback(etype, value, stb)  # IPython shows nothing itself for a custom exception
+        return stb
+
+    shell.set_custom_exc((StepFailed,), one_line)
+
+
+def private_after_save(os_path: str, **_: Any) -> None:
+    """JupyterLab's post-save hook: a saved runbook holds the same record as the report, so it is
+    0600 like the report (jupyter lab --FileContentsManager.post_save_hook=ispcp_lib.runbook.interactive.
+    private_after_save; JupyterLab itself saves with the umask, usually 0644)."""
+    os.chmod(os_path, 0o600)
 
 
 def _ipython_display(obj: Any) -> None:
@@ -138,30 +221,40 @@ class StatusPanel:
         self.refresh()
 
     def rows(self) -> list[dict[str, Any]]:
+        """One row per step, from the journal of this run; steps this kernel left out without a
+        record (the steps parameter) from ctx.results."""
+        found = outcomes(read_journal(self.ctx), self.ctx.run_id)
         # actions outside the guide's steps (helpers, tests) get rows too, once they run
-        extra = [n for n in [*self.ctx.results, self.running] if n and n not in STEP_ORDER]
-        extra = list(dict.fromkeys(extra))
+        extra = [n for n in [*found, *self.ctx.results, self.running] if n and n not in STEP_ORDER]
         rows = []
-        for name in [*STEP_ORDER, *extra]:
-            r = self.ctx.results.get(name)
-            note = ""
-            if name == self.running:
-                state = "running"
+        for name in [*STEP_ORDER, *dict.fromkeys(extra)]:
+            got, r = found.get(name), self.ctx.results.get(name)
+            row = {"step": name, "state": "not run", "status": "", "changes": 0, "duration_s": None, "note": ""}
+            if got is not None:
+                rec = got.record
+                row.update(
+                    state=STATE_LABELS.get(rec["status"], rec["status"]),
+                    status=rec["status"],
+                    changes=rec.get("changed", 0),
+                    duration_s=round(float(rec.get("duration_s") or 0), 2),
+                    note=_note(got, self.session, name),
+                )
             elif r is not None:
-                state = STATE_LABELS.get(r.status, r.status)
-                note = _note(r, self.session, name)
-            else:
-                state = "not run"
-            rows.append(
-                {
-                    "step": name,
-                    "state": state,
-                    "changes": r.changed if r is not None else 0,
-                    "duration_s": round(r.duration_s, 2) if r is not None else None,
-                    "note": note,
-                }
-            )
+                row.update(
+                    state=STATE_LABELS.get(r.status, r.status),
+                    status=r.status,
+                    duration_s=round(r.duration_s, 2),
+                    note=r.noop_reason or "",
+                )
+            if name == self.running:
+                row["state"] = row["status"] = "running"
+            rows.append(row)
         return rows
+
+    def status_line(self, current: str) -> str:
+        """Where the recovery stands and what comes next, in one line (shown above each step's output)."""
+        states = {r["step"]: r["status"] for r in self.rows() if r["step"] in STEP_ORDER and r["status"]}
+        return status_line(states, self.ctx.steps, current, "waiting for Apply")
 
     def state(self, name: str) -> str:
         return next(r["state"] for r in self.rows() if r["step"] == name)
@@ -193,18 +286,17 @@ class StatusPanel:
         )
 
 
-def _note(r: Result, session: InteractiveSession | None, name: str) -> str:
-    if r.status == "failed" and r.errors:
-        return _short(r.errors[0])
-    if r.status == "planned":
+def _note(got: StepOutcome, session: InteractiveSession | None, name: str) -> str:
+    rec = got.record
+    if rec["status"] == "planned":
         gate = session.gates.get(name) if session is not None else None
         if gate is not None and gate.applied is None:
-            return "waiting for its Apply this step button"
+            return "blocked: its own checks fail" if gate.dry.blocked else "waiting for its Apply this step button"
         return "dry run"
-    if r.status in ("noop", "skipped") and r.noop_reason:
-        return _short(r.noop_reason)
-    if r.warnings:
-        return f"{len(r.warnings)} warning(s)"
+    if got.note:
+        return _short(got.note)
+    if rec.get("warnings"):
+        return f"{len(rec['warnings'])} warning(s)"
     return ""
 
 
@@ -234,6 +326,7 @@ class InteractiveSession:
         """Read-only steps run as they are; a changing step runs dry and returns its gate."""
         if self._depth:  # an action called from inside another step belongs to that step's run
             return run(ctx, **kw)
+        self.display(StatusLine(self.panel.status_line(name)))
         self._depth += 1
         self.panel.running = name
         self.panel.refresh()
@@ -246,12 +339,33 @@ class InteractiveSession:
             self._depth -= 1
             self.panel.running = None
             self.panel.refresh()
+        if dry.status == "skipped":
+            earlier = self.applied_earlier(name)
+            if earlier is not None:
+                return earlier
         if dry.status != "planned":  # nothing to apply: no-op, skipped by resume or by steps
             return dry
         gate = StepGate(self, run, name, kw, dry)
         self.gates[name] = gate
         self.panel.refresh()
         return gate
+
+    def applied_earlier(self, name: str) -> Result | None:
+        """A cell run again after its Apply: the journal shows the step applied in this run, so the
+        cell shows that applied result (this kernel's, else the journal's), not "skipped, 0"."""
+        got = outcomes(read_journal(self.ctx), self.ctx.run_id).get(name)
+        if got is None or not got.earlier:
+            return None
+        gate = self.gates.get(name)
+        applied = gate.applied if gate is not None and gate.applied is not None else None
+        shown = copy.copy(applied) if applied is not None else result_from_record(got.record)
+        shown.notes = [
+            f"Applied earlier in this run, at {got.record.get('ts', '?')}: this cell ran again and the journal "
+            "shows the step applied, so nothing ran now. Below is the applied result."
+        ] + list(shown.notes)
+        self.ctx.results[name] = applied if applied is not None else shown
+        self.panel.refresh()
+        return shown
 
     def apply_step(
         self, run: Callable[..., Result], name: str, kw: dict[str, Any], output: ipywidgets.Output
@@ -298,6 +412,19 @@ class _apply_override:
             self.ctx.apply_steps[self.name] = self.saved
 
 
+class StatusLine:
+    """The compact line above a step's output: where the recovery stands and what comes next."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _repr_html_(self) -> str:
+        return f"<div class='ir-status-line' style='color:{NEUTRAL_COLOUR};font-size:90%'>▸ {_e(self.text)}</div>"
+
+    def __repr__(self) -> str:
+        return f"▸ {self.text}"
+
+
 class StepGate:
     """A changing step's dry-run plan plus the button that applies it. Behaves like its latest Result."""
 
@@ -314,11 +441,16 @@ class StepGate:
             description="Apply this step",
             button_style="warning",
             icon="play",
-            disabled=excluded,
-            layout=w.Layout(width="auto"),
+            disabled=excluded or bool(dry.blocked),
+            layout=w.Layout(width="auto", display="none" if dry.blocked else ""),
             tooltip=f"run {name} again with apply=True; the plan above is what it changes",
         )
-        if excluded:
+        if dry.blocked:
+            text = (
+                f"No Apply button: the step's own checks fail ({'; '.join(dry.blocked)}), so applying would stop "
+                "before any change. Fix what the result above says, then run this cell again."
+            )
+        elif excluded:
             text = f"apply_steps excludes {name}: this step stays a dry run."
         else:
             text = (
@@ -369,16 +501,27 @@ class StepGate:
 
 
 def progress_bar(
-    ctx: Context, total: int | None, label: str, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ctx: Context,
+    total: int | None,
+    label: str,
+    every_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    unit: str = "",
+    planned: bool = False,
 ) -> Callable[[int, str], None]:
     """A progress reporter for long work: call it as tick(done, text) as the work goes.
 
     In JupyterLab a bar (IntProgress + label) in the running cell or under the Apply button;
-    headless a plain ctx.log line at most every `every_s` seconds, plus one when done.
+    headless a plain ctx.log line at most every `every_s` seconds, plus one when done. unit="bytes"
+    shows sizes (3.2 MiB), another unit is written after the numbers; planned=True (a dry run that
+    walks the work without doing it) says so in the label, so a full bar does not read as work done.
     """
+    if planned:
+        label = f"{label} (dry run: planned, not done)"
+    line = functools.partial(_progress_line, label, total=total, unit=unit)
     session = ctx.interactive_session
     if session is None:
-        return _log_progress(ctx, total, label, every_s, clock)
+        return _log_progress(ctx, total, line, every_s, clock)
     import ipywidgets as w
 
     bar = w.IntProgress(value=0, min=0, max=max(total or 0, 1), layout=w.Layout(width="40%"))
@@ -392,11 +535,11 @@ def progress_bar(
 
     def tick(done: int, detail: str = "") -> None:
         bar.value = min(done, bar.max)
-        text.value = _progress_line(label, done, total, detail)
+        text.value = line(done, detail=detail)
         if total and done >= total and not state["finished"]:
             state["finished"] = True
-            bar.bar_style = "success"
-            ctx.log(_progress_line(label, done, total, detail))
+            bar.bar_style = "info" if planned else "success"
+            ctx.log(line(done, detail=detail))
 
     tick.bar = bar  # type: ignore[attr-defined]  # for tests and callers that want to restyle it
     tick.label = text  # type: ignore[attr-defined]
@@ -404,7 +547,7 @@ def progress_bar(
 
 
 def _log_progress(
-    ctx: Context, total: int | None, label: str, every_s: float, clock: Callable[[], float]
+    ctx: Context, total: int | None, line: Callable[..., str], every_s: float, clock: Callable[[], float]
 ) -> Callable[[int, str], None]:
     last = {"at": None, "finished": False}
 
@@ -416,14 +559,17 @@ def _log_progress(
         if finished or last["at"] is None or now - last["at"] >= every_s:
             last["at"] = now
             last["finished"] = finished
-            ctx.log(_progress_line(label, done, total, detail))
+            ctx.log(line(done, detail=detail))
 
     return tick
 
 
-def _progress_line(label: str, done: int, total: int | None, detail: str) -> str:
+def _progress_line(label: str, done: int, *, total: int | None, detail: str, unit: str = "") -> str:
+    def amount(n: int) -> str:
+        return human_size(n) if unit == "bytes" else f"{n} {unit}".rstrip()
+
     if total:
-        line = f"{label}: {done}/{total} ({100 * min(done, total) // total}%)"
+        line = f"{label}: {amount(done)} of {amount(total)} ({100 * min(done, total) // total}%)"
     else:
-        line = f"{label}: {done}"
+        line = f"{label}: {amount(done)}"
     return f"{line} {detail}".rstrip()

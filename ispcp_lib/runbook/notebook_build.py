@@ -63,9 +63,11 @@ the guide it follows, explains why the step exists and what can go wrong, then m
 * **Step by step in JupyterLab.** Run the cells one by one. A status panel under the setup cell shows
   where the recovery stands. Every step that would change the target first runs as a dry run and shows
   its plan (commands, diffs, tables) with an **Apply this step** button; nothing changes until you press
-  it, and pressing it applies that step only. "Run All" therefore only plans. For the record, set
-  `summary_path`, save the notebook with its widget state (Settings → Save Widget State
-  Automatically) and run `ispcp-recover report <notebook>.ipynb`.
+  it, and pressing it applies that step only. "Run All" therefore only plans. Every step's output
+  starts with one line that says where the recovery stands and what comes next. For the record, save
+  the notebook and run `ispcp-recover report <notebook>.ipynb`: the setup cell recorded the run and
+  where its journal is, and the report is built from that journal (no widget state or summary file
+  needed). The journal is the record: a step's cell run again after its Apply shows the applied result.
 * **Headless:** `ispcp-recover run -f params.yaml`. No widgets; the `apply` parameter (and the
   per-step `apply_steps` override) decides, and long work prints plain progress lines. The HTML report
   of the run is the record of what was done. Running the notebook with plain `papermill` instead?

@@ -17,6 +17,7 @@ from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.params import Param, validate
 from ispcp_lib.steps import STEP_ORDER
 from ispcp_lib.steps import parameters as step_parameters
+from ispcp_lib.system import disk_space
 
 KINDS = ("local", "chroot", "ssh")
 
@@ -117,6 +118,7 @@ RUN_PARAMETERS = (
         example="20240101-120000 (letters, digits, dot, dash, underscore)",
     ),
     Param("resume", bool, True, "skip changing steps that the journal shows applied already"),
+    disk_space.RESERVE,
     Param(
         "break_lock",
         bool,

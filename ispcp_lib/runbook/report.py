@@ -22,9 +22,12 @@ from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
 from ispcp_lib import __version__
-from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, collapsible
+from ispcp_lib.core.action import parse_journal
+from ispcp_lib.core.connection import LocalConnection
+from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, applied_marker, collapsible, render_html
 from ispcp_lib.core.secrets import REGISTRY
-from ispcp_lib.runbook.session import write_private
+from ispcp_lib.runbook.record import RUN_RECORD_MIME, outcomes, result_from_record, summary_from_records
+from ispcp_lib.runbook.session import read_run_facts, write_private
 from ispcp_lib.steps import STEP_ORDER
 
 # Script and link tags that would fetch from the network; the report must read offline.
@@ -40,6 +43,10 @@ _WIDGET_REPR = re.compile(
 _SECRET_NAME = re.compile(r"password|passwd|secret|key|token", re.I)
 MASK = "•••••• (masked)"
 STREAM_PREVIEW_LINES = 8
+_PANEL_REPLACEMENT = (
+    "<p class='ir-panel-final'>The live status panel stood here; the final status of every step is the "
+    "<a href='#ispcp-summary'>summary at the top of this report</a>.</p>"
+)
 
 _TEMPLATE_NAME = "ispcp_report.html.j2"
 _TEMPLATE = (
@@ -116,6 +123,8 @@ def _widget_as_outputs(state: dict[str, Any], model_id: str, seen: set[str]) -> 
     if name == "OutputModel":
         return _static_outputs([nbformat.from_dict(o) for o in values.get("outputs", [])], state, seen)
     if name == "HTMLModel" and values.get("value"):
+        if "ir-status-panel" in values["value"]:  # the live panel: its hints are stale in an archive
+            return [nbformat.v4.new_output("display_data", data={"text/html": _PANEL_REPLACEMENT})]
         return [nbformat.v4.new_output("display_data", data={"text/html": values["value"]})]
     if name == "LabelModel" and values.get("value"):
         return [nbformat.v4.new_output("stream", name="stdout", text=values["value"] + "\n")]
@@ -123,6 +132,54 @@ def _widget_as_outputs(state: dict[str, Any], model_id: str, seen: set[str]) -> 
     for child in values.get("children", []):
         outputs += _widget_as_outputs(state, str(child).removeprefix("IPY_MODEL_"), seen)
     return outputs
+
+
+def widget_state_missing(nb: nbformat.NotebookNode) -> bool:
+    """Whether the notebook shows widgets whose state was not saved with it (JupyterLab's default):
+    the status panel, the Apply buttons' results and the progress bars are then lost from the file."""
+    state = (nb.metadata.get("widgets", {}).get(_WIDGET_STATE) or {}).get("state", {})
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = (out.get("data") or {}).get(_WIDGET_VIEW)
+            if view is not None and str(view.get("model_id", "")) not in state:
+                return True
+    return False
+
+
+def notebook_run_record(nb: nbformat.NotebookNode) -> dict[str, Any] | None:
+    """What the setup cell recorded of its run: run id, state dir, connection (None: not recorded)."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            record = (out.get("data") or {}).get(RUN_RECORD_MIME)
+            if isinstance(record, dict):
+                return dict(record)
+    return None
+
+
+def fill_from_journal(nb: nbformat.NotebookNode, journal: list[dict[str, Any]], run_id: str) -> list[str]:
+    """Append, from the journal, the applied result of every step whose cells do not show it; returns
+    those steps. Run after strip_widget_outputs, so a result kept in saved widget state counts."""
+    filled = []
+    for name, got in outcomes(journal, run_id).items():
+        rec = got.record
+        if not rec.get("apply") or rec.get("status") in ("skipped", "planned"):
+            continue
+        cells = [c for c in nb.cells if c.cell_type == "code" and name in c.metadata.get("tags", [])]
+        if not cells or _shows(cells, applied_marker(name)):
+            continue
+        note = (
+            f"<p class='ir-from-journal'><b>Applied</b> (from the journal: run {_e(run_id)}, recorded at "
+            f"{_e(rec.get('ts', '?'))}). The notebook does not hold this output; the journal keeps no diffs "
+            "or tables, only the changes, commands with their last output, and safety copies.</p>"
+        )
+        html_text = note + render_html(result_from_record(rec))
+        cells[-1].outputs.append(nbformat.v4.new_output("display_data", data={"text/html": html_text}))
+        filled.append(name)
+    return filled
+
+
+def _shows(cells: list[Any], marker: str) -> bool:
+    return any(marker in str((o.get("data") or {}).get("text/html", "")) for c in cells for o in c.get("outputs", []))
 
 
 def collapse_long_streams(nb: nbformat.NotebookNode, preview: int = STREAM_PREVIEW_LINES) -> None:
@@ -163,19 +220,27 @@ def html_report(
     summary: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
     only_tags: set[str] | None = None,
+    journal: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write the HTML report (mode 0600) of an executed notebook; summary and params feed its head.
+
+    With the run's journal, every step it shows applied whose applied result the notebook lacks (saved
+    without widget state, or its cell re-run) gets that result from the journal.
 
     only_tags keeps just the cells with one of those tags and leaves the head out (for excerpts such
     as the screenshots in docs/).
     """
     nb = nbformat.read(executed, as_version=4)
     strip_widget_outputs(nb)
+    if summary is not None and journal is not None:
+        fill_from_journal(nb, journal, str(summary.get("run_id")))
     collapse_long_streams(nb)
     papermill_meta = nb.metadata.get("papermill", {})
     if params is None:
         params = dict(papermill_meta.get("parameters") or notebook_parameters(nb))
-    head = report_head(summary, params, papermill_meta.get("start_time"), papermill_meta.get("end_time"), no_input)
+    start = papermill_meta.get("start_time") or (summary or {}).get("started")
+    end = papermill_meta.get("end_time") or (summary or {}).get("finished")
+    head = report_head(summary, params, start, end, no_input)
     if only_tags is not None:
         nb.cells = [c for c in nb.cells if only_tags & set(c.metadata.get("tags", []))]
         head = ""
@@ -265,37 +330,23 @@ def summary_table_html(summary: dict[str, Any]) -> str:
     )
 
 
-def run_facts(params: dict[str, Any]) -> dict[str, str]:
-    """ispCP versions and hostnames of the old server (the backup) and the new one (the target)."""
-    backup = Path(params["backup_root"]) if params.get("backup_root") else None
-    target = Path(params.get("target_root") or "/")
-    facts = {}
-    for side, root in (("old", backup), ("new", target)):
-        facts[f"{side}_version"] = _conf_value(root, "Version") if root else None
-        facts[f"{side}_hostname"] = _hostname(root) if root else None
-    return {k: v or "unknown" for k, v in facts.items()}
+def run_facts(params: dict[str, Any], summary: dict[str, Any] | None = None) -> dict[str, str]:
+    """ispCP versions and hostnames of the old server (the backup) and the new one (the target).
 
-
-def _conf_value(root: Path, key: str) -> str | None:
-    """A value of root/etc/ispcp/ispcp.conf, read tolerantly: the report must not fail on a bad file."""
-    path = root / "etc/ispcp/ispcp.conf"
-    try:
-        text = path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
-    m = re.search(rf"^\s*{re.escape(key)}\s*=[ \t]*(.*?)\s*$", text, re.M)
-    return m.group(1) if m and m.group(1) else None
-
-
-def _hostname(root: Path) -> str | None:
-    try:
-        name = (root / "etc/hostname").read_text(errors="replace").strip()
-    except OSError:
-        name = ""
-    if name:
-        return name
-    from_conf = _conf_value(root, "SERVER_HOSTNAME")
-    return f"{from_conf} (SERVER_HOSTNAME in ispcp.conf)" if from_conf else None
+    A headless run's summary carries them, read through the run's connection (session.read_run_facts).
+    Otherwise they are read here only from what this machine holds: a local target under
+    target_root, a backup on this machine. A server behind ssh or chroot, or a backup on it, stays
+    "unknown" rather than describing this machine.
+    """
+    recorded = (summary or {}).get("facts")
+    if recorded:
+        return {k: str(v) for k, v in recorded.items()}
+    target = params.get("target") or {}
+    local = target.get("connection", "local") == "local"
+    new = LocalConnection(params.get("target_root") or "/") if local else None
+    backup_here = params.get("backup_root") and (local or params.get("backup_location") == "controller")
+    old = LocalConnection(params["backup_root"]) if backup_here else None
+    return read_run_facts(new, old)
 
 
 def mask_params(value: Any, name: str = "") -> Any:
@@ -312,7 +363,7 @@ def mask_params(value: Any, name: str = "") -> Any:
 def run_facts_html(
     summary: dict[str, Any] | None, params: dict[str, Any], start: str | None, end: str | None, no_input: bool = False
 ) -> str:
-    facts = run_facts(params)
+    facts = run_facts(params, summary)
     applied = summary.get("apply") if summary is not None else params.get("apply")
     rows = [
         ("tool", f"ispcp-recovery {__version__}"),
@@ -360,42 +411,10 @@ def _short(text: str, limit: int = 160) -> str:
 
 
 def summary_from_journal(state_dir: Path, run_id: str, apply: bool, steps: list[str] | None) -> dict[str, Any]:
-    """The Summary JSON, built from the journal so that it exists even when the run stopped early."""
+    """The Summary JSON from a journal file on this machine (a local target, a copied journal)."""
     journal = state_dir / "journal.jsonl"
-    records: dict[str, dict[str, Any]] = {}
-    if journal.exists():
-        for line in journal.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("run_id") == run_id and "name" in rec:  # step records, not operation records
-                    records[rec["name"]] = rec
-    rows = []
-    for name in STEP_ORDER:
-        rec = records.get(name)
-        if rec is None:
-            reason = (
-                "not selected by the steps parameter"
-                if steps and name not in steps
-                else "not reached: an earlier cell stopped the run"
-            )
-            rows.append(
-                {"name": name, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": [], "reason": reason}
-            )
-            continue
-        row = {
-            "name": name,
-            "status": rec["status"],
-            "changed": rec["changed"],
-            "duration_s": rec["duration_s"],
-            "warnings": rec.get("warnings", []),
-        }
-        if rec.get("noop_reason"):
-            row["reason"] = rec["noop_reason"]
-        elif rec.get("errors"):
-            row["reason"] = rec["errors"][0]
-        rows.append(row)
-    status = "failed" if any(r["status"] == "failed" for r in rows) else "ok"
-    return {"status": status, "apply": apply, "run_id": run_id, "steps": rows}
+    text = journal.read_text() if journal.exists() else None
+    return summary_from_records(parse_journal(text), run_id, apply, steps)
 
 
 # -- screenshots for the documentation -------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from ispcp_lib.core.action import read_journal
 from ispcp_lib.core.connection import (
     ChrootConnection,
     Connection,
@@ -20,13 +22,16 @@ from ispcp_lib.core.connection import (
     SshTarget,
 )
 from ispcp_lib.core.context import DEFAULT_STATE_DIR, Context, new_run_id
-from ispcp_lib.core.errors import InputError
+from ispcp_lib.core.errors import CommandFailed, InputError, IspcpError
 from ispcp_lib.core.run_lock import RunLock
 from ispcp_lib.core.runner import Runner
 from ispcp_lib.core.secrets import REGISTRY
+from ispcp_lib.facts.ispcp_conf import CONF_PATH
 from ispcp_lib.mysql import service as mysql_service
 from ispcp_lib.runbook.parameters import SSH_PASSWORD, validate_run
-from ispcp_lib.steps import STEP_ORDER
+from ispcp_lib.runbook.record import summary_from_records
+
+T = TypeVar("T")
 
 
 def open_run(*, options: Mapping[str, Any] | None = None, **params: Any) -> Context:
@@ -253,26 +258,75 @@ def summary(ctx: Context, summary_path: str | None = None) -> Any:
 
 
 def summary_dict(ctx: Context) -> dict[str, Any]:
-    """The summary JSON (docs/architecture.md, "Contracts"), from the results of this kernel's run."""
-    rows = []
-    for name in STEP_ORDER:
-        r = ctx.results.get(name)
-        if r is None:
-            rows.append({"name": name, "status": "skipped", "changed": 0, "duration_s": 0.0, "warnings": []})
-        else:
-            rows.append(
-                {
-                    "name": name,
-                    "status": r.status,
-                    "changed": r.changed,
-                    "duration_s": round(r.duration_s, 3),
-                    "warnings": list(r.warnings),
-                }
-            )
-    status = "failed" if any(r["status"] == "failed" for r in rows) else "ok"
-    # Stepping through in JupyterLab, an Apply button applies one step while the parameter stays False.
-    applied = ctx.default_apply or any(r.apply and r.status == "done" for r in ctx.results.values())
-    return ctx.secrets.redact_obj({"status": status, "apply": applied, "run_id": ctx.run_id, "steps": rows})
+    """The summary JSON (docs/architecture.md, "Contracts") of this run, from its journal on the target,
+    with the run's facts (versions, hostnames) read through the run's connections, as a headless run's.
+
+    Steps this kernel ran without a journal record (left out by the steps parameter) come from
+    ctx.results, so the table never claims a step was not reached when it was only not selected.
+    """
+    data = summary_from_records(read_journal(ctx), ctx.run_id, ctx.default_apply, ctx.steps)
+    data["facts"] = read_run_facts(ctx.target, ctx.backup)
+    for row in data["steps"]:
+        r = ctx.results.get(row["name"])
+        if row.get("at") is None and r is not None:
+            row.update(status=r.status, changed=r.changed, duration_s=round(r.duration_s, 3), warnings=list(r.warnings))
+            row["reason"] = r.noop_reason or (r.errors[0] if r.errors else "")
+    return ctx.secrets.redact_obj(data)
+
+
+def journal_text(values: Mapping[str, Any]) -> str | None:
+    """The journal of the run these validated run-wide values describe, read through its connection."""
+    where = f"{state_dir(values)}/journal.jsonl"
+    if values["target"]["connection"] == "local":
+        path = Path(where)
+        return path.read_text() if path.is_file() else None
+    secrets = read_secrets_file(Path(values["secrets_file"])) if values["secrets_file"] else {}
+    connection = open_target(values, secrets.get(SSH_PASSWORD))
+    try:
+        return connection.read_text(where)
+    finally:
+        connection.close()
+
+
+def on_target(values: Mapping[str, Any], read: Callable[[Connection, RootedView | None], T]) -> T:
+    """read(connection, backup view) through a connection of its own to the run's target, closed after."""
+    secrets = read_secrets_file(Path(values["secrets_file"])) if values["secrets_file"] else {}
+    connection = open_target(values, secrets.get(SSH_PASSWORD))
+    try:
+        return read(connection, backup_view(values, connection))
+    finally:
+        connection.close()
+
+
+def read_run_facts(new: Connection | None, old: Connection | None) -> dict[str, str]:
+    """Version and hostname of each side, each read through its connection (a target path of "/etc/…")."""
+    facts = {}
+    for side, conn in (("old", old), ("new", new)):
+        facts[f"{side}_version"] = _conf_value(conn, "Version") if conn else None
+        facts[f"{side}_hostname"] = _hostname(conn) if conn else None
+    return {k: v or "unknown" for k, v in facts.items()}
+
+
+def _read(conn: Connection, path: str) -> str:
+    """A file's text, tolerantly: the report must not fail on a missing or unreadable file."""
+    try:
+        return conn.read_text(path) or ""
+    except (OSError, IspcpError, CommandFailed):
+        return ""
+
+
+def _conf_value(conn: Connection, key: str) -> str | None:
+    """A value of /etc/ispcp/ispcp.conf."""
+    m = re.search(rf"^\s*{re.escape(key)}\s*=[ \t]*(.*?)\s*$", _read(conn, CONF_PATH), re.M)
+    return m.group(1) if m and m.group(1) else None
+
+
+def _hostname(conn: Connection) -> str | None:
+    name = _read(conn, "/etc/hostname").strip()
+    if name:
+        return name
+    from_conf = _conf_value(conn, "SERVER_HOSTNAME")
+    return f"{from_conf} (SERVER_HOSTNAME in ispcp.conf)" if from_conf else None
 
 
 def write_private(path: Path, text: str) -> None:

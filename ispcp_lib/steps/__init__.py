@@ -12,6 +12,7 @@ import importlib
 from types import ModuleType
 
 from ispcp_lib.core.params import Param
+from ispcp_lib.system import disk_space
 from ispcp_lib.system.postfix_guard import register_watchdogs
 
 STEP_ORDER: tuple[str, ...] = (
@@ -35,6 +36,8 @@ STEP_ORDER: tuple[str, ...] = (
 
 # Every changing step first checks that the mail guard still holds (ispcp_lib.core.action.WATCHDOGS).
 register_watchdogs()
+# A step that runs out of disk space names the full filesystem and the fix.
+disk_space.register_advice()
 
 
 def load(name: str) -> ModuleType:

@@ -7,9 +7,10 @@ from collections import Counter
 import pandas as pd
 
 from ispcp_lib.core import fileops
-from ispcp_lib.core.action import action
+from ispcp_lib.core.action import action, read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.operations import unfinished
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.secrets import MASK
@@ -201,6 +202,7 @@ def run(ctx: Context, result: Result) -> None:
 def _write(ctx: Context, result: Result, selection: Selection, resolutions: dict[str, str]) -> MergePlan:
     """Plan, show the changes, and (apply) write them under the target's locks; plan again if the files moved."""
     timeout = float(ctx.param("accounts_lock_timeout", 15) or 15)
+    _clear_killed_write(ctx, result)
     for _attempt in range(ATTEMPTS):
         raw, target = _read_target(ctx)
         plan = _plan(ctx, target, selection, resolutions, result)
@@ -227,6 +229,17 @@ def _write(ctx: Context, result: Result, selection: Selection, resolutions: dict
         "wait until no useradd/passwd runs on the server (a provisioning job?), then run the step again",
         path="/etc/passwd",
     )
+
+
+def _clear_killed_write(ctx: Context, result: Result) -> None:
+    """A run killed while its write held the locks leaves them (its PID is gone) and its staging folder."""
+    killed = [r for r in unfinished(read_journal(ctx), "accounts") if r["op"].get("kind") == "command"]
+    if not killed:
+        return
+    result.change(f"remove the stale locks of the account files' write that run {killed[0]['run_id']} left")
+    if ctx.apply:
+        removed = account_install.clear_leftovers(ctx.runner, ctx.target, "/etc")
+        result.note(f"Left by the killed run and removed: {', '.join(map(ctx.logical_path, removed)) or 'nothing'}.")
 
 
 def _new_file(ctx: Context, target: AccountFiles, name: str, data: bytes) -> NewFile:

@@ -83,7 +83,7 @@ def reset_debug(ctx: Context, result: Result) -> str:
             c.set("DEBUG", "0")
             ctx.write_file(path, c.text(), what=f"set DEBUG = 0 in {path}")
             done.append(path)
-    return f"set to 0 in {', '.join(done)}" if done else "already 0"
+    return f"{'set' if ctx.apply else 'will be set'} to 0 in {', '.join(done)}" if done else "already 0"
 
 
 def remaining_credentials(ctx: Context, result: Result) -> list[str]:
@@ -133,7 +133,9 @@ def _outcome(ctx: Context, result: Result, undo: Callable[[Context, Result], Non
     """Run one step's undo function (it plans or applies like the rest); its row in the clean-up table."""
     before = result.changed
     undo(ctx, result)
-    return "done" if result.changed > before else "nothing to do"
+    if result.changed == before:
+        return "nothing to do"
+    return "done" if ctx.apply else "will be done (planned)"
 
 
 def step_summary(ctx: Context, current: Result) -> pd.DataFrame:

@@ -8,14 +8,15 @@ from typing import Any
 import pandas as pd
 import pymysql
 
-from ispcp_lib.core.action import action
+from ispcp_lib.core.action import action, read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.operations import killed_run
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result, Table
-from ispcp_lib.facts import backup_layout, mysql_state
+from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import accounts, customer_dbs, customer_restore, datadir, datadir_swap, records, verify
+from ispcp_lib.mysql import accounts, customer_dbs, customer_restore, datadir, datadir_swap, dialect, records, verify
 from ispcp_lib.mysql.customer_dbs import Strategy
 from ispcp_lib.mysql.customer_restore import Action, Plan, admin, check_sources, read_all_frm, restore_one
 
@@ -105,10 +106,7 @@ _VERDICTS = {
 def live_databases(conn: Any) -> dict[str, int]:
     """Database name -> number of tables and views on the running server."""
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT s.SCHEMA_NAME, COUNT(t.TABLE_NAME) FROM information_schema.SCHEMATA s "
-            "LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME GROUP BY s.SCHEMA_NAME"
-        )
+        dialect.execute(cur, dialect.DATABASE_TABLE_COUNTS)
         return {str(name): int(n) for name, n in cur.fetchall()}
 
 
@@ -144,6 +142,9 @@ def run(ctx: Context, result: Result) -> None:
     for w in found.warnings:
         result.warn(w)
     live_dir = datadir.live_datadir(ctx)
+    killed = killed_run(read_journal(ctx), "customer_databases", ctx.run_id)
+    if killed is not None:  # before the plan: it must see the databases as the killed run left them
+        datadir.undo_killed(ctx, result, live_dir, "customer", killed, replace_live=False)
     record = records.read(ctx, records.CUSTOMER_DATABASES)
     with admin(ctx, login) as conn:
         live = live_databases(conn)
@@ -197,12 +198,31 @@ def _nothing_to_do(
         _verify(ctx, result, login, done, found.listing, check=False, login_dbs={p.name for p in done})
 
 
+def _check_space(
+    ctx: Context, result: Result, found: customer_dbs.Discovery, todo: list[Plan], layout: datadir.Layout
+) -> None:
+    """The staged folders (or the whole datadir), the dumps loaded and what is kept must fit (before any change)."""
+    whole = any(p.strategy is Strategy.WHOLE_DATADIR for p in todo)
+    copied = [p for p in todo if p.strategy in (Strategy.DIRECTORY_COPY, Strategy.TABLESPACE_IMPORT)]
+    staged = [found.backup_datadir] if whole else [p.db.folder for p in copied if p.db.folder is not None]
+    dumps = {p.dump.path: p.dump.file.size for p in todo if p.strategy and p.strategy.is_dump and p.dump}
+    datadir.check_space(
+        ctx,
+        result,
+        layout,
+        staged=staged,
+        moved_aside=[layout.datadir] if whole else [datadir.join(layout.datadir, p.folder_name) for p in copied],
+        dump_bytes=sum(dumps.values()),
+    )
+
+
 def _restore(
     ctx: Context, result: Result, found: customer_dbs.Discovery, todo: list[Plan], login: Login, live_dir: str
 ) -> list[Plan]:
     owner = datadir.mysql_owner(ctx)
     layout = datadir.work_layout(ctx, live_dir, "customer")
     datadir.check_writable(ctx, [live_dir, layout.work])
+    _check_space(ctx, result, found, todo, layout)
     if any(p.strategy is Strategy.WHOLE_DATADIR for p in todo):
         login = datadir_swap.swap(ctx, result, found, layout, owner, login)
         for p in todo:
@@ -212,9 +232,9 @@ def _restore(
         if p.strategy is not Strategy.WHOLE_DATADIR:
             restore_one(ctx, result, p, layout, owner, login)
     if not ctx.apply:
-        result.change(
-            f"verify: CHECK TABLE and row counts of {len(todo)} database(s), then try every SQL user's "
-            "login (password decrypted with the restored keys)"
+        result.note(
+            f"then verify (reads, no change): CHECK TABLE and row counts of {len(todo)} database(s), then try "
+            "every SQL user's login (password decrypted with the restored keys)"
         )
         names = ", ".join(f"{p.name} ({p.strategy.label if p.strategy else '—'})" for p in todo)
         result.summary = f"planned: {names}"
@@ -427,11 +447,11 @@ def _undecryptable(lost_keys: bool) -> str:
 def _reads(ctx: Context, user: str, password: str, database: str | None) -> tuple[bool, str]:
     try:
         with ctx.mysql.connect(user, password, database) as conn, conn.cursor() as cur:
-            cur.execute("SHOW TABLES")
+            dialect.execute(cur, dialect.SHOW_TABLES)
             tables = [r[0] for r in cur.fetchall()]
             if not tables:
                 return False, "the database shows no tables to this user"
-            cur.execute(f"SELECT COUNT(*) FROM {mysql_state.quote_ident(tables[0])}")
+            dialect.execute(cur, dialect.count_rows(tables[0]))
             n = int(cur.fetchone()[0])
     except pymysql.MySQLError as exc:
         return False, ctx.secrets.redact(f"reading fails: {exc}")

@@ -14,7 +14,7 @@ from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, proftpd
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import accounts
+from ispcp_lib.mysql import accounts, dialect
 
 TITLE = "The FTP server's database login"
 GUIDE = "the section on giving the FTP server a valid database login (old proftpd.conf, or the vftp password)"
@@ -271,13 +271,16 @@ def plan_fix(result: Result, info: proftpd.SqlConnect, hosts: list[str], login_f
 
 def _apply_fix(ctx: Context, admin: Login, info: proftpd.SqlConnect, fix: VftpFix) -> None:
     user, password = info.user or "vftp", info.password or ""
-    db = info.database.replace("`", "``")  # identifiers cannot be parameters: quote the name from SQLConnectInfo
     with ctx.mysql.connect(admin.user, admin.password) as conn:
         if fix.password_hosts:
             accounts.set_user_password(ctx, conn, user, password, fix.password_hosts)
+        server = accounts.dialect(ctx)
+        statements = server.create_user_statements(user, "localhost", password) if fix.create else []
+        for host in fix.grant_hosts:
+            for table in VFTP_TABLES:
+                # Identifiers cannot be parameters: the name from SQLConnectInfo is quoted.
+                where = f"{dialect.quote_ident(info.database)}.{dialect.quote_ident(table)}"
+                statements.append(server.grant(f"SELECT, INSERT, UPDATE, DELETE ON {where}", user, host))
         with conn.cursor() as cur:
-            if fix.create:
-                cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (user, "localhost", password))
-            for host in fix.grant_hosts:
-                for table in VFTP_TABLES:
-                    cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.`{table}` TO %s@%s", (user, host))
+            for statement in statements:
+                dialect.execute(cur, statement)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import pandas as pd
@@ -13,11 +15,11 @@ from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, ispcp_login
-from ispcp_lib.facts.backup_db_reader import read_backup_database
+from ispcp_lib.facts.backup_db_reader import read_backup_database, scratch_dir
 from ispcp_lib.facts.backup_layout import Item
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, DEFAULT_DATABASE_NAME, IspcpConf
-from ispcp_lib.ispcp import backup_input, keyfiles
-from ispcp_lib.mysql import customer_dbs
+from ispcp_lib.ispcp import backup_input, keyfiles, queries
+from ispcp_lib.mysql import customer_dbs, dialect
 
 TITLE = "Inventory of the backup"
 GUIDE = "the checklist at the start of the guide"
@@ -111,10 +113,48 @@ def _dir_item(ctx: Context, name: str, logical: str, why: str) -> Item:
     if not entries:
         return Item(name, path, "invalid", "empty", why)
     escapes = backup_layout.escaping_symlinks(ctx, logical)
+    _refuse_escaping_folders(ctx, name, logical, escapes)
     detail = f"{len(entries)} entries"
     if escapes:
         detail += f"; {len(escapes)} symlink(s) point outside the backup (copied as links, never followed)"
     return Item(name, path, "found", detail, why)
+
+
+# A symlink this close to a tree's top replaces a domain's folder (or its htdocs, mail, logs): the steps
+# that copy, re-own and configure the domain (and ispcp-update) would follow it out of the tree.
+FOLDER_DEPTH = 2
+
+
+def _refuse_escaping_folders(ctx: Context, name: str, logical: str, escapes: list[str]) -> None:
+    top = backup_layout.shown(ctx, logical).rstrip("/")
+    for line in escapes:
+        link = line.split(" -> ", 1)[0]
+        if link.startswith(top + "/") and link[len(top) + 1 :].count("/") < FOLDER_DEPTH:
+            raise InputError(
+                f"{name}: symlink {link}",
+                f"leaves the backup ({line.split(' -> ', 1)[-1]}) where a domain's folder belongs; the restore "
+                "and ispcp-update would write through it outside the tree",
+                "replace the symlink in the backup with the folder it stands for, or remove it",
+                path=link,
+            )
+
+
+RSYNC_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")  # rsync's temporary name: .NAME.XXXXXX
+
+
+def _warn_rsync_partials(ctx: Context, result: Result, www: str) -> None:
+    """Files an interrupted rsync left in the web data: incomplete, never the customers' real files."""
+    view = backup_layout.backup(ctx)
+    if not view.is_dir(www) or view.escapes(www) is not None:
+        return
+    done = view.run(["find", view.path(www), "-type", "f", "-name", ".*.??????"], timeout=3600)
+    found = [p for p in done.out.splitlines() if RSYNC_PARTIAL.match(p.rsplit("/", 1)[-1])]
+    if found:
+        result.warn(
+            f"{len(found)} rsync partial file(s) in the backup's web data (an interrupted copy), e.g. {found[0]}: "
+            "incomplete, so never counted as verified; copy those files again from the old server if it still runs"
+        )
+        result.data["rsync_partials"] = found
 
 
 def _file_item(ctx: Context, name: str, logical: str, why: str) -> Item:
@@ -148,9 +188,15 @@ def run(ctx: Context, result: Result) -> None:
         items.append(
             Item(f"database {name} (binary copy)", backup_layout.shown(ctx, logical), state, detail, why, required)
         )
+        if name == "mysql" and state != "found":
+            result.warn(
+                f"database mysql: no usable binary copy in the backup ({state}); the old logins come back only "
+                "from a dump of it, otherwise the target keeps its own and the customers' logins must be re-created"
+            )
     key_items, keysets = _key_items(ctx, conf)
     items += key_items
     items.append(_dir_item(ctx, "web data", get("APACHE_WWW_DIR", "/var/www/virtual"), "the customers' web spaces"))
+    _warn_rsync_partials(ctx, result, get("APACHE_WWW_DIR", "/var/www/virtual"))
     items.append(
         _dir_item(
             ctx,
@@ -160,7 +206,12 @@ def run(ctx: Context, result: Result) -> None:
         )
     )
     for f in ("passwd", "shadow", "group", "gshadow"):
-        items.append(_file_item(ctx, f"/etc/{f}", f"/etc/{f}", "the vu* domain users, vmail and the mail group"))
+        item = _file_item(ctx, f"/etc/{f}", f"/etc/{f}", "the vu* domain users, vmail and the mail group")
+        if f in ("passwd", "group"):  # the accounts step cannot merge without them
+            item = dataclasses.replace(item, required=True)
+        elif item.state == "missing":
+            result.warn(f"the backup has no /etc/{f}: the accounts come without their passwords and are added locked")
+        items.append(item)
     items.append(
         _file_item(
             ctx,
@@ -193,7 +244,9 @@ def run(ctx: Context, result: Result) -> None:
 
 
 def _check_settings(ctx: Context, result: Result, conf: IspcpConf) -> None:
-    """The old ispcp.conf's folder settings against the system's own folders and the target's ispcp.conf."""
+    """The old ispcp.conf's settings: the required ones present and well-formed, the folders against the
+    system's own folders and the target's ispcp.conf."""
+    backup_input.check_required(conf)
     try:
         target = IspcpConf.read(ctx.target, CONF_PATH)
     except InputError:
@@ -212,7 +265,7 @@ def _check_domain_names(ctx: Context, result: Result, datadir: str, db_name: str
         )
         return
     try:
-        names = read_backup_database(local, db_name, _domain_names, runner=ctx.runner)
+        names = read_backup_database(local, db_name, _domain_names, runner=ctx.runner, scratch=scratch_dir(ctx))
     except Exception as exc:  # unreadable here (InnoDB, no server binary): said, and the inventory goes on
         result.warn(f"the domain names of the old database could not be read: {ctx.secrets.redact(str(exc))}")
         return
@@ -232,7 +285,7 @@ def _domain_names(conn: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     with conn.cursor() as cur:
         for table, column in _NAME_COLUMNS:
-            cur.execute(f"SELECT {column} FROM {table}")  # fixed names, no input
+            dialect.execute(cur, queries.column_values(table, column))
             out[f"{table}.{column}"] = [str(row[0]) for row in cur.fetchall()]
     return out
 

@@ -19,8 +19,9 @@ from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import ispcp_login
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, REQUIRED_KEYS, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.ispcp import queries
 from ispcp_lib.ispcp.login_check import require_login, required_confs
-from ispcp_lib.mysql import accounts
+from ispcp_lib.mysql import accounts, dialect
 
 TITLE = "Prepare ispcp.conf and ispcp.old.conf for the update"
 GUIDE = (
@@ -342,14 +343,14 @@ def _plan_database(
         result.warn(f"{problem}; the database part of the IP/host name change is not planned. Fix: {fix}")
         return [], []
     with conn, conn.cursor() as cur:
-        cur.execute("SELECT ip_id, ip_number, ip_domain, ip_alias FROM server_ips ORDER BY ip_id")
+        dialect.execute(cur, queries.SERVER_IPS)
         ips = [
             {"ip_id": int(i), "ip_number": number, "ip_domain": domain, "ip_alias": alias}
             for i, number, domain, alias in cur.fetchall()
         ]
         refs: dict[int, list[str]] = {}
         for table, column in (("domain", "domain_ip_id"), ("domain_aliasses", "alias_ip_id")):
-            cur.execute(f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}")  # fixed names, no input
+            dialect.execute(cur, queries.ip_references(table, column))
             for ip_id, count in cur.fetchall():
                 if ip_id is None:  # a row without an IP follows no server_ips row
                     continue
@@ -413,7 +414,4 @@ def _apply_updates(ctx: Context, database: str, login: Login | None, updates: li
         for up in updates:
             assert up.column in _SERVER_IPS_COLUMNS  # a fixed column name, never input
             # The old value in the WHERE makes a rerun (or a concurrent edit) change nothing twice.
-            cur.execute(
-                f"UPDATE server_ips SET {up.column} = %s WHERE ip_id = %s AND {up.column} = %s",
-                (up.new, up.ip_id, up.old),
-            )
+            dialect.execute(cur, queries.change_server_ip(up.column, up.ip_id, up.old, up.new))

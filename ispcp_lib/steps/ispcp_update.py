@@ -21,11 +21,12 @@ from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import CommandRecord, Result
 from ispcp_lib.facts import backup_layout, ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
-from ispcp_lib.ispcp import health, update_env
+from ispcp_lib.ispcp import bind_zones, health, update_env
 from ispcp_lib.ispcp.engine import engine_env
 from ispcp_lib.ispcp.keyfiles import layout_paths
-from ispcp_lib.ispcp.update_driver import FailurePattern, Outcome, Prompt, run_interactive
+from ispcp_lib.ispcp.update_driver import UPDATE_PHASES, FailurePattern, Outcome, Prompt, run_interactive
 from ispcp_lib.ispcp.update_env import CONF_PATH
+from ispcp_lib.runbook.interactive import progress_bar
 from ispcp_lib.system import postfix_guard as guard
 
 TITLE = "Run ispCP's update script"
@@ -177,6 +178,10 @@ SETTING_SOURCES = "ispcp.old.conf on the target, the backup's ispcp.conf, the ta
 # Every recovery question but this one offers a default (the setup's own: hostname -f, the first
 # address, admin.<hostname>, …): an empty answer takes it when no config holds the setting.
 NO_DEFAULT = ("DEFAULT_ADMIN_ADDRESS",)
+
+# With DEBUG = 1 most of the real script's lines are its call trace ("[DEBUG] push_el() sub_name: get_file(),
+# msg: Starting..."): some 20,000 per update. The transcript file keeps them; the live log leaves them out.
+ENTER_LEAVE = re.compile(r"^\.?\[DEBUG\] push_el\(\) sub_name: [^,]*, msg: (Starting|Ending)\.\.\.$")
 
 DB_LOGIN = "database login failed"
 DB_DOWN = FailurePattern(
@@ -550,12 +555,14 @@ def run(ctx: Context, result: Result) -> None:
             others = f" ({len(failed) - 1} more failed check(s) in the table)" if len(failed) > 1 else ""
             raise PreconditionFailed(f"pre-check '{first.check}'", first.detail + others, first.fix)
         for c in failed:
+            result.blocked.append(f"pre-check '{c.check}'")
             result.warn(
                 f"pre-check '{c.check}' fails now: {c.detail}. In a dry run, earlier steps' changes are "
                 f"not in place yet; if it still fails when applying: {c.fix}"
             )
 
     keep_debug_through_merge(ctx, result, conf)
+    seed_bind_zones(ctx, result, conf)
     attempt = update_env.next_attempt(ctx)
     folder = str(PurePosixPath(script).parent)
     result.change(f"run {script} from {folder} (attempt {attempt})")
@@ -582,9 +589,11 @@ def run(ctx: Context, result: Result) -> None:
             silence=float(ctx.param("ispcp_update_prompt_silence", 10)),
             failure_patterns=FAILURES,
             success=SUCCESS,
-            log=lambda line: ctx.log(f"  | {line}"),
+            log=lambda line: None if ENTER_LEAVE.search(line) else ctx.log(f"  | {line}"),
+            phases=progress_bar(ctx, len(UPDATE_PHASES), "ispcp-update, phases"),
         )
     outcome.transcript_path = Path(transcript)
+    guard.reassert(ctx, result)  # the script rewrote main.cf and restarted Postfix, attempt failed or not
     if outcome.failure is not None and outcome.failure.name == DB_LOGIN:
         outcome.failure = DB_DOWN if any(c.name == "mysql" and c.ok is False for c in checks) else DB_PASSWORD
     _record(ctx, result, outcome, attempt, script)
@@ -650,6 +659,23 @@ def files_the_update_rewrites(ctx: Context, conf: IspcpConf) -> list[str]:
     sites = conf.get("APACHE_SITES_DIR") or "/etc/apache2/sites-available"
     paths = [CONF_PATH, update_env.old_conf_path(conf), *proftpd.conf_paths(conf), f"{sites}/ispcp.conf"]
     return [p for p in paths if ctx.target.is_file(p)]
+
+
+def seed_bind_zones(ctx: Context, result: Result, conf: IspcpConf) -> None:
+    """The DNS managers the update calls need Bind's working zone files, which the backup does not hold."""
+    login = ispcp_login.ispcp_login(ctx) or mysql_creds.working_admin(ctx)
+    if login is None or ctx.mysql is None or not ctx.mysql.status():
+        if not ctx.apply:
+            result.warn("Bind's working zones cannot be listed yet (no working database login); planned when applying")
+        return
+    zones = bind_zones.read_zones(ctx, login.user, login.password, conf.database_name)
+    seeded = bind_zones.seed_missing(ctx, conf, zones)
+    if seeded:
+        result.note(
+            f"{len(seeded)} of {len(zones)} zones had no working file in {conf.get('CONF_DIR') or '/etc/ispcp'}"
+            "/bind/working (the backup has none): seeded from the target's parts/db_e.tpl, as the DNS managers "
+            "write it when a domain is added"
+        )
 
 
 def keep_debug_through_merge(ctx: Context, result: Result, conf: IspcpConf) -> None:

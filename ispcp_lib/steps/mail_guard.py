@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,9 +24,10 @@ from ispcp_lib.core.errors import GuardBroken, InputError, PreconditionFailed
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import backup_layout, dns_table, mysql_creds, postfix
-from ispcp_lib.facts.backup_db_reader import read_backup_database
+from ispcp_lib.facts.backup_db_reader import read_backup_database, scratch_dir
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
 from ispcp_lib.ispcp import update_env
+from ispcp_lib.runbook.interactive import progress_bar
 from ispcp_lib.system import postfix_guard as guard
 
 TITLE = "Guard incoming mail"
@@ -56,8 +58,19 @@ makes the second safer:
 
 The guard is recorded in the state directory. **Every later changing step checks it first** and stops
 with a red error when Postfix runs or listens although the guard says `stop`, or when `soft_bounce`
-was switched off (installers like to start services and rewrite `main.cf`). The `cleanup` step lifts
-the guard and restores exactly what was there before. The result shows what an SMTP server answers
+was switched off (installers like to start services and rewrite `main.cf`). ispCP's own setup and
+update build `main.cf` from ispCP's template (`/etc/ispcp/postfix/main.cf`), copy it over Postfix's and
+start Postfix with its init script, which no `policy-rc.d` stops: so the `soft_bounce` guard also goes
+into that template (every `main.cf` the update writes carries it from the first second), and
+`ispcp_update` checks and re-asserts the guard after each attempt. The `cleanup` step lifts the guard
+from both and restores exactly what was there before.
+
+**During the dummy install**, before this runbook can run, the new server's `ispcp-setup` starts
+Postfix too. Keep mail off it meanwhile: keep the domains' MX records away from the new address until
+the recovery is done, or block port 25 (`iptables -I INPUT -p tcp --dport 25 -j REJECT`: a refused
+connection is retried by senders), or put `soft_bounce = yes` on a line of its own at the end of
+`/etc/ispcp/postfix/main.cf` of the unpacked release before running `ispcp-setup`. Then run this step
+first. The result shows what an SMTP server answers
 to `RCPT TO` for an address at a hosted domain, before and after the guard. The probe comes from
 127.0.0.1: a stock Postfix trusts 127.0.0.0/8 (`mynetworks`) and relays for it, so its answer is then
 250 and tells nothing about outside senders; the result says so when the probe's source is in
@@ -281,8 +294,14 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: Settings, state: dict[st
     explicit = postfix.explicit_setting(ctx.target, cfg, "soft_bounce")
     queue = postfix.queue_directory(ctx.target, cfg)
     running = postfix.master_pid(ctx.target, queue)
-    if current == "yes" and state is not None:
-        result.noop_reason = f"soft_bounce is already yes (guard set {state.get('set_at', '?')})"
+    if guard.guard_template(ctx):
+        result.note("ispCP's setup and update copy its template over main.cf: the template carries the guard too.")
+    # A record with status "setting" is the intent a killed run wrote before its postconf: a "yes" now is
+    # then the guard's own doing, never the operator's setting.
+    setting = state is not None and state.get("status") == "setting"
+    if current == "yes" and state is not None and not setting:
+        if not result.changed:
+            result.noop_reason = f"soft_bounce is already yes (guard set {state.get('set_at', '?')})"
         return
     previous = (state or {}).get("previous") or {
         "soft_bounce": current,
@@ -299,36 +318,64 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: Settings, state: dict[st
         "set_at": dt.datetime.now().isoformat(timespec="seconds"),
         "run_id": ctx.run_id,
     }
-    if current == "yes":
+    if current == "yes" and not setting:
         result.change("record the guard: soft_bounce is yes already (lifting it will leave it yes)")
         new_state["main_cf_sha256"] = None
         guard.save_state(ctx, new_state)
         return
-    how = "explicitly" if explicit is not None else "by default"
-    result.change(f"set soft_bounce = yes in {main_cf} (it was {current} {how})")
-    old_bytes = ctx.target.read_bytes(main_cf) or b""
-    old_st = ctx.target.stat(main_cf)  # postconf -e writes a new file: restore mode and owner with the content
     copy = f"{guard.copy_dir(ctx)}/main.cf.before"
-    if ctx.apply:
-        ctx.keep(main_cf)
-        ctx.state.mkdir(guard.copy_dir(ctx), mode=0o700)
-        ctx.state.write_atomic(copy, old_bytes, mode=0o600)
-    exe = postfix.binary(ctx.target, "postconf") or "postconf"
-    ctx.runner.run([exe, "-c", ctx.target.path(cfg), "-e", "soft_bounce=yes"], mutates=True)
+    if setting and state is not None:  # keep what the killed run recorded of main.cf before its edit
+        new_state.update({k: state[k] for k in ("main_cf_copy", "main_cf_meta") if k in state})
+    old_bytes = (ctx.state.read_bytes(copy) if setting else None) or ctx.target.read_bytes(main_cf) or b""
+    if current == "yes":
+        result.change(f"finish the guard a killed run set: soft_bounce = yes in {main_cf} is the guard's own")
+    else:
+        how = "explicitly" if explicit is not None else "by default"
+        result.change(f"set soft_bounce = yes in {main_cf} (it was {current} {how})")
+        _set_soft_bounce(ctx, new_state, cfg, old_bytes, copy)
+    old_text = old_bytes.decode("utf-8", "replace")
     if ctx.apply:
         new_bytes = ctx.target.read_bytes(main_cf) or b""
-        diff = fileops.unified_diff(old_bytes.decode("utf-8", "replace"), new_bytes.decode("utf-8", "replace"), main_cf)
-        result.diffs.append(Diff(main_cf, diff))
+        new_text = new_bytes.decode("utf-8", "replace")
+        result.diffs.append(Diff(main_cf, fileops.unified_diff(old_text, new_text, main_cf)))
         new_state["main_cf_sha256"] = hashlib.sha256(new_bytes).hexdigest()
-        new_state["main_cf_copy"] = copy
-        if old_st is not None:
-            new_state["main_cf_meta"] = {"mode": old_st.mode, "uid": old_st.uid, "gid": old_st.gid}
+    elif current != "yes":  # the dry run shows what postconf -e will write
+        result.diffs.append(Diff(main_cf, fileops.unified_diff(old_text, planned_soft_bounce(old_text), main_cf)))
     if running is not None:
         result.change(f"reload Postfix (master pid {running}) so that smtpd answers with soft errors")
         ctx.runner.run(guard.postfix_argv(ctx, cfg, "reload"), mutates=True)
         if ctx.apply:
             time.sleep(0.5)  # let the master replace its idle smtpd processes before the probe
+    new_state["status"] = "set"
     guard.save_state(ctx, new_state)
+
+
+def planned_soft_bounce(text: str) -> str:
+    """main.cf as `postconf -e soft_bounce=yes` writes it: the setting's line (with its continuation lines)
+    replaced in place, or appended when there is none (tests/integration/test_mail_guard.py runs postconf)."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if re.match(r"soft_bounce\s*=", line):
+            end = i + 1
+            while end < len(lines) and lines[end][:1] in (" ", "\t") and lines[end].strip():
+                end += 1
+            return "".join([*lines[:i], "soft_bounce = yes\n", *lines[end:]])
+    return text + "soft_bounce = yes\n"  # postconf appends even to a last line without its newline
+
+
+def _set_soft_bounce(ctx: Context, new_state: dict[str, Any], cfg: str, old_bytes: bytes, copy: str) -> None:
+    """Write the guard's record ahead (status "setting", main.cf's copy beside it), then run postconf."""
+    main_cf = f"{cfg}/main.cf"
+    old_st = ctx.target.stat(main_cf)  # postconf -e writes a new file: restore mode and owner with the content
+    if ctx.apply:
+        ctx.keep(main_cf)
+        ctx.state.mkdir(guard.copy_dir(ctx), mode=0o700)
+        ctx.state.write_atomic(copy, old_bytes, mode=0o600)
+        new_state["main_cf_copy"] = copy
+        if old_st is not None and "main_cf_meta" not in new_state:
+            new_state["main_cf_meta"] = {"mode": old_st.mode, "uid": old_st.uid, "gid": old_st.gid}
+        guard.save_state(ctx, {**new_state, "status": "setting"})
+    ctx.runner.run(guard.postconf_argv(ctx, cfg, "-e", "soft_bounce=yes"), mutates=True)
 
 
 def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any] | None, installed: bool) -> None:
@@ -344,6 +391,19 @@ def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any]
         "policy_rc_d_existed": policy_here and not ours,
         "units_masked": masked,
     }
+    record = {
+        "mode": "stop",
+        "status": "set",
+        "config_dir": cfg,
+        "smtp_port": port,
+        "queue_directory": queue,
+        "previous": previous,
+        "set_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "run_id": ctx.run_id,
+    }
+    setting = state is not None and state.get("status") == "setting"
+    if state is None:  # the intent first: a killed run's resume then knows what was there before
+        guard.save_state(ctx, {**record, "status": "setting"})
     if not installed:
         result.note(
             f"Postfix is not installed for {cfg}: the policy below keeps a later install "
@@ -382,23 +442,11 @@ def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any]
         if not was_masked:
             result.change(f"systemctl mask {unit}")
             ctx.runner.run(["systemctl", "mask", unit], mutates=True)
-    if not result.changed and state is not None:
+    if not result.changed and state is not None and not setting:
         result.noop_reason = f"Postfix is stopped and blocked from starting (guard set {state.get('set_at', '?')})"
         return
-    guard.save_state(
-        ctx,
-        {
-            "mode": "stop",
-            "status": "set",
-            "config_dir": cfg,
-            "smtp_port": port,
-            "queue_directory": queue,
-            "previous": previous,
-            "set_at": dt.datetime.now().isoformat(timespec="seconds"),
-            "run_id": ctx.run_id,
-        },
-    )
-    if state is None:
+    guard.save_state(ctx, record)
+    if state is None or setting:
         result.change("record the guard in the state directory")
 
 
@@ -536,7 +584,8 @@ def _hosted_names(ctx: Context, result: Result) -> tuple[list[dns_table.HostedNa
         if escaped is not None:
             raise InputError("backup database", f"leads to {escaped}, outside the backup", "copy it into the backup")
         # The throwaway server runs on this machine: it reads the backup where this machine sees it.
-        names = read_backup_database(Path(ctx.backup.path(datadir)), dbname, dns_table.hosted_names)
+        scratch = scratch_dir(ctx)
+        names = read_backup_database(Path(ctx.backup.path(datadir)), dbname, dns_table.hosted_names, scratch=scratch)
         return names, f"the backup's copy of '{dbname}' (read by a throwaway MariaDB on a copy)"
     except Exception as exc:  # the guard matters more than the table: warn and go on
         result.warn(f"cannot read the hosted names from the backup's database: {exc}")
@@ -575,6 +624,7 @@ def _dns_table(
             concurrency=s.dns_concurrency,
             old_ip=old_ip,
             new_ip=new_ip,
+            progress=progress_bar(ctx, len(names), "DNS table, names resolved"),
         )
     except Exception as exc:  # no resolver configured, for example: the guard still stands
         result.warn(f"DNS table: cannot resolve ({type(exc).__name__}: {exc}); set dns_nameserver")

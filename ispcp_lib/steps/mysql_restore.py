@@ -9,14 +9,15 @@ from typing import Any
 import pandas as pd
 import pymysql
 
-from ispcp_lib.core.action import action
+from ispcp_lib.core.action import action, read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, PreconditionFailed
+from ispcp_lib.core.operations import killed_run
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, mysql_creds, mysql_state
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import accounts, datadir, dumps, records, verify
+from ispcp_lib.mysql import accounts, datadir, dialect, dumps, records, verify
 from ispcp_lib.mysql import restore_sources as sources_lib
 from ispcp_lib.mysql.restore_sources import Kind, Source
 
@@ -101,6 +102,7 @@ def run(ctx: Context, result: Result) -> None:
     live = datadir.live_datadir(ctx)
     sources = sources_lib.choose(ctx, result, conf, datadir.ispcp_database(conf), backup_datadir)
 
+    undo_killed_run(ctx, result, live)
     reason = already_restored(ctx, sources, live)
     if reason is not None:
         result.noop_reason = reason
@@ -119,6 +121,7 @@ def run(ctx: Context, result: Result) -> None:
     verdict = sources_lib.check_versions(ctx, result, backup_datadir, live) if binary else "same"
     layout = datadir.work_layout(ctx, live)
     datadir.check_writable(ctx, [live, layout.work])
+    _check_space(ctx, result, sources, layout)
     owner = datadir.mysql_owner(ctx)
     loader = _early_loader(ctx, sources)
     _note_other_databases(ctx, result, backup_datadir, live, sources)
@@ -126,6 +129,23 @@ def run(ctx: Context, result: Result) -> None:
     old_counts = sources_lib.old_counts(sources)
     result.table("What is restored", pd.DataFrame([_plan_row(ctx, s, layout) for s in sources]))
     _restore(ctx, result, sources, layout, owner, verdict, loader, old_counts)
+
+
+def _check_space(ctx: Context, result: Result, sources: list[Source], layout: datadir.Layout) -> None:
+    """The staged copies, the target's folders kept and the dumps loaded must fit (before any change)."""
+    binary = [s for s in sources if s.kind is Kind.BINARY and s.folder is not None]
+    dumped = [s for s in sources if s.kind is Kind.DUMP and s.dump_file is not None]
+    live = [datadir.join(layout.datadir, s.database) for s in sources]
+    mysql_copied = [datadir.join(layout.datadir, "mysql") for s in dumped if s.database == "mysql"]
+    datadir.check_space(
+        ctx,
+        result,
+        layout,
+        staged=[s.folder for s in binary if s.folder is not None],
+        moved_aside=[p for p in live if p not in mysql_copied],
+        copied_aside=mysql_copied,
+        dump_bytes=sum(s.dump_file.size for s in dumped if s.dump_file is not None),
+    )
 
 
 def _early_loader(ctx: Context, sources: list[Source]) -> Login | None:
@@ -144,6 +164,23 @@ def _early_loader(ctx: Context, sources: list[Source]) -> Login | None:
             "fix /etc/mysql/debian.cnf of the target (or run the binary restore)",
         )
     return loader
+
+
+# --- a run killed half way -------------------------------------------------------------------------
+
+
+def undo_killed_run(ctx: Context, result: Result, live: str) -> None:
+    """A run killed in this step: its record written means the restore was complete (only its empty
+    staging folder is left); otherwise its half-done swap is undone from its run folder."""
+    run = killed_run(read_journal(ctx), "mysql_restore", ctx.run_id)
+    if run is None:
+        return
+    if records.read(ctx, records.MYSQL_RESTORE).get("run_id") == run:
+        layout = datadir.Layout(live, f"{live.rstrip('/')}.restore-{run}")
+        if ctx.target.is_dir(layout.staging):
+            datadir.remove_if_empty(ctx, layout.staging)
+        return
+    datadir.undo_killed(ctx, result, live, "restore", run, replace_live=True)
 
 
 # --- the record (idempotence) ---------------------------------------------------------------------
@@ -416,7 +453,10 @@ def _plan_rest(
         )
     if verdict in ("upgrade", "unknown"):
         result.change("run mariadb-upgrade --force (the old files come from an older or unknown server)")
-    result.change("CHECK TABLE every table of both databases, compare row counts, try the implied logins")
+    result.note(
+        "then verify (reads, no change): CHECK TABLE every table of both databases, compare row counts, "
+        "try the implied logins"
+    )
     result.table(
         "Row counts of the backup (the restored side is filled in when applying)",
         verify.counts_frame(old_counts, {}, {}),
@@ -460,10 +500,10 @@ def _load_dump(ctx: Context, result: Result, src: Source, loader: Login) -> None
     assert src.sql is not None
     sql = src.sql
     if src.database == "mysql":
-        sql += b"\nFLUSH PRIVILEGES;\n"
+        sql += b"\n" + dialect.FLUSH_PRIVILEGES[0].encode() + b";\n"
     else:
         with ctx.mysql.connect(loader.user, loader.password) as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS {mysql_state.quote_ident(src.database)}")
+            dialect.execute(cur, dialect.create_database(src.database))
     result.change(f"load {src.path} into {src.database} with the mariadb client")
     with dumps.defaults_file(ctx.target, loader, str(ctx.mysql.socket), write=ctx.apply) as cnf:
         argv = dumps.client_argv(ctx.target, cnf, "--batch", src.database)
@@ -518,7 +558,10 @@ def _verify(
                 ctx.runner.run(argv, mutates=True, timeout=3600)
         found = verify.read_live(conn, [s.database for s in sources if s.kind is not Kind.KEEP], check=True)
     own = {s.database: set(s.skipped) for s in sources}
-    frame = verify.counts_frame(old_counts, found.counts, found.checks, found.engines, own)
+    upgraded = verdict in ("upgrade", "unknown")
+    frame = verify.counts_frame(old_counts, found.counts, found.checks, found.engines, own, upgraded)
+    for row in frame[frame["CHECK TABLE"] == verify.UPGRADE_DROPPED].itertuples():
+        result.note(f"{row.database}.{row.table}: removed by the server's own mariadb-upgrade (obsolete)")
     result.table(
         "Row counts: old server (index headers or dump) vs restored server (COUNT(*)), with CHECK TABLE", frame
     )

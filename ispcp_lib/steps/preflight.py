@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ispcp_lib.core.action import action, last_applied
+from ispcp_lib.core.action import action, last_applied, read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.operations import operation_records
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, system
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
-from ispcp_lib.mysql import accounts
+from ispcp_lib.ispcp import queries
+from ispcp_lib.mysql import accounts, dialect
 
 TITLE = "Preflight checks of the new system"
 GUIDE = "the section on starting from a freshly installed system"
@@ -57,6 +59,9 @@ def run(ctx: Context, result: Result) -> None:
     raise PreconditionFailed(first["check"], first["detail"], first.get("fix", ""))
 
 
+# The steps that bring the old server's domains onto the target.
+RESTORING_STEPS = ("mysql_restore", "customer_databases", "accounts", "user_data")
+
 _FIXES = {
     "existing ispCP": "recover onto a freshly installed system, or set allow_existing_ispcp = True if these "
     "domains are disposable",
@@ -97,11 +102,20 @@ def _existing_ispcp(ctx: Context, result: Result) -> dict[str, str]:
         return _row("existing ispCP", "ok", f"fresh dummy install {conf.get('Version', '?')}: no domains")
     if last_applied(ctx, "mysql_restore") or last_applied(ctx, "user_data"):
         return _row("existing ispCP", "ok", "domains present because this recovery restored them (journal)")
+    started = _restore_started(ctx)
+    if started is not None:  # a killed run's partial restore is the tool's own, not a customer's install
+        return _row("existing ispCP", "ok", f"domains present because run {started} of this recovery began restoring")
     what = f"{len(domains) if domains is not None else '?'} domains in its database, {len(web)} web directories"
     if ctx.param("allow_existing_ispcp"):
         result.warn(f"the target already hosts ispCP ({what}); allowed by allow_existing_ispcp")
         return _row("existing ispCP", "WARN", what + " (allowed by parameter)")
     return _row("existing ispCP", "FAIL", f"the target already runs ispCP with customers: {what}")
+
+
+def _restore_started(ctx: Context) -> str | None:
+    """The run id of the newest run whose restoring steps changed the target (journal), None if none did."""
+    ops = [r for r in operation_records(read_journal(ctx)) if r.get("step") in RESTORING_STEPS]
+    return ops[-1]["run_id"] if ops else None
 
 
 def _target_domains(ctx: Context, conf: IspcpConf) -> list[str] | None:
@@ -111,7 +125,7 @@ def _target_domains(ctx: Context, conf: IspcpConf) -> list[str] | None:
     try:
         with ctx.mysql.connect(login.user, login.password, conf.database_name) as conn:
             with conn.cursor() as cur:
-                cur.execute("SELECT domain_name FROM domain")
+                dialect.execute(cur, queries.DOMAIN_NAMES)
                 return [str(r[0]) for r in cur.fetchall()]
     except Exception:  # no ispcp database yet is a fresh target too
         return []

@@ -18,9 +18,11 @@ from ispcp_lib.facts import mysql_creds
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.facts.ispcp_login import ispcp_login
 from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.ispcp import queries
 from ispcp_lib.ispcp.domain_layout import DomainLayout, Owners, Places, domain_layout
 from ispcp_lib.ispcp.engine import engine_env
 from ispcp_lib.ispcp.root_mycnf import write_root_mycnf
+from ispcp_lib.mysql import dialect
 from ispcp_lib.system import ownership
 from ispcp_lib.system.accounts_files import FILE_NAMES, AccountFiles
 
@@ -131,9 +133,7 @@ def database_login(ctx: Context) -> Login:
 def read_domains(ctx: Context, login: Login, database: str) -> list[Domain]:
     assert ctx.mysql is not None
     with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT domain_id, domain_name, domain_uid, domain_gid, domain_status FROM domain ORDER BY domain_id"
-        )
+        dialect.execute(cur, queries.DOMAINS)
         rows = cur.fetchall()
     return [_domain(*row) for row in rows]
 
@@ -456,10 +456,7 @@ def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains:
     if ctx.apply:
         assert ctx.mysql is not None
         with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
-            marks = ",".join(["%s"] * len(ids))
-            cur.execute(
-                f"UPDATE domain SET domain_status = 'change' WHERE domain_status = 'ok' AND domain_id IN ({marks})", ids
-            )
+            dialect.execute(cur, queries.mark_for_rebuild(ids))
         _record_rebuilt(ctx, database, ids)
     if ctx.target.is_file(manager):
         argv = [ctx.target.path(manager)]

@@ -324,7 +324,7 @@ def run(ctx: Context, result: Result, progress: ProgressHook | None = None) -> N
     rows: list[dict] = []
     problems: list[str] = []
     for t in trees:
-        _finish_tree(ctx, copy_route, t, result)
+        _finish_tree(ctx, copy_route, t, any(u.tree is t and u.method in ("cp", "resume") for u in units), result)
         if ctx.apply:
             tree_rows, tree_problems = _verification(ctx, t, units, outcome, result)
             rows += tree_rows
@@ -367,16 +367,19 @@ def _copy(
     return outcome.results
 
 
-def _finish_tree(ctx: Context, copy_route: Route, t: Tree, result: Result) -> None:
+def _finish_tree(ctx: Context, copy_route: Route, t: Tree, renames: bool, result: Result) -> None:
     """Our staging folder goes when empty; the tree's own folder gets the backup's attributes, last (every
-    rename into it changed its time), through the same route as the copy."""
+    rename into it changed its time), through the same route as the copy.
+
+    renames: staged domains are renamed into the tree, so applying finds its time changed even where a
+    dry run's rsync sees none; the plan counts the change as the apply will."""
     if ctx.apply and ctx.target.listdir(t.staging) == []:
         ctx.target.run(["rmdir", "--", ctx.target.path(t.staging)])
     argv = rsync_copy.dir_attrs_argv(
         copy_route.src(t.logical), copy_route.dest(t.logical), dry_run=not ctx.apply, caps=t.caps, owner=t.owner
     )
     items = rsync_copy.run(copy_route.conn, copy_route.rsync(argv), label=f"{t.name} tree folder", sink=ctx.runner.sink)
-    if items.items.total:
+    if items.items.total or (renames and not ctx.apply):
         result.change(f"give {t.logical} itself the backup's owner, mode, time and attributes")
     if ctx.apply and copy_route.legacy and t.owner is not None:  # no --chown on the server's rsync
         ownership.lchown_known(ctx.target, t.logical, [b""], *t.owner)
@@ -487,7 +490,7 @@ def _ticker(
     if getattr(ctx, "interactive_session", None) is not None:
         from ispcp_lib.runbook.interactive import progress_bar
 
-        bar = progress_bar(ctx, max(bytes_total, 1), "user data")
+        bar = progress_bar(ctx, max(bytes_total, 1), "user data", unit="bytes", planned=not ctx.apply)
     clock = {"log": time.monotonic(), "high": 0}
 
     def tick() -> None:
@@ -501,7 +504,7 @@ def _ticker(
         if hook is not None:
             hook(p)
         if bar is not None:
-            bar(p.bytes_done, f"{human(p.bytes_done)} of {human(bytes_total)}")
+            bar(p.bytes_done, f"· {files} of {files_total} files")
         if now - clock["log"] >= interval:
             clock["log"] = now
             ctx.log(p.line())
@@ -547,22 +550,22 @@ def _verification(
     assert ctx.backup is not None and t.root is not None
     totals: dict[bytes, tuple[int, int]] = {}
     problems: list[tuple[bytes, str]] = []
-    partial = fixed = 0
+    removed = fixed = 0
     for d in (d for d in done if d.job.tree is t):
         for key, (files, size) in d.totals.items():
             _add(totals, key, files, size)
         problems += d.problems
-        partial += d.partial
+        removed += d.leftovers
         fixed += d.owners_fixed
+    if removed:
+        result.note(
+            f"{removed} temporary files of an interrupted rsync under {t.logical} were removed after the copy "
+            "(half-written copies of files the backup holds; never counted as copied)."
+        )
     problems += tree_copy.compare(t, [t.root], [tree_scan.root_entry(ctx.target, t.logical)])
     listing = tree_scan.scan_many(ctx.target, [(t.logical, tree_copy.target_only(ctx.backup, ctx.target, t))])[0]
     own, temps = tree_copy.without_rsync_temps([e for entries in listing.values() for e in entries])
-    partial += temps
-    if partial:
-        result.warn(
-            f"{partial} temporary files of an interrupted rsync remain under {t.logical}; they are not "
-            "counted as copied (run the step again: rsync completes those files)"
-        )
+    problems += [(LOOSE, _leftover_problem(t, e)) for e in temps]
     if t.owner is not None:
         fixed += _own_entries_owner(ctx, t, own, fixed, result)
     own_totals: dict[bytes, tuple[int, int]] = {}
@@ -571,6 +574,13 @@ def _verification(
         key = top if listing.get(top, [e])[0].kind == "d" else LOOSE
         _add(own_totals, key, *file_totals([e]))
     return _verification_rows(t, units, totals, own_totals, problems), [text for _, text in problems]
+
+
+def _leftover_problem(t: Tree, e: Entry) -> str:
+    return (
+        f"{t.logical}/{tree_scan.show(e.rel)} is a temporary file of an interrupted rsync outside the domains of "
+        "the backup (remove it, then run user_data again)"
+    )
 
 
 def _own_entries_owner(ctx: Context, t: Tree, own: list[Entry], fixed: int, result: Result) -> int:

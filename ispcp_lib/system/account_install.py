@@ -121,6 +121,31 @@ done
 """
 
 
+# $1 the folder of the account files. What a killed write leaves: <file>.lock and <file>.<pid> of a
+# process that is gone, and its staging folder. A lock of a live process is never touched.
+_CLEAR = r"""
+etc=$1
+for f in passwd group gshadow shadow; do
+  for x in "$etc/$f.lock" "$etc/$f".[0-9]*; do
+    [ -f "$x" ] || continue
+    pid=$(cat "$x" 2>/dev/null)
+    case $pid in ''|*[!0-9]*) continue ;; esac
+    kill -0 "$pid" 2>/dev/null || { rm -f "$x"; echo "$x"; }
+  done
+done
+for d in "$etc"/.ispcp-accounts.*; do
+  if [ -d "$d" ]; then rm -rf "$d" && echo "$d"; fi
+done
+exit 0
+"""
+
+
+def clear_leftovers(runner: Runner, conn: Connection, etc: str) -> list[str]:
+    """Remove the stale locks and staging folder of a write that was killed; returns what was removed."""
+    rec = runner.run(["sh", "-c", _CLEAR, "sh", conn.path(etc).rstrip("/")], mutates=True, timeout=60)
+    return [line for line in (rec.stdout or "").splitlines() if line]
+
+
 class FilesChanged(Exception):
     """The account files changed between reading them and taking the lock: read and plan again."""
 

@@ -355,7 +355,14 @@ def _pick(db: DbFile, shadow: DbFile, kind: str, prefix: str, mbox: str, mbox_id
 
 # -------------------------------------------------------------------------------------------- planning
 
-_OUTCOME = {"add": "added", "replace": "replaced", "merge": "updated", "none": "identical", "keep": "kept"}
+_OUTCOME = {
+    "add": "added",
+    "replace": "replaced",
+    "merge": "updated",
+    "complete": "completed",
+    "none": "identical",
+    "keep": "kept",
+}
 _LABEL = {"user": "UID", "group": "GID"}
 
 
@@ -365,7 +372,7 @@ class _Item:
 
     pick: Pick
     resolution: str | None
-    intent: str = "none"  # what take_old (or no conflict) would do: add|replace|merge|none|keep
+    intent: str = "none"  # what take_old (or no conflict) would do: add|replace|merge|complete|none|keep
     action: str = "none"  # what will be done, once settled
     outcome: str = ""
     found: list[tuple[str, str]] = field(default_factory=list)  # (conflict type, text)
@@ -503,10 +510,17 @@ def _classify_same(target: AccountFiles, it: _Item, current: Entry) -> None:
         it.intent = "replace"
     elif p.kind == "group" and p.entry is not None:
         have = set(current.members())
+        shadowed = target.gshadow.get(p.name)
+        if shadowed is not None:  # an interrupted merge may have written group's members, not gshadow's
+            have &= set(shadowed.members())
         it.new_members = [m for m in p.entry.members() if m not in have]
         if it.new_members:  # merging says more than "members differ"
             it.intent = "merge"
             diffs = [d for d in diffs if d != "members differ"] + [f"members +{','.join(it.new_members)}"]
+    missing = f"target has no {'shadow' if p.kind == 'user' else 'gshadow'} entry"
+    if it.intent == "none" and missing in diffs:
+        # Half of a merge an interrupted run left (passwd renamed, shadow not): the old entry completes it.
+        it.intent = "complete"
     it.details.extend(diffs)
 
 
@@ -615,13 +629,21 @@ def _apply(target: AccountFiles, items: list[_Item], today: int, warnings: list[
             _replace(main, shadow, it, warnings)
         elif it.action == "merge":
             _merge_members(main, shadow, it)
+        elif it.action == "complete":
+            _complete(shadow, it, today, warnings)
     return new
 
 
 def _add(main: DbFile, shadow: DbFile, it: _Item, today: int, warnings: list[str]) -> None:
+    assert it.pick.entry is not None
+    main.append(it.pick.entry)
+    _complete(shadow, it, today, warnings)
+
+
+def _complete(shadow: DbFile, it: _Item, today: int, warnings: list[str]) -> None:
+    """The shadow/gshadow entry of an account: the old one, else a locked one."""
     p = it.pick
     assert p.entry is not None
-    main.append(p.entry)
     if p.shadow is not None:
         shadow.append(p.shadow)
         return

@@ -23,12 +23,17 @@ from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import GuardBroken
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import postfix
+from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 
 STATE_FILE = "mail_guard.json"
 DEFAULT_CONFIG_DIR = "/etc/postfix"
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 SAVED_POLICY_RC_D = "/usr/sbin/policy-rc.d.before-ispcp-recovery"
 POLICY_MARKER = "# ispcp-recovery mail guard"
+# ispcp-setup and ispcp-update build main.cf from ispCP's template (CONF_DIR/postfix/main.cf) and copy it
+# over Postfix's, then start Postfix with its init script (ispcp-setup-methods.pl setup_mta, 1.0.7
+# :2152-2190): with the guard in the template, the main.cf they write carries soft_bounce from the start.
+TEMPLATE_BLOCK = "# ispcp-recovery mail guard (the cleanup step removes these two lines)\nsoft_bounce = yes\n"
 # Steps the watchdog lets through: mail_guard (it repairs a broken guard) and cleanup (it lifts it).
 UNGUARDED_STEPS = ("mail_guard", "cleanup")
 
@@ -66,6 +71,55 @@ def save_state(ctx: Context, state: dict[str, Any]) -> None:
 def is_ours(ctx: Context, path: str) -> bool:
     """Is the target's policy-rc.d the guard's own script?"""
     return POLICY_MARKER in (ctx.target.read_text(path) or "")
+
+
+# --- ispCP's template and the update attempts -------------------------------------------------------
+
+
+def template_path(ctx: Context) -> str | None:
+    """ispCP's Postfix template on the target (CONF_DIR/postfix/main.cf), None without an ispCP install."""
+    text = ctx.target.read_text(CONF_PATH)
+    conf_dir = (IspcpConf.parse(text).get("CONF_DIR") if text else None) or "/etc/ispcp"
+    path = f"{conf_dir}/postfix/main.cf"
+    return path if ctx.target.is_file(path) else None
+
+
+def guard_template(ctx: Context) -> bool:
+    """Put soft_bounce = yes into ispCP's template, so that a setup or update run writes it; True if changed."""
+    path = template_path(ctx)
+    text = ctx.target.read_text(path) if path else None
+    if path is None or text is None or TEMPLATE_BLOCK in text:
+        return False
+    sep = "" if text.endswith("\n") or not text else "\n"
+    return ctx.write_file(
+        path, text + sep + TEMPLATE_BLOCK, what=f"add soft_bounce = yes to ispCP's Postfix template {path}"
+    )
+
+
+def _lift_template(ctx: Context) -> None:
+    path = template_path(ctx)
+    text = ctx.target.read_text(path) if path else None
+    if path is not None and text is not None and TEMPLATE_BLOCK in text:
+        ctx.write_file(path, text.replace(TEMPLATE_BLOCK, ""), what=f"remove the guard from ispCP's template {path}")
+
+
+def reassert(ctx: Context, result: Result) -> None:
+    """After a run of ispCP's own scripts (they rewrite main.cf and start Postfix): make the guard hold again."""
+    state = guard_state(ctx)
+    if state is None:
+        return
+    cfg = state.get("config_dir") or DEFAULT_CONFIG_DIR
+    queue = postfix.queue_directory(ctx.target, cfg)
+    if state.get("mode") == "soft_bounce":
+        guard_template(ctx)
+        if postfix.effective_value(ctx.target, cfg, "soft_bounce") != "yes":
+            result.change(f"set soft_bounce = yes in {cfg}/main.cf again (the script rewrote it)")
+            ctx.runner.run(postconf_argv(ctx, cfg, "-e", "soft_bounce=yes"), mutates=True)
+            if postfix.master_pid(ctx.target, queue) is not None:
+                ctx.runner.run(postfix_argv(ctx, cfg, "reload"), mutates=True)
+    elif state.get("mode") == "stop" and postfix.master_pid(ctx.target, queue) is not None:
+        result.change("stop Postfix again (the script started it)")
+        ctx.runner.run(service_argv(ctx, cfg, "stop"), mutates=True)
 
 
 # --- the check -------------------------------------------------------------------------------------
@@ -168,6 +222,11 @@ def postfix_argv(ctx: Context, cfg: str, verb: str) -> list[str]:
     return [postfix.binary(ctx.target, "postfix") or "postfix", "-c", ctx.target.path(cfg), verb]
 
 
+def postconf_argv(ctx: Context, cfg: str, *args: str) -> list[str]:
+    """`postconf -c DIR args…` on the target (-e to set, -X to remove a setting)."""
+    return [postfix.binary(ctx.target, "postconf") or "postconf", "-c", ctx.target.path(cfg), *args]
+
+
 def unit_masked(ctx: Context, unit: str) -> bool:
     rec = ctx.runner.run(["systemctl", "is-enabled", unit], check=False, timeout=30)
     return rec.stdout.strip() in ("masked", "masked-runtime")
@@ -186,6 +245,7 @@ def lift(ctx: Context, result: Result) -> None:
     cfg = state.get("config_dir") or DEFAULT_CONFIG_DIR
     previous = state.get("previous") or {}
     if mode == "soft_bounce":
+        _lift_template(ctx)
         _lift_soft_bounce(ctx, result, state, cfg, previous)
     elif mode == "stop":
         _lift_stop(ctx, result, cfg, previous)
@@ -200,11 +260,11 @@ def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: 
     if current is None:
         result.warn(f"{main_cf} is gone: nothing to restore")
         return
-    if state.get("main_cf_sha256") is None:
+    if state.get("main_cf_sha256") is None and state.get("status") != "setting":
         result.note("soft_bounce was yes before the guard; it stays yes.")
         return
     copy = ctx.state.read_bytes(state["main_cf_copy"]) if state.get("main_cf_copy") else None
-    if copy is not None and hashlib.sha256(current).hexdigest() == state["main_cf_sha256"]:
+    if copy is not None and hashlib.sha256(current).hexdigest() == state.get("main_cf_sha256"):
         meta = state.get("main_cf_meta") or {}
         changed = ctx.write_file(
             main_cf,
@@ -226,14 +286,13 @@ def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: 
 
 def _put_back_soft_bounce(ctx: Context, result: Result, cfg: str, wanted: str | None) -> bool:
     explicit_now = postfix.explicit_setting(ctx.target, cfg, "soft_bounce")
-    exe = postfix.binary(ctx.target, "postconf") or "postconf"
     if wanted is None and explicit_now is not None:
         result.change(f"remove soft_bounce from {cfg}/main.cf (it was not set before the guard)")
-        ctx.runner.run([exe, "-c", ctx.target.path(cfg), "-X", "soft_bounce"], mutates=True)
+        ctx.runner.run(postconf_argv(ctx, cfg, "-X", "soft_bounce"), mutates=True)
         return True
     if wanted is not None and explicit_now != wanted:
         result.change(f"set soft_bounce = {wanted} again in {cfg}/main.cf")
-        ctx.runner.run([exe, "-c", ctx.target.path(cfg), "-e", f"soft_bounce={wanted}"], mutates=True)
+        ctx.runner.run(postconf_argv(ctx, cfg, "-e", f"soft_bounce={wanted}"), mutates=True)
         return True
     return False
 

@@ -23,7 +23,8 @@ deleting on the target):
   - Resumable: rsync writes each file under a temporary dot-name in its directory and renames it when
     it is complete, so a half-copied file never appears under its real name (in a Maildir that would
     be a truncated message the mail server serves); an interrupted rsync removes its temporary file
-    (a killed one may leave it: is_rsync_temp() names them, and no verification counts them).
+    (a killed one may leave it: is_rsync_temp() names them; the step removes those the backup does
+    not hold after copying the domain, and no verification counts them).
     The next run skips complete files (same size and time) and copies the interrupted one again from
     the start, which is what a local rsync does anyway (whole-file mode: no deltas on one machine).
     No `--partial-dir`: it keeps the piece for a delta that local copies never compute, and costs a
@@ -75,8 +76,15 @@ _PROGRESS = re.compile(
 _OPS = frozenset(bytes([c]) for c in b"<>ch.*")
 _TYPES = frozenset(bytes([c]) for c in b"fdLDS")
 _STAT = re.compile(rb"^(?P<key>[A-Za-z][A-Za-z ]+): (?P<num>[\d,]+)")
-# rsync's temporary names: ".<name>.XXXXXX" beside the file, and the .~tmp~ folder of --delay-updates.
+# rsync's temporary names: ".<name>.XXXXXX" beside the file, the .~tmp~ folder of --delay-updates and
+# the folder of --partial-dir (.rsync-partial, the name rsync's manual suggests for RSYNC_PARTIAL_DIR).
 _RSYNC_TEMP = re.compile(rb"^\..+\.[A-Za-z0-9]{6}$")
+_RSYNC_TEMP_DIRS = frozenset({b".~tmp~", b".rsync-partial"})
+# $1 a folder; the names (NUL-separated, "./"-prefixed) on stdin are removed with what they hold.
+_REMOVE = r"""
+cd "$1" || exit 1
+xargs -0 -r -n 2000 rm -rf --
+"""
 # $1 where the copies wait, $2 where they belong, then the names; prints each name it could not move.
 _MOVE = r"""
 from=$1; into=$2; shift 2
@@ -99,7 +107,17 @@ stat -c %d -- "$p" && stat -f -c '%S %a %d %c' -- "$p"
 def is_rsync_temp(rel: bytes) -> bool:
     """A name rsync writes while it copies a file (left behind only when rsync was killed)."""
     parts = rel.split(b"/")
-    return b".~tmp~" in parts or bool(_RSYNC_TEMP.match(parts[-1]))
+    return bool(_RSYNC_TEMP_DIRS.intersection(parts)) or bool(_RSYNC_TEMP.match(parts[-1]))
+
+
+def remove_leftovers(conn: Connection, base: str, rels: Sequence[bytes]) -> None:
+    """Remove base/<rel> for each rel (a killed rsync's temporary files and folders) on that side."""
+    if not rels:
+        return
+    argv = ["sh", "-c", _REMOVE, "sh", conn.path(base)]
+    done = conn.run(argv, input=b"\0".join(b"./" + r for r in rels) + b"\0", timeout=86400)
+    if done.rc != 0:
+        raise CommandFailed(argv, done.rc, done.err)
 
 
 @dataclass

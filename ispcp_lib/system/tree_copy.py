@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -106,7 +106,7 @@ class JobDone:
     totals: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # target files, bytes per group key
     problems: list[tuple[bytes, str]] = field(default_factory=list)  # (group key, text)
     owners_fixed: int = 0
-    partial: int = 0  # rsync temporary files left by a killed copy
+    leftovers: int = 0  # temporary files of a killed rsync, removed after the copy
     lean: bool = False  # cp ran without --preserve=mode: no ACL in what it copied
 
 
@@ -393,13 +393,18 @@ class Worker:
         else:
             listing = tree_scan.scan_many(self.target, [(t.logical, job.names)], workers=1)[0]
             after = [e for entries in listing.values() for e in entries]
-        after, done.partial = without_rsync_temps(after)
+        copied = [e for u in job.units for e in u.entries]
+        after, leftovers = without_rsync_temps(after, {e.rel for e in copied})
+        # A killed rsync's half-written copies: never counted, and removed (a new rsync picks new names).
+        outermost = outermost_rels([e.rel for e in leftovers])
+        rsync_copy.remove_leftovers(self.target, t.logical, outermost)
+        done.leftovers = len(outermost)
         if t.owner is not None:
             wrong = wrong_owner(after, t.owner)
             if wrong:
                 done.owners_fixed = ownership.lchown_known(self.target, t.logical, [e.rel for e in wrong], *t.owner)
                 after = [e._replace(uid=t.owner[0], gid=t.owner[1]) for e in after]
-        done.problems += compare(t, [e for u in job.units for e in u.entries], after)
+        done.problems += compare(t, copied, after)
         loose = {n for n in job.names if n not in t.groups}
         for key, entries in _regroup(after, loose).items():
             done.totals[key] = file_totals(entries)
@@ -413,10 +418,21 @@ def _regroup(entries: list[Entry], loose: set[bytes]) -> Groups:
     return groups
 
 
-def without_rsync_temps(entries: list[Entry]) -> tuple[list[Entry], int]:
-    """The listing without rsync's temporary files (a killed rsync's half-written copies), and their count."""
-    kept = [e for e in entries if not rsync_copy.is_rsync_temp(e.rel)]
-    return kept, len(entries) - len(kept)
+def without_rsync_temps(entries: list[Entry], known: Set[bytes] = frozenset()) -> tuple[list[Entry], list[Entry]]:
+    """The listing without rsync's temporary files (a killed rsync's half-written copies), and those files.
+
+    An entry the backup holds under the same name (`known`) is data, whatever its name looks like.
+    """
+    kept, temps = [], []
+    for e in entries:
+        (temps if rsync_copy.is_rsync_temp(e.rel) and e.rel not in known else kept).append(e)
+    return kept, temps
+
+
+def outermost_rels(rels: list[bytes]) -> list[bytes]:
+    """The rels not inside another of them (a leftover folder goes with what it holds)."""
+    given = set(rels)
+    return [r for r in rels if not any(r[:i] in given for i in range(len(r)) if r[i : i + 1] == b"/")]
 
 
 def _key(e: Entry, with_owner: bool) -> tuple:

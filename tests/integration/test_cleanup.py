@@ -13,7 +13,7 @@ from ispcp_lib.ispcp import engine_sleep, update_env
 from ispcp_lib.sandbox import dns as sdns
 from ispcp_lib.sandbox import postfix as spf
 from ispcp_lib.sandbox.world import World, stable_fingerprint
-from ispcp_lib.steps import cleanup, engine_speedup, ispcp_update, mail_guard
+from ispcp_lib.steps import cleanup, engine_speedup, ispcp_install_check, ispcp_update, mail_guard
 from ispcp_lib.system import postfix_guard as guard
 from tests.integration.recovered_world import (  # noqa: F401 (fixtures)
     FAST,
@@ -165,6 +165,10 @@ def test_the_guard_is_lifted_after_a_successful_update(guarded) -> None:
     assert _guard_outcome(done) == "done"
     assert guard.guard_state(open_ctx(world)) is None
     assert not any("MAIL GUARD" in w for w in done.warnings)
+    # A later look at the install says the guard was lifted on purpose, instead of warning that none is set.
+    check = ispcp_install_check.run(open_ctx(world, **params))
+    assert not any("mail guard" in w for w in check.warnings), check.warnings
+    assert any("lifted by cleanup" in n for n in check.notes)
 
 
 def test_the_guard_lift_can_be_forced_or_refused(guarded) -> None:

@@ -177,12 +177,28 @@ def test_queries_run_side_by_side_up_to_the_concurrency() -> None:
     slow.start()
     try:
         names = [d.HostedName(f"d{i}.test", "domain", f"d{i}.test") for i in range(12)]
-        table = d.resolve_all(names, nameserver=f"127.0.0.1:{slow.port}", timeout=3, total_timeout=30, concurrency=4)
+        ticks: list[tuple[int, str]] = []
+
+        def progress(done: int, _text: str) -> None:
+            ticks.append((done, threading.current_thread().name))
+
+        table = d.resolve_all(
+            names,
+            nameserver=f"127.0.0.1:{slow.port}",
+            timeout=3,
+            total_timeout=30,
+            concurrency=4,
+            progress=progress,
+        )
     finally:
         slow.close()
     assert [r["verdict"] for r in table.rows] == [d.NXDOMAIN] * 12 and table.cut_by_total == 0
     assert slow.received >= 12
     assert 1 < slow.max_in_flight <= 4  # parallel, and never more than the concurrency allows
+    # The bar rises name by name, in the caller's thread (where a notebook's widgets live).
+    counts = [n for n, _ in ticks]
+    assert counts == sorted(counts) and counts[-1] == 12 and any(0 < n < 12 for n in counts)
+    assert {thread for _, thread in ticks} == {threading.current_thread().name}
 
 
 def test_total_bound_cuts_a_slow_table_short() -> None:

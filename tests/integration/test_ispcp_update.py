@@ -13,6 +13,7 @@ from ispcp_lib.core.action import StepFailed
 from ispcp_lib.facts.ispcp_conf import IspcpConf
 from ispcp_lib.ispcp import keyfiles
 from ispcp_lib.ispcp.keyfiles import LAYOUTS, KeySet
+from ispcp_lib.ispcp.update_driver import UPDATE_PHASES
 from ispcp_lib.sandbox.world import stable_fingerprint
 from ispcp_lib.steps import ispcp_update
 from tests.integration.recovered_world import (  # noqa: F401 (fixtures)
@@ -58,9 +59,17 @@ def test_success_dry_run_apply_and_apply_again(ready) -> None:
     assert set(dry.tables[0].frame["result"]) <= {"ok", "n/a"}
     assert stable_fingerprint(world) == before and transcripts(world) == []
 
-    done = ispcp_update.run(open_ctx(world, apply=True))
+    ctx = open_ctx(world, apply=True)
+    lines: list[str] = []
+    ctx.progress = lines.append
+    done = ispcp_update.run(ctx)
     assert done.status == "done", done.errors
     assert done.data["attempt"]["exit_status"] == 0
+    # headless, the phase bar is a log line; it ends with every known phase seen
+    assert any(
+        ln.endswith(f"ispcp-update, phases: {len(UPDATE_PHASES)} of {len(UPDATE_PHASES)} (100%) Finishing update")
+        for ln in lines
+    )
     kept = {Path(b).name for b in done.backups}
     assert {"ispcp.conf", "ispcp.old.conf", "proftpd.conf"} <= kept  # what the script rewrites is kept first
     [log] = transcripts(world)
@@ -95,6 +104,33 @@ def test_success_dry_run_apply_and_apply_again(ready) -> None:
     forced = ispcp_update.run(ctx)
     assert forced.status == "done" and forced.data["attempt"]["number"] == 2
     assert len(transcripts(world)) == 2  # each attempt keeps its own transcript
+
+
+REAL_TRANSCRIPT = Path(__file__).resolve().parents[1] / "data" / "ispcp-update-1.0.7-transcript.log"
+
+
+def answered_prompts(text: str) -> list[str]:
+    """The questions a transcript shows answered: the line before each "[ispcp-recovery] answered", its echoed
+    answer cut off."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    marks = [i for i, ln in enumerate(lines) if ln.startswith("[ispcp-recovery] answered")]
+    return [lines[i - 1].rsplit(":", 1)[0] + ":" for i in marks]
+
+
+def test_the_standin_asks_what_the_real_script_asks(ready) -> None:
+    """The stand-in's questions and landmarks against a real 1.0.7 transcript from the lab (tests/data)."""
+    real = REAL_TRANSCRIPT.read_text()
+    done = ispcp_update.run(open_ctx(ready, apply=True))
+    assert done.status == "done", done.errors
+    [log] = transcripts(ready)
+    standin = log.read_text()
+    real_prompts, standin_prompts = answered_prompts(real), answered_prompts(standin)
+    assert real_prompts == ["Do you want to continue ? [Y/n]:", "Do you want to continue ? [Y/n/?]:"]
+    assert standin_prompts[: len(real_prompts)] == real_prompts  # then recovery mode's, which the real run skipped
+    for landmark in ("Starting ispCP update", "Finishing update", "Please make sure you did a backup of all your"):
+        assert landmark in real and landmark in standin, landmark
+    success = r"Congratulations, you updated ispCP OMEGA'[^']+' successfully!"
+    assert re.search(success, real) and re.search(success, standin)
 
 
 def test_the_sleep_lines_cost_a_pause_per_item(ready, monkeypatch: pytest.MonkeyPatch) -> None:

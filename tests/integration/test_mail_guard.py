@@ -101,6 +101,10 @@ def test_soft_bounce_dry_run_apply_again_and_lift(mail_world: tuple[World, dict[
     html = render_html(done)
     assert "554" in html and "454" in html  # the report shows the probe before and after
     assert "+soft_bounce = yes" in done.diffs[0].text
+    # The dry run showed the very diff that postconf then wrote.
+    planned_diff = {d.path: d.text for d in dry.diffs}
+    for d in done.diffs:
+        assert planned_diff.get(d.path) == d.text, d.path
     state = guard.guard_state(ctx)
     assert state["mode"] == "soft_bounce" and state["previous"]["soft_bounce"] == "no"
     assert state["previous"]["soft_bounce_explicit"] is None  # it was the default
@@ -340,3 +344,17 @@ def test_the_report_says_when_the_probe_comes_from_a_trusted_address(mail_world:
     assert trusted.data["smtp_probe"]["source_in_mynetworks"] == "127.0.0.0/8"
     note = next(n for n in trusted.notes if "Postfix trusts" in n)
     assert "127.0.0.1" in note and "not what the senders of the hosted domains get" in note
+
+
+def test_planned_soft_bounce_is_what_postconf_writes(tmp_path: Path) -> None:
+    """postconf -e replaces the setting's line with its continuation lines, or appends one."""
+    cases = [
+        "myhostname = a.test\n",
+        "soft_bounce = no\nrelay_domains =\n",
+        "myhostname = a.test\nsoft_bounce =\n    no\nmydestination = a\n",
+        "myhostname = a.test",
+    ]
+    for text in cases:
+        (tmp_path / "main.cf").write_text(text)
+        subprocess.run(["postconf", "-c", str(tmp_path), "-e", "soft_bounce=yes"], check=True)
+        assert mail_guard.planned_soft_bounce(text) == (tmp_path / "main.cf").read_text(), text

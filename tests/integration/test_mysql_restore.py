@@ -24,6 +24,7 @@ from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.mysql import dumps
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_restore
+from ispcp_lib.system import disk_space
 from tests.helpers import ctx_for, fetch, read_cnf
 
 BACKUP_DB = "var/lib/mysql"
@@ -60,10 +61,11 @@ def test_dry_run_plans_everything_and_changes_nothing(world: World) -> None:
         "stop MySQL",
         "aside",
         "start MySQL",
-        "CHECK TABLE",
         "system InnoDB tables behind",
     ):
         assert expected in text, expected
+    # The verification only reads: a note of the plan, not a change to count.
+    assert "CHECK TABLE" not in text and any("CHECK TABLE" in n for n in result.notes)
     assert result.commands and all(c.planned for c in result.commands)
     frame = counts_frame(result)
     domain = frame[(frame["database"] == "ispcp") & (frame["table"] == "domain")].iloc[0]
@@ -79,9 +81,11 @@ def test_apply_restores_the_old_databases_and_a_second_apply_is_a_noop(world: Wo
     target = read_cnf(world.target_root / "etc/mysql/debian.cnf")
     own_stats = query(world, target, "SELECT database_name, table_name FROM mysql.innodb_table_stats ORDER BY 1, 2")
     assert own_stats  # a fresh MariaDB keeps statistics of its own InnoDB tables
+    planned = mysql_restore.run(ctx_for(world))
     ctx = ctx_for(world, apply=True)
     result = mysql_restore.run(ctx)
     assert result.status == "done", result.errors
+    assert planned.changed == result.changed  # the plan counts what applying does
 
     # The old server's data answers through the old server's own login.
     names = [r[0] for r in query(world, old_root(world), "SELECT domain_name FROM ispcp.domain ORDER BY domain_id")]
@@ -400,3 +404,22 @@ def test_ispcp_dump_with_a_binary_mysql_folder(world: World, world_template: Wor
         assert not [s for s in other.secrets if s in ctx.journal_path.read_text()]
     finally:
         other.stop()
+
+
+def test_a_datadir_filesystem_without_room_is_refused_before_any_change(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk-space pre-check on the real `df -P` of the datadir's filesystem, its free space faked through
+    the documented hook (ISPCP_DF_AVAILABLE_KB) to 1 KiB."""
+    (mount,) = {fs.mount for fs in disk_space.filesystems(LocalConnection("/"), [str(datadir(world))])}
+    monkeypatch.setenv(disk_space.FAKE_ENV, f"{mount}=1")
+    before = stable_fingerprint(world)
+    with pytest.raises(StepFailed) as info:
+        mysql_restore.run(ctx_for(world, apply=True))
+    message = info.value.result.errors[0]
+    assert f"disk space on {mount}" in message and "1.0 KiB free" in message
+    assert "staged copies of the backup's databases" in message and "run mysql_restore again" in message
+    assert fingerprint_diff(before, stable_fingerprint(world)) == []
+    assert work_dirs(world) == []
+    mysql = ctx_for(world).mysql
+    assert mysql is not None and mysql.status()  # MySQL was never stopped

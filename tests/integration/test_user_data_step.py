@@ -100,6 +100,7 @@ def test_dry_run_apply_and_apply_again(stopped_world: World) -> None:
 
     done = user_data.run(ctx_for(world, apply=True))
     assert done.status == "done"
+    assert done.changes == dry.changes  # the tree folders' times too, which only the renames change
     # Mail: every entry, the tree's own directory and the new server's message included, is vmail:mail.
     mail_owners = owners(world.target_root / MAIL)
     assert len(mail_owners) > 50 and set(mail_owners.values()) == {VMAIL}
@@ -260,6 +261,36 @@ def test_a_staged_copy_that_cannot_be_completed_is_kept_and_reported(stopped_wor
     assert staged.read_text() == "half"  # never deleted
     verify = done.tables[-1].frame
     assert STAGING not in set(verify["domain"]) and set(verify["status"]) == {"ok"}
+
+
+def test_a_killed_rsyncs_leftovers_are_removed_and_never_verified(stopped_world: World) -> None:
+    world = stopped_world
+    web = world.target_root / WWW
+    # Two crashes of an rsync into an existing domain: a half-written copy beside its file, a --delay-updates
+    # folder and a --partial-dir folder. A file of the backup with a name of the same shape is data.
+    htdocs = web / "example-001.test/htdocs"
+    htdocs.mkdir(parents=True)
+    (htdocs / ".index.html.Xa1b2C").write_bytes(b"\0" * 4096)
+    (htdocs / ".~tmp~").mkdir()
+    (htdocs / ".~tmp~/robots.txt").write_text("half")
+    (htdocs / ".rsync-partial").mkdir()
+    (htdocs / ".rsync-partial/index.html").write_text("half")
+    data = world.backup_root / WWW / "example-002.test/htdocs/.config.backup"
+    data.write_text("a customer's file\n")
+    done = user_data.run(ctx_for(world, apply=True))
+    assert done.status == "done"
+    assert any("3 temporary files of an interrupted rsync" in n and "removed" in n for n in done.notes)
+    assert fingerprint(web) == fingerprint(world.backup_root / WWW)  # leftovers gone, the look-alike copied
+    assert (web / "example-002.test/htdocs/.config.backup").read_text() == data.read_text()
+
+    # A leftover outside the backup's domains is never removed, and the tree is not called verified.
+    stray = web / ".stray.tar.Q1w2E3"
+    stray.write_text("half")
+    with pytest.raises(StepFailed) as info:
+        user_data.run(ctx_for(world, apply=True))
+    message = info.value.result.errors[0]
+    assert "/var/www/virtual/.stray.tar.Q1w2E3" in message and "run user_data again" in message
+    assert stray.exists()
 
 
 def test_mail_with_another_owner_in_the_backup_gets_the_mailbox_owner(stopped_world: World) -> None:

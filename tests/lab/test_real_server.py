@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ispcp_lib.lab.backup import take_backup
 from ispcp_lib.lab.host import NamespaceHost, _mountpoints_under, processes_of
 from ispcp_lib.lab.ispcp_server import patch_tree, start_server
 from ispcp_lib.lab.judge import judge, report
 from ispcp_lib.lab.provision import Plan, sql
 from ispcp_lib.lab.roles import DEAD, DUMMY
+from tests.lab.conftest import DeadBackup
 
 
 def _keys(root: Path) -> tuple[str, str]:
@@ -49,12 +51,8 @@ def test_judge_passes_every_check_on_the_live_original(dead_server: tuple[Namesp
     assert passed == total, out.getvalue()
 
 
-def test_partial_backup_then_the_server_is_gone(
-    dead_server: tuple[NamespaceHost, Plan], tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    host, plan = dead_server
-    dest = tmp_path_factory.mktemp("backup")
-    kept = take_backup(host, dest)
+def test_partial_backup_then_the_server_is_gone(dead_backup: DeadBackup) -> None:
+    dest, plan = dead_backup.path, dead_backup.plan
     for rel in (
         "var/lib/mysql/ispcp",
         "var/lib/mysql/mysql",
@@ -71,21 +69,27 @@ def test_partial_backup_then_the_server_is_gone(
         assert (dest / f"var/lib/mysql/{c.name}/items.MYD").exists()
     page = dest / f"var/www/virtual/{plan.domains[0]}/htdocs/index.html"
     assert plan.pages[plan.domains[0]] in page.read_text()
-    assert page.stat().st_uid == (host.root / f"var/www/virtual/{plan.domains[0]}/htdocs/index.html").stat().st_uid
+    uid = backup_uid(dest, plan.domains[0])
+    assert page.stat().st_uid == uid
     box = plan.mailboxes[0].address.split("@")
     assert list((dest / f"var/mail/virtual/{box[1]}/{box[0]}").glob("*/*"))
     assert not (dest / "etc/ispcp/bind/working").exists()  # the guide's backup has no working zones
-    assert "var/lib/mysql/performance_schema" not in kept
+    assert "var/lib/mysql/performance_schema" not in dead_backup.kept
 
-    state_dir, root = host.state_dir, host.root
-    pidns, netns = host.state["pidns"], host.state["netns"]
-    host.stop()
-    assert processes_of(root, pidns, netns) == []
-    assert _mountpoints_under(state_dir) == []
-    assert not state_dir.exists()
-    # What part 4 starts from: the backup alone (kept for the rest of the session).
-    (dest / ".plan.json").write_text(plan.to_json())
+    gone = dead_backup.gone
+    assert processes_of(gone["root"], gone["pidns"], gone["netns"]) == []
+    assert _mountpoints_under(gone["state_dir"]) == []
+    assert not gone["state_dir"].exists()
     assert _keys(dest) != ("", "")
+
+
+def backup_uid(backup: Path, domain: str) -> int:
+    """The domain's system user as the backup's passwd has it (vu2001 … in ispCP's numbering)."""
+    for line in (backup / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 5 and fields[5].rstrip("/").endswith(f"/{domain}"):
+            return int(fields[2])
+    raise AssertionError(f"no passwd entry with the home of {domain}")
 
 
 def test_dummy_is_a_fresh_install_with_its_own_keys_and_passwords(tarball_107: Path) -> None:
@@ -170,3 +174,81 @@ def test_the_real_update_runs_to_congratulations(tarball_107: Path) -> None:
         assert (host.root / "etc/ispcp/ispcp.old.conf").exists()
     finally:
         host.stop()
+
+
+def _journal_whats(root: Path, step: str) -> list[str]:
+    """What the run's intent records say each changing operation of a step did."""
+    records = [json.loads(line) for line in (root / "var/lib/ispcp-recovery/journal.jsonl").read_text().splitlines()]
+    return [
+        r["op"].get("what", "")
+        for r in records
+        if r.get("type") == "operation" and r.get("phase") == "intent" and r.get("step") == step
+    ]
+
+
+def _recover(backup: DeadBackup, tarball: Path, reports: Path, name: str, runs: int) -> tuple[Any, str]:
+    """The runbook recovers `backup` into a fresh 1.0.7 dummy over SSH; checks what every scenario must show
+    and returns the rehearsal (dummy still running) and the update's transcript."""
+    from ispcp_lib.lab.rehearse import rehearse, summary_of
+
+    done = rehearse(tarball, backup.path, reports, name=name, runs=runs)
+    try:
+        print(done.judge_text)
+        summaries = [summary_of(html) for html in done.reports]
+        assert done.exit_codes == [0] * runs, summaries
+        statuses = {s["name"]: s["status"] for s in summaries[0]["steps"]}
+        assert statuses["ispcp_update"] == "done" and statuses["cleanup"] == "done", statuses
+        root = done.host.root
+        transcripts = sorted((root / "var/lib/ispcp-recovery/ispcp-update").glob("attempt-*.log"))
+        assert len(transcripts) == 1
+        transcript = transcripts[0].read_text()
+        assert "Congratulations, you updated ispCP" in transcript
+
+        # The backup has no Bind working zones: one seeded per domain and alias, before the update.
+        seeded = [w for w in _journal_whats(root, "ispcp_update") if "working zone" in w]
+        assert len(seeded) == len(backup.plan.domains) + len(backup.plan.aliases)
+        # The update rewrote main.cf from ispCP's template, which carried the guard: nothing to re-assert.
+        assert not [w for w in _journal_whats(root, "ispcp_update") if "soft_bounce" in w]
+        # Cleanup lifted the guard from Postfix and from the template.
+        assert "ispcp-recovery mail guard" not in (root / "etc/ispcp/postfix/main.cf").read_text()
+        assert not re.search(r"^soft_bounce\s*=\s*yes", (root / "etc/postfix/main.cf").read_text(), re.M)
+        for later in summaries[1:]:  # a second apply changes nothing
+            assert sum(s["changed"] for s in later["steps"]) == 0, later
+
+        assert done.score is not None
+        passed, total = done.score
+        assert total >= 50 and passed == total, done.judge_text
+    except BaseException:
+        done.host.stop()
+        raise
+    return done, transcript
+
+
+def test_recovery_over_ssh_into_a_real_dummy(dead_backup: DeadBackup, tarball_107: Path, tmp_path: Path) -> None:
+    """Part 4: the runbook, headless over SSH with no written answers, recovers the dead server into a real
+    dummy; the real ispcp-update runs to its success line; real clients then find every customer again;
+    a second apply changes nothing."""
+    done, _ = _recover(dead_backup, tarball_107, tmp_path / "reports", "lab-recovery", runs=2)
+    done.host.stop()
+
+
+def test_upgrade_recovery_from_1_0_5_into_a_1_0_7_dummy(
+    dead_backup_105: DeadBackup, tarball_107: Path, tmp_path: Path
+) -> None:
+    """Part 5, the guide's recommendation: a 1.0.5 server's backup onto a 1.0.7 dummy. Its ispcp.conf lacks
+    settings 1.0.7 has (LOCAL_DNS_RESOLVER, PHP_TIMEZONE, …); the update's merge keeps the dummy's values for
+    them (its recovery mode asks only for settings still empty after the merge, and the dummy's setup
+    filled them all), and updDB.php brings the 1.0.5 database schema to 1.0.7."""
+    done, transcript = _recover(dead_backup_105, tarball_107, tmp_path / "reports", "lab-upgrade", runs=1)
+    try:
+        old = (dead_backup_105.path / "etc/ispcp/ispcp.conf").read_text()
+        assert re.search(r"^Version = 1\.0\.5", old, re.M) and "LOCAL_DNS_RESOLVER" not in old
+        assert "Congratulations, you updated ispCP OMEGA'1.0.7 OMEGA' successfully!" in transcript
+        conf = (done.host.root / "etc/ispcp/ispcp.conf").read_text()
+        assert re.search(r"^Version = 1\.0\.7", conf, re.M)
+        assert re.search(r"^LOCAL_DNS_RESOLVER = (yes|no)$", conf, re.M)
+        # updDB.php: the schema of 1.0.5 (revision 29) brought to 1.0.7's, with 1.0.6's new columns.
+        assert int(sql(done.host, "SELECT value FROM config WHERE name='DATABASE_REVISION';")[0][0]) > 29
+        assert sql(done.host, "SHOW COLUMNS FROM subdomain LIKE 'subdomain_url_forward';")
+    finally:
+        done.host.stop()

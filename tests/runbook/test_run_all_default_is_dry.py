@@ -82,6 +82,12 @@ def test_run_all_headless_with_default_parameters_is_a_dry_run(
     error = _run_all({**params, "interactive": False}, out)
     assert _widget_cells(out) == [], "a headless run showed widgets"
     _assert_dry(world, before, error)
+    # Every step's output starts with where the recovery stands (from the journal), headless too.
+    nb = nbformat.read(out, as_version=4)
+    firsts = [str(c.outputs[0].get("data", {}).get("text/plain", "")) for c in nb.cells if c.get("outputs")]
+    lines = [text for text in firsts if text.startswith("▸ ")]
+    for name in {r["name"] for r in _journal(world)}:
+        assert any(f"now: {name} ·" in line for line in lines), f"{name}'s output has no status line on top"
 
 
 def test_run_all_in_a_live_kernel_waits_for_the_apply_buttons(

@@ -142,6 +142,18 @@ def test_identical_renders_byte_identical():
     assert plan.new.changed() == []
 
 
+def test_half_written_merge_is_completed_from_the_old_shadow_and_gshadow_entries():
+    # An interrupted write renamed passwd and group into place, not shadow and gshadow.
+    first = merge().new.render()
+    half = files(TARGET, passwd=first["passwd"].decode(), group=first["group"].decode())
+    plan = merge(target=half)
+    assert plan.ok and plan.conflicts == []
+    assert row(plan, "user:vu2001")["outcome"] == "completed"
+    assert row(plan, "group:vu2002")["outcome"] == "completed"
+    assert plan.new.render() == first
+    assert plan.new.changed() == ["shadow", "gshadow"]
+
+
 def test_identical_with_other_hash_is_reported_not_replaced():
     target_shadow = OLD["shadow"].replace(H1, H1_OTHER)
     plan = merge(target=files(OLD, shadow=target_shadow))
@@ -560,6 +572,29 @@ def test_a_link_lock_of_a_live_process_is_waited_for_a_stale_one_removed(tmp_pat
         live.wait()
     install(etc, timeout=1)  # now stale: its process is gone
     assert not (etc / "group.lock").exists()
+
+
+def test_a_killed_write_leaves_nothing_after_clear_leftovers(tmp_path):
+    etc = make_root(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        for name in ("passwd", "group"):  # what a killed write left: its locks, its pid files, its stage
+            (etc / f"{name}.lock").write_text(str(dead.pid))
+        (etc / f"shadow.{dead.pid}").write_text(str(dead.pid))
+        (etc / "gshadow.lock").write_text(str(live.pid))  # a live tool's lock stays
+        (etc / ".ispcp-accounts.ab12cd34").mkdir()
+        ((etc / ".ispcp-accounts.ab12cd34") / "passwd").write_text("half")
+        conn, runner = target_of(etc)
+        removed = account_install.clear_leftovers(runner, conn, "/etc")
+        assert sorted(Path(p).name for p in removed) == sorted(
+            ["passwd.lock", "group.lock", f"shadow.{dead.pid}", ".ispcp-accounts.ab12cd34"]
+        )
+        assert sorted(p.name for p in etc.iterdir()) == ["group", "gshadow", "gshadow.lock", "passwd", "shadow"]
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_a_lock_file_without_pid_fails_at_once(tmp_path):

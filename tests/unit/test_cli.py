@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from ispcp_lib.runbook.cli import _ensure_notebook, _parse_value
 from ispcp_lib.runbook.report import html_report
@@ -55,3 +56,12 @@ def test_the_package_finds_its_notebook() -> None:
         nb = nbformat.read(path, as_version=4)
         assert path.read_bytes() == NOTEBOOK.read_bytes()
     assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+def test_lab_rehearse_refuses_a_folder_without_the_old_config(tmp_path: Path) -> None:
+    """Before any lab server starts: the backup folder must hold etc/ispcp/ispcp.conf."""
+    from ispcp_lib.runbook.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["lab", "rehearse", "--backup", str(tmp_path)])
+    assert "holds no etc/ispcp/ispcp.conf" in str(stop.value)

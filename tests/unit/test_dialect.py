@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ispcp_lib.mysql import dialect
 from ispcp_lib.mysql.dialect import FLUSH_PRIVILEGES, Dialect
 
 # Version strings as the servers report them (greeting / SELECT VERSION()).
@@ -172,3 +173,62 @@ def test_new_servers_create_users_then_grant(text: str) -> None:
 )
 def test_user_table_is_a_view_from_mariadb_10_4(text: str, view: bool) -> None:
     assert Dialect.for_version(text).user_table_is_view is view
+
+
+# -- statements the same on every version ------------------------------------------------------------
+
+
+def test_identifiers_are_quoted_with_their_backticks_doubled() -> None:
+    assert dialect.quote_ident("db1") == "`db1`"
+    assert dialect.quote_ident("we`ird") == "`we``ird`"
+    sql, args = dialect.check_tables("cust`db", ["t1", "t`2"])
+    assert sql == "CHECK TABLE `cust``db`.`t1`, `cust``db`.`t``2`"
+    assert args == ()
+
+
+def test_table_statements_name_the_database() -> None:
+    assert dialect.discard_tablespace("c1", "t") == ("ALTER TABLE `c1`.`t` DISCARD TABLESPACE", ())
+    assert dialect.import_tablespace("c1", "t") == ("ALTER TABLE `c1`.`t` IMPORT TABLESPACE", ())
+    assert dialect.count_rows("t") == ("SELECT COUNT(*) FROM `t`", ())
+    assert dialect.count_rows("t", "c1") == ("SELECT COUNT(*) FROM `c1`.`t`", ())
+    assert dialect.create_database("c1") == ("CREATE DATABASE IF NOT EXISTS `c1`", ())
+    assert dialect.drop_database("c1") == ("DROP DATABASE IF EXISTS `c1`", ())
+    assert dialect.repair_use_frm("m0") == ("REPAIR TABLE `m0` USE_FRM", ())
+    assert dialect.show_create_table("m0") == ("SHOW CREATE TABLE `m0`", ())
+    assert dialect.use_database("ispcp") == ("USE `ispcp`", ())
+
+
+def test_flush_tables_without_tables_flushes_all() -> None:
+    assert dialect.flush_tables("c1", []) == ("FLUSH TABLES", ())
+    assert dialect.flush_tables("c1", ["a", "b"]) == ("FLUSH TABLES `c1`.`a`, `c1`.`b`", ())
+
+
+def test_row_counts_take_the_names_as_arguments() -> None:
+    sql, args = dialect.count_rows_union("c1", ["a", "b"])
+    assert sql == "SELECT %s, COUNT(*) FROM `c1`.`a` UNION ALL SELECT %s, COUNT(*) FROM `c1`.`b`"
+    assert args == ("a", "b")
+    assert dialect.tables_of("c1")[1] == ("c1",)
+    assert "information_schema.TABLES" in dialect.tables_of("c1")[0]
+
+
+def test_a_create_table_goes_into_the_named_database_once() -> None:
+    create = "CREATE TABLE `t` (\n  `note` varchar(40) DEFAULT 'CREATE TABLE x'\n) ENGINE=InnoDB"
+    sql, _ = dialect.create_table_in("c`1", create)
+    assert sql.startswith("CREATE TABLE `c``1`.`t` (")
+    assert sql.count("`c``1`") == 1
+
+
+class _Cursor:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def execute(self, sql: str, args: object = None) -> int:
+        self.calls.append((sql, args))
+        return 0
+
+
+def test_execute_sends_a_statement_without_arguments_as_it_is() -> None:
+    cur = _Cursor()
+    dialect.execute(cur, dialect.SHOW_TABLES)
+    dialect.execute(cur, dialect.tables_of("c1"))
+    assert cur.calls == [("SHOW TABLES", None), (dialect.tables_of("c1")[0], ("c1",))]

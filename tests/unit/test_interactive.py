@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from ispcp_lib.core.fileops import fingerprint
 from ispcp_lib.core.result import Result
 from ispcp_lib.runbook import interactive
 from ispcp_lib.runbook.interactive import HEADLESS_ENV, StepGate, progress_bar, start_interactive
+from ispcp_lib.runbook.record import RUN_RECORD_MIME
 from ispcp_lib.runbook.session import summary_dict
 from ispcp_lib.steps import STEP_ORDER
 
@@ -82,8 +84,13 @@ def _journal(ctx: Context) -> list[dict]:
 
 def test_button_gates_the_change(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
+    (tmp_path / "target/etc/hostname").write_text("srv-new\n")
     session, shown = _session(ctx)
-    assert shown == [session.panel.widget]  # the setup cell shows the panel, nothing else
+    # the setup cell shows the run's record (where its journal is) and the panel, nothing else
+    assert [type(o).__name__ for o in shown] == ["RunRecord", "HTML"] and shown[1] is session.panel.widget
+    record = shown[0]._repr_mimebundle_()[RUN_RECORD_MIME]
+    assert record["state_dir"] == str(ctx.state_dir)
+    assert record["facts"]["new_hostname"] == "srv-new"  # read in the kernel, through the target connection
     before = fingerprint(ctx.target_root, exclude=[ctx.state_dir])
 
     gate = write_conf(ctx)
@@ -124,7 +131,8 @@ def test_gate_renders_plan_then_button(tmp_path: Path) -> None:
     session, shown = _session(ctx)
     gate = write_conf(ctx)
     gate._ipython_display_()
-    assert shown[1] is gate.dry and shown[2] is gate.widget  # the plan first, then the button row
+    assert type(shown[2]).__name__ == "StatusLine" and "now: test_write" in repr(shown[2])  # where it stands
+    assert shown[-2] is gate.dry and shown[-1] is gate.widget  # the plan first, then the button row
     assert "planned changes (dry run)" in gate.dry._repr_html_()
     assert "Nothing has changed yet" in gate.note.value
     assert repr(gate).startswith("[planned] test_write")
@@ -216,7 +224,7 @@ def test_progress_bar_in_a_gated_apply(tmp_path: Path) -> None:
     bars = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert bars, "the applying run's progress bar goes under its button"
     logged = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
-    assert "copying: 3/3 (100%) f3" in logged  # the final line, also kept as text
+    assert "copying: 3 of 3 (100%) f3" in logged  # the final line, also kept as text
 
 
 def test_progress_headless_prints_periodic_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -229,8 +237,8 @@ def test_progress_headless_prints_periodic_lines(tmp_path: Path, capsys: pytest.
     tick(100, "file 100")  # a repeated final call prints nothing more
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "copying mail" in ln]
     assert len(lines) == 6, lines  # the first, one per 10 s, and the final one
-    assert lines[0].endswith("copying mail: 1/100 (1%) file 1")
-    assert lines[-1].endswith("copying mail: 100/100 (100%) file 100")
+    assert lines[0].endswith("copying mail: 1 of 100 (1%) file 1")
+    assert lines[-1].endswith("copying mail: 100 of 100 (100%) file 100")
 
 
 def test_headless_run_has_no_gate(tmp_path: Path) -> None:
@@ -241,6 +249,33 @@ def test_headless_run_has_no_gate(tmp_path: Path) -> None:
     assert isinstance(result, Result) and result.status == "planned"  # apply=False decides
     ctx.default_apply = True
     assert write_conf(ctx).status == "done" and Path(ctx.target.path("/etc/test.conf")).read_text() == "wanted\n"
+
+
+@action("mail_guard")
+def guard_stand_in(ctx: Context, result: Result) -> None:
+    """Named like the guide's third step, for the status line's "next"."""
+    result.change("set soft_bounce = yes")
+
+
+def test_headless_steps_show_where_the_recovery_stands(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    shown: list = []
+    assert start_interactive(ctx, False, display=shown.append) is None
+    ctx.state_dir.mkdir()
+    earlier = [{"ts": "2024-01-01T10:00:00", "run_id": "t1", "name": n, "status": "done"} for n in STEP_ORDER[:2]]
+    other_run = {"ts": "2024-01-01T09:00:00", "run_id": "t0", "name": "keys", "status": "done"}
+    ctx.journal_path.write_text("".join(json.dumps(r) + "\n" for r in [other_run, *earlier]))
+
+    guard_stand_in(ctx)
+    line = repr(shown[-1])
+    assert type(shown[-1]).__name__ == "StatusLine"
+    assert f"2 of {len(STEP_ORDER)} steps through" in line and "2 done" in line
+    assert "now: mail_guard" in line and f"next: {STEP_ORDER[3]}" in line and "planned" not in line
+
+    write_conf(ctx)  # the journal now holds mail_guard's dry run
+    line = repr(shown[-1])
+    assert "planned, not applied: mail_guard" in line and "next: the summary" in line
+    assert sum(type(o).__name__ == "StatusLine" for o in shown) == 2  # one per step, none for the setup
 
 
 # -- detection in a real kernel ----------------------------------------------------------------------
@@ -335,9 +370,98 @@ def test_saved_widget_state_becomes_static_report_output(tmp_path: Path) -> None
     nbformat.write(nb, executed)
 
     html = html_report(executed, tmp_path / "by-hand.html").read_text()
-    assert "Recovery status" in html and "test_progress" in html  # the panel's final table
+    # the live panel's hints are stale in an archive: the summary at the top is the final status
+    assert "Recovery status" not in html and "wait for their" not in html
+    assert "final status of every step is the" in html
     assert "planned changes (dry run)" in html  # the plan shown before the press
     assert "DONE" in html and "done: 3 change(s) applied." in html  # the result under the button
-    assert "copying: 3/3 (100%) f3" in html  # the progress label and the logged line
+    assert "copying: 3 of 3 (100%) f3" in html  # the progress label and the logged line
     assert "HBox(" not in html and "Loading widgets" not in html and "widget-view" not in html
     assert "<button" not in html and "the plan above is what it changes" not in html  # no controls
+
+
+# -- the journal is the record ---------------------------------------------------------------------
+
+
+def test_cell_run_again_after_apply_shows_the_applied_result(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    session, _ = _session(ctx)
+    long_copy(ctx).press()
+    again = long_copy(ctx)  # Shift+Enter in the same cell: the journal shows the step applied in this run
+
+    assert isinstance(again, Result) and again.status == "done" and again.changed == 3
+    assert again.notes[0].startswith("Applied earlier in this run")
+    assert "Applied earlier in this run" in again._repr_html_() and "copy f3" in again._repr_html_()
+    row = next(r for r in session.panel.rows() if r["step"] == "test_progress")
+    assert row["state"] == "done" and row["changes"] == 3 and row["note"].startswith("applied earlier")
+    assert ctx.results["test_progress"].status == "done"
+    assert [(r["status"], r["apply"]) for r in _journal(ctx)] == [
+        ("planned", False),
+        ("done", True),
+        ("skipped", False),
+    ]
+
+
+def test_cell_run_again_in_a_new_session_takes_the_result_from_the_journal(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    _session(ctx)
+    write_conf(ctx).press()
+    fresh = _ctx_again(ctx)  # the same run id, a new kernel: no gate in memory
+    _session(fresh)
+    again = write_conf(fresh)
+    assert again.status == "done" and again.changed == 1
+    assert "Applied earlier in this run" in again.notes[0]
+
+
+def _ctx_again(ctx: Context) -> Context:
+    return Context(target_root=ctx.target_root, backup_root=None, state_dir=ctx.state_dir, run_id=ctx.run_id)
+
+
+@action("test_blocked")
+def blocked_step(ctx: Context, result: Result) -> None:
+    result.change("run the thing")
+    result.blocked.append("pre-check 'thing'")
+    result.warn("pre-check 'thing' fails now: it is missing")
+
+
+def test_no_apply_button_when_the_steps_own_checks_fail(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    session, _ = _session(ctx)
+    gate = blocked_step(ctx)
+    assert gate.button.disabled and gate.button.layout.display == "none"
+    assert "No Apply button" in gate.note.value and "pre-check 'thing'" in html.unescape(gate.note.value)
+    assert gate.press().status == "planned"  # pressing it anyway does nothing
+    assert "applying would stop at: pre-check" in gate.dry._repr_html_()
+    assert "blocked" in next(r for r in session.panel.rows() if r["step"] == "test_blocked")["note"]
+
+
+def test_a_failed_step_ends_its_cell_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shown: list[list[str]] = []  # what the kernel sends as the cell's error (ipykernel overrides the same method)
+    monkeypatch.setattr(shell, "_showtraceback", lambda etype, value, stb: shown.append(stb))
+    interactive.quiet_step_failures()
+    try:
+        outcome = shell.run_cell(
+            "from ispcp_lib.core.action import StepFailed\nfrom ispcp_lib.core.result import Result\n"
+            "raise StepFailed(Result(step='keys', errors=['keys: the key files are missing']))"
+        )
+    finally:
+        shell.set_custom_exc((), None)
+    assert not outcome.success  # the cell still fails: papermill stops, the CLI exits non-zero
+    assert shown == [
+        [
+            "StepFailed: step keys failed: keys: the key files are missing (the result above says what "
+            "failed and the fix)"
+        ]
+    ]
+
+
+def test_planned_progress_says_so_in_bytes(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    _session(ctx)
+    tick = progress_bar(ctx, 3 * 1024 * 1024, "user data", unit="bytes", planned=True)
+    tick(3 * 1024 * 1024, "· 3405 of 3405 files")
+    assert tick.label.value == "user data (dry run: planned, not done): 3.0 MiB of 3.0 MiB (100%) · 3405 of 3405 files"
+    assert tick.bar.bar_style == "info"  # not the green of work done

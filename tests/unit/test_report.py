@@ -14,10 +14,12 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from ispcp_lib import __version__
+from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.result import Result
 from ispcp_lib.core.secrets import REGISTRY
-from ispcp_lib.runbook import notebook_build
+from ispcp_lib.runbook import cli, notebook_build
 from ispcp_lib.runbook.parameters import all_parameters
+from ispcp_lib.runbook.record import RUN_RECORD_MIME, summary_from_records
 from ispcp_lib.runbook.report import (
     MASK,
     collapse_long_streams,
@@ -25,8 +27,8 @@ from ispcp_lib.runbook.report import (
     mask_params,
     run_facts,
     strip_widget_outputs,
-    summary_from_journal,
 )
+from ispcp_lib.runbook.session import read_run_facts
 from ispcp_lib.steps import STEP_ORDER
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -202,6 +204,37 @@ def test_run_facts_fall_back_and_never_fail(tmp_path: Path) -> None:
     }
 
 
+def test_run_facts_never_describe_this_machine_for_a_remote_target(tmp_path: Path) -> None:
+    """Over ssh the target's / is not this machine's: unknown unless the run read it through its connection."""
+    params = {**_roots(tmp_path), "target_root": "/", "target": {"connection": "ssh", "host": "srv.example"}}
+    facts = run_facts(params)
+    assert facts["new_hostname"] == "unknown"
+    assert facts["new_version"] == "unknown"
+    assert facts["old_hostname"] == "unknown"  # the backup is on the target by default
+    on_controller = run_facts({**params, "backup_location": "controller"})
+    assert on_controller["old_hostname"] == "old.example"
+    recorded = {"old_version": "1.0.5 OMEGA", "old_hostname": "a", "new_version": "1.0.7 OMEGA", "new_hostname": "b"}
+    assert run_facts(params, {"facts": recorded}) == recorded
+
+
+def test_run_facts_are_read_through_the_connection(tmp_path: Path) -> None:
+    roots = _roots(tmp_path)
+    facts = read_run_facts(LocalConnection(roots["target_root"]), LocalConnection(roots["backup_root"]))
+    assert facts == {
+        "old_version": "1.0.5 OMEGA",
+        "old_hostname": "old.example",
+        "new_version": "1.0.7 OMEGA",
+        "new_hostname": "new.example",
+    }
+    html = html_report(
+        _executed(tmp_path, roots),
+        tmp_path / "r.html",
+        summary={**_summary(), "facts": {**facts, "new_hostname": "srv9"}},
+    ).read_text()
+    assert "srv9" in html
+    assert "new.example" not in html
+
+
 def test_strip_widget_outputs_keeps_html_fallbacks() -> None:
     nb = new_notebook()
     keep = new_output("display_data", data={WIDGET_VIEW: {}, "text/html": "<b>kept</b>", "text/plain": "VBox()"})
@@ -222,7 +255,7 @@ def test_short_streams_stay_and_neighbours_merge() -> None:
     assert nb.cells[0].outputs == [new_output("stream", name="stdout", text="a\nb\n")]
 
 
-def test_summary_from_journal_says_why_a_step_has_no_record(tmp_path: Path) -> None:
+def test_summary_from_records_says_why_a_step_has_no_record() -> None:
     records = [
         {"run_id": "r1", "name": "inventory", "status": "done", "changed": 0, "duration_s": 0.1, "warnings": []},
         {
@@ -236,15 +269,116 @@ def test_summary_from_journal_says_why_a_step_has_no_record(tmp_path: Path) -> N
         },
         {"run_id": "r0", "name": "mail_guard", "status": "done", "changed": 1, "duration_s": 0.1, "warnings": []},
     ]
-    (tmp_path / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = summary_from_journal(tmp_path, "r1", False, None)
+    summary = summary_from_records(records, "r1", False, None)
     rows = {r["name"]: r for r in summary["steps"]}
     assert summary["status"] == "failed"
     assert rows["preflight"]["reason"] == "preflight: the target is not fresh"
     assert rows["mail_guard"]["status"] == "skipped"  # another run's record does not count
     assert rows["mail_guard"]["reason"] == "not reached: an earlier cell stopped the run"
-    selected = summary_from_journal(tmp_path, "r1", False, ["inventory"])
+    selected = summary_from_records(records, "r1", False, ["inventory"])
     assert {r["name"]: r for r in selected["steps"]}["cleanup"]["reason"] == "not selected by the steps parameter"
+
+
+def _rec(name: str, status: str, apply: bool, changed: int = 0, ts: str = "2026-01-02T03:05:00", **kw) -> dict:
+    changes = [f"change {n} of {name}" for n in range(changed)]
+    return {
+        "ts": ts,
+        "run_id": "r1",
+        "name": name,
+        "status": status,
+        "apply": apply,
+        "changed": changed,
+        "changes": changes,
+        "duration_s": 2.0,
+        "warnings": [],
+        **kw,
+    }
+
+
+# Stepping through by hand: keys planned, applied by its button, its cell run again (a resume skip);
+# user_data only planned; an operation record between them.
+BY_HAND = [
+    _rec("inventory", "done", False, ts="2026-01-02T03:04:10"),
+    _rec("keys", "planned", False, 3),
+    {"type": "operation", "phase": "intent", "ts": "2026-01-02T03:05:30", "run_id": "r1", "step": "keys", "seq": 1},
+    _rec("keys", "done", True, 3, ts="2026-01-02T03:06:00", backups=["/var/lib/ispcp-recovery/backups/r1/keys/x"]),
+    _rec("keys", "skipped", False, noop_reason="the journal shows this step applied in run r1"),
+    _rec("user_data", "planned", False, 5, ts="2026-01-02T03:07:00"),
+]
+
+
+def test_applied_step_stays_applied_when_its_cell_runs_again() -> None:
+    summary = summary_from_records(BY_HAND, "r1", False, None)
+    rows = {r["name"]: r for r in summary["steps"]}
+    assert rows["keys"]["status"] == "done" and rows["keys"]["changed"] == 3
+    assert rows["keys"]["reason"] == "applied earlier in this run at 2026-01-02T03:06:00"
+    assert rows["user_data"]["status"] == "planned" and rows["user_data"]["changed"] == 5
+    assert summary["apply"] is True  # a button applied something although the parameter stayed False
+    assert (summary["started"], summary["finished"]) == ("2026-01-02T03:04:08", "2026-01-02T03:07:00")
+
+
+def _by_hand_notebook(tmp_path: Path, record: dict) -> Path:
+    """A notebook stepped through in JupyterLab and saved without widget state: the setup cell's run record,
+    the keys cell's plan and a widget view whose model is gone."""
+    plan = Result(step="keys", status="planned", changes=["change 0 of keys"])
+    nb = new_notebook()
+    nb.cells = [
+        new_code_cell("apply = False", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "session = start_interactive(ctx)",
+            outputs=[new_output("display_data", data={RUN_RECORD_MIME: record, "text/plain": "run r1"})],
+        ),
+        new_markdown_cell("## 11. Keys (`keys`)", metadata={"tags": ["keys"]}),
+        new_code_cell(
+            "keys.run(ctx)",
+            metadata={"tags": ["keys"]},
+            outputs=[new_output("display_data", data={"text/html": plan._repr_html_()}), _widget_output("VBox()")],
+        ),
+    ]
+    path = tmp_path / "by-hand.ipynb"
+    nbformat.write(nb, path)
+    path.chmod(0o644)  # as JupyterLab saves it
+    return path
+
+
+def test_report_of_a_by_hand_notebook_comes_from_the_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target, state = tmp_path / "target", tmp_path / "target/var/lib/ispcp-recovery"
+    state.mkdir(parents=True)
+    (state / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in BY_HAND))
+    facts = {"old_version": "1.0.5", "old_hostname": "srv-old", "new_version": "1.0.7", "new_hostname": "srv-new"}
+    record = {
+        "run_id": "r1",
+        "state_dir": str(state),
+        "target": {"connection": "local"},
+        "target_root": str(target),
+        "facts": facts,  # the kernel read them through its connection (the target may be behind ssh)
+    }
+    executed = _by_hand_notebook(tmp_path, record)
+
+    assert cli.main(["report", str(executed)]) == 0
+
+    err = capsys.readouterr().err
+    assert "saved without its widget state" in err and "filled in from the journal" in err
+    assert executed.stat().st_mode & 0o777 == 0o600  # tightened like the report itself
+    assert not executed.with_suffix(".json").exists()
+    page = unescape((tmp_path / "by-hand.html").read_text())
+    assert "APPLY: changes were made" in page and "run id</th><td>r1" in page
+    assert "old: srv-old · new: srv-new" in page and "old: 1.0.5 · new: 1.0.7" in page
+    summary = re.search(r"<table class=.ir-summary.*?</table>", page, re.S).group(0)
+    keys_row = re.search(r"<code>keys</code>.*?</tr>", summary, re.S).group(0)
+    assert ">done<" in keys_row and ">3<" in keys_row and "applied earlier in this run" in keys_row
+    assert "2026-01-02 03:04:08" in page  # started, from the journal (no papermill metadata)
+    assert "from the journal: run r1" in page  # the applied result the notebook lost, filled in
+    assert "change 2 of keys" in page and "/var/lib/ispcp-recovery/backups/r1/keys/x" in page
+
+
+def test_report_without_a_run_record_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    executed = _executed(tmp_path, {"apply": False})
+    assert cli.main(["report", str(executed)]) == 0
+    err = capsys.readouterr().err
+    assert "does not record its run" in err and "no summary" in err
 
 
 # -- the notebook: parameters, kernel, tags, text form ----------------------------------------------------
@@ -284,3 +418,33 @@ def test_papermill_sees_every_parameter_and_interactive_defaults_to_auto(tmp_pat
     assert nb.metadata["kernelspec"]["name"] == "python3"
     ids = [c.id for c in nb.cells]
     assert len(ids) == len(set(ids)) and "parameters" in ids
+
+
+# -- plans as people read them ----------------------------------------------------------------------
+
+
+def test_tables_show_whole_numbers_and_empty_cells() -> None:
+    import pandas as pd
+
+    r = Result(step="mail_guard", status="planned")
+    r.table("SMTP probe", pd.DataFrame([{"when": "before", "code": 554, "x": None}, {"when": "after", "code": None}]))
+    page = r._repr_html_()
+    assert "<td>554</td>" in page and "554.0" not in page and "NaN" not in page and "None" not in page
+
+
+def test_a_redacted_secret_in_a_diff_says_whether_it_changed() -> None:
+    from ispcp_lib.core.result import Diff
+    from ispcp_lib.core.secrets import SecretRegistry
+
+    secrets = SecretRegistry()
+    for value in ("old-pass-1", "new-pass-2"):
+        secrets.add(value)
+    r = Result(step="keys", status="planned", secrets=secrets)
+    r.diffs.append(Diff("/etc/x.conf", "-a = old-pass-1\n+a = new-pass-2\n b = old-pass-1\n"))
+    page = unescape(r._repr_html_())
+    marks = re.findall(r"«redacted #([0-9a-f]{8})»", page)
+    assert len(marks) == 3 and marks[0] != marks[1] and marks[0] == marks[2]  # changed, then unchanged
+    assert "old-pass-1" not in page and "new-pass-2" not in page
+    other = SecretRegistry()
+    other.add("old-pass-1")
+    assert other.redact_keyed("old-pass-1") != f"«redacted #{marks[0]}»"  # keyed per process: no matching guesses

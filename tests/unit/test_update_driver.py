@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.secrets import SecretRegistry
 from ispcp_lib.ispcp.update_driver import (
+    UPDATE_PHASES,
     FailurePattern,
     Outcome,
     Prompt,
@@ -20,6 +22,7 @@ from ispcp_lib.ispcp.update_driver import (
     run_interactive,
     strip_ansi,
 )
+from ispcp_lib.sandbox import update_standin
 from ispcp_lib.steps.ispcp_update import FAILURES
 
 CONTINUE = Prompt("continue", r"continue \[Y/n\]:\s*$", "Y")
@@ -144,6 +147,33 @@ echo ' [ Done ]'
     out = drive(path, [], silence=0.5)
     assert out.ok, out.status_text()
     assert "this may take some time: [ Done ]" in out.transcript
+
+
+def test_known_phase_headlines_are_counted_once_each(tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        r"""
+printf '\033[H\033[2J\n\t\033[1mStarting ispCP update\033[0m\n\n'
+printf '\tStopping services:  [ Done ]\n'
+printf '\n\t\033[1mispCP database\033[0m\n\n'
+printf '\tispCP database schema is up to date\n'
+printf '\n\t\033[1mispCP database\033[0m\n\n'
+printf '\n\t\033[1mFinishing update\033[0m\n\n'
+""",
+    )
+    ticks: list[tuple[int, str]] = []
+    lines: list[str] = []
+    out = drive(path, [], log=lines.append, phases=lambda n, headline: ticks.append((n, headline)))
+    assert out.exit_status == 0
+    assert ticks == [(1, "Starting ispCP update"), (2, "ispCP database"), (3, "Finishing update")]
+    assert {t for _, t in ticks} <= set(UPDATE_PHASES) and any("up to date" in ln for ln in lines)  # log kept
+
+
+def test_the_phases_are_the_headlines_the_update_prints() -> None:
+    """The sandbox's stand-in prints the real script's title lines (cited there): the same set."""
+    source = Path(update_standin.__file__).read_text()
+    titles = re.findall(r'self\.title\("([^"]+)"\)', source)
+    assert set(titles) == set(UPDATE_PHASES)
 
 
 def test_timeout_kills_the_whole_process_group_and_says_where(tmp_path: Path) -> None:
@@ -310,3 +340,10 @@ def test_the_terminal_command_carries_env_and_cwd_to_the_target(tmp_path: Path) 
     assert remote[4:] == ["/var/www/ispcp/engine/setup", "env", "TERM=xterm", script]
     local_argv, local_env, local_cwd = LocalConnection("/").command([script], env={"TERM": "xterm"}, cwd="/tmp")
     assert local_argv == [script] and local_env["TERM"] == "xterm" and local_cwd == "/tmp"
+
+
+def test_every_phase_headline_is_a_line_of_the_real_script() -> None:
+    """The progress bar's phases against a real 1.0.7 transcript from the lab (tests/data)."""
+    real = Path(__file__).resolve().parents[1] / "data" / "ispcp-update-1.0.7-transcript.log"
+    lines = {line.strip() for line in real.read_text().splitlines()}
+    assert [p for p in UPDATE_PHASES if p not in lines] == []
