@@ -163,7 +163,8 @@ def bench_recovery(world: World, host_target: SshTarget, sandbox: Path) -> None:
     world.stop()
     layer = server_world.freeze(world, host_target.server)
     layers = ensure_image(SSHTARGET)
-    seconds = {}
+    seconds: dict[str, float] = {}
+    steps: dict[str, list[dict]] = {}
     try:
         for i, connection in enumerate(("ssh", "local")):
             copy, host, _ssh = server_world.thaw(
@@ -181,6 +182,7 @@ def bench_recovery(world: World, host_target: SshTarget, sandbox: Path) -> None:
                 started = time.perf_counter()
                 rc, summary = server_world.run_recovery(copy, sandbox / f"reports-{connection}")
                 seconds[connection] = time.perf_counter() - started
+                steps[connection] = summary["steps"]
                 if rc != 0:
                     failed = [s["name"] for s in summary["steps"] if s["status"] == "failed"]
                     print(f"  n/a: the {connection} recovery failed ({', '.join(failed)})")
@@ -190,6 +192,11 @@ def bench_recovery(world: World, host_target: SshTarget, sandbox: Path) -> None:
                 host.stop()
     finally:
         host_target.server.stop()
+    print(f"  {'step':<20} {'round trips':>11} {'local s':>8} {'ssh s':>8} {'ratio':>6}")
+    for here, there in zip(steps["local"], steps["ssh"]):
+        local_s, ssh_s = float(here["duration_s"] or 0), float(there["duration_s"] or 0)
+        ratio = f"{ssh_s / local_s:.1f}x" if local_s > 0.05 else "-"
+        print(f"  {here['name']:<20} {there.get('round_trips', 0):>11} {local_s:>8.2f} {ssh_s:>8.2f} {ratio:>6}")
     ratio = seconds["ssh"] / seconds["local"]
     print(f"  local {seconds['local']:.1f}s, ssh {seconds['ssh']:.1f}s: {ratio:.2f}x (goal <= {RECOVERY_GOAL}x)")
 

@@ -110,7 +110,7 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
             ctx.current = result
             ctx.runner.apply = result.apply
             ctx.runner.sink = result.commands
-            started = time.monotonic()
+            started, trips = time.monotonic(), _round_trips(ctx)
             failure: BaseException | None = None
             try:
                 if mutating and result.apply and ctx.lock is not None and not ctx.lock.held:
@@ -127,6 +127,7 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
                 result.errors.append(ctx.secrets.redact(f"{type(exc).__name__}: {exc}" + _advice(ctx, exc)))
             finally:
                 result.duration_s = time.monotonic() - started
+                result.round_trips = _round_trips(ctx) - trips
                 ctx.current = previous
                 ctx.runner.sink = None
                 # Outside a step nothing may change: a stray mutating command is only planned.
@@ -145,6 +146,13 @@ def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Cal
         return wrapper
 
     return deco
+
+
+def _round_trips(ctx: Context) -> int:
+    """Commands and statements sent so far through the run's connections (each counted once)."""
+    seen = [ctx.target, ctx.backup, ctx.state, getattr(ctx.backup, "inner", None)]
+    connections = {id(c): c for c in seen if c is not None}
+    return sum(c.round_trips for c in connections.values())
 
 
 def _advice(ctx: Context, exc: BaseException) -> str:

@@ -66,6 +66,7 @@ class Result:
     noop_reason: str | None = None
     status: str = "running"  # done | noop | planned | skipped | failed
     duration_s: float = 0.0
+    round_trips: int = 0  # commands and SQL statements sent to the target (one round trip each over SSH)
     data: dict[str, Any] = field(default_factory=dict)  # machine-readable facts for later steps
     secrets: SecretRegistry = field(default=REGISTRY, repr=False)
 
@@ -97,6 +98,7 @@ class Result:
                 "apply": self.apply,
                 "changed": self.changed,
                 "duration_s": round(self.duration_s, 3),
+                "round_trips": self.round_trips,
                 "summary": self.summary,
                 "changes": self.changes,
                 "warnings": self.warnings,

@@ -191,6 +191,7 @@ class ClientConnection:
         body = sql.rstrip().rstrip(";").encode("utf-8", "surrogateescape")
         # The ';' on a line of its own: a trailing "-- comment" cannot swallow it.
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.target.round_trips += 1  # one exchange with the client process on the target
         return self._exchange(body + b"\n;\n", deadline)
 
     def select_db(self, database: str) -> None:

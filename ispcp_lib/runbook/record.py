@@ -163,6 +163,7 @@ def summary_from_records(
             "status": rec["status"],
             "changed": rec.get("changed", 0),
             "duration_s": rec.get("duration_s", 0.0),
+            "round_trips": rec.get("round_trips", 0),
             "warnings": rec.get("warnings", []),
             "at": rec.get("ts"),
         }

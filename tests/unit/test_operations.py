@@ -92,3 +92,16 @@ def test_a_kill_after_a_completed_write_shows_it_done(tmp_path: Path) -> None:
     assert _ops(ctx)[-1] == ("done", "write")
     assert (ctx.target_root / "etc" / "x.conf").read_text() == "A = 9\n"
     assert not (ctx.target_root / "etc" / "y").exists()
+
+
+def test_each_step_records_its_round_trips_to_the_target(tmp_path: Path) -> None:
+    """The journal says how many commands a step sent to the target (benchmarks/remote.py prints them)."""
+    ctx = make_ctx(tmp_path, apply=True)
+    before = ctx.target.round_trips + ctx.state.round_trips  # the state dir's journal is on the target too
+    result = change(ctx)
+    sent = ctx.target.round_trips + ctx.state.round_trips - before
+    assert sent >= 1  # the touch (the local connection writes files itself)
+    assert result.round_trips == sent
+    assert read_journal(ctx)[-1]["round_trips"] == sent
+    ctx.resume = True
+    assert change(ctx).round_trips == 0  # skipped: the journal shows it applied, nothing is sent
