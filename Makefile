@@ -27,7 +27,7 @@ reliability-test: bootstrap
 
 # Real ispCP servers built from the release tarballs in ../shared/ispcp-src (or ISPCP_LAB_SOURCES).
 lab-test: bootstrap
-	$(PY) -m pytest -q tests/lab
+	$(PY) -m pytest -q --durations=15 tests/lab
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -31,6 +31,10 @@ class InteractiveGate(Protocol):
 
     def run_step(self, run_step: Callable[..., Result], ctx: Context, name: str, mutating: bool, kw: dict) -> Any: ...
 
+    def progress_widget(
+        self, ctx: Context, total: int | None, label: str, line: Callable[..., str], planned: bool
+    ) -> Callable[[int, str], None]: ...
+
 
 def new_run_id() -> str:
     """Sortable by time and distinct even for two runs started in the same second."""

@@ -625,8 +625,9 @@ def cleanup_stale() -> list[str]:
         if host.alive():
             continue
         owner = int(host.state.get("owner_pid") or 0)
-        if not host.state.get("detach") and owner and Path(f"/proc/{owner}").exists() and owner != os.getpid():
-            # Its owner still runs: it may be between steps of start(); leave it to that process.
+        if not host.state.get("detach") and owner and Path(f"/proc/{owner}").exists():
+            # Its owner still runs (this process too: another thread may be between steps of start());
+            # leave it to that process.
             continue
         with contextlib.suppress(LabError):
             host.stop()

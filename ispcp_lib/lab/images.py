@@ -48,7 +48,8 @@ def cache_dir() -> Path:
 
 
 def log(msg: str) -> None:
-    print(f"[lab] {msg}", flush=True)
+    # The clock time shows where a lab run spends its minutes (the upgrade chain runs in its own thread).
+    print(f"[lab {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,15 @@ ipywidgets is imported lazily: headless runs and the steps' progress calls never
 from __future__ import annotations
 
 import copy
-import functools
 import html
 import os
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ispcp_lib.core.action import STEP_START, read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
-from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, Result, human_size
+from ispcp_lib.core.result import NEUTRAL_COLOUR, STATUS_COLOURS, Result
 from ispcp_lib.runbook.record import (
     RUN_RECORD_MIME,
     StepOutcome,
@@ -320,6 +318,34 @@ class InteractiveSession:
         self.output: ipywidgets.Output | None = None  # where an applying step's output goes
         self._depth = 0
 
+    def progress_widget(
+        self, ctx: Context, total: int | None, label: str, line: Callable[..., str], planned: bool
+    ) -> Callable[[int, str], None]:
+        """core.progress.progress_bar in JupyterLab: a bar (IntProgress + label) in the running cell or
+        under the Apply button."""
+        import ipywidgets as w
+
+        bar = w.IntProgress(value=0, min=0, max=max(total or 0, 1), layout=w.Layout(width="40%"))
+        text = w.Label(value=f"{label}: starting")
+        box = w.HBox([bar, text])
+        if self.output is not None:
+            self.output.append_display_data(box)
+        else:
+            self.display(box)
+        state = {"finished": False}
+
+        def tick(done: int, detail: str = "") -> None:
+            bar.value = min(done, bar.max)
+            text.value = line(done, detail=detail)
+            if total and done >= total and not state["finished"]:
+                state["finished"] = True
+                bar.bar_style = "info" if planned else "success"
+                ctx.log(line(done, detail=detail))
+
+        tick.bar = bar  # type: ignore[attr-defined]  # for tests and callers that want to restyle it
+        tick.label = text  # type: ignore[attr-defined]
+        return tick
+
     def run_step(
         self, run: Callable[..., Result], ctx: Context, name: str, mutating: bool, kw: dict[str, Any]
     ) -> Result | StepGate:
@@ -498,78 +524,3 @@ class StepGate:
 
     def __repr__(self) -> str:
         return repr(self.result)
-
-
-def progress_bar(
-    ctx: Context,
-    total: int | None,
-    label: str,
-    every_s: float = 10.0,
-    clock: Callable[[], float] = time.monotonic,
-    unit: str = "",
-    planned: bool = False,
-) -> Callable[[int, str], None]:
-    """A progress reporter for long work: call it as tick(done, text) as the work goes.
-
-    In JupyterLab a bar (IntProgress + label) in the running cell or under the Apply button;
-    headless a plain ctx.log line at most every `every_s` seconds, plus one when done. unit="bytes"
-    shows sizes (3.2 MiB), another unit is written after the numbers; planned=True (a dry run that
-    walks the work without doing it) says so in the label, so a full bar does not read as work done.
-    """
-    if planned:
-        label = f"{label} (dry run: planned, not done)"
-    line = functools.partial(_progress_line, label, total=total, unit=unit)
-    session = ctx.interactive_session
-    if session is None:
-        return _log_progress(ctx, total, line, every_s, clock)
-    import ipywidgets as w
-
-    bar = w.IntProgress(value=0, min=0, max=max(total or 0, 1), layout=w.Layout(width="40%"))
-    text = w.Label(value=f"{label}: starting")
-    box = w.HBox([bar, text])
-    if session.output is not None:
-        session.output.append_display_data(box)
-    else:
-        session.display(box)
-    state = {"finished": False}
-
-    def tick(done: int, detail: str = "") -> None:
-        bar.value = min(done, bar.max)
-        text.value = line(done, detail=detail)
-        if total and done >= total and not state["finished"]:
-            state["finished"] = True
-            bar.bar_style = "info" if planned else "success"
-            ctx.log(line(done, detail=detail))
-
-    tick.bar = bar  # type: ignore[attr-defined]  # for tests and callers that want to restyle it
-    tick.label = text  # type: ignore[attr-defined]
-    return tick
-
-
-def _log_progress(
-    ctx: Context, total: int | None, line: Callable[..., str], every_s: float, clock: Callable[[], float]
-) -> Callable[[int, str], None]:
-    last = {"at": None, "finished": False}
-
-    def tick(done: int, detail: str = "") -> None:
-        now = clock()
-        finished = bool(total) and done >= total
-        if finished and last["finished"]:
-            return
-        if finished or last["at"] is None or now - last["at"] >= every_s:
-            last["at"] = now
-            last["finished"] = finished
-            ctx.log(line(done, detail=detail))
-
-    return tick
-
-
-def _progress_line(label: str, done: int, *, total: int | None, detail: str, unit: str = "") -> str:
-    def amount(n: int) -> str:
-        return human_size(n) if unit == "bytes" else f"{n} {unit}".rstrip()
-
-    if total:
-        line = f"{label}: {amount(done)} of {amount(total)} ({100 * min(done, total) // total}%)"
-    else:
-        line = f"{label}: {amount(done)}"
-    return f"{line} {detail}".rstrip()

@@ -18,6 +18,7 @@ from ispcp_lib.core.connection import LocalConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.params import Param
+from ispcp_lib.core.progress import progress_bar
 from ispcp_lib.core.result import CommandRecord, Result
 from ispcp_lib.facts import backup_layout, ispcp_login, mysql_creds, proftpd
 from ispcp_lib.facts.ispcp_conf import REQUIRED_KEYS, IspcpConf
@@ -26,7 +27,6 @@ from ispcp_lib.ispcp.engine import engine_env
 from ispcp_lib.ispcp.keyfiles import layout_paths
 from ispcp_lib.ispcp.update_driver import UPDATE_PHASES, FailurePattern, Outcome, Prompt, run_interactive
 from ispcp_lib.ispcp.update_env import CONF_PATH
-from ispcp_lib.runbook.interactive import progress_bar
 from ispcp_lib.system import postfix_guard as guard
 
 TITLE = "Run ispCP's update script"

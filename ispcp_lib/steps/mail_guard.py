@@ -22,12 +22,12 @@ from ispcp_lib.core.action import action, last_applied
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import GuardBroken, InputError, PreconditionFailed
 from ispcp_lib.core.params import Param
+from ispcp_lib.core.progress import progress_bar
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.facts import backup_layout, dns_table, mysql_creds, postfix
 from ispcp_lib.facts.backup_db_reader import read_backup_database, scratch_dir
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
 from ispcp_lib.ispcp import update_env
-from ispcp_lib.runbook.interactive import progress_bar
 from ispcp_lib.system import postfix_guard as guard
 
 TITLE = "Guard incoming mail"

@@ -17,6 +17,7 @@ from ispcp_lib.core.connection import ChrootConnection, LocalConnection, SshConn
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError, PreconditionFailed
 from ispcp_lib.core.params import Param
+from ispcp_lib.core.progress import progress_bar
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
@@ -488,8 +489,6 @@ def _ticker(
     interval = float(ctx.param("user_data_progress_interval", 5) or 5)
     bar = None
     if getattr(ctx, "interactive_session", None) is not None:
-        from ispcp_lib.runbook.interactive import progress_bar
-
         bar = progress_bar(ctx, max(bytes_total, 1), "user data", unit="bytes", planned=not ctx.apply)
     clock = {"log": time.monotonic(), "high": 0}
 

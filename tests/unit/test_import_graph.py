@@ -23,8 +23,8 @@ MAY_IMPORT_STEPS = {
 }
 
 
-def step_imports(path: Path) -> set[str]:
-    """The step modules a source file imports (absolute or relative, `import` or `from … import`)."""
+def imports(path: Path) -> set[str]:
+    """The modules a source file imports (absolute or relative, `import` or `from … import`)."""
     module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
@@ -38,7 +38,11 @@ def step_imports(path: Path) -> set[str]:
                 base = ".".join([*parent, *([base] if base else [])])
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}
-    return found & STEP_MODULES
+    return found
+
+
+def step_imports(path: Path) -> set[str]:
+    return imports(path) & STEP_MODULES
 
 
 def test_the_checker_sees_every_form_of_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,4 +79,20 @@ def test_no_library_module_imports_a_step() -> None:
         found = step_imports(path)
         if found:
             offenders[rel] = sorted(found)
+    assert offenders == {}
+
+
+# The recovery's layers (steps and the libraries under them) never reach up into a front-end: the
+# notebook layer, the sandbox world or the lab.
+LOWER_LAYERS = ("core", "mysql", "ispcp", "system", "facts", "steps")
+FRONT_ENDS = ("ispcp_lib.runbook", "ispcp_lib.sandbox", "ispcp_lib.lab")
+
+
+def test_the_lower_layers_never_import_a_front_end() -> None:
+    offenders = {}
+    for layer in LOWER_LAYERS:
+        for path in sorted((PACKAGE / layer).rglob("*.py")):
+            found = sorted(m for m in imports(path) if m.startswith(FRONT_ENDS))
+            if found:
+                offenders[str(path.relative_to(PACKAGE.parent))] = found
     assert offenders == {}

@@ -14,9 +14,10 @@ from ispcp_lib.core.action import action
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.fileops import fingerprint
+from ispcp_lib.core.progress import progress_bar
 from ispcp_lib.core.result import Result
 from ispcp_lib.runbook import interactive
-from ispcp_lib.runbook.interactive import HEADLESS_ENV, StepGate, progress_bar, start_interactive
+from ispcp_lib.runbook.interactive import HEADLESS_ENV, StepGate, start_interactive
 from ispcp_lib.runbook.record import RUN_RECORD_MIME
 from ispcp_lib.runbook.session import summary_dict
 from ispcp_lib.steps import STEP_ORDER
