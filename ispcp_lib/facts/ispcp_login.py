@@ -8,13 +8,14 @@ registered as a secret when it is read. The Blowfish itself is `ispcp.crypto`, t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ispcp_lib.core.connection import Connection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import InputError
 from ispcp_lib.core.secrets import REGISTRY, SecretRegistry
-from ispcp_lib.facts import backup_layout
+from ispcp_lib.facts import backup_layout, mysql_creds
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.ispcp import crypto, keyfiles
@@ -202,6 +203,17 @@ def ispcp_login(ctx: Context, side: str = "target") -> Login | None:
         if password is not None:
             return Login(user, password, f"{side} ispcp.conf with the {layout} key file")
     return None
+
+
+def database_logins(ctx: Context) -> Iterator[Login]:
+    """The logins that may read ispCP's database, best first: ispCP's own (the target's ispcp.conf and
+    keys), then a working admin login, looked for only when the caller asks for the next one."""
+    own = ispcp_login(ctx)
+    if own is not None:
+        yield own
+    admin = mysql_creds.working_admin(ctx)
+    if admin is not None:
+        yield admin
 
 
 def check_conf_login(ctx: Context, conf: IspcpConf, files: dict[str, KeyFile]) -> tuple[bool, str]:

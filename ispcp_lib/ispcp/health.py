@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ispcp_lib.core.context import Context
-from ispcp_lib.facts import ispcp_login, mysql_creds, proftpd
+from ispcp_lib.facts import ispcp_login, proftpd
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME, IspcpConf
 from ispcp_lib.ispcp import queries
 from ispcp_lib.ispcp.update_env import target_conf
@@ -124,11 +124,8 @@ def _domain_rows(ctx: Context, conf: IspcpConf | None) -> tuple[list[dict[str, A
     """The domain table via ispCP's own login (else the admin login); None and why when unreadable."""
     if ctx.mysql is None or not ctx.mysql.status():
         return None, "MySQL is not running"
-    logins = [ispcp_login.ispcp_login(ctx), mysql_creds.working_admin(ctx)]
     database = conf.database_name if conf else DEFAULT_DATABASE_NAME
-    for login in logins:
-        if login is None:
-            continue
+    for login in ispcp_login.database_logins(ctx):
         try:
             with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
                 dialect.execute(cur, queries.DOMAIN_OWNERS)

@@ -663,7 +663,7 @@ def files_the_update_rewrites(ctx: Context, conf: IspcpConf) -> list[str]:
 
 def seed_bind_zones(ctx: Context, result: Result, conf: IspcpConf) -> None:
     """The DNS managers the update calls need Bind's working zone files, which the backup does not hold."""
-    login = ispcp_login.ispcp_login(ctx) or mysql_creds.working_admin(ctx)
+    login = next(ispcp_login.database_logins(ctx), None)
     if login is None or ctx.mysql is None or not ctx.mysql.status():
         if not ctx.apply:
             result.warn("Bind's working zones cannot be listed yet (no working database login); planned when applying")
