@@ -12,6 +12,7 @@ import configparser
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.mysql import dialect
 
 MY_CNF = "/root/.my.cnf"
 MARKER = "# written by ispcp-recovery (register_accounts); the cleanup step removes it"
@@ -65,7 +66,14 @@ def prove_mycnf(ctx: Context) -> None:
     client = ctx.target.which("mariadb") or ctx.target.which("mysql")
     if client is None:
         return
-    argv = [client, f"--defaults-file={ctx.target.path(MY_CNF)}", "--batch", "--skip-column-names", "-e", "SELECT 1"]
+    argv = [
+        client,
+        f"--defaults-file={ctx.target.path(MY_CNF)}",
+        "--batch",
+        "--skip-column-names",
+        "-e",
+        dialect.PING[0],
+    ]
     ctx.runner.run(argv, timeout=60)
 
 

@@ -45,7 +45,7 @@ import pymysql
 from pymysql.converters import escape_item
 
 from ispcp_lib.core.connection import Connection, kill_group
-from ispcp_lib.mysql.dialect import use_database
+from ispcp_lib.mysql import dialect
 
 CONNECT_TIMEOUT = 10
 CLOSE_TIMEOUT = 10
@@ -195,16 +195,16 @@ class ClientConnection:
         return self._exchange(body + b"\n;\n", deadline)
 
     def select_db(self, database: str) -> None:
-        self.query(use_database(database)[0])
+        self.query(dialect.use_database(database)[0])
 
     def commit(self) -> None:
-        self.query("COMMIT")
+        self.query(dialect.COMMIT[0])
 
     def rollback(self) -> None:
-        self.query("ROLLBACK")
+        self.query(dialect.ROLLBACK[0])
 
     def ping(self, reconnect: bool = False) -> None:
-        self.query("DO 1")
+        self.query(dialect.PING[0])
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -236,10 +236,7 @@ class ClientConnection:
         first = self._line + 1
         out_line = first + body.count(b"\n")  # the stdout sentinel's line
         err_line = out_line + 1
-        # The value is joined by the server: the statement text the XML repeats does not hold it.
-        sentinels = (
-            f"SELECT CONCAT('ispcp-end-', '{mark}') AS e, ROW_COUNT() AS r;\nispcp_end_{mark.replace('-', '_')};\n"
-        ).encode()
+        sentinels = dialect.exchange_end(mark).encode()
         payload = body + sentinels
         self._line = err_line
         out, err = self._pump(payload, mark.encode(), out_line, err_line, deadline, connecting)

@@ -362,17 +362,6 @@ def patch_frm_engine(frm: bytes, engine: str) -> bytes:
     return bytes(out)
 
 
-def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
-    """SHOW CREATE TABLE text of a scratch table, renamed to `name` and given `engine`."""
-    body = re.sub(r"^CREATE TABLE `(?:[^`]|``)+`", "CREATE TABLE " + dialect.quote_ident(name), create, count=1)
-    at = body.rfind(") ENGINE=")
-    if at < 0:
-        return body + f" ENGINE={engine}"
-    m = re.match(r"\) ENGINE=\w+", body[at:])
-    assert m is not None
-    return body[:at] + f") ENGINE={engine}" + body[at + m.end() :]
-
-
 def read_frm_definitions(
     frms: dict[str, bytes], runner: Runner | None = None, scratch: Path | None = None
 ) -> dict[str, str]:
@@ -402,7 +391,7 @@ def read_frm_definitions(
             for i, key in enumerate(keys):
                 create = _show_create(cur, f"m{i}") or _show_create(cur, f"y{i}", repair=True)
                 if create is not None:
-                    out[key] = with_name_and_engine(create, "__t__")
+                    out[key] = dialect.with_name_and_engine(create, "__t__")
         return out
     finally:
         shutil.rmtree(parent, ignore_errors=True)

@@ -172,9 +172,9 @@ def read_definitions(ctx: Context, p: Plan) -> str | None:
     for stem, src in p.db.binary.definitions.items():
         name = customer_dbs.table_name(stem)
         if src == "frm" and stem in read:
-            p.definitions[stem] = customer_dbs.with_name_and_engine(read[stem], name)
+            p.definitions[stem] = dialect.with_name_and_engine(read[stem], name)
         elif src == "dump" and name in from_dump:
-            p.definitions[stem] = customer_dbs.with_name_and_engine(from_dump[name], name)
+            p.definitions[stem] = dialect.with_name_and_engine(from_dump[name], name)
         else:
             missing.append(name)
     if missing:

@@ -126,8 +126,33 @@ def flush_tables(database: str, tables: Sequence[str]) -> Statement:
     return ("FLUSH TABLES " + ", ".join(_qualified(t, database) for t in tables), ())
 
 
+def with_name_and_engine(create: str, name: str, engine: str = "InnoDB") -> str:
+    """SHOW CREATE TABLE text of a scratch table, renamed to `name` and given `engine`."""
+    body = re.sub(r"^CREATE TABLE `(?:[^`]|``)+`", "CREATE TABLE " + quote_ident(name), create, count=1)
+    at = body.rfind(") ENGINE=")
+    if at < 0:
+        return body + f" ENGINE={engine}"
+    m = re.match(r"\) ENGINE=\w+", body[at:])
+    assert m is not None
+    return body[:at] + f") ENGINE={engine}" + body[at + m.end() :]
+
+
 def use_database(database: str) -> Statement:
     return (f"USE {quote_ident(database)}", ())
+
+
+# What the client layer (mysql/client.py) itself sends: the DB-API's transaction calls, its ping, and
+# the statements that mark the end of each exchange with the `mysql` client.
+COMMIT: Statement = ("COMMIT", ())
+ROLLBACK: Statement = ("ROLLBACK", ())
+PING: Statement = ("DO 1", ())
+
+
+def exchange_end(mark: str) -> str:
+    """After each statement: a row whose value the server joins (the XML's echo of the statement text
+    does not hold it) with ROW_COUNT() of the statement, then a deliberate syntax error whose message on
+    stderr marks the end of the error output. Valid on MySQL 5.0 and every MariaDB."""
+    return f"SELECT CONCAT('ispcp-end-', '{mark}') AS e, ROW_COUNT() AS r;\nispcp_end_{mark.replace('-', '_')};\n"
 
 
 _NUMBERS = re.compile(r"(\d+)\.(\d+)\.(\d+)")

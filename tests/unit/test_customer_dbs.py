@@ -14,7 +14,7 @@ from ispcp_lib.facts import mysql_state
 from ispcp_lib.ispcp import encrypted_columns as ec
 from ispcp_lib.ispcp.crypto import encrypt_db_password, generate_iv, generate_key
 from ispcp_lib.ispcp.keyfiles import KeySet
-from ispcp_lib.mysql import customer_dbs, dumps
+from ispcp_lib.mysql import customer_dbs, dialect, dumps
 from ispcp_lib.mysql.customer_dbs import Strategy
 
 HERE = LocalConnection("/")
@@ -223,7 +223,7 @@ def test_with_name_and_engine() -> None:
         "CREATE TABLE `m3` (\n  `id` int(11) NOT NULL,\n  `note` varchar(20) DEFAULT 'ENGINE=x'\n"
         ") ENGINE=MEMORY DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci"
     )
-    out = customer_dbs.with_name_and_engine(create, "we`ird")
+    out = dialect.with_name_and_engine(create, "we`ird")
     assert out.startswith("CREATE TABLE `we``ird` (")
     assert out.endswith(") ENGINE=InnoDB DEFAULT CHARSET=utf8mb3 COLLATE=utf8mb3_unicode_ci")
     assert "DEFAULT 'ENGINE=x'" in out

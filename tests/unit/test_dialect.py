@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
 
 from ispcp_lib.mysql import dialect
@@ -232,3 +236,54 @@ def test_execute_sends_a_statement_without_arguments_as_it_is() -> None:
     dialect.execute(cur, dialect.SHOW_TABLES)
     dialect.execute(cur, dialect.tables_of("c1"))
     assert cur.calls == [("SHOW TABLES", None), (dialect.tables_of("c1")[0], ("c1",))]
+
+
+# --- every statement the tool sends comes from the dialect (or ispCP's own queries) -------------------
+PACKAGE = Path(__file__).resolve().parents[2] / "ispcp_lib"
+STATEMENT_HOMES = {"ispcp_lib/mysql/dialect.py", "ispcp_lib/ispcp/queries.py"}
+# A string that reads as a statement: a keyword, then at least two more words.
+STATEMENT = re.compile(
+    r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|GRANT|REVOKE|SET|SHOW|FLUSH|USE|REPLACE|COMMIT|"
+    r"ROLLBACK|DO|RENAME|TRUNCATE|LOCK|UNLOCK|CHECK|REPAIR)\b\s+\S+\s+\S+"
+)
+
+
+def statement_literals(path: Path) -> list[tuple[int, str]]:
+    """String constants that read as SQL statements (docstrings and f-string parts, which are messages, aside)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                skip.add(id(first.value))
+        elif isinstance(node, ast.JoinedStr):
+            skip |= {id(v) for v in node.values}
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in skip
+        and STATEMENT.match(node.value)
+    ]
+
+
+def test_the_scan_finds_a_statement_outside_the_dialect(tmp_path: Path) -> None:
+    sample = tmp_path / "x.py"
+    sample.write_text(
+        '"""SELECT a FROM b in a docstring."""\ncur.execute("SELECT Host FROM mysql.user")\nx = "CHECK TABLE"\n'
+    )
+    assert statement_literals(sample) == [(2, "SELECT Host FROM mysql.user")]
+
+
+def test_no_sql_statement_is_written_outside_the_dialect() -> None:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE.parent))
+        # The sandbox and the lab build their own worlds; they are not the tool talking to a server.
+        if rel in STATEMENT_HOMES or rel.startswith(("ispcp_lib/sandbox/", "ispcp_lib/lab/")):
+            continue
+        if hits := statement_literals(path):
+            found[rel] = hits
+    assert found == {}
