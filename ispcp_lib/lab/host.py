@@ -176,9 +176,15 @@ def processes_of(root: Path, pidns: int | None = None, netns: int | None = None)
     Never by name: a host process running the same binary is never matched.
     """
     me = os.getpid()
+    # A namespace of this process is the host's own, never a server's: a stale record naming it (an
+    # inode number is reused once its namespace is gone) must not select every process of the host.
+    if pidns is not None and pidns == _ns_ino(me, "pid"):
+        pidns = None
+    if netns is not None and netns == _ns_ino(me, "net"):
+        netns = None
     found = []
     for pid in _pids():
-        if pid == me:
+        if pid in (me, 1):
             continue
         try:
             proc_root = os.readlink(f"/proc/{pid}/root")
