@@ -1,7 +1,7 @@
 """Real ispCP servers built from the release tarballs (`make lab-test`; kept out of `make test`).
 
 The tarballs come from ../shared/ispcp-src (or $ISPCP_LAB_SOURCES). The images are built on first use
-and cached under $ISPCP_LAB_CACHE (default /var/cache/ispcp-recovery/lab): cold about 3 minutes.
+and cached under $ISPCP_LAB_CACHE (default /var/cache/ispcp-recovery/lab).
 """
 
 from __future__ import annotations
