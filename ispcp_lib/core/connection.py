@@ -31,6 +31,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ispcp_lib.core.errors import CommandFailed, InputError
+from ispcp_lib.core.remote_shell import MAX_INPUT, PersistentShell, ShellGone, ShellTimeout
 
 KINDS = ("local", "chroot", "ssh")
 
@@ -469,8 +471,78 @@ cd "$1" && find . -mindepth 1 -maxdepth 1 -printf '%f\0'
 """
 
 
+_SHELL_START = threading.Lock()  # two threads never start two shells for one connection
+
+
 class ShellConnection(Connection):
-    """File operations as POSIX sh on the target (chroot and SSH share them)."""
+    """File operations as POSIX sh on the target (chroot and SSH share them).
+
+    Short commands run through one long-lived shell on the target (core/remote_shell.py): one exchange
+    on an open channel instead of a new SSH session or chroot each. Commands with a large input, and
+    commands while another thread holds the shell, take the one-shot path of Connection.run.
+    """
+
+    pipelining: bool = True
+    _shell: PersistentShell | None = None
+    _shell_failed: str = ""  # why the shell could not start here: every command then goes one-shot
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | str | None = None,
+        timeout: float = 600,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        check: bool = False,
+        ok_codes: Sequence[int] = (0,),
+    ) -> Completed:
+        argv = [str(a) for a in argv]
+        data = input.encode() if isinstance(input, str) else input
+        done = None
+        if self.pipelining and not self._shell_failed and (data is None or len(data) <= MAX_INPUT):
+            done = self._run_in_shell(argv, self._with_env_cwd(argv, env, cwd), data, timeout)
+        if done is None:
+            return super().run(argv, input=data, timeout=timeout, env=env, cwd=cwd, check=check, ok_codes=ok_codes)
+        self.round_trips += 1
+        if check and done.rc not in ok_codes:
+            raise CommandFailed(argv, done.rc, done.err or done.out)
+        return done
+
+    def _run_in_shell(self, argv: list[str], full: list[str], data: bytes | None, timeout: float) -> Completed | None:
+        """The command through the long-lived shell; None when it must take the one-shot path."""
+        with _SHELL_START:
+            if self._shell is None or not self._shell.alive:
+                try:
+                    self._shell = PersistentShell(self.wrap(["sh"]), self._local_env(None))
+                except ShellGone as exc:
+                    self._shell_failed = str(exc)
+                    return None
+            shell = self._shell
+        if not shell.lock.acquire(blocking=False):
+            return None
+        started = time.monotonic()
+        try:
+            rc, out, err = shell.run(full, data, timeout)
+        except ShellTimeout:
+            self._drop_shell(shell)
+            raise CommandFailed(argv, None, f"[timeout after {timeout} s]") from None
+        except ShellGone as exc:
+            self._drop_shell(shell)
+            return Completed(argv, 255, b"", f"the connection's shell on the target ended: {exc}".encode(), 0.0)
+        finally:
+            shell.lock.release()
+        return Completed(argv, rc, out, err, time.monotonic() - started)
+
+    def _drop_shell(self, shell: PersistentShell) -> None:
+        if self._shell is shell:
+            self._shell = None
+        shell.kill()
+
+    def close(self) -> None:
+        if self._shell is not None:
+            self._shell.close()
+            self._shell = None
 
     def _file_op(self, script: str, *args: str, input: bytes | str | None = None) -> Completed:
         done = self.sh(script, *args, input=input, timeout=300)
@@ -642,6 +714,7 @@ class SshConnection(ShellConnection):
         return shlex.join(self.base_argv()[len(self.target.argv_prefix) :])
 
     def close(self) -> None:
+        super().close()  # the long-lived shell first: it runs over the master
         t = self.target
         subprocess.run(
             [*self.base_argv(), "-O", "exit", t.host],
