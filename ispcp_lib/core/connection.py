@@ -530,6 +530,9 @@ class ShellConnection(Connection):
         except ShellGone as exc:
             self._drop_shell(shell)
             return Completed(argv, 255, b"", f"the connection's shell on the target ended: {exc}".encode(), 0.0)
+        except BaseException:  # interrupted mid-exchange: the stream is out of step, never reuse it
+            self._drop_shell(shell)
+            raise
         finally:
             shell.lock.release()
         return Completed(argv, rc, out, err, time.monotonic() - started)

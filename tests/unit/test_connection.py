@@ -211,3 +211,22 @@ def test_scripts_run_in_the_subshell_with_their_arguments_and_traps(tmp_path: Pa
         assert conn.sh('echo "$#"').out == "0\n"
     finally:
         conn.close()
+
+
+def test_an_exchange_interrupted_midway_never_leaves_the_stream_out_of_step(monkeypatch) -> None:
+    conn = ChrootConnection("/")
+    try:
+        conn.run(["true"])
+        shell = conn._shell
+        assert shell is not None
+
+        def interrupted(deadline: float) -> bytes:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(shell, "_line", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            conn.run(["echo", "first"])
+        assert conn._shell is None  # dropped: its stream still holds the first command's answer
+        assert conn.run(["echo", "second"]).out == "second\n"
+    finally:
+        conn.close()
