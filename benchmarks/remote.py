@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,7 @@ def bench_recovery(world: World, host_target: SshTarget, sandbox: Path) -> None:
                 host.stop()
     finally:
         host_target.server.stop()
+        shutil.rmtree(layer.parent, ignore_errors=True)  # freeze() kept the server's state dir for its layer
     print(f"  {'step':<20} {'round trips':>11} {'local s':>8} {'ssh s':>8} {'ratio':>6}")
     for here, there in zip(steps["local"], steps["ssh"]):
         local_s, ssh_s = float(here["duration_s"] or 0), float(there["duration_s"] or 0)
