@@ -140,13 +140,29 @@ class Connection(ABC):
     ) -> Completed:
         """Run argv on the target; its own process group is killed on a timeout."""
         argv = [str(a) for a in argv]
-        full = self.wrap(self._with_env_cwd(argv, env, cwd))
+        data = input.encode() if isinstance(input, str) else input
         self.round_trips += 1
+        done = self._run_in_shell(argv, self._with_env_cwd(argv, env, cwd), data, timeout)
+        if done is None:
+            done = self._run_once(argv, env, cwd, data, timeout)
+        if check and done.rc not in ok_codes:
+            raise CommandFailed(argv, done.rc, done.err or done.out)
+        return done
+
+    def _run_in_shell(self, argv: list[str], full: list[str], data: bytes | None, timeout: float) -> Completed | None:
+        """A connection with a long-lived shell on the target runs the command there; None: not here."""
+        return None
+
+    def _run_once(
+        self, argv: list[str], env: Mapping[str, str] | None, cwd: str | None, data: bytes | None, timeout: float
+    ) -> Completed:
+        """The command as a process of its own (over SSH: a session of its own on the master)."""
+        full = self.wrap(self._with_env_cwd(argv, env, cwd))
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
                 full,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -154,11 +170,7 @@ class Connection(ABC):
                 cwd=self._local_cwd(cwd),
             )
         except FileNotFoundError:
-            done = Completed(argv, 127, b"", f"{full[0]}: not found".encode(), time.monotonic() - started)
-            if check:
-                raise CommandFailed(argv, 127, done.err) from None
-            return done
-        data = input.encode() if isinstance(input, str) else input
+            return Completed(argv, 127, b"", f"{full[0]}: not found".encode(), time.monotonic() - started)
         try:
             out, err = proc.communicate(data, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -170,10 +182,7 @@ class Connection(ABC):
             kill_group(proc)
             proc.wait()
             raise
-        done = Completed(argv, proc.returncode, out, err, time.monotonic() - started)
-        if check and done.rc not in ok_codes:
-            raise CommandFailed(argv, done.rc, done.err or done.out)
-        return done
+        return Completed(argv, proc.returncode, out, err, time.monotonic() - started)
 
     def command(
         self,
@@ -479,38 +488,16 @@ class ShellConnection(Connection):
 
     Short commands run through one long-lived shell on the target (core/remote_shell.py): one exchange
     on an open channel instead of a new SSH session or chroot each. Commands with a large input, and
-    commands while another thread holds the shell, take the one-shot path of Connection.run.
+    commands while another thread holds the shell, take the one-shot path (Connection._run_once).
     """
 
-    pipelining: bool = True
     _shell: PersistentShell | None = None
     _shell_failed: str = ""  # why the shell could not start here: every command then goes one-shot
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        input: bytes | str | None = None,
-        timeout: float = 600,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        check: bool = False,
-        ok_codes: Sequence[int] = (0,),
-    ) -> Completed:
-        argv = [str(a) for a in argv]
-        data = input.encode() if isinstance(input, str) else input
-        done = None
-        if self.pipelining and not self._shell_failed and (data is None or len(data) <= MAX_INPUT):
-            done = self._run_in_shell(argv, self._with_env_cwd(argv, env, cwd), data, timeout)
-        if done is None:
-            return super().run(argv, input=data, timeout=timeout, env=env, cwd=cwd, check=check, ok_codes=ok_codes)
-        self.round_trips += 1
-        if check and done.rc not in ok_codes:
-            raise CommandFailed(argv, done.rc, done.err or done.out)
-        return done
-
     def _run_in_shell(self, argv: list[str], full: list[str], data: bytes | None, timeout: float) -> Completed | None:
         """The command through the long-lived shell; None when it must take the one-shot path."""
+        if self._shell_failed or (data is not None and len(data) > MAX_INPUT):
+            return None
         with _SHELL_START:
             if self._shell is None or not self._shell.alive:
                 try:

@@ -135,7 +135,7 @@ class PersistentShell:
         try:
             self._proc.stdin.write(data)
             self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError) as exc:
+        except (ValueError, OSError) as exc:  # a closed pipe, a closed file
             raise ShellGone(f"the target's shell ended ({exc})") from None
 
     def _more(self, deadline: float) -> None:
