@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -137,96 +138,81 @@ def test_round_trips_count_commands_started_on_the_target(tmp_path: Path) -> Non
 # --- the long-lived shell (core/remote_shell.py), through a real chroot of this machine ---------------
 
 
-def test_commands_share_one_long_lived_shell(tmp_path: Path) -> None:
-    conn = ChrootConnection("/")
+@pytest.fixture
+def conn() -> Iterator[ChrootConnection]:
+    connection = ChrootConnection("/")
     try:
-        first = conn.run(["sh", "-c", "echo $PPID"]).out
-        assert conn.run(["sh", "-c", "echo $PPID"]).out == first  # the same shell started both
-        # Binary output and input, both ways, through the stream.
-        blob = bytes(range(256)) * 300
-        assert conn.run(["cat"], input=blob).stdout == blob
-        done = conn.run(["sh", "-c", "printf 'a\\0b'; printf 'err\\n' >&2; exit 7"])
-        assert (done.rc, done.stdout, done.err) == (7, b"a\0b", "err\n")
-        assert conn.run(["no-such-command-here"]).rc == 127
-        # A command's stdin is empty, never the shell's own stream.
-        assert conn.run(["cat"]).stdout == b""
+        yield connection
     finally:
-        conn.close()
+        connection.close()
 
 
-def test_a_daemon_left_running_does_not_hold_the_stream(tmp_path: Path) -> None:
-    conn = ChrootConnection("/")
+def test_commands_share_one_long_lived_shell(conn: ChrootConnection) -> None:
+    first = conn.run(["sh", "-c", "echo $PPID"]).out
+    assert conn.run(["sh", "-c", "echo $PPID"]).out == first  # the same shell started both
+    # Binary output and input, both ways, through the stream.
+    blob = bytes(range(256)) * 300
+    assert conn.run(["cat"], input=blob).stdout == blob
+    done = conn.run(["sh", "-c", "printf 'a\\0b'; printf 'err\\n' >&2; exit 7"])
+    assert (done.rc, done.stdout, done.err) == (7, b"a\0b", "err\n")
+    assert conn.run(["no-such-command-here"]).rc == 127
+    # A command's stdin is empty, never the shell's own stream.
+    assert conn.run(["cat"]).stdout == b""
+
+
+def test_a_daemon_left_running_does_not_hold_the_stream(conn: ChrootConnection, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
+    conn.run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; echo started"], timeout=10)
     try:
-        conn.run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; echo started"], timeout=10)
         assert conn.run(["echo", "next"], timeout=10).out == "next\n"
     finally:
-        conn.close()
         os.kill(int(pidfile.read_text()), 9)
 
 
-def test_a_timeout_ends_the_shell_and_the_next_command_gets_a_new_one() -> None:
-    conn = ChrootConnection("/")
-    try:
-        before = conn.run(["sh", "-c", "echo $PPID"]).out
-        with pytest.raises(CommandFailed, match="timeout"):
-            conn.run(["sleep", "30"], timeout=0.5)
-        after = conn.run(["sh", "-c", "echo $PPID"])
-        assert after.rc == 0 and after.out != before
-    finally:
-        conn.close()
+def test_a_timeout_ends_the_shell_and_the_next_command_gets_a_new_one(conn: ChrootConnection) -> None:
+    before = conn.run(["sh", "-c", "echo $PPID"]).out
+    with pytest.raises(CommandFailed, match="timeout"):
+        conn.run(["sleep", "30"], timeout=0.5)
+    after = conn.run(["sh", "-c", "echo $PPID"])
+    assert after.rc == 0 and after.out != before
 
 
-def test_a_shell_that_dies_mid_command_reports_255_and_is_replaced() -> None:
-    conn = ChrootConnection("/")
-    try:
-        done = conn.run(["sh", "-c", "kill -9 $PPID; sleep 1"])
-        assert done.rc == 255 and "ended" in done.err
-        assert conn.run(["echo", "again"]).out == "again\n"
-    finally:
-        conn.close()
+def test_a_shell_that_dies_mid_command_reports_255_and_is_replaced(conn: ChrootConnection) -> None:
+    done = conn.run(["sh", "-c", "kill -9 $PPID; sleep 1"])
+    assert done.rc == 255 and "ended" in done.err
+    assert conn.run(["echo", "again"]).out == "again\n"
 
 
-def test_large_inputs_and_a_busy_shell_take_the_one_shot_path() -> None:
-    conn = ChrootConnection("/")
-    try:
-        shell_ppid = conn.run(["sh", "-c", "echo $PPID"]).out
-        big = b"x" * (2 << 20)
-        assert conn.run(["wc", "-c"], input=big).out.strip() == str(len(big))
-        assert conn._shell is not None
-        with conn._shell.lock:  # another thread holds the shell: this command goes one-shot
-            assert conn.run(["sh", "-c", "echo $PPID"]).out != shell_ppid
-    finally:
-        conn.close()
+def test_large_inputs_and_a_busy_shell_take_the_one_shot_path(conn: ChrootConnection) -> None:
+    shell_ppid = conn.run(["sh", "-c", "echo $PPID"]).out
+    big = b"x" * (2 << 20)
+    assert conn.run(["wc", "-c"], input=big).out.strip() == str(len(big))
+    assert conn._shell is not None
+    with conn._shell.lock:  # another thread holds the shell: this command goes one-shot
+        assert conn.run(["sh", "-c", "echo $PPID"]).out != shell_ppid
 
 
-def test_scripts_run_in_the_subshell_with_their_arguments_and_traps(tmp_path: Path) -> None:
-    conn = ChrootConnection("/")
+def test_scripts_run_in_the_subshell_with_their_arguments_and_traps(conn: ChrootConnection, tmp_path: Path) -> None:
     flag = tmp_path / "trap-ran"
-    try:
-        script = 'case "$1" in a) echo "one:$1 two:$2";; esac; trap "touch $3" EXIT; umask 077; exit 4'
-        done = conn.sh(script, "a", "b c", str(flag))
-        assert (done.rc, done.out) == (4, "one:a two:b c\n") and flag.exists()
-        assert conn.sh("umask").out.strip() != "0077"  # the script's umask stayed in its subshell
-        assert conn.sh('echo "$#"').out == "0\n"
-    finally:
-        conn.close()
+    script = 'case "$1" in a) echo "one:$1 two:$2";; esac; trap "touch $3" EXIT; umask 077; exit 4'
+    done = conn.sh(script, "a", "b c", str(flag))
+    assert (done.rc, done.out) == (4, "one:a two:b c\n") and flag.exists()
+    assert conn.sh("umask").out.strip() != "0077"  # the script's umask stayed in its subshell
+    assert conn.sh('echo "$#"').out == "0\n"
 
 
-def test_an_exchange_interrupted_midway_never_leaves_the_stream_out_of_step(monkeypatch) -> None:
-    conn = ChrootConnection("/")
-    try:
-        conn.run(["true"])
-        shell = conn._shell
-        assert shell is not None
+def test_an_interrupted_exchange_never_leaves_the_stream_out_of_step(
+    conn: ChrootConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn.run(["true"])
+    shell = conn._shell
+    assert shell is not None
 
-        def interrupted(deadline: float) -> bytes:
-            raise KeyboardInterrupt
+    def interrupted(deadline: float) -> bytes:
+        raise KeyboardInterrupt
 
-        monkeypatch.setattr(shell, "_line", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            conn.run(["echo", "first"])
-        assert conn._shell is None  # dropped: its stream still holds the first command's answer
-        assert conn.run(["echo", "second"]).out == "second\n"
-    finally:
-        conn.close()
+    monkeypatch.setattr(shell, "_line", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        conn.run(["echo", "first"])
+    assert conn._shell is None  # dropped: its stream still holds the first command's answer
+    assert conn.run(["echo", "second"]).out == "second\n"
