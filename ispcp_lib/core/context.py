@@ -6,14 +6,15 @@ import datetime as dt
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ispcp_lib.core import fileops
 from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, RootedView, SshConnection
-from ispcp_lib.core.errors import InputError
-from ispcp_lib.core.operations import Executor, KeepCopy, WriteFile
+from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.operations import Executor, KeepCopy, RemovePath, RunSql, WriteFile, WriteState
 from ispcp_lib.core.params import Param, settings
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.runner import Runner
@@ -122,7 +123,8 @@ class Context:
     def keep(self, path: str | Path) -> str | None:
         """Safety-copy a target path before it is replaced (on the machine that holds the state dir).
 
-        Returns where the copy is, or None when there was nothing to keep.
+        Returns where the copy is, or None when there was nothing to keep (or in a dry run, which
+        plans the copy and keeps nothing: it changes nothing either).
         """
         logical = self.logical_path(path)
         if not self.target.exists(logical):
@@ -132,11 +134,14 @@ class Context:
         step = self.current.step if self.current is not None else "outside-steps"
         dest = f"{self.backup_dir}/{step}{logical}"
         if not self.state.exists(dest):  # a copy from the same run already holds the oldest state
-            op = KeepCopy(what=f"keep a copy of {logical}", path=logical, dest=dest)
-            seq = self.executor.begin(op)
-            self.state.mkdir(str(Path(dest).parent), mode=0o700)
-            self.state.run(["cp", "-a", "--", self.target.path(logical), dest], check=True, timeout=3600)
-            self.executor.end(op, seq)
+
+            def copy() -> bool:
+                self.state.mkdir(str(Path(dest).parent), mode=0o700)
+                self.state.run(["cp", "-a", "--", self.target.path(logical), dest], check=True, timeout=3600)
+                return True
+
+            if not self.executor.perform(KeepCopy(f"keep a copy of {logical}", logical, dest), copy, announce=False):
+                return None
         if self.current is not None and dest not in self.current.backups:
             self.current.backups.append(dest)
         return dest
@@ -161,20 +166,81 @@ class Context:
         if old_bytes == new_bytes and not self._meta_differs(logical, mode, uid, gid):
             return False
         result = self.current
-        if result is not None:
-            result.change(what or f"write {logical}")
-            if show_diff and old_bytes != new_bytes:
-                old_text = (old_bytes or b"").decode("utf-8", "replace")
-                diff = fileops.unified_diff(old_text, new_bytes.decode("utf-8", "replace"), logical)
-                result.diffs.append(Diff(logical, diff))
-        if self.apply:
-            self.keep(logical)
-            op = WriteFile(what=what or f"write {logical}", path=logical, data=new_bytes, mode=mode, uid=uid, gid=gid)
-            seq = self.executor.begin(op)
+        if result is not None and show_diff and old_bytes != new_bytes:
+            old_text = (old_bytes or b"").decode("utf-8", "replace")
+            diff = fileops.unified_diff(old_text, new_bytes.decode("utf-8", "replace"), logical)
+            result.diffs.append(Diff(logical, diff))
+        op = WriteFile(what=what or f"write {logical}", path=logical, data=new_bytes, mode=mode, uid=uid, gid=gid)
+
+        def write() -> None:
             self.target.mkdir(str(Path(logical).parent))
             self.target.write_atomic(logical, new_bytes, mode, uid, gid)
-            self.executor.end(op, seq)
+
+        self.keep(logical)  # journaled before the write's intent: a resumed run sees the copy first
+        self.executor.perform(op, write)
         return True
+
+    def sql(
+        self,
+        what: str,
+        statements: Sequence[tuple[str, Sequence[Any] | None]],
+        *,
+        cursor: Any = None,
+        connect: Callable[[], AbstractContextManager[Any]] | None = None,
+        announce: bool = True,
+    ) -> int | None:
+        """Plan or send changing SQL statements ((sql, args) pairs from the dialect) in one session.
+
+        On cursor when given, else on a connection opened by connect() only when applying (a dry run
+        needs no server). Returns the rows affected, None in a dry run.
+        """
+        if (cursor is None) == (connect is None):
+            raise TypeError("give exactly one of cursor and connect")
+        op = RunSql(what=what, statements=tuple(sql for sql, _ in statements), args=tuple(a for _, a in statements))
+
+        def send(cur: Any) -> int:
+            return sum(max(cur.execute(sql, args or None), 0) for sql, args in statements)
+
+        def act() -> int:
+            if cursor is not None:
+                return send(cursor)
+            assert connect is not None
+            with connect() as conn, conn.cursor() as cur:
+                return send(cur)
+
+        return self.executor.perform(op, act, announce=announce, outcome=lambda n: {"rows": n})
+
+    def save_state(self, path: str, data: str | bytes, *, what: str | None = None) -> None:
+        """Write a file of the tool's own in the state dir (0600, the dir 0700); a dry run writes nothing."""
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+
+        def write() -> None:
+            self.state.mkdir(str(self.state_dir), mode=0o700)
+            self.state.mkdir(str(Path(path).parent), mode=0o700)
+            self.state.write_atomic(path, raw, 0o600)
+
+        self.executor.perform(WriteState(what or f"record {path}", path, raw), write, announce=False)
+
+    def remove(self, path: str, *, what: str, tree: bool = False, state: bool = False) -> None:
+        """Plan or remove a target path (state=True: a file of the tool's own in the state dir).
+
+        No safety copy: callers remove what the recovery itself made (staged copies, its own records).
+        """
+        conn = self.state if state else self.target
+        op = RemovePath(what=what, path=path, where="state" if state else "target")
+        self.executor.perform(op, lambda: conn.remove(path, tree=tree), announce=not state)
+
+    def precondition(self, item: str, problem: str, fix: str, *, dry_run: str = "") -> None:
+        """A check the step needs before it changes anything has failed: applying stops here
+        (PreconditionFailed, nothing written yet); a dry run warns and goes on planning.
+
+        dry_run: what the dry run does instead (e.g. "planned with the old values").
+        """
+        if self.apply:
+            raise PreconditionFailed(item, problem, fix)
+        if self.current is not None:
+            instead = f"; {dry_run}" if dry_run else ""
+            self.current.warn(f"{item}: {problem}{instead}. Applying stops here, before any change. Fix: {fix}")
 
     def backup_argv_path(self, path: str) -> str:
         """A backup path as a command on the *target* sees it (for a copy from the backup to the target).

@@ -1,12 +1,13 @@
 """Typed operations and the one executor that runs them: the plan is data.
 
 Every change a step makes on the target is an operation (run a command, write a file, keep a safety
-copy, copy from the backup). The executor is the only place that acts: in a dry run it records the
-operation as planned and does nothing; when applying it writes the operation's *intent* to the
-journal first, acts through the connection, then writes its *completion* (write-ahead, so a resumed
-run knows exactly what a killed one had started). Plan text is rendered from the operations, so the
-plan shown and the act performed cannot drift. This is pyinfra's split of operations from
-connectors, and Ansible's check mode on one code path.
+copy, run SQL statements, write or remove a file of the tool's own state). `Executor.perform` is the
+only place that acts: the step's change line is rendered from the operation's `what` there, in a dry
+run and when applying alike; a dry run stops at that and does nothing; applying writes the
+operation's *intent* to the journal first, acts through the connection, then writes its
+*completion* (write-ahead, so a resumed run knows exactly what a killed one had started). So the plan
+shown and the act performed cannot drift. This is pyinfra's split of operations from connectors, and
+Ansible's check mode on one code path.
 
 A fault-injection hook (`ISPCP_FAULT`) kills the process at a chosen operation boundary, for the
 reliability suite: `ISPCP_FAULT=before:STEP:N` or `after:STEP:N` (N counts the step's operations
@@ -18,13 +19,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from ispcp_lib.core.context import Context
 
 FAULT_ENV = "ISPCP_FAULT"
+T = TypeVar("T")
+# Payload fields the journal never keeps: file contents and SQL arguments (secrets, customer data).
+PAYLOAD = ("data", "input", "args")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Operation:
 
     def record(self) -> dict[str, Any]:
         """The operation as the journal keeps it (no payload: file contents stay out)."""
-        return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k not in ("data", "input")}}
+        return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k not in PAYLOAD}}
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,70 @@ class KeepCopy(Operation):
     dest: str = ""
 
 
+@dataclass(frozen=True)
+class RunSql(Operation):
+    """Statements sent in one session, in order. The journal keeps their text (placeholders, not values)."""
+
+    kind: ClassVar[str] = "sql"
+    statements: tuple[str, ...] = ()
+    args: tuple[Any, ...] = field(default=(), repr=False)
+
+    def record(self) -> dict[str, Any]:
+        rec = super().record()
+        rec["statements"] = [s if len(s) <= 300 else s[:300] + " ..." for s in self.statements]
+        return rec
+
+
+@dataclass(frozen=True)
+class RemovePath(Operation):
+    kind: ClassVar[str] = "remove"
+    path: str = ""
+    where: str = "target"  # or "state": a file of the tool's own in the state dir
+
+
+@dataclass(frozen=True)
+class WriteState(Operation):
+    """A file of the tool's own in the state dir (a record for a later step or for cleanup)."""
+
+    kind: ClassVar[str] = "state"
+    path: str = ""
+    data: bytes = field(default=b"", repr=False)
+
+
 class Executor:
     """Runs operations for one Context: dry run records, apply journals intent, acts, journals done."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.counts: dict[str, int] = {}
+
+    def perform(
+        self,
+        op: Operation,
+        act: Callable[[], T],
+        *,
+        announce: bool = True,
+        apply: bool | None = None,
+        outcome: Callable[[T], dict[str, Any]] | None = None,
+    ) -> T | None:
+        """Plan or perform one operation: the only place a step's change happens.
+
+        announce: the running step's change line is op.what (rendered here, for the plan and the act
+        alike). apply: whether to act (default: the running step's mode). A dry run returns None
+        without acting; applying journals the intent, acts, journals the completion (with
+        outcome(act's value)), and returns what act returned.
+        """
+        result = self.ctx.current
+        if result is not None:
+            result.operations.append(op)
+            if announce:
+                result.change(op.what)
+        if not (self.ctx.apply if apply is None else apply):
+            return None
+        seq = self.begin(op)
+        value = act()
+        self.end(op, seq, outcome(value) if outcome is not None else None)
+        return value
 
     def begin(self, op: Operation) -> int:
         """Journal the intent of op (apply only); returns its number within the step."""

@@ -68,6 +68,8 @@ class Result:
     duration_s: float = 0.0
     round_trips: int = 0  # commands and SQL statements sent to the target (one round trip each over SSH)
     data: dict[str, Any] = field(default_factory=dict)  # machine-readable facts for later steps
+    # The operations the step planned (dry run) or performed (apply), in order (core.operations).
+    operations: list[Any] = field(default_factory=list, repr=False)
     secrets: SecretRegistry = field(default=REGISTRY, repr=False)
 
     # -- building --------------------------------------------------------------------------

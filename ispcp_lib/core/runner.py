@@ -33,27 +33,36 @@ class Runner:
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         record: bool = True,
+        what: str | None = None,
     ) -> CommandRecord:
         """Run argv. With mutates=True and a dry run, the command is only recorded as planned.
 
-        Dry run and apply go through this same call, so the plan cannot drift from the act.
+        Dry run and apply go through this same call (the executor's perform), so the plan cannot
+        drift from the act. what: the step's change line for a changing command (rendered from it).
         """
         if isinstance(argv, (str, bytes)) or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"commands are argv lists of str, not {argv!r}")
         argv = list(argv)
-        if mutates and not self.apply:
-            rec = CommandRecord(argv, None, planned=True)
-            self._record(rec, record)
-            return rec
-        op = RunCommand(what=" ".join(argv)[:300], argv=tuple(argv), where=self.connection.kind)
-        seq = self.executor.begin(op) if (mutates and self.executor is not None) else None
-        done = self.connection.run(argv, input=input, timeout=timeout, env=env, cwd=None if cwd is None else str(cwd))
-        rec = CommandRecord(argv, done.rc, done.out, done.err, done.duration_s)
+
+        def act() -> CommandRecord:
+            done = self.connection.run(
+                argv, input=input, timeout=timeout, env=env, cwd=None if cwd is None else str(cwd)
+            )
+            return CommandRecord(argv, done.rc, done.out, done.err, done.duration_s)
+
+        if not mutates:
+            rec = act()
+        elif self.executor is not None:
+            op = RunCommand(what=what or " ".join(argv)[:300], argv=tuple(argv), where=self.connection.kind)
+            ran = self.executor.perform(
+                op, act, announce=what is not None, apply=self.apply, outcome=lambda r: {"rc": r.rc}
+            )
+            rec = ran if ran is not None else CommandRecord(argv, None, planned=True)
+        else:  # a runner of its own (tests, the sandbox): no journal, no change lines
+            rec = act() if self.apply else CommandRecord(argv, None, planned=True)
         self._record(rec, record)
-        if seq is not None and self.executor is not None:
-            self.executor.end(op, seq, {"rc": done.rc})
-        if check and done.rc not in ok_codes:
-            raise CommandFailed(argv, done.rc, rec.stderr or rec.stdout)
+        if check and not rec.planned and rec.rc not in ok_codes:
+            raise CommandFailed(argv, rec.rc, rec.stderr or rec.stdout)
         return rec
 
     def _record(self, rec: CommandRecord, record: bool) -> None:
