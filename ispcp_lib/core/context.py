@@ -210,8 +210,11 @@ class Context:
 
         return self.executor.perform(op, act, announce=announce, outcome=lambda n: {"rows": n})
 
-    def save_state(self, path: str, data: str | bytes, *, what: str | None = None) -> None:
-        """Write a file of the tool's own in the state dir (0600, the dir 0700); a dry run writes nothing."""
+    def save_state(self, path: str, data: str | bytes, *, what: str | None = None, announce: bool = False) -> None:
+        """Write a file of the tool's own in the state dir (0600, the dir 0700); a dry run writes nothing.
+
+        announce: show `what` as one of the step's changes (when the record is what the step is for).
+        """
         raw = data.encode("utf-8") if isinstance(data, str) else data
 
         def write() -> None:
@@ -219,7 +222,7 @@ class Context:
             self.state.mkdir(str(Path(path).parent), mode=0o700)
             self.state.write_atomic(path, raw, 0o600)
 
-        self.executor.perform(WriteState(what or f"record {path}", path, raw), write, announce=False)
+        self.executor.perform(WriteState(what or f"record {path}", path, raw), write, announce=announce)
 
     def remove(self, path: str, *, what: str, tree: bool = False, state: bool = False) -> None:
         """Plan or remove a target path (state=True: a file of the tool's own in the state dir).

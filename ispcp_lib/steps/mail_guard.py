@@ -319,20 +319,20 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: Settings, state: dict[st
         "run_id": ctx.run_id,
     }
     if current == "yes" and not setting:
-        result.change("record the guard: soft_bounce is yes already (lifting it will leave it yes)")
         new_state["main_cf_sha256"] = None
-        guard.save_state(ctx, new_state)
+        guard.save_state(ctx, new_state, "record the guard: soft_bounce is yes already (lifting it will leave it yes)")
         return
     copy = f"{guard.copy_dir(ctx)}/main.cf.before"
     if setting and state is not None:  # keep what the killed run recorded of main.cf before its edit
         new_state.update({k: state[k] for k in ("main_cf_copy", "main_cf_meta") if k in state})
     old_bytes = (ctx.state.read_bytes(copy) if setting else None) or ctx.target.read_bytes(main_cf) or b""
+    finish = None
     if current == "yes":
-        result.change(f"finish the guard a killed run set: soft_bounce = yes in {main_cf} is the guard's own")
+        finish = f"finish the guard a killed run set: soft_bounce = yes in {main_cf} is the guard's own"
     else:
         how = "explicitly" if explicit is not None else "by default"
-        result.change(f"set soft_bounce = yes in {main_cf} (it was {current} {how})")
-        _set_soft_bounce(ctx, new_state, cfg, old_bytes, copy)
+        what = f"set soft_bounce = yes in {main_cf} (it was {current} {how})"
+        _set_soft_bounce(ctx, new_state, cfg, old_bytes, copy, what)
     old_text = old_bytes.decode("utf-8", "replace")
     if ctx.apply:
         new_bytes = ctx.target.read_bytes(main_cf) or b""
@@ -342,12 +342,15 @@ def _guard_soft_bounce(ctx: Context, result: Result, s: Settings, state: dict[st
     elif current != "yes":  # the dry run shows what postconf -e will write
         result.diffs.append(Diff(main_cf, fileops.unified_diff(old_text, planned_soft_bounce(old_text), main_cf)))
     if running is not None:
-        result.change(f"reload Postfix (master pid {running}) so that smtpd answers with soft errors")
-        ctx.runner.run(guard.postfix_argv(ctx, cfg, "reload"), mutates=True)
+        ctx.runner.run(
+            guard.postfix_argv(ctx, cfg, "reload"),
+            mutates=True,
+            what=f"reload Postfix (master pid {running}) so that smtpd answers with soft errors",
+        )
         if ctx.apply:
             time.sleep(0.5)  # let the master replace its idle smtpd processes before the probe
     new_state["status"] = "set"
-    guard.save_state(ctx, new_state)
+    guard.save_state(ctx, new_state, finish)
 
 
 def planned_soft_bounce(text: str) -> str:
@@ -363,19 +366,17 @@ def planned_soft_bounce(text: str) -> str:
     return text + "soft_bounce = yes\n"  # postconf appends even to a last line without its newline
 
 
-def _set_soft_bounce(ctx: Context, new_state: dict[str, Any], cfg: str, old_bytes: bytes, copy: str) -> None:
+def _set_soft_bounce(ctx: Context, new_state: dict[str, Any], cfg: str, old_bytes: bytes, copy: str, what: str) -> None:
     """Write the guard's record ahead (status "setting", main.cf's copy beside it), then run postconf."""
     main_cf = f"{cfg}/main.cf"
     old_st = ctx.target.stat(main_cf)  # postconf -e writes a new file: restore mode and owner with the content
-    if ctx.apply:
-        ctx.keep(main_cf)
-        ctx.state.mkdir(guard.copy_dir(ctx), mode=0o700)
-        ctx.state.write_atomic(copy, old_bytes, mode=0o600)
-        new_state["main_cf_copy"] = copy
-        if old_st is not None and "main_cf_meta" not in new_state:
-            new_state["main_cf_meta"] = {"mode": old_st.mode, "uid": old_st.uid, "gid": old_st.gid}
-        guard.save_state(ctx, {**new_state, "status": "setting"})
-    ctx.runner.run(guard.postconf_argv(ctx, cfg, "-e", "soft_bounce=yes"), mutates=True)
+    ctx.keep(main_cf)
+    ctx.save_state(copy, old_bytes, what=f"record {main_cf} as it is before the guard")
+    new_state["main_cf_copy"] = copy
+    if old_st is not None and "main_cf_meta" not in new_state:
+        new_state["main_cf_meta"] = {"mode": old_st.mode, "uid": old_st.uid, "gid": old_st.gid}
+    guard.save_state(ctx, {**new_state, "status": "setting"})
+    ctx.runner.run(guard.postconf_argv(ctx, cfg, "-e", "soft_bounce=yes"), mutates=True, what=what)
 
 
 def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any] | None, installed: bool) -> None:
@@ -410,8 +411,7 @@ def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any]
             "from starting it before it is configured."
         )
     if pid is not None:
-        result.change(f"stop Postfix (master pid {pid})")
-        ctx.runner.run(guard.service_argv(ctx, cfg, "stop"), mutates=True)
+        ctx.runner.run(guard.service_argv(ctx, cfg, "stop"), mutates=True, what=f"stop Postfix (master pid {pid})")
         if ctx.apply:
             _wait_stopped(ctx, queue, port)
     elif postfix.port_answers(ctx.target, port):
@@ -422,14 +422,13 @@ def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any]
         )
 
     if policy_here and not ours:
-        result.change(
+        ctx.keep(guard.POLICY_RC_D)
+        argv = ["mv", "-f", "--", ctx.target.path(guard.POLICY_RC_D), ctx.target.path(guard.SAVED_POLICY_RC_D)]
+        what = (
             f"keep the existing {guard.POLICY_RC_D} as {guard.SAVED_POLICY_RC_D}; the guard's policy consults it "
             "for every other service"
         )
-        if ctx.apply:
-            ctx.keep(guard.POLICY_RC_D)
-        argv = ["mv", "-f", "--", ctx.target.path(guard.POLICY_RC_D), ctx.target.path(guard.SAVED_POLICY_RC_D)]
-        ctx.runner.run(argv, mutates=True)
+        ctx.runner.run(argv, mutates=True, what=what)
     ctx.write_file(
         guard.POLICY_RC_D,
         POLICY_SCRIPT,
@@ -440,14 +439,11 @@ def _guard_stop(ctx: Context, result: Result, s: Settings, state: dict[str, Any]
     )
     for unit, was_masked in masked.items():
         if not was_masked:
-            result.change(f"systemctl mask {unit}")
-            ctx.runner.run(["systemctl", "mask", unit], mutates=True)
+            ctx.runner.run(["systemctl", "mask", unit], mutates=True, what=f"systemctl mask {unit}")
     if not result.changed and state is not None and not setting:
         result.noop_reason = f"Postfix is stopped and blocked from starting (guard set {state.get('set_at', '?')})"
         return
-    guard.save_state(ctx, record)
-    if state is None or setting:
-        result.change("record the guard in the state directory")
+    guard.save_state(ctx, record, "record the guard in the state directory" if state is None or setting else None)
 
 
 def _wait_stopped(ctx: Context, queue: str | None, port: int, timeout: float = 15.0) -> None:

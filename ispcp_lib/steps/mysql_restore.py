@@ -407,8 +407,12 @@ def _keep_target(ctx: Context, result: Result, src: Source, layout: datadir.Layo
     dest = datadir.join(layout.kept, src.database)
     datadir.make_dir(ctx, layout.kept)
     if src.kind is Kind.DUMP and src.database == "mysql":
-        result.change(f"copy {live} to {dest} (kept)")
-        ctx.runner.run(["cp", "-a", "--", ctx.target.path(live), ctx.target.path(dest)], mutates=True, timeout=7200)
+        ctx.runner.run(
+            ["cp", "-a", "--", ctx.target.path(live), ctx.target.path(dest)],
+            mutates=True,
+            timeout=7200,
+            what=f"copy {live} to {dest} (kept)",
+        )
     else:
         result.change(f"move {live} aside to {dest} (kept)")
         datadir.move(ctx, live, dest)

@@ -62,10 +62,10 @@ def guard_state(ctx: Context) -> dict[str, Any] | None:
         return {"mode": "unknown", "status": "damaged record", "config_dir": None}
 
 
-def save_state(ctx: Context, state: dict[str, Any]) -> None:
-    if ctx.apply:
-        ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
-        ctx.state.write_atomic(state_path(ctx), json.dumps(state, indent=1, sort_keys=True) + "\n", mode=0o600)
+def save_state(ctx: Context, state: dict[str, Any], what: str | None = None) -> None:
+    """Record the guard (what: the step's change line for it, when recording is the change)."""
+    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
+    ctx.save_state(state_path(ctx), text, what=what or "record the mail guard", announce=what is not None)
 
 
 def is_ours(ctx: Context, path: str) -> bool:
@@ -113,13 +113,15 @@ def reassert(ctx: Context, result: Result) -> None:
     if state.get("mode") == "soft_bounce":
         guard_template(ctx)
         if postfix.effective_value(ctx.target, cfg, "soft_bounce") != "yes":
-            result.change(f"set soft_bounce = yes in {cfg}/main.cf again (the script rewrote it)")
-            ctx.runner.run(postconf_argv(ctx, cfg, "-e", "soft_bounce=yes"), mutates=True)
+            ctx.runner.run(
+                postconf_argv(ctx, cfg, "-e", "soft_bounce=yes"),
+                mutates=True,
+                what=f"set soft_bounce = yes in {cfg}/main.cf again (the script rewrote it)",
+            )
             if postfix.master_pid(ctx.target, queue) is not None:
                 ctx.runner.run(postfix_argv(ctx, cfg, "reload"), mutates=True)
     elif state.get("mode") == "stop" and postfix.master_pid(ctx.target, queue) is not None:
-        result.change("stop Postfix again (the script started it)")
-        ctx.runner.run(service_argv(ctx, cfg, "stop"), mutates=True)
+        ctx.runner.run(service_argv(ctx, cfg, "stop"), mutates=True, what="stop Postfix again (the script started it)")
 
 
 # --- the check -------------------------------------------------------------------------------------
@@ -249,9 +251,7 @@ def lift(ctx: Context, result: Result) -> None:
         _lift_soft_bounce(ctx, result, state, cfg, previous)
     elif mode == "stop":
         _lift_stop(ctx, result, cfg, previous)
-    result.change(f"remove the mail guard record ({mode})")
-    if ctx.apply:
-        ctx.state.remove(state_path(ctx))
+    ctx.remove(state_path(ctx), what=f"remove the mail guard record ({mode})", state=True)
 
 
 def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: str, previous: dict[str, Any]) -> None:
@@ -280,19 +280,24 @@ def _lift_soft_bounce(ctx: Context, result: Result, state: dict[str, Any], cfg: 
         changed = _put_back_soft_bounce(ctx, result, cfg, previous.get("soft_bounce_explicit"))
     pid = postfix.master_pid(ctx.target, postfix.queue_directory(ctx.target, cfg))
     if changed and pid is not None:
-        result.change(f"reload Postfix (master pid {pid})")
-        ctx.runner.run(postfix_argv(ctx, cfg, "reload"), mutates=True)
+        ctx.runner.run(postfix_argv(ctx, cfg, "reload"), mutates=True, what=f"reload Postfix (master pid {pid})")
 
 
 def _put_back_soft_bounce(ctx: Context, result: Result, cfg: str, wanted: str | None) -> bool:
     explicit_now = postfix.explicit_setting(ctx.target, cfg, "soft_bounce")
     if wanted is None and explicit_now is not None:
-        result.change(f"remove soft_bounce from {cfg}/main.cf (it was not set before the guard)")
-        ctx.runner.run(postconf_argv(ctx, cfg, "-X", "soft_bounce"), mutates=True)
+        ctx.runner.run(
+            postconf_argv(ctx, cfg, "-X", "soft_bounce"),
+            mutates=True,
+            what=f"remove soft_bounce from {cfg}/main.cf (it was not set before the guard)",
+        )
         return True
     if wanted is not None and explicit_now != wanted:
-        result.change(f"set soft_bounce = {wanted} again in {cfg}/main.cf")
-        ctx.runner.run(postconf_argv(ctx, cfg, "-e", f"soft_bounce={wanted}"), mutates=True)
+        ctx.runner.run(
+            postconf_argv(ctx, cfg, "-e", f"soft_bounce={wanted}"),
+            mutates=True,
+            what=f"set soft_bounce = {wanted} again in {cfg}/main.cf",
+        )
         return True
     return False
 
@@ -300,21 +305,20 @@ def _put_back_soft_bounce(ctx: Context, result: Result, cfg: str, wanted: str | 
 def _lift_stop(ctx: Context, result: Result, cfg: str, previous: dict[str, Any]) -> None:
     if is_ours(ctx, POLICY_RC_D):
         if previous.get("policy_rc_d_existed") and ctx.target.stat(SAVED_POLICY_RC_D) is not None:
-            result.change(f"put the previous {POLICY_RC_D} back")
+            what = f"put the previous {POLICY_RC_D} back"
             argv = ["mv", "-f", "--", ctx.target.path(SAVED_POLICY_RC_D), ctx.target.path(POLICY_RC_D)]
         else:
-            result.change(f"remove {POLICY_RC_D} (there was none before the guard)")
+            what = f"remove {POLICY_RC_D} (there was none before the guard)"
             argv = ["rm", "-f", "--", ctx.target.path(POLICY_RC_D)]
-        if ctx.apply:
-            ctx.keep(POLICY_RC_D)
-        ctx.runner.run(argv, mutates=True)
+        ctx.keep(POLICY_RC_D)
+        ctx.runner.run(argv, mutates=True, what=what)
     elif ctx.target.stat(POLICY_RC_D) is not None:
         result.warn(f"{POLICY_RC_D} was replaced by someone else since the guard was set; it is left alone")
     for unit, was_masked in (previous.get("units_masked") or {}).items():
         if not was_masked and unit_masked(ctx, unit):
-            result.change(f"systemctl unmask {unit}")
-            ctx.runner.run(["systemctl", "unmask", unit], mutates=True)
+            ctx.runner.run(["systemctl", "unmask", unit], mutates=True, what=f"systemctl unmask {unit}")
     if previous.get("master_running") and postfix.installed(ctx.target, cfg):
         if postfix.master_pid(ctx.target, postfix.queue_directory(ctx.target, cfg)) is None:
-            result.change("start Postfix again (it ran before the guard)")
-            ctx.runner.run(service_argv(ctx, cfg, "start"), mutates=True)
+            ctx.runner.run(
+                service_argv(ctx, cfg, "start"), mutates=True, what="start Postfix again (it ran before the guard)"
+            )
