@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ispcp_lib.core import fileops
 from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, RootedView, SshConnection
 from ispcp_lib.core.errors import InputError, PreconditionFailed
-from ispcp_lib.core.operations import Executor, KeepCopy, RemovePath, RunSql, WriteFile, WriteState
+from ispcp_lib.core.operations import Executor, KeepCopy, Procedure, RemovePath, RunSql, WriteFile, WriteState
 from ispcp_lib.core.params import Param, settings
 from ispcp_lib.core.result import Diff, Result
 from ispcp_lib.core.runner import Runner
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ispcp_lib.mysql.service import MysqlService
 
 DEFAULT_STATE_DIR = "/var/lib/ispcp-recovery"
+T = TypeVar("T")
 
 
 class InteractiveGate(Protocol):
@@ -120,8 +121,11 @@ class Context:
         else:
             print(line, file=sys.stdout, flush=True)
 
-    def keep(self, path: str | Path) -> str | None:
+    def keep(self, path: str | Path, dest: str | None = None) -> str | None:
         """Safety-copy a target path before it is replaced (on the machine that holds the state dir).
+
+        dest: where the copy goes (default: this run's backups folder, one folder per step); a copy
+        already there is never overwritten: it holds the oldest state.
 
         Returns where the copy is, or None when there was nothing to keep (or in a dry run, which
         plans the copy and keeps nothing: it changes nothing either).
@@ -132,7 +136,7 @@ class Context:
         # One folder per step: each step's copy holds the state that step replaced, even when an
         # earlier step of the same run changed the file already.
         step = self.current.step if self.current is not None else "outside-steps"
-        dest = f"{self.backup_dir}/{step}{logical}"
+        dest = dest or f"{self.backup_dir}/{step}{logical}"
         if not self.state.exists(dest):  # a copy from the same run already holds the oldest state
 
             def copy() -> bool:
@@ -155,10 +159,13 @@ class Context:
         gid: int | None = None,
         what: str | None = None,
         show_diff: bool = True,
+        keep: bool = True,
     ) -> bool:
         """Plan or perform one file write on the target: diff, safety copy, atomic replace.
 
         path is the target's own path ("/etc/ispcp/ispcp.conf"). True if anything changes.
+        keep=False: no safety copy (a file of the recovery's own that holds a password: a copy would
+        leave it on disk); show_diff=False for the same reason.
         """
         logical = self.logical_path(path)
         old_bytes = self.target.read_bytes(logical)
@@ -176,7 +183,8 @@ class Context:
             self.target.mkdir(str(Path(logical).parent))
             self.target.write_atomic(logical, new_bytes, mode, uid, gid)
 
-        self.keep(logical)  # journaled before the write's intent: a resumed run sees the copy first
+        if keep:
+            self.keep(logical)  # journaled before the write's intent: a resumed run sees the copy first
         self.executor.perform(op, write)
         return True
 
@@ -210,6 +218,11 @@ class Context:
 
         return self.executor.perform(op, act, announce=announce, outcome=lambda n: {"rows": n})
 
+    def do(self, what: str, act: Callable[[], T]) -> T | None:
+        """Plan or perform a procedure (several commands and statements that belong together) as one
+        operation; its value when applied, None in a dry run."""
+        return self.executor.perform(Procedure(what), act)
+
     def save_state(self, path: str, data: str | bytes, *, what: str | None = None, announce: bool = False) -> None:
         """Write a file of the tool's own in the state dir (0600, the dir 0700); a dry run writes nothing.
 
@@ -230,6 +243,7 @@ class Context:
         No safety copy: callers remove what the recovery itself made (staged copies, its own records).
         """
         conn = self.state if state else self.target
+        path = path if state else self.logical_path(path)
         op = RemovePath(what=what, path=path, where="state" if state else "target")
         self.executor.perform(op, lambda: conn.remove(path, tree=tree), announce=not state)
 
@@ -242,8 +256,10 @@ class Context:
         if self.apply:
             raise PreconditionFailed(item, problem, fix)
         if self.current is not None:
+            self.current.blocked.append(item)  # JupyterLab offers no Apply button for a step that would stop
             instead = f"; {dry_run}" if dry_run else ""
-            self.current.warn(f"{item}: {problem}{instead}. Applying stops here, before any change. Fix: {fix}")
+            stop = "Applying stops here, before anything is written"
+            self.current.warn(f"{item}: {problem}{instead}. {stop}. Fix: {fix}")
 
     def backup_argv_path(self, path: str) -> str:
         """A backup path as a command on the *target* sees it (for a copy from the backup to the target).

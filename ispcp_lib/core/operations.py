@@ -83,6 +83,15 @@ class RunSql(Operation):
 
 
 @dataclass(frozen=True)
+class Procedure(Operation):
+    """Commands and statements that only make sense together (restart MySQL without grant tables,
+    set passwords, restart it normally): one intent and one completion around all of them; the
+    file writes inside are operations of their own."""
+
+    kind: ClassVar[str] = "procedure"
+
+
+@dataclass(frozen=True)
 class RemovePath(Operation):
     kind: ClassVar[str] = "remove"
     path: str = ""

@@ -256,22 +256,26 @@ def reset_accounts(
     sql = [f for f in fresh if f[0].column == SQL_USER]
     # The file first: once ispCP's rows or MySQL hold a new password, it must already be on disk. It lives
     # with the state directory (on whichever machine holds it), never in the report.
-    result.change(
-        f"write {len(fresh)} new account password(s) to {path} (mode 0600; for the admin to hand out, never shown here)"
-    )
-    if ctx.apply:
-        ctx.state.mkdir(str(ctx.state_dir), 0o700)
-        ctx.state.write_atomic(path, credentials_text(entries, ctx.run_id), 0o600, 0, 0)
+    what = f"write {len(fresh)} new account password(s) to {path} (mode 0600; for the admin to hand out, not shown)"
+    ctx.save_state(path, credentials_text(entries, ctx.run_id), what=what, announce=True)
+
+    connect = accounts.opener(ctx, db_login, database)
+
     if mail:
-        result.change(
+        what = (
             f"set a new random password for {len(mail)} mailbox(es) in {database}.mail_users "
             "(encrypted with the keys now in place; status 'change' so the engine rebuilds them)"
         )
+        ctx.sql(what, [queries.set_mailbox_cipher(row.id, cipher) for row, _, cipher in mail], connect=connect)
+    created: list[str] | None = []
     if sql:
-        result.change(
-            f"set a new random password for {len(sql)} customer SQL user(s) in {database}.sql_user "
-            "(encrypted) and in MySQL for every host of each account"
+        what = f"set a new random password for {len(sql)} customer SQL user(s) in {database}.sql_user (encrypted)"
+        ctx.sql(what, [queries.set_sql_user_cipher(row.id, cipher) for row, _, cipher in sql], connect=connect)
+        what = (
+            f"set the same {len(sql)} password(s) in MySQL for every host of each account (an account "
+            "missing from MySQL is created at localhost and %, as ispCP does)"
         )
+        created = ctx.do(what, lambda: _set_in_mysql(ctx, admin or db_login, sql, path))
     if not ctx.apply:
         return [
             {
@@ -280,27 +284,6 @@ def reset_accounts(
                 "detail": f"{len(mail)} mailbox(es), {len(sql)} SQL user(s); file {path}",
             }
         ]
-    with ctx.mysql.connect(db_login.user, db_login.password, database) as conn, conn.cursor() as cur:
-        for row, _, cipher in mail:
-            dialect.execute(cur, queries.set_mailbox_cipher(row.id, cipher))
-        for row, _, cipher in sql:
-            dialect.execute(cur, queries.set_sql_user_cipher(row.id, cipher))
-    who = admin or db_login
-    created: list[str] = []
-    try:
-        with ctx.mysql.connect(who.user, who.password) as conn:
-            server = accounts.dialect(ctx)
-            for row, password, _ in sql:
-                if not set_user_password(ctx, conn, row.account, password):
-                    _create_sql_user(conn, server, row, password)
-                    created.append(row.account)
-    except pymysql.MySQLError as exc:
-        raise PreconditionFailed(
-            "customer SQL passwords",
-            ctx.secrets.redact(f"setting them in MySQL failed: {exc}"),
-            f"the new passwords are in {path} and in ispCP's database; fix the cause and set "
-            "them in MySQL (SET PASSWORD) from that file",
-        ) from None
     if created:
         result.note(
             f"SQL user(s) without any MySQL account were created at localhost and % with all privileges on "
@@ -336,6 +319,27 @@ def reset_accounts(
         if refused:
             result.warn(f"{len(refused)} SQL user(s) cannot log in with their new password: {'; '.join(refused[:4])}")
     return checks
+
+
+def _set_in_mysql(ctx: Context, who: Login, sql: list[tuple[EncryptedRow, str, str]], path: str) -> list[str]:
+    """Each SQL user's new password in MySQL (every host of the account); returns the accounts created."""
+    assert ctx.mysql is not None
+    created: list[str] = []
+    try:
+        with ctx.mysql.connect(who.user, who.password) as conn:
+            server = accounts.dialect(ctx)
+            for row, password, _ in sql:
+                if not set_user_password(ctx, conn, row.account, password):
+                    _create_sql_user(conn, server, row, password)
+                    created.append(row.account)
+    except pymysql.MySQLError as exc:
+        raise PreconditionFailed(
+            "customer SQL passwords",
+            ctx.secrets.redact(f"setting them in MySQL failed: {exc}"),
+            f"the new passwords are in {path} and in ispCP's database; fix the cause and set "
+            "them in MySQL (SET PASSWORD) from that file",
+        ) from None
+    return created
 
 
 def _create_sql_user(session: Any, server: Dialect, row: EncryptedRow, password: str) -> None:

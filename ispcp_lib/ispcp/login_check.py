@@ -60,10 +60,5 @@ def require_login(ctx: Context, result: Result, user: str, password: str, databa
             "ispcp.conf. If they do, the password was changed after this ispcp.conf was saved: set it in "
             "MySQL to the decrypted one (`ispcp-recover decrypt-password --show`)"
         )
-    if ctx.apply:
-        raise PreconditionFailed(item, problem, fix)
-    result.warn(
-        f"{item}: {problem}. Expected in a dry run when mysql_restore is not applied yet; applying "
-        f"stops here unless it works by then. Fix: {fix}"
-    )
+    ctx.precondition(item, problem, fix, dry_run="expected in a dry run when mysql_restore is not applied yet")
     return False

@@ -48,15 +48,10 @@ def write_root_mycnf(ctx: Context, result: Result, login: Login) -> None:
             assert st is not None
             if current == text and (st.mode, st.uid, st.gid) == (0o600, 0, 0):
                 return
-            result.change(what)
-            if ctx.apply:
-                ctx.target.write_atomic(MY_CNF, text, 0o600, 0, 0)
+            if ctx.write_file(MY_CNF, text, 0o600, 0, 0, what=what, show_diff=False, keep=False) and ctx.apply:
                 prove_mycnf(ctx)
             return
-        keep = previous_copy(ctx)
-        if ctx.apply and not ctx.state.exists(keep):
-            ctx.state.mkdir(keep.rsplit("/", 1)[0], mode=0o700)
-            ctx.state.run(["cp", "-a", "--", ctx.target.path(MY_CNF), keep], check=True, timeout=60)
+        ctx.keep(MY_CNF, dest=previous_copy(ctx))  # root's own file, put back by cleanup
     if ctx.write_file(MY_CNF, text, mode=0o600, uid=0, gid=0, show_diff=False, what=what) and ctx.apply:
         prove_mycnf(ctx)
 
@@ -108,12 +103,10 @@ def remove_root_mycnf(ctx: Context, result: Result) -> None:
         return
     if kept is not None:
         register_mycnf_password(ctx, ctx.state.read_text(previous) or "")
-        result.change(f"put root's own {MY_CNF} back (register_accounts had replaced it)")
-        if ctx.apply:
-            data = ctx.state.read_bytes(previous) or b""
-            ctx.target.write_atomic(MY_CNF, data, kept.mode, kept.uid, kept.gid)
-            ctx.state.remove(previous)
+        data = ctx.state.read_bytes(previous) or b""
+        what = f"put root's own {MY_CNF} back (register_accounts had replaced it)"
+        ctx.write_file(MY_CNF, data, kept.mode, kept.uid, kept.gid, what=what, show_diff=False, keep=False)
+        ctx.remove(previous, what=f"remove the copy of root's own {MY_CNF}", state=True)
         return
-    result.change(f"remove {MY_CNF} (written by register_accounts, holds a database password)")
-    if ctx.apply:  # no safety copy: it is our own file, and a copy would keep the password on disk
-        ctx.target.remove(MY_CNF)
+    # No safety copy: it is our own file, and a copy would keep the password on disk.
+    ctx.remove(MY_CNF, what=f"remove {MY_CNF} (written by register_accounts, holds a database password)")

@@ -8,7 +8,7 @@ the secrets_file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -92,6 +92,17 @@ def admin_logins(ctx: Context) -> list[Login]:
             out.append(login)
     out += [login for login in (saved_root(ctx), mysql_creds.secrets_file_admin(ctx)) if login is not None]
     return out
+
+
+def opener(ctx: Context, login: Login, database: str | None = None) -> Callable[[], Any]:
+    """Opens a session with login when called: for Context.sql, which connects only when applying."""
+
+    def connect() -> Any:
+        if ctx.mysql is None:
+            raise PreconditionFailed("MySQL server", "is not known to this run", "run mysql_restore first")
+        return ctx.mysql.connect(login.user, login.password, database)
+
+    return connect
 
 
 def admin_login(ctx: Context) -> Login | None:

@@ -8,8 +8,8 @@ backup is read through its own side.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,32 @@ def admin(ctx: Context, login: Login, database: str | None = None) -> Iterator[A
         yield conn
     finally:
         conn.close()
+
+
+class Session:
+    """A database session opened on first use (a dry run never opens one), with setup statements run first."""
+
+    def __init__(self, connect: Callable[[], AbstractContextManager[Any]], setup: list[dialect.Statement]) -> None:
+        self._connect = connect
+        self._setup = setup
+        self._stack: ExitStack | None = None
+        self._cur: Any = None
+
+    def cursor(self) -> Any:
+        if self._cur is None:
+            self._stack = ExitStack()
+            conn = self._stack.enter_context(self._connect())
+            self._cur = self._stack.enter_context(conn.cursor())
+            for statement in self._setup:
+                dialect.execute(self._cur, statement)
+        return self._cur
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
 
 
 # --- checks before anything changes -----------------------------------------------------------------
@@ -322,37 +348,43 @@ def _tablespace_import(
     side = datadir.join(layout.staging, f"{p.folder_name}.tablespaces")
     live = datadir.join(layout.datadir, p.folder_name)
     stems = p.db.binary.innodb
-    result.change(
+    what = (
         f"set aside the {len(stems)} .ibd file(s) and the trigger files; drop the InnoDB .frm files from "
         "the staged folder (the server writes its own when the tables are created)"
     )
-    if ctx.apply:
-        _set_aside(ctx, staged, side, stems)
+    ctx.do(what, lambda: _set_aside(ctx, staged, side, stems))
     _place_folder(ctx, result, p, staged, layout)
     tables = {stem: customer_dbs.table_name(stem) for stem in stems}
-    for stem, table in tables.items():
-        result.change(
-            f"CREATE TABLE {dialect.quote_ident(p.name)}.{dialect.quote_ident(table)} "
-            f"(definition from its {p.db.binary.definitions[stem]}), "
-            "DISCARD TABLESPACE, copy the old .ibd in, IMPORT TABLESPACE"
-        )
-    if not ctx.apply:
-        return
-    aside = set(ctx.target.listdir(side) or [])
-    with admin(ctx, login) as conn, conn.cursor() as cur:
-        dialect.execute(cur, dialect.FOREIGN_KEY_CHECKS_OFF)
-        for stem, table in tables.items():
+    # One session for all tables (foreign key checks off in it), opened by the first import: a dry run opens none.
+    with Session(lambda: admin(ctx, login), [dialect.FOREIGN_KEY_CHECKS_OFF]) as session:
+        aside: set[str] = set()
+
+        def import_table(stem: str, table: str) -> None:
+            if not aside:
+                aside.update(ctx.target.listdir(side) or [])
+            cur = session.cursor()
             dialect.execute(cur, dialect.create_table_in(p.name, p.definitions[stem]))
             dialect.execute(cur, dialect.discard_tablespace(p.name, table))
             for part in (f"{stem}{x}" for x in _TABLESPACE_PARTS if f"{stem}{x}" in aside):
                 datadir.move(ctx, datadir.join(side, part), datadir.join(live, part))
             dialect.execute(cur, dialect.import_tablespace(p.name, table))
-        late = sorted(n for n in aside if n.endswith(_LATE_SUFFIXES))
-        for name in late:
-            datadir.move(ctx, datadir.join(side, name), datadir.join(live, name))
-        if late:
-            dialect.execute(cur, dialect.flush_tables(p.name, list(tables.values())))
-    datadir.remove_if_empty(ctx, side)
+
+        def place_triggers() -> None:
+            late = sorted(n for n in ctx.target.listdir(side) or [] if n.endswith(_LATE_SUFFIXES))
+            for name in late:
+                datadir.move(ctx, datadir.join(side, name), datadir.join(live, name))
+            if late:
+                dialect.execute(session.cursor(), dialect.flush_tables(p.name, list(tables.values())))
+            datadir.remove_if_empty(ctx, side)
+
+        for stem, table in tables.items():
+            what = (
+                f"CREATE TABLE {dialect.quote_ident(p.name)}.{dialect.quote_ident(table)} "
+                f"(definition from its {p.db.binary.definitions[stem]}), "
+                "DISCARD TABLESPACE, copy the old .ibd in, IMPORT TABLESPACE"
+            )
+            ctx.do(what, lambda stem=stem, table=table: import_table(stem, table))
+        ctx.do(f"place the trigger files of {p.name} and FLUSH its tables", place_triggers)
 
 
 def _load_dump(ctx: Context, result: Result, p: Plan, login: Login) -> None:
@@ -367,17 +399,15 @@ def _load_dump(ctx: Context, result: Result, p: Plan, login: Login) -> None:
     if ctx.apply:
         p.created = True
     if not creates_db:
-        result.change(f"CREATE DATABASE {dialect.quote_ident(p.name)} (the dump does not create it)")
-        if ctx.apply:
-            with admin(ctx, login) as conn, conn.cursor() as cur:
-                dialect.execute(cur, dialect.create_database(p.name))
-    result.change(f"load {what}{p.dump.path} into {p.name} with the mariadb client")
+        what = f"CREATE DATABASE {dialect.quote_ident(p.name)} (the dump does not create it)"
+        ctx.sql(what, [dialect.create_database(p.name)], connect=lambda: admin(ctx, login))
     with dumps.defaults_file(ctx.target, login, str(ctx.mysql.socket), write=ctx.apply) as cnf:
         # A dump that creates its database must not name it on the command line: the client would USE it
         # before the dump's CREATE DATABASE runs.
         target = [] if creates_db else [p.name]
         argv = dumps.client_argv(ctx.target, cnf, "--batch", *target)
-        ctx.runner.run(argv, input=p.sql, mutates=True, timeout=7200)
+        load = f"load {what}{p.dump.path} into {p.name} with the mariadb client"
+        ctx.runner.run(argv, input=p.sql, mutates=True, timeout=7200, what=load)
 
 
 def roll_back(ctx: Context, result: Result, p: Plan, layout: datadir.Layout, login: Login) -> None:
@@ -385,8 +415,8 @@ def roll_back(ctx: Context, result: Result, p: Plan, layout: datadir.Layout, log
     live = datadir.join(layout.datadir, p.folder_name)
     if p.created:
         try:
-            with admin(ctx, login) as conn, conn.cursor() as cur:
-                dialect.execute(cur, dialect.drop_database(p.name))
+            what = f"DROP DATABASE {dialect.quote_ident(p.name)} (restored half by this run)"
+            ctx.sql(what, [dialect.drop_database(p.name)], connect=lambda: admin(ctx, login))
         except pymysql.MySQLError as exc:
             result.warn(f"{p.name}: DROP DATABASE during the roll-back failed ({exc}); its folder is moved aside")
         if ctx.target.exists(live):  # files the server did not know (DROP leaves them): ours, placed by this run

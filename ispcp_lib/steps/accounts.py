@@ -236,9 +236,9 @@ def _clear_killed_write(ctx: Context, result: Result) -> None:
     killed = [r for r in unfinished(read_journal(ctx), "accounts") if r["op"].get("kind") == "command"]
     if not killed:
         return
-    result.change(f"remove the stale locks of the account files' write that run {killed[0]['run_id']} left")
-    if ctx.apply:
-        removed = account_install.clear_leftovers(ctx.runner, ctx.target, "/etc")
+    what = f"remove the stale locks of the account files' write that run {killed[0]['run_id']} left"
+    removed = ctx.do(what, lambda: account_install.clear_leftovers(ctx.runner, ctx.target, "/etc"))
+    if removed is not None:
         result.note(f"Left by the killed run and removed: {', '.join(map(ctx.logical_path, removed)) or 'nothing'}.")
 
 

@@ -13,8 +13,8 @@ from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_layout, proftpd
 from ispcp_lib.facts.ispcp_conf import CONF_PATH, IspcpConf
-from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.mysql import accounts, dialect
+from ispcp_lib.mysql.dialect import Dialect, Statement
 
 TITLE = "The FTP server's database login"
 GUIDE = "the section on giving the FTP server a valid database login (old proftpd.conf, or the vftp password)"
@@ -79,9 +79,9 @@ def run(ctx: Context, result: Result) -> None:
             "and run this step again (it then sets that password in MySQL)",
         )
     password, source = found
-    if ctx.apply and (ctx.mysql is None or not ctx.mysql.status()):
+    if ctx.mysql is None or not ctx.mysql.status():
         # Checked before any file changes: the login proof (and any fix) needs the server.
-        raise PreconditionFailed(
+        ctx.precondition(
             "MySQL server",
             "is not running, so the vftp login cannot be proven",
             "run mysql_restore (it starts the server) first, then this step",
@@ -172,11 +172,7 @@ def _prove_login(ctx: Context, result: Result, info: proftpd.SqlConnect | None) 
         )
     planned = result.changed > 0
     if ctx.mysql is None or not ctx.mysql.status():
-        message = "MySQL is not running, so the vftp login cannot be proven"
-        if ctx.apply:
-            raise PreconditionFailed("MySQL server", message, "run mysql_restore (it starts the server) first")
-        result.warn(message + " (dry run)")
-        return
+        return  # a dry run: the check before the writes warned already (applying stopped there)
     ok, text = proftpd.check_vftp(ctx, info)
     rows = [
         {
@@ -210,22 +206,23 @@ def _fix_vftp(ctx: Context, result: Result, info: proftpd.SqlConnect, rows: list
     """Plan (and, applying, make) the MySQL change the failed vftp login needs; the login proven again after."""
     admin = accounts.admin_login(ctx)
     if admin is None:
-        if ctx.apply:
-            raise PreconditionFailed(
-                "MySQL admin login",
-                "no admin login works (the debian.cnf files, ispCP's own login, a saved root login, the "
-                "secrets_file), so the vftp password cannot be set",
-                "run the mysql_maintainer step first",
-            )
-        result.warn("no working MySQL admin login: cannot plan the vftp password change (dry run)")
+        ctx.precondition(
+            "MySQL admin login",
+            "no admin login works (the debian.cnf files, ispCP's own login, a saved root login, the "
+            "secrets_file), so the vftp password cannot be set",
+            "run the mysql_maintainer step first",
+            dry_run="the vftp password change cannot be planned",
+        )
         return False, "not fixed (dry run)"
     user = info.user or "vftp"
     login_fails = ctx.mysql.login_error(user, info.password) is not None  # password, not grants
     with ctx.mysql.connect(admin.user, admin.password) as conn:
-        fix = plan_fix(result, info, accounts.user_hosts(conn, user), login_fails)
+        fix = plan_fix(info, accounts.user_hosts(conn, user), login_fails)
+    ctx.secrets.add(info.password or "", f"MySQL password of {user}")
+    for what, statements in fix_statements(accounts.dialect(ctx), info, fix):
+        ctx.sql(what, statements, connect=accounts.opener(ctx, admin))
     if not ctx.apply:
         return False, "not fixed (dry run)"
-    _apply_fix(ctx, admin, info, fix)
     ok, text = proftpd.check_vftp(ctx, info)
     rows.append(
         {
@@ -245,42 +242,40 @@ def _fix_vftp(ctx: Context, result: Result, info: proftpd.SqlConnect, rows: list
     return ok, text
 
 
-def plan_fix(result: Result, info: proftpd.SqlConnect, hosts: list[str], login_fails: bool) -> VftpFix:
-    """What makes vftp match the config, each change recorded on result.
+def plan_fix(info: proftpd.SqlConnect, hosts: list[str], login_fails: bool) -> VftpFix:
+    """What makes vftp match the config.
 
     No such user: create it with the installer's grants. Wrong password: set it on every host entry.
     Login works but ftp_users is unreadable: grant what the installer grants.
     """
-    user, database = info.user or "vftp", info.database
     if not hosts:
-        result.change(f"create the MySQL user {user}@localhost (it is missing from the restored mysql database)")
-        fix = VftpFix(create=True, grant_hosts=["localhost"])
-    elif login_fails:
-        for host in hosts:
-            result.change(f"set the MySQL password of {user}@{host} to the one in proftpd.conf")
+        return VftpFix(create=True, grant_hosts=["localhost"])
+    if login_fails:
         return VftpFix(password_hosts=hosts)
-    else:
-        fix = VftpFix(grant_hosts=hosts)
+    return VftpFix(grant_hosts=hosts)
+
+
+def fix_statements(server: Dialect, info: proftpd.SqlConnect, fix: VftpFix) -> list[tuple[str, list[Statement]]]:
+    """(change line, its statements) for each part of the fix, in the order they are sent."""
+    user, password, database = info.user or "vftp", info.password or "", info.database
+    parts: list[tuple[str, list[Statement]]] = []
+    if fix.create:
+        what = f"create the MySQL user {user}@localhost (it is missing from the restored mysql database)"
+        parts.append((what, server.create_user_statements(user, "localhost", password)))
+    for host in fix.password_hosts:
+        what = f"set the MySQL password of {user}@{host} to the one in proftpd.conf"
+        parts.append((what, [*server.set_password_statements(user, host, password), dialect.FLUSH_PRIVILEGES]))
     for host in fix.grant_hosts:
-        result.change(
-            f"grant {user}@{host} SELECT, INSERT, UPDATE, DELETE on {database}."
-            f"{{{', '.join(VFTP_TABLES)}}} (the installer's grants)"
-        )
-    return fix
-
-
-def _apply_fix(ctx: Context, admin: Login, info: proftpd.SqlConnect, fix: VftpFix) -> None:
-    user, password = info.user or "vftp", info.password or ""
-    with ctx.mysql.connect(admin.user, admin.password) as conn:
-        if fix.password_hosts:
-            accounts.set_user_password(ctx, conn, user, password, fix.password_hosts)
-        server = accounts.dialect(ctx)
-        statements = server.create_user_statements(user, "localhost", password) if fix.create else []
-        for host in fix.grant_hosts:
-            for table in VFTP_TABLES:
-                # Identifiers cannot be parameters: the name from SQLConnectInfo is quoted.
-                where = f"{dialect.quote_ident(info.database)}.{dialect.quote_ident(table)}"
-                statements.append(server.grant(f"SELECT, INSERT, UPDATE, DELETE ON {where}", user, host))
-        with conn.cursor() as cur:
-            for statement in statements:
-                dialect.execute(cur, statement)
+        # Identifiers cannot be parameters: the names from SQLConnectInfo are quoted.
+        grants = [
+            server.grant(
+                f"SELECT, INSERT, UPDATE, DELETE ON {dialect.quote_ident(database)}.{dialect.quote_ident(table)}",
+                user,
+                host,
+            )
+            for table in VFTP_TABLES
+        ]
+        tables = "{" + ", ".join(VFTP_TABLES) + "}"
+        what = f"grant {user}@{host} SELECT, INSERT, UPDATE, DELETE on {database}.{tables} (the installer's grants)"
+        parts.append((what, grants))
+    return parts

@@ -139,9 +139,13 @@ def run(ctx: Context, result: Result) -> None:
     )
 
     for up in updates:
-        result.change(f"server_ips row {up.ip_id}: {up.column} {up.old} → {up.new}")
-    if ctx.apply and updates:
-        _apply_updates(ctx, creds["DATABASE_NAME"], login, updates)
+        assert up.column in _SERVER_IPS_COLUMNS  # a fixed column name, never input
+        # The old value in the WHERE makes a rerun (or a concurrent edit) change nothing twice.
+        ctx.sql(
+            f"server_ips row {up.ip_id}: {up.column} {up.old} → {up.new}",
+            [queries.change_server_ip(up.column, up.ip_id, up.old, up.new)],
+            connect=lambda: _reconnect(ctx, creds["DATABASE_NAME"], login),
+        )
     ctx.write_file(CONF_PATH, wanted_new.text(), what="ispcp.conf: DEBUG = 1 and the old server's database login")
     st = ctx.target.stat(CONF_PATH)
     fresh = not ctx.target.exists(old_path)
@@ -236,10 +240,7 @@ def _credentials(
         if found
         else "the target has no readable key file"
     )
-    fix = "apply the keys step first"
-    if ctx.apply:
-        raise PreconditionFailed("key files (target)", problem, fix)
-    result.warn(f"{problem}; planned with the old values anyway (expected in a dry run). Fix: {fix}")
+    ctx.precondition("key files (target)", problem, "apply the keys step first", dry_run="planned with the old values")
     return creds, None
 
 
@@ -338,9 +339,9 @@ def _plan_database(
     if conn is None:
         problem = f"cannot read {database}.server_ips: no login works on the running MySQL server"
         fix = "start MySQL with the restored databases (mysql_restore) and apply the keys step"
-        if ctx.apply:
-            raise PreconditionFailed("ispCP database", problem, fix)
-        result.warn(f"{problem}; the database part of the IP/host name change is not planned. Fix: {fix}")
+        ctx.precondition(
+            "ispCP database", problem, fix, dry_run="the database part of the IP/host name change is not planned"
+        )
         return [], []
     with conn, conn.cursor() as cur:
         dialect.execute(cur, queries.SERVER_IPS)
@@ -402,7 +403,8 @@ def _plan_database(
     return updates, rows
 
 
-def _apply_updates(ctx: Context, database: str, login: Login | None, updates: list[Update]) -> None:
+def _reconnect(ctx: Context, database: str, login: Login | None) -> Any:
+    """The session for the server_ips updates: the login that read the rows when planning."""
     conn = _admin_connect(ctx, database, login)
     if conn is None:
         raise PreconditionFailed(
@@ -410,8 +412,4 @@ def _apply_updates(ctx: Context, database: str, login: Login | None, updates: li
             "the login that read server_ips no longer works",
             "check the MySQL server and run the step again",
         )
-    with conn, conn.cursor() as cur:
-        for up in updates:
-            assert up.column in _SERVER_IPS_COLUMNS  # a fixed column name, never input
-            # The old value in the WHERE makes a rerun (or a concurrent edit) change nothing twice.
-            dialect.execute(cur, queries.change_server_ip(up.column, up.ip_id, up.old, up.new))
+    return conn

@@ -565,34 +565,37 @@ def run(ctx: Context, result: Result) -> None:
     seed_bind_zones(ctx, result, conf)
     attempt = update_env.next_attempt(ctx)
     folder = str(PurePosixPath(script).parent)
-    result.change(f"run {script} from {folder} (attempt {attempt})")
-    if not ctx.apply:
-        result.summary = f"would run ispcp-update (attempt {attempt})"
-        return
-
     for path in files_the_update_rewrites(ctx, conf):  # rule 4: keep what the script is about to replace
         ctx.keep(path)
     register_known_secrets(ctx, conf)
     transcript = f"{update_env.log_dir(ctx)}/attempt-{attempt:03d}-{ctx.run_id}.log"
-    ctx.log(f"ispcp-update attempt {attempt}: transcript in {transcript}")
     timeout = float(ctx.param("ispcp_update_timeout", 3600))
-    with transcript_file(ctx, transcript) as local:
-        outcome = run_interactive(
-            ctx.target,
-            [ctx.target.path(script)],
-            cwd=ctx.target.path(folder),  # the guide: always from engine/setup
-            prompts=build_prompts(ctx, update_env.old_conf_path(conf), vftp, setting_answers(ctx, conf)),
-            secrets=ctx.secrets,
-            transcript_path=local,
-            env=engine_env(ctx),
-            timeout=timeout,
-            silence=float(ctx.param("ispcp_update_prompt_silence", 10)),
-            failure_patterns=FAILURES,
-            success=SUCCESS,
-            log=lambda line: None if ENTER_LEAVE.search(line) else ctx.log(f"  | {line}"),
-            phases=progress_bar(ctx, len(UPDATE_PHASES), "ispcp-update, phases"),
-        )
-    outcome.transcript_path = Path(transcript)
+
+    def run_update() -> Outcome:
+        ctx.log(f"ispcp-update attempt {attempt}: transcript in {transcript}")
+        with transcript_file(ctx, transcript) as local:
+            outcome = run_interactive(
+                ctx.target,
+                [ctx.target.path(script)],
+                cwd=ctx.target.path(folder),  # the guide: always from engine/setup
+                prompts=build_prompts(ctx, update_env.old_conf_path(conf), vftp, setting_answers(ctx, conf)),
+                secrets=ctx.secrets,
+                transcript_path=local,
+                env=engine_env(ctx),
+                timeout=timeout,
+                silence=float(ctx.param("ispcp_update_prompt_silence", 10)),
+                failure_patterns=FAILURES,
+                success=SUCCESS,
+                log=lambda line: None if ENTER_LEAVE.search(line) else ctx.log(f"  | {line}"),
+                phases=progress_bar(ctx, len(UPDATE_PHASES), "ispcp-update, phases"),
+            )
+        outcome.transcript_path = Path(transcript)
+        return outcome
+
+    outcome = ctx.do(f"run {script} from {folder} (attempt {attempt})", run_update)
+    if outcome is None:
+        result.summary = f"would run ispcp-update (attempt {attempt})"
+        return
     guard.reassert(ctx, result)  # the script rewrote main.cf and restarted Postfix, attempt failed or not
     if outcome.failure is not None and outcome.failure.name == DB_LOGIN:
         outcome.failure = DB_DOWN if any(c.name == "mysql" and c.ok is False for c in checks) else DB_PASSWORD

@@ -309,10 +309,8 @@ def report_proof(ctx: Context, result: Result, proof: encrypted_columns.Proof | 
         )
         if reset:
             result.warn(f"{problem}. keys_reset_account_passwords is set: every listed account gets a new password")
-        elif ctx.apply:
-            raise PreconditionFailed("encrypted passwords in the database", problem, fix)
         else:
-            result.warn(f"{problem}. Applying stops here, before anything is written. Fix: {fix}")
+            ctx.precondition("encrypted passwords in the database", problem, fix)
     elif proof.failed:
         then = (
             "they get new random passwords (keys_reset_account_passwords)"
@@ -465,9 +463,8 @@ def run_reset(
         ):  # a new ispcp.old.conf: show what differs from the old config it copies
             result.diffs.append(Diff(f"{base.path} → {path}", fileops.unified_diff(base.text(), wanted.text(), path)))
     for host in hosts:
-        result.change(f"set a new random password for MySQL account '{user}'@'{host}'")
-    if ctx.apply and hosts:
-        _set_password(ctx, admin, user, hosts, password)
+        what = f"set a new random password for MySQL account '{user}'@'{host}'"
+        ctx.do(what, lambda host=host: _set_password(ctx, admin, user, [host], password))
     checks = [
         {
             "check": "key files",
@@ -581,18 +578,14 @@ def _hosts_to_reset(ctx: Context, result: Result, admin: Login | None, user: str
     if admin is None:
         problem = "no admin login works on the running server (neither the target's nor the backup's debian.cnf)"
         fix = "start MySQL and restore the maintainer login first (mysql_restore, mysql_maintainer)"
-        if ctx.apply:
-            raise PreconditionFailed("MySQL admin login", problem, fix)
-        result.warn(f"MySQL admin login: {problem}; the password change cannot be planned. Fix: {fix}")
+        ctx.precondition("MySQL admin login", problem, fix, dry_run="the password change cannot be planned")
         return []
     with ctx.mysql.connect(admin.user, admin.password) as conn:
         hosts = accounts.user_hosts(conn, user)
     if not hosts:
         problem = "has no account in the running server's mysql database"
         fix = "restore the old server's mysql database first (mysql_restore)"
-        if ctx.apply:
-            raise PreconditionFailed(f"MySQL account {user}", problem, fix)
-        result.warn(f"MySQL account {user} {problem}. Fix: {fix}")
+        ctx.precondition(f"MySQL account {user}", problem, fix)
         return []
     return [] if ctx.mysql.login_error(user, password) is None else hosts
 

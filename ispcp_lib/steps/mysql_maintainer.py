@@ -128,10 +128,6 @@ def _reset(ctx: Context, result: Result, users: list[str], socket: str, rows: li
     passwords = {user: random_password(24) for user in users}
     for user, password in passwords.items():
         ctx.secrets.add(password, f"new MySQL password of {user}")
-    result.change(
-        f"restart MySQL with {' '.join(accounts.GRANTLESS_ARGS)} and set a new random password for "
-        f"{', '.join(users)}, then restart it normally"
-    )
     if "root" in users:
         old_conf = ispcp_login.load_conf(ctx, "target")
         if old_conf is not None and old_conf.get("DATABASE_USER") == "root":
@@ -139,11 +135,15 @@ def _reset(ctx: Context, result: Result, users: list[str], socket: str, rows: li
                 "ispCP logs in as root (DATABASE_USER): after the reset its stored DATABASE_PASSWORD no "
                 "longer matches; set it with the keys step (keys_lost_reset = True)"
             )
-    if not ctx.apply:
+    what = (
+        f"restart MySQL with {' '.join(accounts.GRANTLESS_ARGS)} and set a new random password for "
+        f"{', '.join(users)}, then restart it normally"
+    )
+    changed_hosts = ctx.do(what, lambda: _set_in_grantless_session(ctx, passwords, socket))
+    if changed_hosts is None:  # a dry run: the files the reset writes first are planned too
         _write_logins(ctx, passwords, socket)
         result.summary = f"planned: new password for {', '.join(users)} (no working login found)"
         return
-    changed_hosts = _set_in_grantless_session(ctx, passwords, socket)
     proofs = []
     for user, password in passwords.items():
         reason = ctx.mysql.login_error(user, password)
@@ -200,9 +200,5 @@ def _write_logins(ctx: Context, passwords: dict[str, str], socket: str) -> None:
         )
     if "root" in passwords:
         path = accounts.root_cnf_path(ctx)
-        result = ctx.current
-        if result is not None:
-            result.change(f"save the new root login to {path} (mode 0600)")
-        if ctx.apply:
-            ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
-            ctx.state.write_atomic(path, accounts.root_cnf_text(passwords["root"], socket), 0o600, 0, 0)
+        text = accounts.root_cnf_text(passwords["root"], socket)
+        ctx.save_state(path, text, what=f"save the new root login to {path} (mode 0600)", announce=True)

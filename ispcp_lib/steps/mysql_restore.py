@@ -298,9 +298,7 @@ def _restore(
     replaced = [s for s in sources if s.kind is not Kind.KEEP]
     _stage_and_check(ctx, result, binary, layout, owner)
     was_running = ctx.mysql.status()
-    result.change(f"stop MySQL through its {ctx.mysql.kind} service")
-    if ctx.apply:
-        ctx.mysql.stop()
+    ctx.do(f"stop MySQL through its {ctx.mysql.kind} service", ctx.mysql.stop)
     kept: dict[str, str] = {}
     placed: list[str] = []
     try:
@@ -309,11 +307,10 @@ def _restore(
         for src in binary:
             _place(ctx, result, src, layout, kept, placed)
         placed += [s.database for s in replaced if s.kind is Kind.DUMP and s.database != "mysql"]
-        result.change("start MySQL")
+        ctx.do("start MySQL", ctx.mysql.start)
         if not ctx.apply:
             _plan_rest(ctx, result, sources, verdict, old_counts, was_running)
             return
-        ctx.mysql.start()
         _load_dumps(ctx, result, sources, loader)
     except (*_FAILURE_KINDS, OSError, pymysql.MySQLError) as exc:
         if not ctx.apply:
@@ -506,12 +503,12 @@ def _load_dump(ctx: Context, result: Result, src: Source, loader: Login) -> None
     if src.database == "mysql":
         sql += b"\n" + dialect.FLUSH_PRIVILEGES[0].encode() + b";\n"
     else:
-        with ctx.mysql.connect(loader.user, loader.password) as conn, conn.cursor() as cur:
-            dialect.execute(cur, dialect.create_database(src.database))
-    result.change(f"load {src.path} into {src.database} with the mariadb client")
+        what = f"CREATE DATABASE {dialect.quote_ident(src.database)} for its dump"
+        ctx.sql(what, [dialect.create_database(src.database)], connect=accounts.opener(ctx, loader), announce=False)
     with dumps.defaults_file(ctx.target, loader, str(ctx.mysql.socket), write=ctx.apply) as cnf:
         argv = dumps.client_argv(ctx.target, cnf, "--batch", src.database)
-        ctx.runner.run(argv, input=sql, mutates=True, timeout=7200)
+        what = f"load {src.path} into {src.database} with the mariadb client"
+        ctx.runner.run(argv, input=sql, mutates=True, timeout=7200, what=what)
 
 
 def _roll_back(

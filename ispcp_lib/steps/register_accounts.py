@@ -22,7 +22,7 @@ from ispcp_lib.ispcp import queries
 from ispcp_lib.ispcp.domain_layout import DomainLayout, Owners, Places, domain_layout
 from ispcp_lib.ispcp.engine import engine_env
 from ispcp_lib.ispcp.root_mycnf import write_root_mycnf
-from ispcp_lib.mysql import dialect
+from ispcp_lib.mysql import accounts, dialect
 from ispcp_lib.system import ownership
 from ispcp_lib.system.accounts_files import FILE_NAMES, AccountFiles
 
@@ -308,18 +308,17 @@ def _add_accounts(
 ) -> None:
     if not missing:
         return
-    if ctx.apply:
-        # groupadd/useradd rewrite these files: safety copies first, once for the whole step.
-        for name in ACCOUNT_FILES:
-            ctx.keep(f"/etc/{name}")
+    # groupadd/useradd rewrite these files: safety copies first, once for the whole step.
+    for name in ACCOUNT_FILES:
+        ctx.keep(f"/etc/{name}")
     groupadd = ctx.target.which("groupadd") or "groupadd"
     useradd = ctx.target.which("useradd") or "useradd"
     added: set[str] = set()
     for d in missing:
         group = d.group(prefix)
         if group not in groups and group not in added:
-            ctx.runner.run([groupadd, *_prefix_args(ctx), "-g", str(d.gid), group], mutates=True)
-            result.change(f"add group {group} (GID {d.gid}) for {d.name}")
+            what = f"add group {group} (GID {d.gid}) for {d.name}"
+            ctx.runner.run([groupadd, *_prefix_args(ctx), "-g", str(d.gid), group], mutates=True, what=what)
             added.add(group)
     for d in missing:
         user = d.user(prefix)
@@ -327,8 +326,8 @@ def _add_accounts(
             continue
         home = f"{www.rstrip('/')}/{d.name}"
         argv = [useradd, *_prefix_args(ctx), "-u", str(d.uid), "-g", str(d.gid), "-d", home, "-s", SHELL, "-M"]
-        ctx.runner.run([*argv, "-c", GECOS, user], mutates=True)
-        result.change(f"add user {user} (UID {d.uid}, GID {d.gid}) for {d.name}")
+        what = f"add user {user} (UID {d.uid}, GID {d.gid}) for {d.name}"
+        ctx.runner.run([*argv, "-c", GECOS, user], mutates=True, what=what)
     if ctx.apply:
         _check_added(read_accounts(ctx), missing, prefix)
 
@@ -424,9 +423,7 @@ def _record_rebuilt(ctx: Context, database: str, ids: list[int]) -> None:
     data = _rebuilt_record(ctx)
     done = sorted(rebuilt_ids(ctx, database) | set(ids))
     data[database] = {"ids": done, "run_id": ctx.run_id, "ts": dt.datetime.now().isoformat(timespec="seconds")}
-    path = _rebuilt_path(ctx)
-    ctx.state.mkdir(path.rsplit("/", 1)[0], mode=0o700)
-    ctx.state.write_atomic(path, json.dumps(data, indent=1) + "\n", 0o600)
+    ctx.save_state(_rebuilt_path(ctx), json.dumps(data, indent=1) + "\n", what="record the domains marked for rebuild")
 
 
 def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains: list[Domain], conf: IspcpConf) -> None:
@@ -452,16 +449,13 @@ def _rebuild(ctx: Context, result: Result, login: Login, database: str, domains:
             result.noop_reason = _nothing_to_rebuild(bool(already), len(waiting), manager)
         return
     ids = [d.id for d in ready]
-    result.change(f"set domain_status = 'change' for {len(ids)} domain(s) in {database}.domain")
-    if ctx.apply:
-        assert ctx.mysql is not None
-        with ctx.mysql.connect(login.user, login.password, database) as conn, conn.cursor() as cur:
-            dialect.execute(cur, queries.mark_for_rebuild(ids))
-        _record_rebuilt(ctx, database, ids)
+    what = f"set domain_status = 'change' for {len(ids)} domain(s) in {database}.domain"
+    ctx.sql(what, [queries.mark_for_rebuild(ids)], connect=accounts.opener(ctx, login, database))
+    _record_rebuilt(ctx, database, ids)
     if ctx.target.is_file(manager):
         argv = [ctx.target.path(manager)]
-        ctx.runner.run(argv, mutates=True, cwd=ctx.target.path(engine), timeout=3600, env=engine_env(ctx))
-        result.change(f"run {manager} (ispCP rebuilds the marked domains)")
+        what = f"run {manager} (ispCP rebuilds the marked domains)"
+        ctx.runner.run(argv, mutates=True, cwd=ctx.target.path(engine), timeout=3600, env=engine_env(ctx), what=what)
     else:
         result.warn(
             f"{manager} does not exist: after the status change, run ispCP's request manager by hand "
