@@ -137,7 +137,11 @@ class Context:
         # earlier step of the same run changed the file already.
         step = self.current.step if self.current is not None else "outside-steps"
         dest = dest or f"{self.backup_dir}/{step}{logical}"
-        if not self.state.exists(dest):  # a copy from the same run already holds the oldest state
+        # A copy of this run holds the oldest state already (made earlier, or planned by this dry run).
+        planned = self.current is not None and any(
+            isinstance(op, KeepCopy) and op.dest == dest for op in self.current.operations
+        )
+        if not planned and not self.state.exists(dest):
 
             def copy() -> bool:
                 self.state.mkdir(str(Path(dest).parent), mode=0o700)
@@ -218,10 +222,11 @@ class Context:
 
         return self.executor.perform(op, act, announce=announce, outcome=lambda n: {"rows": n})
 
-    def do(self, what: str, act: Callable[[], T]) -> T | None:
+    def do(self, what: str, act: Callable[[], T], *, announce: bool = True) -> T | None:
         """Plan or perform a procedure (several commands and statements that belong together) as one
-        operation; its value when applied, None in a dry run."""
-        return self.executor.perform(Procedure(what), act)
+        operation; its value when applied, None in a dry run. announce=False: the caller shows the
+        procedure's parts as change lines of their own (e.g. one per account file it writes)."""
+        return self.executor.perform(Procedure(what), act, announce=announce)
 
     def save_state(self, path: str, data: str | bytes, *, what: str | None = None, announce: bool = False) -> None:
         """Write a file of the tool's own in the state dir (0600, the dir 0700); a dry run writes nothing.

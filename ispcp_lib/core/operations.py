@@ -113,6 +113,7 @@ class Executor:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.counts: dict[str, int] = {}
+        self.depth = 0  # > 0 while a procedure acts: its inner operations are journaled, not planned apart
 
     def perform(
         self,
@@ -128,17 +129,26 @@ class Executor:
         announce: the running step's change line is op.what (rendered here, for the plan and the act
         alike). apply: whether to act (default: the running step's mode). A dry run returns None
         without acting; applying journals the intent, acts, journals the completion (with
-        outcome(act's value)), and returns what act returned.
+        outcome(act's value)), and returns what act returned. Inside another operation's act (a
+        procedure) an operation is journaled as usual but neither listed nor announced apart: the
+        dry run plans the procedure as one.
         """
         result = self.ctx.current
-        if result is not None:
+        if result is not None and not self.depth:  # an operation inside a procedure is a part of it
             result.operations.append(op)
             if announce:
                 result.change(op.what)
         if not (self.ctx.apply if apply is None else apply):
             return None
         seq = self.begin(op)
-        value = act()
+        self.depth += 1
+        try:
+            value = act()
+        except Exception as exc:  # it ended, failing: not a kill (an intent without completion is one)
+            self.end(op, seq, {"failed": type(exc).__name__})
+            raise
+        finally:
+            self.depth -= 1
         self.end(op, seq, outcome(value) if outcome is not None else None)
         return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import pandas as pd
@@ -212,12 +213,12 @@ def _write(ctx: Context, result: Result, selection: Selection, resolutions: dict
             return plan
         files = [_new_file(ctx, target, name, plan.new.render()[name]) for name in changed]
         _record(ctx, result, raw, plan, files)
-        if not ctx.apply:
-            return plan
         for name in changed:
             ctx.keep(f"/etc/{name}")
         try:
-            account_install.install(ctx.runner, ctx.target, "/etc", raw, files, timeout)
+            what = f"write {', '.join(f'/etc/{n}' for n in changed)} under the account files' locks"
+            install = functools.partial(account_install.install, ctx.runner, ctx.target, "/etc", raw, files, timeout)
+            ctx.do(what, install, announce=False)  # _record showed one change line per file
             return plan
         except FilesChanged:
             result.changes.clear()

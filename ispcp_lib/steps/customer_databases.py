@@ -231,6 +231,7 @@ def _restore(
     for p in todo:
         if p.strategy is not Strategy.WHOLE_DATADIR:
             restore_one(ctx, result, p, layout, owner, login)
+    datadir.remove_if_empty(ctx, layout.staging, layout.work)
     if not ctx.apply:
         result.note(
             f"then verify (reads, no change): CHECK TABLE and row counts of {len(todo)} database(s), then try "
@@ -239,7 +240,6 @@ def _restore(
         names = ", ".join(f"{p.name} ({p.strategy.label if p.strategy else '—'})" for p in todo)
         result.summary = f"planned: {names}"
         return []
-    datadir.remove_if_empty(ctx, layout.staging, layout.work)
     return [p for p in todo if p.outcome.startswith("restored")]
 
 

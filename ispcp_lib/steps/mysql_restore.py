@@ -310,6 +310,7 @@ def _restore(
         ctx.do("start MySQL", ctx.mysql.start)
         if not ctx.apply:
             _plan_rest(ctx, result, sources, verdict, old_counts, was_running)
+            datadir.remove_if_empty(ctx, layout.staging)
             return
         _load_dumps(ctx, result, sources, loader)
     except (*_FAILURE_KINDS, OSError, pymysql.MySQLError) as exc:

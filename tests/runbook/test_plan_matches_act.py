@@ -3,6 +3,7 @@ plans exactly the operations the apply then performs, and shows the same change 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ispcp_lib import steps
@@ -35,9 +36,16 @@ def test_each_step_performs_the_operations_its_dry_run_planned(served_params: di
             if name in ONLY_AFTER_THE_ACT:
                 act, changes = act[: len(plan)], changes[: len(planned.changes)]
             if plan != act or planned.changes != changes:
-                drift[name] = {"planned": (plan, planned.changes), "performed": (act, changes)}
+                drift[name] = {
+                    "only planned": [o for o in plan if o not in act]
+                    + [c for c in planned.changes if c not in changes],
+                    "only performed": [o for o in act if o not in plan]
+                    + [c for c in changes if c not in planned.changes],
+                    "same items, another order": sorted(plan) == sorted(act) and plan != act,
+                    "lists": (plan, act, planned.changes, changes) if len(plan) + len(act) < 40 else None,
+                }
     finally:
         summary(ctx)
-    assert drift == {}
+    assert drift == {}, json.dumps(drift, indent=1, ensure_ascii=False)
     # The comparison compared something: the recovery performs operations in most steps.
     assert sum(1 for _, n in applied if n) >= 10, applied
