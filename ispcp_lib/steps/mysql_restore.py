@@ -91,6 +91,9 @@ PARAMETERS: tuple[Param, ...] = (
 _FAILURE_KINDS = (PreconditionFailed, CommandFailed)
 
 
+UPGRADE_WHAT = "run mariadb-upgrade --force (the old files come from an older or unknown server)"
+
+
 @action("mysql_restore")
 def run(ctx: Context, result: Result) -> None:
     backup_layout.check_backup_root(ctx)
@@ -445,16 +448,18 @@ def _plan_rest(
     old_counts: dict[str, dict[str, tuple[str, int | None]]],
     was_running: bool,
 ) -> None:
+    # The operations that follow the start need the started server (its grants decide the login):
+    # planned here with the same change lines the apply renders from them.
     for src in sources:
         if src.kind is Kind.DUMP:
-            result.change(f"load {src.path} into database {src.database} with the mariadb client")
+            result.change(_load_what(src))
     if any(s.kind is Kind.DUMP for s in sources) and sources_lib.old_grants_after_swap(sources):
         result.note(
             "The dump is loaded after the start, when the backup's grants are live: with a login the backup "
             "implies (its debian.cnf, ispCP's DATABASE_USER), else in a short grant-less session."
         )
     if verdict in ("upgrade", "unknown"):
-        result.change("run mariadb-upgrade --force (the old files come from an older or unknown server)")
+        result.change(UPGRADE_WHAT)
     result.note(
         "then verify (reads, no change): CHECK TABLE every table of both databases, compare row counts, "
         "try the implied logins"
@@ -508,8 +513,11 @@ def _load_dump(ctx: Context, result: Result, src: Source, loader: Login) -> None
         ctx.sql(what, [dialect.create_database(src.database)], connect=accounts.opener(ctx, loader), announce=False)
     with dumps.defaults_file(ctx.target, loader, str(ctx.mysql.socket), write=ctx.apply) as cnf:
         argv = dumps.client_argv(ctx.target, cnf, "--batch", src.database)
-        what = f"load {src.path} into {src.database} with the mariadb client"
-        ctx.runner.run(argv, input=sql, mutates=True, timeout=7200, what=what)
+        ctx.runner.run(argv, input=sql, mutates=True, timeout=7200, what=_load_what(src))
+
+
+def _load_what(src: Source) -> str:
+    return f"load {src.path} into database {src.database} with the mariadb client"
 
 
 def _roll_back(
@@ -554,10 +562,9 @@ def _verify(
 ) -> None:
     with accounts.admin_connection(ctx, result, _implied(ctx, sources)) as (conn, login):
         if verdict in ("upgrade", "unknown"):
-            result.change("run mariadb-upgrade --force")
             with dumps.defaults_file(ctx.target, login, str(ctx.mysql.socket)) as cnf:
                 argv = dumps.client_argv(ctx.target, cnf, "--force", program="mariadb-upgrade")
-                ctx.runner.run(argv, mutates=True, timeout=3600)
+                ctx.runner.run(argv, mutates=True, timeout=3600, what=UPGRADE_WHAT)
         found = verify.read_live(conn, [s.database for s in sources if s.kind is not Kind.KEEP], check=True)
     own = {s.database: set(s.skipped) for s in sources}
     upgraded = verdict in ("upgrade", "unknown")
