@@ -34,6 +34,10 @@ POLICY_MARKER = "# ispcp-recovery mail guard"
 # over Postfix's, then start Postfix with its init script (ispcp-setup-methods.pl setup_mta, 1.0.7
 # :2152-2190): with the guard in the template, the main.cf they write carries soft_bounce from the start.
 TEMPLATE_BLOCK = "# ispcp-recovery mail guard (the cleanup step removes these two lines)\nsoft_bounce = yes\n"
+# For a template whose last line has no line break: the break added before the block goes with it.
+JOINED_BLOCK = (
+    "\n# ispcp-recovery mail guard (the cleanup step removes these lines and the break before)\nsoft_bounce = yes\n"
+)
 # Steps the watchdog lets through: mail_guard (it repairs a broken guard) and cleanup (it lifts it).
 UNGUARDED_STEPS = ("mail_guard", "cleanup")
 
@@ -88,19 +92,18 @@ def guard_template(ctx: Context) -> bool:
     """Put soft_bounce = yes into ispCP's template, so that a setup or update run writes it; True if changed."""
     path = template_path(ctx)
     text = ctx.target.read_text(path) if path else None
-    if path is None or text is None or TEMPLATE_BLOCK in text:
+    if path is None or text is None or TEMPLATE_BLOCK in text or JOINED_BLOCK in text:
         return False
-    sep = "" if text.endswith("\n") or not text else "\n"
-    return ctx.write_file(
-        path, text + sep + TEMPLATE_BLOCK, what=f"add soft_bounce = yes to ispCP's Postfix template {path}"
-    )
+    block = TEMPLATE_BLOCK if text.endswith("\n") or not text else JOINED_BLOCK
+    return ctx.write_file(path, text + block, what=f"add soft_bounce = yes to ispCP's Postfix template {path}")
 
 
 def _lift_template(ctx: Context) -> None:
     path = template_path(ctx)
     text = ctx.target.read_text(path) if path else None
-    if path is not None and text is not None and TEMPLATE_BLOCK in text:
-        ctx.write_file(path, text.replace(TEMPLATE_BLOCK, ""), what=f"remove the guard from ispCP's template {path}")
+    if path is not None and text is not None and (TEMPLATE_BLOCK in text or JOINED_BLOCK in text):
+        lifted = text.replace(JOINED_BLOCK, "").replace(TEMPLATE_BLOCK, "")
+        ctx.write_file(path, lifted, what=f"remove the guard from ispCP's template {path}")
 
 
 def reassert(ctx: Context, result: Result) -> None:
