@@ -258,6 +258,19 @@ def test_large_inputs_and_a_busy_shell_take_the_one_shot_path(conn: ChrootConnec
         assert conn.run(["sh", "-c", "echo $PPID"]).out != shell_ppid
 
 
+def test_output_files_are_removed_in_batches_and_after_a_large_output(conn: ChrootConnection) -> None:
+    from ispcp_lib.core.remote_shell import BIG_OUTPUT, KEEP_OUTPUTS
+
+    def kept() -> list[str]:  # the shell's folder, as a script in its subshell sees it (its own files too)
+        return conn.sh('ls -A "$d"').out.split()
+
+    for _ in range(3 * KEEP_OUTPUTS):
+        conn.run(["true"])
+        assert len(kept()) <= 2 * (KEEP_OUTPUTS + 2)
+    assert len(conn.run(["head", "-c", str(BIG_OUTPUT + 1), "/dev/zero"]).stdout) == BIG_OUTPUT + 1
+    assert len(kept()) == 2  # only the files of the `ls` itself
+
+
 def test_scripts_run_in_the_subshell_with_their_arguments_and_traps(conn: ChrootConnection, tmp_path: Path) -> None:
     flag = tmp_path / "trap-ran"
     script = 'case "$1" in a) echo "one:$1 two:$2";; esac; trap "touch $3" EXIT; umask 077; exit 4'
