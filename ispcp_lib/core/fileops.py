@@ -43,9 +43,9 @@ def atomic_write(
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644 if mode is None else mode)
-        if uid is not None or gid is not None:
+        if uid is not None or gid is not None:  # before chmod: chown clears the setuid and setgid bits
             os.chown(tmp, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.chmod(tmp, 0o644 if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):

@@ -5,10 +5,11 @@ Over SSH every command otherwise opens a new session on the master connection, o
 time. Ansible calls the cure pipelining; mitogen keeps an interpreter on the target, which needs Python
 there. This needs nothing but sh, cat, wc, base64, mktemp and rm.
 
-The shell runs each command in a subshell whose stdout and stderr go to files in a private 0700
-folder, then prints a header line (a nonce and a sequence number, the exit code, the two lengths) and
-the two outputs: the stream stays binary-safe and in step, and a daemon the command leaves running
-holds only files that are already unlinked, never the stream. A command's input crosses
+The shell runs each command in a subshell whose stdout and stderr go to files of its own in a private
+0700 folder, then prints a header line (a nonce and a sequence number, the exit code, the two lengths)
+and the two outputs: the stream stays binary-safe and in step, and a daemon the command leaves running
+holds only its own files, never read again, never the stream. The files are removed in batches (every
+few commands, at once after a large output, with the folder when the shell ends). A command's input crosses
 base64-encoded through printf, a shell builtin, into a pipe: never on a command line, never on disk.
 
 If the shell ends mid-command, the call reports exit 255 (what ssh reports for a lost connection) and
@@ -35,6 +36,11 @@ printf 'ready %s\n' "$d"
 """
 START_TIMEOUT_S = 60
 MAX_INPUT = 1 << 20  # larger inputs take the one-shot path (one ssh session per command)
+# Each command's output files have names of their own and are removed together every KEEP_OUTPUTS
+# commands (or before the next command once they held more than BIG_OUTPUT bytes): an `rm` per
+# command cost a process, about a millisecond, on every round trip.
+KEEP_OUTPUTS = 16
+BIG_OUTPUT = 1 << 20
 
 
 class ShellGone(Exception):
@@ -52,6 +58,8 @@ class PersistentShell:
         self.lock = threading.Lock()  # one command at a time; a busy shell sends others the one-shot way
         self._nonce = secrets.token_hex(6)
         self._count = 0
+        self._kept = 0  # commands whose output files are still in the folder
+        self._kept_bytes = 0
         self._buf = b""
         self._proc = subprocess.Popen(
             argv,
@@ -94,18 +102,27 @@ class PersistentShell:
         else:
             command = f"printf '%s' '{base64.b64encode(data).decode('ascii')}' | base64 -d | {command}"
         # One wc for both sizes ("N1 path N2 path N3 total": the folder's name has no blanks): each
-        # process the shell starts per command costs about a millisecond on a busy server.
-        script = (
-            f'{command} >"$d/o" 2>"$d/e"; r=$?; set -- $(wc -c "$d/o" "$d/e")\n'
+        # process the shell starts per command costs about a millisecond on a busy server. The files
+        # are new for each command (a daemon an earlier one left running holds only its own, never
+        # read again) and removed in batches (KEEP_OUTPUTS).
+        o, e = f'"$d/o{self._count}"', f'"$d/e{self._count}"'
+        script = ""
+        if self._kept >= KEEP_OUTPUTS or self._kept_bytes > BIG_OUTPUT:
+            script = 'rm -f "$d"/o* "$d"/e*\n'
+            self._kept = self._kept_bytes = 0
+        script += (
+            f"{command} >{o} 2>{e}; r=$?; set -- $(wc -c {o} {e})\n"
             f'printf \'%s %s %s %s\\n\' {mark} "$r" "$1" "$3"\n'
-            'cat "$d/o" "$d/e"; rm -f "$d/o" "$d/e"\n'
+            f"cat {o} {e}\n"
         )
+        self._kept += 1
         deadline = time.monotonic() + timeout
         self._send(script.encode())
         header = self._line(deadline).split()
         if len(header) != 4 or header[0] != mark.encode():
             raise ShellGone(f"out of step: {b' '.join(header)[:200]!r}")
         rc, out_len, err_len = (int(x) for x in header[1:])
+        self._kept_bytes += out_len + err_len
         body = self._exact(out_len + err_len, deadline)
         return rc, body[:out_len], body[out_len:]
 

@@ -104,13 +104,24 @@ def read_text(ctx: Context, path: str) -> str | None:
     return None if data is None else data.decode("utf-8", "surrogateescape")
 
 
-def scan(ctx: Context) -> tuple[dict[str, list[SleepLine]], list[str]]:
-    """{manager: its sleep lines} for the managers present, and the names of the missing ones."""
-    engine = engine_dir(ctx)
+def read_managers(ctx: Context, engine: str) -> dict[str, str | None]:
+    """{manager: its text (as read_text keeps it), None when absent}, all read in one command."""
+    found = ctx.target.read_many([f"{engine}/{name}" for name in MANAGERS])
+    texts = {name: found[f"{engine}/{name}"] for name in MANAGERS}
+    return {name: None if data is None else data.decode("utf-8", "surrogateescape") for name, data in texts.items()}
+
+
+def scan(ctx: Context, texts: dict[str, str | None] | None = None) -> tuple[dict[str, list[SleepLine]], list[str]]:
+    """{manager: its sleep lines} for the managers present, and the names of the missing ones.
+
+    texts: the managers as read_managers read them (read here when not given).
+    """
+    if texts is None:
+        texts = read_managers(ctx, engine_dir(ctx))
     found: dict[str, list[SleepLine]] = {}
     missing = []
     for name in MANAGERS:
-        text = read_text(ctx, f"{engine}/{name}")
+        text = texts.get(name)
         if text is None:
             missing.append(name)
             continue
@@ -141,12 +152,13 @@ def restore_sleep_lines(ctx: Context, result: Result) -> list[str]:
     """
     engine = engine_dir(ctx)
     record = ctx.state.read_text(state_path(ctx))
+    texts = read_managers(ctx, engine)
     targets: dict[str, list[int]] = {}
     if record is not None:
         for key, nos in json.loads(record).items():
             targets[key.rsplit("/", 1)[1]] = list(nos)
     else:
-        found, _missing = scan(ctx)
+        found, _missing = scan(ctx, texts)
         targets = {n: [s.line_no for s in lines if not s.active] for n, lines in found.items()}
         if any(targets.values()):
             result.warn(
@@ -156,7 +168,7 @@ def restore_sleep_lines(ctx: Context, result: Result) -> list[str]:
     changes = []
     for name, nos in targets.items():
         path = f"{engine}/{name}"
-        text = read_text(ctx, path)
+        text = texts[name] if name in texts else read_text(ctx, path)
         if text is None:
             continue
         lines = text.split("\n")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -33,6 +33,10 @@ from ispcp_lib.mysql.dialect import Dialect
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0
+# Waiting for a start or a stop: the first checks come quickly (a sandbox server is up or down within
+# a few tenths of a second), later ones less often. Each check is one round trip over SSH.
+POLL_FIRST_S = 0.02
+POLL_MOST_S = 0.25
 SERVER_NAMES = ("mariadbd", "mysqld", "mysqld-debug")
 
 # The server's greeting packet: what it says before any login. Perl ships on every Debian.
@@ -56,6 +60,14 @@ else
   exit 1
 fi
 """
+
+
+def poll_delays(first: float = POLL_FIRST_S, most: float = POLL_MOST_S) -> Iterator[float]:
+    """Pauses between two checks of a wait: first, then half as long again each time, up to most."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 1.5, most)
 
 
 def parse_greeting(packet: bytes) -> str | None:
@@ -187,12 +199,13 @@ class MysqlService(ABC):
             return
         self._start(list(extra_args))
         deadline = time.monotonic() + START_TIMEOUT
+        pauses = poll_delays()
         while time.monotonic() < deadline:
             if self.status():
                 return
             if self._died():
                 break
-            time.sleep(0.2)
+            time.sleep(next(pauses))
         self._abandon_start()
         raise PreconditionFailed(
             "MySQL server",
@@ -212,11 +225,12 @@ class MysqlService(ABC):
             # mysqld treats SIGTERM as a normal shutdown
             self.target.run(["kill", "-TERM", str(pid)], timeout=30)
         deadline = time.monotonic() + STOP_TIMEOUT
+        pauses = poll_delays()
         while time.monotonic() < deadline:
             if not (pid and pid_alive(pid, self.target)) and not self.status():
                 self._version = None
                 return
-            time.sleep(0.2)
+            time.sleep(next(pauses))
         raise PreconditionFailed(
             "MySQL server",
             f"pid {pid} did not stop within {STOP_TIMEOUT:.0f} s",

@@ -9,7 +9,7 @@ from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.params import Param
 from ispcp_lib.core.result import Result
-from ispcp_lib.ispcp.engine_sleep import MANAGERS, comment_out, engine_dir, read_text, record_state, scan
+from ispcp_lib.ispcp.engine_sleep import MANAGERS, comment_out, engine_dir, read_managers, record_state, scan
 
 TITLE = "Speed up the engine for the update"
 GUIDE = "the paragraph on patching the management scripts before the update"
@@ -40,7 +40,8 @@ def run(ctx: Context, result: Result) -> None:
             "install the dummy ispCP first (see ispcp_install_check)",
             path=engine,
         )
-    found, missing = scan(ctx)
+    texts = read_managers(ctx, engine)  # all seven in one command
+    found, missing = scan(ctx, texts)
     if not found:
         raise PreconditionFailed(
             "ispCP engine managers",
@@ -61,7 +62,7 @@ def run(ctx: Context, result: Result) -> None:
         if not lines:
             rows.append({"manager": name, "line": None, "state": "no sleep(1) line"})
         if active:
-            new = comment_out(read_text(ctx, path) or "", active)
+            new = comment_out(texts[name] or "", active)
             ctx.write_file(
                 path,
                 new.encode("utf-8", "surrogateescape"),

@@ -130,6 +130,8 @@ def test_same_answers_over_ssh_chroot_and_local(ws: WorldServer) -> None:
         for kind, conn in conns.items():
             assert conn.read_bytes("/etc/ispcp/ispcp.conf") == conf, kind
             assert conn.read_text("/etc/ispcp/no-such-file") is None
+            many = conn.read_many(["/etc/ispcp/ispcp.conf", "/etc/ispcp/no-such-file"])
+            assert many == {"/etc/ispcp/ispcp.conf": conf, "/etc/ispcp/no-such-file": None}, kind
             assert _find_listing(conn, "/var/www/virtual") == expected, kind
             path = f"/root/probe-{kind}"
             conn.write_atomic(path, f"written over {kind}\n", 0o640, 33, 34)

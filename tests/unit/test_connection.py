@@ -45,6 +45,71 @@ def test_write_read_stat_roundtrip(conn_base) -> None:
     assert sorted(p.name for p in host.iterdir()) == ["a.conf"]
 
 
+def test_read_many_is_binary_safe_and_says_none_for_absent_files(conn_base) -> None:
+    conn, base, host = conn_base
+    every_byte = bytes(range(256)) + b"\n12\n-\n"
+    (host / "bin").write_bytes(every_byte)
+    (host / "empty").write_bytes(b"")
+    (host / "name with\nnewline").write_bytes(b"x")
+    (host / "dir").mkdir()
+    os.symlink("missing", host / "dangling")
+    names = ["bin", "missing", "empty", "dir", "name with\nnewline", "dangling", "bin"]
+    before = conn.round_trips
+    found = conn.read_many([f"{base}/{n}" for n in names])
+    assert found == {
+        f"{base}/bin": every_byte,
+        f"{base}/missing": None,
+        f"{base}/empty": b"",
+        f"{base}/dir": None,
+        f"{base}/name with\nnewline": b"x",
+        f"{base}/dangling": None,
+    }
+    assert conn.round_trips - before == (0 if conn.kind == "local" else 1)
+    assert conn.read_many([]) == {}
+
+
+def test_write_atomic_takes_mode_and_owner_from_the_replaced_file(conn_base) -> None:
+    conn, base, host = conn_base
+    (host / "old").write_text("old\n")
+    os.chmod(host / "old", 0o640)
+    os.chown(host / "old", 1234, 2345)
+    conn.write_atomic(f"{base}/old", b"new\n")
+    st = os.stat(host / "old")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 2345)
+    assert (host / "old").read_bytes() == b"new\n"
+    # What is given wins; what is not still comes from the replaced file.
+    conn.write_atomic(f"{base}/old", "newer\n", mode=0o4750, uid=4321)
+    st = os.stat(host / "old")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o4750, 4321, 2345)
+    # A new file: 0644, root's.
+    conn.write_atomic(f"{base}/new", "")
+    st = os.stat(host / "new")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) == (0o644, 0, 0, 0)
+    assert sorted(p.name for p in host.iterdir()) == ["new", "old"]
+
+
+def test_write_atomic_takes_large_data_through_stdin(conn_base) -> None:
+    conn, base, host = conn_base
+    data = os.urandom(3 << 20)  # beyond the long-lived shell's input limit: the one-shot path
+    conn.write_atomic(f"{base}/big", data, mode=0o600)
+    assert (host / "big").read_bytes() == data
+    assert sorted(p.name for p in host.iterdir()) == ["big"]
+
+
+def test_a_failed_write_atomic_leaves_no_temp_file(conn_base) -> None:
+    conn, base, host = conn_base
+    (host / "taken" / "inside").mkdir(parents=True)  # rename cannot replace a non-empty folder
+    with pytest.raises((OSError, CommandFailed)) as caught:
+        conn.write_atomic(f"{base}/taken", b"data")
+    if isinstance(caught.value, CommandFailed):
+        assert f"{base}/taken" in caught.value.stderr and caught.value.rc == 1
+    assert sorted(p.name for p in host.iterdir()) == ["taken"]
+    assert [p.name for p in (host / "taken").iterdir()] == ["inside"]
+    with pytest.raises((OSError, CommandFailed)):
+        conn.write_atomic(f"{base}/no/such/folder/f", b"data")
+    assert sorted(p.name for p in host.iterdir()) == ["taken"]
+
+
 def test_absent_paths_are_none_not_errors(conn_base) -> None:
     conn, base, _host = conn_base
     assert conn.read_bytes(f"{base}/missing") is None
@@ -114,6 +179,7 @@ def test_rooted_view_maps_paths_and_detects_escapes(tmp_path: Path) -> None:
     os.symlink("/etc/hostname", backup / "etc" / "escape")
     view = RootedView(LocalConnection("/"), str(backup))
     assert view.read_text("/etc/ispcp.conf") == "A = 1\n"
+    assert view.read_many(["/etc/ispcp.conf", "/etc/missing"]) == {"/etc/ispcp.conf": b"A = 1\n", "/etc/missing": None}
     assert view.path("/etc/ispcp.conf") == str(backup / "etc" / "ispcp.conf")
     assert view.escapes("/etc/ispcp.conf") is None
     assert view.escapes("/etc/escape") == os.path.realpath("/etc/hostname")
@@ -190,6 +256,19 @@ def test_large_inputs_and_a_busy_shell_take_the_one_shot_path(conn: ChrootConnec
     assert conn._shell is not None
     with conn._shell.lock:  # another thread holds the shell: this command goes one-shot
         assert conn.run(["sh", "-c", "echo $PPID"]).out != shell_ppid
+
+
+def test_output_files_are_removed_in_batches_and_after_a_large_output(conn: ChrootConnection) -> None:
+    from ispcp_lib.core.remote_shell import BIG_OUTPUT, KEEP_OUTPUTS
+
+    def kept() -> list[str]:  # the shell's folder, as a script in its subshell sees it (its own files too)
+        return conn.sh('ls -A "$d"').out.split()
+
+    for _ in range(3 * KEEP_OUTPUTS):
+        conn.run(["true"])
+        assert len(kept()) <= 2 * (KEEP_OUTPUTS + 2)
+    assert len(conn.run(["head", "-c", str(BIG_OUTPUT + 1), "/dev/zero"]).stdout) == BIG_OUTPUT + 1
+    assert len(kept()) == 2  # only the files of the `ls` itself
 
 
 def test_scripts_run_in_the_subshell_with_their_arguments_and_traps(conn: ChrootConnection, tmp_path: Path) -> None:
