@@ -135,12 +135,15 @@ def check_space(
 def make_dir(ctx: Context, path: str) -> None:
     """mkdir -p, mode 0700 (the run's folders hold copies of the databases).
 
-    A folder that is there already is left as it is without a journaled command: one check instead
-    of the command and its two journal records (five round trips over SSH). A dry run plans it always.
+    A folder that is there already, or that this step made (or, in a dry run, planned) already, is left
+    as it is without a journaled command: one check instead of the command and its two journal records
+    (five round trips over SSH); the dry run plans exactly the commands applying runs.
     """
-    if ctx.apply and ctx.target.is_dir(path):
+    argv = ["mkdir", "-p", "-m", "700", "--", ctx.target.path(path)]
+    ops = ctx.current.operations if ctx.current is not None else []
+    if any(getattr(op, "argv", None) == tuple(argv) for op in ops) or ctx.target.is_dir(path):
         return
-    ctx.runner.run(["mkdir", "-p", "-m", "700", "--", ctx.target.path(path)], mutates=True, timeout=60)
+    ctx.runner.run(argv, mutates=True, timeout=60)
 
 
 def move(ctx: Context, src: str, dst: str) -> None:
