@@ -49,6 +49,22 @@ def ctx_for(world: World, apply: bool = False, **options: Any) -> Context:
     return ctx
 
 
+def planned_then_applied(step: Any, ctx: Context) -> tuple[Result, Result]:
+    """The step's dry run right before its apply (as JupyterLab runs it); both must list the same
+    operations (kind and sentence), in the same order, and the same change lines."""
+    ctx.default_apply = False
+    planned = step.run(ctx)
+    ctx.default_apply = True
+    done = step.run(ctx)
+    assert operations(planned) == operations(done), (operations(planned), operations(done))
+    assert planned.changes == done.changes, (planned.changes, done.changes)
+    return planned, done
+
+
+def operations(result: Result) -> list[tuple[str, str]]:
+    return [(op.kind, op.what) for op in result.operations]
+
+
 def fetch(
     world: World, user: str, password: str, sql: str, database: str | None = None, args: tuple | None = None
 ) -> list[tuple]:

@@ -61,12 +61,7 @@ def last_applied(ctx: Context, step: str) -> dict[str, Any] | None:
 
 
 def _append_journal(ctx: Context, result: Result) -> None:
-    ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
-    record = {"ts": dt.datetime.now().isoformat(timespec="seconds"), "run_id": ctx.run_id, **result.as_dict()}
-    # as_dict() redacted the values; ensure_ascii=False keeps any missed secret verbatim for the
-    # second pass (JSON escaping would hide it from a plain string match).
-    line = ctx.secrets.redact(json.dumps(ctx.secrets.redact_obj(record), default=str, ensure_ascii=False))
-    ctx.state.append(str(ctx.journal_path), line + "\n", mode=0o600)
+    ctx.journal({"ts": dt.datetime.now().isoformat(timespec="seconds"), "run_id": ctx.run_id, **result.as_dict()})
 
 
 def action(name: str, *, mutating: bool = True, repeatable: bool = False) -> Callable:

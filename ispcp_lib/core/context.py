@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ispcp_lib.core import fileops
 from ispcp_lib.core.connection import ChrootConnection, Connection, LocalConnection, RootedView, SshConnection
-from ispcp_lib.core.errors import InputError, PreconditionFailed
+from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.operations import Executor, KeepCopy, Procedure, RemovePath, RunSql, WriteFile, WriteState
 from ispcp_lib.core.params import Param, settings
 from ispcp_lib.core.result import Diff, Result
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from ispcp_lib.mysql.service import MysqlService
 
 DEFAULT_STATE_DIR = "/var/lib/ispcp-recovery"
+# Safety copy $1 to $2: $2's folder made 0700 when missing (five octal digits: GNU chmod keeps an
+# inherited setgid bit unless the mode has a leading 0), then cp -a.
+KEEP_SCRIPT = 'd=${2%/*}; { [ -d "$d" ] || { mkdir -p -- "$d" && chmod 00700 "$d"; }; } && cp -a -- "$1" "$2"'
 T = TypeVar("T")
 
 
@@ -76,6 +80,7 @@ class Context:
     results: dict[str, Result] = field(default_factory=dict)
     current: Result | None = None
     progress: Callable[[str], None] | None = None
+    _state_dir_made: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -112,6 +117,27 @@ class Context:
         """A step's parameters (spec: its PARAMETERS) as a frozen dataclass: validated, defaults filled in."""
         return settings(spec, self.params)
 
+    # -- the state dir ---------------------------------------------------------------------
+    def ensure_state_dir(self) -> None:
+        """Make the state dir (0700) once per run, not before every record: over SSH each check is a
+        round trip, and the journal alone writes two records per operation."""
+        if not self._state_dir_made:
+            self.state.mkdir(str(self.state_dir), mode=0o700)
+            self._state_dir_made = True
+
+    def journal(self, record: dict[str, Any]) -> None:
+        """Append one record to the journal, redacted (values first, then the line as a whole)."""
+        # ensure_ascii=False keeps any missed secret verbatim for the second pass (JSON escaping
+        # would hide it from a plain string match).
+        line = self.secrets.redact(json.dumps(self.secrets.redact_obj(record), default=str, ensure_ascii=False))
+        self.ensure_state_dir()
+        try:
+            self.state.append(str(self.journal_path), line + "\n", mode=0o600)
+        except (OSError, CommandFailed):  # the state dir went away during the run: make it again, once
+            self._state_dir_made = False
+            self.ensure_state_dir()
+            self.state.append(str(self.journal_path), line + "\n", mode=0o600)
+
     # -- acting ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
         """A plain progress line (headless runs print these instead of widgets)."""
@@ -121,31 +147,31 @@ class Context:
         else:
             print(line, file=sys.stdout, flush=True)
 
-    def keep(self, path: str | Path, dest: str | None = None) -> str | None:
+    def keep(self, path: str | Path, dest: str | None = None, *, exists: bool = False) -> str | None:
         """Safety-copy a target path before it is replaced (on the machine that holds the state dir).
 
         dest: where the copy goes (default: this run's backups folder, one folder per step); a copy
         already there is never overwritten: it holds the oldest state.
 
         Returns where the copy is, or None when there was nothing to keep (or in a dry run, which
-        plans the copy and keeps nothing: it changes nothing either).
+        plans the copy and keeps nothing: it changes nothing either). exists=True: the caller has just
+        read the path (one round trip less over SSH).
         """
         logical = self.logical_path(path)
-        if not self.target.exists(logical):
+        if not exists and not self.target.exists(logical):
             return None
         # One folder per step: each step's copy holds the state that step replaced, even when an
         # earlier step of the same run changed the file already.
         step = self.current.step if self.current is not None else "outside-steps"
         dest = dest or f"{self.backup_dir}/{step}{logical}"
         # A copy of this run holds the oldest state already (made earlier, or planned by this dry run).
-        planned = self.current is not None and any(
-            isinstance(op, KeepCopy) and op.dest == dest for op in self.current.operations
-        )
+        planned = self.executor.planned(lambda op: isinstance(op, KeepCopy) and op.dest == dest)
         if not planned and not self.state.exists(dest):
 
             def copy() -> bool:
-                self.state.mkdir(str(Path(dest).parent), mode=0o700)
-                self.state.run(["cp", "-a", "--", self.target.path(logical), dest], check=True, timeout=3600)
+                # One command for the folder (0700: the copies hold secrets) and the copy: one round trip.
+                argv = ["sh", "-c", KEEP_SCRIPT, "sh", self.target.path(logical), dest]
+                self.state.run(argv, check=True, timeout=3600)
                 return True
 
             if not self.executor.perform(KeepCopy(f"keep a copy of {logical}", logical, dest), copy, announce=False):
@@ -184,11 +210,12 @@ class Context:
         op = WriteFile(what=what or f"write {logical}", path=logical, data=new_bytes, mode=mode, uid=uid, gid=gid)
 
         def write() -> None:
-            self.target.mkdir(str(Path(logical).parent))
+            if old_bytes is None:  # a file that was read has its folder
+                self.target.mkdir(str(Path(logical).parent))
             self.target.write_atomic(logical, new_bytes, mode, uid, gid)
 
-        if keep:
-            self.keep(logical)  # journaled before the write's intent: a resumed run sees the copy first
+        if keep and old_bytes is not None:  # journaled before the write's intent: a resumed run sees the copy first
+            self.keep(logical, exists=True)
         self.executor.perform(op, write)
         return True
 
@@ -236,7 +263,7 @@ class Context:
         raw = data.encode("utf-8") if isinstance(data, str) else data
 
         def write() -> None:
-            self.state.mkdir(str(self.state_dir), mode=0o700)
+            self.ensure_state_dir()
             self.state.mkdir(str(Path(path).parent), mode=0o700)
             self.state.write_atomic(path, raw, 0o600)
 

@@ -17,7 +17,6 @@ from 1).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -152,6 +151,11 @@ class Executor:
         self.end(op, seq, outcome(value) if outcome is not None else None)
         return value
 
+    def planned(self, match: Callable[[Operation], bool]) -> bool:
+        """Whether the running step has planned (or, applying, performed) an operation like this already."""
+        result = self.ctx.current
+        return result is not None and any(match(op) for op in result.operations)
+
     def begin(self, op: Operation) -> int:
         """Journal the intent of op (apply only); returns its number within the step."""
         step = self._step()
@@ -170,18 +174,9 @@ class Executor:
 
     def _journal(self, phase: str, step: str, seq: int, body: dict[str, Any]) -> None:
         ctx = self.ctx
-        record = {
-            "type": "operation",
-            "phase": phase,
-            "ts": dt.datetime.now().isoformat(timespec="seconds"),
-            "run_id": ctx.run_id,
-            "step": step,
-            "seq": seq,
-            "op": body,
-        }
-        line = ctx.secrets.redact(json.dumps(ctx.secrets.redact_obj(record), default=str, ensure_ascii=False))
-        ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
-        ctx.state.append(str(ctx.journal_path), line + "\n", mode=0o600)
+        ts = dt.datetime.now().isoformat(timespec="seconds")
+        record = {"type": "operation", "phase": phase, "ts": ts, "run_id": ctx.run_id, "step": step, "seq": seq}
+        ctx.journal({**record, "op": body})
 
     @staticmethod
     def _fault(phase: str, step: str, seq: int) -> None:

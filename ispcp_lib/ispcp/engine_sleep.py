@@ -139,7 +139,7 @@ def record_state(ctx: Context, engine: str, commented: dict[str, list[int]]) -> 
     for name, nos in commented.items():
         key = f"{engine}/{name}"
         state[key] = sorted(set(state.get(key, [])) | set(nos))
-    ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
+    ctx.ensure_state_dir()
     ctx.state.write_atomic(state_path(ctx), json.dumps(state, indent=1, sort_keys=True) + "\n", mode=0o600)
 
 

@@ -9,7 +9,7 @@ the secrets_file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import pandas as pd
@@ -94,15 +94,47 @@ def admin_logins(ctx: Context) -> list[Login]:
     return out
 
 
-def opener(ctx: Context, login: Login, database: str | None = None) -> Callable[[], Any]:
+@contextmanager
+def session(ctx: Context, login: Login, database: str | None = None) -> Iterator[Any]:
+    """A session of the running server with login, closed after."""
+    if ctx.mysql is None:
+        raise PreconditionFailed("MySQL server", "is not known to this run", "run mysql_restore first")
+    conn = ctx.mysql.connect(login.user, login.password, database)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def opener(ctx: Context, login: Login, database: str | None = None) -> Callable[[], AbstractContextManager[Any]]:
     """Opens a session with login when called: for Context.sql, which connects only when applying."""
+    return lambda: session(ctx, login, database)
 
-    def connect() -> Any:
-        if ctx.mysql is None:
-            raise PreconditionFailed("MySQL server", "is not known to this run", "run mysql_restore first")
-        return ctx.mysql.connect(login.user, login.password, database)
 
-    return connect
+class LazySession:
+    """A session opened on first use (a dry run never opens one), with setup statements run first."""
+
+    def __init__(self, connect: Callable[[], AbstractContextManager[Any]], setup: list[Statement]) -> None:
+        self._connect = connect
+        self._setup = setup
+        self._stack: ExitStack | None = None
+        self._cur: Any = None
+
+    def cursor(self) -> Any:
+        if self._cur is None:
+            self._stack = ExitStack()
+            conn = self._stack.enter_context(self._connect())
+            self._cur = self._stack.enter_context(conn.cursor())
+            for statement in self._setup:
+                execute(self._cur, statement)
+        return self._cur
+
+    def __enter__(self) -> LazySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
 
 
 def admin_login(ctx: Context) -> Login | None:

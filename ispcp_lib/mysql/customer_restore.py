@@ -8,10 +8,7 @@ backup is read through its own side.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import pymysql
 
@@ -20,7 +17,7 @@ from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import backup_db_reader
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import customer_dbs, datadir, dialect, dumps, records
+from ispcp_lib.mysql import accounts, customer_dbs, datadir, dialect, dumps, records
 from ispcp_lib.mysql.customer_dbs import Strategy
 from ispcp_lib.mysql.dialect import Dialect
 
@@ -69,41 +66,6 @@ class Plan:
         if self.strategy is not None and self.strategy.is_dump and self.dump is not None:
             return records.signature(ctx, self.dump.file)
         return records.signature(ctx, self.db.folder) if self.db.folder is not None else ""
-
-
-@contextmanager
-def admin(ctx: Context, login: Login, database: str | None = None) -> Iterator[Any]:
-    conn = ctx.mysql.connect(login.user, login.password, database)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-class Session:
-    """A database session opened on first use (a dry run never opens one), with setup statements run first."""
-
-    def __init__(self, connect: Callable[[], AbstractContextManager[Any]], setup: list[dialect.Statement]) -> None:
-        self._connect = connect
-        self._setup = setup
-        self._stack: ExitStack | None = None
-        self._cur: Any = None
-
-    def cursor(self) -> Any:
-        if self._cur is None:
-            self._stack = ExitStack()
-            conn = self._stack.enter_context(self._connect())
-            self._cur = self._stack.enter_context(conn.cursor())
-            for statement in self._setup:
-                dialect.execute(self._cur, statement)
-        return self._cur
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stack is not None:
-            self._stack.close()
 
 
 # --- checks before anything changes -----------------------------------------------------------------
@@ -356,7 +318,7 @@ def _tablespace_import(
     _place_folder(ctx, result, p, staged, layout)
     tables = {stem: customer_dbs.table_name(stem) for stem in stems}
     # One session for all tables (foreign key checks off in it), opened by the first import: a dry run opens none.
-    with Session(lambda: admin(ctx, login), [dialect.FOREIGN_KEY_CHECKS_OFF]) as session:
+    with accounts.LazySession(accounts.opener(ctx, login), [dialect.FOREIGN_KEY_CHECKS_OFF]) as session:
         aside: set[str] = set()
 
         def import_table(stem: str, table: str) -> None:
@@ -400,7 +362,7 @@ def _load_dump(ctx: Context, result: Result, p: Plan, login: Login) -> None:
         p.created = True
     if not creates_db:
         what = f"CREATE DATABASE {dialect.quote_ident(p.name)} (the dump does not create it)"
-        ctx.sql(what, [dialect.create_database(p.name)], connect=lambda: admin(ctx, login))
+        ctx.sql(what, [dialect.create_database(p.name)], connect=accounts.opener(ctx, login))
     with dumps.defaults_file(ctx.target, login, str(ctx.mysql.socket), write=ctx.apply) as cnf:
         # A dump that creates its database must not name it on the command line: the client would USE it
         # before the dump's CREATE DATABASE runs.
@@ -416,7 +378,7 @@ def roll_back(ctx: Context, result: Result, p: Plan, layout: datadir.Layout, log
     if p.created:
         try:
             what = f"DROP DATABASE {dialect.quote_ident(p.name)} (restored half by this run)"
-            ctx.sql(what, [dialect.drop_database(p.name)], connect=lambda: admin(ctx, login))
+            ctx.sql(what, [dialect.drop_database(p.name)], connect=accounts.opener(ctx, login))
         except pymysql.MySQLError as exc:
             result.warn(f"{p.name}: DROP DATABASE during the roll-back failed ({exc}); its folder is moved aside")
         if ctx.target.exists(live):  # files the server did not know (DROP leaves them): ours, placed by this run

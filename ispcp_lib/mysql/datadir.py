@@ -18,6 +18,8 @@ from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_state
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
+from ispcp_lib.facts.mysql_creds import Login
+from ispcp_lib.mysql import dumps
 from ispcp_lib.system import disk_space
 from ispcp_lib.system.disk_space import Need
 
@@ -140,10 +142,24 @@ def make_dir(ctx: Context, path: str) -> None:
     (five round trips over SSH); the dry run plans exactly the commands applying runs.
     """
     argv = ["mkdir", "-p", "-m", "700", "--", ctx.target.path(path)]
-    ops = ctx.current.operations if ctx.current is not None else []
-    if any(getattr(op, "argv", None) == tuple(argv) for op in ops) or ctx.target.is_dir(path):
+    if ctx.executor.planned(lambda op: getattr(op, "argv", None) == tuple(argv)) or ctx.target.is_dir(path):
         return
     ctx.runner.run(argv, mutates=True, timeout=60)
+
+
+def upgrade(ctx: Context, what: str, login: Login | None) -> None:
+    """Plan or run mariadb-upgrade --force (tables from an older server) as one procedure: its option
+    file with the login is written and removed inside it. login None: a dry run that cannot know it
+    yet (it depends on the grants the restore brings back)."""
+
+    def run() -> None:
+        if login is None:
+            raise PreconditionFailed("mariadb-upgrade", "no admin login is known", "run mysql_maintainer first")
+        with dumps.defaults_file(ctx.target, login, str(ctx.mysql.socket)) as cnf:
+            argv = dumps.client_argv(ctx.target, cnf, "--force", program="mariadb-upgrade")
+            ctx.runner.run(argv, mutates=True, timeout=3600)
+
+    ctx.do(what, run)
 
 
 def move(ctx: Context, src: str, dst: str) -> None:

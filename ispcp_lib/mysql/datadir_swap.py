@@ -9,8 +9,10 @@ from ispcp_lib.core.errors import CommandFailed, PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_state, system
 from ispcp_lib.facts.mysql_creds import Login
-from ispcp_lib.mysql import accounts, customer_dbs, datadir, dumps, records
-from ispcp_lib.mysql.customer_restore import FAILURES, Action, Plan, admin
+from ispcp_lib.mysql import accounts, customer_dbs, datadir, records
+from ispcp_lib.mysql.customer_restore import FAILURES, Action, Plan
+
+SWAP_UPGRADE_WHAT = "run mariadb-upgrade --force (the old files come from an older server)"
 
 
 def decide(
@@ -85,7 +87,11 @@ def swap(
     owner: tuple[int, int],
     login: Login,
 ) -> Login:
-    """Replace the target's datadir by the backup's complete one, keeping the old; returns an admin login after."""
+    """Replace the target's datadir by the backup's complete one, keeping the old; returns an admin login after.
+
+    The stop, the exchange of the folders (undone when the server does not start), the password reset
+    and the upgrade are procedures: the dry run lists the same operations applying journals.
+    """
     assert ctx.backup is not None
     src, live = found.backup_datadir, layout.datadir
     staged = datadir.join(layout.staging, "datadir")
@@ -93,30 +99,52 @@ def swap(
     carried = accounts.carried_logins(ctx)
     what = f"copy the backup's whole datadir {src} to {staged}"
     datadir.stage_from_backup(ctx, result, src, staged, owner, what=what)
-    result.change(f"stop MySQL through its {ctx.mysql.kind} service")
-    result.change(
-        f"move everything in {live} aside to {kept} (kept), move the staged datadir's contents in, start MySQL"
-    )
-    if carried and not ctx.apply:
-        result.change(
-            f"set the password of {', '.join(c.user for c in carried)} again if the old grants lack it "
-            "(the target's debian.cnf and saved root login keep working)"
-        )
     old = mysql_state.datadir_version(ctx.backup, src)
     verdict, _ = system.compare_server_versions(old, ctx.mysql.version())
+    ctx.do(f"stop MySQL through its {ctx.mysql.kind} service", ctx.mysql.stop)
+    ctx.do(
+        f"move everything in {live} aside to {kept} (kept), move the staged datadir's contents in, start MySQL",
+        lambda: _exchange(ctx, layout, staged),
+    )
+    if carried:
+        users = ", ".join(c.user for c in carried)
+        ctx.do(
+            f"set the password of {users} again if the old grants lack it, in a short --skip-grant-tables "
+            "--skip-networking session (the target's debian.cnf and saved root login keep working)",
+            lambda: _reapply_logins(ctx, result, carried),
+        )
+    working = _working_login(ctx, carried) if ctx.apply else login
     if verdict == "upgrade":
-        result.change("run mariadb-upgrade --force (the old files come from an older server)")
+        datadir.upgrade(ctx, SWAP_UPGRADE_WHAT, working)
     if not ctx.apply:
         return login
+    result.backups.append(ctx.target.path(kept))
+    check_system_databases(ctx, result, working, [found.ispcp_db, "mysql"])
+    return working
+
+
+def _working_login(ctx: Context, carried: list[Login]) -> Login:
+    working = (carried[0] if carried else None) or accounts.admin_login(ctx)
+    if working is None:
+        raise PreconditionFailed(
+            "MySQL admin login",
+            "no login works after the whole-datadir restore",
+            "run mysql_maintainer again (it resets debian-sys-maint)",
+        )
+    return working
+
+
+def _exchange(ctx: Context, layout: datadir.Layout, staged: str) -> None:
+    """Move the live datadir's entries aside, the staged ones in, and start MySQL; undone when it fails."""
+    live = layout.datadir
     # The dead server's pid/socket files would confuse the start.
     leftovers = [n for n in ctx.target.listdir(staged) or [] if n.endswith((".pid", ".sock"))]
     if leftovers:
         ctx.runner.run(["rm", "-f", "--", *(ctx.target.path(datadir.join(staged, n)) for n in leftovers)], mutates=True)
-    ctx.mysql.stop()
     moved_out: list[str] = []
     try:
         for entry in ctx.target.listdir(live) or []:
-            datadir.move(ctx, datadir.join(live, entry), datadir.join(kept, entry))
+            datadir.move(ctx, datadir.join(live, entry), datadir.join(layout.kept, "datadir", entry))
             moved_out.append(entry)
         for entry in ctx.target.listdir(staged) or []:
             datadir.move(ctx, datadir.join(staged, entry), datadir.join(live, entry))
@@ -130,26 +158,12 @@ def swap(
             f"server started again with it; the backup's copy is in {layout.failed}",
             "read the server's error log; or set customer_databases_whole_datadir = never",
         ) from None
-    result.backups.append(ctx.target.path(kept))
-    working = _reapply_logins(ctx, result, carried) or accounts.admin_login(ctx)
-    if working is None:
-        raise PreconditionFailed(
-            "MySQL admin login",
-            "no login works after the whole-datadir restore",
-            "run mysql_maintainer again (it resets debian-sys-maint)",
-        )
-    if verdict == "upgrade":
-        with dumps.defaults_file(ctx.target, working, str(ctx.mysql.socket)) as cnf:
-            argv = dumps.client_argv(ctx.target, cnf, "--force", program="mariadb-upgrade")
-            ctx.runner.run(argv, mutates=True, timeout=3600)
-    check_system_databases(ctx, result, working, [found.ispcp_db, "mysql"])
-    return working
 
 
 def check_system_databases(ctx: Context, result: Result, login: Login, names: list[str]) -> None:
     """The swap brought ispcp and mysql back from the backup too: every table must still open."""
     bad = []
-    with admin(ctx, login) as conn:
+    with accounts.session(ctx, login) as conn:
         for name in names:
             tables = [t.name for t in mysql_state.live_tables(conn, name) if t.kind != "VIEW"]
             mysql_state.count_rows(conn, name, tables)  # opens each table first (Aria re-stamping)
@@ -180,14 +194,10 @@ def _unswap(ctx: Context, layout: datadir.Layout, moved_out: list[str]) -> None:
     ctx.mysql.start()
 
 
-def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> Login | None:
+def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> None:
     """After the swap, the grants are the old server's again: give the carried logins their passwords back."""
     lost = accounts.lost_logins(ctx, carried)
     if lost:
-        result.change(
-            f"set the password of {', '.join(c.user for c in lost)} again (the old grants lack it) in a "
-            "short --skip-grant-tables --skip-networking session"
-        )
         still = accounts.reset_passwords(ctx, lost)
         if still:
             raise PreconditionFailed(
@@ -199,4 +209,3 @@ def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> Login
             f"The old grants lacked the current password of {', '.join(c.user for c in lost)}: set again, "
             "so the files that hold it (debian.cnf, mysql-root.cnf) keep working."
         )
-    return carried[0] if carried else None

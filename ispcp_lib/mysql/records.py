@@ -27,7 +27,7 @@ def read(ctx: Context, name: str) -> dict[str, Any]:
 
 
 def write(ctx: Context, name: str, data: dict[str, Any]) -> None:
-    ctx.state.mkdir(str(ctx.state_dir), mode=0o700)
+    ctx.ensure_state_dir()
     ctx.state.write_atomic(f"{ctx.state_dir}/{name}", json.dumps(data, indent=1, sort_keys=True) + "\n", 0o600)
 
 

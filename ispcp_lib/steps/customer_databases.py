@@ -18,7 +18,7 @@ from ispcp_lib.facts import backup_layout
 from ispcp_lib.facts.mysql_creds import Login
 from ispcp_lib.mysql import accounts, customer_dbs, customer_restore, datadir, datadir_swap, dialect, records, verify
 from ispcp_lib.mysql.customer_dbs import Strategy
-from ispcp_lib.mysql.customer_restore import Action, Plan, admin, check_sources, read_all_frm, restore_one
+from ispcp_lib.mysql.customer_restore import Action, Plan, check_sources, read_all_frm, restore_one
 
 TITLE = "Restore the customers' databases"
 GUIDE = (
@@ -146,7 +146,7 @@ def run(ctx: Context, result: Result) -> None:
     if killed is not None:  # before the plan: it must see the databases as the killed run left them
         datadir.undo_killed(ctx, result, live_dir, "customer", killed, replace_live=False)
     record = records.read(ctx, records.CUSTOMER_DATABASES)
-    with admin(ctx, login) as conn:
+    with accounts.session(ctx, login) as conn:
         live = live_databases(conn)
 
     plans = [_plan(d, live, record, skip, live_dir) for d in found.databases]
@@ -358,7 +358,7 @@ def _verify(
     login_dbs: set[str],
 ) -> None:
     """Tables open, rows counted (CHECK TABLE only right after a restore); then every SQL user's login."""
-    with admin(ctx, login) as conn:
+    with accounts.session(ctx, login) as conn:
         found = verify.read_live(conn, [p.name for p in plans], check=check)
     old = {p.name: _old_counts(ctx, p) for p in plans} if check else {}
     frame = verify.live_frame(found, old, [p.name for p in plans])

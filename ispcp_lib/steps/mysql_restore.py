@@ -311,11 +311,11 @@ def _restore(
             _place(ctx, result, src, layout, kept, placed)
         placed += [s.database for s in replaced if s.kind is Kind.DUMP and s.database != "mysql"]
         ctx.do("start MySQL", ctx.mysql.start)
+        _load_dumps(ctx, result, sources, loader)
         if not ctx.apply:
             _plan_rest(ctx, result, sources, verdict, old_counts, was_running)
             datadir.remove_if_empty(ctx, layout.staging)
             return
-        _load_dumps(ctx, result, sources, loader)
     except (*_FAILURE_KINDS, OSError, pymysql.MySQLError) as exc:
         if not ctx.apply:
             raise
@@ -448,18 +448,15 @@ def _plan_rest(
     old_counts: dict[str, dict[str, tuple[str, int | None]]],
     was_running: bool,
 ) -> None:
-    # The operations that follow the start need the started server (its grants decide the login):
-    # planned here with the same change lines the apply renders from them.
-    for src in sources:
-        if src.kind is Kind.DUMP:
-            result.change(_load_what(src))
+    # What follows the start needs the started server (its grants decide the login): the same
+    # procedures the apply performs, planned here without it.
     if any(s.kind is Kind.DUMP for s in sources) and sources_lib.old_grants_after_swap(sources):
         result.note(
             "The dump is loaded after the start, when the backup's grants are live: with a login the backup "
             "implies (its debian.cnf, ispCP's DATABASE_USER), else in a short grant-less session."
         )
     if verdict in ("upgrade", "unknown"):
-        result.change(UPGRADE_WHAT)
+        datadir.upgrade(ctx, UPGRADE_WHAT, None)
     result.note(
         "then verify (reads, no change): CHECK TABLE every table of both databases, compare row counts, "
         "try the implied logins"
@@ -481,29 +478,37 @@ def _implied(ctx: Context, sources: list[Source]) -> list[Login]:
 
 
 def _load_dumps(ctx: Context, result: Result, sources: list[Source], loader: Login | None) -> None:
-    """Load the dumps after the start, with a login the live grants accept."""
+    """Plan or load the dumps after the start, with a login the live grants accept: one procedure (the
+    login is chosen inside it, from the restored grants), with a change line per dump."""
     pending = [s for s in sources if s.kind is Kind.DUMP]
     if not pending:
         return
+    for src in pending:
+        result.change(_load_what(src))
+    what = f"load the dump(s) of {', '.join(s.database for s in pending)}"
+    ctx.do(what, lambda: _load_all(ctx, result, sources, pending, loader), announce=False)
+
+
+def _load_all(ctx: Context, result: Result, sources: list[Source], pending: list[Source], loader: Login | None) -> None:
     if loader is None:  # the old grants are live: a login the backup implies, else a grant-less session
         loader = accounts.first_working(ctx, _implied(ctx, sources))
         if loader is not None:
             result.note(f"The dump is loaded with the login from {loader.source} (the old grants are live now).")
     if loader is not None:
         for src in pending:
-            _load_dump(ctx, result, src, loader)
+            _load_dump(ctx, src, loader)
         return
     result.warn(
         "no login that the backup implies works against the restored grants: the dump is loaded in a short "
-        "--skip-grant-tables --skip-networking session"
+        "--skip-grant-tables --skip-networking session (MySQL restarted without grant tables, local socket "
+        "only, then normally)"
     )
-    result.change("restart MySQL without grant tables (local socket only) to load the dump, then normally")
     with accounts.grantless_session(ctx):
         for src in pending:
-            _load_dump(ctx, result, src, Login("root", "", "a --skip-grant-tables session"))
+            _load_dump(ctx, src, Login("root", "", "a --skip-grant-tables session"))
 
 
-def _load_dump(ctx: Context, result: Result, src: Source, loader: Login) -> None:
+def _load_dump(ctx: Context, src: Source, loader: Login) -> None:
     assert src.sql is not None
     sql = src.sql
     if src.database == "mysql":
@@ -511,7 +516,7 @@ def _load_dump(ctx: Context, result: Result, src: Source, loader: Login) -> None
     else:
         what = f"CREATE DATABASE {dialect.quote_ident(src.database)} for its dump"
         ctx.sql(what, [dialect.create_database(src.database)], connect=accounts.opener(ctx, loader), announce=False)
-    with dumps.defaults_file(ctx.target, loader, str(ctx.mysql.socket), write=ctx.apply) as cnf:
+    with dumps.defaults_file(ctx.target, loader, str(ctx.mysql.socket)) as cnf:
         argv = dumps.client_argv(ctx.target, cnf, "--batch", src.database)
         ctx.runner.run(argv, input=sql, mutates=True, timeout=7200, what=_load_what(src))
 
@@ -562,9 +567,7 @@ def _verify(
 ) -> None:
     with accounts.admin_connection(ctx, result, _implied(ctx, sources)) as (conn, login):
         if verdict in ("upgrade", "unknown"):
-            with dumps.defaults_file(ctx.target, login, str(ctx.mysql.socket)) as cnf:
-                argv = dumps.client_argv(ctx.target, cnf, "--force", program="mariadb-upgrade")
-                ctx.runner.run(argv, mutates=True, timeout=3600, what=UPGRADE_WHAT)
+            datadir.upgrade(ctx, UPGRADE_WHAT, login)
         found = verify.read_live(conn, [s.database for s in sources if s.kind is not Kind.KEEP], check=True)
     own = {s.database: set(s.skipped) for s in sources}
     upgraded = verdict in ("upgrade", "unknown")

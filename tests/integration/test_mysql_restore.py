@@ -25,7 +25,7 @@ from ispcp_lib.mysql import dumps
 from ispcp_lib.sandbox.world import World, stable_fingerprint
 from ispcp_lib.steps import mysql_restore
 from ispcp_lib.system import disk_space
-from tests.helpers import ctx_for, fetch, read_cnf
+from tests.helpers import ctx_for, fetch, operations, planned_then_applied, read_cnf
 
 BACKUP_DB = "var/lib/mysql"
 
@@ -233,8 +233,9 @@ def test_server_that_does_not_start_gets_its_own_folders_back(world: World) -> N
 
 def test_older_backup_runs_mariadb_upgrade(world: World) -> None:
     (world.backup_root / BACKUP_DB / "mysql_upgrade_info").write_text("10.5.23-MariaDB")
-    result = mysql_restore.run(ctx_for(world, apply=True))
+    planned, result = planned_then_applied(mysql_restore, ctx_for(world))
     assert result.status == "done", result.errors
+    assert ("procedure", mysql_restore.UPGRADE_WHAT) in operations(planned)
     [upgrade] = [c for c in result.commands if "mariadb-upgrade" in c.argv[0] or "mysql_upgrade" in c.argv[0]]
     assert upgrade.rc == 0 and upgrade.argv[1].startswith("--defaults-extra-file=")
     assert not Path(upgrade.argv[1].split("=", 1)[1]).exists()  # the 0600 credentials file is gone
@@ -292,9 +293,10 @@ def test_sql_dumps_as_the_source(world: World, world_template: World, sandbox_di
         assert fingerprint_diff(before, stable_fingerprint(other)) == []
 
         cut.write_bytes(bz2.compress(ispcp_sql))
-        ctx = ctx_for(other, apply=True)
-        result = mysql_restore.run(ctx)
+        ctx = ctx_for(other)
+        planned, result = planned_then_applied(mysql_restore, ctx)
         assert result.status == "done", result.errors
+        assert ("procedure", "load the dump(s) of ispcp, mysql") in operations(planned)
         plan = next(t.frame for t in result.tables if t.title == "What is restored")
         assert list(plan["source"]) == ["dump", "dump"]
         frame = counts_frame(result)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,12 @@ from typing import Any
 import pytest
 
 from ispcp_lib.core.action import StepFailed, action, read_journal
+from ispcp_lib.core.connection import ChrootConnection
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.result import Result
+from ispcp_lib.core.runner import Runner
+from ispcp_lib.core.secrets import SecretRegistry
 from tests.unit.test_operations import make_ctx
 
 
@@ -185,3 +189,47 @@ def test_a_dry_run_plans_each_safety_copy_once(tmp_path: Path) -> None:
     result = _run(ctx, body)
     assert [op.kind for op in result.operations] == ["keep"]
     assert not (ctx.backup_dir).exists()
+
+
+def test_a_write_over_a_shell_keeps_a_private_copy_first_and_the_journal_outlives_a_lost_state_dir(
+    tmp_path: Path,
+) -> None:
+    conn = ChrootConnection("/")  # a shell on the target, as over SSH: every command is a round trip
+    target = tmp_path / "etc" / "x.conf"
+    target.parent.mkdir()
+    target.write_text("A = 1\n")
+    target.chmod(0o640)
+    ctx = Context(
+        target_root=Path("/"),
+        backup_root=None,
+        state_dir=tmp_path / "state",
+        run_id="r1",
+        target=conn,
+        default_apply=True,
+        secrets=SecretRegistry(),
+        runner=Runner(True),
+    )
+    seen: dict[str, Any] = {}
+
+    other = target.with_name("y.conf")
+    other.write_text("B = 1\n")
+
+    def body(ctx: Context, result: Result) -> None:
+        ctx.write_file(other, "B = 2\n", what="set B")  # the run's first record makes the state dir
+        before = conn.round_trips
+        ctx.write_file(target, "A = 2\n", mode=0o640, what="set A")
+        seen["trips"] = conn.round_trips - before
+        kept = Path(f"{ctx.backup_dir}/demo_ops{target}")
+        seen["kept"] = (kept.read_text(), stat.S_IMODE(kept.parent.stat().st_mode), stat.S_IMODE(kept.stat().st_mode))
+        shutil.rmtree(ctx.state_dir)  # gone during the run (a full disk cleaned by hand, say)
+        ctx.write_file(target, "A = 3\n", mode=0o640, what="set A again")
+
+    result = _run(ctx, body)
+    conn.close()
+    assert result.status == "done" and target.read_text() == "A = 3\n"
+    assert seen["kept"] == ("A = 1\n", 0o700, 0o640)  # the old file, its mode, in a folder only root reads
+    # read, copy there yet?, copy (folder + cp in one), write, and one append per journal record (four)
+    assert seen["trips"] <= 8, seen["trips"]
+    after_loss = [(r["phase"], r["op"]["kind"], r["op"].get("what")) for r in _journal_ops(ctx)]
+    assert after_loss == [("intent", "write", "set A again"), ("done", "write", None)]
+    assert stat.S_IMODE(ctx.state_dir.stat().st_mode) == 0o700
