@@ -193,6 +193,7 @@ def _one_recovery(
     world: World, layer: Path, layers: list[Path], where: Path, connection: str
 ) -> tuple[float, list[dict]] | None:
     """One whole recovery (apply) of a fresh copy of the frozen world; (seconds, per-step summary)."""
+    where.mkdir(exist_ok=True)
     copy, host, _ssh = server_world.thaw(
         world,
         layer,
