@@ -235,6 +235,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--recoveries", type=int, default=3, help="rounds of the whole recovery, ssh and local each")
     args = ap.parse_args()
+    if args.recoveries < 1:
+        ap.error("--recoveries must be at least 1")
     cleanup_stale()
     sandbox = Path(tempfile.mkdtemp(prefix="ispcp-bench-remote-"))
     sandbox.chmod(0o711)  # the build's MariaDB (running as mysql) must reach its datadir below

@@ -133,8 +133,10 @@ class Context:
         self.ensure_state_dir()
         try:
             self.state.append(str(self.journal_path), line + "\n", mode=0o600)
-        except (OSError, CommandFailed):  # the state dir went away during the run: make it again, once
-            self._state_dir_made = False
+        except (OSError, CommandFailed):
+            if self.state.is_dir(str(self.state_dir)):
+                raise  # not the folder: a full disk, a lost connection (a second append could tear a line)
+            self._state_dir_made = False  # it went away during the run: make it again, once
             self.ensure_state_dir()
             self.state.append(str(self.journal_path), line + "\n", mode=0o600)
 
@@ -214,8 +216,9 @@ class Context:
                 self.target.mkdir(str(Path(logical).parent))
             self.target.write_atomic(logical, new_bytes, mode, uid, gid)
 
-        if keep and old_bytes is not None:  # journaled before the write's intent: a resumed run sees the copy first
-            self.keep(logical, exists=True)
+        if keep:  # journaled before the write's intent: a resumed run sees the copy first
+            # A file just read exists; an unreadable path may still (a dangling symlink): keep looks.
+            self.keep(logical, exists=old_bytes is not None)
         self.executor.perform(op, write)
         return True
 

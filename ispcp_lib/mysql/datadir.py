@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ispcp_lib.core.action import read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
+from ispcp_lib.core.operations import operation_records
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_state
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
@@ -43,6 +45,11 @@ def live_datadir(ctx: Context) -> str:
 
 def join(folder: str, *names: str) -> str:
     return posixpath.join(folder, *names)
+
+
+# The whole-datadir swap's folder inside staging/ and kept/.
+SWAP_FOLDER = "datadir"
+STOP_WHAT = "stop MySQL through its {kind} service"
 
 
 @dataclass
@@ -269,6 +276,48 @@ def rebuild_aria(ctx: Context, result: Result, staged: str, names: list[str]) ->
     ctx.runner.run(argv, mutates=True, timeout=7200)
 
 
+def stop_server(ctx: Context) -> None:
+    """Plan or stop MySQL through its service, as one procedure."""
+    ctx.do(STOP_WHAT.format(kind=ctx.mysql.kind), ctx.mysql.stop)
+
+
+def _killed_swap(ctx: Context, run: str, layout: Layout) -> bool | None:
+    """Whether the killed run had begun a whole-datadir swap (it had stopped the server: customer_databases
+    stops it for nothing else): None if not; else whether the backup's entries had begun to move in (an
+    intent of a move out of staging/datadir; the moves out of the live datadir all come before)."""
+    step = ctx.current.step if ctx.current is not None else ""
+    ops = [r["op"] for r in operation_records(read_journal(ctx), run) if r.get("step") == step]
+    stop = STOP_WHAT.split("{", 1)[0]
+    if not any(op.get("kind") == "procedure" and str(op.get("what", "")).startswith(stop) for op in ops):
+        return None
+    staged = ctx.target.path(join(layout.staging, SWAP_FOLDER)) + "/"
+    return any((op.get("argv") or [])[:3] == ["mv", "-T", "--"] and op["argv"][3].startswith(staged) for op in ops)
+
+
+def _undo_killed_swap(ctx: Context, result: Result, layout: Layout, run: str, *, moved_in: bool) -> None:
+    """Put the target's own datadir back from kept/datadir (the backup's entries already in the datadir go
+    to failed/), remove the staged copy, start MySQL on it: the step then decides afresh."""
+    own = join(layout.kept, SWAP_FOLDER)
+    result.change(
+        f"undo the whole-datadir swap run {run} (killed) left half done: "
+        + (f"move the backup's entries out of {layout.datadir} to {layout.failed}, " if moved_in else "")
+        + f"put the target's own datadir back from {own}, remove {layout.staging}, start MySQL"
+    )
+    if not ctx.apply:
+        return
+    if ctx.mysql.status():  # it may run on the backup's files, or without grant tables
+        ctx.mysql.stop()
+    if moved_in:
+        for name in ctx.target.listdir(layout.datadir) or []:
+            move(ctx, join(layout.datadir, name), join(layout.failed, name))
+    for name in ctx.target.listdir(own) or []:
+        move(ctx, join(own, name), join(layout.datadir, name))
+    remove_tree(ctx, layout.staging)
+    remove_if_empty(ctx, own, layout.kept, layout.work)
+    ctx.mysql.start()
+    result.note(f"Run {run} was killed inside the whole-datadir swap; the target's own datadir is back in place.")
+
+
 def aria_tables_to_rebuild(
     ctx: Context, staged: str, files: mysql_state.DatabaseFiles, skipped: list[str]
 ) -> list[str]:
@@ -308,6 +357,10 @@ def undo_killed(ctx: Context, result: Result, live: str, purpose: str, run: str,
     if work is None:
         return
     layout = Layout(live, work)
+    swap = None if replace_live else _killed_swap(ctx, run, layout)
+    if swap is not None:
+        _undo_killed_swap(ctx, result, layout, run, moved_in=swap)
+        return
     kept = sorted(ctx.target.listdir(layout.kept) or [])
     back = [n for n in kept if replace_live or not ctx.target.exists(join(live, n))]
     result.change(

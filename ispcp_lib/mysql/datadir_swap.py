@@ -101,11 +101,13 @@ def swap(
     datadir.stage_from_backup(ctx, result, src, staged, owner, what=what)
     old = mysql_state.datadir_version(ctx.backup, src)
     verdict, _ = system.compare_server_versions(old, ctx.mysql.version())
-    ctx.do(f"stop MySQL through its {ctx.mysql.kind} service", ctx.mysql.stop)
+    datadir.stop_server(ctx)
     ctx.do(
         f"move everything in {live} aside to {kept} (kept), move the staged datadir's contents in, start MySQL",
         lambda: _exchange(ctx, layout, staged),
     )
+    if ctx.apply:  # said at once: a failure after this point leaves the target's own datadir there
+        result.backups.append(ctx.target.path(kept))
     if carried:
         users = ", ".join(c.user for c in carried)
         ctx.do(
@@ -118,7 +120,6 @@ def swap(
         datadir.upgrade(ctx, SWAP_UPGRADE_WHAT, working)
     if not ctx.apply:
         return login
-    result.backups.append(ctx.target.path(kept))
     check_system_databases(ctx, result, working, [found.ispcp_db, "mysql"])
     return working
 
@@ -137,25 +138,28 @@ def _working_login(ctx: Context, carried: list[Login]) -> Login:
 def _exchange(ctx: Context, layout: datadir.Layout, staged: str) -> None:
     """Move the live datadir's entries aside, the staged ones in, and start MySQL; undone when it fails."""
     live = layout.datadir
-    # The dead server's pid/socket files would confuse the start.
-    leftovers = [n for n in ctx.target.listdir(staged) or [] if n.endswith((".pid", ".sock"))]
-    if leftovers:
-        ctx.runner.run(["rm", "-f", "--", *(ctx.target.path(datadir.join(staged, n)) for n in leftovers)], mutates=True)
     moved_out: list[str] = []
+    moving_in = False  # from here on the datadir holds the backup's files, not the target's own
     try:
+        # The dead server's pid/socket files would confuse the start.
+        leftovers = [n for n in ctx.target.listdir(staged) or [] if n.endswith((".pid", ".sock"))]
+        if leftovers:
+            argv = ["rm", "-f", "--", *(ctx.target.path(datadir.join(staged, n)) for n in leftovers)]
+            ctx.runner.run(argv, mutates=True)
         for entry in ctx.target.listdir(live) or []:
             datadir.move(ctx, datadir.join(live, entry), datadir.join(layout.kept, "datadir", entry))
             moved_out.append(entry)
+        moving_in = True
         for entry in ctx.target.listdir(staged) or []:
             datadir.move(ctx, datadir.join(staged, entry), datadir.join(live, entry))
         datadir.remove_if_empty(ctx, staged)
         ctx.mysql.start()
     except FAILURES as exc:
-        _unswap(ctx, layout, moved_out)
+        _unswap(ctx, layout, moved_out, moving_in)
         raise PreconditionFailed(
             "whole-datadir restore",
             f"failed ({datadir.first_line(exc)}); the target's own datadir was put back and the "
-            f"server started again with it; the backup's copy is in {layout.failed}",
+            f"server started again with it; the backup's copy is in {layout.failed if moving_in else staged}",
             "read the server's error log; or set customer_databases_whole_datadir = never",
         ) from None
 
@@ -181,14 +185,19 @@ def check_system_databases(ctx: Context, result: Result, login: Login, names: li
         )
 
 
-def _unswap(ctx: Context, layout: datadir.Layout, moved_out: list[str]) -> None:
-    """Put the target's own datadir back: whatever is in the datadir now goes to failed/, the kept entries return."""
+def _unswap(ctx: Context, layout: datadir.Layout, moved_out: list[str], moved_in: bool) -> None:
+    """Put the target's own datadir back and start the server on it.
+
+    moved_in: the backup's entries had begun to move in (whatever is in the datadir now, with what a
+    failed start wrote, goes to failed/); else the datadir holds the target's own entries not yet moved.
+    """
     try:
         ctx.mysql.stop()
     except (PreconditionFailed, CommandFailed):
         pass
-    for entry in ctx.target.listdir(layout.datadir) or []:  # the backup's files and what a failed start wrote
-        datadir.move(ctx, datadir.join(layout.datadir, entry), datadir.join(layout.failed, entry))
+    if moved_in:
+        for entry in ctx.target.listdir(layout.datadir) or []:
+            datadir.move(ctx, datadir.join(layout.datadir, entry), datadir.join(layout.failed, entry))
     for entry in moved_out:
         datadir.move(ctx, datadir.join(layout.kept, "datadir", entry), datadir.join(layout.datadir, entry))
     ctx.mysql.start()

@@ -120,6 +120,10 @@ def _whole_mode(ctx: Context) -> str:
 @action("customer_databases")
 def run(ctx: Context, result: Result) -> None:
     backup_layout.check_backup_root(ctx)
+    live_dir = datadir.live_datadir(ctx) if ctx.mysql is not None else ""
+    killed = killed_run(read_journal(ctx), "customer_databases", ctx.run_id)
+    if killed is not None:  # first: a swap it was killed in had stopped MySQL; the plan must see what it left
+        datadir.undo_killed(ctx, result, live_dir, "customer", killed, replace_live=False)
     if ctx.mysql is None or not ctx.mysql.status():
         raise PreconditionFailed(
             "MySQL server",
@@ -141,10 +145,6 @@ def run(ctx: Context, result: Result) -> None:
         result.note(n)
     for w in found.warnings:
         result.warn(w)
-    live_dir = datadir.live_datadir(ctx)
-    killed = killed_run(read_journal(ctx), "customer_databases", ctx.run_id)
-    if killed is not None:  # before the plan: it must see the databases as the killed run left them
-        datadir.undo_killed(ctx, result, live_dir, "customer", killed, replace_live=False)
     record = records.read(ctx, records.CUSTOMER_DATABASES)
     with accounts.session(ctx, login) as conn:
         live = live_databases(conn)

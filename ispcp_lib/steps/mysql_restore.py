@@ -301,7 +301,7 @@ def _restore(
     replaced = [s for s in sources if s.kind is not Kind.KEEP]
     _stage_and_check(ctx, result, binary, layout, owner)
     was_running = ctx.mysql.status()
-    ctx.do(f"stop MySQL through its {ctx.mysql.kind} service", ctx.mysql.stop)
+    datadir.stop_server(ctx)
     kept: dict[str, str] = {}
     placed: list[str] = []
     try:

@@ -33,6 +33,7 @@ from tests.helpers import (
     restore_databases,
     running_clone,
 )
+from tests.reliability.harness import KILLED, differences, end_state, journal, run_steps
 
 SHOP, BLOG = "example001_shop", "example002_blog"
 ROWS = {(SHOP, "products"): 20, (SHOP, "orders"): 50, (BLOG, "posts"): 10, (BLOG, "comments"): 30}
@@ -371,6 +372,54 @@ def test_whole_datadir_refused_when_mysql_restore_used_other_sources(full: World
     result = customer_databases.run(ctx_for(world, customer_databases_whole_datadir="always"))
     assert any("the target has database(s) the backup's datadir lacks (new_only)" in n for n in result.notes)
     assert Strategy.WHOLE_DATADIR.label not in {r["strategy"] for r in plan_of(result).values()}
+
+
+def _release(ctx: Context) -> None:
+    assert ctx.lock is not None
+    ctx.lock.release()
+
+
+def _swap_moves(world: World) -> dict[str, int]:
+    """The newest run's first move out of the live datadir and first move in from the staged copy (seqs)."""
+    ops = [r for r in journal(world) if r.get("type") == "operation" and r["step"] == "customer_databases"]
+    run = ops[-1]["run_id"]
+    live = str(world.mysql_params["datadir"]).rstrip("/") + "/"
+    firsts: dict[str, int] = {}
+    for r in ops:
+        argv = r["op"].get("argv") or []
+        if r["run_id"] != run or r["phase"] != "intent" or argv[:3] != ["mv", "-T", "--"]:
+            continue
+        kind = "moving out" if argv[3].startswith(live) else "moving in" if "/staging/datadir/" in argv[3] else None
+        if kind is not None:
+            firsts.setdefault(kind, r["seq"])
+    return firsts
+
+
+def test_runs_killed_inside_the_whole_datadir_swap_resume_to_the_uninterrupted_end(
+    full_template: World, sandbox_dir: Path
+) -> None:
+    """A kill -9 (the executor's fault hook) after the first entry of the live datadir moved aside, and after
+    the first entry of the backup's moved in: the resumed run puts the target's own datadir back, starts
+    MySQL (the killed run had stopped it) and swaps again, ending where an uninterrupted run ends."""
+    options = {"customer_databases_whole_datadir": "always"}
+    with running_clone(full_template, sandbox_dir / "clean") as clean:
+        _release(guide_restore(clean))  # the steps below run in processes of their own
+        rc, err = run_steps(clean, options, ["customer_databases"])
+        assert rc == 0, err
+        points = _swap_moves(clean)
+        want = end_state(clean)
+    assert set(points) == {"moving out", "moving in"}, points
+    for kind, seq in points.items():
+        with running_clone(full_template, sandbox_dir / kind.replace(" ", "-")) as world:
+            _release(guide_restore(world))
+            rc, _ = run_steps(world, options, ["customer_databases"], fault=f"after:customer_databases:{seq}")
+            assert rc == KILLED, kind
+            rc, err = run_steps(world, options, ["customer_databases"])
+            assert rc == 0, (kind, err)
+            # The backup's entries the killed run had moved in stay in its folder's failed/ (post-mortem).
+            assert [d for d in differences(want, end_state(world)) if "-RUN/failed" not in d] == [], kind
+            for killed_work in work_dirs(world)[:-1]:  # run ids sort by time: the last is the resumed run's
+                assert not (killed_work / "kept").exists() and not (killed_work / "staging").exists(), kind
 
 
 # --- discovery for the inventory --------------------------------------------------------------------
