@@ -38,7 +38,8 @@ from tests.reliability.harness import (
 )
 
 # Steps with known hazards of a kill (issue 16): every boundary of the first three; customer_databases
-# (the same datadir moves, the whole-datadir swap not taken on the small world) first, middle and last.
+# (the same datadir moves) first, middle and last. The small world takes no whole-datadir swap: kills
+# inside one are tests/integration/test_customer_databases.py's (moving out, moving in).
 EVERY_BOUNDARY = ("mail_guard", "mysql_restore", "accounts")
 HAZARD_STEPS = (*EVERY_BOUNDARY, "customer_databases")
 
