@@ -294,6 +294,25 @@ def _killed_swap(ctx: Context, run: str, layout: Layout) -> bool | None:
     return any((op.get("argv") or [])[:3] == ["mv", "-T", "--"] and op["argv"][3].startswith(staged) for op in ops)
 
 
+def put_own_datadir_back(ctx: Context, layout: Layout, *, moved_in: bool) -> None:
+    """Undo a whole-datadir swap (failed or killed) and start MySQL on the target's own datadir again.
+
+    moved_in: the backup's entries had begun to move in: whatever is in the datadir now (with what a
+    failed start wrote) goes to failed/; else the datadir holds the target's own entries not moved yet.
+    """
+    try:
+        ctx.mysql.stop()  # it may run on the backup's files, or without grant tables
+    except (PreconditionFailed, CommandFailed):
+        pass  # it was down already
+    if moved_in:
+        for name in ctx.target.listdir(layout.datadir) or []:
+            move(ctx, join(layout.datadir, name), join(layout.failed, name))
+    own = join(layout.kept, SWAP_FOLDER)
+    for name in ctx.target.listdir(own) or []:
+        move(ctx, join(own, name), join(layout.datadir, name))
+    ctx.mysql.start()
+
+
 def _undo_killed_swap(ctx: Context, result: Result, layout: Layout, run: str, *, moved_in: bool) -> None:
     """Put the target's own datadir back from kept/datadir (the backup's entries already in the datadir go
     to failed/), remove the staged copy, start MySQL on it: the step then decides afresh."""
@@ -305,16 +324,9 @@ def _undo_killed_swap(ctx: Context, result: Result, layout: Layout, run: str, *,
     )
     if not ctx.apply:
         return
-    if ctx.mysql.status():  # it may run on the backup's files, or without grant tables
-        ctx.mysql.stop()
-    if moved_in:
-        for name in ctx.target.listdir(layout.datadir) or []:
-            move(ctx, join(layout.datadir, name), join(layout.failed, name))
-    for name in ctx.target.listdir(own) or []:
-        move(ctx, join(own, name), join(layout.datadir, name))
+    put_own_datadir_back(ctx, layout, moved_in=moved_in)
     remove_tree(ctx, layout.staging)
     remove_if_empty(ctx, own, layout.kept, layout.work)
-    ctx.mysql.start()
     result.note(f"Run {run} was killed inside the whole-datadir swap; the target's own datadir is back in place.")
 
 

@@ -5,7 +5,7 @@ does not start."""
 from __future__ import annotations
 
 from ispcp_lib.core.context import Context
-from ispcp_lib.core.errors import CommandFailed, PreconditionFailed
+from ispcp_lib.core.errors import PreconditionFailed
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_state, system
 from ispcp_lib.facts.mysql_creds import Login
@@ -94,8 +94,8 @@ def swap(
     """
     assert ctx.backup is not None
     src, live = found.backup_datadir, layout.datadir
-    staged = datadir.join(layout.staging, "datadir")
-    kept = datadir.join(layout.kept, "datadir")
+    staged = datadir.join(layout.staging, datadir.SWAP_FOLDER)
+    kept = datadir.join(layout.kept, datadir.SWAP_FOLDER)
     carried = accounts.carried_logins(ctx)
     what = f"copy the backup's whole datadir {src} to {staged}"
     datadir.stage_from_backup(ctx, result, src, staged, owner, what=what)
@@ -138,7 +138,6 @@ def _working_login(ctx: Context, carried: list[Login]) -> Login:
 def _exchange(ctx: Context, layout: datadir.Layout, staged: str) -> None:
     """Move the live datadir's entries aside, the staged ones in, and start MySQL; undone when it fails."""
     live = layout.datadir
-    moved_out: list[str] = []
     moving_in = False  # from here on the datadir holds the backup's files, not the target's own
     try:
         # The dead server's pid/socket files would confuse the start.
@@ -147,15 +146,14 @@ def _exchange(ctx: Context, layout: datadir.Layout, staged: str) -> None:
             argv = ["rm", "-f", "--", *(ctx.target.path(datadir.join(staged, n)) for n in leftovers)]
             ctx.runner.run(argv, mutates=True)
         for entry in ctx.target.listdir(live) or []:
-            datadir.move(ctx, datadir.join(live, entry), datadir.join(layout.kept, "datadir", entry))
-            moved_out.append(entry)
+            datadir.move(ctx, datadir.join(live, entry), datadir.join(layout.kept, datadir.SWAP_FOLDER, entry))
         moving_in = True
         for entry in ctx.target.listdir(staged) or []:
             datadir.move(ctx, datadir.join(staged, entry), datadir.join(live, entry))
         datadir.remove_if_empty(ctx, staged)
         ctx.mysql.start()
     except FAILURES as exc:
-        _unswap(ctx, layout, moved_out, moving_in)
+        datadir.put_own_datadir_back(ctx, layout, moved_in=moving_in)
         raise PreconditionFailed(
             "whole-datadir restore",
             f"failed ({datadir.first_line(exc)}); the target's own datadir was put back and the "
@@ -183,24 +181,6 @@ def check_system_databases(ctx: Context, result: Result, login: Login, names: li
             f"After the swap every table of {' and '.join(names)} passes CHECK TABLE (the same files "
             "mysql_restore restored)."
         )
-
-
-def _unswap(ctx: Context, layout: datadir.Layout, moved_out: list[str], moved_in: bool) -> None:
-    """Put the target's own datadir back and start the server on it.
-
-    moved_in: the backup's entries had begun to move in (whatever is in the datadir now, with what a
-    failed start wrote, goes to failed/); else the datadir holds the target's own entries not yet moved.
-    """
-    try:
-        ctx.mysql.stop()
-    except (PreconditionFailed, CommandFailed):
-        pass
-    if moved_in:
-        for entry in ctx.target.listdir(layout.datadir) or []:
-            datadir.move(ctx, datadir.join(layout.datadir, entry), datadir.join(layout.failed, entry))
-    for entry in moved_out:
-        datadir.move(ctx, datadir.join(layout.kept, "datadir", entry), datadir.join(layout.datadir, entry))
-    ctx.mysql.start()
 
 
 def _reapply_logins(ctx: Context, result: Result, carried: list[Login]) -> None:

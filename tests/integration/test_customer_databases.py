@@ -374,6 +374,21 @@ def test_whole_datadir_refused_when_mysql_restore_used_other_sources(full: World
     assert Strategy.WHOLE_DATADIR.label not in {r["strategy"] for r in plan_of(result).values()}
 
 
+def test_a_swapped_datadir_that_does_not_start_is_undone(full: World) -> None:
+    world = full
+    guide_restore(world)
+    before = (databases(world), counts(world, "ispcp"))
+    ibdata = world.backup_root / "var/lib/mysql/ibdata1"
+    ibdata.write_bytes(b"\0" * ibdata.stat().st_size)  # the backup's system tablespace, unreadable
+    with pytest.raises(StepFailed) as info:
+        customer_databases.run(ctx_for(world, apply=True, customer_databases_whole_datadir="always"))
+    error = info.value.result.errors[0]
+    assert "whole-datadir restore" in error and "the target's own datadir was put back" in error, error
+    assert world.target_mysql().status() and (databases(world), counts(world, "ispcp")) == before
+    [work] = work_dirs(world)
+    assert (work / "failed/ibdata1").is_file() and not (work / "kept/datadir/ibdata1").exists()
+
+
 def _release(ctx: Context) -> None:
     assert ctx.lock is not None
     ctx.lock.release()
