@@ -16,7 +16,7 @@ from typing import Any
 from ispcp_lib.core.action import read_journal
 from ispcp_lib.core.context import Context
 from ispcp_lib.core.errors import CommandFailed, InputError, PreconditionFailed
-from ispcp_lib.core.operations import operation_records
+from ispcp_lib.core.operations import RunCommand, operation_records
 from ispcp_lib.core.result import Result
 from ispcp_lib.facts import mysql_state
 from ispcp_lib.facts.ispcp_conf import DEFAULT_DATABASE_NAME
@@ -70,6 +70,16 @@ class Layout:
     @property
     def failed(self) -> str:
         return join(self.work, "failed")
+
+    @property
+    def kept_datadir(self) -> str:
+        """Where the whole-datadir swap keeps the target's own datadir."""
+        return join(self.kept, SWAP_FOLDER)
+
+    @property
+    def staged_datadir(self) -> str:
+        """Where the whole-datadir swap stages the backup's datadir."""
+        return join(self.staging, SWAP_FOLDER)
 
 
 def work_layout(ctx: Context, datadir: str, purpose: str = "restore") -> Layout:
@@ -148,10 +158,10 @@ def make_dir(ctx: Context, path: str) -> None:
     as it is without a journaled command: one check instead of the command and its two journal records
     (five round trips over SSH); the dry run plans exactly the commands applying runs.
     """
-    argv = ["mkdir", "-p", "-m", "700", "--", ctx.target.path(path)]
-    if ctx.executor.planned(lambda op: getattr(op, "argv", None) == tuple(argv)) or ctx.target.is_dir(path):
+    argv = ("mkdir", "-p", "-m", "700", "--", ctx.target.path(path))
+    if ctx.executor.planned(lambda op: isinstance(op, RunCommand) and op.argv == argv) or ctx.target.is_dir(path):
         return
-    ctx.runner.run(argv, mutates=True, timeout=60)
+    ctx.runner.run(list(argv), mutates=True, timeout=60)
 
 
 def upgrade(ctx: Context, what: str, login: Login | None) -> None:
@@ -290,7 +300,7 @@ def _killed_swap(ctx: Context, run: str, layout: Layout) -> bool | None:
     stop = STOP_WHAT.split("{", 1)[0]
     if not any(op.get("kind") == "procedure" and str(op.get("what", "")).startswith(stop) for op in ops):
         return None
-    staged = ctx.target.path(join(layout.staging, SWAP_FOLDER)) + "/"
+    staged = ctx.target.path(layout.staged_datadir) + "/"
     return any((op.get("argv") or [])[:3] == ["mv", "-T", "--"] and op["argv"][3].startswith(staged) for op in ops)
 
 
@@ -307,16 +317,15 @@ def put_own_datadir_back(ctx: Context, layout: Layout, *, moved_in: bool) -> Non
     if moved_in:
         for name in ctx.target.listdir(layout.datadir) or []:
             move(ctx, join(layout.datadir, name), join(layout.failed, name))
-    own = join(layout.kept, SWAP_FOLDER)
-    for name in ctx.target.listdir(own) or []:
-        move(ctx, join(own, name), join(layout.datadir, name))
+    for name in ctx.target.listdir(layout.kept_datadir) or []:
+        move(ctx, join(layout.kept_datadir, name), join(layout.datadir, name))
     ctx.mysql.start()
 
 
 def _undo_killed_swap(ctx: Context, result: Result, layout: Layout, run: str, *, moved_in: bool) -> None:
     """Put the target's own datadir back from kept/datadir (the backup's entries already in the datadir go
     to failed/), remove the staged copy, start MySQL on it: the step then decides afresh."""
-    own = join(layout.kept, SWAP_FOLDER)
+    own = layout.kept_datadir
     result.change(
         f"undo the whole-datadir swap run {run} (killed) left half done: "
         + (f"move the backup's entries out of {layout.datadir} to {layout.failed}, " if moved_in else "")

@@ -94,8 +94,7 @@ def swap(
     """
     assert ctx.backup is not None
     src, live = found.backup_datadir, layout.datadir
-    staged = datadir.join(layout.staging, datadir.SWAP_FOLDER)
-    kept = datadir.join(layout.kept, datadir.SWAP_FOLDER)
+    staged, kept = layout.staged_datadir, layout.kept_datadir
     carried = accounts.carried_logins(ctx)
     what = f"copy the backup's whole datadir {src} to {staged}"
     datadir.stage_from_backup(ctx, result, src, staged, owner, what=what)
@@ -104,7 +103,7 @@ def swap(
     datadir.stop_server(ctx)
     ctx.do(
         f"move everything in {live} aside to {kept} (kept), move the staged datadir's contents in, start MySQL",
-        lambda: _exchange(ctx, layout, staged),
+        lambda: _exchange(ctx, layout),
     )
     if ctx.apply:  # said at once: a failure after this point leaves the target's own datadir there
         result.backups.append(ctx.target.path(kept))
@@ -135,9 +134,9 @@ def _working_login(ctx: Context, carried: list[Login]) -> Login:
     return working
 
 
-def _exchange(ctx: Context, layout: datadir.Layout, staged: str) -> None:
+def _exchange(ctx: Context, layout: datadir.Layout) -> None:
     """Move the live datadir's entries aside, the staged ones in, and start MySQL; undone when it fails."""
-    live = layout.datadir
+    live, staged = layout.datadir, layout.staged_datadir
     moving_in = False  # from here on the datadir holds the backup's files, not the target's own
     try:
         # The dead server's pid/socket files would confuse the start.
@@ -146,7 +145,7 @@ def _exchange(ctx: Context, layout: datadir.Layout, staged: str) -> None:
             argv = ["rm", "-f", "--", *(ctx.target.path(datadir.join(staged, n)) for n in leftovers)]
             ctx.runner.run(argv, mutates=True)
         for entry in ctx.target.listdir(live) or []:
-            datadir.move(ctx, datadir.join(live, entry), datadir.join(layout.kept, datadir.SWAP_FOLDER, entry))
+            datadir.move(ctx, datadir.join(live, entry), datadir.join(layout.kept_datadir, entry))
         moving_in = True
         for entry in ctx.target.listdir(staged) or []:
             datadir.move(ctx, datadir.join(staged, entry), datadir.join(live, entry))

@@ -120,10 +120,9 @@ def _whole_mode(ctx: Context) -> str:
 @action("customer_databases")
 def run(ctx: Context, result: Result) -> None:
     backup_layout.check_backup_root(ctx)
-    live_dir = datadir.live_datadir(ctx) if ctx.mysql is not None else ""
     killed = killed_run(read_journal(ctx), "customer_databases", ctx.run_id)
-    if killed is not None:  # first: a swap it was killed in had stopped MySQL; the plan must see what it left
-        datadir.undo_killed(ctx, result, live_dir, "customer", killed, replace_live=False)
+    if killed is not None and ctx.mysql is not None:  # first: a swap it was killed in had stopped MySQL
+        datadir.undo_killed(ctx, result, datadir.live_datadir(ctx), "customer", killed, replace_live=False)
     if ctx.mysql is None or not ctx.mysql.status():
         raise PreconditionFailed(
             "MySQL server",
@@ -145,6 +144,7 @@ def run(ctx: Context, result: Result) -> None:
         result.note(n)
     for w in found.warnings:
         result.warn(w)
+    live_dir = datadir.live_datadir(ctx)
     record = records.read(ctx, records.CUSTOMER_DATABASES)
     with accounts.session(ctx, login) as conn:
         live = live_databases(conn)
